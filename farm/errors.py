@@ -1,0 +1,54 @@
+"""The farm's errors: one root, a ``retryable`` flag the scheduler reads.
+
+::
+
+    FarmError
+      ├── SpecError         a spec (YAML) is invalid; names the file, the field path and the fix
+      ├── StoreError        the artifact store failed (S3 errors are mapped here once)
+      └── ActionFailed      a stage's backend failed; keeps the backend's message and retryability
+
+Stage backends raise ``workers.api.StageError``; the runtime maps it to ``ActionFailed`` at one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class FarmError(Exception):
+    retryable = False
+
+
+@dataclass(frozen=True)
+class SpecProblem:
+    """One thing wrong with a spec: where (file, line, field path) and what to do about it."""
+
+    file: str
+    field: str
+    message: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        field = f" {self.field}:" if self.field else ""
+        return f"{where}:{field} {self.message}"
+
+
+class SpecError(FarmError):
+    """A spec failed validation; ``problems`` lists every problem found, not only the first."""
+
+    def __init__(self, problems: list[SpecProblem]):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class StoreError(FarmError):
+    pass
+
+
+class ActionFailed(FarmError):
+    def __init__(self, key: str, label: str, message: str, *, retryable: bool):
+        super().__init__(f"{label}: {message}")
+        self.key = key
+        self.label = label
+        self.retryable = retryable

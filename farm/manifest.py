@@ -1,0 +1,49 @@
+"""The record that an action is done: what it produced (blob digests), its usage, its timings.
+
+Persisted as JSON validated by pydantic, with a schema version (never pickle).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+
+class Blob(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=0)
+    name: str  # the file name the backend gave it (for extensions and downloads)
+
+
+class UsageRecord(BaseModel):
+    tokens_in: int = 0
+    tokens_out: int = 0
+    gpu_seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    model: str = ""
+    provider_job_id: str = ""
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    schema_version: int = SCHEMA_VERSION
+    key: str = Field(pattern=r"^[0-9a-f]{64}$")
+    stage: str
+    op: str
+    backend: str
+    version: str
+    label: str
+    outputs: dict[str, Blob]
+    meta: dict[str, Any] = Field(default_factory=dict)
+    usage: UsageRecord = Field(default_factory=UsageRecord)
+    started_at: float  # unix seconds, taken by the worker
+    finished_at: float
+    worker: dict[str, str] = Field(default_factory=dict)  # node, pid
+
+    @property
+    def seconds(self) -> float:
+        return self.finished_at - self.started_at

@@ -1,0 +1,241 @@
+"""Episode -> graph of content-addressed actions. Pure: values in, values out.
+
+The graph grows as facts arrive: the script's shots are known only once the script action has run,
+and a shot's clip length only once its lines are voiced. ``plan_episode`` is therefore called again
+with what is known so far (the script, each line's length in samples) and returns every action that
+can be determined now; the caller runs the ready ones and plans again.
+
+An action's key is the SHA-256 of the canonical JSON of what it depends on: stage, op, backend and
+its version, parameters, the keys of its inputs and the studio's cache namespace (DESIGN.md,
+invariant 1). Nothing episode-specific enters a key that does not change the output, so a line
+spoken twice, or a character sheet used by every episode of a series, is made once.
+
+Example::
+
+    plan = plan_episode(job, script=None, line_samples={})
+    plan.actions[0].op            # "script" (or "sheet" when the episode has a hand-written script)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from farm.script import Script, Shot
+from farm.spec import SAMPLE_RATE, Episode, Series
+
+# Where the dialogue sits inside a shot: a breath before the first line, between lines, after the last.
+LEAD_S, GAP_S, TAIL_S = 0.25, 0.30, 0.45
+LOUDNESS_LUFS, TRUE_PEAK_DB = -14.0, -1.5
+
+STAGES = ("script", "image", "video", "dubbing", "assembly")
+
+
+@dataclass(frozen=True)
+class Ref:
+    """One named output of another action."""
+
+    key: str
+    output: str
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    name: str
+    version: str
+
+
+@dataclass(frozen=True)
+class Action:
+    key: str
+    stage: str
+    op: str
+    backend: str
+    version: str
+    params: Mapping[str, Any]
+    inputs: Mapping[str, Ref]
+    label: str  # for people and logs: "line s01-02#1"; not part of the key
+    context: Mapping[str, str] = field(default_factory=dict)  # studio, series, episode: logs only
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key, "stage": self.stage, "op": self.op, "backend": self.backend,
+            "version": self.version, "params": self.params, "label": self.label,
+            "inputs": {k: [r.key, r.output] for k, r in self.inputs.items()},
+            "context": dict(self.context),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "Action":
+        return cls(
+            key=data["key"], stage=data["stage"], op=data["op"], backend=data["backend"],
+            version=data["version"], params=data["params"], label=data["label"],
+            inputs={k: Ref(*v) for k, v in data["inputs"].items()}, context=data.get("context", {}),
+        )
+
+
+def canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def action_key(stage: str, op: str, backend: BackendChoice, params: Mapping[str, Any],
+               inputs: Mapping[str, Ref], namespace: str) -> str:
+    body = {
+        "stage": stage, "op": op, "backend": backend.name, "version": backend.version,
+        "params": params, "inputs": {k: f"{r.key}:{r.output}" for k, r in inputs.items()},
+        "namespace": namespace,
+    }
+    return hashlib.sha256(canonical(body).encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class EpisodeJob:
+    """Everything the planner needs to know about one episode, as values."""
+
+    studio: str
+    namespace: str
+    series: Series
+    episode: Episode
+    backends: Mapping[str, BackendChoice]
+
+
+@dataclass(frozen=True)
+class ShotLayout:
+    frames: int
+    total_samples: int
+    offsets: tuple[int, ...]  # where each line starts, in samples from the shot's start
+
+
+def layout_shot(shot: Shot, line_samples: list[int], fps: int) -> ShotLayout:
+    """Place a shot's lines in time and size the shot to hold them (whole frames, whole samples)."""
+    spf = SAMPLE_RATE // fps  # exact: every supported fps divides the sample rate
+    offsets, cursor = [], round(LEAD_S * SAMPLE_RATE)
+    for n in line_samples:
+        offsets.append(cursor)
+        cursor += n + round(GAP_S * SAMPLE_RATE)
+    needed = cursor - round(GAP_S * SAMPLE_RATE) + round(TAIL_S * SAMPLE_RATE) if line_samples else 0
+    frames = max(math.ceil(shot.duration * fps), math.ceil(needed / spf), 1)
+    return ShotLayout(frames=frames, total_samples=frames * spf, offsets=tuple(offsets))
+
+
+@dataclass
+class EpisodePlan:
+    actions: list[Action]  # dependencies before dependants
+    script_key: str | None  # None when the episode carries a hand-written script
+    final_key: str | None  # the assembly action, once every shot's length is known
+
+    def by_key(self) -> dict[str, Action]:
+        return {a.key: a for a in self.actions}
+
+
+class _Builder:
+    def __init__(self, job: EpisodeJob):
+        self.job = job
+        self.actions: list[Action] = []
+        self.context = {"studio": job.studio, "series": job.series.id, "episode": job.episode.slug}
+
+    def add(self, stage: str, op: str, params: dict, inputs: dict[str, Ref], label: str) -> Action:
+        backend = self.job.backends[stage]
+        key = action_key(stage, op, backend, params, inputs, self.job.namespace)
+        action = Action(key, stage, op, backend.name, backend.version, params, inputs, label, self.context)
+        self.actions.append(action)
+        return action
+
+
+def _bible(series: Series) -> dict[str, Any]:
+    return {
+        "title": series.title, "language": series.language,
+        "style": series.style.model_dump(mode="json"),
+        "characters": [c.model_dump(mode="json", include={"id", "name", "look"}) for c in series.characters],
+    }
+
+
+def script_params(job: EpisodeJob) -> dict[str, Any]:
+    ep = job.episode
+    return {
+        "series": _bible(job.series),
+        "units_per_second": job.series.lang.units_per_second,
+        "episode": {
+            "number": ep.number, "title": ep.title, "target_seconds": ep.target_seconds,
+            "seed": ep.seed, "outline": [b.model_dump(mode="json") for b in ep.outline or []],
+        },
+    }
+
+
+def plan_episode(job: EpisodeJob, script: Script | None, line_samples: Mapping[str, int]) -> EpisodePlan:
+    """Every action of ``job`` that can be determined from what is known.
+
+    ``script`` is the script action's output once it exists (ignored when the episode has its own);
+    ``line_samples`` maps a line action's key to the length of its audio in samples.
+    """
+    b = _Builder(job)
+    series, ep = job.series, job.episode
+    script_key = None
+    if ep.script is not None:
+        script = ep.script
+    else:
+        script_key = b.add("script", "script", script_params(job), {}, f"script {ep.slug}").key
+    if script is None:
+        return EpisodePlan(b.actions, script_key, None)
+
+    width, height, fps = series.resolution.width, series.resolution.height, series.fps
+    style = series.style.model_dump(mode="json")
+    sheets: dict[str, Ref] = {}
+    cast = {who for shot in script.shots() for who in [*shot.characters, *(l.speaker for l in shot.lines)]}
+    for character in series.characters:
+        if character.id in cast:
+            params = {"style": style, "character": character.model_dump(mode="json", include={"id", "name", "look"}),
+                      "seed": series.seed}
+            sheets[character.id] = Ref(b.add("image", "sheet", params, {}, f"sheet {character.id}").key, "figure")
+
+    shots, cues, inputs_final, start = [], [], {}, 0
+    complete = True
+    for scene in script.scenes:
+        for shot in scene.shots:
+            in_frame = list(dict.fromkeys([*shot.characters, *(l.speaker for l in shot.lines)]))
+            kf_params = {
+                "style": style, "width": width, "height": height, "seed": [ep.seed, shot.id],
+                "location": scene.location, "time_of_day": scene.time_of_day,
+                "description": shot.description, "framing": shot.framing.value,
+                "characters": in_frame,
+            }
+            kf = b.add("image", "keyframe", kf_params, {f"sheet:{c}": sheets[c] for c in in_frame}, f"keyframe {shot.id}")
+            lines = []
+            for i, line in enumerate(shot.lines):
+                voice = series.character(line.speaker).voice.model_dump(mode="json")
+                params = {"text": line.text, "voice": voice, "sample_rate": SAMPLE_RATE}
+                lines.append(b.add("dubbing", "line", params, {}, f"line {shot.id}#{i}"))
+            if any(l.key not in line_samples for l in lines):
+                complete = False
+                continue
+            samples = [line_samples[l.key] for l in lines]
+            layout = layout_shot(shot, samples, fps)
+            clip = b.add("video", "clip", {"width": width, "height": height, "fps": fps, "frames": layout.frames,
+                                          "camera": shot.camera.value}, {"keyframe": Ref(kf.key, "keyframe")}, f"clip {shot.id}")
+            mux_inputs = {"clip": Ref(clip.key, "clip")} | {f"line{i}": Ref(l.key, "audio") for i, l in enumerate(lines)}
+            mux = b.add("assembly", "mux", {
+                "fps": fps, "frames": layout.frames, "sample_rate": SAMPLE_RATE, "total_samples": layout.total_samples,
+                "lines": [{"input": f"line{i}", "offset_samples": o} for i, o in enumerate(layout.offsets)],
+            }, mux_inputs, f"mux {shot.id}")
+            n = len(shots)
+            inputs_final[f"shot{n}"] = Ref(mux.key, "shot")
+            inputs_final[f"keyframe{n}"] = Ref(kf.key, "keyframe")
+            shots.append({"input": f"shot{n}", "keyframe": f"keyframe{n}", "id": shot.id, "frames": layout.frames,
+                          "camera": shot.camera.value, "description": shot.description,
+                          "lines": [{"speaker": series.character(l.speaker).name, "text": l.text} for l in shot.lines]})
+            for line, offset, length in zip(shot.lines, layout.offsets, samples):
+                t0 = start + offset
+                cues.append({"start": t0 / SAMPLE_RATE, "end": (t0 + length) / SAMPLE_RATE,
+                             "speaker": series.character(line.speaker).name, "text": line.text})
+            start += layout.total_samples
+    if not complete:
+        return EpisodePlan(b.actions, script_key, None)
+    final = b.add("assembly", "episode", {
+        "title": ep.title, "language": series.language, "width": width, "height": height, "fps": fps,
+        "sample_rate": SAMPLE_RATE, "loudness_lufs": LOUDNESS_LUFS, "true_peak_db": TRUE_PEAK_DB,
+        "shots": shots, "cues": cues,
+    }, inputs_final, f"episode {ep.slug}")
+    return EpisodePlan(b.actions, script_key, final.key)

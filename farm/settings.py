@@ -1,0 +1,75 @@
+"""One settings object, read once at the entry point (env FARM_*) and passed down.
+
+Each field ``x`` is read from the environment variable ``FARM_X``; command-line options override.
+Secrets are SecretStr: they print as '**********' and are never logged.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from farm.plan import STAGES
+from farm.script import Slug
+
+
+class StoreSpec(BaseModel):
+    """Where artifacts live: a directory path, or s3://bucket/prefix with an endpoint and credentials."""
+
+    model_config = ConfigDict(frozen=True)
+    url: str
+    endpoint: str = ""
+    access_key: SecretStr = SecretStr("")
+    secret_key: SecretStr = SecretStr("")
+    secure: bool = True
+    region: str | None = None
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    store: str = Field("./farm-store", description="a directory, or s3://bucket/prefix")
+    studio: Slug = "default"
+    cache_namespace: Slug | None = None  # defaults to the studio
+    ray_address: str | None = None
+    num_cpus: int | None = None  # for a local Ray; None = all cores
+    s3_endpoint: str = ""
+    s3_access_key: SecretStr = SecretStr("")
+    s3_secret_key: SecretStr = SecretStr("")
+    s3_secure: bool = True
+    s3_region: str | None = None
+    backend_script: str = "outline"
+    backend_image: str = "pillow"
+    backend_video: str = "ffmpeg-motion"
+    backend_dubbing: str = "espeak-ng"
+    backend_assembly: str = "ffmpeg"
+    retries: int = Field(2, ge=0, le=10)
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, v: str) -> str:
+        if v.startswith("s3://") and not v[5:].split("/")[0]:
+            raise ValueError("an s3:// store needs a bucket: s3://bucket/prefix")
+        return v
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":
+        env = os.environ if env is None else env
+        values = {name: env[f"FARM_{name.upper()}"] for name in cls.model_fields if f"FARM_{name.upper()}" in env}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.model_validate(values)
+
+    @property
+    def namespace(self) -> str:
+        return self.cache_namespace or self.studio
+
+    def store_spec(self) -> StoreSpec:
+        if self.store.startswith("s3://") and not self.s3_endpoint:
+            raise ValueError("an s3:// store needs FARM_S3_ENDPOINT (host:port) and credentials")
+        return StoreSpec(url=self.store, endpoint=self.s3_endpoint, access_key=self.s3_access_key,
+                         secret_key=self.s3_secret_key, secure=self.s3_secure, region=self.s3_region)
+
+    def backend_names(self) -> dict[str, str]:
+        return {stage: getattr(self, f"backend_{stage}") for stage in STAGES}
+

@@ -1,0 +1,91 @@
+"""ArtifactStore: blobs by SHA-256, one manifest per finished action, readable deliverables.
+
+Layout inside the object store, one tree per studio (tenants are apart, DESIGN.md invariant 7)::
+
+    <studio>/blobs/sha256/ab/abcdef…          content-addressed files
+    <studio>/actions/12/1234…json             manifests: an action is done iff its manifest exists
+    <studio>/episodes/<series>/<ep>/<file>    the deliverables, under a path people can read
+
+Blobs are written before the manifest that names them (invariant 2), so a crash leaves at worst an
+orphan blob, never a manifest that points at nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from farm.errors import StoreError
+from farm.manifest import Blob, Manifest
+from farm.store.base import ObjectStore, check_name
+
+
+def file_digest(path: Path) -> tuple[str, int]:
+    h, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+class ArtifactStore:
+    def __init__(self, objects: ObjectStore, studio: str):
+        self.objects = objects
+        self.studio = check_name(studio)
+
+    def _blob_name(self, digest: str) -> str:
+        return f"{self.studio}/blobs/sha256/{digest[:2]}/{digest}"
+
+    def _manifest_name(self, key: str) -> str:
+        return f"{self.studio}/actions/{key[:2]}/{key}.json"
+
+    def put_blob(self, path: Path, name: str | None = None) -> Blob:
+        """Store a file by its digest (once: an existing blob is not uploaded again)."""
+        digest, size = file_digest(path)
+        target = self._blob_name(digest)
+        if not self.objects.exists(target):
+            self.objects.put_file(target, path)
+        return Blob(digest=digest, size=size, name=name or Path(path).name)
+
+    def get_blob(self, blob: Blob, dest: Path) -> Path:
+        self.objects.get_file(self._blob_name(blob.digest), dest)
+        digest, _ = file_digest(dest)
+        if digest != blob.digest:
+            raise StoreError(f"blob {blob.digest} is corrupt in {self.objects.describe()} (read {digest})")
+        return dest
+
+    def has_blob(self, digest: str) -> bool:
+        return self.objects.exists(self._blob_name(digest))
+
+    def put_manifest(self, manifest: Manifest) -> None:
+        """Record an action as done. Its blobs must already be stored."""
+        missing = [n for n, b in manifest.outputs.items() if not self.has_blob(b.digest)]
+        if missing:
+            raise StoreError(f"manifest {manifest.key} names outputs not in the store: {', '.join(missing)}")
+        self.objects.put_bytes(self._manifest_name(manifest.key), manifest.model_dump_json().encode())
+
+    def get_manifest(self, key: str) -> Manifest | None:
+        data = self.objects.get_bytes(self._manifest_name(key))
+        if data is None:
+            return None
+        try:
+            return Manifest.model_validate_json(data)
+        except ValidationError as exc:
+            raise StoreError(f"manifest {key} in {self.objects.describe()} is unreadable: {exc}") from exc
+
+    def done_keys(self) -> set[str]:
+        """Keys of every finished action, in one listing (decide "done" in bulk, not per action)."""
+        names = self.objects.list(f"{self.studio}/actions/")
+        return {n.rsplit("/", 1)[-1][:-5] for n in names if n.endswith(".json")}
+
+    def deliverable_name(self, series: str, episode: str, filename: str) -> str:
+        return check_name(f"{self.studio}/episodes/{series}/{episode}/{filename}")
+
+    def publish(self, blob: Blob, series: str, episode: str, filename: str) -> str:
+        """Copy a blob to the episode's readable path; returns the object name."""
+        name = self.deliverable_name(series, episode, filename)
+        self.objects.copy(self._blob_name(blob.digest), name)
+        return name

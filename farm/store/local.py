@@ -1,0 +1,73 @@
+"""LocalStore: the embedded default, objects as files under one directory."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from farm.errors import StoreError
+from farm.store.base import check_name
+
+
+class LocalStore:
+    """Objects as files under ``root``; writes go to a temporary file and are renamed into place."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root).resolve()
+
+    def path(self, name: str) -> Path:
+        return self.root / check_name(name)
+
+    def _atomic(self, name: str, write) -> None:
+        target = self.path(name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                write(out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def put_file(self, name: str, path: Path) -> None:
+        with open(path, "rb") as src:
+            self._atomic(name, lambda out: shutil.copyfileobj(src, out, 1 << 20))
+
+    def put_bytes(self, name: str, data: bytes) -> None:
+        self._atomic(name, lambda out: out.write(data))
+
+    def get_file(self, name: str, dest: Path) -> None:
+        try:
+            shutil.copyfile(self.path(name), dest)
+        except FileNotFoundError as exc:
+            raise StoreError(f"{name} is not in {self.describe()}") from exc
+
+    def get_bytes(self, name: str) -> bytes | None:
+        try:
+            return self.path(name).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def exists(self, name: str) -> bool:
+        return self.path(name).is_file()
+
+    def list(self, prefix: str) -> Iterator[str]:
+        base = self.root / check_name(prefix.rstrip("/")) if prefix.strip("/") else self.root
+        if not base.is_dir():
+            return
+        for dirpath, _, files in os.walk(base):
+            for f in files:
+                if not f.startswith(".tmp-"):
+                    yield Path(dirpath, f).relative_to(self.root).as_posix()
+
+    def copy(self, src: str, dst: str) -> None:
+        self.put_file(dst, self.path(src))
+
+    def describe(self) -> str:
+        return str(self.root)

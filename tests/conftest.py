@@ -1,0 +1,99 @@
+"""Shared fixtures: a real local Ray, a real S3 server, small specs written to disk.
+
+Outside CI a test whose real dependency is absent is skipped with the reason; under CI=true it
+fails instead, so a green CI never hides a missing server or tool.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def need(reason: str | None) -> None:
+    """Skip (or, in CI, fail) when ``reason`` says something is missing."""
+    if reason:
+        if IN_CI:
+            pytest.fail(f"required in CI: {reason}")
+        pytest.skip(reason)
+
+
+def media_missing() -> str | None:
+    missing = [t for t in ("ffmpeg", "ffprobe", "espeak-ng") if shutil.which(t) is None]
+    return f"not installed: {', '.join(missing)}" if missing else None
+
+
+@pytest.fixture(autouse=True)
+def _require_marked(request):
+    if request.node.get_closest_marker("media"):
+        need(media_missing())
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One real local Ray for the session (like Ray's own ray_start_regular_shared)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    from tests.support.s3server import s3_server_available, start_s3_server
+
+    need(s3_server_available())
+    with start_s3_server(tmp_path_factory.mktemp("s3")) as server:
+        yield server
+
+
+SMALL_SERIES = {
+    "id": "test-series",
+    "title": "Test Series",
+    "language": "en",
+    "style": {"description": "flat colours", "palette": ["#102030", "#405060", "#f0a040"]},
+    "resolution": {"width": 180, "height": 320},
+    "fps": 12,
+    "characters": [
+        {"id": "ana", "name": "Ana", "look": {"description": "red coat", "outfit": "#c03030"},
+         "voice": {"voice": "en-us+f3", "pitch": 65, "rate": 190}},
+        {"id": "bo", "name": "Bo", "look": {"description": "blue jacket"},
+         "voice": {"voice": "en-us+m3", "pitch": 35, "rate": 170}},
+    ],
+}
+
+SMALL_SCRIPT = {
+    "title": "Test Episode",
+    "language": "en",
+    "scenes": [
+        {"id": "s01", "location": "kitchen", "time_of_day": "night", "shots": [
+            {"id": "s01-01", "description": "A kitchen at night", "characters": ["ana", "bo"],
+             "framing": "wide", "camera": "push_in", "duration": 1.0},
+            {"id": "s01-02", "description": "Ana at the window", "characters": ["ana"], "camera": "pan_left",
+             "duration": 0.5, "lines": [{"speaker": "ana", "text": "Is anyone there?"}]},
+        ]},
+        {"id": "s02", "location": "hallway", "shots": [
+            {"id": "s02-01", "description": "Bo in the hallway", "framing": "close", "camera": "static",
+             "duration": 0.5, "lines": [{"speaker": "bo", "text": "Only me."},
+                                        {"speaker": "ana", "text": "Then who rang?"}]},
+        ]},
+    ],
+}
+
+
+def write_specs(folder: Path, series: dict | None = None, episode: dict | None = None) -> Path:
+    """Write a series and an episode (hand-written script by default) to ``folder``; return the episode path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "series.yaml").write_text(yaml.safe_dump(series or SMALL_SERIES, allow_unicode=True), encoding="utf-8")
+    ep = episode or {"series": "series.yaml", "number": 1, "title": "Test Episode", "target_seconds": 30,
+                     "script": SMALL_SCRIPT}
+    path = folder / "ep001.yaml"
+    path.write_text(yaml.safe_dump(ep, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return path

@@ -1,0 +1,211 @@
+"""The embedded image backend: character sheets and keyframes drawn with Pillow.
+
+Offline and deterministic (every random choice comes from a generator seeded by the action's
+parameters). A character sheet is a turnaround of the character in three poses plus its look and
+colours; it also yields the front pose as a transparent "figure", which every keyframe with that
+character composes in, so a character looks the same in every shot of every episode of the series.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+from typing import Any, Mapping
+
+from PIL import Image, ImageDraw, ImageFilter
+
+from workers.api import Estimate, Resources, StageError, StageResult, Usage
+from workers.fonts import font, wrap
+
+SHEET_SIZE = (1200, 900)
+FIGURE_HEIGHT = 800
+_SKIN = ("#f1c7a5", "#e0ac69", "#c68642", "#8d5524", "#ffdbac", "#d1a37c")
+_HAIR = ("#1b1b1b", "#3b2219", "#6a4e42", "#b89778", "#a52a2a", "#d6c4a8")
+_HAIRSTYLES = ("bob", "long", "short", "bun")
+
+
+def _rgb(color: str) -> tuple[int, int, int]:
+    return tuple(int(color[i:i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
+
+
+def _mix(a, b, t: float) -> tuple[int, int, int]:
+    return tuple(round(x + (y - x) * t) for x, y in zip(a, b))  # type: ignore[return-value]
+
+
+def _rng(*parts: Any) -> random.Random:
+    return random.Random(hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).digest())
+
+
+def _colors(character: Mapping[str, Any], palette: list[str]) -> dict[str, tuple[int, int, int]]:
+    look, rng = character["look"], _rng("colors", character["id"])
+    return {
+        "skin": _rgb(look.get("skin") or rng.choice(_SKIN)),
+        "hair": _rgb(look.get("hair") or rng.choice(_HAIR)),
+        "outfit": _rgb(look.get("outfit") or rng.choice(palette[1:])),
+        "accent": _rgb(palette[-1]),
+    }
+
+
+def draw_figure(character: Mapping[str, Any], palette: list[str], seed: int, pose: str, height: int) -> Image.Image:
+    """One pose ("front", "three_quarter", "side") of a character, on a transparent canvas."""
+    c, rng = _colors(character, palette), _rng("figure", character["id"], seed)
+    hairstyle, build = rng.choice(_HAIRSTYLES), rng.uniform(0.85, 1.15)
+    w, h = int(height * 0.55), height
+    img = Image.new("RGBA", (w, h), (0, 0, 0, 0))
+    d = ImageDraw.Draw(img)
+    turn = {"front": 0.0, "three_quarter": 0.5, "side": 1.0}[pose]
+    cx, head_r = w / 2, h * 0.105
+    shoulder = h * 0.19 * build * (1 - 0.45 * turn)
+    dark = _mix(c["outfit"], (0, 0, 0), 0.35)
+    # legs, torso, arms, neck, head, hair, face: back to front
+    for dx in (-0.35, 0.35):
+        x = cx + dx * shoulder * (1 - 0.6 * turn)
+        d.rounded_rectangle((x - h * 0.035, h * 0.66, x + h * 0.035, h * 0.98), radius=h * 0.02, fill=dark)
+    d.polygon([(cx - shoulder, h * 0.31), (cx + shoulder, h * 0.31),
+               (cx + shoulder * 0.8, h * 0.70), (cx - shoulder * 0.8, h * 0.70)], fill=c["outfit"])
+    for side in (-1, 1):
+        x = cx + side * (shoulder + h * 0.02)
+        if turn < 0.9 or side == 1:
+            d.rounded_rectangle((x - h * 0.03, h * 0.32, x + h * 0.03, h * 0.62), radius=h * 0.03, fill=_mix(c["outfit"], (255, 255, 255), 0.1))
+    d.polygon([(cx - shoulder * 0.45, h * 0.31), (cx + shoulder * 0.45, h * 0.31), (cx, h * 0.40)], fill=c["accent"])
+    d.rectangle((cx - h * 0.03, h * 0.25, cx + h * 0.03, h * 0.32), fill=_mix(c["skin"], (0, 0, 0), 0.1))
+    hx, hy = cx + turn * head_r * 0.35, h * 0.19
+    if hairstyle == "long":
+        d.rounded_rectangle((hx - head_r * 1.15, hy - head_r, hx + head_r * 1.15, hy + head_r * 2.1), radius=head_r * 0.6, fill=c["hair"])
+    d.ellipse((hx - head_r, hy - head_r * 1.15, hx + head_r, hy + head_r * 1.15), fill=c["skin"])
+    if hairstyle == "bun":
+        d.ellipse((hx - head_r * 0.45, hy - head_r * 1.75, hx + head_r * 0.45, hy - head_r * 0.95), fill=c["hair"])
+    cap = {"bob": 0.35, "long": 0.25, "short": -0.15, "bun": 0.0}[hairstyle]
+    d.chord((hx - head_r * 1.08, hy - head_r * 1.25, hx + head_r * 1.08, hy + head_r * (1.0 + cap)), 180, 360, fill=c["hair"])
+    if hairstyle == "bob":
+        for side in (-1, 1):
+            d.rectangle((hx + side * head_r * 0.8, hy - head_r * 0.2, hx + side * head_r * 1.08, hy + head_r * 0.75), fill=c["hair"])
+    eye_dx = [(-0.38, 0.38), (-0.1, 0.5), (0.45,)][min(2, int(turn * 2))]
+    for ex in eye_dx:
+        x = hx + ex * head_r
+        d.ellipse((x - head_r * 0.09, hy - head_r * 0.05, x + head_r * 0.09, hy + head_r * 0.17), fill=(25, 25, 35))
+    mx = hx + turn * head_r * 0.4
+    d.arc((mx - head_r * 0.25, hy + head_r * 0.3, mx + head_r * 0.25, hy + head_r * 0.6), 20, 160, fill=(120, 40, 40), width=max(1, int(h * 0.004)))
+    return img
+
+
+def _gradient(size: tuple[int, int], top, bottom) -> Image.Image:
+    w, h = size
+    column = Image.new("RGB", (1, h))
+    column.putdata([_mix(top, bottom, y / max(1, h - 1)) for y in range(h)])
+    return column.resize((w, h))
+
+
+def draw_sheet(params: Mapping[str, Any]) -> tuple[Image.Image, Image.Image]:
+    style, character, seed = params["style"], params["character"], params["seed"]
+    palette = style["palette"]
+    w, h = SHEET_SIZE
+    sheet = _gradient((w, h), _mix(_rgb(palette[0]), (255, 255, 255), 0.15), _rgb(palette[0])).convert("RGBA")
+    d = ImageDraw.Draw(sheet)
+    d.text((40, 28), f"{character['name']} — character sheet", font=font(44), fill=(255, 255, 255))
+    for i, line in enumerate(wrap(character["look"]["description"], font(24), w - 80, max_lines=2)):
+        d.text((40, 90 + i * 32), line, font=font(24), fill=(230, 230, 230))
+    poses = ("front", "three_quarter", "side")
+    for i, pose in enumerate(poses):
+        fig = draw_figure(character, palette, seed, pose, 640)
+        x = 40 + i * 340
+        sheet.alpha_composite(fig, (x, 180))
+        d.text((x + 110, 830), pose.replace("_", "/").replace("three/quarter", "3/4"), font=font(26), fill=(255, 255, 255))
+    for i, (name, rgb) in enumerate(_colors(character, palette).items()):
+        d.rectangle((w - 95, 200 + i * 90, w - 40, 255 + i * 90), fill=rgb, outline=(255, 255, 255))
+        d.text((w - 95, 258 + i * 90), name, font=font(16), fill=(255, 255, 255))
+    figure = draw_figure(character, palette, seed, "front", FIGURE_HEIGHT)
+    return sheet.convert("RGB"), figure
+
+
+def _night_factor(time_of_day: str) -> float:
+    t = time_of_day.lower()
+    return 0.55 if "night" in t or "夜" in t else 0.3 if "evening" in t or "dusk" in t or "晚" in t else 0.0
+
+
+def draw_keyframe(params: Mapping[str, Any], figures: Mapping[str, Image.Image]) -> Image.Image:
+    w, h = params["width"], params["height"]
+    palette = [_rgb(p) for p in params["style"]["palette"]]
+    rng = _rng("keyframe", params["seed"], params["location"], params["description"])
+    dim = _night_factor(params["time_of_day"])
+    top, bottom = _mix(palette[0], (0, 0, 0), dim), _mix(palette[1], palette[0], 0.3 + dim / 2)
+    img = _gradient((w, h), top, bottom).convert("RGBA")
+    d = ImageDraw.Draw(img)
+    glow = Image.new("RGBA", (w, h), (0, 0, 0, 0))
+    gx, gy, gr = rng.uniform(0.15, 0.85) * w, rng.uniform(0.12, 0.35) * h, rng.uniform(0.06, 0.12) * w
+    ImageDraw.Draw(glow).ellipse((gx - gr, gy - gr, gx + gr, gy + gr), fill=(*palette[-1], 200))
+    img.alpha_composite(glow.filter(ImageFilter.GaussianBlur(w / 40)))
+    horizon = h * rng.uniform(0.55, 0.68)
+    for layer, shade in ((0, 0.45), (1, 0.7)):
+        x = -rng.uniform(0, w * 0.1)
+        while x < w:
+            bw, bh = rng.uniform(0.08, 0.22) * w, rng.uniform(0.12, 0.38) * h * (1.2 - 0.3 * layer)
+            color = _mix(palette[0], (0, 0, 0), shade)
+            d.rectangle((x, horizon - bh, x + bw, horizon), fill=color)
+            for _ in range(int(bw * bh / (w * h) * 120)):
+                wx, wy = rng.uniform(x + 4, x + bw - 8), rng.uniform(horizon - bh + 6, horizon - 10)
+                d.rectangle((wx, wy, wx + w * 0.008, wy + w * 0.012), fill=(*palette[-1], 255) if rng.random() < 0.6 else color)
+            x += bw + rng.uniform(0, w * 0.04)
+    d.rectangle((0, horizon, w, h), fill=_mix(palette[1], (0, 0, 0), 0.5 + dim / 3))
+    cast = [c for c in params["characters"] if c in figures]
+    scale = {"wide": 0.42, "medium": 0.7, "close": 1.5}[params["framing"]]
+    if params["framing"] == "close":
+        cast = cast[:1]
+    for i, cid in enumerate(cast):
+        fig = figures[cid]
+        fh = int(h * scale)
+        fig = fig.resize((max(1, int(fig.width * fh / fig.height)), fh), Image.LANCZOS)
+        x = int((i + 1) / (len(cast) + 1) * w - fig.width / 2)
+        y = int(h * 0.22) if params["framing"] == "close" else int(min(h - fh, horizon + h * 0.3 - fh))
+        img.alpha_composite(fig, (x, y))
+    tint = Image.new("RGBA", (w, h), (*palette[-1], 18))
+    img.alpha_composite(tint)
+    fsize = max(12, w // 30)
+    caption = wrap(params["description"], font(fsize), int(w * 0.88), max_lines=4)
+    head = f"{params['location']} · {params['time_of_day']}"
+    box_h = int(fsize * 1.45 * (len(caption) + 1) + fsize)
+    band = Image.new("RGBA", (w, box_h), (0, 0, 0, 140))
+    img.alpha_composite(band, (0, int(h * 0.04)))
+    d = ImageDraw.Draw(img)
+    y = int(h * 0.04 + fsize * 0.5)
+    d.text((int(w * 0.06), y), head, font=font(int(fsize * 0.8)), fill=_mix(palette[-1], (255, 255, 255), 0.5))
+    for line in caption:
+        y += int(fsize * 1.45)
+        d.text((int(w * 0.06), y), line, font=font(fsize), fill=(255, 255, 255))
+    return img.convert("RGB")
+
+
+class PillowImages:
+    """Image stage, embedded default: ``sheet`` (a character turnaround) and ``keyframe`` (one per shot)."""
+
+    stage, name, version = "image", "pillow", "1"
+    ops = ("sheet", "keyframe")
+    resources = Resources(num_cpus=1)
+    tools: tuple[str, ...] = ()
+
+    def estimate(self, op: str, params: Mapping[str, Any]) -> Estimate:
+        return Estimate(seconds=0.5 if op == "sheet" else params["width"] * params["height"] / 2e6)
+
+    def run(self, op: str, inputs: Mapping[str, Path], params: Mapping[str, Any], out_dir: Path) -> StageResult:
+        if op == "sheet":
+            sheet, figure = draw_sheet(params)
+            files = {"sheet": out_dir / "sheet.png", "figure": out_dir / "figure.png"}
+            sheet.save(files["sheet"], optimize=False)
+            figure.save(files["figure"], optimize=False)
+            return StageResult(files=files, meta={"width": sheet.width, "height": sheet.height}, usage=Usage(model="pillow"))
+        if op == "keyframe":
+            figures = {}
+            for name, path in inputs.items():
+                if name.startswith("sheet:"):
+                    with Image.open(path) as im:
+                        figures[name[len("sheet:"):]] = im.convert("RGBA")
+            frame = draw_keyframe(params, figures)
+            path = out_dir / "keyframe.png"
+            frame.save(path, optimize=False)
+            return StageResult(files={"keyframe": path}, meta={"width": frame.width, "height": frame.height}, usage=Usage(model="pillow"))
+        raise StageError(f"{self.name} cannot do {op!r}")
+
+
+BACKEND = PillowImages()
