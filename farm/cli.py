@@ -77,6 +77,7 @@ def render_one(episode: Path, settings: Settings, out: Path | None = None, on_pr
     from farm.runtime import RayRuntime
 
     loaded = load_episode(episode)
+    settings.store_spec()  # a bad store setting fails here, before Ray starts
     preflight(settings)
     runtime = RayRuntime(settings.ray_address, settings.num_cpus)
     try:

@@ -3,15 +3,15 @@
 Deterministic (same outline and seed, same script) and offline. Each beat becomes a scene that opens
 on an establishing shot; each line gets its own shot on its speaker, alternating close and medium
 framing; camera moves are drawn from a generator seeded by the episode's seed and the beat. Shot
-lengths are padded so the episode lands near its target length: lines are estimated from the
-language's speaking rate, and the farm stretches any shot whose voiced lines need more time.
+lengths never depend on the words of a line, so editing one line re-renders only that line's shot:
+a dialogue shot asks for a minimum and the farm stretches it to its voiced lines, and the time left
+to reach the target (counting each line at a nominal length) goes to the establishing shots.
 """
 
 from __future__ import annotations
 
 import json
 import random
-import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -20,20 +20,13 @@ from workers.api import Estimate, Resources, StageError, StageResult, Usage
 
 _MOVES_ESTABLISH = (Camera.push_in, Camera.pan_left, Camera.pan_right, Camera.pull_out, Camera.pan_up)
 _MOVES_DIALOGUE = (Camera.static, Camera.push_in, Camera.push_in, Camera.pan_left, Camera.pan_right, Camera.pull_out)
-_ESTABLISH_S = 2.5
-_BREATH_S = 1.0  # lead, tail and a little air around each line (the farm's exact layout is in farm.plan)
-_MAX_SHOT_S = 30.0
-
-
-def _speech_seconds(text: str, units_per_second: float) -> float:
-    cjk = len(re.findall(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]", text))
-    words = len(re.findall(r"[^\W\d_]+|\d+", re.sub(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]", " ", text)))
-    return max(0.6, (cjk + words) / units_per_second)
+_MIN_ESTABLISH_S, _MAX_SHOT_S = 2.0, 30.0
+_DIALOGUE_MIN_S = 0.5  # the farm stretches a dialogue shot to fit its voiced line
+_NOMINAL_LINE_S = 2.8  # a typical line with its lead-in and tail, for filling the target length
 
 
 def write_script(params: Mapping[str, Any]) -> Script:
     series, episode = params["series"], params["episode"]
-    ups = float(params["units_per_second"])
     names = {c["id"]: c["name"] for c in series["characters"]}
     style = series["style"]["description"]
     scenes: list[Scene] = []
@@ -46,7 +39,7 @@ def write_script(params: Mapping[str, Any]) -> Script:
             id=f"{sid}-01",
             description=f"{beat['location']}, {beat['time_of_day']}. {beat['beat']} ({style})",
             characters=present, framing=Framing.wide, camera=rng.choice(_MOVES_ESTABLISH),
-            duration=_ESTABLISH_S,
+            duration=_MIN_ESTABLISH_S,
         )]
         for li, line in enumerate(beat["lines"]):
             who = line["speaker"]
@@ -56,7 +49,7 @@ def write_script(params: Mapping[str, Any]) -> Script:
                 id=f"{sid}-{li + 2:02d}",
                 description=f"{names[who]} speaks. {beat['beat']}",
                 characters=[who, *others], framing=framing, camera=rng.choice(_MOVES_DIALOGUE),
-                duration=round(min(_MAX_SHOT_S, _speech_seconds(line["text"], ups) + _BREATH_S), 2),
+                duration=_DIALOGUE_MIN_S,
                 lines=[Line(speaker=who, text=line["text"])],
             ))
         scenes.append(Scene(id=sid, location=beat["location"], time_of_day=beat["time_of_day"], shots=shots))
@@ -64,16 +57,12 @@ def write_script(params: Mapping[str, Any]) -> Script:
 
 
 def _fit(scenes: list[Scene], target: float) -> list[Scene]:
-    """Pad shot durations (establishing shots first) so the episode is about ``target`` seconds."""
-    total = sum(shot.duration for scene in scenes for shot in scene.shots)
-    spare = target - total
-    if spare <= 0:
-        return scenes
-    shots = [shot for scene in scenes for shot in scene.shots]
-    weights = [3.0 if shot.framing is Framing.wide else 1.0 for shot in shots]
-    extra = {shot.id: spare * w / sum(weights) for shot, w in zip(shots, weights)}
+    """Share the time the lines will not fill among the establishing shots, evenly."""
+    lines = sum(len(shot.lines) for scene in scenes for shot in scene.shots)
+    spare = target - lines * _NOMINAL_LINE_S
+    each = round(min(_MAX_SHOT_S, max(_MIN_ESTABLISH_S, spare / len(scenes))), 2)
     return [scene.model_copy(update={"shots": [
-        shot.model_copy(update={"duration": round(min(_MAX_SHOT_S, shot.duration + extra[shot.id]), 2)})
+        shot.model_copy(update={"duration": each}) if shot.framing is Framing.wide else shot
         for shot in scene.shots]}) for scene in scenes]
 
 
