@@ -45,7 +45,7 @@ class _ProgressPrinter:
     """One line rewritten in place on a terminal; at most one line a second otherwise."""
 
     def __init__(self, stream=sys.stderr):
-        self.stream, self.tty, self.last, self.text = stream, stream.isatty(), 0.0, ""
+        self.stream, self.tty, self.last, self.text, self.printed = stream, stream.isatty(), 0.0, "", ""
 
     def __call__(self, progress) -> None:
         text = progress.line()
@@ -56,14 +56,17 @@ class _ProgressPrinter:
             self.stream.write("\r\033[K" + text)
             self.stream.flush()
         elif time.monotonic() - self.last >= 1.0:
-            self.last = time.monotonic()
-            print(text, file=self.stream, flush=True)
+            self._print()
+
+    def _print(self) -> None:
+        self.last, self.printed = time.monotonic(), self.text
+        print(self.text, file=self.stream, flush=True)
 
     def close(self) -> None:
         if self.tty and self.text:
             self.stream.write("\n")
-        elif self.text:
-            print(self.text, file=self.stream, flush=True)
+        elif self.text != self.printed:
+            self._print()
 
 
 def preflight(settings: Settings) -> None:
@@ -72,14 +75,15 @@ def preflight(settings: Settings) -> None:
         require_tool(tool)
 
 
-def render_one(episode: Path, settings: Settings, out: Path | None = None, on_progress=None):
+def render_one(episode: Path, settings: Settings, out: Path | None = None, on_progress=None,
+               log_level: str = "WARNING"):
     from farm.render import EpisodeRender
     from farm.runtime import RayRuntime
 
     loaded = load_episode(episode)
     settings.store_spec()  # a bad store setting fails here, before Ray starts
     preflight(settings)
-    runtime = RayRuntime(settings.ray_address, settings.num_cpus)
+    runtime = RayRuntime(settings.ray_address, settings.num_cpus, log_level)
     try:
         return EpisodeRender(loaded, settings, runtime, out_dir=out, on_progress=on_progress).run()
     finally:
@@ -91,7 +95,7 @@ def cmd_render(args) -> int:
     printer = _ProgressPrinter()
     try:
         result = render_one(Path(args.episode), settings, Path(args.out) if args.out else None,
-                            None if args.quiet else printer)
+                            None if args.quiet else printer, _level(args))
     finally:
         printer.close()
     summary = result.summary()
@@ -177,9 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _level(args) -> str:
+    return ["WARNING", "INFO", "DEBUG"][min(args.verbose, 2)]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logs.configure(level=["WARNING", "INFO", "DEBUG"][min(args.verbose, 2)])
+    logs.configure(level=_level(args))
     try:
         return args.func(args)
     except SpecError as exc:

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import ray
 import structlog
 
-from farm import backends
+from farm import backends, logs
 from farm.errors import ActionFailed, FarmError
 from farm.manifest import Blob, Manifest, UsageRecord
 from farm.plan import Action
@@ -61,6 +61,10 @@ def execute(action: Mapping[str, Any], inputs: Mapping[str, Mapping[str, Any]], 
         except StageError as exc:
             bound.warning("action.failed", error=str(exc), retryable=exc.retryable)
             raise ActionFailed(act.key, act.label, str(exc), retryable=exc.retryable) from None
+        except Exception as exc:  # a bug in the backend: running it again will not help
+            bound.exception("action.crashed")
+            raise ActionFailed(act.key, act.label, f"{act.backend} crashed: {type(exc).__name__}: {exc}",
+                               retryable=False) from None
         finished = time.time()
         outputs = {name: store.put_blob(path, name=Path(path).name) for name, path in result.files.items()}
     manifest = Manifest(
@@ -75,7 +79,8 @@ def execute(action: Mapping[str, Any], inputs: Mapping[str, Mapping[str, Any]], 
 
 
 @ray.remote(max_retries=2)  # system failures (a worker or node died); stage failures are retried by the caller
-def _execute_task(action, inputs, spec, studio):
+def _execute_task(action, inputs, spec, studio, log_level):
+    logs.configure(level=log_level, json=True)
     return execute(action, inputs, spec, studio)
 
 
@@ -92,7 +97,8 @@ class RayRuntime:
     Connects to ``address`` (or FARM_RAY_ADDRESS through settings) when given, else starts a local Ray.
     """
 
-    def __init__(self, address: str | None = None, num_cpus: int | None = None):
+    def __init__(self, address: str | None = None, num_cpus: int | None = None, log_level: str = "WARNING"):
+        self.log_level = log_level
         self._owns = not ray.is_initialized()
         if self._owns:
             kwargs: dict[str, Any] = {"address": address, "logging_level": "WARNING",
@@ -110,7 +116,7 @@ class RayRuntime:
         if res.memory_mb:
             options["memory"] = res.memory_mb * 1024 * 1024
         ref = _execute_task.options(**options).remote(
-            action.to_json(), {k: b.model_dump() for k, b in inputs.items()}, spec, studio)
+            action.to_json(), {k: b.model_dump() for k, b in inputs.items()}, spec, studio, self.log_level)
         self._running[ref] = action
 
     @property

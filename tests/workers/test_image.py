@@ -78,3 +78,16 @@ def test_cjk_caption_draws_glyphs(tmp_path):
         band = img.crop((0, 40, 360, 110))
         return sum(band.histogram()[201:])
     assert ink("梅在柜台下发现了一封信", "cjk") > ink("\u3000", "blank") + 200
+
+
+def test_every_hairstyle_and_pose_draws():
+    """Figures draw for many characters and seeds in every pose (every hairstyle is reached)."""
+    from workers.image.pillow import _HAIRSTYLES, _rng, draw_figure
+
+    styles = set()
+    for i in range(40):
+        character = dict(ANA, id=f"c{i}")
+        styles.add(_rng("figure", character["id"], i).choice(_HAIRSTYLES))
+        for pose in ("front", "three_quarter", "side"):
+            assert draw_figure(character, STYLE["palette"], i, pose, 120).size == (66, 120)
+    assert styles == set(_HAIRSTYLES)

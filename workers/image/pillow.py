@@ -80,8 +80,8 @@ def draw_figure(character: Mapping[str, Any], palette: list[str], seed: int, pos
     cap = {"bob": 0.35, "long": 0.25, "short": -0.15, "bun": 0.0}[hairstyle]
     d.chord((hx - head_r * 1.08, hy - head_r * 1.25, hx + head_r * 1.08, hy + head_r * (1.0 + cap)), 180, 360, fill=c["hair"])
     if hairstyle == "bob":
-        for side in (-1, 1):
-            d.rectangle((hx + side * head_r * 0.8, hy - head_r * 0.2, hx + side * head_r * 1.08, hy + head_r * 0.75), fill=c["hair"])
+        for x0, x1 in ((hx - head_r * 1.08, hx - head_r * 0.8), (hx + head_r * 0.8, hx + head_r * 1.08)):
+            d.rectangle((x0, hy - head_r * 0.2, x1, hy + head_r * 0.75), fill=c["hair"])
     eye_dx = [(-0.38, 0.38), (-0.1, 0.5), (0.45,)][min(2, int(turn * 2))]
     for ex in eye_dx:
         x = hx + ex * head_r
@@ -155,7 +155,8 @@ def draw_keyframe(params: Mapping[str, Any], figures: Mapping[str, Image.Image])
         cast = cast[:1]
     for i, cid in enumerate(cast):
         fig = figures[cid]
-        fh = int(h * scale)
+        # never wider than the character's share of the frame, so two people in a medium shot do not overlap
+        fh = int(min(h * scale, 0.95 * w / len(cast) * fig.height / fig.width))
         fig = fig.resize((max(1, int(fig.width * fh / fig.height)), fh), Image.LANCZOS)
         x = int((i + 1) / (len(cast) + 1) * w - fig.width / 2)
         y = int(h * 0.22) if params["framing"] == "close" else int(min(h - fh, horizon + h * 0.3 - fh))

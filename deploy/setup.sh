@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Set up the farm on a Debian/Ubuntu machine: system packages, then a virtual environment in .venv.
+#   bash deploy/setup.sh          what rendering needs (ffmpeg, espeak-ng, CJK fonts)
+#   bash deploy/setup.sh --test   also what the tests need (an S3 server: OpenStack Swift + memcached)
+# Safe to run again: it installs only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(ffmpeg espeak-ng fonts-noto-cjk python3-venv)
+extras=""
+if [ "${1:-}" = "--test" ]; then
+  packages+=(swift swift-proxy swift-account swift-container swift-object memcached)
+  extras="[test]"
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "installing system packages: ${missing[*]}" >&2
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e ".${extras}"
+echo "ready: .venv/bin/farm --help" >&2

@@ -1,0 +1,82 @@
+"""``farm bench episode``: what caching and assembly cost, measured against baselines in the same run.
+
+1. A shipped example rendered cold (fresh store) and then warm (same store): the warm render should
+   run zero actions, so its wall time is the planner's and the store's overhead.
+2. The assembly action's own time (concat by stream copy + two-pass loudness + AAC + subtitles +
+   storyboard), against a bare ``ffmpeg -f concat -c copy`` of the same shot files: what the
+   deliverable-quality steps add over the cheapest possible join.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+from farm.cli import preflight, write_examples
+from farm.loader import load_episode
+from farm.render import EpisodeRender
+from farm.settings import Settings
+from workers.api import run_tool
+
+
+def _bare_concat(render: EpisodeRender, workdir: Path) -> float:
+    shots = sorted((m for m in render.ran + render.cached if m.op == "mux"), key=lambda m: m.label)
+    paths = []
+    for i, manifest in enumerate(shots):
+        paths.append(render.store.get_blob(manifest.outputs["shot"], workdir / f"shot{i:03d}.mov"))
+    listing = workdir / "concat.txt"
+    listing.write_text("".join(f"file '{p.name}'\n" for p in paths))
+    started = time.perf_counter()
+    run_tool(["ffmpeg", "-v", "error", "-y", "-f", "concat", "-safe", "0", "-i", str(listing), "-c", "copy",
+              str(workdir / "bare.mov")], what="bare concat")
+    return time.perf_counter() - started
+
+
+def bench_episode(settings: Settings, example: str = "midnight-tea/ep001.yaml", workdir: Path | None = None) -> dict:
+    from farm.runtime import RayRuntime
+
+    tmp = None
+    if workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="farm-bench-")
+        workdir = Path(tmp.name)
+    workdir.mkdir(parents=True, exist_ok=True)
+    write_examples(workdir / "examples")
+    episode = workdir / "examples" / example
+    settings = settings.model_copy(update={"store": str(workdir / "store")})
+    preflight(settings)
+    loaded = load_episode(episode)
+    runtime = RayRuntime(settings.ray_address, settings.num_cpus)
+    try:
+        cold = EpisodeRender(loaded, settings, runtime)
+        cold_result = cold.run()
+        warm_result = EpisodeRender(loaded, settings, runtime).run()
+    finally:
+        runtime.shutdown()
+    assembly = next(m for m in cold.ran if m.op == "episode").seconds
+    bare = _bare_concat(cold, workdir)
+    series = loaded.series
+    report = {
+        "example": example,
+        "video_seconds": cold_result.duration_seconds,
+        "resolution": f"{series.resolution.width}x{series.resolution.height}@{series.fps}",
+        "cold_seconds": round(cold_result.wall_seconds, 2), "cold_actions_run": len(cold_result.ran),
+        "warm_seconds": round(warm_result.wall_seconds, 3), "warm_actions_run": len(warm_result.ran),
+        "warm_actions_cached": len(warm_result.cached),
+        "cold_over_warm": round(cold_result.wall_seconds / max(warm_result.wall_seconds, 1e-6), 1),
+        "assembly_seconds": round(assembly, 2), "bare_concat_seconds": round(bare, 3),
+        "assembly_over_bare_concat": round(assembly / max(bare, 1e-6), 1),
+        "cpu_seconds": cold_result.summary()["cpu_seconds"],
+    }
+    report["text"] = "\n".join([
+        f"farm bench episode: {example} ({report['video_seconds']:.1f} s of video at {report['resolution']})",
+        f"  cold render  {report['cold_seconds']:8.2f} s  ({report['cold_actions_run']} actions run, "
+        f"{report['cpu_seconds']:.0f} CPU-s)",
+        f"  warm render  {report['warm_seconds']:8.3f} s  ({report['warm_actions_run']} run, "
+        f"{report['warm_actions_cached']} cached)  cold/warm = {report['cold_over_warm']}x",
+        f"  assembly     {report['assembly_seconds']:8.2f} s  vs bare `ffmpeg -f concat -c copy` of the same shots "
+        f"{report['bare_concat_seconds']:.3f} s  = {report['assembly_over_bare_concat']}x",
+    ])
+    if tmp is not None:
+        tmp.cleanup()
+    return report
