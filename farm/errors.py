@@ -47,8 +47,17 @@ class StoreError(FarmError):
 
 
 class ActionFailed(FarmError):
-    def __init__(self, key: str, label: str, message: str, *, retryable: bool):
+    def __init__(self, key: str, label: str, message: str, *, retryable: bool, worker: str | None = None):
         super().__init__(f"{label}: {message}")
         self.key = key
         self.label = label
         self.retryable = retryable
+        self.worker = worker  # the Ray node it failed on, for quarantine across distinct workers
+        self._message = message
+
+    def __reduce__(self):  # survives pickling across Ray processes with every field
+        return (_rebuild_action_failed, (self.key, self.label, self._message, self.retryable, self.worker))
+
+
+def _rebuild_action_failed(key, label, message, retryable, worker):
+    return ActionFailed(key, label, message, retryable=retryable, worker=worker)

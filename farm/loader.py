@@ -7,6 +7,8 @@ Every problem in every file is collected before anything is raised, so one run o
 from __future__ import annotations
 
 import difflib
+import glob
+from datetime import datetime
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -15,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from farm.errors import SpecError, SpecProblem
-from farm.spec import SPEC_FIELDS, Episode, Series, check_episode
+from farm.spec import SPEC_FIELDS, BatchSpec, Episode, Series, check_episode
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,58 @@ def load_episode(path: Path) -> LoadedEpisode:
     return loaded
 
 
-def validate_files(paths: Iterable[Path]) -> list[SpecProblem]:
+@dataclass(frozen=True)
+class LoadedBatch:
+    path: Path
+    spec: BatchSpec
+    episodes: list[LoadedEpisode]
+
+
+def _load_batch(path: Path, now: datetime, problems: list[SpecProblem]) -> LoadedBatch | None:
+    before = len(problems)
+    spec = _validate(BatchSpec, path, problems)
+    if spec is None:
+        return None
+    if spec.deadline is not None and spec.deadline <= now:
+        problems.append(SpecProblem(str(path), "deadline", f"{spec.deadline.isoformat()} is already past "
+                                    f"(now {now.isoformat(timespec='seconds')}); give a future time with its zone"))
+    files: list[Path] = []
+    for i, pattern in enumerate(spec.episodes):
+        matches = sorted(glob.glob(str(path.parent / pattern), recursive=True))
+        if not matches:
+            problems.append(SpecProblem(str(path), f"episodes[{i}]", f"{pattern!r} matches no file "
+                                        f"(relative to {path.parent}); check the path or the pattern"))
+        files += [Path(m).resolve() for m in matches if Path(m).resolve() not in files]
+    episodes: list[LoadedEpisode] = []
+    seen: dict[tuple[str, str], Path] = {}
+    for file in files:
+        loaded = _load_episode(file, problems)
+        if loaded is None:
+            continue
+        ident = (loaded.series.id, loaded.episode.slug)
+        if ident in seen:
+            problems.append(SpecProblem(str(file), "number", f"episode {ident[1]} of series {ident[0]} is also "
+                                        f"{seen[ident]}; each episode may appear once in a batch"))
+        seen[ident] = file
+        episodes.append(loaded)
+    if len(problems) > before:
+        return None
+    return LoadedBatch(path=path, spec=spec, episodes=episodes)
+
+
+def load_batch(path: Path, now: datetime) -> LoadedBatch:
+    """Load a batch and every episode it names, fully validated; raises SpecError listing every problem.
+
+    ``now`` (timezone-aware) is passed in so that "deadline in the past" is decided by the caller's clock.
+    """
+    problems: list[SpecProblem] = []
+    loaded = _load_batch(Path(path), now, problems)
+    if problems or loaded is None:
+        raise SpecError(problems)
+    return loaded
+
+
+def validate_files(paths: Iterable[Path], now: datetime | None = None) -> list[SpecProblem]:
     """Every problem in these files (episodes or series, told apart by their fields)."""
     problems: list[SpecProblem] = []
     for path in map(Path, paths):
@@ -151,6 +204,8 @@ def validate_files(paths: Iterable[Path]) -> list[SpecProblem]:
             head = None
         if isinstance(head, dict) and "characters" in head and "number" not in head:
             _validate(Series, path, problems)
+        elif isinstance(head, dict) and "studio" in head and "episodes" in head:
+            _load_batch(path, now or datetime.now().astimezone(), problems)
         else:
             _load_episode(path, problems)
     return problems

@@ -6,8 +6,9 @@ Secrets are SecretStr: they print as '**********' and are never logged.
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Mapping
+from typing import Any, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
@@ -44,7 +45,16 @@ class Settings(BaseModel):
     backend_video: str = "ffmpeg-motion"
     backend_dubbing: str = "espeak-ng"
     backend_assembly: str = "ffmpeg"
-    retries: int = Field(2, ge=0, le=10)
+    retries: int = Field(2, ge=0, le=10)  # farm render: attempts after a retryable failure
+    log_level: str = Field("WARNING", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+    # the batch controller
+    metrics_port: int = Field(9108, ge=0, le=65535)
+    stage_resources: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description='per stage: {"video": {"num_gpus": 1, "accelerator": "A100"}}')
+    prices: dict[str, float] = Field(default_factory=lambda: {"per_1k_tokens": 0.0, "per_gpu_hour": 0.0})
+    shares: list[dict[str, Any]] = Field(default_factory=list, description='[{"studio", "weight", "floor_gpus"}]')
+    caps: dict[str, int] = Field(default_factory=dict, description="concurrency cap per backend name")
+    retry: dict[str, float] = Field(default_factory=dict, description="RetryPolicy fields")
 
     @field_validator("store")
     @classmethod
@@ -56,7 +66,16 @@ class Settings(BaseModel):
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":
         env = os.environ if env is None else env
-        values = {name: env[f"FARM_{name.upper()}"] for name in cls.model_fields if f"FARM_{name.upper()}" in env}
+        values: dict[str, Any] = {}
+        for name, info in cls.model_fields.items():
+            raw = env.get(f"FARM_{name.upper()}")
+            if raw is None:
+                continue
+            structured = getattr(info.annotation, "__origin__", None) in (dict, list)
+            try:
+                values[name] = json.loads(raw) if structured else raw
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"FARM_{name.upper()} must be JSON: {exc}") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls.model_validate(values)
 

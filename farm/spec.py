@@ -6,9 +6,9 @@ the file, the line, the field path and the fix is ``farm.loader``'s job.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from farm.script import Line, Script, Slug, Text
 
@@ -161,7 +161,38 @@ def check_episode(series: Series, episode: Episode) -> list[tuple[str, str]]:
     return problems
 
 
+
+
+PRIORITY_CLASSES = {"low": 0, "normal": 1, "high": 2, "urgent": 3}
+
+
+class BudgetSpec(_Spec):
+    tokens: int | None = Field(None, ge=0)
+    gpu_seconds: float | None = Field(None, ge=0)
+    money: float | None = Field(None, ge=0, description="in the price table's currency (settings)")
+
+
+class Webhook(_Spec):
+    url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$", max_length=2000)]
+    secret_env: Annotated[str, StringConstraints(pattern=r"^[A-Z_][A-Z0-9_]{0,63}$")] | None = Field(
+        None, description="name of the environment variable holding the HMAC secret (never the secret itself)")
+
+
+class BatchSpec(_Spec):
+    """A nightly batch: whose it is, how urgent, by when, for how much, and which episodes."""
+
+    studio: Slug
+    name: Annotated[str, StringConstraints(min_length=1, max_length=120)] | None = None
+    priority: Literal["low", "normal", "high", "urgent"] = "normal"
+    deadline: AwareDatetime | None = None
+    budget: BudgetSpec = BudgetSpec()
+    episodes: list[Annotated[str, StringConstraints(min_length=1)]] = Field(
+        min_length=1, description="episode files or globs, relative to the batch file")
+    webhook: Webhook | None = None
+
+
 SPEC_FIELDS = sorted(
-    {name for model in (Voice, Look, Character, Style, Resolution, Series, Beat, Episode, Line) for name in model.model_fields}
+    {name for model in (Voice, Look, Character, Style, Resolution, Series, Beat, Episode, Line, BatchSpec,
+                        BudgetSpec, Webhook) for name in model.model_fields}
     | {"scenes", "shots", "framing", "camera", "duration", "description", "location", "time_of_day", "schema_version"}
 )

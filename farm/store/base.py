@@ -17,7 +17,8 @@ from typing import Iterator, Protocol
 
 from farm.errors import StoreError
 
-_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# A leading '_' is allowed for the farm's own trees (``_farm/``): studio slugs cannot start with one.
+_SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 
 
 def check_name(name: str) -> str:
