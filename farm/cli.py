@@ -4,6 +4,8 @@
     farm render EPISODE.yaml          render one episode (local Ray and ./farm-store by default)
     farm examples DIR                 write the shipped example series and episodes to DIR
     farm bench episode                cold vs warm render, assembly vs bare ffmpeg concat
+    farm controller start|status|stop the batch controller on a Ray cluster (farm.cli_batch)
+    farm batch submit|list|status|watch|cancel|events
 
 Settings come from FARM_* environment variables (see farm.settings); options override them.
 Exit codes: 0 ok, 1 the work failed, 2 bad input (specs, options, missing tools).
@@ -27,9 +29,12 @@ from farm.settings import Settings
 from workers.api import ToolMissing, require_tool
 
 
-def _settings(args) -> Settings:
+def settings_from_args(args) -> Settings:
+    """Settings from FARM_* variables, overridden by whichever options this command has."""
     return Settings.from_env(store=getattr(args, "store", None), studio=getattr(args, "studio", None),
-                             ray_address=getattr(args, "address", None), num_cpus=getattr(args, "num_cpus", None))
+                             ray_address=getattr(args, "address", None), num_cpus=getattr(args, "num_cpus", None),
+                             metrics_port=getattr(args, "metrics_port", None),
+                             log_level=_level(args) if getattr(args, "verbose", 0) else None)
 
 
 def cmd_validate(args) -> int:
@@ -91,7 +96,7 @@ def render_one(episode: Path, settings: Settings, out: Path | None = None, on_pr
 
 
 def cmd_render(args) -> int:
-    settings = _settings(args)
+    settings = settings_from_args(args)
     printer = _ProgressPrinter()
     try:
         result = render_one(Path(args.episode), settings, Path(args.out) if args.out else None,
@@ -138,7 +143,7 @@ def cmd_examples(args) -> int:
 def cmd_bench(args) -> int:
     from farm.bench import bench_episode
 
-    report = bench_episode(_settings(args), example=args.example, workdir=Path(args.workdir) if args.workdir else None)
+    report = bench_episode(settings_from_args(args), example=args.example, workdir=Path(args.workdir) if args.workdir else None)
     print(json.dumps(report, indent=2) if args.json else report["text"])
     return 0
 
@@ -178,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--workdir", help="keep the bench's files here (default: a temporary directory)")
     be.add_argument("--json", action="store_true")
     be.set_defaults(func=cmd_bench)
+
+    from farm import cli_batch
+
+    cli_batch.add_parsers(sub, common)
     return p
 
 

@@ -11,7 +11,7 @@ import os
 import socket
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -22,11 +22,17 @@ from farm import backends, logs
 from farm.errors import ActionFailed, FarmError
 from farm.manifest import Blob, Manifest, UsageRecord
 from farm.plan import Action
+from farm.policy import Capacity
+from farm.controller import Profile
 from farm.settings import StoreSpec
 from farm.store import ArtifactStore, open_objects
 from workers.api import StageError
 
 log = structlog.get_logger("farm.runtime")
+
+
+def _node() -> str:
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else socket.gethostname()
 
 
 def execute(action: Mapping[str, Any], inputs: Mapping[str, Mapping[str, Any]], spec: StoreSpec,
@@ -60,18 +66,18 @@ def execute(action: Mapping[str, Any], inputs: Mapping[str, Mapping[str, Any]], 
             result = backend.run(act.op, local, act.params, out_dir)
         except StageError as exc:
             bound.warning("action.failed", error=str(exc), retryable=exc.retryable)
-            raise ActionFailed(act.key, act.label, str(exc), retryable=exc.retryable) from None
+            raise ActionFailed(act.key, act.label, str(exc), retryable=exc.retryable, worker=_node()) from None
         except Exception as exc:  # a bug in the backend: running it again will not help
             bound.exception("action.crashed")
             raise ActionFailed(act.key, act.label, f"{act.backend} crashed: {type(exc).__name__}: {exc}",
-                               retryable=False) from None
+                               retryable=False, worker=_node()) from None
         finished = time.time()
         outputs = {name: store.put_blob(path, name=Path(path).name) for name, path in result.files.items()}
     manifest = Manifest(
         key=act.key, stage=act.stage, op=act.op, backend=act.backend, version=act.version, label=act.label,
         outputs=outputs, meta=result.meta, usage=UsageRecord(**vars(result.usage)),
         started_at=started, finished_at=finished,
-        worker={"node": socket.gethostname(), "pid": str(os.getpid())},
+        worker={"node": _node(), "host": socket.gethostname(), "pid": str(os.getpid())},
     )
     store.put_manifest(manifest)
     bound.info("action.finished", seconds=round(finished - started, 3))
@@ -84,6 +90,18 @@ def _execute_task(action, inputs, spec, studio, log_level):
     return execute(action, inputs, spec, studio)
 
 
+@ray.remote(max_restarts=0)
+class StageWorker:
+    """A long-lived worker for one GPU backend: loads the backend (and its model) once, stays warm."""
+
+    def __init__(self, stage: str, backend: str, log_level: str):
+        logs.configure(level=log_level, json=True)
+        self.backend = backends.load(stage, backend)
+
+    def run(self, action, inputs, spec, studio):
+        return execute(action, inputs, spec, studio)
+
+
 @dataclass
 class Finished:
     action: Action
@@ -91,14 +109,25 @@ class Finished:
     error: ActionFailed | None
 
 
-class RayRuntime:
-    """Submits actions as Ray tasks with the resources their backends declare.
+@dataclass
+class _Pool:
+    """Warm actors of one (stage, backend, accelerator); grown to the work given, retired when idle."""
 
-    Connects to ``address`` (or FARM_RAY_ADDRESS through settings) when given, else starts a local Ray.
+    idle: list = field(default_factory=list)
+    busy: dict = field(default_factory=dict)  # ref -> actor
+    last_used: dict = field(default_factory=dict)  # actor id -> monotonic time
+
+
+class RayRuntime:
+    """Runs actions on Ray: CPU stages as tasks, GPU stages on pools of warm ``StageWorker`` actors.
+
+    Connects to ``address`` when given (or to the cluster this process already joined), else starts
+    a local Ray. Each action holds the resources of its profile (settings) or its backend's own.
     """
 
-    def __init__(self, address: str | None = None, num_cpus: int | None = None, log_level: str = "WARNING"):
-        self.log_level = log_level
+    def __init__(self, address: str | None = None, num_cpus: int | None = None, log_level: str = "WARNING",
+                 idle_actor_s: float = 30.0):
+        self.log_level, self.idle_actor_s = log_level, idle_actor_s
         self._owns = not ray.is_initialized()
         if self._owns:
             kwargs: dict[str, Any] = {"address": address, "logging_level": "WARNING",
@@ -106,22 +135,89 @@ class RayRuntime:
             if address is None and num_cpus is not None:
                 kwargs["num_cpus"] = num_cpus
             ray.init(**kwargs)
-        self._running: dict[ray.ObjectRef, Action] = {}
+        self._running: dict[ray.ObjectRef, tuple[Action, Any]] = {}  # ref -> (action, profile)
+        self._pools: dict[tuple, _Pool] = {}
+        self._totals: tuple[float, Any] | None = None
 
-    def submit(self, action: Action, inputs: Mapping[str, Blob], spec: StoreSpec, studio: str) -> None:
+    @staticmethod
+    def _profile(action: Action, profile=None):
+        if profile is not None:
+            return profile
         res = backends.load(action.stage, action.backend).resources
-        options: dict[str, Any] = {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus, "name": action.label}
-        if res.accelerator:
-            options["accelerator_type"] = res.accelerator
-        if res.memory_mb:
-            options["memory"] = res.memory_mb * 1024 * 1024
-        ref = _execute_task.options(**options).remote(
-            action.to_json(), {k: b.model_dump() for k, b in inputs.items()}, spec, studio, self.log_level)
-        self._running[ref] = action
+        return Profile(cpus=res.num_cpus, gpus=res.num_gpus, accelerator=res.accelerator)
+
+    def submit(self, action: Action, inputs: Mapping[str, Blob], spec: StoreSpec, studio: str, profile=None) -> None:
+        prof = self._profile(action, profile)
+        args = (action.to_json(), {k: b.model_dump() for k, b in inputs.items()}, spec, studio)
+        if prof.gpus > 0:
+            ref = self._pool_submit(action, prof, args)
+        else:
+            ref = _execute_task.options(num_cpus=prof.cpus, name=action.label).remote(*args, self.log_level)
+        self._running[ref] = (action, prof)
+
+    def _pool_submit(self, action: Action, prof, args):
+        key = (action.stage, action.backend, prof.accelerator, prof.gpus, prof.cpus)
+        pool = self._pools.setdefault(key, _Pool())
+        if pool.idle:
+            actor = pool.idle.pop()
+        else:
+            self._retire_idle(exclude=key, now=None)
+            options: dict[str, Any] = {"num_gpus": prof.gpus, "num_cpus": prof.cpus,
+                                       "name": None, "max_concurrency": 1}
+            if prof.accelerator:
+                options["accelerator_type"] = prof.accelerator
+            actor = StageWorker.options(**options).remote(action.stage, action.backend, self.log_level)
+        ref = actor.run.remote(*args)
+        pool.busy[ref] = actor
+        return ref
+
+    def _retire_idle(self, exclude=None, now: float | None = None) -> None:
+        """Give back GPUs held by idle actors: all of other pools' (a new pool needs room), or the stale ones."""
+        for key, pool in self._pools.items():
+            if key == exclude:
+                continue
+            keep = []
+            for actor in pool.idle:
+                last = pool.last_used.get(actor._actor_id.hex(), 0.0)
+                if now is None or now - last > self.idle_actor_s:
+                    ray.kill(actor)
+                    pool.last_used.pop(actor._actor_id.hex(), None)
+                else:
+                    keep.append(actor)
+            pool.idle = keep
 
     @property
     def running(self) -> int:
         return len(self._running)
+
+    def actors(self) -> dict[str, int]:
+        """Warm actors per pool, for status and metrics."""
+        return {f"{k[0]}/{k[1]}": len(p.idle) + len(p.busy) for k, p in self._pools.items()}
+
+    def capacity(self):
+        """What the cluster could still run now: its live nodes' CPUs and GPUs less what our actions hold."""
+        now = time.monotonic()
+        if self._totals is None or now - self._totals[0] > 1.0:
+            cpus, gpus = 0.0, {}
+            for node in ray.nodes():
+                if not node.get("Alive"):
+                    continue
+                res = node.get("Resources", {})
+                cpus += res.get("CPU", 0.0)
+                if res.get("GPU"):
+                    acc = next((k.split(":", 1)[1] for k in res if k.startswith("accelerator_type:")), None)
+                    gpus[acc] = gpus.get(acc, 0.0) + res["GPU"]
+            self._totals = (now, (cpus, gpus))
+        cpus, gpus = self._totals[1]
+        gpus = dict(gpus)
+        for _, prof in self._running.values():
+            cpus -= prof.cpus if prof.gpus == 0 else 0.0
+            if prof.gpus:
+                acc = prof.accelerator if prof.accelerator in gpus else next(
+                    (a for a, n in gpus.items() if n >= prof.gpus), prof.accelerator)
+                gpus[acc] = gpus.get(acc, 0.0) - prof.gpus
+        self._retire_idle(now=now)
+        return Capacity(cpus=max(cpus, 0.0), gpus_by_accelerator={a: max(n, 0.0) for a, n in gpus.items()})
 
     def wait(self, timeout: float | None = None) -> list[Finished]:
         """Block until at least one submitted action finishes (or ``timeout``); return those that did."""
@@ -132,24 +228,45 @@ class RayRuntime:
             more, _ = ray.wait([r for r in self._running if r not in ready],
                                num_returns=len(self._running) - len(ready), timeout=0)
             ready += more
-        out = []
-        for ref in ready:
-            action = self._running.pop(ref)
-            try:
-                out.append(Finished(action, Manifest.model_validate(ray.get(ref)), None))
-            except ActionFailed as exc:
-                out.append(Finished(action, None, exc))
-            except ray.exceptions.RayTaskError as exc:
-                cause = exc.cause if isinstance(exc.cause, Exception) else exc
-                retryable = getattr(cause, "retryable", False) if isinstance(cause, FarmError) else True
-                out.append(Finished(action, None, ActionFailed(action.key, action.label, str(cause), retryable=retryable)))
-            except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError, ray.exceptions.RayError) as exc:
-                out.append(Finished(action, None, ActionFailed(action.key, action.label, str(exc), retryable=True)))
-        return out
+        return [self._finish(ref) for ref in ready]
+
+    def _finish(self, ref) -> Finished:
+        action, _ = self._running.pop(ref)
+        actor_lost = False
+        try:
+            return Finished(action, Manifest.model_validate(ray.get(ref)), None)
+        except ActionFailed as exc:
+            return Finished(action, None, exc)
+        except ray.exceptions.RayTaskError as exc:
+            cause = exc.cause if isinstance(exc.cause, Exception) else exc
+            retryable = getattr(cause, "retryable", False) if isinstance(cause, FarmError) else True
+            return Finished(action, None, ActionFailed(action.key, action.label, str(cause), retryable=retryable,
+                                                       worker=getattr(cause, "worker", None)))
+        except ray.exceptions.RayError as exc:  # a worker, actor or node died: try elsewhere
+            actor_lost = True
+            return Finished(action, None, ActionFailed(action.key, action.label, f"{type(exc).__name__}: {exc}",
+                                                       retryable=True))
+        finally:
+            for pool in self._pools.values():
+                if ref in pool.busy:
+                    actor = pool.busy.pop(ref)
+                    if not actor_lost:
+                        pool.idle.append(actor)
+                        pool.last_used[actor._actor_id.hex()] = time.monotonic()
+
+    def cancel(self, keys) -> None:
+        wanted = set(keys)
+        for ref, (action, _) in list(self._running.items()):
+            if action.key in wanted:
+                ray.cancel(ref, force=False)
 
     def shutdown(self) -> None:
         for ref in self._running:
             ray.cancel(ref)
         self._running.clear()
+        for pool in self._pools.values():
+            for actor in [*pool.idle, *pool.busy.values()]:
+                ray.kill(actor)
+        self._pools.clear()
         if self._owns and ray.is_initialized():
             ray.shutdown()

@@ -35,11 +35,17 @@ def _require_marked(request):
         need(media_missing())
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_local():
-    """One real local Ray for the session (like Ray's own ray_start_regular_shared)."""
+    """A real local Ray shared by a module's tests (like Ray's own ray_start_regular_shared).
+
+    Module-scoped so that a module starting a multi-node ``ray.cluster_utils.Cluster`` can have
+    the process to itself.
+    """
     import ray
 
+    if ray.is_initialized():
+        ray.shutdown()
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield ray
     ray.shutdown()

@@ -1,0 +1,196 @@
+"""``farm controller …`` and ``farm batch …``: talk to the controller actor on a Ray cluster.
+
+    farm controller start [--address A]   start (or find) the controller; starts a local Ray head if none
+    farm controller status | stop
+    farm batch submit FILE                prints the batch id once the batch is in the journal
+    farm batch list | status ID | watch ID | cancel ID | events ID     (each with --json)
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from farm.errors import FarmError
+from farm.settings import Settings
+
+
+def _ray():
+    import ray
+
+    return ray
+
+
+def connect(settings: Settings, *, start_head: bool = False) -> None:
+    """Join the cluster at settings.ray_address, or the one running on this machine."""
+    ray = _ray()
+    if ray.is_initialized():
+        return
+    address = settings.ray_address or "auto"
+    try:
+        ray.init(address=address, namespace="farm", logging_level="ERROR", log_to_driver=False)
+    except ConnectionError:
+        if not start_head or settings.ray_address:
+            raise FarmError(f"no Ray cluster at {address}: start one with `farm controller start` "
+                            "(or `ray start --head`), or give its address with --address / FARM_RAY_ADDRESS") from None
+        args = ["ray", "start", "--head", "--disable-usage-stats", "--include-dashboard=false"]
+        if settings.num_cpus:
+            args += ["--num-cpus", str(settings.num_cpus)]
+        proc = subprocess.run(args, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise FarmError(f"could not start a local Ray head: {proc.stderr.strip()[-800:]}") from None
+        ray.init(address="auto", namespace="farm", logging_level="ERROR", log_to_driver=False)
+
+
+def controller(settings: Settings, *, create: bool = False):
+    """The controller actor handle; with ``create``, start it if it is not running."""
+    from farm.service import ACTOR_NAME, NAMESPACE, ControllerService
+
+    ray = _ray()
+    try:
+        return ray.get_actor(ACTOR_NAME, namespace=NAMESPACE)
+    except ValueError:
+        if not create:
+            raise FarmError("the farm controller is not running: start it with `farm controller start`") from None
+    actor_cls = ray.remote(ControllerService)
+    handle = actor_cls.options(name=ACTOR_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
+                               max_restarts=-1, max_task_retries=0, max_concurrency=16, num_cpus=0).remote(
+        settings.model_dump(mode="json") | _secrets(settings))
+    ray.get(handle.ping.remote())
+    return handle
+
+
+def _secrets(settings: Settings) -> dict:
+    return {k: getattr(settings, k).get_secret_value() for k in ("s3_access_key", "s3_secret_key")}
+
+
+def _call(handle, method: str, *args):
+    ray = _ray()
+    try:
+        return ray.get(getattr(handle, method).remote(*args))
+    except ray.exceptions.RayTaskError as exc:
+        cause = exc.cause if isinstance(exc.cause, Exception) else exc
+        if isinstance(cause, KeyError):
+            raise FarmError(str(cause.args[0])) from None
+        raise
+
+
+def _when(ts: float | None) -> str:
+    return "-" if ts is None else datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
+
+
+def format_status(s: dict) -> str:
+    eps = s["episodes"]
+    lines = [f"batch {s['batch']}  [{s['status']}]  studio {s['studio']}  priority {s['priority']}",
+             f"  episodes  {eps['delivered']} delivered, {eps['running']} running, {eps['failed']} failed "
+             f"of {eps['total']}"]
+    for stage, row in s["actions"].items():
+        lines.append(f"  {stage:<9} " + ", ".join(f"{v} {k}" for k, v in row.items() if v))
+    spent, budget = s["spent"], s["budget"]
+    caps = "  ".join(f"{k} {spent[k]:.6g}" + (f"/{budget[k]:.6g}" if budget.get(k) is not None else "")
+                     for k in ("tokens", "gpu_seconds", "money"))
+    lines.append(f"  spent     {caps}")
+    if s.get("held"):
+        lines.append(f"  held      {s['held']}")
+    track = "" if s["on_track"] is None else ("  on track" if s["on_track"] else "  WILL MISS THE DEADLINE")
+    lines.append(f"  deadline  {_when(s['deadline'])}   projected finish {_when(s['projected_finish'])}{track}")
+    for failure in s["failures"]:
+        lines.append(f"  failed    {failure['episode']}: {failure['reason']}")
+    return "\n".join(lines)
+
+
+def cmd_controller(args, settings: Settings) -> int:
+    if args.action == "start":
+        connect(settings, start_head=True)
+        handle = controller(settings, create=True)
+        info = _call(handle, "ping")
+        print(json.dumps(info) if args.json else f"controller running; store {info['store']}; "
+              f"metrics on :{settings.metrics_port}/metrics")
+        return 0
+    connect(settings)
+    handle = controller(settings)
+    if args.action == "status":
+        info = _call(handle, "ping")
+        print(json.dumps(info) if args.json else f"controller up since {_when(info['started_at'])}; "
+              f"{info['batches']} batches; journal at event {info['last_seq']}")
+    elif args.action == "stop":
+        _call(handle, "stop")
+        _ray().kill(handle, no_restart=True)
+        print("controller stopped")
+    return 0
+
+
+def cmd_batch(args, settings: Settings) -> int:
+    from farm.loader import load_batch
+    from farm.service import batch_payload
+
+    if args.action == "submit":
+        loaded = load_batch(Path(args.target), datetime.now(timezone.utc))  # validate fully before connecting
+        connect(settings)
+        batch_id = _call(controller(settings), "submit", batch_payload(loaded, settings))
+        print(json.dumps({"batch": batch_id, "episodes": len(loaded.episodes)}) if args.json else batch_id)
+        return 0
+    connect(settings)
+    handle = controller(settings)
+    if args.action == "list":
+        rows = _call(handle, "list")
+        if args.json:
+            print(json.dumps(rows))
+        for r in [] if args.json else rows:
+            e = r["episodes"]
+            print(f"{r['batch']}  {r['status']:<9} {r['studio']:<16} {e['delivered']}/{e['total']} delivered"
+                  f"{', ' + str(e['failed']) + ' failed' if e['failed'] else ''}")
+    elif args.action in ("status", "cancel"):
+        status = _call(handle, args.action, args.target)
+        print(json.dumps(status) if args.json else format_status(status))
+    elif args.action == "events":
+        events = _call(handle, "events", args.target)
+        for e in events:
+            print(json.dumps(e) if args.json else
+                  f"{_when(e['at'])}  {e['type']:<18} {(e.get('key') or '')[:12]:<12} "
+                  f"{json.dumps(e['data'], ensure_ascii=False)[:140] if e['type'] != 'batch.submitted' else ''}")
+    elif args.action == "watch":
+        while True:
+            status = _call(handle, "status", args.target)
+            if args.json:
+                print(json.dumps(status), flush=True)
+            else:
+                sys.stdout.write("\033[2J\033[H" if sys.stdout.isatty() else "")
+                print(format_status(status) + "\n", flush=True)
+            if status["status"] != "running":
+                return 0 if status["episodes"]["failed"] == 0 else 1
+            time.sleep(args.interval)
+    return 0
+
+
+def add_parsers(sub, common) -> None:
+    c = sub.add_parser("controller", help="the long-running batch controller on a Ray cluster")
+    c.add_argument("action", choices=["start", "status", "stop"])
+    common(c)
+    c.add_argument("--metrics-port", type=int, help="port of /metrics (env FARM_METRICS_PORT)")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=lambda a: cmd_controller(a, _settings(a)))
+
+    b = sub.add_parser("batch", help="submit and follow nightly batches")
+    b.add_argument("action", choices=["submit", "list", "status", "watch", "cancel", "events"])
+    b.add_argument("target", nargs="?", help="batch file (submit) or batch id")
+    common(b)
+    b.add_argument("--interval", type=float, default=2.0, help="watch: seconds between refreshes")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=lambda a: cmd_batch(_require_target(a), _settings(a)))
+
+
+def _require_target(args):
+    if args.action not in ("list",) and not args.target:
+        raise ValueError(f"farm batch {args.action} needs a {'file' if args.action == 'submit' else 'batch id'}")
+    return args
+
+
+def _settings(args) -> Settings:
+    from farm.cli import settings_from_args
+
+    return settings_from_args(args)

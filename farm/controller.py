@@ -1,0 +1,418 @@
+"""The controller's core: journal events in, state and commands out. Pure: no Ray, no I/O, no clock.
+
+The service (farm.service) feeds it events in journal order and carries out the commands it returns;
+replaying the journal into a fresh Controller rebuilds the same state (DESIGN.md, invariant 5).
+
+Three kinds of calls:
+
+* ``apply(event) -> [Command]``: take an event (already journaled) into the state.
+* ``on_result(...)`` / ``on_failure(...)`` / ``decide(now, capacity)``: propose the events that
+  follow from a worker's answer or from the clock (dispatches, retries, quarantines, budget holds,
+  finished batches). The service journals them, then applies them.
+* read-only views for status: ``batch_status``, ``projected_finish``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
+
+from farm.plan import STAGES, Action, BackendChoice, EpisodeJob, plan_episode
+from farm.policy import (BatchTerms, Budget, Capacity, GiveUp, Quarantine, RetryPolicy, RunState, Share, Spend, Task,
+                         select, upward_ranks)
+from farm.script import Script
+from farm.spec import PRIORITY_CLASSES, Episode, Series
+
+# Typical seconds still to come after an action whose dependants are not planned yet (a script's
+# shots, a line's clip): keeps the critical-path rank honest before the graph has grown.
+TAIL_SECONDS = {"script": 60.0, "sheet": 40.0, "keyframe": 30.0, "line": 30.0, "clip": 5.0, "mux": 2.0}
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What the scheduler knows of a backend before it runs: resources and cost estimates."""
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+    accelerator: str | None = None
+
+
+Estimator = Callable[[Action], tuple[float, int, float]]  # -> (seconds, tokens, gpu_seconds)
+
+
+@dataclass(frozen=True)
+class Prices:
+    per_1k_tokens: float = 0.0
+    per_gpu_hour: float = 0.0
+
+    def money(self, tokens: int, gpu_seconds: float) -> float:
+        return tokens / 1000 * self.per_1k_tokens + gpu_seconds / 3600 * self.per_gpu_hour
+
+
+# -- commands the service carries out ------------------------------------------------------------
+@dataclass(frozen=True)
+class Lookup:
+    keys: tuple[str, ...]  # newly planned: is a manifest already in the store?
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    key: str
+    batch: str
+
+
+@dataclass(frozen=True)
+class Deliver:
+    batch: str
+    episode: str
+
+
+@dataclass(frozen=True)
+class Notify:
+    batch: str
+    kind: str  # episode.delivered | episode.failed | batch.finished
+    payload: dict
+
+
+@dataclass(frozen=True)
+class Cancel:
+    keys: tuple[str, ...]
+
+
+Command = Lookup | Dispatch | Deliver | Notify | Cancel
+
+
+# -- state -----------------------------------------------------------------------------------
+@dataclass
+class ActionState:
+    action: Action
+    episodes: set[tuple[str, str]] = field(default_factory=set)  # (batch, episode id) that need it
+    status: str = "pending"  # pending | running | done | quarantined
+    manifest: dict | None = None
+    cached: bool = False
+    attempts: int = 0
+    failed_workers: set[str] = field(default_factory=set)
+    not_before: float = 0.0
+    charged_to: str | None = None
+
+
+@dataclass
+class EpisodeState:
+    id: str
+    batch: str
+    job: EpisodeJob
+    script: Script | None = None
+    line_samples: dict[str, int] = field(default_factory=dict)
+    keys: list[str] = field(default_factory=list)
+    final_key: str | None = None
+    status: str = "running"  # running | delivering | delivered | failed
+    reason: str | None = None
+    deliverables: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class BatchState:
+    terms: BatchTerms
+    name: str | None
+    episodes: list[str]
+    webhook: dict | None
+    status: str = "running"  # running | finished | cancelled
+    spent: Spend = field(default_factory=Spend)
+    saved: Spend = field(default_factory=Spend)
+    held: str | None = None
+    finished_at: float | None = None
+
+
+class Controller:
+    def __init__(self, estimator: Estimator, profiles: Mapping[tuple[str, str], Profile], *,
+                 prices: Prices = Prices(), shares: Iterable[Share] = (), caps: Mapping[str, int] | None = None,
+                 retry: RetryPolicy = RetryPolicy()):
+        self.estimator, self.profiles, self.prices = estimator, dict(profiles), prices
+        self.shares, self.caps, self.retry = list(shares), dict(caps or {}), retry
+        self.batches: dict[str, BatchState] = {}
+        self.episodes: dict[tuple[str, str], EpisodeState] = {}
+        self.actions: dict[str, ActionState] = {}
+        self.last_seq = -1
+        self._ranks: dict[str, float] | None = None
+
+    # -- applying events ------------------------------------------------------------------------
+    def apply(self, event) -> list[Command]:
+        """Take one journaled event into the state; return what the service must do about it."""
+        self.last_seq = event.seq
+        handler = getattr(self, "_on_" + event.type.replace(".", "_"))
+        return handler(event) or []
+
+    def _on_batch_submitted(self, e) -> list[Command]:
+        d = e.data
+        budget = Budget(**d.get("budget", {}))
+        terms = BatchTerms(id=e.batch, studio=d["studio"], priority=PRIORITY_CLASSES[d["priority"]],
+                           deadline=d.get("deadline"), budget=budget, submitted=e.at, order=len(self.batches))
+        backends = {s: BackendChoice(*d["backends"][s]) for s in STAGES}
+        batch = BatchState(terms=terms, name=d.get("name"), episodes=[], webhook=d.get("webhook"))
+        self.batches[e.batch] = batch
+        fresh: list[str] = []
+        for item in d["episodes"]:
+            series, episode = Series.model_validate(item["series"]), Episode.model_validate(item["episode"])
+            eid = f"{series.id}/{episode.slug}"
+            job = EpisodeJob(d["studio"], d["namespace"], series, episode, backends)
+            ep = self.episodes[(e.batch, eid)] = EpisodeState(id=eid, batch=e.batch, job=job)
+            batch.episodes.append(eid)
+            fresh += self._replan(ep)
+        # work this controller already did for other batches is this batch's cache hit
+        for key in {k for eid in batch.episodes for k in self.episodes[(e.batch, eid)].keys}:
+            state = self.actions[key]
+            if state.status == "done" and state.manifest is not None:
+                batch.saved = batch.saved + self._spend(state.manifest)
+        commands: list[Command] = [Lookup(tuple(fresh))] if fresh else []
+        return commands + [c for eid in batch.episodes for c in self._progress(self.episodes[(e.batch, eid)])]
+
+    def _progress(self, ep: EpisodeState) -> list[Command]:
+        """Deliver an episode whose final action is done."""
+        if ep.status == "running" and ep.final_key is not None and self.actions[ep.final_key].status == "done":
+            ep.status = "delivering"
+            return [Deliver(ep.batch, ep.id)]
+        return []
+
+    def _spend(self, manifest: dict) -> Spend:
+        usage = manifest.get("usage", {})
+        tokens = usage.get("tokens_in", 0) + usage.get("tokens_out", 0)
+        gpu_seconds = usage.get("gpu_seconds", 0.0)
+        return Spend(tokens=tokens, gpu_seconds=gpu_seconds, money=self.prices.money(tokens, gpu_seconds))
+
+    def _replan(self, ep: EpisodeState) -> list[str]:
+        """Plan ``ep`` again with what is known; return keys the controller has never seen."""
+        plan = plan_episode(ep.job, ep.script, ep.line_samples)
+        fresh = []
+        for action in plan.actions:
+            state = self.actions.get(action.key)
+            if state is None:
+                state = self.actions[action.key] = ActionState(action)
+                fresh.append(action.key)
+            state.episodes.add((ep.batch, ep.id))
+        ep.keys = [a.key for a in plan.actions]
+        ep.final_key = plan.final_key
+        self._ranks = None
+        # facts already known for actions shared with other episodes
+        learned = [k for k in ep.keys if self.actions[k].status == "done" and self._teach(ep, self.actions[k])]
+        return fresh + (self._replan(ep) if learned else [])
+
+    def _teach(self, ep: EpisodeState, state: ActionState) -> bool:
+        """Give ``ep`` the facts a finished action carries; True if they are new to it."""
+        action, facts = state.action, (state.manifest or {}).get("facts", {})
+        if action.op == "line" and action.key not in ep.line_samples:
+            ep.line_samples[action.key] = int(state.manifest["meta"]["samples"])
+            return True
+        if action.op == "script" and ep.script is None and ep.job.episode.script is None:
+            ep.script = Script.model_validate(facts["script"])
+            return True
+        return False
+
+    def _finished_action(self, e, cached: bool) -> list[Command]:
+        state = self.actions[e.key]
+        state.status, state.manifest, state.cached = "done", e.data, cached
+        spend = self._spend(e.data)
+        commands: list[Command] = []
+        if cached:
+            for batch_id in {b for b, _ in state.episodes}:
+                self.batches[batch_id].saved = self.batches[batch_id].saved + spend
+        elif state.charged_to in self.batches:
+            self.batches[state.charged_to].spent = self.batches[state.charged_to].spent + spend
+        fresh: list[str] = []
+        for key in sorted(state.episodes):
+            ep = self.episodes[key]
+            if ep.status != "running":
+                continue
+            if self._teach(ep, state):
+                fresh += self._replan(ep)
+            commands += self._progress(ep)
+        if fresh:
+            commands.insert(0, Lookup(tuple(fresh)))
+        return commands
+
+    def _on_action_cached(self, e):
+        return self._finished_action(e, cached=True)
+
+    def _on_action_completed(self, e):
+        return self._finished_action(e, cached=False)
+
+    def _on_action_dispatched(self, e):
+        state = self.actions[e.key]
+        state.status, state.attempts, state.charged_to = "running", state.attempts + 1, e.batch
+        return [Dispatch(e.key, e.batch)]
+
+    def _on_action_failed(self, e):
+        state = self.actions[e.key]
+        state.status = "pending"
+        if e.data.get("worker"):
+            state.failed_workers.add(e.data["worker"])
+
+    def _on_action_retry(self, e):
+        self.actions[e.key].not_before = e.data["not_before"]
+
+    def _on_action_quarantined(self, e):
+        self.actions[e.key].status = "quarantined"
+
+    def _on_episode_failed(self, e) -> list[Command]:
+        ep = self.episodes[(e.batch, e.data["episode"])]
+        ep.status, ep.reason = "failed", e.data["reason"]
+        return [Notify(e.batch, "episode.failed", {"episode": ep.id, "reason": ep.reason})]
+
+    def _on_episode_delivered(self, e) -> list[Command]:
+        ep = self.episodes[(e.batch, e.data["episode"])]
+        ep.status, ep.deliverables = "delivered", e.data["deliverables"]
+        return [Notify(e.batch, "episode.delivered", {"episode": ep.id, "deliverables": ep.deliverables})]
+
+    def _on_budget_exhausted(self, e):
+        self.batches[e.batch].held = e.data["reason"]
+
+    def _on_batch_finished(self, e) -> list[Command]:
+        batch = self.batches[e.batch]
+        batch.status, batch.finished_at = "finished", e.at
+        return [Notify(e.batch, "batch.finished", self.batch_status(e.batch, e.at))]
+
+    def _on_batch_cancelled(self, e) -> list[Command]:
+        batch = self.batches[e.batch]
+        batch.status, batch.finished_at = "cancelled", e.at
+        running = [k for k, s in self.actions.items() if s.status == "running" and not self._wanted(s, e.batch)]
+        return [Cancel(tuple(running))] if running else []
+
+    def _on_webhook_delivered(self, e):
+        return None
+
+    _on_webhook_failed = _on_webhook_delivered
+
+    # -- proposing events -----------------------------------------------------------------------
+    def _wanted(self, state: ActionState, ignore: str | None = None) -> bool:
+        """Does any live episode of a live batch (other than ``ignore``) still need this action?"""
+        return any(b != ignore and self.batches[b].status == "running" and self.episodes[(b, ep)].status == "running"
+                   for b, ep in state.episodes)
+
+    def on_result(self, key: str, manifest: dict) -> list[dict]:
+        return [{"type": "action.completed", "batch": self.actions[key].charged_to, "key": key, "data": manifest}]
+
+    def on_failure(self, key: str, error: str, retryable: bool, worker: str | None, now: float) -> list[dict]:
+        """The events that follow a failed attempt: the failure, then a retry, a quarantine or a give-up."""
+        state = self.actions[key]
+        batch = state.charged_to
+        events = [{"type": "action.failed", "batch": batch, "key": key,
+                   "data": {"error": error, "retryable": retryable, "worker": worker, "attempt": state.attempts}}]
+        workers = state.failed_workers | ({worker} if worker else set())
+        decision = self.retry.decide(key, state.attempts, retryable, workers)
+        if isinstance(decision, (Quarantine, GiveUp)):
+            if isinstance(decision, Quarantine):
+                events.append({"type": "action.quarantined", "batch": batch, "key": key, "data": {"reason": decision.reason}})
+            reason = f"{state.action.label}: {decision.reason}: {error}"
+            for b, ep in sorted(state.episodes):
+                if self.episodes[(b, ep)].status == "running":
+                    events.append({"type": "episode.failed", "batch": b, "data": {"episode": ep, "reason": reason}})
+        else:
+            events.append({"type": "action.retry", "batch": batch, "key": key,
+                           "data": {"not_before": now + decision.not_before_delay_s, "attempt": state.attempts}})
+        return events
+
+    def delivered(self, batch: str, episode: str, deliverables: dict[str, str]) -> list[dict]:
+        return [{"type": "episode.delivered", "batch": batch, "data": {"episode": episode, "deliverables": deliverables}}]
+
+    def ranks(self) -> dict[str, float]:
+        if self._ranks is None:
+            durations, children = {}, {}
+            for key, state in self.actions.items():
+                children.setdefault(key, [])
+                for ref in state.action.inputs.values():
+                    children.setdefault(ref.key, []).append(key)
+            for key, state in self.actions.items():
+                own = 0.0 if state.status == "done" else self.estimator(state.action)[0]
+                tail = TAIL_SECONDS.get(state.action.op, 0.0) if not children[key] else 0.0
+                durations[key] = own + tail
+            self._ranks = upward_ranks(durations, children)
+        return self._ranks
+
+    def _task(self, state: ActionState) -> Task:
+        a = state.action
+        seconds, tokens, gpu_seconds = self.estimator(a)
+        profile = self.profiles.get((a.stage, a.backend), Profile())
+        live = sorted((self.batches[b].terms.priority, -self.batches[b].terms.order, b, ep)
+                      for b, ep in state.episodes
+                      if self.batches[b].status == "running" and self.episodes[(b, ep)].status == "running")
+        _, _, batch, episode = live[-1]
+        return Task(key=a.key, batch=batch, studio=self.batches[batch].terms.studio, episode=episode,
+                    stage=a.stage, backend=a.backend, cpus=profile.cpus, gpus=profile.gpus,
+                    accelerator=profile.accelerator, est_seconds=seconds, est_tokens=tokens,
+                    est_gpu_seconds=gpu_seconds, est_money=self.prices.money(tokens, gpu_seconds))
+
+    def ready(self, now: float) -> list[ActionState]:
+        out = []
+        for state in self.actions.values():
+            if state.status != "pending" or state.not_before > now or not self._wanted(state):
+                continue
+            if all(self.actions[r.key].status == "done" for r in state.action.inputs.values()):
+                out.append(state)
+        return out
+
+    def decide(self, now: float, capacity: Capacity) -> list[dict]:
+        """Events the clock and free capacity call for: dispatches, budget holds, finished batches."""
+        events: list[dict] = []
+        running = [s for s in self.actions.values() if s.status == "running"]
+        run_tasks = [self._task(s) for s in running if self._wanted(s)]
+        gpus_by_studio: dict[str, float] = {}
+        by_backend: dict[str, int] = {}
+        committed: dict[str, Spend] = {}
+        for t in run_tasks:
+            gpus_by_studio[t.studio] = gpus_by_studio.get(t.studio, 0.0) + t.gpus
+            by_backend[t.backend] = by_backend.get(t.backend, 0) + 1
+            committed[t.batch] = committed.get(t.batch, Spend()) + Spend(t.est_tokens, t.est_gpu_seconds, t.est_money)
+        state = RunState(gpus_by_studio=gpus_by_studio, running_by_backend=by_backend,
+                         spent_by_batch={b: s.spent for b, s in self.batches.items()}, committed_by_batch=committed)
+        candidates = [self._task(s) for s in self.ready(now)]
+        terms = {b: s.terms for b, s in self.batches.items()}
+        selection = select(candidates, self.ranks(), terms, capacity, state, self.shares, self.caps)
+        for task in selection.dispatch:
+            events.append({"type": "action.dispatched", "batch": task.batch, "key": task.key,
+                           "data": {"label": self.actions[task.key].action.label, "episode": task.episode}})
+        for batch, reason in sorted(selection.held.items()):
+            if self.batches[batch].held != reason:
+                events.append({"type": "budget.exhausted", "batch": batch, "data": {"reason": reason}})
+        for batch_id, batch in self.batches.items():
+            if batch.status == "running" and all(
+                    self.episodes[(batch_id, ep)].status in ("delivered", "failed") for ep in batch.episodes):
+                events.append({"type": "batch.finished", "batch": batch_id, "data": {}})
+        return events
+
+    # -- views ----------------------------------------------------------------------------------
+    def projected_finish(self, batch_id: str, now: float) -> float:
+        """Now plus the longest remaining critical path among the batch's live episodes."""
+        ranks = self.ranks()
+        remaining = 0.0
+        for eid in self.batches[batch_id].episodes:
+            ep = self.episodes[(batch_id, eid)]
+            if ep.status == "running":
+                remaining = max([remaining] + [ranks.get(k, 0.0) for k in ep.keys if self.actions[k].status != "done"])
+        return now + remaining
+
+    def batch_status(self, batch_id: str, now: float) -> dict[str, Any]:
+        batch = self.batches[batch_id]
+        eps = [self.episodes[(batch_id, e)] for e in batch.episodes]
+        stages: dict[str, dict[str, int]] = {}
+        for key in {k for ep in eps for k in ep.keys}:
+            s = self.actions[key]
+            row = stages.setdefault(s.action.stage, {"done": 0, "cached": 0, "running": 0, "pending": 0, "failed": 0})
+            reused = s.cached or (s.status == "done" and s.charged_to != batch_id)
+            status = "cached" if reused else "failed" if s.status == "quarantined" else s.status
+            row[status] = row.get(status, 0) + 1
+        budget = batch.terms.budget
+        projected = self.projected_finish(batch_id, now) if batch.status == "running" else batch.finished_at
+        return {
+            "batch": batch_id, "name": batch.name, "studio": batch.terms.studio, "status": batch.status,
+            "priority": next(k for k, v in PRIORITY_CLASSES.items() if v == batch.terms.priority),
+            "episodes": {"total": len(eps), "delivered": sum(e.status == "delivered" for e in eps),
+                         "failed": sum(e.status == "failed" for e in eps),
+                         "running": sum(e.status in ("running", "delivering") for e in eps)},
+            "failures": [{"episode": e.id, "reason": e.reason} for e in eps if e.status == "failed"],
+            "actions": {s: stages[s] for s in STAGES if s in stages},
+            "spent": batch.spent.to_json(), "saved": batch.saved.to_json(),
+            "budget": {"tokens": budget.tokens, "gpu_seconds": budget.gpu_seconds, "money": budget.money},
+            "held": batch.held,
+            "deadline": batch.terms.deadline, "projected_finish": projected,
+            "on_track": None if batch.terms.deadline is None or projected is None else projected <= batch.terms.deadline,
+            "deliverables": {e.id: e.deliverables for e in eps if e.deliverables},
+        }

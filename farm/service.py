@@ -1,0 +1,323 @@
+"""The controller service: journal, store, runtime and webhooks wired around the pure Controller.
+
+It runs as a named, detached Ray actor (``farm-controller`` in namespace ``farm``) that Ray restarts
+when it dies. Every change goes through ``_commit``: the events are appended to the journal first,
+then applied to the Controller, then their commands are carried out (DESIGN.md, invariant 5). On
+start the journal is replayed; actions that were running when the last incarnation died are looked
+up in the store (a finished one has its manifest) and otherwise dispatched again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import tempfile
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from farm import backends, logs
+from farm.controller import (Cancel, Controller, Deliver, Dispatch, Lookup, Notify, Prices, Profile)
+from farm.manifest import Blob
+from farm.metrics import Metrics
+from farm.plan import Action
+from farm.policy import RetryPolicy, Share
+from farm.render import DELIVERABLES
+from farm.runtime import RayRuntime
+from farm.settings import Settings
+from farm.store import ArtifactStore, open_objects
+from farm.journal import Journal
+from farm.webhooks import Notification, deliver
+
+log = structlog.get_logger("farm.service")
+
+ACTOR_NAME, NAMESPACE = "farm-controller", "farm"
+
+
+def batch_payload(loaded_batch, settings: Settings) -> dict[str, Any]:
+    """What ``farm batch submit`` sends: the validated specs as values (the controller reads no user files)."""
+    spec = loaded_batch.spec
+    return {
+        "studio": spec.studio, "name": spec.name, "priority": spec.priority,
+        "namespace": spec.studio if settings.cache_namespace is None else settings.cache_namespace,
+        "deadline": spec.deadline.timestamp() if spec.deadline else None,
+        "budget": spec.budget.model_dump(),
+        "webhook": spec.webhook.model_dump() if spec.webhook else None,
+        "episodes": [{"series": e.series.model_dump(mode="json"), "episode": e.episode.model_dump(mode="json")}
+                     for e in loaded_batch.episodes],
+    }
+
+
+def profiles_for(settings: Settings) -> dict[tuple[str, str], Profile]:
+    out = {}
+    for stage, name in settings.backend_names().items():
+        declared = backends.load(stage, name).resources
+        override = settings.stage_resources.get(stage, {})
+        out[(stage, name)] = Profile(cpus=override.get("num_cpus", declared.num_cpus),
+                                     gpus=override.get("num_gpus", declared.num_gpus),
+                                     accelerator=override.get("accelerator", declared.accelerator))
+    return out
+
+
+def estimate(action: Action) -> tuple[float, int, float]:
+    est = backends.load(action.stage, action.backend).estimate(action.op, action.params)
+    return est.seconds, est.tokens, est.gpu_seconds
+
+
+class ControllerService:
+    """Owns every batch on the cluster. Thread-safe: RPCs and the scheduling loop share one lock."""
+
+    def __init__(self, settings_json: dict[str, Any], *, start_loop: bool = True):
+        self.settings = Settings.model_validate(settings_json)
+        logs.configure(level=self.settings.log_level, json=True)
+        self.spec = self.settings.store_spec()
+        self.objects = open_objects(self.spec)
+        self.journal = Journal(self.objects)
+        self.profiles = profiles_for(self.settings)
+        self.controller = Controller(
+            estimate, self.profiles, prices=Prices(**self.settings.prices),
+            shares=[Share(**s) for s in self.settings.shares], caps=self.settings.caps,
+            retry=RetryPolicy(**self.settings.retry))
+        self.runtime = RayRuntime(log_level=self.settings.log_level)
+        self.lock = threading.RLock()
+        self._stores: dict[str, ArtifactStore] = {}
+        self._done: dict[str, set[str]] = {}
+        self._webhooks: queue.Queue[Notification] = queue.Queue()
+        self._sent: set[str] = set()
+        self._stop = threading.Event()
+        self.started_at = time.time()
+        self.metrics = Metrics()
+        if self.settings.metrics_port:
+            self.metrics.serve(self.settings.metrics_port)
+        self._gauges_at = 0.0
+        self._recover()
+        self._threads = []
+        if start_loop:
+            for target in (self._loop, self._webhook_loop):
+                thread = threading.Thread(target=target, daemon=True, name=target.__name__)
+                thread.start()
+                self._threads.append(thread)
+
+    # -- the one way state changes ------------------------------------------------------------------
+    def _commit(self, events: list[dict]) -> None:
+        for event in self.journal.append(events, time.time()):
+            commands = self.controller.apply(event)
+            self._account(event)
+            self._carry_out(commands)
+
+    def _account(self, event) -> None:
+        state = self.controller.actions.get(event.key) if event.key else None
+        self.metrics.observe(event, state.action if state else None)
+        if event.type in ("episode.delivered", "episode.failed"):
+            self.metrics.episode(self.controller.batches[event.batch].terms.studio, event.type.split(".")[1])
+
+    def _carry_out(self, commands) -> None:
+        for command in commands:
+            if isinstance(command, Lookup):
+                self._lookup(command.keys)
+            elif isinstance(command, Dispatch):
+                self._dispatch(command.key)
+            elif isinstance(command, Deliver):
+                self._deliver(command.batch, command.episode)
+            elif isinstance(command, Notify):
+                self._notify(command)
+            elif isinstance(command, Cancel):
+                self.runtime.cancel(command.keys)
+
+    def _store(self, studio: str) -> ArtifactStore:
+        if studio not in self._stores:
+            self._stores[studio] = ArtifactStore(self.objects, studio)
+            self._done[studio] = self._stores[studio].done_keys()
+        return self._stores[studio]
+
+    def _facts(self, action: Action, store: ArtifactStore, manifest) -> dict[str, Any]:
+        data = manifest.model_dump(mode="json")
+        if action.op == "script":
+            with tempfile.TemporaryDirectory(prefix="farm-facts-") as tmp:
+                path = store.get_blob(manifest.outputs["script"], Path(tmp, "script.json"))
+                data["facts"] = {"script": json.loads(path.read_text(encoding="utf-8"))}
+        return data
+
+    def _lookup(self, keys) -> None:
+        found = []
+        for key in keys:
+            action = self.controller.actions[key].action
+            store = self._store(action.context["studio"])
+            if key in self._done[action.context["studio"]]:
+                manifest = store.get_manifest(key)
+                if manifest is not None:
+                    found.append({"type": "action.cached", "key": key, "data": self._facts(action, store, manifest)})
+        if found:
+            self._commit(found)
+
+    def _dispatch(self, key: str) -> None:
+        action = self.controller.actions[key].action
+        inputs = {n: Blob.model_validate(self.controller.actions[r.key].manifest["outputs"][r.output])
+                  for n, r in action.inputs.items()}
+        self.runtime.submit(action, inputs, self.spec, action.context["studio"],
+                            profile=self.profiles.get((action.stage, action.backend)))
+
+    def _deliver(self, batch: str, episode: str) -> None:
+        if self._replaying:
+            self._pending_deliveries.append((batch, episode))
+            return
+        ep = self.controller.episodes[(batch, episode)]
+        final = self.controller.actions[ep.final_key].manifest
+        store = self._store(ep.job.studio)
+        series, slug = ep.job.series.id, ep.job.episode.slug
+        paths = {out: store.publish(Blob.model_validate(final["outputs"][out]), series, slug, name)
+                 for out, name in DELIVERABLES.items()}
+        self._commit(self.controller.delivered(batch, episode, paths))
+
+    def _notify(self, command: Notify) -> None:
+        hook = self.controller.batches[command.batch].webhook
+        if not hook:
+            return
+        note_id = f"{command.batch}:{command.kind}:{command.payload.get('episode', '')}"
+        if note_id in self._sent:
+            return
+        # The secret stays in the controller's environment (a Kubernetes Secret, say), never in the journal.
+        secret = os.environ.get(hook["secret_env"]) if hook.get("secret_env") else None
+        self._webhooks.put(Notification(note_id, hook["url"], secret, command.kind,
+                                        {"batch": command.batch, **command.payload}))
+
+    # -- recovery ---------------------------------------------------------------------------------
+    def _recover(self) -> None:
+        """Replay the journal, then settle what the last incarnation left running."""
+        self._replaying, self._pending_deliveries = True, []
+        notes: list[Notify] = []
+        count = 0
+        for event in self.journal.replay():
+            count += 1
+            if event.type == "webhook.delivered":
+                self._sent.add(event.data["id"])
+            for command in self.controller.apply(event):
+                if isinstance(command, Notify):
+                    notes.append(command)
+                elif isinstance(command, Deliver):
+                    self._pending_deliveries.append((command.batch, command.episode))
+        self._replaying = False
+        log.info("controller.replayed", events=count, batches=len(self.controller.batches))
+        with self.lock:
+            orphans = [k for k, s in self.controller.actions.items() if s.status == "running"]
+            for key in orphans:
+                action = self.controller.actions[key].action
+                store = self._store(action.context["studio"])
+                manifest = store.get_manifest(key)
+                if manifest is not None:
+                    self._commit([{"type": "action.completed", "batch": self.controller.actions[key].charged_to,
+                                   "key": key, "data": self._facts(action, store, manifest)}])
+                else:
+                    self._commit(self.controller.on_failure(key, "interrupted: the controller restarted while it ran",
+                                                            True, None, time.time()))
+            pending = [k for k, s in self.controller.actions.items() if s.status == "pending"]
+            self._lookup(pending)
+            for batch, episode in self._pending_deliveries:
+                if self.controller.episodes[(batch, episode)].status == "delivering":
+                    self._deliver(batch, episode)
+            for note in notes:
+                self._notify(note)
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                finished = self.runtime.wait(timeout=0.05)
+                with self.lock:
+                    for f in finished:
+                        if f.manifest is not None:
+                            store = self._store(f.action.context["studio"])
+                            events = self.controller.on_result(f.action.key, self._facts(f.action, store, f.manifest))
+                        else:
+                            events = self.controller.on_failure(f.action.key, str(f.error), f.error.retryable,
+                                                                f.error.worker, time.time())
+                        self._commit(events)
+                    self._commit(self.controller.decide(time.time(), self.runtime.capacity()))
+                    self._refresh_gauges()
+                if not finished and self.runtime.running == 0:
+                    self._stop.wait(0.05)
+            except Exception:  # keep scheduling; the error is in the log with its traceback
+                log.exception("controller.loop_error")
+                self._stop.wait(1.0)
+
+    def _refresh_gauges(self) -> None:
+        now = time.time()
+        if now - self._gauges_at < 1.0:
+            return
+        self._gauges_at = now
+        queued: dict[str, int] = {}
+        running: dict[str, int] = {}
+        for state in self.controller.ready(now):
+            queued[state.action.stage] = queued.get(state.action.stage, 0) + 1
+        for state in self.controller.actions.values():
+            if state.status == "running":
+                running[state.action.stage] = running.get(state.action.stage, 0) + 1
+        self.metrics.stages(queued, running)
+        for batch_id in self.controller.batches:
+            self.metrics.batch(self.controller.batch_status(batch_id, now))
+
+    def _webhook_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                note = self._webhooks.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            ok, detail = deliver(note)
+            with self.lock:
+                self._sent.add(note.id)
+                self._commit([{"type": "webhook.delivered" if ok else "webhook.failed", "batch": note.payload["batch"],
+                               "data": {"id": note.id, "kind": note.kind, "detail": detail}}])
+
+    # -- the API (Ray actor methods) ----------------------------------------------------------------
+    def submit(self, payload: dict[str, Any]) -> str:
+        """Record a batch durably and return its id (only after the journal holds it)."""
+        now = time.time()
+        digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:8]
+        stamp = datetime.fromtimestamp(now, timezone.utc).strftime("%Y%m%d-%H%M%S")
+        batch_id = f"{payload['studio']}-{stamp}-{digest}"
+        data = dict(payload, backends={s: [c.name, c.version] for s, c in backends.choose(self.settings.backend_names()).items()})
+        with self.lock:
+            self._store(payload["studio"])
+            self._done[payload["studio"]] = self._stores[payload["studio"]].done_keys()
+            self._commit([{"type": "batch.submitted", "batch": batch_id, "data": data}])
+        return batch_id
+
+    def cancel(self, batch_id: str) -> dict[str, Any]:
+        with self.lock:
+            self._known(batch_id)
+            if self.controller.batches[batch_id].status == "running":
+                self._commit([{"type": "batch.cancelled", "batch": batch_id, "data": {}}])
+            return self.controller.batch_status(batch_id, time.time())
+
+    def _known(self, batch_id: str) -> None:
+        if batch_id not in self.controller.batches:
+            raise KeyError(f"no batch {batch_id!r}; `farm batch list` shows the known ones")
+
+    def status(self, batch_id: str) -> dict[str, Any]:
+        with self.lock:
+            self._known(batch_id)
+            return self.controller.batch_status(batch_id, time.time())
+
+    def list(self) -> list[dict[str, Any]]:
+        with self.lock:
+            now = time.time()
+            return [self.controller.batch_status(b, now) for b in self.controller.batches]
+
+    def events(self, batch_id: str) -> list[dict[str, Any]]:
+        self._known(batch_id)
+        return [e.model_dump(mode="json") for e in Journal(self.objects).replay() if e.batch == batch_id]
+
+    def ping(self) -> dict[str, Any]:
+        return {"started_at": self.started_at, "pid": os.getpid(), "batches": len(self.controller.batches),
+                "last_seq": self.controller.last_seq, "store": self.objects.describe()}
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=5)

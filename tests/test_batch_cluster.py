@@ -1,0 +1,136 @@
+"""Batches on a real multi-node Ray (``ray.cluster_utils.Cluster``) with declared GPUs.
+
+The controller runs as the named, detached actor; clips are routed to GPU actor pools by settings.
+Losing a worker node or SIGKILLing the controller mid-batch still delivers every episode, and the
+journal shows no finished action ran twice.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import Counter
+
+import pytest
+import yaml
+
+from farm.journal import Journal
+from farm.loader import load_batch
+from farm.service import batch_payload
+from farm.settings import Settings
+from farm.store import LocalStore
+from tests.conftest import SMALL_SCRIPT, write_specs
+
+pytestmark = [pytest.mark.ray, pytest.mark.media, pytest.mark.e2e]
+
+
+@pytest.fixture
+def cluster():
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 0})
+    gpu_nodes = [c.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
+    ray.init(address=c.address, namespace="farm", logging_level="WARNING")
+    c.wait_for_nodes()
+    yield c, gpu_nodes
+    ray.shutdown()
+    c.shutdown()
+
+
+def _batch_file(tmp_path, episodes=3):
+    folder = tmp_path / "specs"
+    write_specs(folder)
+    for n in range(2, episodes + 1):
+        script = yaml.safe_load(yaml.safe_dump(SMALL_SCRIPT))
+        script["scenes"][1]["shots"][0]["lines"][0]["text"] = f"Only me, the {n}th time."
+        (folder / f"ep{n:03d}.yaml").write_text(yaml.safe_dump(
+            {"series": "series.yaml", "number": n, "title": f"Episode {n}", "script": script}))
+    path = tmp_path / "batch.yaml"
+    path.write_text(yaml.safe_dump({"studio": "acme", "priority": "high", "episodes": ["specs/ep*.yaml"],
+                                    "budget": {"gpu_seconds": 100000}}))
+    return path
+
+
+def _start(tmp_path):
+    from farm.cli_batch import controller
+
+    settings = Settings(store=str(tmp_path / "store"), metrics_port=0, stage_resources={"video": {"num_gpus": 1}},
+                        retry={"base_s": 0.2, "max_delay_s": 1.0})
+    return settings, controller(settings, create=True)
+
+
+def _wait(handle, batch_id, until, timeout=420):
+    import ray
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            status = ray.get(handle.status.remote(batch_id), timeout=30)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            time.sleep(0.5)  # the controller is restarting
+            continue
+        if until(status):
+            return status
+        time.sleep(0.3)
+    raise AssertionError(f"batch {batch_id} did not get there in {timeout}s: {status}")
+
+
+def _journal(tmp_path, batch_id):
+    return [e for e in Journal(LocalStore(tmp_path / "store")).replay() if e.batch == batch_id or e.batch is None]
+
+
+def _no_finished_action_ran_twice(events):
+    done = Counter(e.key for e in events if e.type in ("action.completed", "action.cached"))
+    assert not [k for k, n in done.items() if n > 1]
+    finished_at = {}
+    for e in events:
+        if e.type in ("action.completed", "action.cached"):
+            finished_at.setdefault(e.key, e.seq)
+        if e.type == "action.dispatched":
+            assert e.key not in finished_at, "an action was dispatched again after it finished"
+
+
+def test_batch_runs_across_nodes_and_survives_losing_one(tmp_path, cluster):
+    """Clips run on the GPU nodes' warm actors; removing a GPU node mid-batch still delivers every episode."""
+    import ray
+
+    c, gpu_nodes = cluster
+    settings, handle = _start(tmp_path)
+    batch_id = ray.get(handle.submit.remote(batch_payload(load_batch(_batch_file(tmp_path), _now()), settings)))
+    _wait(handle, batch_id, lambda s: s["actions"].get("video", {}).get("done", 0) >= 1)
+    c.remove_node(gpu_nodes[0])
+    status = _wait(handle, batch_id, lambda s: s["status"] != "running")
+    assert status["status"] == "finished" and status["episodes"]["delivered"] == 3, status
+    events = _journal(tmp_path, batch_id)
+    _no_finished_action_ran_twice(events)
+    gpu_ids = {n.node_id for n in gpu_nodes}
+    clip_nodes = {e.data["worker"]["node"] for e in events if e.type == "action.completed" and e.data["op"] == "clip"}
+    assert clip_nodes and clip_nodes <= gpu_ids
+    for eid in ("ep001", "ep002", "ep003"):
+        assert (tmp_path / "store" / "acme" / "episodes" / "test-series" / eid / "episode.mp4").is_file()
+
+
+def test_controller_killed_mid_batch_resumes_without_rerunning(tmp_path, cluster):
+    """SIGKILL of the controller mid-batch: Ray restarts it, it replays the journal and finishes the batch
+    with no finished action run again."""
+    import ray
+
+    settings, handle = _start(tmp_path)
+    batch_id = ray.get(handle.submit.remote(batch_payload(load_batch(_batch_file(tmp_path), _now()), settings)))
+    _wait(handle, batch_id, lambda s: sum(r.get("done", 0) for r in s["actions"].values()) >= 8)
+    pid = ray.get(handle.ping.remote())["pid"]
+    os.kill(pid, signal.SIGKILL)
+    status = _wait(handle, batch_id, lambda s: s["status"] != "running")
+    assert status["status"] == "finished" and status["episodes"]["delivered"] == 3, status
+    assert ray.get(handle.ping.remote())["pid"] != pid
+    _no_finished_action_ran_twice(_journal(tmp_path, batch_id))
+
+
+def _now():
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc)

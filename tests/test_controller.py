@@ -1,0 +1,227 @@
+"""The controller's pure core, driven by hand: no Ray, no store, time passed in.
+
+A tiny harness plays the service's part: it sequences events like the journal, answers lookups from
+a dict of "stored" manifests, and completes dispatched actions with made-up manifests.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+
+from farm.controller import Cancel, Controller, Deliver, Dispatch, Lookup, Notify, Prices, Profile
+from farm.journal import Event
+from farm.policy import Capacity, RetryPolicy
+from farm.script import Script
+from farm.spec import Episode, Series
+from tests.conftest import SMALL_SCRIPT, SMALL_SERIES
+
+BACKENDS = {"script": ["outline", "1"], "image": ["pillow", "1"], "video": ["ffmpeg-motion", "1"],
+            "dubbing": ["espeak-ng", "1"], "assembly": ["ffmpeg", "1"]}
+CAPACITY = Capacity(cpus=4, gpus_by_accelerator={None: 2})
+
+
+def estimator(action):
+    return (1.0, 0, 1.0 if action.stage == "video" else 0.0)
+
+
+PROFILES = {("video", "ffmpeg-motion"): Profile(cpus=1, gpus=1)}
+
+
+def manifest(action, attempt_worker="node-a"):
+    outputs = {"script": ["script"], "sheet": ["sheet", "figure"], "keyframe": ["keyframe"], "line": ["audio"],
+               "clip": ["clip"], "mux": ["shot"], "episode": ["video", "subtitles", "storyboard"]}[action.op]
+    digest = lambda name: hashlib.sha256(f"{action.key}{name}".encode()).hexdigest()  # noqa: E731
+    data = {"key": action.key, "op": action.op, "outputs": {o: {"digest": digest(o), "size": 1, "name": o} for o in outputs},
+            "meta": {"samples": 24_000 + 10 * len(action.params.get("text", ""))} if action.op == "line" else {},
+            "usage": {"gpu_seconds": 1.5 if action.stage == "video" else 0.0, "cpu_seconds": 0.5},
+            "started_at": 0.0, "finished_at": 1.0, "worker": {"node": attempt_worker}}
+    if action.op == "script":
+        data["facts"] = {"script": Script.model_validate(SMALL_SCRIPT).model_dump(mode="json")}
+    return data
+
+
+class Harness:
+    def __init__(self, controller=None, **kw):
+        self.c = controller or Controller(estimator, PROFILES, prices=Prices(per_gpu_hour=3600.0), **kw)
+        self.log: list[Event] = []
+        self.stored: dict[str, dict] = {}
+        self.dispatched: list[str] = []
+        self.notes: list[Notify] = []
+        self.now = 1000.0
+        self.fail: dict[str, list[str]] = {}  # action key -> workers on which it fails
+
+    def commit(self, events):
+        for e in events:
+            event = Event(seq=len(self.log), at=self.now, **e)
+            self.log.append(event)
+            for cmd in self.c.apply(event):
+                if isinstance(cmd, Lookup):
+                    self.commit([{"type": "action.cached", "key": k, "data": self.stored[k]} for k in cmd.keys
+                                 if k in self.stored])
+                elif isinstance(cmd, Dispatch):
+                    self.dispatched.append(cmd.key)
+                elif isinstance(cmd, Deliver):
+                    self.commit(self.c.delivered(cmd.batch, cmd.episode, {"video": f"{cmd.episode}/episode.mp4"}))
+                elif isinstance(cmd, Notify):
+                    self.notes.append(cmd)
+
+    def submit(self, batch="b1", episodes=1, **terms):
+        series = Series.model_validate(SMALL_SERIES).model_dump(mode="json")
+        eps = []
+        for n in range(1, episodes + 1):
+            script = copy.deepcopy(SMALL_SCRIPT)
+            script["scenes"][1]["shots"][0]["lines"][0]["text"] = f"Only me, time {n}."
+            eps.append({"series": series, "episode": Episode.model_validate(
+                {"series": "s.yaml", "number": n, "title": f"E{n}", "script": script}).model_dump(mode="json")})
+        data = {"studio": "acme", "namespace": "acme", "priority": "normal", "budget": {}, "backends": BACKENDS,
+                "episodes": eps} | terms
+        self.commit([{"type": "batch.submitted", "batch": batch, "data": data}])
+
+    def run(self, rounds=200):
+        """Dispatch what decide() allows, finish everything running, repeat until nothing moves."""
+        for _ in range(rounds):
+            events = self.c.decide(self.now, CAPACITY)
+            self.commit(events)
+            running = [k for k, s in self.c.actions.items() if s.status == "running"]
+            if not running and not events:
+                return
+            for key in running:
+                action = self.c.actions[key].action
+                workers = self.fail.get(key, [])
+                if workers:
+                    self.commit(self.c.on_failure(key, "boom", True, workers.pop(0), self.now))
+                else:
+                    m = manifest(action)
+                    self.stored[key] = m
+                    self.commit(self.c.on_result(key, m))
+            self.now += 10.0
+        raise AssertionError("did not settle")
+
+
+def test_batch_runs_to_delivery():
+    """A submitted batch dispatches every action once, delivers each episode and finishes."""
+    h = Harness()
+    h.submit(episodes=2)
+    h.run()
+    status = h.c.batch_status("b1", h.now)
+    assert status["status"] == "finished" and status["episodes"]["delivered"] == 2
+    planned = {k for ep in h.c.episodes.values() for k in ep.keys}
+    assert len(planned) == 18  # 2 x 15, less what the episodes share: sheets, identical shots and lines
+    assert sorted(h.dispatched) == sorted(planned)
+    assert [n.kind for n in h.notes].count("episode.delivered") == 2 and h.notes[-1].kind == "batch.finished"
+
+
+def test_replay_rebuilds_the_same_state():
+    """Applying the journal to a fresh controller gives the same status, and it proposes nothing to redo."""
+    h = Harness()
+    h.submit(episodes=2)
+    h.run()
+    fresh = Controller(estimator, PROFILES, prices=Prices(per_gpu_hour=3600.0))
+    for event in h.log:
+        fresh.apply(event)
+    assert fresh.batch_status("b1", h.now) == h.c.batch_status("b1", h.now)
+    assert fresh.decide(h.now, CAPACITY) == []
+
+
+def test_replay_midway_then_continue():
+    """Cut the journal anywhere, replay it, carry on: the batch finishes and no finished action runs again."""
+    h = Harness()
+    h.submit(episodes=2)
+    for _ in range(3):
+        h.commit(h.c.decide(h.now, CAPACITY))
+        for key in [k for k, s in h.c.actions.items() if s.status == "running"][:2]:
+            h.stored[key] = manifest(h.c.actions[key].action)
+            h.commit(h.c.on_result(key, h.stored[key]))
+    done_before = {k for k, s in h.c.actions.items() if s.status == "done"}
+    restarted = Harness()
+    restarted.stored = h.stored
+    for event in h.log:
+        restarted.c.apply(event)
+    restarted.log = list(h.log)
+    for key in [k for k, s in restarted.c.actions.items() if s.status == "running"]:  # what the service does
+        restarted.commit(restarted.c.on_failure(key, "interrupted", True, None, restarted.now))
+    restarted.now += 100
+    restarted.run()
+    assert restarted.c.batch_status("b1", restarted.now)["episodes"]["delivered"] == 2
+    assert not done_before & set(restarted.dispatched)
+
+
+def test_resubmitted_batch_is_all_cache():
+    """The same episodes submitted again run nothing, deliver at once and count what they saved."""
+    h = Harness()
+    h.submit(episodes=1)
+    h.run()
+    before = len(h.dispatched)
+    h.submit(batch="b2", episodes=1)
+    h.run()
+    status = h.c.batch_status("b2", h.now)
+    assert len(h.dispatched) == before and status["status"] == "finished"
+    assert status["episodes"]["delivered"] == 1
+    assert sum(row["cached"] for row in status["actions"].values()) == 15
+    assert status["saved"]["gpu_seconds"] == 4.5
+
+
+def test_store_manifests_are_cache_hits():
+    """Actions whose manifests are already in the store are not dispatched."""
+    h = Harness()
+    h.submit(episodes=1)
+    h.run()
+    second = Harness()
+    second.stored = h.stored
+    second.submit(episodes=1)
+    second.run()
+    assert second.dispatched == []
+    assert second.c.batch_status("b1", second.now)["episodes"]["delivered"] == 1
+
+
+def test_budget_stops_new_gpu_work_and_says_why():
+    """A GPU-seconds cap holds the batch's clips once projected spend would pass it."""
+    h = Harness()
+    h.submit(episodes=2, budget={"gpu_seconds": 3.0})
+    h.run()
+    status = h.c.batch_status("b1", h.now)
+    clips = status["actions"]["video"]
+    # 3 distinct clips (the episodes' s02-01 lines have equal lengths, so their clips are one action)
+    assert clips == {"done": 2, "cached": 0, "running": 0, "pending": 1, "failed": 0}, clips
+    assert status["spent"]["gpu_seconds"] <= 3.0 + 1.5
+    assert "gpu_seconds" in status["held"]
+    assert [e.type for e in h.log].count("budget.exhausted") == 1
+
+
+def test_failure_on_three_workers_quarantines_and_the_batch_goes_on():
+    """An action failing on three different workers is quarantined; its episode fails, the other is delivered."""
+    h = Harness(retry=RetryPolicy(base_s=1.0, max_delay_s=1.0))
+    h.submit(episodes=2)
+    line = next(s.action for s in h.c.actions.values() if s.action.op == "line" and "time 2" in s.action.params["text"])
+    h.fail[line.key] = ["w1", "w2", "w3"]
+    h.run()
+    status = h.c.batch_status("b1", h.now)
+    assert status["status"] == "finished"
+    assert status["episodes"] == {"total": 2, "delivered": 1, "failed": 1, "running": 0}
+    assert "quarantined" in status["failures"][0]["reason"] or "3 workers" in status["failures"][0]["reason"]
+    types = [e.type for e in h.log]
+    assert types.count("action.retry") == 2 and types.count("action.quarantined") == 1
+    retries = [e for e in h.log if e.type == "action.retry"]
+    assert all(0 <= e.data["not_before"] - e.at <= 1.0 for e in retries)
+
+
+def test_cancel_stops_dispatching():
+    """A cancelled batch dispatches nothing more and says which running actions to stop."""
+    h = Harness()
+    h.submit(episodes=1)
+    h.commit(h.c.decide(h.now, CAPACITY))
+    running = {k for k, s in h.c.actions.items() if s.status == "running"}
+    cmds = h.c.apply(Event(seq=len(h.log), at=h.now, type="batch.cancelled", batch="b1"))
+    assert cmds == [Cancel(tuple(sorted(running, key=list(h.c.actions).index)))] or set(cmds[0].keys) == running
+    assert h.c.decide(h.now, CAPACITY) == []
+    assert h.c.batch_status("b1", h.now)["status"] == "cancelled"
+
+
+def test_priority_orders_dispatch():
+    """With one CPU free, the urgent batch's action goes first."""
+    h = Harness()
+    h.submit(batch="slow", episodes=1, priority="low")
+    h.submit(batch="fast", episodes=1, priority="urgent", studio="other", namespace="other")
+    events = h.c.decide(h.now, Capacity(cpus=1, gpus_by_accelerator={}))
+    assert [e["batch"] for e in events] == ["fast"]
