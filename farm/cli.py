@@ -184,9 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--json", action="store_true")
     be.set_defaults(func=cmd_bench)
 
-    from farm import cli_batch
+    from farm import cli_batch, simulate
 
     cli_batch.add_parsers(sub, common)
+    simulate.add_parser(sub)  # farm simulate [--bench]
     return p
 
 

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 from farm.plan import STAGES, Action, BackendChoice, EpisodeJob, plan_episode
-from farm.policy import (BatchTerms, Budget, Capacity, GiveUp, Quarantine, RetryPolicy, RunState, Share, Spend, Task,
+from farm.policy import (BatchTerms, Budget, Capacity, GiveUp, Prices, Quarantine, RetryPolicy, RunState, Share, Spend, Task,
                          select, upward_ranks)
+from farm.policy.ranking import pace
 from farm.script import Script
 from farm.spec import PRIORITY_CLASSES, Episode, Series
 
@@ -38,15 +39,6 @@ class Profile:
 
 
 Estimator = Callable[[Action], tuple[float, int, float]]  # -> (seconds, tokens, gpu_seconds)
-
-
-@dataclass(frozen=True)
-class Prices:
-    per_1k_tokens: float = 0.0
-    per_gpu_hour: float = 0.0
-
-    def money(self, tokens: int, gpu_seconds: float) -> float:
-        return tokens / 1000 * self.per_1k_tokens + gpu_seconds / 3600 * self.per_gpu_hour
 
 
 # -- commands the service carries out ------------------------------------------------------------
@@ -134,6 +126,7 @@ class Controller:
         self.actions: dict[str, ActionState] = {}
         self.last_seq = -1
         self._ranks: dict[str, float] | None = None
+        self._paces: dict[str, dict] = {}  # batch -> {(batch, episode): Pace}, fixed at its first decision
 
     # -- applying events ------------------------------------------------------------------------
     def apply(self, event) -> list[Command]:
@@ -365,7 +358,11 @@ class Controller:
                          spent_by_batch={b: s.spent for b, s in self.batches.items()}, committed_by_batch=committed)
         candidates = [self._task(s) for s in self.ready(now)]
         terms = {b: s.terms for b, s in self.batches.items()}
-        selection = select(candidates, self.ranks(), terms, capacity, state, self.shares, self.caps)
+        total_gpus = sum(capacity.gpus_by_accelerator.values()) + sum(t.gpus for t in run_tasks)
+        total_cpus = capacity.cpus + sum(t.cpus for t in run_tasks if not t.gpus)
+        paces = {k: v for b in self.batches if self.batches[b].status == "running"
+                 for k, v in self._pace(b, total_gpus, total_cpus).items()}
+        selection = select(candidates, self.ranks(), terms, capacity, state, self.shares, self.caps, paces=paces)
         for task in selection.dispatch:
             events.append({"type": "action.dispatched", "batch": task.batch, "key": task.key,
                            "data": {"label": self.actions[task.key].action.label, "episode": task.episode}})
@@ -377,6 +374,22 @@ class Controller:
                     self.episodes[(batch_id, ep)].status in ("delivered", "failed") for ep in batch.episodes):
                 events.append({"type": "batch.finished", "batch": batch_id, "data": {}})
         return events
+
+    def _pace(self, batch_id: str, total_gpus: float, total_cpus: float) -> dict:
+        """Each episode's place in its batch's pipeline (farm.policy.ranking.pace), so episodes finish
+        steadily in submission order instead of all together at the end."""
+        if batch_id not in self._paces:
+            batch = self.batches[batch_id]
+            work = {}
+            for eid in batch.episodes:
+                ep = self.episodes[(batch_id, eid)]
+                seconds = [self.estimator(self.actions[k].action) for k in ep.keys]
+                gpu = sum(g for _, _, g in seconds)
+                # work on the bottleneck: GPU-seconds over GPUs, or for CPU-only episodes CPU time over CPUs
+                work[(batch_id, eid)] = (gpu / total_gpus if total_gpus and gpu
+                                         else sum(s for s, _, _ in seconds) / max(1.0, total_cpus))
+            self._paces[batch_id] = pace(list(work), work, start=batch.terms.submitted)
+        return self._paces[batch_id]
 
     # -- views ----------------------------------------------------------------------------------
     def projected_finish(self, batch_id: str, now: float) -> float:

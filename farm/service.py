@@ -23,11 +23,11 @@ from typing import Any
 import structlog
 
 from farm import backends, logs
-from farm.controller import (Cancel, Controller, Deliver, Dispatch, Lookup, Notify, Prices, Profile)
+from farm.controller import Cancel, Controller, Deliver, Dispatch, Lookup, Notify, Profile
 from farm.manifest import Blob
 from farm.metrics import Metrics
 from farm.plan import Action
-from farm.policy import RetryPolicy, Share
+from farm.policy import Prices, RetryPolicy, Share
 from farm.render import DELIVERABLES
 from farm.runtime import RayRuntime
 from farm.settings import Settings

@@ -9,9 +9,9 @@ from __future__ import annotations
 import copy
 import hashlib
 
-from farm.controller import Cancel, Controller, Deliver, Dispatch, Lookup, Notify, Prices, Profile
+from farm.controller import Cancel, Controller, Deliver, Dispatch, Lookup, Notify, Profile
 from farm.journal import Event
-from farm.policy import Capacity, RetryPolicy
+from farm.policy import Capacity, Prices, RetryPolicy
 from farm.script import Script
 from farm.spec import Episode, Series
 from tests.conftest import SMALL_SCRIPT, SMALL_SERIES

@@ -18,12 +18,12 @@ from farm.policy.ready import ReadyQueue, lane_of
 from farm.policy.retry import GiveUp, Quarantine, Retry, RetryPolicy, jitter
 from farm.policy.scheduler import select
 from farm.policy.types import (
-    NO_SPEND, PRIORITY_CLASSES, BatchTerms, Budget, Capacity, RunState, Selection, Share, Spend, Task,
+    NO_SPEND, PRIORITY_CLASSES, BatchTerms, Budget, Capacity, Prices, RunState, Selection, Share, Spend, Task,
     priority_of,
 )
 
 __all__ = [
-    "NO_SPEND", "PRIORITY_CLASSES", "BatchTerms", "Budget", "Capacity", "GiveUp", "Quarantine", "ReadyQueue",
+    "NO_SPEND", "PRIORITY_CLASSES", "BatchTerms", "Budget", "Capacity", "Prices", "GiveUp", "Quarantine", "ReadyQueue",
     "Retry", "RetryPolicy", "RunState", "Selection", "Share", "Spend", "Task", "allowances", "budget_admits",
     "cap_admits", "jitter", "lane_of", "NO_PACE", "PACE_WEIGHT", "Pace", "pace", "priority_of", "select", "sort_key", "upward_ranks",
 ]

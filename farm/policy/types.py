@@ -45,6 +45,17 @@ class Spend:
 NO_SPEND = Spend()
 
 
+@dataclass(frozen=True)
+class Prices:
+    """The price table money is computed from (settings ``prices``): per 1,000 tokens, per GPU-hour."""
+
+    per_1k_tokens: float = 0.0
+    per_gpu_hour: float = 0.0
+
+    def money(self, tokens: float, gpu_seconds: float) -> float:
+        return tokens / 1000 * self.per_1k_tokens + gpu_seconds / 3600 * self.per_gpu_hour
+
+
 @dataclass(frozen=True, slots=True)
 class Task:
     """One ready action as the scheduler sees it.

@@ -1,0 +1,133 @@
+"""What a simulation reports, and the lower bound it is judged against."""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+from typing import Any
+
+from farm.policy.types import Spend
+from farm.simulate.workload import Workload
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One attempt of one action on the simulated farm."""
+
+    key: str
+    batch: str
+    studio: str
+    stage: str
+    start: float
+    end: float
+    gpus: float
+    cpus: float
+    worker: str
+    ok: bool
+
+
+@dataclass
+class SimResult:
+    policy: str
+    episodes: int
+    gpus: float
+    cpus: float
+    makespan_s: float
+    lower_bound_s: float
+    gpu_busy: float
+    deadline_met: dict[str, bool]  # per batch with a deadline: every episode done by then
+    batch_finished: dict[str, float | None]  # seconds after the start; None: not every episode done
+    spend: Spend
+    spend_by_batch: dict[str, Spend]
+    spend_by_studio: dict[str, Spend]
+    gpu_seconds_by_studio: dict[str, float]
+    episodes_done: int
+    episodes_failed: dict[str, str]  # "batch/episode" -> reason
+    episodes_unfinished: dict[str, str]  # "batch/episode" -> why it never finished (budget)
+    budget_held: dict[str, str]  # batch -> the first reason its budget held it
+    dispatches: int
+    retries: int
+    quarantines: int
+    give_ups: int
+    runs: list[Run] = field(default_factory=list, repr=False)
+
+    @property
+    def ratio(self) -> float:
+        return self.makespan_s / self.lower_bound_s if self.lower_bound_s > 0 else 1.0
+
+    @property
+    def all_deadlines_met(self) -> bool:
+        return all(self.deadline_met.values())
+
+    def usage(self, t0: float, t1: float) -> dict[str, float]:
+        """GPU-seconds each studio used between ``t0`` and ``t1`` (seconds after the start)."""
+        out: dict[str, float] = {}
+        for r in self.runs:
+            overlap = min(r.end, t1) - max(r.start, t0)
+            if overlap > 0 and r.gpus > 0:
+                out[r.studio] = out.get(r.studio, 0.0) + overlap * r.gpus
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "policy": self.policy, "episodes": self.episodes, "gpus": self.gpus, "cpus": self.cpus,
+            "makespan_s": round(self.makespan_s, 3), "lower_bound_s": round(self.lower_bound_s, 3),
+            "ratio": round(self.ratio, 4), "gpu_busy": round(self.gpu_busy, 4),
+            "deadline_met": {"all": self.all_deadlines_met, "by_batch": self.deadline_met},
+            "batch_finished_s": {b: None if t is None else round(t, 3) for b, t in self.batch_finished.items()},
+            "spend": self.spend.to_json(),
+            "spend_by_batch": {b: s.to_json() for b, s in self.spend_by_batch.items()},
+            "spend_by_studio": {s: v.to_json() for s, v in self.spend_by_studio.items()},
+            "episodes_done": self.episodes_done, "episodes_failed": self.episodes_failed,
+            "episodes_unfinished": self.episodes_unfinished, "budget_held": self.budget_held,
+            "dispatches": self.dispatches, "retries": self.retries, "quarantines": self.quarantines,
+            "give_ups": self.give_ups,
+        }
+
+
+def lower_bound(workload: Workload, gpus: dict[str | None, float], cpus: float) -> float:
+    """No schedule can beat this (seconds after the first submission): the larger of the critical
+    path with true durations and unlimited machines, and for each resource its total true work over
+    its capacity (GPUs overall, GPUs of each named kind for the actions pinned to it, CPUs).
+
+    Ignores failed attempts. A sheet may start once *any* script of its series is done.
+    """
+    nodes = workload.nodes
+    t0 = min(b.submitted for b in workload.batches.values())
+    waiting: dict[str, int] = {}
+    dependants: dict[str, list[str]] = {}
+    for key, node in nodes.items():
+        waiting[key] = len(node.parents) + (1 if node.revealed_by else 0)
+        for p in node.parents:
+            dependants.setdefault(p, []).append(key)
+        for r in node.revealed_by:
+            dependants.setdefault(r, []).append("?" + key)  # any one revealer suffices
+    ready_at = {k: workload.batches[n.task.batch].submitted for k, n in nodes.items()}
+    # Pop in order of finish time, so the first revealer to finish is the one that reveals.
+    heap = [(ready_at[k] + nodes[k].actual_s, k) for k, w in waiting.items() if w == 0]
+    heapq.heapify(heap)
+    revealed: set[str] = set()
+    finish: dict[str, float] = {}
+    while heap:
+        end, key = heapq.heappop(heap)
+        finish[key] = end
+        for d in dependants.get(key, ()):
+            if d[0] == "?":
+                d = d[1:]
+                if d in revealed:
+                    continue
+                revealed.add(d)
+            ready_at[d] = max(ready_at[d], end)
+            waiting[d] -= 1
+            if waiting[d] == 0:
+                heapq.heappush(heap, (ready_at[d] + nodes[d].actual_s, d))
+    path = max(finish.values()) - t0 if finish else 0.0
+    gpu_work = sum(n.actual_s * n.task.gpus for n in nodes.values())
+    cpu_work = sum(n.actual_s * n.task.cpus for n in nodes.values())
+    bounds = [path, gpu_work / max(sum(gpus.values()), 1e-12) if gpu_work else 0.0,
+              cpu_work / cpus if cpu_work and cpus > 0 else 0.0]
+    for kind in {n.task.accelerator for n in nodes.values() if n.task.accelerator is not None}:
+        pinned = sum(n.actual_s * n.task.gpus for n in nodes.values() if n.task.accelerator == kind)
+        if pinned and gpus.get(kind):
+            bounds.append(pinned / gpus[kind])
+    return max(bounds)
