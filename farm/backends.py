@@ -19,6 +19,8 @@ REGISTRY: dict[tuple[str, str], str] = {
     ("video", "ffmpeg-motion"): "workers.video.motion:BACKEND",
     ("dubbing", "espeak-ng"): "workers.dubbing.espeak:BACKEND",
     ("assembly", "ffmpeg"): "workers.assembly.ffmpeg:BACKEND",
+    # no work at all: for measuring the farm's own overhead and testing scheduling
+    **{(stage, "noop"): f"workers.noop:BACKENDS.{stage}" for stage in ("script", "image", "video", "dubbing", "assembly")},
 }
 
 
@@ -32,8 +34,10 @@ def load(stage: str, name: str) -> Backend:
     except KeyError:
         known = ", ".join(n for s, n in REGISTRY if s == stage)
         raise UnknownBackend(f"no {stage} backend named {name!r} (known: {known})") from None
-    module, _, attr = target.partition(":")
-    return getattr(importlib.import_module(module), attr)
+    module, _, path = target.partition(":")
+    attr, _, item = path.partition(".")
+    found = getattr(importlib.import_module(module), attr)
+    return found[item] if item else found
 
 
 def choose(names: Mapping[str, str]) -> dict[str, BackendChoice]:

@@ -148,6 +148,11 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def _print_report(report: dict, args) -> int:
+    print(json.dumps({k: v for k, v in report.items() if k != "text"}) if args.json else report["text"])
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="farm", description="A render farm for AI short dramas.")
     p.add_argument("-v", "--verbose", action="count", default=0, help="-v info logs, -vv debug logs")
@@ -183,6 +188,16 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--workdir", help="keep the bench's files here (default: a temporary directory)")
     be.add_argument("--json", action="store_true")
     be.set_defaults(func=cmd_bench)
+    bc = bsub.add_parser("controller", help="plan an N-episode batch in the controller: time and memory")
+    bc.add_argument("--episodes", type=int, default=1000)
+    bc.add_argument("--json", action="store_true")
+    bc.set_defaults(func=lambda a: _print_report(__import__("farm.bench_batch").bench_batch.bench_controller(a.episodes), a))
+    bd = bsub.add_parser("dispatch", help="no-op actions through the controller vs bare Ray, on a local Ray")
+    bd.add_argument("--episodes", type=int, default=10)
+    bd.add_argument("--gpus", type=int, default=4, help="GPUs to declare to the local Ray")
+    bd.add_argument("--json", action="store_true")
+    bd.set_defaults(func=lambda a: _print_report(
+        __import__("farm.bench_batch").bench_batch.bench_dispatch(a.episodes, a.gpus), a))
 
     from farm import cli_batch, simulate
 

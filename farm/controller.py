@@ -127,6 +127,7 @@ class Controller:
         self.last_seq = -1
         self._ranks: dict[str, float] | None = None
         self._paces: dict[str, dict] = {}  # batch -> {(batch, episode): Pace}, fixed at its first decision
+        self._estimates: dict[str, tuple[float, int, float]] = {}
 
     # -- applying events ------------------------------------------------------------------------
     def apply(self, event) -> list[Command]:
@@ -314,15 +315,22 @@ class Controller:
                 for ref in state.action.inputs.values():
                     children.setdefault(ref.key, []).append(key)
             for key, state in self.actions.items():
-                own = 0.0 if state.status == "done" else self.estimator(state.action)[0]
+                own = 0.0 if state.status == "done" else self._estimate(state.action)[0]
                 tail = TAIL_SECONDS.get(state.action.op, 0.0) if not children[key] else 0.0
                 durations[key] = own + tail
             self._ranks = upward_ranks(durations, children)
         return self._ranks
 
+    def _estimate(self, action: Action) -> tuple[float, int, float]:
+        """The backend's estimate, once per key (a key fixes every input of the estimate)."""
+        est = self._estimates.get(action.key)
+        if est is None:
+            est = self._estimates[action.key] = self.estimator(action)
+        return est
+
     def _task(self, state: ActionState) -> Task:
         a = state.action
-        seconds, tokens, gpu_seconds = self.estimator(a)
+        seconds, tokens, gpu_seconds = self._estimate(a)
         profile = self.profiles.get((a.stage, a.backend), Profile())
         live = sorted((self.batches[b].terms.priority, -self.batches[b].terms.order, b, ep)
                       for b, ep in state.episodes
@@ -383,7 +391,7 @@ class Controller:
             work = {}
             for eid in batch.episodes:
                 ep = self.episodes[(batch_id, eid)]
-                seconds = [self.estimator(self.actions[k].action) for k in ep.keys]
+                seconds = [self._estimate(self.actions[k].action) for k in ep.keys]
                 gpu = sum(g for _, _, g in seconds)
                 # work on the bottleneck: GPU-seconds over GPUs, or for CPU-only episodes CPU time over CPUs
                 work[(batch_id, eid)] = (gpu / total_gpus if total_gpus and gpu

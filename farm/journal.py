@@ -32,6 +32,10 @@ EventType = Literal[
 ]
 
 
+# Events whose effect a client has been told of: these segments are flushed before the answer.
+ACKNOWLEDGED = frozenset({"batch.submitted", "batch.cancelled"})
+
+
 class Event(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     v: int = SCHEMA_VERSION
@@ -71,7 +75,13 @@ class Journal:
         self._seq = seq
 
     def append(self, events: list[dict[str, Any]], now: float) -> list[Event]:
-        """Write ``events`` (dicts with type, batch, key, data) as one segment; return them sequenced."""
+        """Write ``events`` (dicts with type, batch, key, data) as one segment; return them sequenced.
+
+        A segment holding an event that a client is told about (a submitted or cancelled batch) is
+        flushed to disk before this returns. Other events only need to outlive the controller's
+        process, not the machine: dispatches and completions are re-derived on replay from the
+        manifests, which workers write durably.
+        """
         if not events:
             return []
         if self._segment is None:
@@ -83,6 +93,7 @@ class Journal:
             self._seq += 1
         body = "".join(json.dumps(ev.model_dump(mode="json"), separators=(",", ":"), ensure_ascii=False) + "\n"
                        for ev in out)
-        self.objects.put_bytes(f"{self.prefix}/{self._segment:012d}.jsonl", body.encode("utf-8"))
+        durable = any(ev.type in ACKNOWLEDGED for ev in out)
+        self.objects.put_bytes(f"{self.prefix}/{self._segment:012d}.jsonl", body.encode("utf-8"), durable=durable)
         self._segment += 1
         return out

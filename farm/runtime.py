@@ -52,14 +52,13 @@ def execute(action: Mapping[str, Any], inputs: Mapping[str, Mapping[str, Any]], 
         raise ActionFailed(act.key, act.label, f"backend {act.backend} is version {backend.version} here, "
                            f"the plan wants {act.version}: deploy the same code everywhere", retryable=False)
     with tempfile.TemporaryDirectory(prefix="farm-") as tmp:
-        in_dir, out_dir = Path(tmp, "in"), Path(tmp, "out")
-        in_dir.mkdir()
-        out_dir.mkdir()
+        # one scratch folder: inputs are named "in-NNNN.ext" by the farm, outputs by the backend
+        out_dir = Path(tmp)
         local: dict[str, Path] = {}
         for i, (name, blob_json) in enumerate(sorted(inputs.items())):
             blob = Blob.model_validate(blob_json)
             suffix = Path(blob.name).suffix if Path(blob.name).suffix.isascii() else ""
-            local[name] = store.get_blob(blob, in_dir / f"{i:04d}{suffix}")
+            local[name] = store.get_blob(blob, out_dir / f"in-{i:04d}{suffix}")
         bound.info("action.started")
         started = time.time()
         try:

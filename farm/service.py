@@ -91,6 +91,7 @@ class ControllerService:
         self._webhooks: queue.Queue[Notification] = queue.Queue()
         self._sent: set[str] = set()
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set when new work arrives, so an idle loop reacts at once
         self.started_at = time.time()
         self.metrics = Metrics()
         if self.settings.metrics_port:
@@ -230,18 +231,20 @@ class ControllerService:
             try:
                 finished = self.runtime.wait(timeout=0.05)
                 with self.lock:
+                    events = []  # one journal segment for everything that finished (group commit)
                     for f in finished:
                         if f.manifest is not None:
                             store = self._store(f.action.context["studio"])
-                            events = self.controller.on_result(f.action.key, self._facts(f.action, store, f.manifest))
+                            events += self.controller.on_result(f.action.key, self._facts(f.action, store, f.manifest))
                         else:
-                            events = self.controller.on_failure(f.action.key, str(f.error), f.error.retryable,
-                                                                f.error.worker, time.time())
-                        self._commit(events)
+                            events += self.controller.on_failure(f.action.key, str(f.error), f.error.retryable,
+                                                                 f.error.worker, time.time())
+                    self._commit(events)
                     self._commit(self.controller.decide(time.time(), self.runtime.capacity()))
                     self._refresh_gauges()
                 if not finished and self.runtime.running == 0:
-                    self._stop.wait(0.05)
+                    self._wake.wait(0.05)
+                    self._wake.clear()
             except Exception:  # keep scheduling; the error is in the log with its traceback
                 log.exception("controller.loop_error")
                 self._stop.wait(1.0)
@@ -286,6 +289,7 @@ class ControllerService:
             self._store(payload["studio"])
             self._done[payload["studio"]] = self._stores[payload["studio"]].done_keys()
             self._commit([{"type": "batch.submitted", "batch": batch_id, "data": data}])
+        self._wake.set()
         return batch_id
 
     def cancel(self, batch_id: str) -> dict[str, Any]:
@@ -319,5 +323,6 @@ class ControllerService:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         for thread in self._threads:
             thread.join(timeout=5)

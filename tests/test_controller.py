@@ -225,3 +225,12 @@ def test_priority_orders_dispatch():
     h.submit(batch="fast", episodes=1, priority="urgent", studio="other", namespace="other")
     events = h.c.decide(h.now, Capacity(cpus=1, gpus_by_accelerator={}))
     assert [e["batch"] for e in events] == ["fast"]
+
+
+def test_bench_controller_plans_a_synthetic_batch():
+    """The controller benchmark plans every action of a small synthetic batch and reports its cost."""
+    from farm.bench_batch import bench_controller
+
+    report = bench_controller(5)
+    assert report["actions"] == 4 + 5 * 46  # four shared character sheets, 46 actions an episode
+    assert report["plan_seconds"] > 0 and "controller memory" in report["text"]

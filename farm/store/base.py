@@ -33,7 +33,9 @@ class ObjectStore(Protocol):
     def put_file(self, name: str, path: Path) -> None:
         """Store the file's bytes under ``name``, atomically: readers see all of it or nothing."""
 
-    def put_bytes(self, name: str, data: bytes) -> None: ...
+    def put_bytes(self, name: str, data: bytes, *, durable: bool = True) -> None:
+        """Store bytes atomically. ``durable=False`` allows a write that survives the process but
+        not the machine (no fsync); backends that are always durable ignore it."""
 
     def get_file(self, name: str, dest: Path) -> None:
         """Write the object to ``dest``; raises StoreError if it does not exist."""

@@ -21,7 +21,7 @@ class LocalStore:
     def path(self, name: str) -> Path:
         return self.root / check_name(name)
 
-    def _atomic(self, name: str, write) -> None:
+    def _atomic(self, name: str, write, durable: bool = True) -> None:
         target = self.path(name)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
@@ -29,7 +29,8 @@ class LocalStore:
             with os.fdopen(fd, "wb") as out:
                 write(out)
                 out.flush()
-                os.fsync(out.fileno())
+                if durable:
+                    os.fsync(out.fileno())
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -39,8 +40,8 @@ class LocalStore:
         with open(path, "rb") as src:
             self._atomic(name, lambda out: shutil.copyfileobj(src, out, 1 << 20))
 
-    def put_bytes(self, name: str, data: bytes) -> None:
-        self._atomic(name, lambda out: out.write(data))
+    def put_bytes(self, name: str, data: bytes, *, durable: bool = True) -> None:
+        self._atomic(name, lambda out: out.write(data), durable)
 
     def get_file(self, name: str, dest: Path) -> None:
         try:

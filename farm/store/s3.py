@@ -57,7 +57,7 @@ class S3Store:
         except (S3Error, HTTPError, OSError) as exc:
             raise _wrap(exc, f"put {name}") from exc
 
-    def put_bytes(self, name: str, data: bytes) -> None:
+    def put_bytes(self, name: str, data: bytes, *, durable: bool = True) -> None:  # S3 writes are durable
         try:
             self._client.put_object(self.bucket, self._key(name), io.BytesIO(data), len(data))
         except (S3Error, HTTPError, OSError) as exc:
