@@ -7,10 +7,13 @@ journal shows no finished action ran twice.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import threading
 import time
 from collections import Counter
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 import yaml
@@ -20,18 +23,23 @@ from farm.loader import load_batch
 from farm.service import batch_payload
 from farm.settings import Settings
 from farm.store import LocalStore
+from farm.webhooks import verify
 from tests.conftest import SMALL_SCRIPT, write_specs
 
 pytestmark = [pytest.mark.ray, pytest.mark.media, pytest.mark.e2e]
 
 
+HOOK_SECRET = "hook-secret-for-tests"
+
+
 @pytest.fixture
-def cluster():
+def cluster(monkeypatch):
     import ray
     from ray.cluster_utils import Cluster
 
     if ray.is_initialized():
         ray.shutdown()
+    monkeypatch.setenv("FARM_TEST_HOOK_SECRET", HOOK_SECRET)  # inherited by the cluster's processes
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 0})
     gpu_nodes = [c.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
     ray.init(address=c.address, namespace="farm", logging_level="WARNING")
@@ -41,7 +49,7 @@ def cluster():
     c.shutdown()
 
 
-def _batch_file(tmp_path, episodes=3):
+def _batch_file(tmp_path, episodes=3, **fields):
     folder = tmp_path / "specs"
     write_specs(folder)
     for n in range(2, episodes + 1):
@@ -51,7 +59,7 @@ def _batch_file(tmp_path, episodes=3):
             {"series": "series.yaml", "number": n, "title": f"Episode {n}", "script": script}))
     path = tmp_path / "batch.yaml"
     path.write_text(yaml.safe_dump({"studio": "acme", "priority": "high", "episodes": ["specs/ep*.yaml"],
-                                    "budget": {"gpu_seconds": 100000}}))
+                                    "budget": {"gpu_seconds": 100000}} | fields))
     return path
 
 
@@ -94,13 +102,16 @@ def _no_finished_action_ran_twice(events):
             assert e.key not in finished_at, "an action was dispatched again after it finished"
 
 
-def test_batch_runs_across_nodes_and_survives_losing_one(tmp_path, cluster):
-    """Clips run on the GPU nodes' warm actors; removing a GPU node mid-batch still delivers every episode."""
+def test_batch_runs_across_nodes_and_survives_losing_one(tmp_path, cluster, receiver):
+    """Clips run on the GPU nodes' warm actors; removing a GPU node mid-batch still delivers every
+    episode, and the studio's webhook hears of each, signed."""
     import ray
 
     c, gpu_nodes = cluster
     settings, handle = _start(tmp_path)
-    batch_id = ray.get(handle.submit.remote(batch_payload(load_batch(_batch_file(tmp_path), _now()), settings)))
+    hook = {"url": receiver.url, "secret_env": "FARM_TEST_HOOK_SECRET"}
+    batch_id = ray.get(handle.submit.remote(batch_payload(load_batch(_batch_file(tmp_path, webhook=hook), _now()),
+                                                          settings)))
     _wait(handle, batch_id, lambda s: s["actions"].get("video", {}).get("done", 0) >= 1)
     c.remove_node(gpu_nodes[0])
     status = _wait(handle, batch_id, lambda s: s["status"] != "running")
@@ -112,6 +123,27 @@ def test_batch_runs_across_nodes_and_survives_losing_one(tmp_path, cluster):
     assert clip_nodes and clip_nodes <= gpu_ids
     for eid in ("ep001", "ep002", "ep003"):
         assert (tmp_path / "store" / "acme" / "episodes" / "test-series" / eid / "episode.mp4").is_file()
+    posts = receiver.wait_for(4)
+    assert sorted(json.loads(body)["event"] for _, body in posts) == ["batch.finished"] + ["episode.delivered"] * 3
+    for headers, body in posts:
+        assert verify(body, HOOK_SECRET, headers["X-Farm-Timestamp"], headers["X-Farm-Signature"], now=time.time())
+
+
+def test_cancel_stops_the_batch_and_leaves_nothing_half_written(tmp_path, cluster):
+    """Cancelling mid-batch stops dispatching, and the store holds no partial file."""
+    import ray
+
+    settings, handle = _start(tmp_path)
+    batch_id = ray.get(handle.submit.remote(batch_payload(load_batch(_batch_file(tmp_path), _now()), settings)))
+    _wait(handle, batch_id, lambda s: sum(r.get("done", 0) for r in s["actions"].values()) >= 3)
+    status = ray.get(handle.cancel.remote(batch_id))
+    assert status["status"] == "cancelled"
+    time.sleep(3)  # let what was running stop or finish
+    events = _journal(tmp_path, batch_id)
+    cancelled = next(e.seq for e in events if e.type == "batch.cancelled")
+    assert not [e for e in events if e.type == "action.dispatched" and e.seq > cancelled]
+    assert not list((tmp_path / "store").rglob(".tmp-*"))
+    assert ray.get(handle.status.remote(batch_id))["episodes"]["delivered"] < 3
 
 
 def test_controller_killed_mid_batch_resumes_without_rerunning(tmp_path, cluster):
@@ -128,6 +160,38 @@ def test_controller_killed_mid_batch_resumes_without_rerunning(tmp_path, cluster
     assert status["status"] == "finished" and status["episodes"]["delivered"] == 3, status
     assert ray.get(handle.ping.remote())["pid"] != pid
     _no_finished_action_ran_twice(_journal(tmp_path, batch_id))
+
+
+class _Hook(BaseHTTPRequestHandler):
+    posts: list = []
+
+    def do_POST(self):  # noqa: N802
+        type(self).posts.append((dict(self.headers), self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def receiver():
+    _Hook.posts = []
+    server = HTTPServer(("127.0.0.1", 0), _Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    class Receiver:
+        url = f"http://127.0.0.1:{server.server_port}/farm"
+
+        @staticmethod
+        def wait_for(n, timeout=60):
+            deadline = time.monotonic() + timeout
+            while len(_Hook.posts) < n and time.monotonic() < deadline:
+                time.sleep(0.2)
+            return list(_Hook.posts)
+
+    yield Receiver
+    server.shutdown()
 
 
 def _now():
