@@ -14,6 +14,7 @@ Three kinds of calls:
 
 from __future__ import annotations
 
+from collections import ChainMap
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
@@ -126,6 +127,12 @@ class Controller:
         self.actions: dict[str, ActionState] = {}
         self.last_seq = -1
         self._ranks: dict[str, float] | None = None
+        self._ranks_at = float("-inf")
+        self._graph_changed = True
+        # kept up to date as events arrive, so a decision costs O(ready + running), not O(graph)
+        self._dependants: dict[str, list[str]] = {}
+        self._ready: set[str] = set()  # pending, every input done
+        self._running: set[str] = set()
         self._paces: dict[str, dict] = {}  # batch -> {(batch, episode): Pace}, fixed at its first decision
         self._estimates: dict[str, tuple[float, int, float]] = {}
 
@@ -182,13 +189,31 @@ class Controller:
             if state is None:
                 state = self.actions[action.key] = ActionState(action)
                 fresh.append(action.key)
+                for ref in action.inputs.values():
+                    self._dependants.setdefault(ref.key, []).append(action.key)
+                self._check_ready(action.key)
             state.episodes.add((ep.batch, ep.id))
         ep.keys = [a.key for a in plan.actions]
         ep.final_key = plan.final_key
-        self._ranks = None
+        self._graph_changed = bool(fresh) or self._graph_changed
         # facts already known for actions shared with other episodes
         learned = [k for k in ep.keys if self.actions[k].status == "done" and self._teach(ep, self.actions[k])]
         return fresh + (self._replan(ep) if learned else [])
+
+    def _check_ready(self, key: str) -> None:
+        state = self.actions[key]
+        if state.status == "pending" and all(self.actions[r.key].status == "done" for r in state.action.inputs.values()):
+            self._ready.add(key)
+        else:
+            self._ready.discard(key)
+
+    def _set_status(self, key: str, status: str) -> None:
+        self.actions[key].status = status
+        (self._running.add if status == "running" else self._running.discard)(key)
+        self._check_ready(key)
+        if status == "done":
+            for dependant in self._dependants.get(key, ()):
+                self._check_ready(dependant)
 
     def _teach(self, ep: EpisodeState, state: ActionState) -> bool:
         """Give ``ep`` the facts a finished action carries; True if they are new to it."""
@@ -203,7 +228,8 @@ class Controller:
 
     def _finished_action(self, e, cached: bool) -> list[Command]:
         state = self.actions[e.key]
-        state.status, state.manifest, state.cached = "done", e.data, cached
+        state.manifest, state.cached = e.data, cached
+        self._set_status(e.key, "done")
         spend = self._spend(e.data)
         commands: list[Command] = []
         if cached:
@@ -231,12 +257,13 @@ class Controller:
 
     def _on_action_dispatched(self, e):
         state = self.actions[e.key]
-        state.status, state.attempts, state.charged_to = "running", state.attempts + 1, e.batch
+        state.attempts, state.charged_to = state.attempts + 1, e.batch
+        self._set_status(e.key, "running")
         return [Dispatch(e.key, e.batch)]
 
     def _on_action_failed(self, e):
         state = self.actions[e.key]
-        state.status = "pending"
+        self._set_status(e.key, "pending")
         if e.data.get("worker"):
             state.failed_workers.add(e.data["worker"])
 
@@ -244,7 +271,7 @@ class Controller:
         self.actions[e.key].not_before = e.data["not_before"]
 
     def _on_action_quarantined(self, e):
-        self.actions[e.key].status = "quarantined"
+        self._set_status(e.key, "quarantined")
 
     def _on_episode_failed(self, e) -> list[Command]:
         ep = self.episodes[(e.batch, e.data["episode"])]
@@ -307,8 +334,15 @@ class Controller:
     def delivered(self, batch: str, episode: str, deliverables: dict[str, str]) -> list[dict]:
         return [{"type": "episode.delivered", "batch": batch, "data": {"episode": episode, "deliverables": deliverables}}]
 
-    def ranks(self) -> dict[str, float]:
-        if self._ranks is None:
+    def ranks(self, now: float | None = None) -> dict[str, float]:
+        """Upward ranks (remaining critical path) of every known action.
+
+        Recomputed over the whole graph when it has grown, but at most once a second when ``now``
+        is given: between refreshes a new action is ranked from its own estimate and tail
+        (``_local_rank``), which is all a ranking heuristic needs while a big batch unfolds.
+        """
+        stale = self._ranks is None or (self._graph_changed and (now is None or now - self._ranks_at >= 1.0))
+        if stale:
             durations, children = {}, {}
             for key, state in self.actions.items():
                 children.setdefault(key, [])
@@ -319,7 +353,12 @@ class Controller:
                 tail = TAIL_SECONDS.get(state.action.op, 0.0) if not children[key] else 0.0
                 durations[key] = own + tail
             self._ranks = upward_ranks(durations, children)
+            self._ranks_at, self._graph_changed = (now if now is not None else float("-inf")), False
         return self._ranks
+
+    def _local_rank(self, key: str) -> float:
+        state = self.actions[key]
+        return self._estimate(state.action)[0] + TAIL_SECONDS.get(state.action.op, 0.0)
 
     def _estimate(self, action: Action) -> tuple[float, int, float]:
         """The backend's estimate, once per key (a key fixes every input of the estimate)."""
@@ -342,18 +381,14 @@ class Controller:
                     est_gpu_seconds=gpu_seconds, est_money=self.prices.money(tokens, gpu_seconds))
 
     def ready(self, now: float) -> list[ActionState]:
-        out = []
-        for state in self.actions.values():
-            if state.status != "pending" or state.not_before > now or not self._wanted(state):
-                continue
-            if all(self.actions[r.key].status == "done" for r in state.action.inputs.values()):
-                out.append(state)
-        return out
+        """Pending actions whose inputs are all done, past any retry backoff, still wanted."""
+        states = (self.actions[k] for k in sorted(self._ready))
+        return [s for s in states if s.not_before <= now and self._wanted(s)]
 
     def decide(self, now: float, capacity: Capacity) -> list[dict]:
         """Events the clock and free capacity call for: dispatches, budget holds, finished batches."""
         events: list[dict] = []
-        running = [s for s in self.actions.values() if s.status == "running"]
+        running = [self.actions[k] for k in sorted(self._running)]
         run_tasks = [self._task(s) for s in running if self._wanted(s)]
         gpus_by_studio: dict[str, float] = {}
         by_backend: dict[str, int] = {}
@@ -370,7 +405,10 @@ class Controller:
         total_cpus = capacity.cpus + sum(t.cpus for t in run_tasks if not t.gpus)
         paces = {k: v for b in self.batches if self.batches[b].status == "running"
                  for k, v in self._pace(b, total_gpus, total_cpus).items()}
-        selection = select(candidates, self.ranks(), terms, capacity, state, self.shares, self.caps, paces=paces)
+        ranks = self.ranks(now)
+        missing = {t.key: self._local_rank(t.key) for t in candidates if t.key not in ranks}
+        selection = select(candidates, ChainMap(ranks, missing) if missing else ranks, terms, capacity, state,
+                           self.shares, self.caps, paces=paces)
         for task in selection.dispatch:
             events.append({"type": "action.dispatched", "batch": task.batch, "key": task.key,
                            "data": {"label": self.actions[task.key].action.label, "episode": task.episode}})
@@ -402,7 +440,7 @@ class Controller:
     # -- views ----------------------------------------------------------------------------------
     def projected_finish(self, batch_id: str, now: float) -> float:
         """Now plus the longest remaining critical path among the batch's live episodes."""
-        ranks = self.ranks()
+        ranks = self.ranks(now)
         remaining = 0.0
         for eid in self.batches[batch_id].episodes:
             ep = self.episodes[(batch_id, eid)]

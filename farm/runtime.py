@@ -137,6 +137,8 @@ class RayRuntime:
         self._running: dict[ray.ObjectRef, tuple[Action, Any]] = {}  # ref -> (action, profile)
         self._pools: dict[tuple, _Pool] = {}
         self._totals: tuple[float, Any] | None = None
+        self._specs: dict[StoreSpec, ray.ObjectRef] = {}  # put once, passed by reference to every task
+        self._task_fns: dict[float, Any] = {}
 
     @staticmethod
     def _profile(action: Action, profile=None):
@@ -147,11 +149,15 @@ class RayRuntime:
 
     def submit(self, action: Action, inputs: Mapping[str, Blob], spec: StoreSpec, studio: str, profile=None) -> None:
         prof = self._profile(action, profile)
-        args = (action.to_json(), {k: b.model_dump() for k, b in inputs.items()}, spec, studio)
+        if spec not in self._specs:
+            self._specs[spec] = ray.put(spec)
+        args = (action.to_json(), {k: b.model_dump() for k, b in inputs.items()}, self._specs[spec], studio)
         if prof.gpus > 0:
             ref = self._pool_submit(action, prof, args)
         else:
-            ref = _execute_task.options(num_cpus=prof.cpus, name=action.label).remote(*args, self.log_level)
+            if prof.cpus not in self._task_fns:
+                self._task_fns[prof.cpus] = _execute_task.options(num_cpus=prof.cpus)
+            ref = self._task_fns[prof.cpus].remote(*args, self.log_level)
         self._running[ref] = (action, prof)
 
     def _pool_submit(self, action: Action, prof, args):
