@@ -58,7 +58,8 @@ def controller(settings: Settings, *, create: bool = False):
             raise FarmError("the farm controller is not running: start it with `farm controller start`") from None
     actor_cls = ray.remote(ControllerService)
     handle = actor_cls.options(name=ACTOR_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
-                               max_restarts=-1, max_task_retries=0, max_concurrency=16, num_cpus=0).remote(
+                               max_restarts=-1, max_task_retries=0, max_concurrency=16, num_cpus=0,
+                               resources=settings.controller_resources or None).remote(
         settings.model_dump(mode="json") | _secrets(settings))
     ray.get(handle.ping.remote())
     return handle

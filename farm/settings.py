@@ -49,6 +49,9 @@ class Settings(BaseModel):
     log_level: str = Field("WARNING", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
     # the batch controller
     metrics_port: int = Field(9108, ge=0, le=65535)
+    controller_resources: dict[str, float] = Field(
+        default_factory=dict, description='custom Ray resources the controller actor needs, e.g. {"farm_controller": 1} '
+                                          "to pin it (and its /metrics) to the node that declares that resource")
     stage_resources: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description='per stage: {"video": {"num_gpus": 1, "accelerator": "A100"}}')
     prices: dict[str, float] = Field(default_factory=lambda: {"per_1k_tokens": 0.0, "per_gpu_hour": 0.0})
