@@ -9,6 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from workers.api import Usage
+
 SCHEMA_VERSION = 1
 
 
@@ -17,15 +19,6 @@ class Blob(BaseModel):
     digest: str = Field(pattern=r"^[0-9a-f]{64}$")
     size: int = Field(ge=0)
     name: str  # the file name the backend gave it (for extensions and downloads)
-
-
-class UsageRecord(BaseModel):
-    tokens_in: int = 0
-    tokens_out: int = 0
-    gpu_seconds: float = 0.0
-    cpu_seconds: float = 0.0
-    model: str = ""
-    provider_job_id: str = ""
 
 
 class Manifest(BaseModel):
@@ -39,7 +32,7 @@ class Manifest(BaseModel):
     label: str
     outputs: dict[str, Blob]
     meta: dict[str, Any] = Field(default_factory=dict)
-    usage: UsageRecord = Field(default_factory=UsageRecord)
+    usage: Usage = Field(default_factory=Usage)  # the backend's own record, validated as it is
     started_at: float  # unix seconds, taken by the worker
     finished_at: float
     worker: dict[str, str] = Field(default_factory=dict)  # node, pid

@@ -20,7 +20,7 @@ import structlog
 
 from farm import backends, logs
 from farm.errors import ActionFailed, FarmError
-from farm.manifest import Blob, Manifest, UsageRecord
+from farm.manifest import Blob, Manifest
 from farm.plan import Action
 from farm.policy import Capacity
 from farm.controller import Profile
@@ -74,7 +74,7 @@ def execute(action: Mapping[str, Any], inputs: Mapping[str, Mapping[str, Any]], 
         outputs = {name: store.put_blob(path, name=Path(path).name) for name, path in result.files.items()}
     manifest = Manifest(
         key=act.key, stage=act.stage, op=act.op, backend=act.backend, version=act.version, label=act.label,
-        outputs=outputs, meta=result.meta, usage=UsageRecord(**vars(result.usage)),
+        outputs=outputs, meta=result.meta, usage=result.usage,
         started_at=started, finished_at=finished,
         worker={"node": _node(), "host": socket.gethostname(), "pid": str(os.getpid())},
     )

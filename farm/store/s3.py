@@ -19,6 +19,7 @@ from farm.errors import StoreError
 from farm.store.base import check_name
 
 _MISSING = {"NoSuchKey", "NoSuchObject", "NotFound"}
+_RAISE = object()
 
 
 class _Retryable(StoreError):
@@ -51,67 +52,56 @@ class S3Store:
     def _key(self, name: str) -> str:
         return self.prefix + check_name(name)
 
-    def put_file(self, name: str, path: Path) -> None:
+    def _do(self, what: str, name: str, call, *, missing=_RAISE):
+        """Run one client call, mapping S3 and network errors to StoreError here, once.
+
+        A missing object returns ``missing`` (or raises StoreError naming it when that is _RAISE).
+        """
         try:
-            self._client.fput_object(self.bucket, self._key(name), str(path))
-        except (S3Error, HTTPError, OSError) as exc:
-            raise _wrap(exc, f"put {name}") from exc
+            return call()
+        except S3Error as exc:
+            if exc.code in _MISSING:
+                if missing is _RAISE:
+                    raise StoreError(f"{name} is not in {self.describe()}") from exc
+                return missing
+            raise _wrap(exc, f"{what} {name}") from exc
+        except (HTTPError, OSError) as exc:
+            raise _wrap(exc, f"{what} {name}") from exc
+
+    def put_file(self, name: str, path: Path) -> None:
+        self._do("put", name, lambda: self._client.fput_object(self.bucket, self._key(name), str(path)))
 
     def put_bytes(self, name: str, data: bytes, *, durable: bool = True) -> None:  # S3 writes are durable
-        try:
-            self._client.put_object(self.bucket, self._key(name), io.BytesIO(data), len(data))
-        except (S3Error, HTTPError, OSError) as exc:
-            raise _wrap(exc, f"put {name}") from exc
+        self._do("put", name, lambda: self._client.put_object(self.bucket, self._key(name), io.BytesIO(data), len(data)))
 
     def get_file(self, name: str, dest: Path) -> None:
-        try:
-            self._client.fget_object(self.bucket, self._key(name), str(dest))
-        except S3Error as exc:
-            if exc.code in _MISSING:
-                raise StoreError(f"{name} is not in {self.describe()}") from exc
-            raise _wrap(exc, f"get {name}") from exc
-        except (HTTPError, OSError) as exc:
-            raise _wrap(exc, f"get {name}") from exc
+        self._do("get", name, lambda: self._client.fget_object(self.bucket, self._key(name), str(dest)))
 
     def get_bytes(self, name: str) -> bytes | None:
-        try:
+        def read():
             response = self._client.get_object(self.bucket, self._key(name))
-        except S3Error as exc:
-            if exc.code in _MISSING:
-                return None
-            raise _wrap(exc, f"get {name}") from exc
-        except (HTTPError, OSError) as exc:
-            raise _wrap(exc, f"get {name}") from exc
-        try:
-            return response.read()
-        finally:
-            response.close()
-            response.release_conn()
+            try:
+                return response.read()
+            finally:
+                response.close()
+                response.release_conn()
+
+        return self._do("get", name, read, missing=None)
 
     def exists(self, name: str) -> bool:
-        try:
-            self._client.stat_object(self.bucket, self._key(name))
-            return True
-        except S3Error as exc:
-            if exc.code in _MISSING:
-                return False
-            raise _wrap(exc, f"stat {name}") from exc
-        except (HTTPError, OSError) as exc:
-            raise _wrap(exc, f"stat {name}") from exc
+        return self._do("stat", name, lambda: self._client.stat_object(self.bucket, self._key(name)) and True,
+                        missing=False)
 
     def list(self, prefix: str) -> Iterator[str]:
         full = self.prefix + (check_name(prefix.rstrip("/")) + "/" if prefix.strip("/") else "")
-        try:
-            for obj in self._client.list_objects(self.bucket, prefix=full, recursive=True):
-                yield obj.object_name[len(self.prefix):]
-        except (S3Error, HTTPError, OSError) as exc:
-            raise _wrap(exc, f"list {prefix}") from exc
+        objects = self._do("list", prefix, lambda: list(self._client.list_objects(self.bucket, prefix=full, recursive=True)),
+                           missing=[])
+        for obj in objects:
+            yield obj.object_name[len(self.prefix):]
 
     def copy(self, src: str, dst: str) -> None:
-        try:
-            self._client.copy_object(self.bucket, self._key(dst), CopySource(self.bucket, self._key(src)))
-        except (S3Error, HTTPError, OSError) as exc:
-            raise _wrap(exc, f"copy {src} -> {dst}") from exc
+        self._do("copy", f"{src} -> {dst}",
+                 lambda: self._client.copy_object(self.bucket, self._key(dst), CopySource(self.bucket, self._key(src))))
 
     def presigned_get(self, name: str) -> str:
         return self._client.presigned_get_object(self.bucket, self._key(name))
