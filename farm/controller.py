@@ -159,11 +159,15 @@ class Controller:
             ep = self.episodes[(e.batch, eid)] = EpisodeState(id=eid, batch=e.batch, job=job)
             batch.episodes.append(eid)
             fresh += self._replan(ep)
-        # work this controller already did for other batches is this batch's cache hit
-        for key in {k for eid in batch.episodes for k in self.episodes[(e.batch, eid)].keys}:
+        for key in sorted({k for eid in batch.episodes for k in self.episodes[(e.batch, eid)].keys}):
             state = self.actions[key]
             if state.status == "done" and state.manifest is not None:
+                # work this controller already did for other batches is this batch's cache hit
                 batch.saved = batch.saved + self._spend(state.manifest)
+            elif state.status == "quarantined":
+                # quarantined for an earlier batch: a new batch gives it a fresh start
+                state.attempts, state.failed_workers, state.not_before = 0, set(), 0.0
+                self._set_status(key, "pending")
         commands: list[Command] = [Lookup(tuple(fresh))] if fresh else []
         return commands + [c for eid in batch.episodes for c in self._progress(self.episodes[(e.batch, eid)])]
 

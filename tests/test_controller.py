@@ -206,6 +206,19 @@ def test_failure_on_three_workers_quarantines_and_the_batch_goes_on():
     assert all(0 <= e.data["not_before"] - e.at <= 1.0 for e in retries)
 
 
+def test_a_new_batch_retries_what_an_earlier_one_quarantined():
+    """An action quarantined for one batch gets a fresh start when another batch needs it."""
+    h = Harness(retry=RetryPolicy(base_s=1.0, max_delay_s=1.0))
+    h.submit(episodes=1)
+    line = next(s.action for s in h.c.actions.values() if s.action.op == "line")
+    h.fail[line.key] = ["w1", "w2", "w3"]
+    h.run()
+    assert h.c.batch_status("b1", h.now)["episodes"]["failed"] == 1
+    h.submit(batch="b2", episodes=1)
+    h.run()
+    assert h.c.batch_status("b2", h.now)["episodes"]["delivered"] == 1
+
+
 def test_cancel_stops_dispatching():
     """A cancelled batch dispatches nothing more and says which running actions to stop."""
     h = Harness()
