@@ -165,9 +165,6 @@ class ControllerService:
                             profile=self.profiles.get((action.stage, action.backend)))
 
     def _deliver(self, batch: str, episode: str) -> None:
-        if self._replaying:
-            self._pending_deliveries.append((batch, episode))
-            return
         ep = self.controller.episodes[(batch, episode)]
         final = self.controller.actions[ep.final_key].manifest
         store = self._store(ep.job.studio)
@@ -191,7 +188,7 @@ class ControllerService:
     # -- recovery ---------------------------------------------------------------------------------
     def _recover(self) -> None:
         """Replay the journal, then settle what the last incarnation left running."""
-        self._replaying, self._pending_deliveries = True, []
+        deliveries: list[tuple[str, str]] = []
         notes: list[Notify] = []
         count = 0
         for event in self.journal.replay():
@@ -202,8 +199,7 @@ class ControllerService:
                 if isinstance(command, Notify):
                     notes.append(command)
                 elif isinstance(command, Deliver):
-                    self._pending_deliveries.append((command.batch, command.episode))
-        self._replaying = False
+                    deliveries.append((command.batch, command.episode))
         log.info("controller.replayed", events=count, batches=len(self.controller.batches))
         with self.lock:
             orphans = [k for k, s in self.controller.actions.items() if s.status == "running"]
@@ -219,7 +215,7 @@ class ControllerService:
                                                             True, None, time.time()))
             pending = [k for k, s in self.controller.actions.items() if s.status == "pending"]
             self._lookup(pending)
-            for batch, episode in self._pending_deliveries:
+            for batch, episode in deliveries:
                 if self.controller.episodes[(batch, episode)].status == "delivering":
                     self._deliver(batch, episode)
             for note in notes:
