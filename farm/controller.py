@@ -27,6 +27,9 @@ from farm.spec import PRIORITY_CLASSES, Episode, Series
 
 # Typical seconds still to come after an action whose dependants are not planned yet (a script's
 # shots, a line's clip): keeps the critical-path rank honest before the graph has grown.
+# At most this many GPU bundles are asked of an autoscaler at once (see Controller.wanted_capacity).
+MAX_CAPACITY_REQUEST = 512
+
 TAIL_SECONDS = {"script": 60.0, "sheet": 40.0, "keyframe": 30.0, "line": 30.0, "clip": 5.0, "mux": 2.0}
 
 
@@ -133,6 +136,9 @@ class Controller:
         self._dependants: dict[str, list[str]] = {}
         self._ready: set[str] = set()  # pending, every input done
         self._running: set[str] = set()
+        # after each decision: (cpus, gpus, accelerator) of every GPU action running or waiting for room,
+        # so an autoscaler can grow GPU groups (even from zero) to fit the queue
+        self.wanted_capacity: list[tuple[float, float, str | None]] = []
         self._paces: dict[str, dict] = {}  # batch -> {(batch, episode): Pace}, fixed at its first decision
         self._estimates: dict[str, tuple[float, int, float]] = {}
 
@@ -413,6 +419,10 @@ class Controller:
         missing = {t.key: self._local_rank(t.key) for t in candidates if t.key not in ranks}
         selection = select(candidates, ChainMap(ranks, missing) if missing else ranks, terms, capacity, state,
                            self.shares, self.caps, paces=paces)
+        placed = {t.key for t in selection.dispatch}
+        unmet = [t for t in candidates if t.key not in placed and t.gpus > 0]
+        self.wanted_capacity = [(t.cpus, t.gpus, t.accelerator) for t in [*run_tasks, *selection.dispatch, *unmet]
+                                if t.gpus > 0][:MAX_CAPACITY_REQUEST]
         for task in selection.dispatch:
             events.append({"type": "action.dispatched", "batch": task.batch, "key": task.key,
                            "data": {"label": self.actions[task.key].action.label, "episode": task.episode}})

@@ -247,3 +247,17 @@ def test_bench_controller_plans_a_synthetic_batch():
     report = bench_controller(5)
     assert report["actions"] == 4 + 5 * 46  # four shared character sheets, 46 actions an episode
     assert report["plan_seconds"] > 0 and "controller memory" in report["text"]
+
+
+def test_gpu_work_without_gpus_is_asked_of_the_autoscaler():
+    """With no GPU up, clips wait, and the controller says what GPU capacity would run them."""
+    h = Harness()
+    h.submit(episodes=1)
+    no_gpus = Capacity(cpus=4, gpus_by_accelerator={})
+    for _ in range(20):
+        h.commit(h.c.decide(h.now, no_gpus))
+        for key in [k for k, s in h.c.actions.items() if s.status == "running"]:
+            h.commit(h.c.on_result(key, manifest(h.c.actions[key].action)))
+    status = h.c.batch_status("b1", h.now)
+    assert status["actions"]["video"]["pending"] == 3 and status["actions"]["video"]["running"] == 0
+    assert h.c.wanted_capacity == [(1, 1, None)] * 3
