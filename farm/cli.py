@@ -2,6 +2,7 @@
 
     farm validate FILE...             check series/episode specs without rendering
     farm render EPISODE.yaml          render one episode (local Ray and ./farm-store by default)
+    farm report BATCH_OR_EPISODE      one self-contained HTML report: Gantt of worker lanes, spend, failures
     farm examples DIR                 write the shipped example series and episodes to DIR
     farm bench episode                cold vs warm render, assembly vs bare ffmpeg concat
     farm controller start|status|stop the batch controller on a Ray cluster (farm.cli_batch)
@@ -31,10 +32,12 @@ from workers.api import ToolMissing, require_tool
 
 def settings_from_args(args) -> Settings:
     """Settings from FARM_* variables, overridden by whichever options this command has."""
-    return Settings.from_env(store=getattr(args, "store", None), studio=getattr(args, "studio", None),
-                             ray_address=getattr(args, "address", None), num_cpus=getattr(args, "num_cpus", None),
-                             metrics_port=getattr(args, "metrics_port", None),
-                             log_level=_level(args) if getattr(args, "verbose", 0) else None)
+    settings = Settings.from_env(store=getattr(args, "store", None), studio=getattr(args, "studio", None),
+                                 ray_address=getattr(args, "address", None), num_cpus=getattr(args, "num_cpus", None),
+                                 metrics_port=getattr(args, "metrics_port", None),
+                                 log_level=_level(args) if getattr(args, "verbose", 0) else None)
+    logs.hide(settings.s3_access_key.get_secret_value(), settings.s3_secret_key.get_secret_value())
+    return settings
 
 
 def cmd_validate(args) -> int:
@@ -81,7 +84,9 @@ def preflight(settings: Settings) -> None:
 
 
 def render_one(episode: Path, settings: Settings, out: Path | None = None, on_progress=None,
-               log_level: str = "WARNING"):
+               log_level: str = "WARNING", on_finish=None):
+    """Render one episode on a (local) Ray. ``on_finish(render, result)`` runs after the render,
+    whether it succeeded (``result`` is the RenderResult) or failed (``result`` is None)."""
     from farm.render import EpisodeRender
     from farm.runtime import RayRuntime
 
@@ -89,24 +94,57 @@ def render_one(episode: Path, settings: Settings, out: Path | None = None, on_pr
     settings.store_spec()  # a bad store setting fails here, before Ray starts
     preflight(settings)
     runtime = RayRuntime(settings.ray_address, settings.num_cpus, log_level)
+    render, result = None, None
     try:
-        return EpisodeRender(loaded, settings, runtime, out_dir=out, on_progress=on_progress).run()
+        render = EpisodeRender(loaded, settings, runtime, out_dir=out, on_progress=on_progress)
+        result = render.run()
+        return result
     finally:
         runtime.shutdown()
+        if on_finish is not None and render is not None:
+            on_finish(render, result)
+
+
+class _MetricsExport:
+    """``farm render --pushgateway URL / --metrics-textfile PATH``: account the render's manifests in a
+    fresh registry (farm.metrics) and export it; a failed export is reported, never hidden."""
+
+    def __init__(self, settings: Settings, pushgateway: str | None, textfile: str | None):
+        self.settings, self.pushgateway, self.textfile, self.failed = settings, pushgateway, textfile, False
+
+    def __call__(self, render, result) -> None:
+        from farm.metrics import Metrics, accelerator_label
+        from farm.policy import Prices
+        from farm.service import profiles_for
+
+        metrics = Metrics(prices=Prices(**self.settings.prices), controller=False,
+                          accelerators={k: accelerator_label(p) for k, p in profiles_for(self.settings).items()})
+        metrics.account_render(render, result)
+        for what, target, export in (("Pushgateway", self.pushgateway, metrics.push),
+                                     ("textfile", self.textfile, metrics.write_textfile)):
+            if target:
+                try:
+                    export(target)
+                except (OSError, ValueError) as exc:
+                    self.failed = True
+                    print(f"farm: could not export metrics to the {what} {target}: {exc}", file=sys.stderr)
 
 
 def cmd_render(args) -> int:
     settings = settings_from_args(args)
     printer = _ProgressPrinter()
+    export = _MetricsExport(settings, args.pushgateway, args.metrics_textfile) \
+        if args.pushgateway or args.metrics_textfile else None
     try:
         result = render_one(Path(args.episode), settings, Path(args.out) if args.out else None,
-                            None if args.quiet else printer, _level(args))
+                            None if args.quiet else printer, _level(args), on_finish=export)
     finally:
         printer.close()
     summary = result.summary()
+    status = 1 if export is not None and export.failed else 0
     if args.json:
         print(json.dumps(summary, ensure_ascii=False))
-        return 0
+        return status
     print(f"video:       {summary['video']}")
     print(f"subtitles:   {summary['subtitles']}")
     print(f"storyboard:  {summary['storyboard']}")
@@ -116,6 +154,13 @@ def cmd_render(args) -> int:
           f"{summary['tokens_in']} tokens in, {summary['tokens_out']} tokens out")
     print(f"cache saved: {summary['saved']['cpu_seconds']:.1f} CPU-s, {summary['saved']['gpu_seconds']:.1f} GPU-s")
     print(f"wall time:   {summary['wall_seconds']:.1f} s")
+    return status
+
+
+def cmd_report(args) -> int:
+    from farm.report import write_report
+
+    print(write_report(args.target, settings_from_args(args), Path(args.out) if args.out else None))
     return 0
 
 
@@ -174,7 +219,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="where to put the deliverables of an S3 store locally (default ./farm-out)")
     r.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     r.add_argument("--quiet", action="store_true", help="no progress display")
+    r.add_argument("--pushgateway", metavar="URL", help="push the render's metrics to this Prometheus Pushgateway "
+                   "(job farm-render, instance this host; counters add up across renders)")
+    r.add_argument("--metrics-textfile", metavar="PATH", help="write the render's metrics to this file for "
+                   "node_exporter's textfile collector (name it *.prom; counters add up across renders)")
     r.set_defaults(func=cmd_render)
+
+    rp = sub.add_parser("report", help="write a self-contained HTML report of a batch or an episode")
+    rp.add_argument("target", help="a batch id (read from the store's journal) or an episode YAML file")
+    rp.add_argument("--out", help="the HTML file to write (default: ./<target>.report.html)")
+    rp.add_argument("--store", help="artifact store: a directory or s3://bucket/prefix (env FARM_STORE)")
+    rp.add_argument("--studio", help="for an episode: the studio whose store prefix to read (env FARM_STUDIO)")
+    rp.set_defaults(func=cmd_report)
 
     e = sub.add_parser("examples", help="write the shipped example series and episodes")
     e.add_argument("dir")
@@ -222,13 +278,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"farm: {exc}", file=sys.stderr)
         return 2
     except ValidationError as exc:  # settings
-        print(f"farm: invalid settings: {exc}", file=sys.stderr)
+        print(logs.mask(f"farm: invalid settings: {exc}"), file=sys.stderr)
         return 2
     except ValueError as exc:
-        print(f"farm: {exc}", file=sys.stderr)
+        print(logs.mask(f"farm: {exc}"), file=sys.stderr)
         return 2
-    except FarmError as exc:
-        print(f"farm: failed: {exc}", file=sys.stderr)
+    except FarmError as exc:  # may quote a store's or a worker's error: never its credentials
+        print(logs.mask(f"farm: failed: {exc}"), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

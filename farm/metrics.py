@@ -1,86 +1,401 @@
-"""The only module that imports prometheus_client: the controller's metrics, accounted from events.
+"""The only module that imports prometheus_client: the farm's metrics, accounted once, centrally.
 
-Usage is accounted once, centrally (DESIGN.md, invariant 6): the service hands every journaled event
-to ``Metrics.observe``; workers never touch Prometheus. Labels are bounded: studio, stage, model,
-outcome (and the batch id for per-batch progress, removed when the batch ends). Never an episode or
-action id.
+Usage is accounted where it is recorded (DESIGN.md, invariant 6): the controller service hands each
+journaled event to ``Metrics.observe`` and serves ``/metrics``; ``farm render``, which has no journal,
+hands the manifests of the actions it ran or found cached to ``Metrics.account_render`` and pushes
+the registry to a Pushgateway (``push``) or writes it for node_exporter's textfile collector
+(``write_textfile``). Workers never touch Prometheus.
+
+Labels are bounded: studio, stage, model, accelerator, outcome, direction, cap, and the id of a batch
+while it runs (its series are removed when it ends). Never an episode or action id.
+
+===================================================  =============================================
+metric {labels}                                       meaning
+===================================================  =============================================
+farm_actions_total {studio,stage,outcome}             actions by outcome: ok, cached, failed, retried
+farm_action_duration_seconds {stage}                  histogram of finished actions' wall time
+farm_tokens_total {studio,stage,model,direction}      tokens used, direction in/out
+farm_gpu_seconds_total {studio,stage,model,accelerator} GPU-seconds used
+farm_cpu_seconds_total {studio,stage}                 CPU-seconds used
+farm_money_total {studio,stage,model}                 money at the price table (settings ``prices``)
+farm_cache_hits_total {studio,stage}                  actions served from the store
+farm_cache_saved_{gpu_seconds,tokens,cpu_seconds,money}_total {studio,stage}  what those hits saved
+farm_episodes_total {studio,outcome}                  episodes delivered / failed
+farm_delivered_video_seconds_total {studio}           seconds of finished video delivered
+farm_queue_depth {stage}, farm_running_actions {stage}  ready and running actions (controller)
+farm_batch_progress_ratio {batch,studio}              finished episodes over the batch's episodes
+farm_batch_projected_finish_timestamp_seconds, farm_batch_deadline_timestamp_seconds,
+farm_batch_deadline_slack_seconds {batch,studio}      projected finish against the deadline
+farm_batch_budget_used_ratio {batch,studio,cap}       spent over the cap, per capped dimension
+farm_controller_up                                    1 while the controller serves /metrics
+farm_gpu_utilization_ratio, farm_gpu_memory_{used,total}_bytes {gpu,gpu_model}  NVML, where a GPU is
+===================================================  =============================================
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+import dataclasses
+import fcntl
+import hashlib
+import math
+import os
+import socket
+import tempfile
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping
 
-_ACTION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, push_to_gateway,
+                               start_http_server, write_to_textfile)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
+
+from farm._nvml import open_nvml
+from farm.plan import STAGES
+from farm.policy.types import Prices
+
+OUTCOMES = ("ok", "cached", "failed", "retried")
+CAPS = ("tokens", "gpu_seconds", "money")
+_ACTION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+
+
+def accelerator_label(profile) -> str:
+    """The accelerator label of a stage's profile: its named accelerator, "any" GPU, or "none"."""
+    if profile is None or not getattr(profile, "gpus", 0):
+        return "none"
+    return getattr(profile, "accelerator", None) or "any"
+
+
+def _usage(usage: Any) -> dict[str, Any]:
+    if dataclasses.is_dataclass(usage):
+        return dataclasses.asdict(usage)
+    return dict(usage or {})
+
+
+def _amount(usage: Mapping[str, Any], name: str) -> float:
+    value = float(usage.get(name) or 0)
+    return value if math.isfinite(value) and value > 0 else 0.0  # counters only go up
+
+
+def _model(usage: Mapping[str, Any], backend: str) -> str:
+    return (str(usage.get("model") or "") or backend or "unknown")[:64]
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None):
-        self.registry = registry or CollectorRegistry()
-        r = self.registry
-        self.actions = Counter("farm_actions", "Actions by stage and outcome (ok, cached, failed, retried).",
-                               ["studio", "stage", "outcome"], registry=r)
-        self.duration = Histogram("farm_action_duration_seconds", "Wall time of finished actions.", ["stage"],
-                                  buckets=_ACTION_BUCKETS, registry=r)
-        self.tokens = Counter("farm_tokens", "Tokens used, by direction.", ["studio", "stage", "model", "direction"],
-                              registry=r)
-        self.gpu_seconds = Counter("farm_gpu_seconds", "GPU-seconds used.", ["studio", "stage", "model"], registry=r)
-        self.cpu_seconds = Counter("farm_cpu_seconds", "CPU-seconds used.", ["studio", "stage"], registry=r)
-        self.saved_cpu = Counter("farm_cache_saved_cpu_seconds", "CPU-seconds the cache saved.", ["studio", "stage"],
-                                 registry=r)
-        self.episodes = Counter("farm_episodes", "Episodes finished, by outcome.", ["studio", "outcome"], registry=r)
-        self.queue = Gauge("farm_queue_depth", "Actions ready to run, by stage.", ["stage"], registry=r)
-        self.running = Gauge("farm_running_actions", "Actions running, by stage.", ["stage"], registry=r)
-        self.progress = Gauge("farm_batch_progress_ratio", "Episodes finished over episodes in the batch.",
-                              ["batch", "studio"], registry=r)
-        self.slack = Gauge("farm_batch_deadline_slack_seconds", "Deadline minus projected finish.",
-                           ["batch", "studio"], registry=r)
-        self.up = Gauge("farm_controller_up", "1 while the controller runs.", registry=r)
-        self.up.set(1)
+    """The farm's metrics in one registry.
 
-    def serve(self, port: int) -> None:
-        start_http_server(port, addr="0.0.0.0", registry=self.registry)
+    Args:
+        registry: where to register (default: a fresh one; never prometheus_client's global).
+        prices: the price table money is computed from.
+        accelerators: (stage, backend) -> accelerator label (``accelerator_label`` of its profile).
+        controller: export ``farm_controller_up`` (the controller; not a one-shot render).
+        nvml: export GPU gauges when NVML and a GPU are present.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, prices: Prices = Prices(),
+                 accelerators: Mapping[tuple[str, str], str] | None = None, controller: bool = True, nvml: bool = True):
+        # *_created series double the series count and nothing reads them (a process-wide switch; this
+        # module is the only user of prometheus_client in the farm)
+        disable_created_metrics()
+        self.registry = registry or CollectorRegistry()
+        self.prices, self.accelerators = prices, dict(accelerators or {})
+        r = self.registry
+        ss = ["studio", "stage"]
+        self.actions = Counter("farm_actions", "Actions by outcome: ok (ran), cached (found in the store), "
+                               "failed (an attempt failed), retried (scheduled again).", ss + ["outcome"], registry=r)
+        self.duration = Histogram("farm_action_duration_seconds", "Wall time of actions that ran to completion.",
+                                  ["stage"], buckets=_ACTION_BUCKETS, registry=r)
+        self.tokens = Counter("farm_tokens", "Model tokens used, by direction (in: prompt, out: completion).",
+                              ss + ["model", "direction"], registry=r)
+        self.gpu_seconds = Counter("farm_gpu_seconds", "GPU-seconds used, as reported by the backends.",
+                                   ss + ["model", "accelerator"], registry=r)
+        self.cpu_seconds = Counter("farm_cpu_seconds", "CPU-seconds used, as reported by the backends.", ss, registry=r)
+        self.money = Counter("farm_money", "Money spent on tokens and GPU time at the price table (FARM_PRICES), "
+                             "in its currency.", ss + ["model"], registry=r)
+        self.cache_hits = Counter("farm_cache_hits", "Actions served from the store instead of running.", ss, registry=r)
+        self.saved_gpu = Counter("farm_cache_saved_gpu_seconds", "GPU-seconds the cache saved.", ss, registry=r)
+        self.saved_tokens = Counter("farm_cache_saved_tokens", "Tokens the cache saved.", ss, registry=r)
+        self.saved_cpu = Counter("farm_cache_saved_cpu_seconds", "CPU-seconds the cache saved.", ss, registry=r)
+        self.saved_money = Counter("farm_cache_saved_money", "Money the cache saved, at the price table.", ss, registry=r)
+        self.episodes = Counter("farm_episodes", "Episodes finished, by outcome (delivered, failed).",
+                                ["studio", "outcome"], registry=r)
+        self.video_seconds = Counter("farm_delivered_video_seconds", "Seconds of finished video delivered.",
+                                     ["studio"], registry=r)
+        self.queue = Gauge("farm_queue_depth", "Actions ready to run and waiting for capacity, by stage.",
+                           ["stage"], registry=r)
+        self.running = Gauge("farm_running_actions", "Actions running now, by stage.", ["stage"], registry=r)
+        bs = ["batch", "studio"]
+        self.progress = Gauge("farm_batch_progress_ratio", "Finished (delivered or failed) episodes over the "
+                              "episodes of a running batch.", bs, registry=r)
+        self.projected = Gauge("farm_batch_projected_finish_timestamp_seconds", "When a running batch is "
+                               "projected to finish (now plus its remaining critical path), Unix time.", bs, registry=r)
+        self.deadline = Gauge("farm_batch_deadline_timestamp_seconds", "A running batch's deadline, Unix time.",
+                              bs, registry=r)
+        self.slack = Gauge("farm_batch_deadline_slack_seconds", "Deadline minus projected finish of a running batch "
+                           "(negative: projected to miss it).", bs, registry=r)
+        self.budget_used = Gauge("farm_batch_budget_used_ratio", "Spent over the budget cap of a running batch, per "
+                                 "capped dimension (tokens, gpu_seconds, money).", bs + ["cap"], registry=r)
+        self._batches: dict[str, str] = {}  # batch -> studio, for the batches whose series exist
+        self._server = None
+        for stage in STAGES:
+            self.duration.labels(stage)
+        if controller:
+            self.up = Gauge("farm_controller_up", "1 while the farm controller runs and serves these metrics.",
+                            registry=r)
+            self.up.set(1)
+        reader = open_nvml() if nvml else None
+        if reader is not None:
+            r.register(_GpuCollector(reader))
+
+    # -- accounting ------------------------------------------------------------------------------
+    def prepare(self, studio: str, backends: Mapping[str, str]) -> None:
+        """Create a studio's series at zero (stage -> backend name as the model), so that its first
+        failure, delivery or spend shows in ``rate()`` and ``increase()``."""
+        for stage in STAGES:
+            model = backends.get(stage, "unknown")
+            for outcome in OUTCOMES:
+                self.actions.labels(studio, stage, outcome)
+            for direction in ("in", "out"):
+                self.tokens.labels(studio, stage, model, direction)
+            self.gpu_seconds.labels(studio, stage, model, self.accelerators.get((stage, model), "none"))
+            self.money.labels(studio, stage, model)
+            for counter in (self.cpu_seconds, self.cache_hits, self.saved_gpu, self.saved_tokens, self.saved_cpu,
+                            self.saved_money):
+                counter.labels(studio, stage)
+        for outcome in ("delivered", "failed"):
+            self.episodes.labels(studio, outcome)
+        self.video_seconds.labels(studio)
+
+    def completed(self, studio: str, stage: str, backend: str, usage: Any, seconds: float) -> None:
+        """An action ran to completion with ``usage`` (a Usage or its JSON) in ``seconds`` of wall time."""
+        u = _usage(usage)
+        model = _model(u, backend)
+        tokens_in, tokens_out = _amount(u, "tokens_in"), _amount(u, "tokens_out")
+        gpu = _amount(u, "gpu_seconds")
+        self.actions.labels(studio, stage, "ok").inc()
+        self.duration.labels(stage).observe(max(0.0, seconds))
+        self.tokens.labels(studio, stage, model, "in").inc(tokens_in)
+        self.tokens.labels(studio, stage, model, "out").inc(tokens_out)
+        self.gpu_seconds.labels(studio, stage, model, self.accelerators.get((stage, backend), "none")).inc(gpu)
+        self.cpu_seconds.labels(studio, stage).inc(_amount(u, "cpu_seconds"))
+        self.money.labels(studio, stage, model).inc(self.prices.money(tokens_in + tokens_out, gpu))
+
+    def cached(self, studio: str, stage: str, usage: Any) -> None:
+        """An action was found done; ``usage`` is what its original run cost, which is what it saved."""
+        u = _usage(usage)
+        tokens, gpu = _amount(u, "tokens_in") + _amount(u, "tokens_out"), _amount(u, "gpu_seconds")
+        self.actions.labels(studio, stage, "cached").inc()
+        self.cache_hits.labels(studio, stage).inc()
+        self.saved_gpu.labels(studio, stage).inc(gpu)
+        self.saved_tokens.labels(studio, stage).inc(tokens)
+        self.saved_cpu.labels(studio, stage).inc(_amount(u, "cpu_seconds"))
+        self.saved_money.labels(studio, stage).inc(self.prices.money(tokens, gpu))
+
+    def failed(self, studio: str, stage: str) -> None:
+        self.actions.labels(studio, stage, "failed").inc()
+
+    def retried(self, studio: str, stage: str) -> None:
+        self.actions.labels(studio, stage, "retried").inc()
+
+    def episode(self, studio: str, outcome: str, video_seconds: float = 0.0) -> None:
+        """An episode was delivered (with its length in seconds) or failed."""
+        self.episodes.labels(studio, outcome).inc()
+        if outcome == "delivered":
+            self.video_seconds.labels(studio).inc(max(0.0, video_seconds))
 
     def observe(self, event, action=None) -> None:
         """Account one journaled event; ``action`` is the Action it concerns, if any."""
         data = event.data
-        if event.type in ("action.completed", "action.cached") and action is not None:
-            studio, stage = action.context.get("studio", ""), action.stage
-            usage = data.get("usage", {})
-            if event.type == "action.cached":
-                self.actions.labels(studio, stage, "cached").inc()
-                self.saved_cpu.labels(studio, stage).inc(usage.get("cpu_seconds", 0.0))
-                return
-            model = usage.get("model", "") or action.backend
-            self.actions.labels(studio, stage, "ok").inc()
-            self.duration.labels(stage).observe(max(0.0, data["finished_at"] - data["started_at"]))
-            self.tokens.labels(studio, stage, model, "in").inc(usage.get("tokens_in", 0))
-            self.tokens.labels(studio, stage, model, "out").inc(usage.get("tokens_out", 0))
-            self.gpu_seconds.labels(studio, stage, model).inc(usage.get("gpu_seconds", 0.0))
-            self.cpu_seconds.labels(studio, stage).inc(usage.get("cpu_seconds", 0.0))
-        elif event.type == "action.failed" and action is not None:
-            self.actions.labels(action.context.get("studio", ""), action.stage, "failed").inc()
-        elif event.type == "action.retry" and action is not None:
-            self.actions.labels(action.context.get("studio", ""), action.stage, "retried").inc()
-
-    def episode(self, studio: str, outcome: str) -> None:
-        self.episodes.labels(studio, outcome).inc()
-
-    def batch(self, status: dict) -> None:
-        """Per-batch gauges from a batch_status(); removed once the batch is over."""
-        labels = (status["batch"], status["studio"])
-        if status["status"] != "running":
-            for gauge in (self.progress, self.slack):
-                try:
-                    gauge.remove(*labels)
-                except KeyError:
-                    pass
+        if event.type == "batch.submitted":
+            self.prepare(data["studio"], {s: b[0] for s, b in data.get("backends", {}).items()})
             return
-        eps = status["episodes"]
-        self.progress.labels(*labels).set((eps["delivered"] + eps["failed"]) / max(1, eps["total"]))
-        if status["deadline"] is not None and status["projected_finish"] is not None:
-            self.slack.labels(*labels).set(status["deadline"] - status["projected_finish"])
+        if action is None:
+            return
+        studio, stage = action.context.get("studio", ""), action.stage
+        if event.type == "action.completed":
+            self.completed(studio, stage, action.backend, data.get("usage", {}),
+                           data.get("finished_at", 0.0) - data.get("started_at", 0.0))
+        elif event.type == "action.cached":
+            self.cached(studio, stage, data.get("usage", {}))
+        elif event.type == "action.failed":
+            self.failed(studio, stage)
+        elif event.type == "action.retry":
+            self.retried(studio, stage)
 
-    def stages(self, queued: dict[str, int], running: dict[str, int]) -> None:
-        for stage in set(queued) | set(running) | {"script", "image", "video", "dubbing", "assembly"}:
+    def account_render(self, render, result=None) -> None:
+        """Account a ``farm render`` (an EpisodeRender after its run): the manifests it ran and found
+        cached, its failed and retried attempts, and the episode (delivered when ``result`` is given)."""
+        studio = render.job.studio
+        self.prepare(studio, {s: c.name for s, c in render.job.backends.items()})
+        for m in render.ran:
+            self.completed(studio, m.stage, m.backend, m.usage, m.finished_at - m.started_at)
+        for m in render.cached:
+            self.cached(studio, m.stage, m.usage)
+        for action in getattr(render, "failed", ()):
+            self.failed(studio, action.stage)
+        for action in getattr(render, "retried", ()):
+            self.retried(studio, action.stage)
+        if result is not None:
+            self.episode(studio, "delivered", result.duration_seconds)
+        else:
+            self.episode(studio, "failed")
+
+    # -- gauges the controller refreshes -----------------------------------------------------------
+    def stages(self, queued: Mapping[str, int], running: Mapping[str, int]) -> None:
+        for stage in set(queued) | set(running) | set(STAGES):
             self.queue.labels(stage).set(queued.get(stage, 0))
             self.running.labels(stage).set(running.get(stage, 0))
+
+    def tracks(self, batch: str) -> bool:
+        """Whether a batch's series exist (it ran since this process started and has not been dropped)."""
+        return batch in self._batches
+
+    def batch(self, status: Mapping[str, Any]) -> None:
+        """Per-batch gauges from a controller ``batch_status``; removed once the batch is over."""
+        batch, studio = status["batch"], status["studio"]
+        if status["status"] != "running":
+            self._drop(batch)
+            return
+        self._batches[batch] = studio
+        eps = status["episodes"]
+        self.progress.labels(batch, studio).set((eps["delivered"] + eps["failed"]) / max(1, eps["total"]))
+        projected, deadline = status.get("projected_finish"), status.get("deadline")
+        if projected is not None:
+            self.projected.labels(batch, studio).set(projected)
+        if deadline is not None:
+            self.deadline.labels(batch, studio).set(deadline)
+            if projected is not None:
+                self.slack.labels(batch, studio).set(deadline - projected)
+        for cap in CAPS:
+            limit = status["budget"].get(cap)
+            if limit is None:
+                continue
+            spent = float(status["spent"].get(cap, 0))
+            ratio = spent / limit if limit > 0 else (math.inf if spent > 0 else 0.0)
+            self.budget_used.labels(batch, studio, cap).set(ratio)
+
+    def _drop(self, batch: str) -> None:
+        studio = self._batches.pop(batch, None)
+        if studio is None:
+            return
+        series = [(g, (batch, studio)) for g in (self.progress, self.projected, self.deadline, self.slack)]
+        series += [(self.budget_used, (batch, studio, cap)) for cap in CAPS]
+        for gauge, labels in series:
+            try:
+                gauge.remove(*labels)
+            except KeyError:
+                pass
+
+    # -- exposition ------------------------------------------------------------------------------
+    def serve(self, port: int, addr: str = "0.0.0.0") -> int:
+        """Serve ``/metrics`` on ``port`` (0: any free port) in a daemon thread; return the port."""
+        self._server, _ = start_http_server(port, addr=addr, registry=self.registry)
+        return self._server.server_port
+
+    def close(self) -> None:
+        """Stop serving ``/metrics`` and free the port."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def push(self, gateway: str, job: str = "farm-render", instance: str | None = None, timeout: float = 10.0) -> None:
+        """Push to a Pushgateway, grouped by ``job`` and ``instance`` (default: this host's name).
+
+        A Pushgateway keeps the last push of each group, so counters are added to what this group
+        pushed before: the group's counters only grow, and ``increase()`` over them counts every run.
+        """
+        grouping = {"instance": instance or socket.gethostname()}
+        url = gateway if "://" in gateway else f"http://{gateway}"
+        group_id = hashlib.sha256(f"{url}|{job}|{grouping['instance']}".encode()).hexdigest()[:16]
+        with _locked(Path(tempfile.gettempdir()) / f"farm-push-{group_id}.lock"):
+            with urllib.request.urlopen(url.rstrip("/") + "/metrics", timeout=timeout) as resp:
+                text = resp.read().decode("utf-8")
+            previous = _previous(text, {"job": job, **grouping})
+            push_to_gateway(url, job, _Accumulated(self.registry, previous), grouping_key=grouping, timeout=timeout)
+
+    def write_textfile(self, path: str | os.PathLike) -> None:
+        """Write for node_exporter's textfile collector (name it ``*.prom``), adding counters to the file's."""
+        path = Path(path)
+        with _locked(path.with_name(path.name + ".lock")):
+            text = path.read_text(encoding="utf-8") if path.exists() else ""
+            write_to_textfile(str(path), _Accumulated(self.registry, _previous(text, {})))
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """One writer at a time on this machine (two renders finishing together must not lose a count)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _previous(text: str, group: Mapping[str, str]) -> dict[tuple[str, tuple], float]:
+    """The counter and histogram samples of the farm in an exposition ``text`` that belong to
+    ``group`` (the grouping labels, which are then dropped): (sample name, labels) -> value."""
+    out: dict[tuple[str, tuple], float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.type not in ("counter", "histogram") or not family.name.startswith("farm_"):
+            continue
+        for s in family.samples:
+            if s.name.endswith("_created") or any(s.labels.get(k, "") != v for k, v in group.items()):
+                continue
+            labels = tuple(sorted((k, v) for k, v in s.labels.items() if k not in group))
+            out[(s.name, labels)] = s.value
+    return out
+
+
+class _Accumulated:
+    """A collector: a registry's samples plus earlier ones (counters and histograms add up; gauges are now's)."""
+
+    def __init__(self, registry: CollectorRegistry, previous: Mapping[tuple[str, tuple], float]):
+        self.registry, self.previous = registry, previous
+
+    def collect(self):
+        for family in self.registry.collect():
+            if family.type not in ("counter", "histogram"):
+                yield family
+                continue
+            out = Metric(family.name, family.documentation, family.type, family.unit)
+            seen = set()
+            for s in family.samples:
+                key = (s.name, tuple(sorted(s.labels.items())))
+                seen.add(key)
+                out.add_sample(s.name, s.labels, s.value + self.previous.get(key, 0.0))
+            suffixes = ("_total",) if family.type == "counter" else ("_bucket", "_count", "_sum")
+            for (name, labels), value in self.previous.items():
+                if name in {family.name + x for x in suffixes} and (name, labels) not in seen:
+                    out.add_sample(name, dict(labels), value)
+            yield out
+
+
+class _GpuCollector:
+    """GPU gauges read from NVML at each scrape."""
+
+    def __init__(self, read):
+        self.read = read
+
+    def describe(self):
+        return self._families([])
+
+    def collect(self):
+        return self._families(self.read())
+
+    @staticmethod
+    def _families(readings):
+        labels = ["gpu", "gpu_model"]
+        util = GaugeMetricFamily("farm_gpu_utilization_ratio", "Share of the last NVML sample period in which a "
+                                 "kernel ran on the GPU.", labels=labels)
+        used = GaugeMetricFamily("farm_gpu_memory_used_bytes", "GPU memory in use (NVML).", labels=labels)
+        total = GaugeMetricFamily("farm_gpu_memory_total_bytes", "GPU memory installed (NVML).", labels=labels)
+        for g in readings:
+            key = [str(g.index), g.name]
+            util.add_metric(key, g.utilization)
+            used.add_metric(key, g.memory_used)
+            total.add_metric(key, g.memory_total)
+        return [util, used, total]

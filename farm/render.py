@@ -16,7 +16,7 @@ from typing import Callable
 
 import structlog
 
-from farm import backends
+from farm import backends, logs
 from farm.errors import ActionFailed, FarmError
 from farm.loader import LoadedEpisode
 from farm.manifest import Manifest
@@ -85,6 +85,8 @@ class EpisodeRender:
         self.line_samples: dict[str, int] = {}
         self.ran: list[Manifest] = []
         self.cached: list[Manifest] = []
+        self.failed: list[Action] = []  # attempts that failed (for metrics), retried or not
+        self.retried: list[Action] = []
 
     def _learn(self, action: Action, manifest: Manifest) -> None:
         """Take in the facts a finished action adds to the plan."""
@@ -145,8 +147,10 @@ class EpisodeRender:
                     continue
                 err = finished.error
                 attempts[finished.action.key] += 1
+                self.failed.append(finished.action)
                 if err.retryable and attempts[finished.action.key] <= self.settings.retries:
-                    log.warning("action.retry", label=finished.action.label, error=str(err))
+                    log.warning("action.retry", **logs.action_context(finished.action, None), error=str(err))
+                    self.retried.append(finished.action)
                     submitted.discard(finished.action.key)
                 else:
                     raise err

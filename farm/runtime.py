@@ -35,14 +35,26 @@ def _node() -> str:
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else socket.gethostname()
 
 
+def _worker() -> dict[str, str]:
+    """Where an action ran: node, host, process and the GPUs Ray gave it (the report's lanes)."""
+    worker = {"node": _node(), "host": socket.gethostname(), "pid": str(os.getpid())}
+    gpus = ray.get_gpu_ids() if ray.is_initialized() else []
+    if gpus:
+        worker["gpus"] = ",".join(str(g) for g in gpus)
+    return worker
+
+
 def execute(action: Mapping[str, Any], inputs: Mapping[str, Mapping[str, Any]], spec: StoreSpec,
-            studio: str) -> dict[str, Any]:
+            studio: str, batch: str | None = None) -> dict[str, Any]:
     """Run one action where this process is; returns its manifest as JSON.
 
-    Raises ActionFailed (with the backend's retryability) when the stage fails.
+    ``batch`` is the batch charged for it (None for ``farm render``): every log line of the action
+    carries it with the episode, stage and action key. Raises ActionFailed (with the backend's
+    retryability) when the stage fails.
     """
     act = Action.from_json(action)
-    bound = log.bind(action=act.key[:12], label=act.label, stage=act.stage, **act.context)
+    logs.hide(spec.access_key.get_secret_value(), spec.secret_key.get_secret_value())
+    bound = log.bind(**logs.action_context(act, batch))
     store = ArtifactStore(open_objects(spec), studio)
     existing = store.get_manifest(act.key)
     if existing is not None:
@@ -76,7 +88,7 @@ def execute(action: Mapping[str, Any], inputs: Mapping[str, Mapping[str, Any]], 
         key=act.key, stage=act.stage, op=act.op, backend=act.backend, version=act.version, label=act.label,
         outputs=outputs, meta=result.meta, usage=result.usage,
         started_at=started, finished_at=finished,
-        worker={"node": _node(), "host": socket.gethostname(), "pid": str(os.getpid())},
+        worker=_worker(),
     )
     store.put_manifest(manifest)
     bound.info("action.finished", seconds=round(finished - started, 3))
@@ -84,9 +96,9 @@ def execute(action: Mapping[str, Any], inputs: Mapping[str, Mapping[str, Any]], 
 
 
 @ray.remote(max_retries=2)  # system failures (a worker or node died); stage failures are retried by the caller
-def _execute_task(action, inputs, spec, studio, log_level):
+def _execute_task(action, inputs, spec, studio, log_level, batch=None):
     logs.configure(level=log_level, json=True)
-    return execute(action, inputs, spec, studio)
+    return execute(action, inputs, spec, studio, batch)
 
 
 @ray.remote(max_restarts=0)
@@ -97,8 +109,8 @@ class StageWorker:
         logs.configure(level=log_level, json=True)
         self.backend = backends.load(stage, backend)
 
-    def run(self, action, inputs, spec, studio):
-        return execute(action, inputs, spec, studio)
+    def run(self, action, inputs, spec, studio, batch=None):
+        return execute(action, inputs, spec, studio, batch)
 
 
 @dataclass
@@ -147,17 +159,19 @@ class RayRuntime:
         res = backends.load(action.stage, action.backend).resources
         return Profile(cpus=res.num_cpus, gpus=res.num_gpus, accelerator=res.accelerator)
 
-    def submit(self, action: Action, inputs: Mapping[str, Blob], spec: StoreSpec, studio: str, profile=None) -> None:
+    def submit(self, action: Action, inputs: Mapping[str, Blob], spec: StoreSpec, studio: str, profile=None,
+               batch: str | None = None) -> None:
+        """Start ``action`` on the cluster; ``batch`` (the batch charged for it) goes into its logs."""
         prof = self._profile(action, profile)
         if spec not in self._specs:
             self._specs[spec] = ray.put(spec)
         args = (action.to_json(), {k: b.model_dump() for k, b in inputs.items()}, self._specs[spec], studio)
         if prof.gpus > 0:
-            ref = self._pool_submit(action, prof, args)
+            ref = self._pool_submit(action, prof, args + (batch,))
         else:
             if prof.cpus not in self._task_fns:
                 self._task_fns[prof.cpus] = _execute_task.options(num_cpus=prof.cpus)
-            ref = self._task_fns[prof.cpus].remote(*args, self.log_level)
+            ref = self._task_fns[prof.cpus].remote(*args, self.log_level, batch)
         self._running[ref] = (action, prof)
 
     def _pool_submit(self, action: Action, prof, args):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import queue
 import tempfile
@@ -25,7 +26,7 @@ import structlog
 from farm import backends, logs
 from farm.controller import Cancel, Controller, Deliver, Dispatch, Lookup, Notify, Profile
 from farm.manifest import Blob
-from farm.metrics import Metrics
+from farm.metrics import Metrics, accelerator_label
 from farm.plan import Action
 from farm.policy import Prices, RetryPolicy, Share
 from farm.render import DELIVERABLES
@@ -38,6 +39,9 @@ from farm.webhooks import Notification, deliver
 log = structlog.get_logger("farm.service")
 
 ACTOR_NAME, NAMESPACE = "farm-controller", "farm"
+# log levels of journaled events (the others are info)
+_LEVELS = {"action.cached": logging.DEBUG, "action.failed": logging.WARNING, "action.quarantined": logging.WARNING,
+           "episode.failed": logging.WARNING}
 
 
 def batch_payload(loaded_batch, settings: Settings) -> dict[str, Any]:
@@ -75,7 +79,8 @@ class ControllerService:
 
     def __init__(self, settings_json: dict[str, Any], *, start_loop: bool = True):
         self.settings = Settings.model_validate(settings_json)
-        logs.configure(level=self.settings.log_level, json=True)
+        logs.configure(level=self.settings.log_level, json=True, secrets=[
+            self.settings.s3_access_key.get_secret_value(), self.settings.s3_secret_key.get_secret_value()])
         self.spec = self.settings.store_spec()
         self.objects = open_objects(self.spec)
         self.journal = Journal(self.objects)
@@ -93,7 +98,8 @@ class ControllerService:
         self._stop = threading.Event()
         self._wake = threading.Event()  # set when new work arrives, so an idle loop reacts at once
         self.started_at = time.time()
-        self.metrics = Metrics()
+        self.metrics = Metrics(prices=Prices(**self.settings.prices),
+                               accelerators={k: accelerator_label(p) for k, p in self.profiles.items()})
         if self.settings.metrics_port:
             self.metrics.serve(self.settings.metrics_port)
         self._gauges_at = 0.0
@@ -113,10 +119,47 @@ class ControllerService:
             self._carry_out(commands)
 
     def _account(self, event) -> None:
+        """Metrics and logs of one journaled event (the one place usage is accounted)."""
         state = self.controller.actions.get(event.key) if event.key else None
         self.metrics.observe(event, state.action if state else None)
-        if event.type in ("episode.delivered", "episode.failed"):
-            self.metrics.episode(self.controller.batches[event.batch].terms.studio, event.type.split(".")[1])
+        if state is not None:
+            self._log_action(event, state)
+        elif event.type == "batch.submitted":
+            self._account_reused(event.batch)
+        elif event.type in ("episode.delivered", "episode.failed"):
+            ep = self.controller.episodes[(event.batch, event.data["episode"])]
+            seconds = 0.0
+            if event.type == "episode.delivered":  # the episode's length, for cost per finished minute
+                seconds = float(self.controller.actions[ep.final_key].manifest.get("meta", {}).get("duration", 0.0))
+            self.metrics.episode(ep.job.studio, event.type.split(".")[1], seconds)
+            log.log(_LEVELS.get(event.type, logging.INFO), event.type, batch=event.batch, studio=ep.job.studio,
+                    series=ep.job.series.id, episode=ep.job.episode.slug, reason=event.data.get("reason"))
+
+    def _account_reused(self, batch_id: str) -> None:
+        """Work a new batch finds already done in this controller is its cache hit (no event says so)."""
+        batch = self.controller.batches[batch_id]
+        keys = {k for eid in batch.episodes for k in self.controller.episodes[(batch_id, eid)].keys}
+        for key in sorted(keys):
+            state = self.controller.actions[key]
+            if state.status == "done" and state.manifest is not None:
+                self.metrics.cached(batch.terms.studio, state.action.stage, state.manifest.get("usage", {}))
+
+    def _log_action(self, event, state) -> None:
+        """One line per journaled action event, with the action's context (farm.logs.action_context)."""
+        d = event.data
+        extra: dict[str, Any] = {}
+        if event.type == "action.failed":
+            extra = {"error": d.get("error"), "retryable": d.get("retryable"), "worker": d.get("worker"),
+                     "attempt": d.get("attempt")}
+        elif event.type == "action.retry":
+            extra = {"retry_in_s": round(d["not_before"] - event.at, 3)}
+        elif event.type == "action.quarantined":
+            extra = {"reason": d.get("reason")}
+        elif event.type == "action.completed":
+            extra = {"seconds": round(d.get("finished_at", 0.0) - d.get("started_at", 0.0), 3)}
+        # a lookup (action.cached) is charged to no batch: name one that needs it
+        batch = event.batch or state.charged_to or min((b for b, _ in state.episodes), default=None)
+        log.log(_LEVELS.get(event.type, logging.INFO), event.type, **logs.action_context(state.action, batch), **extra)
 
     def _carry_out(self, commands) -> None:
         for command in commands:
@@ -162,7 +205,8 @@ class ControllerService:
         inputs = {n: Blob.model_validate(self.controller.actions[r.key].manifest["outputs"][r.output])
                   for n, r in action.inputs.items()}
         self.runtime.submit(action, inputs, self.spec, action.context["studio"],
-                            profile=self.profiles.get((action.stage, action.backend)))
+                            profile=self.profiles.get((action.stage, action.backend)),
+                            batch=self.controller.actions[key].charged_to)
 
     def _deliver(self, batch: str, episode: str) -> None:
         ep = self.controller.episodes[(batch, episode)]
@@ -182,6 +226,7 @@ class ControllerService:
             return
         # The secret stays in the controller's environment (a Kubernetes Secret, say), never in the journal.
         secret = os.environ.get(hook["secret_env"]) if hook.get("secret_env") else None
+        logs.hide(secret)
         self._webhooks.put(Notification(note_id, hook["url"], secret, command.kind,
                                         {"batch": command.batch, **command.payload}))
 
@@ -258,8 +303,9 @@ class ControllerService:
             if state.status == "running":
                 running[state.action.stage] = running.get(state.action.stage, 0) + 1
         self.metrics.stages(queued, running)
-        for batch_id in self.controller.batches:
-            self.metrics.batch(self.controller.batch_status(batch_id, now))
+        for batch_id, batch in self.controller.batches.items():
+            if batch.status == "running" or self.metrics.tracks(batch_id):  # a finished batch: drop its series once
+                self.metrics.batch(self.controller.batch_status(batch_id, now))
 
     def _webhook_loop(self) -> None:
         while not self._stop.is_set():
@@ -322,3 +368,4 @@ class ControllerService:
         self._wake.set()
         for thread in self._threads:
             thread.join(timeout=5)
+        self.metrics.close()

@@ -1,0 +1,333 @@
+"""farm.metrics: usage accounted once, labels bounded, output Prometheus accepts.
+
+Unit tests feed Metrics journal events and manifests with literal usage; the end-to-end test runs
+``farm render --pushgateway --metrics-textfile`` twice against a real Pushgateway.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import types
+import urllib.request
+
+import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from farm.journal import Event
+from farm.manifest import Manifest
+from farm.metrics import Metrics, accelerator_label
+from farm.plan import Action
+from farm.policy import Prices
+from tests.conftest import media_missing, need, write_specs
+
+KEY = "ab" * 32
+PRICES = Prices(per_1k_tokens=2.0, per_gpu_hour=3600.0)  # 2 per 1k tokens, 1 per GPU-second
+
+
+def action(stage="video", backend="wan", key=KEY):
+    return Action(key=key, stage=stage, op="clip", backend=backend, version="1", params={}, inputs={},
+                  label="clip s01-01", context={"studio": "acme", "series": "s", "episode": "ep001"})
+
+
+def event(type_, data=None, key=KEY, batch="b1"):
+    return Event(seq=0, at=0.0, type=type_, batch=batch, key=key, data=data or {})
+
+
+def value(m: Metrics, name: str, **labels) -> float:
+    got = m.registry.get_sample_value(name, labels)
+    return 0.0 if got is None else got
+
+
+def text(m: Metrics) -> str:
+    return generate_latest(m.registry).decode()
+
+
+def test_completed_action_accounts_tokens_gpu_and_money():
+    """A completed action adds its tokens, GPU-seconds (with the stage's accelerator), CPU and money."""
+    m = Metrics(prices=PRICES, accelerators={("video", "wan"): "H100"}, nvml=False)
+    usage = {"tokens_in": 1000, "tokens_out": 500, "gpu_seconds": 30.0, "cpu_seconds": 2.0, "model": "wan-2.1"}
+    m.observe(event("action.completed", {"usage": usage, "started_at": 10.0, "finished_at": 22.5}), action())
+    labels = {"studio": "acme", "stage": "video"}
+    assert value(m, "farm_actions_total", **labels, outcome="ok") == 1
+    assert value(m, "farm_tokens_total", **labels, model="wan-2.1", direction="in") == 1000
+    assert value(m, "farm_tokens_total", **labels, model="wan-2.1", direction="out") == 500
+    assert value(m, "farm_gpu_seconds_total", **labels, model="wan-2.1", accelerator="H100") == 30
+    assert value(m, "farm_cpu_seconds_total", **labels) == 2
+    assert value(m, "farm_money_total", **labels, model="wan-2.1") == pytest.approx(3.0 + 30.0)
+    assert value(m, "farm_action_duration_seconds_sum", stage="video") == 12.5
+
+
+def test_cached_action_counts_a_hit_and_what_it_saved():
+    """A cache hit counts as outcome cached and adds the original run's cost to the savings."""
+    m = Metrics(prices=PRICES, nvml=False)
+    m.observe(event("action.cached", {"usage": {"gpu_seconds": 8.0, "tokens_in": 500, "cpu_seconds": 1.5}}), action())
+    labels = {"studio": "acme", "stage": "video"}
+    assert value(m, "farm_actions_total", **labels, outcome="cached") == 1
+    assert value(m, "farm_cache_hits_total", **labels) == 1
+    assert value(m, "farm_cache_saved_gpu_seconds_total", **labels) == 8
+    assert value(m, "farm_cache_saved_tokens_total", **labels) == 500
+    assert value(m, "farm_cache_saved_money_total", **labels) == pytest.approx(9.0)
+    assert value(m, "farm_gpu_seconds_total", **labels, model="wan", accelerator="none") == 0
+
+
+def test_failures_and_retries_are_outcomes():
+    """action.failed and action.retry count as outcomes failed and retried; episodes by outcome."""
+    m = Metrics(nvml=False)
+    m.observe(event("action.failed", {"error": "boom"}), action())
+    m.observe(event("action.retry", {"not_before": 5.0}), action())
+    m.episode("acme", "delivered", 41.5)
+    m.episode("acme", "failed")
+    assert value(m, "farm_actions_total", studio="acme", stage="video", outcome="failed") == 1
+    assert value(m, "farm_actions_total", studio="acme", stage="video", outcome="retried") == 1
+    assert value(m, "farm_episodes_total", studio="acme", outcome="delivered") == 1
+    assert value(m, "farm_episodes_total", studio="acme", outcome="failed") == 1
+    assert value(m, "farm_delivered_video_seconds_total", studio="acme") == 41.5
+
+
+def test_submitted_batch_creates_its_studios_series_at_zero():
+    """batch.submitted creates the studio's series at 0, so a first failure shows in rate()."""
+    m = Metrics(nvml=False)
+    backends = {s: [n, "1"] for s, n in {"script": "outline", "video": "ffmpeg-motion"}.items()}
+    m.observe(event("batch.submitted", {"studio": "acme", "backends": backends}, key=None), None)
+    out = text(m)
+    assert 'farm_actions_total{outcome="failed",stage="dubbing",studio="acme"} 0.0' in out
+    assert 'farm_tokens_total{direction="in",model="outline",stage="script",studio="acme"} 0.0' in out
+    assert 'farm_episodes_total{outcome="failed",studio="acme"} 0.0' in out
+
+
+def _status(**over):
+    status = {"batch": "acme-1", "studio": "acme", "status": "running",
+              "episodes": {"total": 4, "delivered": 1, "failed": 1}, "projected_finish": 1_000.0, "deadline": 900.0,
+              "budget": {"tokens": 1000, "gpu_seconds": None, "money": 0.0},
+              "spent": {"tokens": 950, "gpu_seconds": 10.0, "money": 0.0}}
+    return status | over
+
+
+def test_batch_gauges_while_running_then_removed():
+    """A running batch has progress, projected finish, deadline, slack and budget used per cap; all go when it ends."""
+    m = Metrics(nvml=False)
+    m.batch(_status())
+    b = {"batch": "acme-1", "studio": "acme"}
+    assert value(m, "farm_batch_progress_ratio", **b) == 0.5
+    assert value(m, "farm_batch_deadline_slack_seconds", **b) == -100
+    assert value(m, "farm_batch_projected_finish_timestamp_seconds", **b) == 1000
+    assert value(m, "farm_batch_budget_used_ratio", **b, cap="tokens") == 0.95
+    assert value(m, "farm_batch_budget_used_ratio", **b, cap="money") == 0.0  # a zero cap with nothing spent
+    assert m.registry.get_sample_value("farm_batch_budget_used_ratio", b | {"cap": "gpu_seconds"}) is None  # no cap
+    assert m.tracks("acme-1")
+    m.batch(_status(status="finished"))
+    assert "acme-1" not in text(m) and not m.tracks("acme-1")
+
+
+def test_labels_never_carry_ids():
+    """After a run of events the only label names are the bounded ones, and no value is a key or an episode."""
+    m = Metrics(prices=PRICES, nvml=False)
+    m.prepare("acme", {"video": "wan"})
+    for type_ in ("action.completed", "action.cached", "action.failed", "action.retry"):
+        m.observe(event(type_, {"usage": {"model": "wan"}, "started_at": 0.0, "finished_at": 1.0}), action())
+    m.stages({"video": 3}, {"video": 1})
+    m.batch(_status())
+    out = text(m)
+    assert set(re.findall(r"[{,](\w+)=", out)) <= {"studio", "stage", "outcome", "model", "direction", "accelerator",
+                                                   "batch", "cap", "le"}
+    assert KEY not in out and KEY[:12] not in out and "ep001" not in out
+
+
+def test_accelerator_label_of_a_profile():
+    """Named accelerator, "any" GPU, or "none" for CPU stages."""
+    gpu = types.SimpleNamespace(gpus=1, accelerator="A100")
+    assert accelerator_label(gpu) == "A100"
+    assert accelerator_label(types.SimpleNamespace(gpus=0.5, accelerator=None)) == "any"
+    assert accelerator_label(types.SimpleNamespace(gpus=0, accelerator=None)) == accelerator_label(None) == "none"
+
+
+def _manifest(stage, seconds, **usage):
+    return Manifest(key=KEY, stage=stage, op="clip", backend="ffmpeg-motion", version="1", label="clip", outputs={},
+                    usage=usage, started_at=100.0, finished_at=100.0 + seconds)
+
+
+def _render(ran, cached, failed=()):
+    backends = {"video": types.SimpleNamespace(name="ffmpeg-motion")}
+    return types.SimpleNamespace(job=types.SimpleNamespace(studio="acme", backends=backends), ran=ran, cached=cached,
+                                 failed=list(failed), retried=[])
+
+
+def test_render_manifests_are_accounted_like_events():
+    """farm render's ran and cached manifests, failures and the delivered episode land in the same metrics."""
+    m = Metrics(prices=PRICES, controller=False, nvml=False)
+    ran = [_manifest("video", 2.0, cpu_seconds=1.5, gpu_seconds=4.0)]
+    m.account_render(_render(ran, [_manifest("video", 1.0, gpu_seconds=6.0)], [action()]),
+                     types.SimpleNamespace(duration_seconds=30.0))
+    labels = {"studio": "acme", "stage": "video"}
+    assert value(m, "farm_actions_total", **labels, outcome="ok") == 1
+    assert value(m, "farm_actions_total", **labels, outcome="failed") == 1
+    assert value(m, "farm_cache_saved_gpu_seconds_total", **labels) == 6
+    assert value(m, "farm_money_total", **labels, model="ffmpeg-motion") == 4
+    assert value(m, "farm_delivered_video_seconds_total", studio="acme") == 30
+    assert "farm_controller_up" not in text(m)  # a one-shot render is not the controller
+
+
+def test_textfile_adds_up_across_renders(tmp_path):
+    """Each render adds its counters and histogram to the textfile's; gauges are the latest."""
+    path = tmp_path / "farm.prom"
+    for _ in range(2):
+        m = Metrics(controller=False, nvml=False)
+        m.account_render(_render([_manifest("video", 2.0, cpu_seconds=1.5)], []), types.SimpleNamespace(duration_seconds=10.0))
+        m.write_textfile(path)
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(path.read_text()) for s in f.samples}
+    assert samples[("farm_actions_total", (("outcome", "ok"), ("stage", "video"), ("studio", "acme")))] == 2
+    assert samples[("farm_action_duration_seconds_count", (("stage", "video"),))] == 2
+    assert samples[("farm_action_duration_seconds_bucket", (("le", "2.5"), ("stage", "video")))] == 2
+    assert samples[("farm_delivered_video_seconds_total", (("studio", "acme"),))] == 20
+
+
+class _FakeNvml:
+    """Just enough of pynvml for two GPUs."""
+
+    class NVMLError(Exception):
+        pass
+
+    def nvmlInit(self):
+        pass
+
+    def nvmlDeviceGetCount(self):
+        return 2
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return i
+
+    def nvmlDeviceGetName(self, handle):
+        return b"NVIDIA H100 80GB HBM3"
+
+    def nvmlDeviceGetUtilizationRates(self, handle):
+        return types.SimpleNamespace(gpu=[87, 3][handle])
+
+    def nvmlDeviceGetMemoryInfo(self, handle):
+        return types.SimpleNamespace(used=40 * 2**30, total=80 * 2**30)
+
+
+def test_gpu_gauges_from_nvml_where_a_gpu_is(monkeypatch):
+    """With pynvml and GPUs, utilisation and memory are read at each scrape."""
+    monkeypatch.setitem(sys.modules, "pynvml", _FakeNvml())
+    m = Metrics(nvml=True)
+    gpu = {"gpu": "0", "gpu_model": "NVIDIA H100 80GB HBM3"}
+    assert value(m, "farm_gpu_utilization_ratio", **gpu) == 0.87
+    assert value(m, "farm_gpu_memory_used_bytes", **gpu | {"gpu": "1"}) == 40 * 2**30
+    assert value(m, "farm_gpu_memory_total_bytes", **gpu) == 80 * 2**30
+
+
+def test_no_gpu_no_gpu_series(monkeypatch):
+    """Without pynvml, or with NVML that cannot start (no driver), there are no GPU series and no error."""
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # import fails
+    assert "farm_gpu_utilization_ratio" not in text(Metrics(nvml=True))
+    broken = _FakeNvml()
+    broken.nvmlInit = lambda: (_ for _ in ()).throw(broken.NVMLError("Driver Not Loaded"))
+    monkeypatch.setitem(sys.modules, "pynvml", broken)
+    assert "farm_gpu_utilization_ratio" not in text(Metrics(nvml=True))
+
+
+def _tools_missing(*tools: str) -> str | None:
+    missing = [t for t in tools or ("promtool", "prometheus-pushgateway") if shutil.which(t) is None]
+    return f"not installed: {', '.join(missing)} (apt-get install prometheus prometheus-pushgateway)" if missing else None
+
+
+@pytest.mark.prometheus
+def test_promtool_accepts_the_output(tmp_path):
+    """`promtool check metrics` passes on everything the farm exports (names, units, help, types)."""
+    need(_tools_missing("promtool"))
+    m = Metrics(prices=PRICES, accelerators={("video", "wan"): "H100"}, nvml=False)
+    m.prepare("acme", {"video": "wan"})
+    m.observe(event("action.completed", {"usage": {"gpu_seconds": 3.0, "model": "wan"}, "started_at": 0.0,
+                                         "finished_at": 2.0}), action())
+    m.stages({"video": 2}, {})
+    m.batch(_status())
+    m.write_textfile(tmp_path / "farm.prom")
+    for exposition in (text(m), (tmp_path / "farm.prom").read_text()):
+        proc = subprocess.run(["promtool", "check", "metrics"], input=exposition, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.fixture
+def pushgateway(tmp_path):
+    need(_tools_missing())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(tmp_path / "pushgateway.log", "wb")
+    proc = subprocess.Popen(["prometheus-pushgateway", f"--web.listen-address=127.0.0.1:{port}",
+                             f"--persistence.file={tmp_path / 'pushgateway.data'}"],  # not Debian's default file
+                            stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(url + "/-/ready", timeout=1).read()
+            break
+        except OSError:
+            time.sleep(0.1)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+    log.close()
+
+
+def _pushed(url: str) -> dict:
+    body = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(body) if f.name.startswith("farm_") for s in f.samples}
+
+
+@pytest.mark.prometheus
+@pytest.mark.ray
+@pytest.mark.media
+@pytest.mark.e2e
+def test_render_pushes_to_a_pushgateway_and_writes_a_textfile(tmp_path, pushgateway):
+    """`farm render --pushgateway --metrics-textfile`: a cold render's 15 actions, then a warm one's 15 cache
+    hits, add up in the Pushgateway's group (job farm-render, this host) and in the textfile."""
+    need(media_missing())
+    episode = write_specs(tmp_path / "specs")
+    textfile = tmp_path / "textfile" / "farm.prom"
+    args = [sys.executable, "-m", "farm.cli", "render", str(episode), "--store", str(tmp_path / "store"), "--quiet",
+            "--num-cpus", "2", "--studio", "acme", "--pushgateway", pushgateway, "--metrics-textfile", str(textfile)]
+    for _ in range(2):
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+    group = (("instance", socket.gethostname()), ("job", "farm-render"))
+    pushed = _pushed(pushgateway)
+
+    def total(name, **labels):
+        want = set(labels.items()) | set(group)
+        return sum(v for (n, lab), v in pushed.items() if n == name and want <= set(lab))
+
+    assert total("farm_actions_total", outcome="ok") == 15
+    assert total("farm_actions_total", outcome="cached") == 15
+    assert total("farm_episodes_total", studio="acme", outcome="delivered") == 2
+    assert total("farm_action_duration_seconds_count") == 15
+    assert total("farm_cpu_seconds_total") > 0
+    written = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(textfile.read_text()) for s in f.samples}
+    assert sum(v for (n, lab), v in written.items() if n == "farm_cache_hits_total") == 15
+    check = subprocess.run(["promtool", "check", "metrics"], input=textfile.read_text(), capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_unreachable_pushgateway_fails_the_command_after_the_render(tmp_path, monkeypatch):
+    """A push that cannot reach its gateway is reported and exits 1; it never hides."""
+    from farm import cli
+
+    monkeypatch.setattr(cli, "render_one", lambda *a, on_finish=None, **k: (on_finish(_render([], []), None), _Result())[1])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"
+    assert cli.main(["render", str(tmp_path / "ep.yaml"), "--pushgateway", dead, "--quiet", "--json"]) == 1
+
+
+class _Result:
+    def summary(self):
+        return {"video": "v"}
