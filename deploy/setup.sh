@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up the farm on a Debian/Ubuntu machine: system packages, then a virtual environment in .venv.
 #   bash deploy/setup.sh          what rendering needs (ffmpeg, espeak-ng, CJK fonts)
-#   bash deploy/setup.sh --test   also what the tests need (an S3 server: OpenStack Swift + memcached)
+#   bash deploy/setup.sh --test   also what the tests need (an S3 server: OpenStack Swift + memcached;
+#                                 Prometheus, promtool and a Pushgateway)
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,7 +10,7 @@ cd "$(dirname "$0")/.."
 packages=(ffmpeg espeak-ng fonts-noto-cjk python3-venv)
 extras=""
 if [ "${1:-}" = "--test" ]; then
-  packages+=(swift swift-proxy swift-account swift-container swift-object memcached)
+  packages+=(swift swift-proxy swift-account swift-container swift-object memcached prometheus prometheus-pushgateway)
   extras="[test]"
 fi
 
