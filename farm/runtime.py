@@ -151,6 +151,7 @@ class RayRuntime:
         self._totals: tuple[float, Any] | None = None
         self._specs: dict[StoreSpec, ray.ObjectRef] = {}  # put once, passed by reference to every task
         self._task_fns: dict[float, Any] = {}
+        self._requested: list[dict] = []
 
     @staticmethod
     def _profile(action: Action, profile=None):
@@ -237,6 +238,23 @@ class RayRuntime:
                 gpus[acc] = gpus.get(acc, 0.0) - prof.gpus
         self._retire_idle(now=now)
         return Capacity(cpus=max(cpus, 0.0), gpus_by_accelerator={a: max(n, 0.0) for a, n in gpus.items()})
+
+    def request_capacity(self, shapes) -> None:
+        """Tell Ray's autoscaler (where the cluster has one) what the queue needs, as (cpus, gpus,
+        accelerator) shapes; a GPU group can then grow from zero. Without an autoscaler this is a
+        no-op. Each call replaces the last request; an unchanged one is not sent again."""
+        bundles = []
+        for cpus, gpus, accelerator in shapes:
+            bundle = {"GPU": float(gpus)} | ({"CPU": float(cpus)} if cpus else {})
+            if accelerator:
+                bundle[f"accelerator_type:{accelerator}"] = 0.001
+            bundles.append(bundle)
+        if bundles == self._requested:
+            return
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=bundles)
+        self._requested = bundles
 
     def wait(self, timeout: float | None = None) -> list[Finished]:
         """Block until at least one submitted action finishes (or ``timeout``); return those that did."""

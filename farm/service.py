@@ -282,6 +282,7 @@ class ControllerService:
                                                                  f.error.worker, time.time())
                     self._commit(events)
                     self._commit(self.controller.decide(time.time(), self.runtime.capacity()))
+                    self.runtime.request_capacity(self.controller.wanted_capacity)
                     self._refresh_gauges()
                 if not finished and self.runtime.running == 0:
                     self._wake.wait(0.05)

@@ -198,3 +198,28 @@ def _now():
     from datetime import datetime, timezone
 
     return datetime.now(timezone.utc)
+
+
+def test_queued_gpu_work_is_asked_of_the_autoscaler(tmp_path):
+    """With GPU work queued and no GPU node, the runtime asks Ray's autoscaler for the GPUs."""
+    import ray
+
+    from farm.runtime import RayRuntime
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=1, include_dashboard=False, logging_level="WARNING")
+    from ray.autoscaler._private.constants import AUTOSCALER_RESOURCE_REQUEST_CHANNEL
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    def requested():
+        return json.loads(_internal_kv_get(AUTOSCALER_RESOURCE_REQUEST_CHANNEL))
+
+    try:
+        runtime = RayRuntime()
+        runtime.request_capacity([(1, 1, "H100"), (1, 1, "H100")])
+        assert requested() == [{"GPU": 1.0, "CPU": 1.0, "accelerator_type:H100": 0.001}] * 2
+        runtime.request_capacity([])
+        assert requested() == []
+    finally:
+        ray.shutdown()
