@@ -165,17 +165,23 @@ class Controller:
             ep = self.episodes[(e.batch, eid)] = EpisodeState(id=eid, batch=e.batch, job=job)
             batch.episodes.append(eid)
             fresh += self._replan(ep)
+        for state in self.reused(e.batch):  # work already done for other batches is this batch's cache hit
+            batch.saved = batch.saved + self._spend(state.manifest)
         for key in sorted({k for eid in batch.episodes for k in self.episodes[(e.batch, eid)].keys}):
             state = self.actions[key]
-            if state.status == "done" and state.manifest is not None:
-                # work this controller already did for other batches is this batch's cache hit
-                batch.saved = batch.saved + self._spend(state.manifest)
-            elif state.status == "quarantined":
+            if state.status == "quarantined":
                 # quarantined for an earlier batch: a new batch gives it a fresh start
                 state.attempts, state.failed_workers, state.not_before = 0, set(), 0.0
                 self._set_status(key, "pending")
         commands: list[Command] = [Lookup(tuple(fresh))] if fresh else []
         return commands + [c for eid in batch.episodes for c in self._progress(self.episodes[(e.batch, eid)])]
+
+    def reused(self, batch_id: str) -> list[ActionState]:
+        """Actions of the batch this controller had already finished when the batch arrived
+        (call it as the batch is submitted; later it also returns the batch's own work)."""
+        keys = {k for eid in self.batches[batch_id].episodes for k in self.episodes[(batch_id, eid)].keys}
+        return [self.actions[k] for k in sorted(keys)
+                if self.actions[k].status == "done" and self.actions[k].manifest is not None]
 
     def _progress(self, ep: EpisodeState) -> list[Command]:
         """Deliver an episode whose final action is done."""
@@ -390,6 +396,9 @@ class Controller:
                     accelerator=profile.accelerator, est_seconds=seconds, est_tokens=tokens,
                     est_gpu_seconds=gpu_seconds, est_money=self.prices.money(tokens, gpu_seconds))
 
+    def running(self) -> list[ActionState]:
+        return [self.actions[k] for k in sorted(self._running)]
+
     def ready(self, now: float) -> list[ActionState]:
         """Pending actions whose inputs are all done, past any retry backoff, still wanted."""
         states = (self.actions[k] for k in sorted(self._ready))
@@ -398,7 +407,7 @@ class Controller:
     def decide(self, now: float, capacity: Capacity) -> list[dict]:
         """Events the clock and free capacity call for: dispatches, budget holds, finished batches."""
         events: list[dict] = []
-        running = [self.actions[k] for k in sorted(self._running)]
+        running = self.running()
         run_tasks = [self._task(s) for s in running if self._wanted(s)]
         gpus_by_studio: dict[str, float] = {}
         by_backend: dict[str, int] = {}

@@ -137,12 +137,9 @@ class ControllerService:
 
     def _account_reused(self, batch_id: str) -> None:
         """Work a new batch finds already done in this controller is its cache hit (no event says so)."""
-        batch = self.controller.batches[batch_id]
-        keys = {k for eid in batch.episodes for k in self.controller.episodes[(batch_id, eid)].keys}
-        for key in sorted(keys):
-            state = self.controller.actions[key]
-            if state.status == "done" and state.manifest is not None:
-                self.metrics.cached(batch.terms.studio, state.action.stage, state.manifest.get("usage", {}))
+        studio = self.controller.batches[batch_id].terms.studio
+        for state in self.controller.reused(batch_id):
+            self.metrics.cached(studio, state.action.stage, state.manifest.get("usage", {}))
 
     def _log_action(self, event, state) -> None:
         """One line per journaled action event, with the action's context (farm.logs.action_context)."""
@@ -300,9 +297,8 @@ class ControllerService:
         running: dict[str, int] = {}
         for state in self.controller.ready(now):
             queued[state.action.stage] = queued.get(state.action.stage, 0) + 1
-        for state in self.controller.actions.values():
-            if state.status == "running":
-                running[state.action.stage] = running.get(state.action.stage, 0) + 1
+        for state in self.controller.running():
+            running[state.action.stage] = running.get(state.action.stage, 0) + 1
         self.metrics.stages(queued, running)
         for batch_id, batch in self.controller.batches.items():
             if batch.status == "running" or self.metrics.tracks(batch_id):  # a finished batch: drop its series once
