@@ -1,16 +1,31 @@
-"""Which backend does each stage's work: names from settings -> backend objects under workers/.
+"""Which backend does each stage's work: names -> backend objects under workers/.
+
+Two kinds of backend:
+
+- *embedded* ones (``outline``, ``pillow``, ``ffmpeg-motion``, ``espeak-ng``, ``ffmpeg``, ``noop``)
+  need no settings and are always there;
+- *configured* ones are named in settings (``FARM_BACKENDS``, JSON: name -> {"kind": ..., ...}) and
+  built from their kind's class with that mapping: an LLM server, a diffusers model, ComfyUI.
+
+A stage's backend is chosen by name: the batch spec's ``backends`` first, then the series', then
+settings (``FARM_BACKEND_<STAGE>``). Its version (code version + a digest of the settings that change
+its output) enters every action key; URLs and keys never do.
 
 Backends are imported lazily, where the work runs, so the planner and the CLI start fast and a
-machine only needs the libraries of the backends it actually runs.
+machine only needs the libraries of the backends it actually runs. A configured backend is built
+once per process and configuration (a GPU actor loads its model once).
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
-from typing import Mapping
+import json
+import threading
+from typing import Any, Mapping
 
-from farm.plan import BackendChoice
-from workers.api import Backend
+from farm.plan import STAGES, BackendChoice
+from workers.api import Backend, ConfigError
 
 # (stage, name) -> "module:attribute"
 REGISTRY: dict[tuple[str, str], str] = {
@@ -20,36 +35,165 @@ REGISTRY: dict[tuple[str, str], str] = {
     ("dubbing", "espeak-ng"): "workers.dubbing.espeak:BACKEND",
     ("assembly", "ffmpeg"): "workers.assembly.ffmpeg:BACKEND",
     # no work at all: for measuring the farm's own overhead and testing scheduling
-    **{(stage, "noop"): f"workers.noop:BACKENDS.{stage}" for stage in ("script", "image", "video", "dubbing", "assembly")},
+    **{(stage, "noop"): f"workers.noop:BACKENDS.{stage}" for stage in STAGES},
 }
+
+# kind -> "module:class" of configured backends
+KINDS: dict[str, str] = {
+    "openai-chat": "workers.script.llm:OpenAIChatScript",
+    "openai-speech": "workers.dubbing.openai_speech:OpenAISpeech",
+    "diffusers-image": "workers.image.diffusers:DiffusersImage",
+    "diffusers-video": "workers.video.diffusers_i2v:DiffusersVideo",
+    "comfyui": "workers.comfyui:ComfyUI",
+}
+
+
+# the stage each kind serves (None: the settings say, as a ComfyUI workflow may draw or animate)
+KIND_STAGES: dict[str, str | None] = {"openai-chat": "script", "openai-speech": "dubbing",
+                                      "diffusers-image": "image", "diffusers-video": "video", "comfyui": None}
 
 
 class UnknownBackend(ValueError):
     pass
 
 
-def load(stage: str, name: str) -> Backend:
-    try:
-        target = REGISTRY[(stage, name)]
-    except KeyError:
-        known = ", ".join(n for s, n in REGISTRY if s == stage)
-        raise UnknownBackend(f"no {stage} backend named {name!r} (known: {known})") from None
+def _import(target: str) -> Any:
     module, _, path = target.partition(":")
     attr, _, item = path.partition(".")
     found = getattr(importlib.import_module(module), attr)
     return found[item] if item else found
 
 
+_built: dict[tuple[str, str], Backend] = {}
+_built_lock = threading.Lock()
+
+
+def _digest(config: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def build(name: str, config: Mapping[str, Any]) -> Backend:
+    """The configured backend ``name``, built once per process for this exact configuration."""
+    cache_key = (name, _digest(config))
+    with _built_lock:
+        found = _built.get(cache_key)
+    if found is not None:
+        return found
+    kind = config.get("kind")
+    if kind not in KINDS:
+        raise ConfigError(f"backends.{name}.kind: {kind!r} is not a backend kind (known: {', '.join(KINDS)})")
+    backend = _import(KINDS[kind])(name, config)
+    with _built_lock:
+        return _built.setdefault(cache_key, backend)
+
+
+class Catalog:
+    """Every backend this farm can use: the embedded ones and those configured in settings.
+
+    ``configs`` is settings' ``backends`` mapping; it travels to the workers with each action
+    (through Ray's object store, never the journal), so workers need no settings of their own.
+    """
+
+    def __init__(self, configs: Mapping[str, Mapping[str, Any]] | None = None):
+        self.configs = {name: dict(c) for name, c in (configs or {}).items()}
+        clash = [n for n in self.configs if any(n == name for _, name in REGISTRY)]
+        if clash:
+            raise ConfigError(f"backends.{clash[0]}: the name is taken by an embedded backend; choose another")
+
+    def load(self, stage: str, name: str) -> Backend:
+        if name in self.configs:
+            serves = self.load_stage(name)
+            if serves != stage:
+                raise UnknownBackend(f"backend {name!r} does {serves}, not {stage}")
+            return build(name, self.configs[name])
+        try:
+            return _import(REGISTRY[(stage, name)])
+        except KeyError:
+            raise UnknownBackend(f"no {stage} backend named {name!r} (known: {', '.join(self.names(stage))})") from None
+
+    def names(self, stage: str) -> list[str]:
+        """Names usable for ``stage`` (configured ones by their declared or kind's stage)."""
+        out = [n for s, n in REGISTRY if s == stage]
+        for name in self.configs:
+            try:
+                if self.load_stage(name) == stage:
+                    out.append(name)
+            except ConfigError:
+                continue
+        return out
+
+    def load_stage(self, name: str) -> str:
+        """The stage a configured backend serves, read from its settings (nothing is imported)."""
+        config = self.configs[name]
+        kind = config.get("kind")
+        if kind not in KINDS:
+            raise ConfigError(f"backends.{name}.kind: {kind!r} is not a backend kind (known: {', '.join(KINDS)})")
+        stage = KIND_STAGES.get(kind) or config.get("stage")
+        if stage not in STAGES:
+            raise ConfigError(f"backends.{name}.stage: give the stage it serves ({', '.join(STAGES)})")
+        return stage
+
+    def all(self) -> list[tuple[str, str]]:
+        """(stage, name) of every backend: embedded first, then configured."""
+        out = [(s, n) for s, n in REGISTRY]
+        for name in self.configs:
+            try:
+                out.append((self.load_stage(name), name))
+            except ConfigError:
+                out.append(("?", name))
+        return out
+
+    def choose(self, names: Mapping[str, str]) -> dict[str, BackendChoice]:
+        """Stage -> the chosen backend's name, version (enters every action key) and features."""
+        out = {}
+        for stage, name in names.items():
+            backend = self.load(stage, name)
+            out[stage] = BackendChoice(name, backend.version, tuple(getattr(backend, "features", ())))
+        return out
+
+    def required_tools(self, names: Mapping[str, str]) -> list[str]:
+        """Programs the chosen backends need on PATH (checked before anything runs)."""
+        tools: list[str] = []
+        for stage, name in names.items():
+            for tool in getattr(self.load(stage, name), "tools", ()):
+                if tool not in tools:
+                    tools.append(tool)
+        return tools
+
+    def problems(self) -> list[str]:
+        """Every configured backend that cannot be built, with why (settings are checked up front)."""
+        out = []
+        for name, config in self.configs.items():
+            try:
+                build(name, config)
+            except ConfigError as exc:
+                out.append(str(exc))
+            except ImportError as exc:
+                out.append(f"backends.{name}: kind {config.get('kind')!r} needs a package that is not installed "
+                           f"({exc.name or exc}); install it (pip install 'farm[diffusers]' for diffusers kinds)")
+        return out
+
+    def secrets(self) -> list[str]:
+        """Inline secrets in the configuration, so that logs can mask them."""
+        return [str(c[k]) for c in self.configs.values() for k in c if k.endswith("api_key") and c[k]]
+
+
+def resolve(defaults: Mapping[str, str], *overrides: Mapping[str, str] | None) -> dict[str, str]:
+    """Stage -> backend name: ``defaults`` (settings) overridden by each mapping in turn
+    (the series', then the batch's)."""
+    names = dict(defaults)
+    for over in overrides:
+        names.update(over or {})
+    return names
+
+
+# the embedded catalogue, for code that has no settings (the planner's tests, the simulator)
+EMBEDDED = Catalog()
+
+
+def load(stage: str, name: str) -> Backend:
+    return EMBEDDED.load(stage, name)
+
+
 def choose(names: Mapping[str, str]) -> dict[str, BackendChoice]:
-    """Stage -> the chosen backend's name and version (the version enters every action key)."""
-    return {stage: BackendChoice(name, load(stage, name).version) for stage, name in names.items()}
-
-
-def required_tools(names: Mapping[str, str]) -> list[str]:
-    """Programs the chosen backends need on PATH (checked before anything runs)."""
-    tools: list[str] = []
-    for stage, name in names.items():
-        for tool in getattr(load(stage, name), "tools", ()):
-            if tool not in tools:
-                tools.append(tool)
-    return tools
+    return EMBEDDED.choose(names)

@@ -44,9 +44,9 @@ def bench_episode(settings: Settings, example: str = "midnight-tea/ep001.yaml", 
     write_examples(workdir / "examples")
     episode = workdir / "examples" / example
     settings = settings.model_copy(update={"store": str(workdir / "store")})
-    preflight(settings)
     loaded = load_episode(episode)
-    runtime = RayRuntime(settings.ray_address, settings.num_cpus)
+    preflight(settings, [loaded])
+    runtime = RayRuntime(settings.ray_address, settings.num_cpus, catalog=settings.catalog())
     try:
         cold = EpisodeRender(loaded, settings, runtime)
         cold_result = cold.run()

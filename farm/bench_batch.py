@@ -133,7 +133,7 @@ def _full_graph(payload):
     from farm.plan import BackendChoice, EpisodeJob
 
     out, seen = [], set()
-    backends = {s: BackendChoice(*v) for s, v in payload["backends"].items()}
+    backends = {s: BackendChoice.from_json(v) for s, v in payload["backends"].items()}
     for item in payload["episodes"]:
         job = EpisodeJob(payload["studio"], payload["namespace"], Series.model_validate(item["series"]),
                          Episode.model_validate(item["episode"]), backends)

@@ -27,7 +27,7 @@ from farm import backends, logs
 from farm.errors import FarmError, SpecError
 from farm.loader import load_episode, validate_files
 from farm.settings import Settings
-from workers.api import ToolMissing, require_tool
+from workers.api import ConfigError, ToolMissing, require_tool
 
 
 def settings_from_args(args) -> Settings:
@@ -36,7 +36,8 @@ def settings_from_args(args) -> Settings:
                                  ray_address=getattr(args, "address", None), num_cpus=getattr(args, "num_cpus", None),
                                  metrics_port=getattr(args, "metrics_port", None),
                                  log_level=_level(args) if getattr(args, "verbose", 0) else None)
-    logs.hide(settings.s3_access_key.get_secret_value(), settings.s3_secret_key.get_secret_value())
+    logs.hide(settings.s3_access_key.get_secret_value(), settings.s3_secret_key.get_secret_value(),
+              *settings.catalog().secrets())
     return settings
 
 
@@ -77,10 +78,36 @@ class _ProgressPrinter:
             self._print()
 
 
-def preflight(settings: Settings) -> None:
-    """Fail before anything runs if a program the chosen backends need is missing."""
-    for tool in backends.required_tools(settings.backend_names()):
-        require_tool(tool)
+def preflight(settings: Settings, episodes=(), batch=None) -> None:
+    """Fail before anything runs: a configured backend with bad settings, a spec naming a backend
+    that does not exist (file and field named), a program a chosen backend needs that is missing.
+    ``episodes`` are LoadedEpisodes; ``batch`` a LoadedBatch (whose ``backends`` win over the series')."""
+    from farm.errors import SpecError, SpecProblem
+
+    catalog = settings.catalog()
+    broken = catalog.problems()
+    if broken:
+        raise ConfigError("invalid backend settings (FARM_BACKENDS): " + "; ".join(broken))
+    problems: list[SpecProblem] = []
+    wanted = [settings.backend_names()]
+    sources = [(str(e.series_path), e.series.backends) for e in episodes]
+    if batch is not None:
+        sources.append((str(batch.path), batch.spec.backends))
+    for path, names in sources:
+        for stage, name in names.items():
+            try:
+                catalog.load(stage, name)
+            except (backends.UnknownBackend, ConfigError) as exc:
+                problems.append(SpecProblem(path, f"backends.{stage}", f"{exc}; configure it in FARM_BACKENDS "
+                                            "or choose a known one (farm backends)"))
+    if problems:
+        raise SpecError(problems)
+    for e in episodes:
+        wanted.append(backends.resolve(settings.backend_names(), e.series.backends,
+                                       batch.spec.backends if batch is not None else None))
+    for names in wanted:
+        for tool in catalog.required_tools(names):
+            require_tool(tool)
 
 
 def render_one(episode: Path, settings: Settings, out: Path | None = None, on_progress=None,
@@ -92,8 +119,8 @@ def render_one(episode: Path, settings: Settings, out: Path | None = None, on_pr
 
     loaded = load_episode(episode)
     settings.store_spec()  # a bad store setting fails here, before Ray starts
-    preflight(settings)
-    runtime = RayRuntime(settings.ray_address, settings.num_cpus, log_level)
+    preflight(settings, [loaded])
+    runtime = RayRuntime(settings.ray_address, settings.num_cpus, log_level, catalog=settings.catalog())
     render, result = None, None
     try:
         render = EpisodeRender(loaded, settings, runtime, out_dir=out, on_progress=on_progress)

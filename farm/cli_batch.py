@@ -130,7 +130,10 @@ def cmd_batch(args, settings: Settings) -> int:
     from farm.service import batch_payload
 
     if args.action == "submit":
+        from farm.cli import preflight
+
         loaded = load_batch(Path(args.target), datetime.now(timezone.utc))  # validate fully before connecting
+        preflight(settings, loaded.episodes, loaded)
         connect(settings)
         batch_id = _call(controller(settings), "submit", batch_payload(loaded, settings))
         print(json.dumps({"batch": batch_id, "episodes": len(loaded.episodes)}) if args.json else batch_id)

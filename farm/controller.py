@@ -154,13 +154,15 @@ class Controller:
         budget = Budget(**d.get("budget", {}))
         terms = BatchTerms(id=e.batch, studio=d["studio"], priority=PRIORITY_CLASSES[d["priority"]],
                            deadline=d.get("deadline"), budget=budget, submitted=e.at, order=len(self.batches))
-        backends = {s: BackendChoice(*d["backends"][s]) for s in STAGES}
+        defaults = {s: BackendChoice.from_json(d["backends"][s]) for s in STAGES}
         batch = BatchState(terms=terms, name=d.get("name"), episodes=[], webhook=d.get("webhook"))
         self.batches[e.batch] = batch
         fresh: list[str] = []
         for item in d["episodes"]:
             series, episode = Series.model_validate(item["series"]), Episode.model_validate(item["episode"])
             eid = f"{series.id}/{episode.slug}"
+            chosen = item.get("backends")  # per episode (its series' and the batch's choice)
+            backends = {s: BackendChoice.from_json(chosen[s]) for s in STAGES} if chosen else defaults
             job = EpisodeJob(d["studio"], d["namespace"], series, episode, backends)
             ep = self.episodes[(e.batch, eid)] = EpisodeState(id=eid, batch=e.batch, job=job)
             batch.episodes.append(eid)
@@ -327,8 +329,10 @@ class Controller:
     def on_result(self, key: str, manifest: dict) -> list[dict]:
         return [{"type": "action.completed", "batch": self.actions[key].charged_to, "key": key, "data": manifest}]
 
-    def on_failure(self, key: str, error: str, retryable: bool, worker: str | None, now: float) -> list[dict]:
-        """The events that follow a failed attempt: the failure, then a retry, a quarantine or a give-up."""
+    def on_failure(self, key: str, error: str, retryable: bool, worker: str | None, now: float,
+                   retry_after: float | None = None) -> list[dict]:
+        """The events that follow a failed attempt: the failure, then a retry, a quarantine or a give-up.
+        A retry waits for the policy's backoff, or longer when the provider asked (``retry_after``)."""
         state = self.actions[key]
         batch = state.charged_to
         events = [{"type": "action.failed", "batch": batch, "key": key,
@@ -343,8 +347,9 @@ class Controller:
                 if self.episodes[(b, ep)].status == "running":
                     events.append({"type": "episode.failed", "batch": b, "data": {"episode": ep, "reason": reason}})
         else:
+            delay = max(decision.not_before_delay_s, retry_after or 0.0)
             events.append({"type": "action.retry", "batch": batch, "key": key,
-                           "data": {"not_before": now + decision.not_before_delay_s, "attempt": state.attempts}})
+                           "data": {"not_before": now + delay, "attempt": state.attempts}})
         return events
 
     def delivered(self, batch: str, episode: str, deliverables: dict[str, str]) -> list[dict]:

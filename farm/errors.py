@@ -47,17 +47,20 @@ class StoreError(FarmError):
 
 
 class ActionFailed(FarmError):
-    def __init__(self, key: str, label: str, message: str, *, retryable: bool, worker: str | None = None):
+    def __init__(self, key: str, label: str, message: str, *, retryable: bool, worker: str | None = None,
+                 retry_after: float | None = None):
         super().__init__(f"{label}: {message}")
         self.key = key
         self.label = label
         self.retryable = retryable
         self.worker = worker  # the Ray node it failed on, for quarantine across distinct workers
+        self.retry_after = retry_after  # seconds the provider asked us to wait (HTTP Retry-After)
         self._message = message
 
     def __reduce__(self):  # survives pickling across Ray processes with every field
-        return (_rebuild_action_failed, (self.key, self.label, self._message, self.retryable, self.worker))
+        return (_rebuild_action_failed, (self.key, self.label, self._message, self.retryable, self.worker,
+                                         self.retry_after))
 
 
-def _rebuild_action_failed(key, label, message, retryable, worker):
-    return ActionFailed(key, label, message, retryable=retryable, worker=worker)
+def _rebuild_action_failed(key, label, message, retryable, worker, retry_after=None):
+    return ActionFailed(key, label, message, retryable=retryable, worker=worker, retry_after=retry_after)

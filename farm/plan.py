@@ -46,6 +46,16 @@ class Ref:
 class BackendChoice:
     name: str
     version: str
+    # what the backend can take beyond the common params: "last_frame" (a clip may end on the next
+    # shot's keyframe). Derived from the backend's settings, which its version already digests.
+    features: tuple[str, ...] = ()
+
+    def to_json(self) -> list:
+        return [self.name, self.version, list(self.features)]
+
+    @classmethod
+    def from_json(cls, data) -> "BackendChoice":
+        return cls(data[0], data[1], tuple(data[2]) if len(data) > 2 else ())
 
 
 @dataclass(frozen=True)
@@ -193,7 +203,11 @@ def plan_episode(job: EpisodeJob, script: Script | None, line_samples: Mapping[s
 
     shots, cues, inputs_final, start = [], [], {}, 0
     complete = True
+    # first/last-frame video backends end a shot's clip on the next shot's keyframe, within a scene
+    # (a new scene is a cut, which the next clip's own first frame already makes)
+    end_on_next = "last_frame" in job.backends["video"].features
     for scene in script.scenes:
+        keyframes = []
         for shot in scene.shots:
             in_frame = list(dict.fromkeys([*shot.characters, *(l.speaker for l in shot.lines)]))
             kf_params = {
@@ -202,19 +216,24 @@ def plan_episode(job: EpisodeJob, script: Script | None, line_samples: Mapping[s
                 "description": shot.description, "framing": shot.framing.value,
                 "characters": in_frame,
             }
-            kf = b.add("image", "keyframe", kf_params, {f"sheet:{c}": sheets[c] for c in in_frame}, f"keyframe {shot.id}")
+            keyframes.append(b.add("image", "keyframe", kf_params, {f"sheet:{c}": sheets[c] for c in in_frame},
+                                   f"keyframe {shot.id}"))
+        for si, (shot, kf) in enumerate(zip(scene.shots, keyframes)):
             lines = []
             for i, line in enumerate(shot.lines):
                 voice = series.character(line.speaker).voice.model_dump(mode="json")
-                params = {"text": line.text, "voice": voice, "sample_rate": SAMPLE_RATE}
+                params = {"text": line.text, "voice": voice, "speaker": line.speaker, "sample_rate": SAMPLE_RATE}
                 lines.append(b.add("dubbing", "line", params, {}, f"line {shot.id}#{i}"))
             if any(l.key not in line_samples for l in lines):
                 complete = False
                 continue
             samples = [line_samples[l.key] for l in lines]
             layout = layout_shot(shot, samples, fps)
+            clip_inputs = {"keyframe": Ref(kf.key, "keyframe")}
+            if end_on_next and si + 1 < len(keyframes):
+                clip_inputs["last"] = Ref(keyframes[si + 1].key, "keyframe")
             clip = b.add("video", "clip", {"width": width, "height": height, "fps": fps, "frames": layout.frames,
-                                          "camera": shot.camera.value}, {"keyframe": Ref(kf.key, "keyframe")}, f"clip {shot.id}")
+                                          "camera": shot.camera.value}, clip_inputs, f"clip {shot.id}")
             mux_inputs = {"clip": Ref(clip.key, "clip")} | {f"line{i}": Ref(l.key, "audio") for i, l in enumerate(lines)}
             mux = b.add("assembly", "mux", {
                 "fps": fps, "frames": layout.frames, "sample_rate": SAMPLE_RATE, "total_samples": layout.total_samples,

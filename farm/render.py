@@ -76,8 +76,9 @@ class EpisodeRender:
         self.loaded, self.settings, self.runtime = loaded, settings, runtime
         self.spec = settings.store_spec()
         self.store = ArtifactStore(open_objects(self.spec), settings.studio)
+        names = backends.resolve(settings.backend_names(), loaded.series.backends)
         self.job = EpisodeJob(settings.studio, settings.namespace, loaded.series, loaded.episode,
-                              backends.choose(settings.backend_names()))
+                              runtime.catalog.choose(names))
         self.out_dir = out_dir
         self.on_progress = on_progress or (lambda p: None)
         self.manifests: dict[str, Manifest] = {}
@@ -115,6 +116,7 @@ class EpisodeRender:
         done_before = self.store.done_keys()
         attempts: Counter = Counter()
         submitted: set[str] = set()
+        not_before: dict[str, float] = {}  # a retry the provider asked us to delay (Retry-After)
         while True:
             plan = plan_episode(self.job, self.script, self.line_samples)
             learned = False
@@ -133,14 +135,19 @@ class EpisodeRender:
             for action in plan.actions:
                 if action.key in self.manifests or action.key in submitted:
                     continue
+                if not_before.get(action.key, 0.0) > time.monotonic():
+                    continue
                 if all(ref.key in self.manifests for ref in action.inputs.values()):
                     inputs = {n: self.manifests[r.key].outputs[r.output] for n, r in action.inputs.items()}
                     self.runtime.submit(action, inputs, self.spec, self.settings.studio)
                     submitted.add(action.key)
             if self.runtime.running == 0:
+                if not_before and max(not_before.values()) > time.monotonic():
+                    time.sleep(min(0.5, max(not_before.values()) - time.monotonic()))
+                    continue
                 raise FarmError("nothing is running and the episode is not finished: the plan is stuck")
             self._report(plan)
-            for finished in self.runtime.wait():
+            for finished in self.runtime.wait(timeout=1.0 if not_before else None):
                 if finished.manifest is not None:
                     self.ran.append(finished.manifest)
                     self._learn(finished.action, finished.manifest)
@@ -152,6 +159,8 @@ class EpisodeRender:
                     log.warning("action.retry", **logs.action_context(finished.action, None), error=str(err))
                     self.retried.append(finished.action)
                     submitted.discard(finished.action.key)
+                    if err.retry_after:
+                        not_before[finished.action.key] = time.monotonic() + err.retry_after
                 else:
                     raise err
         final = self.manifests[plan.final_key]

@@ -18,7 +18,9 @@ from typing import Any, Mapping
 import ray
 import structlog
 
-from farm import backends, logs
+from farm import logs
+from farm.backends import Catalog
+from farm.batching import Batcher
 from farm.errors import ActionFailed, FarmError
 from farm.manifest import Blob, Manifest
 from farm.plan import Action
@@ -26,7 +28,7 @@ from farm.policy import Capacity
 from farm.controller import Profile
 from farm.settings import StoreSpec
 from farm.store import ArtifactStore, open_objects
-from workers.api import StageError
+from workers.api import BatchItem, StageError
 
 log = structlog.get_logger("farm.runtime")
 
@@ -45,24 +47,32 @@ def _worker() -> dict[str, str]:
 
 
 def execute(action: Mapping[str, Any], inputs: Mapping[str, Mapping[str, Any]], spec: StoreSpec,
-            studio: str, batch: str | None = None) -> dict[str, Any]:
+            studio: str, batch: str | None = None, configs: Mapping[str, Any] | None = None,
+            batcher: Batcher | None = None) -> dict[str, Any]:
     """Run one action where this process is; returns its manifest as JSON.
 
     ``batch`` is the batch charged for it (None for ``farm render``): every log line of the action
-    carries it with the episode, stage and action key. Raises ActionFailed (with the backend's
-    retryability) when the stage fails.
+    carries it with the episode, stage and action key. ``configs`` are the configured backends
+    (settings' ``backends``); ``batcher`` (a GPU worker's) lets the action share a backend call
+    with others. Raises ActionFailed (with the backend's retryability) when the stage fails.
     """
     act = Action.from_json(action)
-    logs.hide(spec.access_key.get_secret_value(), spec.secret_key.get_secret_value())
+    catalog = Catalog(configs)
+    logs.hide(spec.access_key.get_secret_value(), spec.secret_key.get_secret_value(), *catalog.secrets())
     bound = log.bind(**logs.action_context(act, batch))
     store = ArtifactStore(open_objects(spec), studio)
     existing = store.get_manifest(act.key)
     if existing is not None:
         return existing.model_dump(mode="json")
-    backend = backends.load(act.stage, act.backend)
+    try:
+        backend = catalog.load(act.stage, act.backend)
+    except (ValueError, ImportError) as exc:  # settings differ from the planner's, or a package is missing
+        raise ActionFailed(act.key, act.label, f"cannot load backend {act.backend}: {exc}", retryable=False,
+                           worker=_node()) from None
     if backend.version != act.version:
         raise ActionFailed(act.key, act.label, f"backend {act.backend} is version {backend.version} here, "
-                           f"the plan wants {act.version}: deploy the same code everywhere", retryable=False)
+                           f"the plan wants {act.version}: deploy the same code and settings everywhere",
+                           retryable=False)
     with tempfile.TemporaryDirectory(prefix="farm-") as tmp:
         # one scratch folder: inputs are named "in-NNNN.ext" by the farm, outputs by the backend
         out_dir = Path(tmp)
@@ -74,10 +84,16 @@ def execute(action: Mapping[str, Any], inputs: Mapping[str, Mapping[str, Any]], 
         bound.info("action.started")
         started = time.time()
         try:
-            result = backend.run(act.op, local, act.params, out_dir)
+            if batcher is not None:
+                result = batcher.run(act.op, BatchItem(local, act.params, out_dir))
+            elif getattr(backend, "resumable", False):
+                result = backend.run(act.op, local, act.params, out_dir, job=store.job_record(act.key))
+            else:
+                result = backend.run(act.op, local, act.params, out_dir)
         except StageError as exc:
             bound.warning("action.failed", error=str(exc), retryable=exc.retryable)
-            raise ActionFailed(act.key, act.label, str(exc), retryable=exc.retryable, worker=_node()) from None
+            raise ActionFailed(act.key, act.label, str(exc), retryable=exc.retryable, worker=_node(),
+                               retry_after=exc.retry_after) from None
         except Exception as exc:  # a bug in the backend: running it again will not help
             bound.exception("action.crashed")
             raise ActionFailed(act.key, act.label, f"{act.backend} crashed: {type(exc).__name__}: {exc}",
@@ -96,21 +112,32 @@ def execute(action: Mapping[str, Any], inputs: Mapping[str, Mapping[str, Any]], 
 
 
 @ray.remote(max_retries=2)  # system failures (a worker or node died); stage failures are retried by the caller
-def _execute_task(action, inputs, spec, studio, log_level, batch=None):
+def _execute_task(action, inputs, spec, studio, log_level, batch=None, configs=None):
     logs.configure(level=log_level, json=True)
-    return execute(action, inputs, spec, studio, batch)
+    return execute(action, inputs, spec, studio, batch, configs)
 
 
 @ray.remote(max_restarts=0)
 class StageWorker:
-    """A long-lived worker for one GPU backend: loads the backend (and its model) once, stays warm."""
+    """A long-lived worker for one GPU backend: loads the backend (and its model) once, stays warm.
+    A batching backend's worker takes ``max_batch`` actions at once and runs them together."""
 
-    def __init__(self, stage: str, backend: str, log_level: str):
+    def __init__(self, stage: str, backend: str, log_level: str, configs=None):
         logs.configure(level=log_level, json=True)
-        self.backend = backends.load(stage, backend)
+        self.backend = Catalog(configs).load(stage, backend)
+        self.batcher = Batcher(self.backend) if slots(self.backend) > 1 else None
 
-    def run(self, action, inputs, spec, studio, batch=None):
-        return execute(action, inputs, spec, studio, batch)
+    def run(self, action, inputs, spec, studio, batch=None, configs=None):
+        return execute(action, inputs, spec, studio, batch, configs, self.batcher)
+
+    def batches(self) -> list[int]:
+        """The size of every backend call so far (empty when the backend does not batch)."""
+        return list(self.batcher.calls) if self.batcher else []
+
+
+def slots(backend) -> int:
+    """How many actions one worker of ``backend`` takes at once."""
+    return max(1, int(getattr(backend, "max_batch", 1))) if hasattr(backend, "run_batch") else 1
 
 
 @dataclass
@@ -122,11 +149,19 @@ class Finished:
 
 @dataclass
 class _Pool:
-    """Warm actors of one (stage, backend, accelerator); grown to the work given, retired when idle."""
+    """Warm actors of one (stage, backend, accelerator); grown to the work given, retired when idle.
+    Each actor takes up to ``slots`` actions at once (a batching backend's ``max_batch``)."""
 
-    idle: list = field(default_factory=list)
-    busy: dict = field(default_factory=dict)  # ref -> actor
-    last_used: dict = field(default_factory=dict)  # actor id -> monotonic time
+    slots: int = 1
+    actors: dict = field(default_factory=dict)  # actor id -> actor
+    load: dict = field(default_factory=dict)  # actor id -> actions in flight
+    busy: dict = field(default_factory=dict)  # ref -> actor id
+    last_used: dict = field(default_factory=dict)  # actor id -> monotonic time it last fell idle
+
+    def pick(self) -> str | None:
+        """An actor with a free slot, the fullest first (so batches fill), or None."""
+        free = [(n, a) for a, n in self.load.items() if n < self.slots]
+        return max(free)[1] if free else None
 
 
 class RayRuntime:
@@ -134,11 +169,13 @@ class RayRuntime:
 
     Connects to ``address`` when given (or to the cluster this process already joined), else starts
     a local Ray. Each action holds the resources of its profile (settings) or its backend's own.
+    ``catalog`` holds the configured backends; their settings travel to the workers with the work.
     """
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None, log_level: str = "WARNING",
-                 idle_actor_s: float = 30.0):
+                 idle_actor_s: float = 30.0, catalog: Catalog | None = None):
         self.log_level, self.idle_actor_s = log_level, idle_actor_s
+        self.catalog = catalog or Catalog()
         self._owns = not ray.is_initialized()
         if self._owns:
             kwargs: dict[str, Any] = {"address": address, "logging_level": "WARNING",
@@ -150,15 +187,16 @@ class RayRuntime:
         self._pools: dict[tuple, _Pool] = {}
         self._totals: tuple[float, Any] | None = None
         self._specs: dict[StoreSpec, ray.ObjectRef] = {}  # put once, passed by reference to every task
+        self._configs = ray.put(self.catalog.configs) if self.catalog.configs else None
         self._task_fns: dict[float, Any] = {}
         self._requested: list[dict] = []
 
-    @staticmethod
-    def _profile(action: Action, profile=None):
+    def _profile(self, action: Action, profile=None):
         if profile is not None:
             return profile
-        res = backends.load(action.stage, action.backend).resources
-        return Profile(cpus=res.num_cpus, gpus=res.num_gpus, accelerator=res.accelerator)
+        backend = self.catalog.load(action.stage, action.backend)
+        res = backend.resources
+        return Profile(cpus=res.num_cpus, gpus=res.num_gpus / slots(backend), accelerator=res.accelerator)
 
     def submit(self, action: Action, inputs: Mapping[str, Blob], spec: StoreSpec, studio: str, profile=None,
                batch: str | None = None) -> None:
@@ -168,27 +206,32 @@ class RayRuntime:
             self._specs[spec] = ray.put(spec)
         args = (action.to_json(), {k: b.model_dump() for k, b in inputs.items()}, self._specs[spec], studio)
         if prof.gpus > 0:
-            ref = self._pool_submit(action, prof, args + (batch,))
+            ref = self._pool_submit(action, prof, args + (batch, self._configs))
         else:
             if prof.cpus not in self._task_fns:
                 self._task_fns[prof.cpus] = _execute_task.options(num_cpus=prof.cpus)
-            ref = self._task_fns[prof.cpus].remote(*args, self.log_level, batch)
+            ref = self._task_fns[prof.cpus].remote(*args, self.log_level, batch, self._configs)
         self._running[ref] = (action, prof)
 
     def _pool_submit(self, action: Action, prof, args):
         key = (action.stage, action.backend, prof.accelerator, prof.gpus, prof.cpus)
-        pool = self._pools.setdefault(key, _Pool())
-        if pool.idle:
-            actor = pool.idle.pop()
-        else:
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = _Pool(slots=slots(self.catalog.load(action.stage, action.backend)))
+        actor_id = pool.pick()
+        if actor_id is None:
             self._retire_idle(exclude=key, now=None)
-            options: dict[str, Any] = {"num_gpus": prof.gpus, "num_cpus": prof.cpus,
-                                       "name": None, "max_concurrency": 1}
+            # the actor holds the whole of what its slots' actions hold between them
+            options: dict[str, Any] = {"num_gpus": prof.gpus * pool.slots, "num_cpus": prof.cpus,
+                                       "max_concurrency": pool.slots}
             if prof.accelerator:
                 options["accelerator_type"] = prof.accelerator
-            actor = StageWorker.options(**options).remote(action.stage, action.backend, self.log_level)
-        ref = actor.run.remote(*args)
-        pool.busy[ref] = actor
+            actor = StageWorker.options(**options).remote(action.stage, action.backend, self.log_level, self._configs)
+            actor_id = actor._actor_id.hex()
+            pool.actors[actor_id], pool.load[actor_id] = actor, 0
+        ref = pool.actors[actor_id].run.remote(*args)
+        pool.load[actor_id] += 1
+        pool.busy[ref] = actor_id
         return ref
 
     def _retire_idle(self, exclude=None, now: float | None = None) -> None:
@@ -196,15 +239,16 @@ class RayRuntime:
         for key, pool in self._pools.items():
             if key == exclude:
                 continue
-            keep = []
-            for actor in pool.idle:
-                last = pool.last_used.get(actor._actor_id.hex(), 0.0)
-                if now is None or now - last > self.idle_actor_s:
-                    ray.kill(actor)
-                    pool.last_used.pop(actor._actor_id.hex(), None)
-                else:
-                    keep.append(actor)
-            pool.idle = keep
+            for actor_id, load in list(pool.load.items()):
+                if load == 0 and (now is None or now - pool.last_used.get(actor_id, 0.0) > self.idle_actor_s):
+                    self._drop(pool, actor_id)
+
+    @staticmethod
+    def _drop(pool: _Pool, actor_id: str) -> None:
+        actor = pool.actors.pop(actor_id)
+        pool.load.pop(actor_id, None)
+        pool.last_used.pop(actor_id, None)
+        ray.kill(actor)
 
     @property
     def running(self) -> int:
@@ -212,7 +256,7 @@ class RayRuntime:
 
     def actors(self) -> dict[str, int]:
         """Warm actors per pool, for status and metrics."""
-        return {f"{k[0]}/{k[1]}": len(p.idle) + len(p.busy) for k, p in self._pools.items()}
+        return {f"{k[0]}/{k[1]}": len(p.actors) for k, p in self._pools.items()}
 
     def capacity(self):
         """What the cluster could still run now: its live nodes' CPUs and GPUs less what our actions hold."""
@@ -278,7 +322,8 @@ class RayRuntime:
             cause = exc.cause if isinstance(exc.cause, Exception) else exc
             retryable = getattr(cause, "retryable", False) if isinstance(cause, FarmError) else True
             return Finished(action, None, ActionFailed(action.key, action.label, str(cause), retryable=retryable,
-                                                       worker=getattr(cause, "worker", None)))
+                                                       worker=getattr(cause, "worker", None),
+                                                       retry_after=getattr(cause, "retry_after", None)))
         except ray.exceptions.RayError as exc:  # a worker, actor or node died: try elsewhere
             actor_lost = True
             return Finished(action, None, ActionFailed(action.key, action.label, f"{type(exc).__name__}: {exc}",
@@ -286,10 +331,15 @@ class RayRuntime:
         finally:
             for pool in self._pools.values():
                 if ref in pool.busy:
-                    actor = pool.busy.pop(ref)
-                    if not actor_lost:
-                        pool.idle.append(actor)
-                        pool.last_used[actor._actor_id.hex()] = time.monotonic()
+                    actor_id = pool.busy.pop(ref)
+                    if actor_id not in pool.actors:
+                        continue
+                    if actor_lost:
+                        self._drop(pool, actor_id)
+                    else:
+                        pool.load[actor_id] -= 1
+                        if pool.load[actor_id] == 0:
+                            pool.last_used[actor_id] = time.monotonic()
 
     def cancel(self, keys) -> None:
         wanted = set(keys)
@@ -302,7 +352,7 @@ class RayRuntime:
             ray.cancel(ref)
         self._running.clear()
         for pool in self._pools.values():
-            for actor in [*pool.idle, *pool.busy.values()]:
+            for actor in pool.actors.values():
                 ray.kill(actor)
         self._pools.clear()
         if self._owns and ray.is_initialized():

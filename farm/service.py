@@ -53,25 +53,47 @@ def batch_payload(loaded_batch, settings: Settings) -> dict[str, Any]:
         "deadline": spec.deadline.timestamp() if spec.deadline else None,
         "budget": spec.budget.model_dump(),
         "webhook": spec.webhook.model_dump() if spec.webhook else None,
+        "backends": dict(spec.backends),
         "episodes": [{"series": e.series.model_dump(mode="json"), "episode": e.episode.model_dump(mode="json")}
                      for e in loaded_batch.episodes],
     }
 
 
-def profiles_for(settings: Settings) -> dict[tuple[str, str], Profile]:
+def profiles_for(settings: Settings, catalog: backends.Catalog | None = None) -> dict[tuple[str, str], Profile]:
+    """What one action of each backend holds: its declared resources, with settings' per-stage
+    overrides for the default backends. A batching backend's GPUs are shared by the actions of a
+    batch, so each holds its slice (the actor holds the whole)."""
+    catalog = catalog or settings.catalog()
+    defaults = settings.backend_names()
     out = {}
-    for stage, name in settings.backend_names().items():
-        declared = backends.load(stage, name).resources
-        override = settings.stage_resources.get(stage, {})
+    for stage, name in catalog.all():
+        if stage not in defaults:
+            continue  # a configured backend that cannot be built: ``farm backends`` says why
+        backend = catalog.load(stage, name)
+        declared = backend.resources
+        override = settings.stage_resources.get(stage, {}) if defaults[stage] == name or name not in catalog.configs else {}
+        gpus = override.get("num_gpus", declared.num_gpus)
         out[(stage, name)] = Profile(cpus=override.get("num_cpus", declared.num_cpus),
-                                     gpus=override.get("num_gpus", declared.num_gpus),
+                                     gpus=gpus / max(1, int(getattr(backend, "max_batch", 1))),
                                      accelerator=override.get("accelerator", declared.accelerator))
     return out
 
 
-def estimate(action: Action) -> tuple[float, int, float]:
-    est = backends.load(action.stage, action.backend).estimate(action.op, action.params)
-    return est.seconds, est.tokens, est.gpu_seconds
+def estimator(catalog: backends.Catalog):
+    """The controller's estimate function: (seconds, tokens, GPU-seconds) of one action."""
+    def estimate(action: Action) -> tuple[float, int, float]:
+        est = catalog.load(action.stage, action.backend).estimate(action.op, action.params)
+        return est.seconds, est.tokens, est.gpu_seconds
+    return estimate
+
+
+def episode_backends(payload: dict[str, Any], item: dict[str, Any], settings: Settings,
+                     catalog: backends.Catalog) -> dict[str, list]:
+    """Stage -> [name, version, features] of one episode: the batch's choice, else its series', else
+    settings'. Raises UnknownBackend naming the stage and the spec that asked for it."""
+    series = item["series"]
+    names = backends.resolve(settings.backend_names(), series.get("backends"), payload.get("backends"))
+    return {stage: choice.to_json() for stage, choice in catalog.choose(names).items()}
 
 
 class ControllerService:
@@ -80,16 +102,18 @@ class ControllerService:
     def __init__(self, settings_json: dict[str, Any], *, start_loop: bool = True):
         self.settings = Settings.model_validate(settings_json)
         logs.configure(level=self.settings.log_level, json=True, secrets=[
-            self.settings.s3_access_key.get_secret_value(), self.settings.s3_secret_key.get_secret_value()])
+            self.settings.s3_access_key.get_secret_value(), self.settings.s3_secret_key.get_secret_value(),
+            *self.settings.catalog().secrets()])
         self.spec = self.settings.store_spec()
         self.objects = open_objects(self.spec)
         self.journal = Journal(self.objects)
-        self.profiles = profiles_for(self.settings)
+        self.catalog = self.settings.catalog()
+        self.profiles = profiles_for(self.settings, self.catalog)
         self.controller = Controller(
-            estimate, self.profiles, prices=Prices(**self.settings.prices),
+            estimator(self.catalog), self.profiles, prices=Prices(**self.settings.prices),
             shares=[Share(**s) for s in self.settings.shares], caps=self.settings.caps,
             retry=RetryPolicy(**self.settings.retry))
-        self.runtime = RayRuntime(log_level=self.settings.log_level)
+        self.runtime = RayRuntime(log_level=self.settings.log_level, catalog=self.catalog)
         self.lock = threading.RLock()
         self._stores: dict[str, ArtifactStore] = {}
         self._done: dict[str, set[str]] = {}
@@ -276,7 +300,7 @@ class ControllerService:
                             events += self.controller.on_result(f.action.key, self._facts(f.action, store, f.manifest))
                         else:
                             events += self.controller.on_failure(f.action.key, str(f.error), f.error.retryable,
-                                                                 f.error.worker, time.time())
+                                                                 f.error.worker, time.time(), f.error.retry_after)
                     self._commit(events)
                     self._commit(self.controller.decide(time.time(), self.runtime.capacity()))
                     self.runtime.request_capacity(self.controller.wanted_capacity)
@@ -323,7 +347,10 @@ class ControllerService:
         digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:8]
         stamp = datetime.fromtimestamp(now, timezone.utc).strftime("%Y%m%d-%H%M%S")
         batch_id = f"{payload['studio']}-{stamp}-{digest}"
-        data = dict(payload, backends={s: [c.name, c.version] for s, c in backends.choose(self.settings.backend_names()).items()})
+        episodes = [dict(item, backends=episode_backends(payload, item, self.settings, self.catalog))
+                    for item in payload["episodes"]]
+        data = dict(payload, episodes=episodes,
+                    backends={s: c.to_json() for s, c in self.catalog.choose(self.settings.backend_names()).items()})
         with self.lock:
             self._store(payload["studio"])
             self._done[payload["studio"]] = self._stores[payload["studio"]].done_keys()

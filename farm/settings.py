@@ -58,6 +58,9 @@ class Settings(BaseModel):
     shares: list[dict[str, Any]] = Field(default_factory=list, description='[{"studio", "weight", "floor_gpus"}]')
     caps: dict[str, int] = Field(default_factory=dict, description="concurrency cap per backend name")
     retry: dict[str, float] = Field(default_factory=dict, description="RetryPolicy fields")
+    backends: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description='configured backends by name: {"qwen": {"kind": "openai-chat", '
+                                          '"base_url": ..., "model": ..., "api_key_env": "QWEN_KEY"}}')
 
     @field_validator("store")
     @classmethod
@@ -93,5 +96,11 @@ class Settings(BaseModel):
                          secret_key=self.s3_secret_key, secure=self.s3_secure, region=self.s3_region)
 
     def backend_names(self) -> dict[str, str]:
+        """The default backend of each stage (a series or batch spec may choose another)."""
         return {stage: getattr(self, f"backend_{stage}") for stage in STAGES}
+
+    def catalog(self):
+        from farm.backends import Catalog
+
+        return Catalog(self.backends)
 

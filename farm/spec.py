@@ -15,6 +15,10 @@ from farm.script import Line, Script, Slug, Text
 Color = Annotated[str, StringConstraints(pattern=r"^#[0-9a-fA-F]{6}$")]
 VoiceName = Annotated[str, StringConstraints(pattern=r"^[a-z]{2,3}(-[a-z0-9]{1,8})*(\+[a-z0-9]{1,12})?$")]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=80)]
+Stage = Literal["script", "image", "video", "dubbing", "assembly"]
+BackendName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")]
+# stage -> backend name (embedded, or configured in settings); names only: URLs and keys live in settings
+BackendNames = dict[Stage, BackendName]
 
 # fps values that divide 48 kHz exactly, so every shot's audio is a whole number of samples.
 FRAME_RATES = (12, 15, 24, 25, 30, 48, 50, 60)
@@ -80,6 +84,7 @@ class Series(_Spec):
     fps: int = 30
     seed: int = Field(0, ge=0)
     characters: list[Character] = Field(min_length=1)
+    backends: BackendNames = Field(default_factory=dict, description="stage -> backend name for this series")
 
     @model_validator(mode="after")
     def _consistent(self) -> "Series":
@@ -189,6 +194,7 @@ class BatchSpec(_Spec):
     episodes: list[Annotated[str, StringConstraints(min_length=1)]] = Field(
         min_length=1, description="episode files or globs, relative to the batch file")
     webhook: Webhook | None = None
+    backends: BackendNames = Field(default_factory=dict, description="stage -> backend name; wins over the series'")
 
 
 SPEC_FIELDS = sorted(

@@ -4,6 +4,17 @@ A backend is plain code: it receives its inputs as local files and its parameter
 values, writes files into ``out_dir`` and returns them with its usage. It knows nothing of Ray,
 object storage or metrics (DESIGN.md, invariant 4); the farm persists and accounts what it returns.
 
+Backends that take settings (a model server's URL, a model path) are *configured*: built as
+``Kind(name, config)`` from a mapping in settings, validated there (``ConfigError``), with a
+``version`` that digests every setting that changes the output (see ``config_version``) and never
+a secret. A configured backend may also offer:
+
+- ``check() -> str``: is it reachable and ready? (``farm backends``); raises StageError if not.
+- ``max_batch > 1`` with ``batch_key(op, params)`` and ``run_batch(op, items)``: the GPU actor
+  groups up to ``max_batch`` concurrent actions with equal ``batch_key`` into one call.
+- ``resumable = True``: ``run`` receives ``job=`` a ``JobRecord`` to save a provider's job id in
+  before waiting on it, so a restarted farm resumes waiting instead of submitting (and paying) twice.
+
 Errors a backend raises::
 
     StageError              the work failed; ``retryable`` tells the scheduler whether to try again
@@ -89,14 +100,69 @@ class Backend(Protocol):
 
 
 class StageError(Exception):
-    """A stage failed. ``retryable`` says whether running it again may succeed."""
+    """A stage failed. ``retryable`` says whether running it again may succeed; ``retry_after``
+    (seconds) is the earliest a retry may start, when the provider said so (HTTP Retry-After)."""
 
     retryable = False
 
-    def __init__(self, message: str, *, retryable: bool | None = None):
+    def __init__(self, message: str, *, retryable: bool | None = None, retry_after: float | None = None):
         super().__init__(message)
         if retryable is not None:
             self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class ConfigError(ValueError):
+    """A configured backend's settings are wrong; the message names the setting and the fix."""
+
+
+@dataclass
+class BatchItem:
+    """One action of a batched call: its local inputs, parameters and scratch folder."""
+
+    inputs: Mapping[str, Path]
+    params: Mapping[str, Any]
+    out_dir: Path
+
+
+class JobRecord(Protocol):
+    """Durable state of one action's job at a provider (ComfyUI's prompt id), kept by the farm."""
+
+    def load(self) -> dict[str, Any] | None: ...
+
+    def save(self, state: Mapping[str, Any]) -> None:
+        """Durably record ``state``; returns only once a restarted farm would read it back."""
+        ...
+
+
+def config_version(kind_version: str, config: Mapping[str, Any], affects: tuple[str, ...]) -> str:
+    """A configured backend's version: its code's version and a digest of the settings in
+    ``affects`` (those that change its output: model, steps, voices), never URLs or keys.
+
+    >>> config_version("1", {"model": "m", "base_url": "http://x"}, ("model",)) == config_version("1", {"model": "m"}, ("model",))
+    True
+    """
+    import hashlib
+    import json
+
+    chosen = {k: config[k] for k in affects if config.get(k) is not None}
+    digest = hashlib.sha256(json.dumps(chosen, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return f"{kind_version}+{digest}"
+
+
+def secret(config: Mapping[str, Any], field: str = "api_key") -> str:
+    """A secret setting: given inline as ``field`` or, better, named as ``field + "_env"`` (the
+    environment variable that holds it on the machine where the work runs)."""
+    import os
+
+    env = config.get(f"{field}_env")
+    if env:
+        value = os.environ.get(env)
+        if value is None:
+            raise StageError(f"the environment variable {env} (setting {field}_env) is not set on this machine")
+        return value
+    value = config.get(field) or ""
+    return value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)
 
 
 class ToolMissing(StageError):

@@ -5,6 +5,7 @@ Layout inside the object store, one tree per studio (tenants are apart, DESIGN.m
     <studio>/blobs/sha256/ab/abcdef…          content-addressed files
     <studio>/actions/12/1234…json             manifests: an action is done iff its manifest exists
     <studio>/episodes/<series>/<ep>/<file>    the deliverables, under a path people can read
+    <studio>/jobs/12/1234…json                a resumable backend's provider job (ComfyUI prompt id)
 
 Blobs are written before the manifest that names them (invariant 2), so a crash leaves at worst an
 orphan blob, never a manifest that points at nothing.
@@ -13,6 +14,7 @@ orphan blob, never a manifest that points at nothing.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -76,6 +78,10 @@ class ArtifactStore:
         except ValidationError as exc:
             raise StoreError(f"manifest {key} in {self.objects.describe()} is unreadable: {exc}") from exc
 
+    def job_record(self, key: str) -> "JobRecord":
+        """Where a resumable backend keeps its provider job for action ``key`` (a ComfyUI prompt id)."""
+        return JobRecord(self.objects, f"{self.studio}/jobs/{key[:2]}/{key}.json")
+
     def done_keys(self) -> set[str]:
         """Keys of every finished action, in one listing (decide "done" in bulk, not per action)."""
         names = self.objects.list(f"{self.studio}/actions/")
@@ -89,3 +95,20 @@ class ArtifactStore:
         name = self.deliverable_name(series, episode, filename)
         self.objects.copy(self._blob_name(blob.digest), name)
         return name
+
+
+class JobRecord:
+    """One action's job at a provider, durably in the store (``workers.api.JobRecord``): saved
+    before the backend waits on the job, so an action run again after a crash resumes waiting on
+    the job instead of submitting (and paying for) it twice. Kept after the action finishes, as
+    the record of which provider job made its outputs."""
+
+    def __init__(self, objects: ObjectStore, name: str):
+        self.objects, self.name = objects, check_name(name)
+
+    def load(self) -> dict | None:
+        data = self.objects.get_bytes(self.name)
+        return None if data is None else json.loads(data)
+
+    def save(self, state) -> None:
+        self.objects.put_bytes(self.name, json.dumps(dict(state), sort_keys=True).encode(), durable=True)

@@ -62,16 +62,16 @@ def _voice_args(voice: Any) -> list[str]:
     return ["-v", name, "-p", str(pitch), "-s", str(rate)]
 
 
-def _trim(src: Path, dst: Path) -> None:
+def trim_silence(src: Path, dst: Path) -> None:
     """Copy ``src`` to ``dst`` keeping the speech plus EDGE_PAD_SECONDS either side."""
     try:
         with wave.open(str(src), "rb") as w:
             rate, width, channels = w.getframerate(), w.getsampwidth(), w.getnchannels()
             raw = w.readframes(w.getnframes())
     except (wave.Error, EOFError) as exc:
-        raise StageError(f"dubbing: espeak-ng wrote an unreadable WAV: {exc}") from exc
+        raise StageError(f"dubbing: unreadable WAV from the speech engine: {exc}") from exc
     if width != 2 or channels != 1:
-        raise StageError(f"dubbing: espeak-ng wrote {channels} channel(s) of {8 * width}-bit audio, expected mono 16-bit")
+        raise StageError(f"dubbing: the speech engine wrote {channels} channel(s) of {8 * width}-bit audio, expected mono 16-bit")
     samples = array.array("h")
     samples.frombytes(raw[: len(raw) - len(raw) % 2])
     if sys.byteorder == "big":
@@ -140,7 +140,7 @@ class EspeakDubbing:
             text_file.write_text(_clean_text(text), encoding="utf-8")
             # -b 1: the file is UTF-8. No -m, so markup is spoken (or skipped), never obeyed.
             run_tool(["espeak-ng", *voice, "-b", "1", "-f", str(text_file), "-w", str(spoken)], what="dubbing")
-            _trim(spoken, trimmed)
+            trim_silence(spoken, trimmed)
             run_tool(
                 ["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(trimmed),
                  "-ar", str(sample_rate), "-ac", "1", "-c:a", "pcm_s16le",
