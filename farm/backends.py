@@ -5,7 +5,8 @@ Two kinds of backend:
 - *embedded* ones (``outline``, ``pillow``, ``ffmpeg-motion``, ``espeak-ng``, ``ffmpeg``, ``noop``)
   need no settings and are always there;
 - *configured* ones are named in settings (``FARM_BACKENDS``, JSON: name -> {"kind": ..., ...}) and
-  built from their kind's class with that mapping: an LLM server, a diffusers model, ComfyUI.
+  built from their kind's class with that mapping: an LLM server, a diffusers model, ComfyUI, or a
+  studio's own class (``"kind": "package.module:Class"``, importable on every worker).
 
 A stage's backend is chosen by name: the batch spec's ``backends`` first, then the series', then
 settings (``FARM_BACKEND_<STAGE>``). Its version (code version + a digest of the settings that change
@@ -72,6 +73,19 @@ def _digest(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def kind_class(name: str, kind: Any) -> type:
+    """The class of a backend kind: one of KINDS, or a studio's own given as "package.module:Class"."""
+    if isinstance(kind, str) and ":" in kind:
+        try:
+            return _import(kind)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"backends.{name}.kind: cannot import {kind!r}: {exc}") from None
+    if kind not in KINDS:
+        raise ConfigError(f"backends.{name}.kind: {kind!r} is not a backend kind (known: {', '.join(KINDS)}, "
+                          "or your own as package.module:Class)")
+    return _import(KINDS[kind])
+
+
 def build(name: str, config: Mapping[str, Any]) -> Backend:
     """The configured backend ``name``, built once per process for this exact configuration."""
     cache_key = (name, _digest(config))
@@ -79,10 +93,7 @@ def build(name: str, config: Mapping[str, Any]) -> Backend:
         found = _built.get(cache_key)
     if found is not None:
         return found
-    kind = config.get("kind")
-    if kind not in KINDS:
-        raise ConfigError(f"backends.{name}.kind: {kind!r} is not a backend kind (known: {', '.join(KINDS)})")
-    backend = _import(KINDS[kind])(name, config)
+    backend = kind_class(name, config.get("kind"))(name, config)
     with _built_lock:
         return _built.setdefault(cache_key, backend)
 
@@ -126,9 +137,10 @@ class Catalog:
         """The stage a configured backend serves, read from its settings (nothing is imported)."""
         config = self.configs[name]
         kind = config.get("kind")
-        if kind not in KINDS:
-            raise ConfigError(f"backends.{name}.kind: {kind!r} is not a backend kind (known: {', '.join(KINDS)})")
-        stage = KIND_STAGES.get(kind) or config.get("stage")
+        if kind in KIND_STAGES:
+            stage = KIND_STAGES[kind] or config.get("stage")
+        else:  # a studio's own class says which stage it serves
+            stage = config.get("stage") or getattr(kind_class(name, kind), "stage", None)
         if stage not in STAGES:
             raise ConfigError(f"backends.{name}.stage: give the stage it serves ({', '.join(STAGES)})")
         return stage

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from farm import backends, logs
+from farm import backends, cli_backends, logs
 from farm.errors import FarmError, SpecError
 from farm.loader import load_episode, validate_files
 from farm.settings import Settings
@@ -285,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     from farm import cli_batch, simulate
 
     cli_batch.add_parsers(sub, common)
+    cli_backends.add_parser(sub, lambda sp: None, settings_from_args)
     simulate.add_parser(sub)  # farm simulate [--bench]
     return p
 

@@ -125,7 +125,7 @@ class StageWorker:
     def __init__(self, stage: str, backend: str, log_level: str, configs=None):
         logs.configure(level=log_level, json=True)
         self.backend = Catalog(configs).load(stage, backend)
-        self.batcher = Batcher(self.backend) if slots(self.backend) > 1 else None
+        self.batcher = Batcher(self.backend, getattr(self.backend, "batch_wait_s", 0.02)) if slots(self.backend) > 1 else None
 
     def run(self, action, inputs, spec, studio, batch=None, configs=None):
         return execute(action, inputs, spec, studio, batch, configs, self.batcher)

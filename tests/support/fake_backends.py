@@ -1,0 +1,90 @@
+"""Configured backends for testing the farm's handling of backends (not the media):
+``kind: tests.support.fake_backends:Batching`` and ``...:Resumable`` in a test's settings."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from workers.api import BatchItem, Estimate, Resources, StageError, StageResult, Usage, config_version
+
+
+class Batching:
+    """A keyframe drawer that batches: each output file names the batch it was drawn in."""
+
+    stage, kind = "image", "tests.support.fake_backends:Batching"
+    ops = ("sheet", "keyframe")
+    features: tuple[str, ...] = ()
+    tools: tuple[str, ...] = ()
+
+    def __init__(self, name: str, config: Mapping[str, Any]):
+        self.name, self.max_batch = name, int(config.get("max_batch", 4))
+        self.delay_s = float(config.get("delay_s", 0.2))
+        self.batch_wait_s = float(config.get("batch_wait_s", 0.02))
+        self.version = config_version("1", config, ("flavour",))
+        self.resources = Resources(num_cpus=0, num_gpus=float(config.get("num_gpus", 1)))
+
+    def estimate(self, op: str, params: Mapping[str, Any]) -> Estimate:
+        return Estimate(seconds=self.delay_s, gpu_seconds=self.delay_s)
+
+    def batch_key(self, op: str, params: Mapping[str, Any]) -> Any:
+        return params.get("width"), params.get("height")
+
+    def run(self, op, inputs, params, out_dir) -> StageResult:
+        result = self.run_batch(op, [BatchItem(inputs, params, out_dir)])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def run_batch(self, op: str, items: list[BatchItem]) -> list[StageResult | StageError]:
+        time.sleep(self.delay_s)
+        out = []
+        for item in items:
+            if "fail" in str(item.params.get("description", "")):
+                out.append(StageError("asked to fail"))
+                continue
+            files = {}
+            for output in (("sheet", "figure") if op == "sheet" else ("keyframe",)):
+                files[output] = Path(item.out_dir) / f"{output}.txt"
+                files[output].write_text(f"{op} {item.params.get('seed')} in a batch of {len(items)} pid {os.getpid()}")
+            out.append(StageResult(files=files, meta={"batch": len(items)},
+                                   usage=Usage(gpu_seconds=self.delay_s / len(items), model="fake")))
+        return out
+
+
+class Resumable:
+    """Submits a "job" once (a file in ``jobs_dir``) and waits for ``done`` to appear beside it."""
+
+    stage, kind = "image", "tests.support.fake_backends:Resumable"
+    ops = ("sheet", "keyframe")
+    resumable = True
+    features: tuple[str, ...] = ()
+    tools: tuple[str, ...] = ()
+    resources = Resources(num_cpus=0.5)
+
+    def __init__(self, name: str, config: Mapping[str, Any]):
+        self.name, self.jobs = name, Path(config["jobs_dir"])
+        self.version = config_version("1", config, ())
+
+    def estimate(self, op, params) -> Estimate:
+        return Estimate(seconds=1.0)
+
+    def run(self, op, inputs, params, out_dir, job=None) -> StageResult:
+        state = job.load() if job is not None else None
+        if state is None:
+            submitted = sorted(self.jobs.glob("job-*"))
+            state = {"job": f"job-{len(submitted)}"}
+            (self.jobs / state["job"]).write_text(f"{op} {params.get('seed')}")
+            job.save(state)
+        deadline = time.monotonic() + 60
+        while not (self.jobs / f"{state['job']}.done").exists():
+            if time.monotonic() > deadline:
+                raise StageError("the job did not finish", retryable=True)
+            time.sleep(0.05)
+        files = {}
+        for output in (("sheet", "figure") if op == "sheet" else ("keyframe",)):
+            files[output] = Path(out_dir) / f"{output}.txt"
+            files[output].write_text(f"{op} made by {state['job']}")
+        return StageResult(files=files, usage=Usage(provider_job_id=state["job"]))

@@ -1,0 +1,311 @@
+"""Choosing and running configured backends: the catalogue, per-series and per-batch choices,
+batching on GPU workers, provider jobs that outlive a crash, and an episode rendered end to end
+through an OpenAI-compatible script writer and speech server with its tokens accounted."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from farm import backends
+from farm.backends import Catalog, UnknownBackend, resolve
+from farm.batching import Batcher
+from farm.cli import main as farm_main, preflight
+from farm.errors import ActionFailed, SpecError
+from farm.loader import load_episode
+from farm.manifest import Manifest
+from farm.plan import Action
+from farm.settings import Settings
+from farm.store import ArtifactStore, LocalStore
+from tests.conftest import SMALL_SCRIPT, SMALL_SERIES, write_specs
+from workers.api import BatchItem, ConfigError, StageError
+
+BATCHING = "tests.support.fake_backends:Batching"
+RESUMABLE = "tests.support.fake_backends:Resumable"
+CHAT = {"kind": "openai-chat", "base_url": "http://127.0.0.1:9/v1", "model": "m1", "api_key": "sk-secret-1"}
+
+
+# -- the catalogue -------------------------------------------------------------------------------
+def test_catalog_lists_embedded_and_configured_backends():
+    catalog = Catalog({"llm": CHAT, "tts": {"kind": "openai-speech", "base_url": "http://h/v1", "model": "t",
+                                            "voices": {"*": "alloy"}}})
+    assert catalog.names("script") == ["outline", "noop", "llm"]
+    assert catalog.names("dubbing") == ["espeak-ng", "noop", "tts"]
+    assert catalog.load("script", "llm") is catalog.load("script", "llm")  # built once per process
+    with pytest.raises(UnknownBackend, match="does script, not image"):
+        catalog.load("image", "llm")
+    with pytest.raises(UnknownBackend, match=r"no video backend named 'nope' \(known: ffmpeg-motion, noop\)"):
+        catalog.load("video", "nope")
+
+
+def test_version_digests_what_changes_the_output_not_urls_or_keys():
+    def version(**change):
+        return Catalog({"llm": CHAT | change}).choose({"script": "llm"})["script"].version
+
+    assert version() == version(base_url="http://elsewhere:8000/v1") == version(api_key="sk-other")
+    assert version(model="m2") != version()
+    assert "sk-secret" not in version()
+
+
+def test_bad_settings_name_the_backend_and_field():
+    catalog = Catalog({"llm": {"kind": "openai-chat", "model": "m"}, "x": {"kind": "teleport"},
+                       "own": {"kind": "no.such.module:Thing"}})
+    problems = "\n".join(catalog.problems())
+    assert "backends.llm.base_url" in problems
+    with pytest.raises(ConfigError, match=r"backends\.x\.kind: 'teleport' is not a backend kind"):
+        catalog.load("image", "x")
+    with pytest.raises(ConfigError, match=r"backends\.own\.kind: cannot import"):
+        catalog.load("image", "own")
+    with pytest.raises(ConfigError, match="taken by an embedded backend"):
+        Catalog({"pillow": CHAT})
+
+
+def test_batch_choice_wins_over_series_which_wins_over_settings():
+    defaults = Settings().backend_names()
+    names = resolve(defaults, {"image": "series-image", "script": "series-script"}, {"image": "batch-image"})
+    assert names == defaults | {"image": "batch-image", "script": "series-script"}
+
+
+def test_a_spec_naming_an_unknown_backend_is_refused_with_file_and_field(tmp_path):
+    series = SMALL_SERIES | {"backends": {"image": "flux"}}
+    episode = write_specs(tmp_path, series=series)
+    with pytest.raises(SpecError) as err:
+        preflight(Settings(store=str(tmp_path / "store")), [load_episode(episode)])
+    assert str(tmp_path / "series.yaml") in str(err.value)
+    assert "backends.image: no image backend named 'flux'" in str(err.value)
+    assert not (tmp_path / "store").exists()  # nothing ran
+
+
+def test_a_series_chooses_its_backend(tmp_path):
+    """The series' choice reaches the plan: its actions carry the backend and its version."""
+    from farm.render import EpisodeRender
+
+    class Runtime:  # planning only: nothing is submitted before the first plan is made
+        catalog = Catalog({"fast": {"kind": BATCHING, "flavour": "x"}})
+
+    episode = write_specs(tmp_path, series=SMALL_SERIES | {"backends": {"image": "fast"}})
+    render = EpisodeRender(load_episode(episode), Settings(store=str(tmp_path / "store")), Runtime())
+    chosen = render.job.backends["image"]
+    assert chosen.name == "fast" and chosen.version == Runtime.catalog.load("image", "fast").version
+    assert render.job.backends["video"].name == "ffmpeg-motion"
+
+
+# -- batching ------------------------------------------------------------------------------------
+def _in_threads(batcher, items):
+    results: list = [None] * len(items)
+
+    def one(i, op, params):
+        try:
+            results[i] = batcher.run(op, BatchItem({}, params, items[i][2]))
+        except StageError as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=one, args=(i, op, params)) for i, (op, params, _) in enumerate(items)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return results
+
+
+def test_batcher_groups_concurrent_actions_with_equal_keys(tmp_path):
+    from tests.support.fake_backends import Batching
+
+    backend = Batching("b", {"max_batch": 3, "delay_s": 0.05})
+    batcher = Batcher(backend, wait_s=5.0)  # generous: the batch fills long before on any machine
+    dirs = [tmp_path / str(i) for i in range(4)]
+    for d in dirs:
+        d.mkdir()
+    same = {"width": 64, "height": 64}
+    items = [("keyframe", same | {"seed": i}, dirs[i]) for i in range(3)]
+    results = _in_threads(batcher, items)
+    assert batcher.calls == [3]
+    assert [r.meta["batch"] for r in results] == [3, 3, 3]
+    # a different size cannot share the call; a failing item fails alone
+    batcher = Batcher(backend, wait_s=0.05)
+    items = [("keyframe", same | {"seed": 1}, dirs[0]), ("keyframe", {"width": 32, "height": 32, "seed": 2}, dirs[1]),
+             ("keyframe", same | {"seed": 3, "description": "fail"}, dirs[2])]
+    results = _in_threads(batcher, items)
+    assert sorted(batcher.calls) in ([1, 1, 1], [1, 2])
+    assert isinstance(results[2], StageError) and not isinstance(results[0], Exception)
+    assert results[1].meta["batch"] == 1
+
+
+@pytest.fixture(scope="module")
+def ray_gpu():
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+def _action(backend, n: int, **params) -> Action:
+    params = {"width": 64, "height": 64, "seed": n, "description": "d"} | params
+    return Action(key=f"{n:064x}", stage="image", op="keyframe", backend=backend.name, version=backend.version,
+                  params=params, inputs={}, label=f"keyframe {n}")
+
+
+@pytest.mark.ray
+def test_gpu_worker_runs_a_batch_in_one_call_and_holds_one_gpu(ray_gpu, tmp_path):
+    """Three actions of a backend with max_batch 3 share one GPU worker and one backend call; each
+    holds a third of the GPU in the farm's accounting, the worker the whole GPU in Ray's."""
+    from farm.runtime import RayRuntime
+    from farm.settings import StoreSpec
+
+    catalog = Catalog({"fake": {"kind": BATCHING, "max_batch": 3, "delay_s": 0.3, "batch_wait_s": 5}})
+    backend = catalog.load("image", "fake")
+    runtime = RayRuntime(catalog=catalog)
+    spec = StoreSpec(url=str(tmp_path / "store"))
+    for n in range(3):
+        runtime.submit(_action(backend, n), {}, spec, "studio-a")
+    assert runtime.capacity().gpus_by_accelerator[None] == pytest.approx(0.0)
+    done = []
+    while len(done) < 3:
+        done += runtime.wait(timeout=60)
+    assert all(f.error is None for f in done), [f.error for f in done]
+    assert runtime.actors() == {"image/fake": 1}
+    assert sorted(f.manifest.meta["batch"] for f in done) == [3, 3, 3]
+    assert sum(f.manifest.usage.gpu_seconds for f in done) == pytest.approx(0.3)
+    runtime.shutdown()
+
+
+# -- provider jobs outlive a crash ---------------------------------------------------------------
+def _run_in_child(action_json, spec_json, configs):
+    from farm.runtime import execute
+    from farm.settings import StoreSpec
+
+    execute(action_json, {}, StoreSpec.model_validate(spec_json), "studio-a", configs=configs)
+
+
+def test_a_provider_job_is_resumed_after_a_crash_not_submitted_again(tmp_path):
+    """The job id is saved before waiting; after the worker is killed, the action run again waits
+    on the same job (one submission) and its manifest names it."""
+    from farm.runtime import execute
+    from farm.settings import StoreSpec
+
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    configs = {"slow": {"kind": RESUMABLE, "jobs_dir": str(jobs)}}
+    backend = Catalog(configs).load("image", "slow")
+    action = _action(backend, 7)
+    spec = StoreSpec(url=str(tmp_path / "store"))
+    child = multiprocessing.get_context("spawn").Process(
+        target=_run_in_child, args=(action.to_json(), spec.model_dump(mode="json"), configs))
+    child.start()
+    store = ArtifactStore(LocalStore(tmp_path / "store"), "studio-a")
+    deadline = time.monotonic() + 60
+    while store.job_record(action.key).load() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert store.job_record(action.key).load() == {"job": "job-0"}
+    child.kill()  # the farm dies while the provider works
+    child.join()
+    (jobs / "job-0.done").write_text("")
+    manifest = Manifest.model_validate(execute(action.to_json(), {}, spec, "studio-a", configs=configs))
+    assert sorted(p.name for p in jobs.iterdir()) == ["job-0", "job-0.done"]  # submitted once
+    assert manifest.usage.provider_job_id == "job-0"
+
+
+def test_retry_after_from_the_provider_delays_the_retry():
+    """A 429's Retry-After outlasts the policy's short backoff: the retry is not ready before it."""
+    from farm.policy import RetryPolicy
+    from tests.test_controller import CAPACITY, Harness
+
+    h = Harness(retry=RetryPolicy(base_s=0.001, max_delay_s=0.001))
+    h.submit()
+    h.commit(h.c.decide(h.now, CAPACITY))
+    key = next(k for k, s in h.c.actions.items() if s.status == "running")
+    h.commit(h.c.on_failure(key, "429 Too Many Requests", True, "node-a", h.now, retry_after=30.0))
+    retry = h.log[-1]
+    assert retry.type == "action.retry" and retry.data["not_before"] == pytest.approx(h.now + 30.0)
+    assert key not in {s.action.key for s in h.c.ready(h.now + 29.0)}
+    assert key in {s.action.key for s in h.c.ready(h.now + 30.5)}
+
+
+# -- end to end: an LLM script, API speech, tokens accounted -------------------------------------
+@pytest.mark.ray
+@pytest.mark.media
+@pytest.mark.e2e
+def test_render_with_llm_script_and_api_speech_accounts_tokens(tmp_path, monkeypatch):
+    from farm.plan import EpisodeJob, script_params
+    from farm.spec import Episode, Series
+    from tests.support.openai_server import Answer, openai_server
+    from workers.script.outline import write_script
+
+    outline = [{"beat": "Ana hears a knock", "location": "kitchen", "time_of_day": "night", "characters": ["bo"],
+                "lines": [{"speaker": "ana", "text": "Who's there?"}, {"speaker": "bo", "text": "Only me."}]}]
+    episode = {"series": "series.yaml", "number": 1, "title": "Knock", "target_seconds": 30, "outline": outline}
+    path = write_specs(tmp_path / "specs", episode=episode)
+    job = EpisodeJob("default", "default", Series.model_validate(SMALL_SERIES), Episode.model_validate(episode), {})
+    script = write_script(script_params(job)).model_dump(mode="json")
+    import ray
+
+    ray.shutdown()  # farm render starts its own local Ray, whose workers inherit E2E_KEY from this process
+    with openai_server(api_key="sk-e2e-secret") as server:
+        server.plan(Answer(content=json.dumps(script), usage=(1200, 340)))
+        configs = {
+            "llm": {"kind": "openai-chat", "base_url": server.base_url, "model": "test-chat", "api_key_env": "E2E_KEY"},
+            "tts": {"kind": "openai-speech", "base_url": server.base_url, "model": "test-tts",
+                    "api_key_env": "E2E_KEY", "voices": {"ana": "coral", "*": "onyx"}},
+        }
+        monkeypatch.setenv("E2E_KEY", "sk-e2e-secret")
+        monkeypatch.setenv("FARM_BACKENDS", json.dumps(configs))
+        monkeypatch.setenv("FARM_BACKEND_SCRIPT", "llm")
+        monkeypatch.setenv("FARM_BACKEND_DUBBING", "tts")
+        textfile = tmp_path / "farm.prom"
+        code = farm_main(["render", str(path), "--store", str(tmp_path / "store"), "--num-cpus", "2",
+                          "--metrics-textfile", str(textfile), "--out", str(tmp_path / "out")])
+        assert code == 0
+        speech = [r for r in server.requests if r.path.endswith("/audio/speech")]
+    assert [r.body["voice"] for r in speech] == ["coral", "onyx"]
+    assert all(r.headers["authorization"] == "Bearer sk-e2e-secret" for r in server.requests)
+    store = ArtifactStore(LocalStore(tmp_path / "store"), "default")
+    manifests = [store.get_manifest(k) for k in store.done_keys()]
+    by_stage = {}
+    for m in manifests:
+        by_stage.setdefault(m.stage, []).append(m)
+    (script_manifest,) = by_stage["script"]
+    assert (script_manifest.backend, script_manifest.usage.tokens_in, script_manifest.usage.tokens_out) == ("llm", 1200, 340)
+    assert sorted(m.usage.tokens_in for m in by_stage["dubbing"]) == sorted([len("Who's there?"), len("Only me.")])
+    metrics = textfile.read_text()
+    assert 'farm_tokens_total{direction="in",model="test-chat",stage="script",studio="default"} 1200.0' in metrics
+    assert 'farm_tokens_total{direction="out",model="test-chat",stage="script",studio="default"} 340.0' in metrics
+    assert "sk-e2e-secret" not in json.dumps([m.model_dump(mode="json") for m in manifests])
+
+
+# -- farm backends -------------------------------------------------------------------------------
+def test_farm_backends_lists_and_checks_each_backend(monkeypatch, capsys):
+    from tests.support.openai_server import openai_server
+
+    with openai_server(api_key="sk-list-secret") as server:
+        configs = {"llm": {"kind": "openai-chat", "base_url": server.base_url, "model": "test-chat",
+                           "api_key": "sk-list-secret"},
+                   "gone": {"kind": "openai-chat", "base_url": "http://127.0.0.1:9/v1", "model": "m"},
+                   "bad": {"kind": "openai-speech", "model": "t"}}
+        monkeypatch.setenv("FARM_BACKENDS", json.dumps(configs))
+        monkeypatch.setenv("FARM_BACKEND_SCRIPT", "llm")
+        code = farm_main(["backends", "--json"])
+    out = capsys.readouterr().out
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert code == 1  # something is unreachable: a scheduler can gate on it
+    assert rows["llm"]["ok"] and rows["llm"]["default"] and "test-chat" in rows["llm"]["status"]
+    assert rows["outline"]["ok"] and not rows["outline"]["default"]
+    assert not rows["gone"]["ok"] and "cannot reach 127.0.0.1:9" in rows["gone"]["status"]
+    assert not rows["bad"]["ok"] and "backends.bad.base_url" in rows["bad"]["status"]
+    assert rows["espeak-ng"]["ok"] == all(map(shutil_which, ("espeak-ng", "ffmpeg")))
+    assert "sk-list-secret" not in out
+
+
+def shutil_which(tool):
+    import shutil
+
+    return shutil.which(tool) is not None
