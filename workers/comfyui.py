@@ -1,0 +1,732 @@
+"""Image and video stages on a ComfyUI server, driven by workflow templates (kind "comfyui").
+
+Studios build their pipelines in ComfyUI and export them in API format ("Export (API)"); the farm
+fills in what changes per action (prompt, seed, size, frames, uploaded images) at nodes the
+settings name, and post-processes what comes back into exactly what the embedded backends make,
+so the rest of the farm cannot tell the difference: keyframes are exactly width x height PNGs, a
+sheet also yields an RGBA "figure", and clips are re-encoded with ``workers.video.motion``'s
+encoder settings, so they concatenate by stream copy with every other clip.
+
+Generation on a GPU server is slow and paid for, so a job must survive the farm: the prompt id is
+chosen here and saved in the farm's ``JobRecord`` before it is submitted (ComfyUI takes a client's
+``prompt_id``; an older one that picks its own gets that saved right after), and a run that finds a
+saved id waits on that job instead of submitting again. Only when the server no longer knows the
+id (not in /history, not in /queue: it restarted) is the workflow submitted anew, and the result's
+meta says so.
+
+The template files are read once, when the backend is built; their content (not their path) and
+the input/output mapping enter ``version``, so editing a workflow changes every key it makes while
+moving the server (``base_url``) changes none.
+
+Example settings (FARM_BACKENDS)::
+
+    {"comfy-img": {"kind": "comfyui", "stage": "image", "base_url": "http://comfy:8188",
+                   "workflows": {"sheet": "/etc/farm/sheet.json", "keyframe": "/etc/farm/keyframe.json"},
+                   "inputs": {"keyframe": {"prompt": ["6", "text"], "seed": ["3", "seed"],
+                                           "width": ["5", "width"], "height": ["5", "height"],
+                                           "figure1": ["10", "image"]},
+                              "sheet": {"prompt": ["6", "text"], "seed": ["3", "seed"]}},
+                   "outputs": {"keyframe": {"keyframe": "9"}, "sheet": {"sheet": "9"}}}}
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import json
+import re
+import resource
+import shutil
+import time
+import urllib.parse
+import uuid
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from PIL import Image, ImageChops, ImageOps, ImageSequence, ImageStat
+from pydantic import ConfigDict, Field, field_validator
+
+from workers._http import Response, call, join
+from workers.api import (ConfigError, Estimate, JobRecord, Resources, StageError, StageResult, Usage,
+                         config_version, run_tool, secret)
+from workers.configured import BackendSettings, parse
+from workers.video.motion import ENCODER_ARGS, TIMESCALE_ARGS, VIDEO_TIMESCALE
+
+KIND, KIND_VERSION = "comfyui", "1"
+
+STAGE_OPS = {"image": ("sheet", "keyframe"), "video": ("clip",)}
+# output name -> required?  (a sheet's figure is derived from the sheet when no node makes one)
+OUTPUTS = {"sheet": {"sheet": True, "figure": False}, "keyframe": {"keyframe": True}, "clip": {"clip": True}}
+MAX_FIGURES = 8  # a keyframe template may take the figures of up to this many characters in frame
+_COMMON_INPUTS = ("prompt", "seed", "width", "height")
+INPUTS = {
+    "sheet": _COMMON_INPUTS,
+    "keyframe": (*_COMMON_INPUTS, *(f"figure{i}" for i in range(1, MAX_FIGURES + 1))),
+    "clip": (*_COMMON_INPUTS, "frames", "fps", "image", "last_image"),
+}
+# inputs filled with an uploaded image; when the action has none, the node they name is removed
+_IMAGE_INPUT = re.compile(r"^(image|last_image|figure\d+)$")
+_VIDEO_SUFFIXES = {".mp4", ".webm", ".mov", ".mkv", ".m4v", ".avi"}
+_POLL_FAILURES = 5  # consecutive failed polls (server restarting, network blip) before giving up
+_QUEUE_CHECK_EVERY = 10  # polls; /queue carries every queued workflow, so it is not asked each time
+_KEY_LOW, _KEY_HIGH = 24, 64  # colour distance from the background: transparent below, opaque above
+
+_FRAMING = {"wide": "wide shot, full bodies within the surroundings", "medium": "medium shot, waist up",
+            "close": "close-up on the face"}
+_CAMERA = {"static": "static camera, locked-off shot", "push_in": "the camera slowly pushes in",
+           "pull_out": "the camera slowly pulls out", "pan_left": "the camera pans slowly to the left",
+           "pan_right": "the camera pans slowly to the right", "pan_up": "the camera tilts slowly up",
+           "pan_down": "the camera tilts slowly down"}
+
+
+class ComfyUISettings(BackendSettings):
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+    kind: Literal["comfyui"] = "comfyui"
+    stage: Literal["image", "video"]
+    base_url: str = Field(description="the ComfyUI server: http://comfy:8188")
+    workflows: dict[str, str] = Field(description="op -> path of an API-format workflow JSON file")
+    inputs: dict[str, dict[str, tuple[str, str]]] = Field(default_factory=dict,
+                                                         description="op -> input name -> [node id, field]")
+    outputs: dict[str, dict[str, str]] = Field(default_factory=dict,
+                                               description="op -> output name -> id of the node saving it")
+    poll_interval_s: float = Field(1.0, gt=0, le=60)
+    timeout_s: float = Field(3600.0, gt=0, le=86_400)  # the longest a run waits on one job
+    request_timeout_s: float = Field(30.0, gt=0, le=600)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urllib.parse.urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be the http(s) URL of the ComfyUI server, such as http://comfy:8188")
+        return value.rstrip("/")
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _is_link(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)
+
+
+def _save_nodes(template: Mapping[str, Any]) -> str:
+    found = [f"{nid} ({node['class_type']})" for nid, node in template.items()
+             if any(w in node["class_type"] for w in ("Save", "Preview", "VideoCombine"))]
+    return ", ".join(found) or "none found"
+
+
+def load_templates(name: str, s: ComfyUISettings) -> dict[str, dict[str, Any]]:
+    """Read and check every workflow and mapping; raise one ConfigError listing every problem."""
+    where = f"backends.{name}"
+    problems: list[str] = []
+    ops = STAGE_OPS[s.stage]
+    for op in s.workflows:
+        if op not in ops:
+            problems.append(f"{where}.workflows.{op}: a {s.stage} backend does {', '.join(ops)}; remove {op!r}")
+    for op in ops:
+        if op not in s.workflows:
+            problems.append(f"{where}.workflows.{op}: missing; give the path of an API-format workflow for {op}")
+    templates: dict[str, dict[str, Any]] = {}
+    for op, path_text in s.workflows.items():
+        if op not in ops:
+            continue
+        path = Path(path_text)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            problems.append(f"{where}.workflows.{op}: {path} does not exist; give the path of the workflow file")
+            continue
+        except (OSError, ValueError) as exc:
+            problems.append(f"{where}.workflows.{op}: {path} is not readable JSON ({exc})")
+            continue
+        if not isinstance(data, dict) or not data or "nodes" in data and isinstance(data.get("nodes"), list):
+            problems.append(f"{where}.workflows.{op}: {path} is not an API-format workflow (an object of node "
+                            "id -> {class_type, inputs}); export it from ComfyUI with 'Export (API)'")
+            continue
+        bad = [nid for nid, node in data.items() if not isinstance(node, dict)
+               or not isinstance(node.get("class_type"), str) or not isinstance(node.get("inputs"), dict)]
+        if bad:
+            problems.append(f"{where}.workflows.{op}: in {path}, node(s) {', '.join(bad)} lack class_type or "
+                            "inputs; export the workflow with 'Export (API)'")
+            continue
+        for nid, node in data.items():
+            for field, value in node["inputs"].items():
+                if _is_link(value) and value[0] not in data:
+                    problems.append(f"{where}.workflows.{op}: in {path}, node {nid} input {field!r} links to "
+                                    f"node {value[0]!r}, which is not in the workflow")
+        templates[op] = data
+    for op, mapping in s.inputs.items():
+        if op not in ops:
+            problems.append(f"{where}.inputs.{op}: a {s.stage} backend does {', '.join(ops)}; remove {op!r}")
+            continue
+        template = templates.get(op)
+        for input_name, (nid, field) in mapping.items():
+            here = f"{where}.inputs.{op}.{input_name}"
+            if input_name not in INPUTS[op]:
+                problems.append(f"{here}: unknown input; {op} fills {', '.join(INPUTS[op][:8])}"
+                                + (", ..." if len(INPUTS[op]) > 8 else ""))
+            elif template is None:
+                continue
+            elif nid not in template:
+                problems.append(f"{here}: node {nid!r} is not in {s.workflows[op]} (its nodes: "
+                                f"{', '.join(sorted(template, key=str))}); give [node id, field] of that workflow")
+            elif field not in template[nid]["inputs"]:
+                problems.append(f"{here}: node {nid} ({template[nid]['class_type']}) has no input {field!r} "
+                                f"(it has: {', '.join(template[nid]['inputs'])})")
+            elif _IMAGE_INPUT.match(input_name) and _is_link(template[nid]["inputs"][field]):
+                problems.append(f"{here}: node {nid} input {field!r} is a link; name the file field of a "
+                                "LoadImage node")
+    for op, mapping in s.outputs.items():
+        if op not in ops:
+            problems.append(f"{where}.outputs.{op}: a {s.stage} backend does {', '.join(ops)}; remove {op!r}")
+            continue
+        for out, nid in mapping.items():
+            if out not in OUTPUTS[op]:
+                problems.append(f"{where}.outputs.{op}.{out}: {op} makes {', '.join(OUTPUTS[op])}")
+            elif op in templates and nid not in templates[op]:
+                problems.append(f"{where}.outputs.{op}.{out}: node {nid!r} is not in {s.workflows[op]}; give the "
+                                f"id of the node saving it (saving nodes there: {_save_nodes(templates[op])})")
+    for op in ops:
+        for out, required in OUTPUTS[op].items():
+            if required and out not in s.outputs.get(op, {}) and op in templates:
+                problems.append(f"{where}.outputs.{op}.{out}: missing; give the id of the node saving the {out} "
+                                f"(saving nodes in {s.workflows[op]}: {_save_nodes(templates[op])})")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return templates
+
+
+def action_seed(params: Mapping[str, Any]) -> int:
+    """The sampler seed of an action: fixed by its params (a sheet's: the series seed and the
+    character; a keyframe's: its [episode seed, shot]; a clip, which has none: all its params)."""
+    if "seed" in params:
+        basis: Any = {"seed": params["seed"], "character": (params.get("character") or {}).get("id")}
+    else:
+        basis = dict(params)
+    return int.from_bytes(hashlib.sha256(_canonical(basis).encode()).digest()[:8], "big") % 2**32
+
+
+def prompt_text(op: str, params: Mapping[str, Any]) -> str:
+    """The positive prompt for ``op``, from the action's params (user text stays a JSON value)."""
+    style = str((params.get("style") or {}).get("description") or "")
+    if op == "sheet":
+        c = params["character"]
+        look = str((c.get("look") or {}).get("description") or "")
+        parts = [f"Character turnaround sheet of {c.get('name', '')}: {look}",
+                 "front view, three-quarter view and side view, full body, standing, plain flat background",
+                 f"Style: {style}"]
+    elif op == "keyframe":
+        parts = [str(params.get("description", "")),
+                 f"Location: {params.get('location', '')}, {params.get('time_of_day', '')}",
+                 _FRAMING.get(str(params.get("framing")), ""), f"Style: {style}"]
+    else:
+        parts = [_CAMERA.get(str(params.get("camera")), ""),
+                 "subtle natural motion, characters and lighting stay consistent"]
+    return ". ".join(p.strip().rstrip(".") for p in parts if p.strip()) + "."
+
+
+def _round8(value: int) -> int:
+    """Latent sizes are multiples of 8; round up, so the result is cropped rather than stretched."""
+    return max(8, -(-int(value) // 8) * 8)
+
+
+def _multipart(fields: Mapping[str, str], file_field: str, filename: str, data: bytes, mime: str) -> tuple[bytes, str]:
+    boundary = f"farm{uuid.uuid4().hex}"
+    out = io.BytesIO()
+    for key, value in fields.items():
+        out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n'.encode())
+    out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{file_field}"; filename="{filename}"\r\n'
+              f"Content-Type: {mime}\r\n\r\n".encode())
+    out.write(data)
+    out.write(f"\r\n--{boundary}--\r\n".encode())
+    return out.getvalue(), f"multipart/form-data; boundary={boundary}"
+
+
+def key_out_background(image: Image.Image) -> tuple[Image.Image, bool]:
+    """RGBA ``image`` with its background (the median colour of its border) made transparent and
+    cropped to what is left; ``False`` when nothing stood out from the background (left opaque)."""
+    rgb = image.convert("RGB")
+    w, h = rgb.size
+    strips = [rgb.crop((0, 0, w, 1)), rgb.crop((0, h - 1, w, h)),
+              rgb.crop((0, 0, 1, h)).transpose(Image.Transpose.ROTATE_90),
+              rgb.crop((w - 1, 0, w, h)).transpose(Image.Transpose.ROTATE_90)]
+    border = Image.new("RGB", (2 * w + 2 * h, 1))
+    x = 0
+    for strip in strips:
+        border.paste(strip, (x, 0))
+        x += strip.width
+    bg = tuple(int(v) for v in ImageStat.Stat(border).median)
+    r, g, b = ImageChops.difference(rgb, Image.new("RGB", rgb.size, bg)).split()
+    distance = ImageChops.lighter(ImageChops.lighter(r, g), b)
+    span = _KEY_HIGH - _KEY_LOW
+    alpha = distance.point(lambda v: 0 if v <= _KEY_LOW else 255 if v >= _KEY_HIGH else (v - _KEY_LOW) * 255 // span)
+    box = alpha.getbbox()
+    out = rgb.convert("RGBA")
+    if box is None:
+        return out, False
+    out.putalpha(alpha)
+    return out.crop(box), True
+
+
+def derive_figure(sheet: Image.Image) -> tuple[Image.Image, str]:
+    """A character's figure from a turnaround sheet: the front view (the left third of a landscape
+    sheet, where turnarounds put it; all of a portrait one) with its background keyed out."""
+    w, h = sheet.size
+    panel = sheet.crop((0, 0, max(1, w // 3), h)) if w > h * 1.1 else sheet
+    figure, keyed = key_out_background(panel)
+    how = "the left third of the sheet (the front view)" if panel is not sheet else "the whole sheet"
+    note = (f"derived from the sheet: {how} with its background colour keyed out" if keyed else
+            f"derived from the sheet: {how}, left opaque (nothing stood out from the background)")
+    return figure, note
+
+
+class _NoRecord:
+    def load(self) -> dict[str, Any] | None:
+        return None
+
+    def save(self, state: Mapping[str, Any]) -> None:
+        pass
+
+
+class ComfyUI:
+    """Image (``sheet``, ``keyframe``) or video (``clip``) stage on a ComfyUI server.
+
+    Inputs a template can take (settings ``inputs.<op>.<name>: [node id, field]``): ``prompt`` (text
+    built from the params), ``seed`` (``action_seed``), ``width``/``height`` (rounded up to a
+    multiple of 8), for clips ``frames``, ``fps``, ``image`` (the keyframe) and ``last_image`` (the
+    next shot's keyframe, when the plan gives one: mapping it turns on the "last_frame" feature),
+    and for keyframes ``figure1``..``figure8`` (the figures of the characters in frame, in order).
+    Images are uploaded under names made from their digest. An image input the action lacks (no
+    ``last``, fewer characters than figure slots) removes its node from the workflow, along with
+    the links to it, so the input it fed must be optional (as ``end_image`` of a first/last-frame
+    node is).
+
+    Outputs (settings ``outputs.<op>.<name>: node id``): sheet "sheet" (and "figure" if a node
+    makes one, else derived: see ``derive_figure``), keyframe "keyframe" (resized and cropped to
+    exactly width x height), clip "clip" (video, animated image or a list of frames, retimed to
+    exactly ``frames`` frames at ``fps`` and encoded with motion's ENCODER_ARGS).
+
+    Raises StageError: not retryable for a workflow ComfyUI rejects (400, with its node errors), a
+    node that fails (with its message) or outputs that are missing or unreadable; retryable for
+    refused connections, 5xx, a node interrupted or out of GPU memory, and a job still running
+    after ``timeout_s`` (the job record keeps it: the next attempt resumes waiting on it).
+    """
+
+    kind = KIND
+    resumable = True
+
+    def __init__(self, name: str, config: Mapping[str, Any]):
+        self.name = name
+        self.settings = s = parse(ComfyUISettings, name, config)
+        self._config = dict(config)
+        self._templates = load_templates(name, s)
+        self.stage = s.stage
+        self.ops = STAGE_OPS[s.stage]
+        self.tools: tuple[str, ...] = ("ffmpeg", "ffprobe") if s.stage == "video" else ()
+        self.features: tuple[str, ...] = ("last_frame",) if "last_image" in s.inputs.get("clip", {}) else ()
+        self.resources = s.resources_or(Resources(num_cpus=1))  # the GPU is the server's; here: waits and ffmpeg
+        digests = {op: hashlib.sha256(_canonical(t).encode()).hexdigest() for op, t in self._templates.items()}
+        self.version = config_version(KIND_VERSION, {
+            "stage": s.stage, "workflows": digests,
+            "inputs": {op: {k: list(v) for k, v in m.items()} for op, m in s.inputs.items()},
+            "outputs": s.outputs}, ("stage", "workflows", "inputs", "outputs"))
+        self.host = urllib.parse.urlsplit(s.base_url).netloc
+        self.what = f"{s.stage} ({name}, ComfyUI at {self.host})"
+        self._client_id = f"farm-{uuid.uuid4().hex}"
+
+    # -- the server ---------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, *, body: Any = None, query: Mapping[str, str] | None = None,
+                 headers: Mapping[str, str] | None = None) -> Response:
+        key = secret(self._config)
+        hdrs = {**(headers or {}), **({"Authorization": f"Bearer {key}"} if key else {})}
+        try:  # call() names the method and path in its errors
+            return call(method, join(self.settings.base_url, path), what=self.what, body=body, headers=hdrs,
+                        timeout=self.settings.request_timeout_s, query=query)
+        except StageError as exc:
+            if key and key in str(exc):
+                raise StageError(str(exc).replace(key, "[api key]"), retryable=exc.retryable,
+                                 retry_after=exc.retry_after) from None
+            raise
+
+    def _json(self, method: str, path: str, **kw: Any) -> Any:
+        return self._request(method, path, **kw).json(f"{self.what}: {method} /{path.split('/')[0]}")
+
+    def check(self) -> str:
+        """``GET /system_stats`` and ``/object_info``: is the server up, does it have every node the
+        workflows use? One line naming its version and devices."""
+        stats = self._json("GET", "system_stats")
+        system = stats.get("system", {}) if isinstance(stats, dict) else {}
+        devices = []
+        for d in (stats.get("devices") or []) if isinstance(stats, dict) else []:
+            vram = d.get("vram_total")
+            devices.append(f"{d.get('name', d.get('type', '?'))}"
+                           + (f" {vram / 2**30:.0f} GiB" if isinstance(vram, (int, float)) and vram else ""))
+        info = self._json("GET", "object_info")
+        missing = sorted({node["class_type"] for t in self._templates.values() for node in t.values()}
+                         - set(info if isinstance(info, dict) else ()))
+        if missing:
+            raise StageError(f"{self.what}: the server lacks node types {', '.join(missing)} used by the workflows "
+                             "of this backend: install the custom nodes that provide them", retryable=False)
+        return (f"ComfyUI {system.get('comfyui_version') or '(version not reported)'} at {self.host}: "
+                f"{', '.join(devices) or 'no devices reported'}; ops {', '.join(self.ops)}")
+
+    def estimate(self, op: str, params: Mapping[str, Any]) -> Estimate:
+        seconds = 30.0 + 0.5 * int(params.get("frames", 0)) if op == "clip" else 20.0
+        return self.settings.estimate_or(Estimate(seconds=seconds, gpu_seconds=seconds))
+
+    # -- one action ---------------------------------------------------------------------------
+
+    def run(self, op: str, inputs: Mapping[str, Path], params: Mapping[str, Any], out_dir: Path,
+            job: JobRecord | None = None) -> StageResult:
+        if op not in self.ops:
+            raise StageError(f"{self.what}: unknown op {op!r}; this backend does {', '.join(self.ops)}")
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        record: JobRecord = job if job is not None else _NoRecord()
+        saved = record.load() or {}
+        prompt_id: str | None = saved.get("prompt_id") or None
+        meta: dict[str, Any] = {"server": self.host}
+        resuming = prompt_id is not None
+        entry = None
+        for _ in range(2):
+            if prompt_id is None:
+                prompt_id = self._submit(op, inputs, params, record, meta)
+            entry = self._wait(prompt_id)
+            if entry is not None:
+                break
+            why = ("the previous attempt stopped before ComfyUI accepted it" if saved.get("submitted") is False
+                   else "the server restarted or its history was cleared")
+            meta["resubmitted"] = (f"ComfyUI at {self.host} does not know prompt {prompt_id} ({why}): "
+                                   "the workflow was submitted anew")
+            prompt_id, saved = None, {}
+        if entry is None:
+            raise StageError(f"{self.what}: the server lost the prompt twice in a row (is it restarting?)",
+                             retryable=True)
+        assert prompt_id is not None
+        meta["prompt_id"] = prompt_id
+        meta["resumed"] = resuming and "resubmitted" not in meta  # waited on a job an earlier attempt submitted
+        status = entry.get("status") or {}
+        if status.get("status_str") == "error":
+            self._failed(prompt_id, status, record)
+        files = self._outputs(op, prompt_id, entry)
+        usage = Usage(provider_job_id=prompt_id, model=Path(self.settings.workflows[op]).name,
+                      gpu_seconds=gpu_seconds(status))
+        cpu0 = _children_cpu()
+        if op == "keyframe":
+            result = {"keyframe": self._keyframe(files["keyframe"], params, out_dir, meta)}
+        elif op == "sheet":
+            result = self._sheet(files, out_dir, meta)
+        else:
+            result = {"clip": self._clip(files["clip"], params, out_dir, meta)}
+        usage.cpu_seconds = _children_cpu() - cpu0
+        return StageResult(files=result, meta=meta, usage=usage)
+
+    def _submit(self, op: str, inputs: Mapping[str, Path], params: Mapping[str, Any], record: JobRecord,
+                meta: dict[str, Any]) -> str:
+        images = self._images(op, inputs, params, meta)
+        workflow, removed = self._fill(op, params, {k: self._upload(k, p) for k, p in images.items()})
+        if removed:
+            meta["removed_nodes"] = removed
+        prompt_id = str(uuid.uuid4())
+        base = {"base_url_host": self.host, "op": op}
+        # saved before POST: a farm dying during the request still finds (and resumes) the job
+        record.save({**base, "prompt_id": prompt_id, "submitted": False, "saved_at": time.time()})
+        what = f"{self.what}: POST /prompt"
+        try:
+            answer = self._json("POST", "prompt",
+                                body={"prompt": workflow, "client_id": self._client_id, "prompt_id": prompt_id})
+        except StageError as exc:
+            if exc.retryable:
+                raise
+            record.save({**base, "failed_prompt_id": prompt_id, "error": str(exc)[:1000]})
+            hint = (f" (nodes removed because the action has no such image: {', '.join(removed)}; the inputs they "
+                    "fed must be optional)") if removed else ""
+            detail = str(exc).removeprefix(f"{self.what}: ")
+            raise StageError(f"{self.what}: ComfyUI rejected workflow {self.settings.workflows[op]} for {op}: "
+                             f"{detail}{hint}", retryable=False) from None
+        accepted = answer.get("prompt_id") if isinstance(answer, dict) else None
+        if not isinstance(accepted, str) or not accepted:
+            raise StageError(f"{what}: the answer has no prompt_id: {str(answer)[:300]}", retryable=True)
+        if answer.get("node_errors"):
+            meta["node_errors"] = answer["node_errors"]
+        record.save({**base, "prompt_id": accepted, "submitted": True, "saved_at": time.time()})
+        return accepted
+
+    def _images(self, op: str, inputs: Mapping[str, Path], params: Mapping[str, Any],
+                meta: dict[str, Any]) -> dict[str, Path]:
+        """Template input name -> local image, for the image inputs the template maps."""
+        mapped = self.settings.inputs.get(op, {})
+        found: dict[str, Path] = {}
+        if op == "clip":
+            if "keyframe" not in inputs:
+                raise StageError(f"{self.what}: input 'keyframe' is missing")
+            found["image"] = inputs["keyframe"]
+            if inputs.get("last") is not None:
+                found["last_image"] = inputs["last"]
+        elif op == "keyframe":
+            cast = [c for c in params.get("characters", []) if f"sheet:{c}" in inputs]
+            for i, character in enumerate(cast, start=1):
+                found[f"figure{i}"] = inputs[f"sheet:{character}"]
+            slots = sum(1 for k in mapped if k.startswith("figure"))
+            if len(cast) > slots and slots:
+                meta["figures_left_out"] = cast[slots:]
+        return {k: v for k, v in found.items() if k in mapped}
+
+    def _upload(self, input_name: str, path: Path) -> str:
+        data = Path(path).read_bytes()
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                fmt = im.format
+                if fmt not in ("PNG", "JPEG", "WEBP"):
+                    buf = io.BytesIO()
+                    im.save(buf, "PNG")
+                    data, fmt = buf.getvalue(), "PNG"
+        except OSError as exc:
+            raise StageError(f"{self.what}: input for {input_name} is not a readable image: {exc}") from None
+        ext, mime = {"PNG": (".png", "image/png"), "JPEG": (".jpg", "image/jpeg"), "WEBP": (".webp", "image/webp")}[fmt]
+        filename = f"farm-{hashlib.sha256(data).hexdigest()[:40]}{ext}"  # never from user text
+        body, ctype = _multipart({"type": "input", "overwrite": "true"}, "image", filename, data, mime)
+        what = f"{self.what}: POST /upload/image"
+        answer = self._json("POST", "upload/image", body=body, headers={"Content-Type": ctype})
+        if not isinstance(answer, dict) or not isinstance(answer.get("name"), str):
+            raise StageError(f"{what}: the answer names no file: {str(answer)[:300]}", retryable=True)
+        sub = answer.get("subfolder") or ""
+        return f"{sub}/{answer['name']}" if sub else answer["name"]
+
+    def _fill(self, op: str, params: Mapping[str, Any],
+              uploaded: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
+        """The template with this action's values; removes nodes of image inputs the action lacks."""
+        workflow = copy.deepcopy(self._templates[op])
+        values: dict[str, Any] = {"prompt": prompt_text(op, params), "seed": action_seed(params), **uploaded}
+        for key in ("width", "height"):
+            if isinstance(params.get(key), int):
+                values[key] = _round8(params[key])
+        for key in ("frames", "fps"):
+            if isinstance(params.get(key), int):
+                values[key] = params[key]
+        removed = []
+        for input_name, (nid, field) in self.settings.inputs.get(op, {}).items():
+            if input_name in values:
+                if nid in workflow:
+                    workflow[nid]["inputs"][field] = values[input_name]
+            elif _IMAGE_INPUT.match(input_name) and nid in workflow:
+                del workflow[nid]
+                removed.append(f"{nid} ({input_name})")
+                for node in workflow.values():
+                    for k in [k for k, v in node["inputs"].items() if _is_link(v) and v[0] == nid]:
+                        del node["inputs"][k]
+        return workflow, removed
+
+    def _history(self, prompt_id: str) -> dict[str, Any] | None:
+        quoted = urllib.parse.quote(prompt_id, safe="")
+        data = self._json("GET", f"history/{quoted}")
+        entry = data.get(prompt_id) if isinstance(data, dict) else None
+        return entry if isinstance(entry, dict) else None
+
+    def _queued(self, prompt_id: str) -> bool:
+        data = self._json("GET", "queue")
+        if not isinstance(data, dict):
+            return True  # an answer we cannot read proves nothing lost
+        for key in ("queue_running", "queue_pending"):
+            for item in data.get(key) or []:
+                if isinstance(item, list) and len(item) > 1 and item[1] == prompt_id:
+                    return True
+        return False
+
+    def _wait(self, prompt_id: str) -> dict[str, Any] | None:
+        """The history entry of ``prompt_id`` once it ran; None when the server no longer knows it."""
+        s = self.settings
+        deadline = time.monotonic() + s.timeout_s
+        polls = failures = 0
+        while True:
+            try:
+                entry = self._history(prompt_id)
+                if entry is not None:
+                    return entry
+                if polls % _QUEUE_CHECK_EVERY == 0 and not self._queued(prompt_id):
+                    # it may have moved from the queue to the history between the two requests
+                    return self._history(prompt_id)
+                failures = 0
+            except StageError as exc:
+                failures += 1
+                if not exc.retryable:
+                    raise
+                if failures >= _POLL_FAILURES:
+                    raise StageError(f"{exc} (waiting on prompt {prompt_id}; the job record keeps it, so the next "
+                                     "attempt resumes waiting)", retryable=exc.retryable,
+                                     retry_after=exc.retry_after) from None
+            polls += 1
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise StageError(f"{self.what}: prompt {prompt_id} has not finished after {s.timeout_s:g}s (setting "
+                                 "timeout_s); the job record keeps it, so the next attempt resumes waiting on it "
+                                 "instead of submitting again", retryable=True)
+            time.sleep(min(s.poll_interval_s, left))
+
+    def _failed(self, prompt_id: str, status: Mapping[str, Any], record: JobRecord) -> None:
+        error, interrupted = None, False
+        for message in status.get("messages") or []:
+            if isinstance(message, (list, tuple)) and len(message) == 2 and isinstance(message[1], dict):
+                if message[0] == "execution_error":
+                    error = message[1]
+                elif message[0] == "execution_interrupted":
+                    interrupted = True
+        if error is not None:
+            kind = str(error.get("exception_type", ""))
+            text = (f"{self.what}: node {error.get('node_id')} ({error.get('node_type')}) of prompt {prompt_id} "
+                    f"failed: {str(error.get('exception_message', '')).strip()}" + (f" [{kind}]" if kind else ""))
+            retryable = "OutOfMemory" in kind  # the GPU was busy with something else; may fit next time
+        elif interrupted:
+            text, retryable = f"{self.what}: prompt {prompt_id} was interrupted on the server", True
+        else:
+            text, retryable = f"{self.what}: prompt {prompt_id} failed without an error message", False
+        # a later attempt must submit anew, not resume a job that has failed
+        record.save({"base_url_host": self.host, "failed_prompt_id": prompt_id, "error": text[:1000]})
+        raise StageError(text, retryable=retryable)
+
+    def _outputs(self, op: str, prompt_id: str, entry: Mapping[str, Any]) -> dict[str, list[tuple[str, bytes]]]:
+        """Output name -> [(server file name, bytes)] for every output node mapped for ``op``."""
+        produced = entry.get("outputs") or {}
+        found: dict[str, list[tuple[str, bytes]]] = {}
+        for out, nid in self.settings.outputs.get(op, {}).items():
+            node = produced.get(nid) if isinstance(produced, dict) else None
+            items = [f for key in ("videos", "gifs", "images", "video") for f in (node or {}).get(key) or []
+                     if isinstance(f, dict) and isinstance(f.get("filename"), str)]
+            if not items:
+                raise StageError(f"{self.what}: prompt {prompt_id} finished but node {nid} saved no file for {out} "
+                                 f"(nodes with files: {', '.join(map(str, produced)) or 'none'}); point backends."
+                                 f"{self.name}.outputs.{op}.{out} at a node that saves it", retryable=False)
+            if op != "clip":
+                items = items[:1]
+            elif any(Path(f["filename"]).suffix.lower() in _VIDEO_SUFFIXES for f in items):
+                items = [f for f in items if Path(f["filename"]).suffix.lower() in _VIDEO_SUFFIXES][:1]
+            found[out] = [(f["filename"], self._request(
+                "GET", "view",
+                query={"filename": f["filename"], "subfolder": str(f.get("subfolder") or ""),
+                       "type": str(f.get("type") or "output")}).body) for f in items]
+        return found
+
+    # -- post-processing ----------------------------------------------------------------------
+
+    def _open(self, name: str, data: bytes) -> Image.Image:
+        try:
+            im = Image.open(io.BytesIO(data))
+            im.load()
+            return im
+        except OSError as exc:
+            raise StageError(f"{self.what}: the server's {name} is not a readable image: {exc}") from None
+
+    def _keyframe(self, files: list[tuple[str, bytes]], params: Mapping[str, Any], out_dir: Path,
+                  meta: dict[str, Any]) -> Path:
+        width, height = int(params["width"]), int(params["height"])
+        im = self._open(files[0][0], files[0][1])
+        meta["source_size"] = list(im.size)
+        frame = ImageOps.fit(im.convert("RGB"), (width, height), Image.LANCZOS)
+        path = out_dir / "keyframe.png"
+        frame.save(path, optimize=False)
+        meta.update(width=width, height=height)
+        return path
+
+    def _sheet(self, files: dict[str, list[tuple[str, bytes]]], out_dir: Path, meta: dict[str, Any]) -> dict[str, Path]:
+        sheet = self._open(*files["sheet"][0]).convert("RGB")
+        if "figure" in files:
+            source = self._open(*files["figure"][0])
+            if "A" in source.getbands():
+                figure = source.convert("RGBA")
+                meta["figure"] = "made by the workflow"
+            else:
+                figure, keyed = key_out_background(source)
+                meta["figure"] = "made by the workflow, background keyed out here" if keyed else "made by the workflow"
+        else:
+            figure, note = derive_figure(sheet)
+            meta["figure"] = (f"{note}; the workflow makes none (map a node that saves a transparent figure as "
+                              f"backends.{self.name}.outputs.sheet.figure)")
+        paths = {"sheet": out_dir / "sheet.png", "figure": out_dir / "figure.png"}
+        sheet.save(paths["sheet"], optimize=False)
+        figure.save(paths["figure"], optimize=False)
+        meta.update(width=sheet.width, height=sheet.height)
+        return paths
+
+    def _clip(self, files: list[tuple[str, bytes]], params: Mapping[str, Any], out_dir: Path,
+              meta: dict[str, Any]) -> Path:
+        width, height = _int(params, "width", 16, 8192), _int(params, "height", 16, 8192)
+        fps, frames = _int(params, "fps", 1, 120), _int(params, "frames", 1, 100_000)
+        if width % 2 or height % 2:
+            raise StageError(f"{self.what}: {width}x{height} must have even sides for yuv420p")
+        if VIDEO_TIMESCALE % fps:
+            raise StageError(f"{self.what}: fps {fps} must divide {VIDEO_TIMESCALE} (e.g. 12, 24, 25, 30, 60)")
+        work = out_dir / "comfyui-source"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir()
+        first = Path(files[0][0]).suffix.lower()
+        if first in _VIDEO_SUFFIXES:
+            source = work / f"source{first}"
+            source.write_bytes(files[0][1])
+            count = self._count_frames(source)
+            input_args = ["-i", str(source.resolve())]
+            meta["source"] = {"kind": first[1:], "frames": count}
+        else:
+            count = 0
+            for name, data in files:  # a list of frames, or animated WebP/GIF/PNG (ffmpeg 5 cannot read animated WebP)
+                for frame in ImageSequence.Iterator(self._open(name, data)):
+                    frame.convert("RGB").save(work / f"{count:06d}.png", compress_level=1)
+                    count += 1
+            pattern = str(work.resolve()).replace("%", "%%") + "/%06d.png"
+            input_args = ["-f", "image2", "-framerate", str(fps), "-start_number", "0", "-i", pattern]
+            meta["source"] = {"kind": "images", "files": len(files), "frames": count}
+        if count < 1:
+            raise StageError(f"{self.what}: the server's clip has no frames")
+        # Source frame k is shown at k*frames/(count*fps) s, so the source spans exactly frames/fps s
+        # whatever its own rate; fps= then picks the frame showing at each output tick (identity when
+        # count == frames), tpad holds the last frame if rounding leaves one short, -frames:v cuts.
+        graph = ",".join([
+            f"settb=1/{count * fps}", f"setpts=N*{frames}", f"fps={fps}", "tpad=stop=-1:stop_mode=clone",
+            f"scale={width}:{height}:force_original_aspect_ratio=increase:flags=bicubic"
+            ":out_color_matrix=bt709:out_range=tv",
+            "format=yuv444p", f"crop={width}:{height}", "setsar=1", "format=yuv420p",
+        ])
+        out = out_dir / "clip.mp4"
+        run_tool(["ffmpeg", "-nostdin", "-v", "error", "-y", *input_args, "-vf", graph, "-frames:v", str(frames),
+                  "-an", *ENCODER_ARGS, *TIMESCALE_ARGS, "-map_metadata", "-1", "-fflags", "+bitexact",
+                  "-flags:v", "+bitexact", "-f", "mp4", str(out.resolve())], what=f"{self.what}: encode clip")
+        shutil.rmtree(work, ignore_errors=True)
+        meta.update(frames=frames, duration=frames / fps, retimed=count != frames)
+        return out
+
+    def _count_frames(self, path: Path) -> int:
+        proc = run_tool(["ffprobe", "-v", "error", "-select_streams", "v:0", "-count_frames", "-show_entries",
+                         "stream=nb_read_frames", "-of", "csv=p=0", str(path.resolve())],
+                        what=f"{self.what}: read the server's clip")
+        text = proc.stdout.decode().strip().split(",")[0]
+        if not text.isdigit():
+            raise StageError(f"{self.what}: the server's clip has no readable video stream")
+        return int(text)
+
+
+def gpu_seconds(status: Mapping[str, Any]) -> float:
+    """Execution time from ComfyUI's status messages ([event, {..., "timestamp": ms}]): from
+    execution_start to execution_success; 0 when either is missing (older servers)."""
+    stamps: dict[str, float] = {}
+    for message in status.get("messages") or []:
+        if isinstance(message, (list, tuple)) and len(message) == 2 and isinstance(message[1], dict):
+            ts = message[1].get("timestamp")
+            if isinstance(ts, (int, float)) and not isinstance(ts, bool):
+                stamps.setdefault(str(message[0]), float(ts))
+    if "execution_start" in stamps and "execution_success" in stamps:
+        return max(0.0, (stamps["execution_success"] - stamps["execution_start"]) / 1000.0)
+    return 0.0
+
+
+def _int(params: Mapping[str, Any], name: str, low: int, high: int) -> int:
+    value = params.get(name)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise StageError(f"video: params.{name} = {value!r} must be an integer from {low} to {high}")
+    return value
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
