@@ -43,7 +43,7 @@ REGISTRY: dict[tuple[str, str], str] = {
 KINDS: dict[str, str] = {
     "openai-chat": "workers.script.llm:OpenAIChatScript",
     "openai-speech": "workers.dubbing.openai_speech:OpenAISpeech",
-    "diffusers-image": "workers.image.diffusers:DiffusersImage",
+    "diffusers-image": "workers.image.diffusers:DiffusersImages",
     "diffusers-video": "workers.video.diffusers_i2v:DiffusersVideo",
     "comfyui": "workers.comfyui:ComfyUI",
 }

@@ -284,6 +284,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     from farm import cli_batch, simulate
 
+    bk = bsub.add_parser("backends", help="diffusers image and video backends: shots per minute, batching off vs on")
+    bk.add_argument("--image-model", help="a diffusers text-to-image pipeline folder (default: a tiny random one)")
+    bk.add_argument("--video-model", help="a diffusers image-to-video pipeline folder (default: a tiny random one)")
+    bk.add_argument("--shots", type=int, default=8)
+    bk.add_argument("--batch", type=int, default=4, help="shots per pipeline call with batching on")
+    bk.add_argument("--width", type=int, default=576)
+    bk.add_argument("--height", type=int, default=1024)
+    bk.add_argument("--steps", type=int, default=20)
+    bk.add_argument("--json", action="store_true")
+    bk.set_defaults(func=lambda a: _print_report(__import__("farm.bench_backends").bench_backends.bench_backends(
+        a.image_model, a.video_model, a.shots, a.batch, a.width, a.height, a.steps), a))
     cli_batch.add_parsers(sub, common)
     cli_backends.add_parser(sub, lambda sp: None, settings_from_args)
     simulate.add_parser(sub)  # farm simulate [--bench]

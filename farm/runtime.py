@@ -157,6 +157,8 @@ class _Pool:
     load: dict = field(default_factory=dict)  # actor id -> actions in flight
     busy: dict = field(default_factory=dict)  # ref -> actor id
     last_used: dict = field(default_factory=dict)  # actor id -> monotonic time it last fell idle
+    starting: set = field(default_factory=set)  # actors whose first action has not come back (maybe
+    #                                             waiting for a GPU another pool's actor holds)
 
     def pick(self) -> str | None:
         """An actor with a free slot, the fullest first (so batches fill), or None."""
@@ -219,6 +221,10 @@ class RayRuntime:
         if pool is None:
             pool = self._pools[key] = _Pool(slots=slots(self.catalog.load(action.stage, action.backend)))
         actor_id = pool.pick()
+        if actor_id is None and pool.actors and len(pool.actors) >= self._seats(prof, pool.slots):
+            # as many workers as the cluster's GPUs can seat: queue on the least loaded one (more
+            # would wait for GPUs held by their own siblings, which never let go while work remains)
+            actor_id = min(pool.load, key=pool.load.get)
         if actor_id is None:
             self._retire_idle(exclude=key, now=None)
             # the actor holds the whole of what its slots' actions hold between them
@@ -229,6 +235,7 @@ class RayRuntime:
             actor = StageWorker.options(**options).remote(action.stage, action.backend, self.log_level, self._configs)
             actor_id = actor._actor_id.hex()
             pool.actors[actor_id], pool.load[actor_id] = actor, 0
+            pool.starting.add(actor_id)
         ref = pool.actors[actor_id].run.remote(*args)
         pool.load[actor_id] += 1
         pool.busy[ref] = actor_id
@@ -243,11 +250,18 @@ class RayRuntime:
                 if load == 0 and (now is None or now - pool.last_used.get(actor_id, 0.0) > self.idle_actor_s):
                     self._drop(pool, actor_id)
 
+    def _someone_waits(self, idle_pool: _Pool) -> bool:
+        """Does another pool have an actor not yet started, which this idle pool's GPUs could seat?"""
+        accelerator = next(k for k, p in self._pools.items() if p is idle_pool)[2]
+        return any(p.starting and (k[2] is None or accelerator is None or k[2] == accelerator)
+                   for k, p in self._pools.items() if p is not idle_pool)
+
     @staticmethod
     def _drop(pool: _Pool, actor_id: str) -> None:
         actor = pool.actors.pop(actor_id)
         pool.load.pop(actor_id, None)
         pool.last_used.pop(actor_id, None)
+        pool.starting.discard(actor_id)
         ray.kill(actor)
 
     @property
@@ -258,8 +272,15 @@ class RayRuntime:
         """Warm actors per pool, for status and metrics."""
         return {f"{k[0]}/{k[1]}": len(p.actors) for k, p in self._pools.items()}
 
-    def capacity(self):
-        """What the cluster could still run now: its live nodes' CPUs and GPUs less what our actions hold."""
+    def _seats(self, prof, slots: int) -> int:
+        """How many workers of this shape the live nodes' GPUs can hold at once (at least one, so a
+        cluster with an autoscaler sees the demand and grows a GPU group from zero)."""
+        _, gpus = self._cluster()
+        matching = sum(n for acc, n in gpus.items() if prof.accelerator is None or acc == prof.accelerator)
+        return max(1, int(matching // max(prof.gpus * slots, 1e-9)))
+
+    def _cluster(self) -> tuple[float, dict]:
+        """The live nodes' CPUs and GPUs by accelerator, read at most once a second."""
         now = time.monotonic()
         if self._totals is None or now - self._totals[0] > 1.0:
             cpus, gpus = 0.0, {}
@@ -272,7 +293,12 @@ class RayRuntime:
                     acc = next((k.split(":", 1)[1] for k in res if k.startswith("accelerator_type:")), None)
                     gpus[acc] = gpus.get(acc, 0.0) + res["GPU"]
             self._totals = (now, (cpus, gpus))
-        cpus, gpus = self._totals[1]
+        return self._totals[1]
+
+    def capacity(self):
+        """What the cluster could still run now: its live nodes' CPUs and GPUs less what our actions hold."""
+        now = time.monotonic()
+        cpus, gpus = self._cluster()
         gpus = dict(gpus)
         for _, prof in self._running.values():
             cpus -= prof.cpus if prof.gpus == 0 else 0.0
@@ -334,12 +360,15 @@ class RayRuntime:
                     actor_id = pool.busy.pop(ref)
                     if actor_id not in pool.actors:
                         continue
+                    pool.starting.discard(actor_id)
                     if actor_lost:
                         self._drop(pool, actor_id)
                     else:
                         pool.load[actor_id] -= 1
                         if pool.load[actor_id] == 0:
                             pool.last_used[actor_id] = time.monotonic()
+                            if self._someone_waits(pool):
+                                self._drop(pool, actor_id)  # its GPU goes to the actor waiting for one
 
     def cancel(self, keys) -> None:
         wanted = set(keys)

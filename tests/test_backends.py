@@ -179,6 +179,91 @@ def test_gpu_worker_runs_a_batch_in_one_call_and_holds_one_gpu(ray_gpu, tmp_path
     runtime.shutdown()
 
 
+@pytest.mark.ray
+def test_an_idle_worker_gives_its_gpu_to_a_worker_waiting_for_one(ray_gpu, tmp_path):
+    """One GPU, two backends: the second's worker waits for the GPU the first's holds, and gets it
+    when the first falls idle (rather than both waiting forever)."""
+    from farm.runtime import RayRuntime
+    from farm.settings import StoreSpec
+
+    catalog = Catalog({"one": {"kind": BATCHING, "max_batch": 1, "delay_s": 0.5, "flavour": "1"},
+                       "two": {"kind": BATCHING, "max_batch": 1, "delay_s": 0.1, "flavour": "2"}})
+    runtime = RayRuntime(catalog=catalog)
+    spec = StoreSpec(url=str(tmp_path / "store"))
+    runtime.submit(_action(catalog.load("image", "one"), 1), {}, spec, "studio-a")
+    runtime.submit(_action(catalog.load("image", "two"), 2), {}, spec, "studio-a")
+    done, deadline = [], time.monotonic() + 120
+    while len(done) < 2 and time.monotonic() < deadline:
+        done += runtime.wait(timeout=1)
+    runtime.shutdown()
+    assert sorted(f.action.backend for f in done if f.error is None) == ["one", "two"]
+
+
+def _diffusers_missing() -> str | None:
+    try:
+        import diffusers  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError as exc:
+        return f"not installed: {exc.name} (pip install 'farm[diffusers]'; deploy/setup.sh --test does)"
+    return None
+
+
+@pytest.mark.ray
+@pytest.mark.media
+@pytest.mark.e2e
+def test_episode_renders_with_diffusers_on_gpu_workers(ray_gpu, tmp_path, monkeypatch):
+    """A whole episode with tiny random diffusers pipelines for images and video, on GPU workers
+    (one declared GPU; torch runs on the CPU here): keyframes share pipeline calls, the video has
+    the planned length, and the manifests account the work."""
+    from tests.conftest import need
+
+    need(_diffusers_missing())
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from farm.render import EpisodeRender
+    from farm.runtime import RayRuntime
+    from workers.tiny_diffusers import build_tiny_sd, build_tiny_svd
+
+    # tiny pipelines draw small (max_side): a sheet at full size would take minutes on a CPU
+    configs = {"sd": {"kind": "diffusers-image", "model_path": str(build_tiny_sd(tmp_path / "sd")), "steps": 2,
+                      "max_batch": 4, "max_side": 64, "batch_wait_s": 2.0},
+               "svd": {"kind": "diffusers-video", "model_path": str(build_tiny_svd(tmp_path / "svd")), "steps": 2,
+                       "frames": 4, "max_side": 64}}
+    settings = Settings(store=str(tmp_path / "store"), backends=configs, backend_image="sd", backend_video="svd")
+    catalog = settings.catalog()
+    assert catalog.load("image", "sd").resources.num_gpus == 1
+    runtime = RayRuntime(catalog=catalog)
+    try:
+        render = EpisodeRender(load_episode(write_specs(tmp_path / "specs")), settings, runtime,
+                               out_dir=tmp_path / "out")
+        result = render.run()
+    finally:
+        runtime.shutdown()
+    by_op: dict[str, list] = {}
+    for m in render.ran:
+        by_op.setdefault(m.op, []).append(m)
+    assert len(by_op["keyframe"]) == 3 and len(by_op["clip"]) == 3 and len(by_op["sheet"]) == 2
+    assert all(m.backend == "sd" and m.usage.cpu_seconds > 0 and m.usage.model == "sd" for m in by_op["keyframe"])
+    # the three keyframes, ready together, shared one pipeline call on the GPU worker
+    assert [m.meta["batch"] for m in by_op["keyframe"]] == [3, 3, 3]
+    assert result.duration_seconds == pytest.approx(sum(m.meta["frames"] for m in by_op["clip"]) / 12, abs=0.01)
+    assert Path(result.video).is_file()
+
+
+@pytest.mark.media
+def test_bench_backends_measures_batching_off_and_on():
+    from tests.conftest import need
+
+    need(_diffusers_missing())
+    from farm.bench_backends import bench_backends
+
+    report = bench_backends(shots=2, batch=2)
+    assert report["tiny_models"] and report["device"] == "CPU"
+    for kind in ("image", "video"):
+        assert report[kind]["batching_off"]["per_call"] == 1 and report[kind]["batching_on"]["per_call"] == 2
+        assert report[kind]["batching_on"]["shots_per_minute"] > 0 and report[kind]["speedup"] > 0
+    assert "batching on is" in report["text"]
+
+
 # -- provider jobs outlive a crash ---------------------------------------------------------------
 def _run_in_child(action_json, spec_json, configs):
     from farm.runtime import execute
@@ -309,3 +394,11 @@ def shutil_which(tool):
     import shutil
 
     return shutil.which(tool) is not None
+
+
+def test_every_kind_names_an_importable_class_serving_its_stage():
+    for kind, stage in backends.KIND_STAGES.items():
+        cls = backends.kind_class("x", kind)
+        assert getattr(cls, "kind", kind) == kind
+        if stage is not None:
+            assert getattr(cls, "stage", stage) == stage, kind

@@ -74,6 +74,8 @@ class TorchSettings(BackendSettings):
     device: Literal["auto", "cuda", "cpu"] = "auto"
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     max_batch: int = Field(4, ge=1, le=64)
+    # how long a GPU worker holding fewer than max_batch actions waits for more to share the call
+    batch_wait_s: float = Field(0.05, ge=0, le=10)
     # The longest side generated; the result is resized to the requested size afterwards. Models
     # draw well only near the resolution they were trained at (SD 1.5: 512, SDXL: 1024, SVD: 1024).
     max_side: int = Field(1024, ge=16, le=8192)
@@ -137,6 +139,9 @@ def forget_pipelines() -> None:
 
 def from_pretrained(loader: Any, model_path: Path, dtype: Any, device: str, what: str) -> Any:
     """``loader.from_pretrained`` from local files only, moved to ``device``, progress bars off."""
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.disable_progress_bar()  # "Loading pipeline components": noise in a worker's log
     try:
         with warnings.catch_warnings():
             # diffusers >= 0.36 renamed torch_dtype to dtype; torch_dtype works in every version.

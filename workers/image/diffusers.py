@@ -224,7 +224,7 @@ class DiffusersImages:
         s = self.settings
         self.version = config_version(KIND_VERSION, s.model_dump(mode="json"), AFFECTS)
         self.resources = s.resources_or(Resources(num_cpus=1, num_gpus=1))
-        self.max_batch = s.max_batch
+        self.max_batch, self.batch_wait_s = s.max_batch, s.batch_wait_s
         self.model = tt.model_name(s.model_path)
         self._pipes: _Pipes | None = None
         self._load_lock = threading.Lock()
@@ -420,7 +420,7 @@ class DiffusersImages:
         return StageResult(
             files=files,
             meta={"width": picture.width, "height": picture.height, "seed": job.seed,
-                  "generated": list(job.gen), "conditioning": conditioning},
+                  "generated": list(job.gen), "conditioning": conditioning, "batch": share},
             usage=Usage(gpu_seconds=timer.gpu_seconds / share,
                         cpu_seconds=timer.cpu_seconds / share + time.process_time() - t0, model=self.model),
         )

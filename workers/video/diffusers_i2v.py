@@ -190,7 +190,7 @@ class DiffusersVideo:
         self.version = config_version(KIND_VERSION, s.model_dump(mode="json"), AFFECTS)
         self.resources = s.resources_or(Resources(num_cpus=1, num_gpus=1))
         self.features: tuple[str, ...] = ("last_frame",) if s.last_frame else ()
-        self.max_batch = s.max_batch
+        self.max_batch, self.batch_wait_s = s.max_batch, s.batch_wait_s
         self.model = tt.model_name(s.model_path)
         self._pipe: _Pipe | None = None
         self._load_lock = threading.Lock()
@@ -367,7 +367,7 @@ class DiffusersVideo:
         return StageResult(
             files={"clip": out},
             meta={"frames": job.frames, "fps": job.fps, "width": job.width, "height": job.height,
-                  "duration": job.frames / job.fps, "generated_frames": len(frames), "seed": job.seed},
+                  "duration": job.frames / job.fps, "generated_frames": len(frames), "seed": job.seed, "batch": share},
             usage=Usage(gpu_seconds=timer.gpu_seconds / share, cpu_seconds=timer.cpu_seconds / share + cpu,
                         model=self.model),
         )

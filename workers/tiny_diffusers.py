@@ -1,4 +1,5 @@
-"""Tiny random-initialised diffusers pipelines, built and saved locally for the backends' tests.
+"""Tiny random-initialised diffusers pipelines, built and saved locally: for the backends' tests and
+for ``farm bench backends`` on a machine without model weights (a smoke run of the real code path).
 
 Real checkpoints are gigabytes and come from the Hugging Face hub, which tests never touch. These
 builders make pipelines with the same classes and the same on-disk layout (``save_pretrained``)
