@@ -56,7 +56,7 @@ class _Sampler:
         return round(statistics.fmean(self.samples), 3) if self.samples else None
 
 
-def _keyframe_params(n: int, width: int, height: int) -> dict[str, Any]:
+def keyframe_params(n: int, width: int, height: int) -> dict[str, Any]:
     return {"style": {"description": "soft watercolour, warm evening light", "palette": ["#1d2b3a", "#e0a060", "#f4e8d0"]},
             "width": width, "height": height, "seed": [1, f"s01-{n:02d}"], "location": "a rooftop garden",
             "time_of_day": "dusk", "description": f"shot {n}: two friends talk by the railing", "framing": "wide",
@@ -124,7 +124,7 @@ def bench_backends(image_model: str | None = None, video_model: str | None = Non
             for i in range(n):
                 out = root / f"kf-{tag}-{i}"
                 out.mkdir()
-                items.append(BatchItem({}, _keyframe_params(i, width, height), out))
+                items.append(BatchItem({}, keyframe_params(i, width, height), out))
             return items
 
         report["image"] = _measure(image, "keyframe", keyframes, shots, batch)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from farm import backends, cli_backends, logs
+from farm import backends, cli_backends, cli_models, logs
 from farm.errors import FarmError, SpecError
 from farm.loader import load_episode, validate_files
 from farm.settings import Settings
@@ -297,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
         a.image_model, a.video_model, a.shots, a.batch, a.width, a.height, a.steps), a))
     cli_batch.add_parsers(sub, common)
     cli_backends.add_parser(sub, lambda sp: None, settings_from_args)
+    cli_models.add_parser(sub, common, settings_from_args)
     simulate.add_parser(sub)  # farm simulate [--bench]
     return p
 

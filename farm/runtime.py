@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import ray
 import structlog
 
-from farm import logs
+from farm import logs, models
 from farm.backends import Catalog
 from farm.batching import Batcher
 from farm.errors import ActionFailed, FarmError
@@ -57,16 +57,16 @@ def execute(action: Mapping[str, Any], inputs: Mapping[str, Mapping[str, Any]], 
     with others. Raises ActionFailed (with the backend's retryability) when the stage fails.
     """
     act = Action.from_json(action)
-    catalog = Catalog(configs)
-    logs.hide(spec.access_key.get_secret_value(), spec.secret_key.get_secret_value(), *catalog.secrets())
+    logs.hide(spec.access_key.get_secret_value(), spec.secret_key.get_secret_value(), *Catalog(configs).secrets())
     bound = log.bind(**logs.action_context(act, batch))
     store = ArtifactStore(open_objects(spec), studio)
     existing = store.get_manifest(act.key)
     if existing is not None:
         return existing.model_dump(mode="json")
     try:
-        backend = catalog.load(act.stage, act.backend)
-    except (ValueError, ImportError) as exc:  # settings differ from the planner's, or a package is missing
+        backend = Catalog(models.localize(configs, store.objects)).load(act.stage, act.backend)
+    except (ValueError, ImportError, FarmError) as exc:  # settings differ from the planner's, a package
+        #                                                  is missing, a stored model cannot be fetched
         raise ActionFailed(act.key, act.label, f"cannot load backend {act.backend}: {exc}", retryable=False,
                            worker=_node()) from None
     if backend.version != act.version:
@@ -122,12 +122,15 @@ class StageWorker:
     """A long-lived worker for one GPU backend: loads the backend (and its model) once, stays warm.
     A batching backend's worker takes ``max_batch`` actions at once and runs them together."""
 
-    def __init__(self, stage: str, backend: str, log_level: str, configs=None):
+    def __init__(self, stage: str, backend: str, log_level: str, configs=None, spec: StoreSpec | None = None):
         logs.configure(level=log_level, json=True)
+        if spec is not None:  # models named "store:NAME" are fetched to this node's cache, once
+            configs = models.localize(configs, open_objects(spec))
         self.backend = Catalog(configs).load(stage, backend)
         self.batcher = Batcher(self.backend, getattr(self.backend, "batch_wait_s", 0.02)) if slots(self.backend) > 1 else None
 
     def run(self, action, inputs, spec, studio, batch=None, configs=None):
+        # execute builds the backend from the same settings: the instance built above, model loaded
         return execute(action, inputs, spec, studio, batch, configs, self.batcher)
 
     def batches(self) -> list[int]:
@@ -232,7 +235,8 @@ class RayRuntime:
                                        "max_concurrency": pool.slots}
             if prof.accelerator:
                 options["accelerator_type"] = prof.accelerator
-            actor = StageWorker.options(**options).remote(action.stage, action.backend, self.log_level, self._configs)
+            actor = StageWorker.options(**options).remote(action.stage, action.backend, self.log_level, self._configs,
+                                                          args[2])
             actor_id = actor._actor_id.hex()
             pool.actors[actor_id], pool.load[actor_id] = actor, 0
             pool.starting.add(actor_id)

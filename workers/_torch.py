@@ -64,10 +64,15 @@ def import_diffusers(what: str):
 
 # --- settings ---------------------------------------------------------------------------------
 
+STORE_PREFIX = "store:"
+
+
 class TorchSettings(BackendSettings):
     """Settings every diffusers backend has. ``model_path`` is a local directory written by
-    ``save_pretrained`` (a ``model_index.json`` and one folder per component): models are never
-    downloaded by the farm, they are provisioned onto the GPU nodes' disks beforehand."""
+    ``save_pretrained`` (a ``model_index.json`` and one folder per component), provisioned onto the
+    GPU nodes' disks beforehand, or ``store:NAME``: a model pushed to the artifact store with
+    ``farm models push``, which each worker fetches once into its model cache. Nothing is ever
+    downloaded from a model hub."""
 
     model_path: Path
     steps: int = Field(30, ge=1, le=500)
@@ -80,9 +85,15 @@ class TorchSettings(BackendSettings):
     # draw well only near the resolution they were trained at (SD 1.5: 512, SDXL: 1024, SVD: 1024).
     max_side: int = Field(1024, ge=16, le=8192)
 
+    # set by the farm on a worker that fetched "store:NAME" into a local folder: the version and the
+    # model label stay those of the stored model, not of the folder it landed in
+    model_ref: str | None = None
+
     @field_validator("model_path")
     @classmethod
     def _model_dir(cls, value: Path) -> Path:
+        if str(value).startswith(STORE_PREFIX):  # in the artifact store: each worker fetches it (farm.models)
+            return value
         path = value.expanduser()
         if not path.is_dir():
             raise PydanticCustomError(
@@ -155,7 +166,16 @@ def from_pretrained(loader: Any, model_path: Path, dtype: Any, device: str, what
 
 
 def model_name(model_path: Path) -> str:
-    return Path(model_path).name
+    text = str(model_path)
+    return text[len(STORE_PREFIX):] if text.startswith(STORE_PREFIX) else Path(model_path).name
+
+
+def identity(settings: TorchSettings) -> dict[str, Any]:
+    """The settings as their version sees them: a fetched model is known by its store name."""
+    dump = settings.model_dump(mode="json", exclude={"model_ref"})
+    if settings.model_ref:
+        dump["model_path"] = settings.model_ref
+    return dump
 
 
 def accepted(fn: Callable[..., Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:

@@ -222,10 +222,10 @@ class DiffusersImages:
         self.name = name
         self.settings = parse(DiffusersImageSettings, name, config)
         s = self.settings
-        self.version = config_version(KIND_VERSION, s.model_dump(mode="json"), AFFECTS)
+        self.version = config_version(KIND_VERSION, tt.identity(s), AFFECTS)
         self.resources = s.resources_or(Resources(num_cpus=1, num_gpus=1))
         self.max_batch, self.batch_wait_s = s.max_batch, s.batch_wait_s
-        self.model = tt.model_name(s.model_path)
+        self.model = tt.model_name(s.model_ref or s.model_path)
         self._pipes: _Pipes | None = None
         self._load_lock = threading.Lock()
 

@@ -187,11 +187,11 @@ class DiffusersVideo:
     def __init__(self, name: str, config: Mapping[str, Any]):
         self.name = name
         self.settings = s = parse(DiffusersVideoSettings, name, config)
-        self.version = config_version(KIND_VERSION, s.model_dump(mode="json"), AFFECTS)
+        self.version = config_version(KIND_VERSION, tt.identity(s), AFFECTS)
         self.resources = s.resources_or(Resources(num_cpus=1, num_gpus=1))
         self.features: tuple[str, ...] = ("last_frame",) if s.last_frame else ()
         self.max_batch, self.batch_wait_s = s.max_batch, s.batch_wait_s
-        self.model = tt.model_name(s.model_path)
+        self.model = tt.model_name(s.model_ref or s.model_path)
         self._pipe: _Pipe | None = None
         self._load_lock = threading.Lock()
 

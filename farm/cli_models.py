@@ -1,0 +1,36 @@
+"""``farm models push FOLDER NAME`` and ``farm models list``: model weights in the artifact store
+(farm.models), named in a backend's settings as ``"model_path": "store:NAME"``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from farm import models
+from farm.settings import Settings
+from farm.store import open_objects
+
+
+def cmd_models(args, settings: Settings) -> int:
+    objects = open_objects(settings.store_spec())
+    if args.action == "push":
+        if not args.folder or not args.name:
+            raise ValueError("farm models push FOLDER NAME")
+        result = models.push(objects, Path(args.folder), args.name)
+        print(json.dumps(result) if args.json else
+              f"model {result['name']}: {result['files']} files, {result['bytes'] / 1e6:.1f} MB "
+              f"({result['uploaded'] / 1e6:.1f} MB uploaded); use it as \"model_path\": \"store:{result['name']}\"")
+    else:
+        found = models.names(objects)
+        print(json.dumps(found) if args.json else "\n".join(found) or "no models in the store")
+    return 0
+
+
+def add_parser(sub, common, settings_from_args) -> None:
+    p = sub.add_parser("models", help="model weights in the artifact store, for backends' \"store:NAME\" model paths")
+    p.add_argument("action", choices=("push", "list"))
+    p.add_argument("folder", nargs="?", help="push: a folder written by save_pretrained")
+    p.add_argument("name", nargs="?", help="push: the name to store it under (immutable: add a version)")
+    common(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=lambda a: cmd_models(a, settings_from_args(a)))
