@@ -402,3 +402,28 @@ def test_every_kind_names_an_importable_class_serving_its_stage():
         assert getattr(cls, "kind", kind) == kind
         if stage is not None:
             assert getattr(cls, "stage", stage) == stage, kind
+
+
+def test_a_batch_submission_records_each_episodes_backends_and_the_controller_plans_with_them():
+    """The batch's choice wins over the series', which wins over settings; the journaled choice
+    (name, version, features) is what the controller plans with."""
+    from farm.service import episode_backends
+    from tests.test_controller import CAPACITY, Harness
+
+    settings = Settings(backends={"fast": {"kind": BATCHING, "flavour": "a"}})
+    catalog = settings.catalog()
+    series = dict(SMALL_SERIES, backends={"image": "noop", "video": "noop"})
+    payload = {"backends": {"image": "fast"}}
+    chosen = episode_backends(payload, {"series": series}, settings, catalog)
+    assert chosen["image"] == ["fast", catalog.load("image", "fast").version, []]
+    assert chosen["video"][0] == "noop" and chosen["script"][0] == "outline"
+    h = Harness()
+    h.submit()
+    data = h.log[0].data
+    for item in data["episodes"]:
+        item["backends"] = chosen
+    h2 = Harness()
+    h2.commit([{"type": "batch.submitted", "batch": "b2", "data": data}])
+    h2.commit(h2.c.decide(h2.now, CAPACITY))
+    stages = {s.action.stage: s.action.backend for s in h2.c.actions.values()}
+    assert stages["image"] == "fast"
