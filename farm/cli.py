@@ -296,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     bk.set_defaults(func=lambda a: _print_report(__import__("farm.bench_backends").bench_backends.bench_backends(
         a.image_model, a.video_model, a.shots, a.batch, a.width, a.height, a.steps), a))
     cli_batch.add_parsers(sub, common)
-    cli_backends.add_parser(sub, lambda sp: None, settings_from_args)
+    cli_backends.add_parser(sub, common, settings_from_args)
     cli_models.add_parser(sub, common, settings_from_args)
     simulate.add_parser(sub)  # farm simulate [--bench]
     return p

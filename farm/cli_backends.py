@@ -13,9 +13,21 @@ import json
 import shutil
 from typing import Any
 
-from farm import logs
+from farm import logs, models
 from farm.settings import Settings
 from workers.api import ConfigError, StageError
+
+
+def _stored_model(settings: Settings, name: str) -> str:
+    from farm.store import open_objects
+
+    objects = open_objects(settings.store_spec())
+    data = objects.get_bytes(f"{models.PREFIX}/{name}/index.json")
+    if data is None:
+        raise StageError(f"no model {name!r} in {objects.describe()}: push it (farm models push FOLDER {name})")
+    files = json.loads(data)["files"]
+    size = sum(f["size"] for f in files.values()) / 1e6
+    return f"stored model {name} ({len(files)} files, {size:.1f} MB), fetched by each worker on first use"
 
 
 def describe(settings: Settings, check: bool = True) -> list[dict[str, Any]]:
@@ -39,7 +51,10 @@ def describe(settings: Settings, check: bool = True) -> list[dict[str, Any]]:
             rows.append(row | {"ok": None, "status": "not checked"})
             continue
         try:
-            if hasattr(backend, "check"):
+            stored = str(catalog.configs.get(name, {}).get("model_path", ""))
+            if stored.startswith(models.STORE_PREFIX):  # the weights are in the store: fetching them here
+                status = _stored_model(settings, stored[len(models.STORE_PREFIX):])  # would only check a copy
+            elif hasattr(backend, "check"):
                 status = backend.check()
             else:
                 missing = [t for t in getattr(backend, "tools", ()) if shutil.which(t) is None]

@@ -102,3 +102,21 @@ def test_a_stored_diffusers_model_runs_on_a_worker_with_the_controllers_version(
     manifest = Manifest.model_validate(execute(action.to_json(), {}, spec, "studio-a", configs=configs))
     assert manifest.version == planned.version and manifest.usage.model == "tiny-sd-1"
     assert any((tmp_path / "cache").glob("tiny-sd-1-*/model_index.json"))
+
+
+def test_farm_backends_checks_a_stored_model_without_fetching_it(tmp_path, monkeypatch, capsys):
+    from tests.conftest import need
+    from tests.test_backends import _diffusers_missing
+
+    need(_diffusers_missing())
+    store = tmp_path / "store"
+    models.push(LocalStore(store), model_folder(tmp_path / "m"), "tiny-1")
+    monkeypatch.setenv("FARM_MODEL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("FARM_BACKENDS", json.dumps({
+        "sd": {"kind": "diffusers-image", "model_path": "store:tiny-1"},
+        "gone": {"kind": "diffusers-image", "model_path": "store:never-pushed"}}))
+    assert farm_main(["backends", "--json", "--store", str(store)]) == 1
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["sd"]["ok"] and "stored model tiny-1 (2 files" in rows["sd"]["status"]
+    assert not rows["gone"]["ok"] and "push it" in rows["gone"]["status"]
+    assert not (tmp_path / "cache").exists()
