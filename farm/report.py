@@ -123,10 +123,11 @@ def from_batch(settings: Settings, batch_id: str) -> ReportData:
 
     Raises FarmError when the journal knows no such batch.
     """
-    from farm.service import estimate, profiles_for  # the controller's own view of costs and resources
+    from farm.service import estimator, profiles_for  # the controller's own view of costs and resources
 
     prices = Prices(**settings.prices)
-    controller = Controller(estimate, profiles_for(settings), prices=prices)
+    catalog = settings.catalog()
+    controller = Controller(estimator(catalog), profiles_for(settings, catalog), prices=prices)
     events = []
     for event in Journal(open_objects(settings.store_spec())).replay():
         controller.apply(event)

@@ -107,6 +107,9 @@ WRONG_VALUES = [
     ({"nightly": {"schedule": "every night at one"}}, "/nightly/schedule"),
     ({"nightly": {"kind": "Job"}}, "/nightly/kind"),
     ({"monitoring": {"podMonitor": {"interval": "30"}}}, "/monitoring/podMonitor/interval"),
+    ({"settings": {"backends": {"llm": {"kind": "openai-chat", "api_key": "sk-in-values"}}}},
+     "/settings/backends/llm/api_key"),
+    ({"settings": {"backends": {"llm": {"model": "m"}}}}, "/settings/backends/llm"),
     ({"controller": {"metricsPort": 80}}, "/controller/metricsPort"),
     ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
 ]
