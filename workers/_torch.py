@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Sequence, TypeVar
 
 from pydantic import Field, field_validator
-from pydantic_core import PydanticCustomError
 
 from workers.api import StageError, ToolMissing
 from workers.configured import BackendSettings
@@ -92,18 +91,26 @@ class TorchSettings(BackendSettings):
     @field_validator("model_path")
     @classmethod
     def _model_dir(cls, value: Path) -> Path:
+        # The folder is on the GPU nodes, not necessarily where the settings are read (the
+        # controller plans with them on a CPU head): it is checked where the model is loaded or
+        # checked (require_model_dir), not here.
         if str(value).startswith(STORE_PREFIX):  # in the artifact store: each worker fetches it (farm.models)
             return value
-        path = value.expanduser()
-        if not path.is_dir():
-            raise PydanticCustomError(
-                "model_path", "{path} is not a directory: give a local directory written by "
-                "save_pretrained (models are never downloaded)", {"path": str(path)})
-        if not (path / "model_index.json").is_file():
-            raise PydanticCustomError(
-                "model_path", "{path} has no model_index.json: give the directory a diffusers "
-                "pipeline was saved to with save_pretrained", {"path": str(path)})
-        return path
+        return value.expanduser()
+
+
+def require_model_dir(model_path: Path, what: str) -> Path:
+    """``model_path`` if it is a folder written by save_pretrained, else a StageError saying so."""
+    path = Path(model_path)
+    if str(model_path).startswith(STORE_PREFIX):
+        raise StageError(f"{what}: {model_path} must be fetched from the store before it is loaded (farm.models)")
+    if not path.is_dir():
+        raise StageError(f"{what}: model_path {path} is not a directory on this machine: give a local directory "
+                         "written by save_pretrained, or push it to the store (farm models push) and use store:NAME")
+    if not (path / "model_index.json").is_file():
+        raise StageError(f"{what}: model_path {path} has no model_index.json: give the directory a diffusers "
+                         "pipeline was saved to with save_pretrained")
+    return path
 
 
 # --- device, dtype, pipelines -----------------------------------------------------------------
@@ -150,6 +157,7 @@ def forget_pipelines() -> None:
 
 def from_pretrained(loader: Any, model_path: Path, dtype: Any, device: str, what: str) -> Any:
     """``loader.from_pretrained`` from local files only, moved to ``device``, progress bars off."""
+    require_model_dir(model_path, what)
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.disable_progress_bar()  # "Loading pipeline components": noise in a worker's log
@@ -322,6 +330,7 @@ def split_on_oom(items: list[T], call: Callable[[list[T]], list[R]], what: str) 
 def describe_model_dir(model_path: Path, what: str) -> tuple[str, list[str]]:
     """Read ``model_index.json`` and every component's JSON config (no weights, no GPU); return
     the pipeline class and its components. Raises StageError naming the broken file."""
+    require_model_dir(model_path, what)
     diffusers = import_diffusers(what)
     index_path = Path(model_path) / "model_index.json"
     try:

@@ -320,10 +320,11 @@ def test_config_errors_name_the_setting(sd_dir, tmp_path):
     assert all(f"backends.sd.{f}" in str(err.value) for f in ("steps", "guidance", "nope"))
     with pytest.raises(ConfigError, match=r"backends\.sd\.model_path: Field required"):
         DiffusersImages("sd", IMAGE_CONFIG)
-    with pytest.raises(ConfigError, match=r"backends\.sd\.model_path: .*/missing is not a directory.*save_pretrained"):
-        DiffusersImages("sd", {**IMAGE_CONFIG, "model_path": str(tmp_path / "missing")})
-    with pytest.raises(ConfigError, match=r"backends\.sd\.model_path: .* has no model_index\.json"):
-        DiffusersImages("sd", {**IMAGE_CONFIG, "model_path": str(tmp_path)})
+    # the folder lives on the GPU nodes: it is checked where the model is checked or loaded
+    with pytest.raises(StageError, match=r"model_path .*/missing is not a directory on this machine.*save_pretrained"):
+        DiffusersImages("sd", {**IMAGE_CONFIG, "model_path": str(tmp_path / "missing")}).check()
+    with pytest.raises(StageError, match=r"model_path .* has no model_index\.json"):
+        DiffusersImages("sd", {**IMAGE_CONFIG, "model_path": str(tmp_path)}).check()
     with pytest.raises(ConfigError, match=r"backends\.sd\.strength: steps x strength = 1 x 0.5"):
         DiffusersImages("sd", {**IMAGE_CONFIG, "model_path": str(sd_dir), "steps": 1, "strength": 0.5})
     with pytest.raises(ConfigError, match=r"backends\.v\.prompt: .*\{camera\}"):
@@ -376,9 +377,9 @@ def test_ip_adapter_conditions_keyframes_on_the_figures(sd_dir, figures, tmp_pat
     assert np.array_equal(_pixels(batch[1].files["keyframe"]), _pixels(without.files["keyframe"]))
     sheet = backend.run("sheet", {}, _sheet_params(ANA), _out(tmp_path, "sheet"))
     assert _size(sheet.files["sheet"]) == (96, 128)
-    with pytest.raises(ConfigError, match=r"backends\.ip\.ip_adapter: no file .*models/missing\.safetensors"):
+    with pytest.raises(StageError, match=r"no file .*models/missing\.safetensors on this machine.*backends\.ip\.ip_adapter"):
         DiffusersImages("ip", {**IMAGE_CONFIG, "model_path": str(sd_dir), "ip_adapter": {
-            "path": str(ip_dir), "subfolder": "models", "weight_name": "missing.safetensors"}})
+            "path": str(ip_dir), "subfolder": "models", "weight_name": "missing.safetensors"}}).check()
 
 
 # --- video ------------------------------------------------------------------------------------

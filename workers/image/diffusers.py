@@ -86,13 +86,6 @@ class DiffusersImageSettings(tt.TorchSettings):
                                       "denoising step: raise steps or strength", {"steps": steps, "strength": strength})
         return strength
 
-    @field_validator("ip_adapter")
-    @classmethod
-    def _adapter_file(cls, ip: IpAdapterSettings | None) -> IpAdapterSettings | None:
-        if ip is not None and not (ip.path / ip.subfolder / ip.weight_name).is_file():
-            raise PydanticCustomError("ip_adapter", "no file {file}: give the local folder, subfolder and weight_name "
-                                      "of an IP-adapter", {"file": str(ip.path / ip.subfolder / ip.weight_name)})
-        return ip
 
 
 # Settings that change what is drawn (not device, batch size, timeouts, resources).
@@ -282,6 +275,11 @@ class DiffusersImages:
         """The model directory's index and component configs read (no weights, no GPU)."""
         s = self.settings
         cls, components = tt.describe_model_dir(s.model_path, self.what)
+        ip = s.ip_adapter
+        if ip is not None and not (ip.path / ip.subfolder / ip.weight_name).is_file():  # on the GPU nodes
+            raise StageError(f"{self.what}: no file {ip.path / ip.subfolder / ip.weight_name} on this machine: give the "
+                             "local folder, subfolder and weight_name of an IP-adapter (backends."
+                             f"{self.name}.ip_adapter)")
         try:
             from diffusers.pipelines.auto_pipeline import AUTO_TEXT2IMAGE_PIPELINES_MAPPING
         except ImportError:
