@@ -172,7 +172,7 @@ def bench_dispatch(episodes: int = 20, gpus: int = 4, latency_episodes: int = 20
                 started = time.perf_counter()
                 batch = service.submit({k: v for k, v in payload.items() if k != "backends"})
                 while service.status(batch)["status"] == "running":
-                    time.sleep(0.02)
+                    time.sleep(0.1)  # a status call takes the controller's lock: poll like a watcher would
                 farm = time.perf_counter() - started
                 # latency with capacity to spare: tiny one-shot episodes, one batch after another
                 for n in range(latency_episodes):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -194,7 +195,11 @@ class RayRuntime:
         self._specs: dict[StoreSpec, ray.ObjectRef] = {}  # put once, passed by reference to every task
         self._configs = ray.put(self.catalog.configs) if self.catalog.configs else None
         self._task_fns: dict[float, Any] = {}
-        self._requested: list[dict] = []
+        self._requested: list[dict] = []  # what the autoscaler was last sent
+        self._wanted: list[dict] = []  # what the queue needs now
+        self._request_lock, self._request_wake = threading.Lock(), threading.Event()
+        self._request_stop = threading.Event()
+        self._requester: threading.Thread | None = None
 
     def _profile(self, action: Action, profile=None):
         if profile is not None:
@@ -316,19 +321,44 @@ class RayRuntime:
     def request_capacity(self, shapes) -> None:
         """Tell Ray's autoscaler (where the cluster has one) what the queue needs, as (cpus, gpus,
         accelerator) shapes; a GPU group can then grow from zero. Without an autoscaler this is a
-        no-op. Each call replaces the last request; an unchanged one is not sent again."""
+        no-op. Each call replaces the last request. The request is a blocking GCS write that takes
+        tens of milliseconds on a busy head, and the queue changes with every completion, so a
+        thread sends the newest request, at most once a second (an autoscaler acts on a scale of
+        seconds to minutes); the controller's loop never waits for it."""
         bundles = []
         for cpus, gpus, accelerator in shapes:
             bundle = {"GPU": float(gpus)} | ({"CPU": float(cpus)} if cpus else {})
             if accelerator:
                 bundle[f"accelerator_type:{accelerator}"] = 0.001
             bundles.append(bundle)
-        if bundles == self._requested:
-            return
+        with self._request_lock:
+            if bundles == self._wanted:
+                return
+            self._wanted = bundles
+        if self._requester is None:
+            self._requester = threading.Thread(target=self._send_requests, daemon=True, name="autoscaler-request")
+            self._requester.start()
+        self._request_wake.set()
+
+    def _send_requests(self) -> None:
         from ray.autoscaler.sdk import request_resources
 
-        request_resources(bundles=bundles)
-        self._requested = bundles
+        while not self._request_stop.is_set():
+            self._request_wake.wait()
+            self._request_wake.clear()
+            with self._request_lock:
+                bundles = self._wanted
+            if bundles != self._requested and not self._request_stop.is_set():
+                try:
+                    request_resources(bundles=bundles)
+                    self._requested = bundles
+                except Exception as exc:  # the head is restarting: the next change tries again
+                    log.warning("autoscaler.request_failed", error=str(exc))
+            self._request_stop.wait(1.0)
+
+    def requested(self) -> list[dict]:
+        """The last request the autoscaler received."""
+        return list(self._requested)
 
     def wait(self, timeout: float | None = None) -> list[Finished]:
         """Block until at least one submitted action finishes (or ``timeout``); return those that did."""
@@ -381,6 +411,8 @@ class RayRuntime:
                 ray.cancel(ref, force=False)
 
     def shutdown(self) -> None:
+        self._request_stop.set()
+        self._request_wake.set()
         for ref in self._running:
             ray.cancel(ref)
         self._running.clear()

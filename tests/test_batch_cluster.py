@@ -213,13 +213,22 @@ def test_queued_gpu_work_is_asked_of_the_autoscaler(tmp_path):
     from ray.experimental.internal_kv import _internal_kv_get
 
     def requested():
-        return json.loads(_internal_kv_get(AUTOSCALER_RESOURCE_REQUEST_CHANNEL))
+        raw = _internal_kv_get(AUTOSCALER_RESOURCE_REQUEST_CHANNEL)
+        return None if raw is None else json.loads(raw)
+
+    def becomes(expected, within=30.0):  # a thread sends requests: the controller's loop never waits
+        deadline = time.monotonic() + within
+        while requested() != expected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return requested()
 
     try:
         runtime = RayRuntime()
         runtime.request_capacity([(1, 1, "H100"), (1, 1, "H100")])
-        assert requested() == [{"GPU": 1.0, "CPU": 1.0, "accelerator_type:H100": 0.001}] * 2
+        want = [{"GPU": 1.0, "CPU": 1.0, "accelerator_type:H100": 0.001}] * 2
+        assert becomes(want) == want and runtime.requested() == want
         runtime.request_capacity([])
-        assert requested() == []
+        assert becomes([]) == []
+        runtime.shutdown()
     finally:
         ray.shutdown()
