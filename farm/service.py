@@ -30,7 +30,7 @@ from farm.metrics import Metrics, accelerator_label
 from farm.plan import Action
 from farm.policy import Prices, RetryPolicy, Share
 from farm.render import DELIVERABLES
-from farm.runtime import RayRuntime
+from farm.runtime import RayRuntime, slots
 from farm.settings import Settings
 from farm.store import ArtifactStore, open_objects
 from farm.journal import Journal
@@ -74,7 +74,7 @@ def profiles_for(settings: Settings, catalog: backends.Catalog | None = None) ->
         override = settings.stage_resources.get(stage, {}) if defaults[stage] == name or name not in catalog.configs else {}
         gpus = override.get("num_gpus", declared.num_gpus)
         out[(stage, name)] = Profile(cpus=override.get("num_cpus", declared.num_cpus),
-                                     gpus=gpus / max(1, int(getattr(backend, "max_batch", 1))),
+                                     gpus=gpus / slots(backend),
                                      accelerator=override.get("accelerator", declared.accelerator))
     return out
 

@@ -427,3 +427,14 @@ def test_a_batch_submission_records_each_episodes_backends_and_the_controller_pl
     h2.commit(h2.c.decide(h2.now, CAPACITY))
     stages = {s.action.stage: s.action.backend for s in h2.c.actions.values()}
     assert stages["image"] == "fast"
+
+
+def test_each_action_of_a_batching_backend_holds_its_share_of_the_workers_gpu():
+    from farm.service import profiles_for
+
+    settings = Settings(backends={"fast": {"kind": BATCHING, "max_batch": 4, "num_gpus": 1}},
+                        stage_resources={"video": {"num_gpus": 1, "accelerator": "L4"}})
+    profiles = profiles_for(settings)
+    assert profiles[("image", "fast")].gpus == pytest.approx(0.25)
+    assert profiles[("video", "ffmpeg-motion")].gpus == 1 and profiles[("video", "ffmpeg-motion")].accelerator == "L4"
+    assert profiles[("image", "pillow")].gpus == 0
