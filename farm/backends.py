@@ -163,6 +163,11 @@ class Catalog:
             out[stage] = BackendChoice(name, backend.version, tuple(getattr(backend, "features", ())))
         return out
 
+    def choose_for(self, defaults: Mapping[str, str], *overrides: Mapping[str, str] | None) -> dict[str, BackendChoice]:
+        """``choose`` for ``resolve(defaults, *overrides)``: settings' defaults, then a series', then
+        a batch's choices."""
+        return self.choose(resolve(defaults, *overrides))
+
     def required_tools(self, names: Mapping[str, str]) -> list[str]:
         """Programs the chosen backends need on PATH (checked before anything runs)."""
         tools: list[str] = []
@@ -197,15 +202,3 @@ def resolve(defaults: Mapping[str, str], *overrides: Mapping[str, str] | None) -
     for over in overrides:
         names.update(over or {})
     return names
-
-
-# the embedded catalogue, for code that has no settings (the planner's tests, the simulator)
-EMBEDDED = Catalog()
-
-
-def load(stage: str, name: str) -> Backend:
-    return EMBEDDED.load(stage, name)
-
-
-def choose(names: Mapping[str, str]) -> dict[str, BackendChoice]:
-    return EMBEDDED.choose(names)

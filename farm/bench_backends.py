@@ -63,6 +63,18 @@ def keyframe_params(n: int, width: int, height: int) -> dict[str, Any]:
             "characters": []}
 
 
+def _items(root: Path, inputs: dict[str, Path], params_of):
+    """A maker of ``n`` actions (params ``params_of(i)``), each with a fresh folder, for one phase."""
+    def make(n: int, tag: str) -> list[BatchItem]:
+        out = []
+        for i in range(n):
+            folder = root / f"{tag}-{i}"
+            folder.mkdir(parents=True)
+            out.append(BatchItem(inputs, params_of(i), folder))
+        return out
+    return make
+
+
 def _phase(backend, op: str, items: list[BatchItem], per_call: int) -> dict[str, Any]:
     started = time.perf_counter()
     failed = 0
@@ -119,14 +131,7 @@ def bench_backends(image_model: str | None = None, video_model: str | None = Non
         image = DiffusersImages("bench-image", {"kind": "diffusers-image", "model_path": image_model,
                                                 "steps": steps, "max_batch": batch})
 
-        def keyframes(n: int, tag: str) -> list[BatchItem]:
-            items = []
-            for i in range(n):
-                out = root / f"kf-{tag}-{i}"
-                out.mkdir()
-                items.append(BatchItem({}, keyframe_params(i, width, height), out))
-            return items
-
+        keyframes = _items(root / "keyframes", {}, lambda i: keyframe_params(i, width, height))
         report["image"] = _measure(image, "keyframe", keyframes, shots, batch)
 
         still = root / "keyframe.png"
@@ -134,14 +139,8 @@ def bench_backends(image_model: str | None = None, video_model: str | None = Non
         video = DiffusersVideo("bench-video", {"kind": "diffusers-video", "model_path": video_model, "steps": steps,
                                                "frames": frames, "max_batch": batch})
 
-        def clips(n: int, tag: str) -> list[BatchItem]:
-            items = []
-            for i in range(n):
-                out = root / f"clip-{tag}-{i}"
-                out.mkdir()
-                items.append(BatchItem({"keyframe": still}, {"width": width, "height": height, "fps": 24,
-                                                             "frames": frames, "camera": "push_in"}, out))
-            return items
+        clips = _items(root / "clips", {"keyframe": still},
+                       lambda i: {"width": width, "height": height, "fps": 24, "frames": frames, "camera": "push_in"})
 
         report["video"] = _measure(video, "clip", clips, max(2, shots // 2), batch)
     report["text"] = _text(report)

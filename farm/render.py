@@ -16,7 +16,7 @@ from typing import Callable
 
 import structlog
 
-from farm import backends, logs
+from farm import logs
 from farm.errors import ActionFailed, FarmError
 from farm.loader import LoadedEpisode
 from farm.manifest import Manifest
@@ -76,9 +76,8 @@ class EpisodeRender:
         self.loaded, self.settings, self.runtime = loaded, settings, runtime
         self.spec = settings.store_spec()
         self.store = ArtifactStore(open_objects(self.spec), settings.studio)
-        names = backends.resolve(settings.backend_names(), loaded.series.backends)
         self.job = EpisodeJob(settings.studio, settings.namespace, loaded.series, loaded.episode,
-                              runtime.catalog.choose(names))
+                              runtime.catalog.choose_for(settings.backend_names(), loaded.series.backends))
         self.out_dir = out_dir
         self.on_progress = on_progress or (lambda p: None)
         self.manifests: dict[str, Manifest] = {}

@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from farm import backends
 from farm.controller import Controller
 from farm.errors import FarmError
 from farm.journal import Journal
@@ -183,7 +182,7 @@ def from_episode(settings: Settings, path: Path) -> ReportData:
     objects = open_objects(settings.store_spec())
     store = ArtifactStore(objects, settings.studio)
     job = EpisodeJob(settings.studio, settings.namespace, loaded.series, loaded.episode,
-                     backends.choose(settings.backend_names()))
+                     settings.catalog().choose_for(settings.backend_names(), loaded.series.backends))
     done, manifests = store.done_keys(), {}
     script, samples = None, {}
     while True:

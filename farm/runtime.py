@@ -134,10 +134,6 @@ class StageWorker:
         # execute builds the backend from the same settings: the instance built above, model loaded
         return execute(action, inputs, spec, studio, batch, configs, self.batcher)
 
-    def batches(self) -> list[int]:
-        """The size of every backend call so far (empty when the backend does not batch)."""
-        return list(self.batcher.calls) if self.batcher else []
-
 
 def slots(backend) -> int:
     """How many actions one worker of ``backend`` takes at once."""

@@ -91,9 +91,8 @@ def episode_backends(payload: dict[str, Any], item: dict[str, Any], settings: Se
                      catalog: backends.Catalog) -> dict[str, list]:
     """Stage -> [name, version, features] of one episode: the batch's choice, else its series', else
     settings'. Raises UnknownBackend naming the stage and the spec that asked for it."""
-    series = item["series"]
-    names = backends.resolve(settings.backend_names(), series.get("backends"), payload.get("backends"))
-    return {stage: choice.to_json() for stage, choice in catalog.choose(names).items()}
+    chosen = catalog.choose_for(settings.backend_names(), item["series"].get("backends"), payload.get("backends"))
+    return {stage: choice.to_json() for stage, choice in chosen.items()}
 
 
 class ControllerService:

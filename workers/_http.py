@@ -60,6 +60,14 @@ def retry_after(value: str | None, now: float | None = None) -> float | None:
     return max(0.0, when - (time.time() if now is None else now))
 
 
+def http_url(value: str, example: str) -> str:
+    """A server's base URL from settings: http(s) with a host, without a trailing slash."""
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"must be an http(s) URL of {example}")
+    return value.rstrip("/")
+
+
 def join(base: str, path: str) -> str:
     """``base`` (http://host:port/v1) + ``path`` (chat/completions), with exactly one slash."""
     return base.rstrip("/") + "/" + path.lstrip("/")

@@ -3,12 +3,11 @@ the requests, and ``check`` (does the server serve the model?)."""
 
 from __future__ import annotations
 
-import urllib.parse
 from typing import Any, Mapping
 
 from pydantic import Field, field_validator
 
-from workers._http import Response, call, join
+from workers._http import Response, call, http_url, join
 from workers.api import StageError, secret
 from workers.configured import BackendSettings
 
@@ -22,10 +21,7 @@ class OpenAISettings(BackendSettings):
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        parts = urllib.parse.urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError("must be an http(s) URL of the API root, such as http://vllm:8000/v1")
-        return value.rstrip("/")
+        return http_url(value, "the API root, such as http://vllm:8000/v1")
 
 
 class OpenAIClient:

@@ -300,6 +300,16 @@ def free_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def run_one(backend: Any, op: str, inputs: Mapping[str, Path], params: Mapping[str, Any], out_dir: Path):
+    """A batching backend's ``run``: its ``run_batch`` of one action, the error raised."""
+    from workers.api import BatchItem
+
+    [result] = backend.run_batch(op, [BatchItem(inputs=inputs, params=params, out_dir=Path(out_dir))])
+    if isinstance(result, StageError):
+        raise result
+    return result
+
+
 def split_on_oom(items: list[T], call: Callable[[list[T]], list[R]], what: str) -> list[R | StageError]:
     """``call(items)``, one result per item. Out of memory: free the cache and retry each half;
     one item that still does not fit is a retryable StageError. Any other failure of the call is

@@ -186,6 +186,15 @@ def require_tool(name: str) -> str:
     return path
 
 
+def children_cpu() -> float:
+    """CPU-seconds this process's finished child programs (ffmpeg, espeak-ng) have used so far: a
+    backend's cpu_seconds is the difference across its run."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_tool(args: list[str], *, what: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run a program given as an argument list (never through a shell).
 

@@ -36,7 +36,6 @@ import hashlib
 import io
 import json
 import re
-import resource
 import shutil
 import time
 import urllib.parse
@@ -47,11 +46,11 @@ from typing import Any, Literal, Mapping
 from PIL import Image, ImageChops, ImageOps, ImageSequence, ImageStat
 from pydantic import ConfigDict, Field, field_validator
 
-from workers._http import Response, call, join
+from workers._http import Response, call, http_url, join
 from workers.api import (ConfigError, Estimate, JobRecord, Resources, StageError, StageResult, Usage,
-                         config_version, run_tool, secret)
+                         children_cpu, config_version, run_tool, secret)
 from workers.configured import BackendSettings, parse
-from workers.video.motion import ENCODER_ARGS, TIMESCALE_ARGS, VIDEO_TIMESCALE
+from workers.video.motion import ENCODER_ARGS, TIMESCALE_ARGS, clip_shape
 
 KIND, KIND_VERSION = "comfyui", "1"
 
@@ -97,10 +96,7 @@ class ComfyUISettings(BackendSettings):
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        parts = urllib.parse.urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError("must be the http(s) URL of the ComfyUI server, such as http://comfy:8188")
-        return value.rstrip("/")
+        return http_url(value, "the ComfyUI server, such as http://comfy:8188")
 
 
 def _canonical(value: Any) -> str:
@@ -414,14 +410,14 @@ class ComfyUI:
         files = self._outputs(op, prompt_id, entry)
         usage = Usage(provider_job_id=prompt_id, model=Path(self.settings.workflows[op]).name,
                       gpu_seconds=gpu_seconds(status))
-        cpu0 = _children_cpu()
+        cpu0 = children_cpu()
         if op == "keyframe":
             result = {"keyframe": self._keyframe(files["keyframe"], params, out_dir, meta)}
         elif op == "sheet":
             result = self._sheet(files, out_dir, meta)
         else:
             result = {"clip": self._clip(files["clip"], params, out_dir, meta)}
-        usage.cpu_seconds = _children_cpu() - cpu0
+        usage.cpu_seconds = children_cpu() - cpu0
         return StageResult(files=result, meta=meta, usage=usage)
 
     def _submit(self, op: str, inputs: Mapping[str, Path], params: Mapping[str, Any], record: JobRecord,
@@ -652,12 +648,7 @@ class ComfyUI:
 
     def _clip(self, files: list[tuple[str, bytes]], params: Mapping[str, Any], out_dir: Path,
               meta: dict[str, Any]) -> Path:
-        width, height = _int(params, "width", 16, 8192), _int(params, "height", 16, 8192)
-        fps, frames = _int(params, "fps", 1, 120), _int(params, "frames", 1, 100_000)
-        if width % 2 or height % 2:
-            raise StageError(f"{self.what}: {width}x{height} must have even sides for yuv420p")
-        if VIDEO_TIMESCALE % fps:
-            raise StageError(f"{self.what}: fps {fps} must divide {VIDEO_TIMESCALE} (e.g. 12, 24, 25, 30, 60)")
+        width, height, fps, frames = clip_shape(params, self.what)
         work = out_dir / "comfyui-source"
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir()
@@ -720,13 +711,3 @@ def gpu_seconds(status: Mapping[str, Any]) -> float:
     return 0.0
 
 
-def _int(params: Mapping[str, Any], name: str, low: int, high: int) -> int:
-    value = params.get(name)
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise StageError(f"video: params.{name} = {value!r} must be an integer from {low} to {high}")
-    return value
-
-
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import json
 import re
-import resource
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
-from workers.api import Estimate, Resources, StageError, StageResult, Usage, run_tool
+from workers.api import Estimate, Resources, StageError, StageResult, Usage, children_cpu, run_tool
 from workers.assembly import _audio, _storyboard, _subtitles
 from workers.video.motion import TIMESCALE_ARGS, VIDEO_TIMESCALE
 
@@ -31,10 +30,6 @@ AAC_ARGS = ("-c:a", "aac", "-b:a", "128k", "-ar", "48000", "-ac", "2")
 # No encoder strings, creation times or copied tags: the same inputs give the same file.
 BITEXACT_ARGS = ("-map_metadata", "-1", "-map_chapters", "-1", "-fflags", "+bitexact", "-flags", "+bitexact")
 
-
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def language_code(language: str) -> str:
@@ -119,7 +114,7 @@ class FfmpegAssembly:
     ) -> StageResult:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        cpu0 = _children_cpu()
+        cpu0 = children_cpu()
         with tempfile.TemporaryDirectory(prefix="assembly-") as tmp:
             if op == "mux":
                 files, meta = self._mux(inputs, params, out_dir, Path(tmp))
@@ -127,7 +122,7 @@ class FfmpegAssembly:
                 files, meta = self._episode(inputs, params, out_dir, Path(tmp))
             else:
                 raise StageError(f"assembly: unknown op {op!r}; ffmpeg does {self.ops}")
-        return StageResult(files=files, meta=meta, usage=Usage(cpu_seconds=_children_cpu() - cpu0, model="ffmpeg"))
+        return StageResult(files=files, meta=meta, usage=Usage(cpu_seconds=children_cpu() - cpu0, model="ffmpeg"))
 
     def _mux(self, inputs, params, out_dir: Path, tmp: Path):
         fps, frames = _int(params, "fps"), _int(params, "frames")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import array
 import re
-import resource
 import sys
 import tempfile
 import unicodedata
@@ -18,7 +17,7 @@ import wave
 from pathlib import Path
 from typing import Any, Mapping
 
-from workers.api import Estimate, Resources, StageError, StageResult, Usage, run_tool
+from workers.api import Estimate, Resources, StageError, StageResult, Usage, children_cpu, run_tool
 
 # A sample counts as speech when its magnitude reaches -50 dBFS (32768 * 10^(-50/20) ~ 104).
 # espeak-ng pads with digital silence, so any small fixed threshold finds the same edges; a fixed
@@ -34,10 +33,6 @@ SILENT_LINE_SECONDS = 0.3
 # keeps it from ever being read as an option.
 _VOICE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(\+[A-Za-z0-9_-]+)?")
 
-
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def _clean_text(text: str) -> str:
@@ -134,7 +129,7 @@ class EspeakDubbing:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         out = out_dir / "line.wav"
-        cpu0 = _children_cpu()
+        cpu0 = children_cpu()
         with tempfile.TemporaryDirectory(prefix="espeak-") as tmp:
             text_file, spoken, trimmed = Path(tmp) / "line.txt", Path(tmp) / "espeak.wav", Path(tmp) / "trim.wav"
             text_file.write_text(_clean_text(text), encoding="utf-8")
@@ -147,7 +142,7 @@ class EspeakDubbing:
                  "-map_metadata", "-1", "-fflags", "+bitexact", "-f", "wav", str(out)],
                 what="dubbing: resample",
             )
-        cpu = _children_cpu() - cpu0
+        cpu = children_cpu() - cpu0
         with wave.open(str(out), "rb") as w:
             samples, rate = w.getnframes(), w.getframerate()
         return StageResult(

@@ -295,10 +295,7 @@ class DiffusersImages:
     # -- running ---------------------------------------------------------------------------
 
     def run(self, op: str, inputs: Mapping[str, Path], params: Mapping[str, Any], out_dir: Path) -> StageResult:
-        [result] = self.run_batch(op, [BatchItem(inputs=inputs, params=params, out_dir=Path(out_dir))])
-        if isinstance(result, StageError):
-            raise result
-        return result
+        return tt.run_one(self, op, inputs, params, out_dir)
 
     def run_batch(self, op: str, items: list[BatchItem]) -> list[StageResult | StageError]:
         """One pipeline call for the items (split on out-of-memory), one result or error per item."""

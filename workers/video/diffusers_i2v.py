@@ -43,11 +43,11 @@ from PIL import Image
 
 from workers import _torch as tt
 from workers.api import (
-    BatchItem, Estimate, Resources, StageError, StageResult, Usage, config_version, require_tool,
+    BatchItem, Estimate, Resources, StageError, StageResult, Usage, children_cpu, config_version, require_tool,
 )
 from workers.configured import parse
 from workers.video.motion import (
-    CAMERAS, ENCODER_ARGS, TIMESCALE_ARGS, VIDEO_TIMESCALE, _children_cpu, _int_param,
+    CAMERAS, ENCODER_ARGS, TIMESCALE_ARGS, clip_shape,
 )
 
 KIND = "diffusers-video"
@@ -252,10 +252,7 @@ class DiffusersVideo:
     # -- running ---------------------------------------------------------------------------
 
     def run(self, op: str, inputs: Mapping[str, Path], params: Mapping[str, Any], out_dir: Path) -> StageResult:
-        [result] = self.run_batch(op, [BatchItem(inputs=inputs, params=params, out_dir=Path(out_dir))])
-        if isinstance(result, StageError):
-            raise result
-        return result
+        return tt.run_one(self, op, inputs, params, out_dir)
 
     def run_batch(self, op: str, items: list[BatchItem]) -> list[StageResult | StageError]:
         if op not in self.ops:
@@ -285,14 +282,7 @@ class DiffusersVideo:
 
     def _prepare(self, index: int, item: BatchItem, pipe: Any) -> _Job:
         s, params = self.settings, item.params
-        width = _int_param(params, "width", 16, 8192)
-        height = _int_param(params, "height", 16, 8192)
-        fps = _int_param(params, "fps", 1, 120)
-        frames = _int_param(params, "frames", 1, 100_000)
-        if width % 2 or height % 2:
-            raise StageError(f"{self.what}: {width}x{height} must have even sides for yuv420p")
-        if VIDEO_TIMESCALE % fps:
-            raise StageError(f"{self.what}: fps {fps} must divide {VIDEO_TIMESCALE} (e.g. 12, 24, 25, 30, 60)")
+        width, height, fps, frames = clip_shape(params, self.what)
         camera = str(params.get("camera", "static"))
         if camera not in CAMERAS:
             raise StageError(f"{self.what}: camera {camera!r} is not one of {', '.join(CAMERAS)}")
@@ -355,7 +345,7 @@ class DiffusersVideo:
         return [self._write(job, list(video), timer, len(jobs)) for job, video in zip(jobs, videos)]
 
     def _write(self, job: _Job, video: list[Any], timer: tt.DeviceTimer, share: int) -> StageResult:
-        t0, children0 = time.process_time(), _children_cpu()
+        t0, children0 = time.process_time(), children_cpu()
         if not video:
             raise StageError(f"{self.what}: the pipeline returned no frames")
         frames = [tt.fit(_pil(f).convert("RGB"), job.width, job.height) for f in video]
@@ -363,7 +353,7 @@ class DiffusersVideo:
         out_dir.mkdir(parents=True, exist_ok=True)
         out = out_dir / "clip.mp4"
         encode(frames, retime(len(frames), job.frames), job.fps, out, self.settings.timeout_s, self.what)
-        cpu = time.process_time() - t0 + _children_cpu() - children0
+        cpu = time.process_time() - t0 + children_cpu() - children0
         return StageResult(
             files={"clip": out},
             meta={"frames": job.frames, "fps": job.fps, "width": job.width, "height": job.height,

@@ -8,13 +8,12 @@ and each clip starts on an IDR frame.
 
 from __future__ import annotations
 
-import resource
 from pathlib import Path
 from typing import Any, Mapping
 
 from PIL import Image
 
-from workers.api import Estimate, Resources, StageError, StageResult, Usage, run_tool
+from workers.api import Estimate, Resources, StageError, StageResult, Usage, children_cpu, run_tool
 
 CAMERAS = ("static", "push_in", "pull_out", "pan_left", "pan_right", "pan_up", "pan_down")
 
@@ -54,16 +53,26 @@ PAN_ZOOM = 1.12  # pans travel across an image zoomed this much: ~11% of the fra
 PIXELS_PER_SECOND = 40e6
 
 
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
 
 def _int_param(params: Mapping[str, Any], name: str, low: int, high: int) -> int:
     value = params.get(name)
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         raise StageError(f"video: params.{name} = {value!r} must be an integer from {low} to {high}")
     return value
+
+
+def clip_shape(params: Mapping[str, Any], what: str) -> tuple[int, int, int, int]:
+    """A clip action's width, height, fps and frames, checked as every video backend needs them:
+    even sides (yuv420p) and an fps that divides the 90 kHz timescale (exact frame times)."""
+    width = _int_param(params, "width", 16, 8192)
+    height = _int_param(params, "height", 16, 8192)
+    fps = _int_param(params, "fps", 1, 120)
+    frames = _int_param(params, "frames", 1, 100_000)
+    if width % 2 or height % 2:
+        raise StageError(f"{what}: {width}x{height} must have even sides for yuv420p")
+    if VIDEO_TIMESCALE % fps:
+        raise StageError(f"{what}: fps {fps} must divide {VIDEO_TIMESCALE} (e.g. 12, 24, 25, 30, 60)")
+    return width, height, fps, frames
 
 
 def motion_filter(camera: str, width: int, height: int, fps: int, frames: int) -> str:
@@ -129,14 +138,7 @@ class MotionClip:
     ) -> StageResult:
         if op not in self.ops:
             raise StageError(f"video: unknown op {op!r}; ffmpeg-motion does {self.ops}")
-        width = _int_param(params, "width", 16, 8192)
-        height = _int_param(params, "height", 16, 8192)
-        fps = _int_param(params, "fps", 1, 120)
-        frames = _int_param(params, "frames", 1, 100_000)
-        if width % 2 or height % 2:
-            raise StageError(f"video: {width}x{height} must have even sides for yuv420p")
-        if VIDEO_TIMESCALE % fps:
-            raise StageError(f"video: fps {fps} must divide {VIDEO_TIMESCALE} (e.g. 12, 24, 25, 30, 60)")
+        width, height, fps, frames = clip_shape(params, "video")
         graph = motion_filter(str(params.get("camera")), width, height, fps, frames)
         keyframe = inputs.get("keyframe")
         if keyframe is None:
@@ -152,7 +154,7 @@ class MotionClip:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         out = out_dir / "clip.mp4"
-        cpu0 = _children_cpu()
+        cpu0 = children_cpu()
         run_tool(
             ["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(keyframe),
              "-vf", graph, "-frames:v", str(frames), "-an",
@@ -164,7 +166,7 @@ class MotionClip:
         return StageResult(
             files={"clip": out},
             meta={"frames": frames, "duration": frames / fps},
-            usage=Usage(cpu_seconds=_children_cpu() - cpu0, model="ffmpeg-motion"),
+            usage=Usage(cpu_seconds=children_cpu() - cpu0, model="ffmpeg-motion"),
         )
 
 
