@@ -14,14 +14,14 @@ Three kinds of calls:
 
 from __future__ import annotations
 
-from collections import ChainMap
+import heapq
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 from farm.plan import STAGES, Action, BackendChoice, EpisodeJob, plan_episode
-from farm.policy import (BatchTerms, Budget, Capacity, GiveUp, Prices, Quarantine, RetryPolicy, RunState, Share, Spend, Task,
-                         select, upward_ranks)
-from farm.policy.ranking import pace
+from farm.policy import (BatchTerms, Budget, Capacity, GiveUp, Prices, Quarantine, ReadyQueue, RetryPolicy, RunState, Share,
+                         Spend, Task, select, upward_ranks)
+from farm.policy.ranking import NO_PACE, pace, sort_key
 from farm.script import Script
 from farm.spec import PRIORITY_CLASSES, Episode, Series
 
@@ -29,6 +29,10 @@ from farm.spec import PRIORITY_CLASSES, Episode, Series
 # shots, a line's clip): keeps the critical-path rank honest before the graph has grown.
 # At most this many GPU bundles are asked of an autoscaler at once (see Controller.wanted_capacity).
 MAX_CAPACITY_REQUEST = 512
+
+# Events that change which live batch and episode a pending action counts for (its priority, deadline,
+# budget) or whether any still needs it. (A delivered episode has no pending actions.)
+_REORDERING = frozenset({"batch.submitted", "batch.cancelled", "batch.finished", "episode.failed"})
 
 TAIL_SECONDS = {"script": 60.0, "sheet": 40.0, "keyframe": 30.0, "line": 30.0, "clip": 5.0, "mux": 2.0}
 
@@ -136,6 +140,16 @@ class Controller:
         self._dependants: dict[str, list[str]] = {}
         self._ready: set[str] = set()  # pending, every input done
         self._running: set[str] = set()
+        # The ready actions the scheduler may start, in its order (farm.policy.ready), so a decision
+        # costs O((dispatched + lanes) log n) however many wait: synced in ``decide`` from the keys
+        # whose readiness changed, rebuilt when the order itself changes (new ranks, a batch or an
+        # episode starting or ending, which changes which batch an action counts for).
+        self._queue = ReadyQueue()
+        self._queue_ranks: dict[str, float] | None = None  # the ranks the queue was ordered with
+        self._queue_stale = True
+        self._changed: set[str] = set()  # keys whose readiness changed since the last sync
+        self._backoff: list[tuple[float, str]] = []  # (not_before, key): ready, but waiting out a retry
+        self._tasks: dict[str, Task] = {}  # what the scheduler sees of an action, until the batches change
         # after each decision: (cpus, gpus, accelerator) of every GPU action running or waiting for room,
         # so an autoscaler can grow GPU groups (even from zero) to fit the queue
         self.wanted_capacity: list[tuple[float, float, str | None]] = []
@@ -146,6 +160,9 @@ class Controller:
     def apply(self, event) -> list[Command]:
         """Take one journaled event into the state; return what the service must do about it."""
         self.last_seq = event.seq
+        if event.type in _REORDERING:
+            self._queue_stale = True
+            self._tasks.clear()
         handler = getattr(self, "_on_" + event.type.replace(".", "_"))
         return handler(event) or []
 
@@ -210,6 +227,10 @@ class Controller:
                 for ref in action.inputs.values():
                     self._dependants.setdefault(ref.key, []).append(action.key)
                 self._check_ready(action.key)
+            elif (ep.batch, ep.id) not in state.episodes:  # shared with another episode now: it may
+                self._tasks.pop(action.key, None)           # count for another batch
+                self._queue.discard(action.key)
+                self._changed.add(action.key)
             state.episodes.add((ep.batch, ep.id))
         ep.keys = [a.key for a in plan.actions]
         ep.final_key = plan.final_key
@@ -220,6 +241,7 @@ class Controller:
 
     def _check_ready(self, key: str) -> None:
         state = self.actions[key]
+        self._changed.add(key)
         if state.status == "pending" and all(self.actions[r.key].status == "done" for r in state.action.inputs.values()):
             self._ready.add(key)
         else:
@@ -287,6 +309,7 @@ class Controller:
 
     def _on_action_retry(self, e):
         self.actions[e.key].not_before = e.data["not_before"]
+        self._changed.add(e.key)
 
     def _on_action_quarantined(self, e):
         self._set_status(e.key, "quarantined")
@@ -389,6 +412,12 @@ class Controller:
         return est
 
     def _task(self, state: ActionState) -> Task:
+        task = self._tasks.get(state.action.key)
+        if task is None:
+            task = self._tasks[state.action.key] = self._make_task(state)
+        return task
+
+    def _make_task(self, state: ActionState) -> Task:
         a = state.action
         seconds, tokens, gpu_seconds = self._estimate(a)
         profile = self.profiles.get((a.stage, a.backend), Profile())
@@ -409,6 +438,10 @@ class Controller:
         states = (self.actions[k] for k in sorted(self._ready))
         return [s for s in states if s.not_before <= now and self._wanted(s)]
 
+    def queued(self) -> list[Task]:
+        """The actions waiting for room: ``ready`` as of the last decision, less what has started since."""
+        return [t for t in self._queue if self.actions[t.key].status == "pending"]
+
     def decide(self, now: float, capacity: Capacity) -> list[dict]:
         """Events the clock and free capacity call for: dispatches, budget holds, finished batches."""
         events: list[dict] = []
@@ -423,20 +456,17 @@ class Controller:
             committed[t.batch] = committed.get(t.batch, Spend()) + Spend(t.est_tokens, t.est_gpu_seconds, t.est_money)
         state = RunState(gpus_by_studio=gpus_by_studio, running_by_backend=by_backend,
                          spent_by_batch={b: s.spent for b, s in self.batches.items()}, committed_by_batch=committed)
-        candidates = [self._task(s) for s in self.ready(now)]
         terms = {b: s.terms for b, s in self.batches.items()}
         total_gpus = sum(capacity.gpus_by_accelerator.values()) + sum(t.gpus for t in run_tasks)
         total_cpus = capacity.cpus + sum(t.cpus for t in run_tasks if not t.gpus)
         paces = {k: v for b in self.batches if self.batches[b].status == "running"
                  for k, v in self._pace(b, total_gpus, total_cpus).items()}
-        ranks = self.ranks(now)
-        missing = {t.key: self._local_rank(t.key) for t in candidates if t.key not in ranks}
-        selection = select(candidates, ChainMap(ranks, missing) if missing else ranks, terms, capacity, state,
-                           self.shares, self.caps, paces=paces)
+        self._sync_queue(now, self.ranks(now), paces)
+        selection = select(self._queue, None, terms, capacity, state, self.shares, self.caps)
         placed = {t.key for t in selection.dispatch}
-        unmet = [t for t in candidates if t.key not in placed and t.gpus > 0]
-        self.wanted_capacity = [(t.cpus, t.gpus, t.accelerator) for t in [*run_tasks, *selection.dispatch, *unmet]
-                                if t.gpus > 0][:MAX_CAPACITY_REQUEST]
+        shapes = [t for t in [*run_tasks, *selection.dispatch] if t.gpus > 0]
+        shapes += self._waiting_gpu_tasks(placed, MAX_CAPACITY_REQUEST - len(shapes))
+        self.wanted_capacity = [(t.cpus, t.gpus, t.accelerator) for t in shapes][:MAX_CAPACITY_REQUEST]
         for task in selection.dispatch:
             events.append({"type": "action.dispatched", "batch": task.batch, "key": task.key,
                            "data": {"label": self.actions[task.key].action.label, "episode": task.episode}})
@@ -448,6 +478,49 @@ class Controller:
                     self.episodes[(batch_id, ep)].status in ("delivered", "failed") for ep in batch.episodes):
                 events.append({"type": "batch.finished", "batch": batch_id, "data": {}})
         return events
+
+    def _sync_queue(self, now: float, ranks: Mapping[str, float], paces: Mapping[tuple[str, str], Any]) -> None:
+        """Bring the ready queue up to date: exactly the wanted ready actions past their backoff, each
+        ordered by ``ranking.sort_key`` (a key not ranked yet by its own estimate and tail)."""
+        if self._queue_stale or ranks is not self._queue_ranks:
+            self._queue, self._backoff = ReadyQueue(), []
+            self._queue_stale, self._queue_ranks = False, ranks
+            keys = set(self._ready)
+        else:
+            keys = self._changed
+            while self._backoff and self._backoff[0][0] <= now:
+                keys.add(heapq.heappop(self._backoff)[1])
+        self._changed = set()
+        for key in sorted(keys):
+            state = self.actions[key]
+            if key not in self._ready or not self._wanted(state):
+                self._queue.discard(key)
+            elif state.not_before > now:
+                self._queue.discard(key)
+                heapq.heappush(self._backoff, (state.not_before, key))
+            elif key not in self._queue:
+                task = self._task(state)
+                rank = ranks[key] if key in ranks else self._local_rank(key)
+                self._queue.push(task, sort_key(task, self.batches[task.batch].terms, rank,
+                                                paces.get((task.batch, task.episode), NO_PACE)))
+
+    def _waiting_gpu_tasks(self, placed: set[str], limit: int) -> list[Task]:
+        """Up to ``limit`` queued GPU actions not placed this round, most urgent first."""
+        out: list[Task] = []
+        if limit <= 0:
+            return out
+        walk = self._queue.walk()
+        try:
+            for task in walk:
+                if task.gpus <= 0:
+                    walk.refuse()  # a CPU lane: skip all of it
+                elif task.key not in placed:
+                    out.append(task)
+                    if len(out) >= limit:
+                        break
+        finally:
+            walk.close()
+        return out
 
     def _pace(self, batch_id: str, total_gpus: float, total_cpus: float) -> dict:
         """Each episode's place in its batch's pipeline (farm.policy.ranking.pace), so episodes finish

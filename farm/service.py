@@ -318,8 +318,8 @@ class ControllerService:
         self._gauges_at = now
         queued: dict[str, int] = {}
         running: dict[str, int] = {}
-        for state in self.controller.ready(now):
-            queued[state.action.stage] = queued.get(state.action.stage, 0) + 1
+        for task in self.controller.queued():
+            queued[task.stage] = queued.get(task.stage, 0) + 1
         for state in self.controller.running():
             running[state.action.stage] = running.get(state.action.stage, 0) + 1
         self.metrics.stages(queued, running)

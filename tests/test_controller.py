@@ -66,12 +66,15 @@ class Harness:
                 elif isinstance(cmd, Notify):
                     self.notes.append(cmd)
 
-    def submit(self, batch="b1", episodes=1, **terms):
+    def submit(self, batch="b1", episodes=1, unique=False, **terms):
+        """Episodes 1..n share sheets and all shots but one line; ``unique`` makes every shot theirs alone."""
         series = Series.model_validate(SMALL_SERIES).model_dump(mode="json")
         eps = []
         for n in range(1, episodes + 1):
             script = copy.deepcopy(SMALL_SCRIPT)
             script["scenes"][1]["shots"][0]["lines"][0]["text"] = f"Only me, time {n}."
+            for shot in (s for scene in script["scenes"] for s in scene["shots"]) if unique else ():
+                shot["description"] += f" ({batch} #{n})"
             eps.append({"series": series, "episode": Episode.model_validate(
                 {"series": "s.yaml", "number": n, "title": f"E{n}", "script": script}).model_dump(mode="json")})
         data = {"studio": "acme", "namespace": "acme", "priority": "normal", "budget": {}, "backends": BACKENDS,
@@ -261,3 +264,75 @@ def test_gpu_work_without_gpus_is_asked_of_the_autoscaler():
     status = h.c.batch_status("b1", h.now)
     assert status["actions"]["video"]["pending"] == 3 and status["actions"]["video"]["running"] == 0
     assert h.c.wanted_capacity == [(1, 1, None)] * 3
+
+
+def _queue_order(c) -> list:
+    return list(c._queue.walk())
+
+
+def _reference_order(c, now) -> list:
+    """What the scheduler would consider, in order, worked out from scratch as the controller did before
+    it kept a queue: every wanted ready action past its backoff, sorted by ``ranking.sort_key``."""
+    from farm.policy import NO_PACE, sort_key
+
+    ranks = c.ranks(now)
+    tasks = [c._make_task(s) for s in c.ready(now)]
+    return sorted(tasks, key=lambda t: sort_key(t, c.batches[t.batch].terms,
+                                                ranks[t.key] if t.key in ranks else c._local_rank(t.key),
+                                                c._paces.get(t.batch, {}).get((t.batch, t.episode), NO_PACE)))
+
+
+def test_ready_queue_matches_a_from_scratch_ordering():
+    """The queue the controller keeps between decisions holds exactly the actions a from-scratch
+    ordering would consider, in the same order, with the same batch charged, through shared actions
+    changing batch, retries in backoff, quarantines, a cancelled batch and ranks refreshing."""
+    import random
+
+    rng = random.Random(7)
+    h = Harness(retry=RetryPolicy(base_s=2.0, max_delay_s=8.0))
+    h.submit(batch="b1", episodes=3)
+    checked, poison = 0, None
+    for rnd in range(400):
+        if rnd == 3:  # shares b1's episodes 1-2 and outranks it: those actions now count for b2
+            h.submit(batch="b2", episodes=2, priority="urgent", budget={"gpu_seconds": 9.0})
+        if rnd == 5:
+            h.submit(batch="b3", episodes=2, priority="low", deadline=h.now + 400.0, studio="other",
+                     namespace="other", unique=True)
+            first = h.c.episodes[("b3", h.c.batches["b3"].episodes[0])]
+            poison = next(k for k in first.keys if h.c.actions[k].action.params.get("text") == "Only me, time 1.")
+        if rnd == 8:
+            h.commit([{"type": "batch.cancelled", "batch": "b1", "data": {}}])
+        capacity = Capacity(cpus=rng.randint(0, 3), gpus_by_accelerator={None: rng.randint(0, 2)})
+        events = h.c.decide(h.now, capacity)
+        assert _queue_order(h.c) == _reference_order(h.c, h.now)
+        checked += len(h.c._queue)
+        h.commit(events)
+        for key in sorted(k for k, s in h.c.actions.items() if s.status == "running"):
+            roll = rng.random()
+            if key == poison:  # a line of b3's first episode alone fails on every worker
+                h.commit(h.c.on_failure(key, "bad line", True, f"node-{h.c.actions[key].attempts}", h.now))
+            elif roll < 0.15:
+                h.commit(h.c.on_failure(key, "flaky", True, f"node-{rng.randint(1, 4)}", h.now))
+            elif roll < 0.7:
+                m = manifest(h.c.actions[key].action)
+                h.stored[key] = m
+                h.commit(h.c.on_result(key, m))
+        h.now += rng.choice([0.3, 0.6, 1.5, 3.0])
+        if all(b.status != "running" for b in h.c.batches.values()):
+            break
+    else:
+        raise AssertionError("the batches did not finish")
+    statuses = {b: h.c.batch_status(b, h.now) for b in h.c.batches}
+    assert statuses["b1"]["status"] == "cancelled" and statuses["b2"]["status"] == "finished"
+    assert statuses["b3"]["episodes"] == {"total": 2, "delivered": 1, "failed": 1, "running": 0}
+    assert any(e.type == "action.retry" for e in h.log) and checked > 50
+
+
+def test_queued_is_what_waits_after_a_decision():
+    """``queued`` (the metrics' queue depth) is what the last decision left waiting."""
+    h = Harness()
+    h.submit(episodes=1)
+    h.commit(h.c.decide(h.now, Capacity(cpus=1, gpus_by_accelerator={})))
+    waiting = {s.action.key for s in h.c.ready(h.now)}
+    assert len(h.dispatched) == 1 and waiting and h.dispatched[0] not in waiting
+    assert {t.key for t in h.c.queued()} == waiting
