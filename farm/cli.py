@@ -278,9 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
     bd = bsub.add_parser("dispatch", help="no-op actions through the controller vs bare Ray, on a local Ray")
     bd.add_argument("--episodes", type=int, default=10)
     bd.add_argument("--gpus", type=int, default=4, help="GPUs to declare to the local Ray")
+    bd.add_argument("--dispatch-ahead", type=int, default=None,
+                    help="the controller's FARM_DISPATCH_AHEAD for this run (default: the setting's default)")
     bd.add_argument("--json", action="store_true")
     bd.set_defaults(func=lambda a: _print_report(
-        __import__("farm.bench_batch").bench_batch.bench_dispatch(a.episodes, a.gpus), a))
+        __import__("farm.bench_batch").bench_batch.bench_dispatch(a.episodes, a.gpus, dispatch_ahead=a.dispatch_ahead), a))
 
     from farm import cli_batch, simulate
 

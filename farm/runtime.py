@@ -172,11 +172,18 @@ class RayRuntime:
     Connects to ``address`` when given (or to the cluster this process already joined), else starts
     a local Ray. Each action holds the resources of its profile (settings) or its backend's own.
     ``catalog`` holds the configured backends; their settings travel to the workers with the work.
+
+    ``cpu_ahead``: CPU actions per CPU that ``capacity`` offers beyond what can run now. Ray queues
+    them and hands each to a worker the moment one finishes, on the lease it already holds, instead
+    of the worker idling while the result goes to the controller and the next action comes back.
+    The price: a more urgent action that becomes ready waits behind at most that many per CPU. GPU
+    actions are not queued ahead: GPU shares and floors count GPUs held, and a GPU action is long
+    enough that the round trip does not show.
     """
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None, log_level: str = "WARNING",
-                 idle_actor_s: float = 30.0, catalog: Catalog | None = None):
-        self.log_level, self.idle_actor_s = log_level, idle_actor_s
+                 idle_actor_s: float = 30.0, catalog: Catalog | None = None, cpu_ahead: int = 0):
+        self.log_level, self.idle_actor_s, self.cpu_ahead = log_level, idle_actor_s, cpu_ahead
         self.catalog = catalog or Catalog()
         self._owns = not ray.is_initialized()
         if self._owns:
@@ -301,10 +308,11 @@ class RayRuntime:
         return self._totals[1]
 
     def capacity(self):
-        """What the cluster could still run now: its live nodes' CPUs and GPUs less what our actions hold."""
+        """What the controller may still start now: the live nodes' CPUs (times 1 + ``cpu_ahead``) and
+        GPUs, less what our actions hold."""
         now = time.monotonic()
         cpus, gpus = self._cluster()
-        gpus = dict(gpus)
+        cpus, gpus = cpus * (1 + self.cpu_ahead), dict(gpus)
         for _, prof in self._running.values():
             cpus -= prof.cpus if prof.gpus == 0 else 0.0
             if prof.gpus:

@@ -112,7 +112,8 @@ class ControllerService:
             estimator(self.catalog), self.profiles, prices=Prices(**self.settings.prices),
             shares=[Share(**s) for s in self.settings.shares], caps=self.settings.caps,
             retry=RetryPolicy(**self.settings.retry))
-        self.runtime = RayRuntime(log_level=self.settings.log_level, catalog=self.catalog)
+        self.runtime = RayRuntime(log_level=self.settings.log_level, catalog=self.catalog,
+                                  cpu_ahead=self.settings.dispatch_ahead)
         self.lock = threading.RLock()
         self._stores: dict[str, ArtifactStore] = {}
         self._done: dict[str, set[str]] = {}

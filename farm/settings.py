@@ -58,6 +58,9 @@ class Settings(BaseModel):
     shares: list[dict[str, Any]] = Field(default_factory=list, description='[{"studio", "weight", "floor_gpus"}]')
     caps: dict[str, int] = Field(default_factory=dict, description="concurrency cap per backend name")
     retry: dict[str, float] = Field(default_factory=dict, description="RetryPolicy fields")
+    dispatch_ahead: int = Field(1, ge=0, le=16, description=(
+        "CPU actions the controller hands to Ray per CPU beyond those it can run now: a worker that "
+        "finishes starts the next at once instead of waiting for the controller's round trip"))
     backends: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description='configured backends by name: {"qwen": {"kind": "openai-chat", '
                                           '"base_url": ..., "model": ..., "api_key_env": "QWEN_KEY"}}')

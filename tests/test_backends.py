@@ -180,6 +180,30 @@ def test_gpu_worker_runs_a_batch_in_one_call_and_holds_one_gpu(ray_gpu, tmp_path
 
 
 @pytest.mark.ray
+def test_cpu_actions_are_handed_to_ray_ahead_gpu_actions_are_not(ray_gpu, tmp_path):
+    """With ``cpu_ahead`` 1 the runtime offers twice the cluster's CPUs, so Ray holds the next CPU
+    action of each worker ready; GPUs are offered only as they are free. Everything handed over runs."""
+    from farm.controller import Profile
+    from farm.runtime import RayRuntime
+    from farm.settings import StoreSpec
+
+    noop = Catalog().load("image", "noop")
+    runtime = RayRuntime(cpu_ahead=1)
+    spec = StoreSpec(url=str(tmp_path / "store"))
+    assert runtime.capacity().cpus == pytest.approx(4.0)  # the fixture's 2 CPUs, twice
+    for n in range(3):
+        runtime.submit(_action(noop, n, sleep_s=0.2), {}, spec, "studio-a", profile=Profile(cpus=1))
+    capacity = runtime.capacity()
+    assert capacity.cpus == pytest.approx(1.0) and capacity.gpus_by_accelerator[None] == pytest.approx(1.0)
+    done, deadline = [], time.monotonic() + 120
+    while len(done) < 3 and time.monotonic() < deadline:
+        done += runtime.wait(timeout=1)
+    assert sorted(f.action.params["seed"] for f in done if f.error is None) == [0, 1, 2]
+    assert RayRuntime(cpu_ahead=0).capacity().cpus == pytest.approx(2.0)
+    runtime.shutdown()
+
+
+@pytest.mark.ray
 def test_an_idle_worker_gives_its_gpu_to_a_worker_waiting_for_one(ray_gpu, tmp_path):
     """One GPU, two backends: the second's worker waits for the GPU the first's holds, and gets it
     when the first falls idle (rather than both waiting forever)."""
