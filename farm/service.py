@@ -126,7 +126,7 @@ class ControllerService:
                                accelerators={k: accelerator_label(p) for k, p in self.profiles.items()})
         if self.settings.metrics_port:
             self.metrics.serve(self.settings.metrics_port)
-        self._gauges_at = 0.0
+        self._gauges_at, self._gauges_every = 0.0, 1.0
         self._recover()
         self._threads = []
         if start_loop:
@@ -313,10 +313,12 @@ class ControllerService:
                 self._stop.wait(1.0)
 
     def _refresh_gauges(self) -> None:
+        """The stage and batch gauges, every second, or less often when the batches are so big that
+        working out their status (O(actions)) would take more than 5% of the loop's time."""
         now = time.time()
-        if now - self._gauges_at < 1.0:
+        if now - self._gauges_at < self._gauges_every:
             return
-        self._gauges_at = now
+        self._gauges_at, started = now, time.perf_counter()
         queued: dict[str, int] = {}
         running: dict[str, int] = {}
         for task in self.controller.queued():
@@ -327,6 +329,7 @@ class ControllerService:
         for batch_id, batch in self.controller.batches.items():
             if batch.status == "running" or self.metrics.tracks(batch_id):  # a finished batch: drop its series once
                 self.metrics.batch(self.controller.batch_status(batch_id, now))
+        self._gauges_every = max(1.0, 20 * (time.perf_counter() - started))
 
     def _webhook_loop(self) -> None:
         while not self._stop.is_set():

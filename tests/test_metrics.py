@@ -125,6 +125,28 @@ def test_batch_gauges_while_running_then_removed():
     assert "acme-1" not in text(m) and not m.tracks("acme-1")
 
 
+def test_batch_gauges_are_refreshed_less_often_when_working_them_out_is_slow(monkeypatch):
+    """The controller loop refreshes the gauges every second, or every 20 times what a refresh took
+    (a batch status is O(actions)), so a huge batch's gauges cost it at most 5% of its time."""
+    from farm.service import ControllerService
+    from tests.test_controller import Harness
+
+    h = Harness()
+    h.submit(episodes=1)
+    service = types.SimpleNamespace(controller=h.c, metrics=Metrics(nvml=False), _gauges_at=0.0, _gauges_every=1.0)
+    ControllerService._refresh_gauges(service)
+    assert service._gauges_every == 1.0 and value(service.metrics, "farm_batch_progress_ratio", batch="b1",
+                                                  studio="acme") == 0.0
+    slow_status = h.c.batch_status
+    monkeypatch.setattr(h.c, "batch_status", lambda *a: (time.sleep(0.1), slow_status(*a))[1])
+    service._gauges_at = 0.0
+    ControllerService._refresh_gauges(service)
+    assert service._gauges_every >= 2.0
+    refreshed = service._gauges_at
+    ControllerService._refresh_gauges(service)  # too soon: not again
+    assert service._gauges_at == refreshed
+
+
 def test_labels_never_carry_ids():
     """After a run of events the only label names are the bounded ones, and no value is a key or an episode."""
     m = Metrics(prices=PRICES, nvml=False)
