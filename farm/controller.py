@@ -387,14 +387,10 @@ class Controller:
         """
         stale = self._ranks is None or (self._graph_changed and (now is None or now - self._ranks_at >= 1.0))
         if stale:
-            durations, children = {}, {}
-            for key, state in self.actions.items():
-                children.setdefault(key, [])
-                for ref in state.action.inputs.values():
-                    children.setdefault(ref.key, []).append(key)
+            durations, children = {}, self._dependants
             for key, state in self.actions.items():
                 own = 0.0 if state.status == "done" else self._estimate(state.action)[0]
-                tail = TAIL_SECONDS.get(state.action.op, 0.0) if not children[key] else 0.0
+                tail = TAIL_SECONDS.get(state.action.op, 0.0) if key not in children else 0.0
                 durations[key] = own + tail
             self._ranks = upward_ranks(durations, children)
             self._ranks_at, self._graph_changed = (now if now is not None else float("-inf")), False
