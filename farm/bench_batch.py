@@ -14,7 +14,6 @@ its task workers have imported the farm.
 
 from __future__ import annotations
 
-import copy
 import gc
 import os
 import statistics

@@ -31,7 +31,7 @@ from typing import Any
 from farm.controller import Controller
 from farm.errors import FarmError
 from farm.journal import Journal
-from farm.plan import STAGES, EpisodeJob, plan_episode
+from farm.plan import EpisodeJob, plan_episode
 from farm.policy import Prices
 from farm.script import Script
 from farm.settings import Settings

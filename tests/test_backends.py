@@ -6,25 +6,23 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 import threading
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from farm import backends
 from farm.backends import Catalog, UnknownBackend, resolve
 from farm.batching import Batcher
 from farm.cli import main as farm_main, preflight
-from farm.errors import ActionFailed, SpecError
+from farm.errors import SpecError
 from farm.loader import load_episode
 from farm.manifest import Manifest
 from farm.plan import Action
 from farm.settings import Settings
 from farm.store import ArtifactStore, LocalStore
-from tests.conftest import SMALL_SCRIPT, SMALL_SERIES, write_specs
+from tests.conftest import SMALL_SERIES, write_specs
 from workers.api import BatchItem, ConfigError, StageError
 
 BATCHING = "tests.support.fake_backends:Batching"

@@ -24,7 +24,7 @@ from typing import Iterable, Mapping
 
 from farm.policy import ranking
 from farm.policy.ready import ReadyQueue
-from farm.policy.retry import GiveUp, Quarantine, Retry, RetryPolicy
+from farm.policy.retry import Quarantine, Retry, RetryPolicy
 from farm.policy.scheduler import select
 from farm.policy.types import NO_SPEND, BatchTerms, Budget, Capacity, RunState, Share, Spend, Task
 from farm.simulate.result import Run, SimResult, lower_bound

@@ -22,7 +22,7 @@ drawn around them, lognormal with mean = estimate and ``jitter`` as sigma, from 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Iterable, Mapping
 
 from farm.policy.types import PRIORITY_CLASSES, BatchTerms, Budget, Prices, Task

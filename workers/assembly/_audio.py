@@ -16,7 +16,7 @@ import math
 import re
 import wave
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 from workers.api import StageError, run_tool
 
