@@ -1,231 +1,32 @@
-"""Image and video stages on a ComfyUI server, driven by workflow templates (kind "comfyui").
-
-Studios build their pipelines in ComfyUI and export them in API format ("Export (API)"); the farm
-fills in what changes per action (prompt, seed, size, frames, uploaded images) at nodes the
-settings name, and post-processes what comes back into exactly what the embedded backends make,
-so the rest of the farm cannot tell the difference: keyframes are exactly width x height PNGs, a
-sheet also yields an RGBA "figure", and clips are re-encoded with ``workers.video.motion``'s
-encoder settings, so they concatenate by stream copy with every other clip.
-
-Generation on a GPU server is slow and paid for, so a job must survive the farm: the prompt id is
-chosen here and saved in the farm's ``JobRecord`` before it is submitted (ComfyUI takes a client's
-``prompt_id``; an older one that picks its own gets that saved right after), and a run that finds a
-saved id waits on that job instead of submitting again. Only when the server no longer knows the
-id (not in /history, not in /queue: it restarted) is the workflow submitted anew, and the result's
-meta says so.
-
-The template files are read once, when the backend is built; their content (not their path) and
-the input/output mapping enter ``version``, so editing a workflow changes every key it makes while
-moving the server (``base_url``) changes none.
-
-Example settings (FARM_BACKENDS)::
-
-    {"comfy-img": {"kind": "comfyui", "stage": "image", "base_url": "http://comfy:8188",
-                   "workflows": {"sheet": "/etc/farm/sheet.json", "keyframe": "/etc/farm/keyframe.json"},
-                   "inputs": {"keyframe": {"prompt": ["6", "text"], "seed": ["3", "seed"],
-                                           "width": ["5", "width"], "height": ["5", "height"],
-                                           "figure1": ["10", "image"]},
-                              "sheet": {"prompt": ["6", "text"], "seed": ["3", "seed"]}},
-                   "outputs": {"keyframe": {"keyframe": "9"}, "sheet": {"sheet": "9"}}}}
-"""
+"""The ComfyUI backend: uploads, submission with a durable job record, waiting, and turning what
+the server saved into exactly the files the embedded backends make."""
 
 from __future__ import annotations
 
 import copy
 import hashlib
 import io
-import json
-import re
 import shutil
 import time
 import urllib.parse
 import uuid
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Mapping
 
-from PIL import Image, ImageChops, ImageOps, ImageSequence, ImageStat
-from pydantic import ConfigDict, Field, field_validator
+from PIL import Image, ImageOps, ImageSequence
 
-from workers._http import Response, call, http_url, join
-from workers.api import (ConfigError, Estimate, JobRecord, Resources, StageError, StageResult, Usage,
-                         children_cpu, config_version, run_tool, secret)
-from workers.configured import BackendSettings, parse
+from workers._http import Response, call, join
+from workers.api import (Estimate, JobRecord, Resources, StageError, StageResult, Usage, children_cpu, config_version,
+                         run_tool, secret)
+from workers.comfyui.figures import derive_figure, key_out_background
+from workers.comfyui.workflow import (IMAGE_INPUT, KIND, KIND_VERSION, STAGE_OPS, ComfyUISettings, action_seed, canonical,
+                                      is_link, load_templates, prompt_text, round8)
+from workers.configured import parse
 from workers.video.motion import ENCODER_ARGS, TIMESCALE_ARGS, clip_shape
 
-KIND, KIND_VERSION = "comfyui", "1"
-
-STAGE_OPS = {"image": ("sheet", "keyframe"), "video": ("clip",)}
-# output name -> required?  (a sheet's figure is derived from the sheet when no node makes one)
-OUTPUTS = {"sheet": {"sheet": True, "figure": False}, "keyframe": {"keyframe": True}, "clip": {"clip": True}}
-MAX_FIGURES = 8  # a keyframe template may take the figures of up to this many characters in frame
-_COMMON_INPUTS = ("prompt", "seed", "width", "height")
-INPUTS = {
-    "sheet": _COMMON_INPUTS,
-    "keyframe": (*_COMMON_INPUTS, *(f"figure{i}" for i in range(1, MAX_FIGURES + 1))),
-    "clip": (*_COMMON_INPUTS, "frames", "fps", "image", "last_image"),
-}
-# inputs filled with an uploaded image; when the action has none, the node they name is removed
-_IMAGE_INPUT = re.compile(r"^(image|last_image|figure\d+)$")
 _VIDEO_SUFFIXES = {".mp4", ".webm", ".mov", ".mkv", ".m4v", ".avi"}
 _POLL_FAILURES = 5  # consecutive failed polls (server restarting, network blip) before giving up
 _QUEUE_CHECK_EVERY = 10  # polls; /queue carries every queued workflow, so it is not asked each time
-_KEY_LOW, _KEY_HIGH = 24, 64  # colour distance from the background: transparent below, opaque above
-
-_FRAMING = {"wide": "wide shot, full bodies within the surroundings", "medium": "medium shot, waist up",
-            "close": "close-up on the face"}
-_CAMERA = {"static": "static camera, locked-off shot", "push_in": "the camera slowly pushes in",
-           "pull_out": "the camera slowly pulls out", "pan_left": "the camera pans slowly to the left",
-           "pan_right": "the camera pans slowly to the right", "pan_up": "the camera tilts slowly up",
-           "pan_down": "the camera tilts slowly down"}
-
-
-class ComfyUISettings(BackendSettings):
-    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
-    kind: Literal["comfyui"] = "comfyui"
-    stage: Literal["image", "video"]
-    base_url: str = Field(description="the ComfyUI server: http://comfy:8188")
-    workflows: dict[str, str] = Field(description="op -> path of an API-format workflow JSON file")
-    inputs: dict[str, dict[str, tuple[str, str]]] = Field(default_factory=dict,
-                                                         description="op -> input name -> [node id, field]")
-    outputs: dict[str, dict[str, str]] = Field(default_factory=dict,
-                                               description="op -> output name -> id of the node saving it")
-    poll_interval_s: float = Field(1.0, gt=0, le=60)
-    timeout_s: float = Field(3600.0, gt=0, le=86_400)  # the longest a run waits on one job
-    request_timeout_s: float = Field(30.0, gt=0, le=600)
-
-    @field_validator("base_url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        return http_url(value, "the ComfyUI server, such as http://comfy:8188")
-
-
-def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def _is_link(value: Any) -> bool:
-    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)
-
-
-def _save_nodes(template: Mapping[str, Any]) -> str:
-    found = [f"{nid} ({node['class_type']})" for nid, node in template.items()
-             if any(w in node["class_type"] for w in ("Save", "Preview", "VideoCombine"))]
-    return ", ".join(found) or "none found"
-
-
-def load_templates(name: str, s: ComfyUISettings) -> dict[str, dict[str, Any]]:
-    """Read and check every workflow and mapping; raise one ConfigError listing every problem."""
-    where = f"backends.{name}"
-    problems: list[str] = []
-    ops = STAGE_OPS[s.stage]
-    for op in s.workflows:
-        if op not in ops:
-            problems.append(f"{where}.workflows.{op}: a {s.stage} backend does {', '.join(ops)}; remove {op!r}")
-    for op in ops:
-        if op not in s.workflows:
-            problems.append(f"{where}.workflows.{op}: missing; give the path of an API-format workflow for {op}")
-    templates: dict[str, dict[str, Any]] = {}
-    for op, path_text in s.workflows.items():
-        if op not in ops:
-            continue
-        path = Path(path_text)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            problems.append(f"{where}.workflows.{op}: {path} does not exist; give the path of the workflow file")
-            continue
-        except (OSError, ValueError) as exc:
-            problems.append(f"{where}.workflows.{op}: {path} is not readable JSON ({exc})")
-            continue
-        if not isinstance(data, dict) or not data or "nodes" in data and isinstance(data.get("nodes"), list):
-            problems.append(f"{where}.workflows.{op}: {path} is not an API-format workflow (an object of node "
-                            "id -> {class_type, inputs}); export it from ComfyUI with 'Export (API)'")
-            continue
-        bad = [nid for nid, node in data.items() if not isinstance(node, dict)
-               or not isinstance(node.get("class_type"), str) or not isinstance(node.get("inputs"), dict)]
-        if bad:
-            problems.append(f"{where}.workflows.{op}: in {path}, node(s) {', '.join(bad)} lack class_type or "
-                            "inputs; export the workflow with 'Export (API)'")
-            continue
-        for nid, node in data.items():
-            for field, value in node["inputs"].items():
-                if _is_link(value) and value[0] not in data:
-                    problems.append(f"{where}.workflows.{op}: in {path}, node {nid} input {field!r} links to "
-                                    f"node {value[0]!r}, which is not in the workflow")
-        templates[op] = data
-    for op, mapping in s.inputs.items():
-        if op not in ops:
-            problems.append(f"{where}.inputs.{op}: a {s.stage} backend does {', '.join(ops)}; remove {op!r}")
-            continue
-        template = templates.get(op)
-        for input_name, (nid, field) in mapping.items():
-            here = f"{where}.inputs.{op}.{input_name}"
-            if input_name not in INPUTS[op]:
-                problems.append(f"{here}: unknown input; {op} fills {', '.join(INPUTS[op][:8])}"
-                                + (", ..." if len(INPUTS[op]) > 8 else ""))
-            elif template is None:
-                continue
-            elif nid not in template:
-                problems.append(f"{here}: node {nid!r} is not in {s.workflows[op]} (its nodes: "
-                                f"{', '.join(sorted(template, key=str))}); give [node id, field] of that workflow")
-            elif field not in template[nid]["inputs"]:
-                problems.append(f"{here}: node {nid} ({template[nid]['class_type']}) has no input {field!r} "
-                                f"(it has: {', '.join(template[nid]['inputs'])})")
-            elif _IMAGE_INPUT.match(input_name) and _is_link(template[nid]["inputs"][field]):
-                problems.append(f"{here}: node {nid} input {field!r} is a link; name the file field of a "
-                                "LoadImage node")
-    for op, mapping in s.outputs.items():
-        if op not in ops:
-            problems.append(f"{where}.outputs.{op}: a {s.stage} backend does {', '.join(ops)}; remove {op!r}")
-            continue
-        for out, nid in mapping.items():
-            if out not in OUTPUTS[op]:
-                problems.append(f"{where}.outputs.{op}.{out}: {op} makes {', '.join(OUTPUTS[op])}")
-            elif op in templates and nid not in templates[op]:
-                problems.append(f"{where}.outputs.{op}.{out}: node {nid!r} is not in {s.workflows[op]}; give the "
-                                f"id of the node saving it (saving nodes there: {_save_nodes(templates[op])})")
-    for op in ops:
-        for out, required in OUTPUTS[op].items():
-            if required and out not in s.outputs.get(op, {}) and op in templates:
-                problems.append(f"{where}.outputs.{op}.{out}: missing; give the id of the node saving the {out} "
-                                f"(saving nodes in {s.workflows[op]}: {_save_nodes(templates[op])})")
-    if problems:
-        raise ConfigError("; ".join(problems))
-    return templates
-
-
-def action_seed(params: Mapping[str, Any]) -> int:
-    """The sampler seed of an action: fixed by its params (a sheet's: the series seed and the
-    character; a keyframe's: its [episode seed, shot]; a clip, which has none: all its params)."""
-    if "seed" in params:
-        basis: Any = {"seed": params["seed"], "character": (params.get("character") or {}).get("id")}
-    else:
-        basis = dict(params)
-    return int.from_bytes(hashlib.sha256(_canonical(basis).encode()).digest()[:8], "big") % 2**32
-
-
-def prompt_text(op: str, params: Mapping[str, Any]) -> str:
-    """The positive prompt for ``op``, from the action's params (user text stays a JSON value)."""
-    style = str((params.get("style") or {}).get("description") or "")
-    if op == "sheet":
-        c = params["character"]
-        look = str((c.get("look") or {}).get("description") or "")
-        parts = [f"Character turnaround sheet of {c.get('name', '')}: {look}",
-                 "front view, three-quarter view and side view, full body, standing, plain flat background",
-                 f"Style: {style}"]
-    elif op == "keyframe":
-        parts = [str(params.get("description", "")),
-                 f"Location: {params.get('location', '')}, {params.get('time_of_day', '')}",
-                 _FRAMING.get(str(params.get("framing")), ""), f"Style: {style}"]
-    else:
-        parts = [_CAMERA.get(str(params.get("camera")), ""),
-                 "subtle natural motion, characters and lighting stay consistent"]
-    return ". ".join(p.strip().rstrip(".") for p in parts if p.strip()) + "."
-
-
-def _round8(value: int) -> int:
-    """Latent sizes are multiples of 8; round up, so the result is cropped rather than stretched."""
-    return max(8, -(-int(value) // 8) * 8)
 
 
 def _multipart(fields: Mapping[str, str], file_field: str, filename: str, data: bytes, mime: str) -> tuple[bytes, str]:
@@ -238,44 +39,6 @@ def _multipart(fields: Mapping[str, str], file_field: str, filename: str, data: 
     out.write(data)
     out.write(f"\r\n--{boundary}--\r\n".encode())
     return out.getvalue(), f"multipart/form-data; boundary={boundary}"
-
-
-def key_out_background(image: Image.Image) -> tuple[Image.Image, bool]:
-    """RGBA ``image`` with its background (the median colour of its border) made transparent and
-    cropped to what is left; ``False`` when nothing stood out from the background (left opaque)."""
-    rgb = image.convert("RGB")
-    w, h = rgb.size
-    strips = [rgb.crop((0, 0, w, 1)), rgb.crop((0, h - 1, w, h)),
-              rgb.crop((0, 0, 1, h)).transpose(Image.Transpose.ROTATE_90),
-              rgb.crop((w - 1, 0, w, h)).transpose(Image.Transpose.ROTATE_90)]
-    border = Image.new("RGB", (2 * w + 2 * h, 1))
-    x = 0
-    for strip in strips:
-        border.paste(strip, (x, 0))
-        x += strip.width
-    bg = tuple(int(v) for v in ImageStat.Stat(border).median)
-    r, g, b = ImageChops.difference(rgb, Image.new("RGB", rgb.size, bg)).split()
-    distance = ImageChops.lighter(ImageChops.lighter(r, g), b)
-    span = _KEY_HIGH - _KEY_LOW
-    alpha = distance.point(lambda v: 0 if v <= _KEY_LOW else 255 if v >= _KEY_HIGH else (v - _KEY_LOW) * 255 // span)
-    box = alpha.getbbox()
-    out = rgb.convert("RGBA")
-    if box is None:
-        return out, False
-    out.putalpha(alpha)
-    return out.crop(box), True
-
-
-def derive_figure(sheet: Image.Image) -> tuple[Image.Image, str]:
-    """A character's figure from a turnaround sheet: the front view (the left third of a landscape
-    sheet, where turnarounds put it; all of a portrait one) with its background keyed out."""
-    w, h = sheet.size
-    panel = sheet.crop((0, 0, max(1, w // 3), h)) if w > h * 1.1 else sheet
-    figure, keyed = key_out_background(panel)
-    how = "the left third of the sheet (the front view)" if panel is not sheet else "the whole sheet"
-    note = (f"derived from the sheet: {how} with its background colour keyed out" if keyed else
-            f"derived from the sheet: {how}, left opaque (nothing stood out from the background)")
-    return figure, note
 
 
 class _NoRecord:
@@ -323,7 +86,7 @@ class ComfyUI:
         self.tools: tuple[str, ...] = ("ffmpeg", "ffprobe") if s.stage == "video" else ()
         self.features: tuple[str, ...] = ("last_frame",) if "last_image" in s.inputs.get("clip", {}) else ()
         self.resources = s.resources_or(Resources(num_cpus=1))  # the GPU is the server's; here: waits and ffmpeg
-        digests = {op: hashlib.sha256(_canonical(t).encode()).hexdigest() for op, t in self._templates.items()}
+        digests = {op: hashlib.sha256(canonical(t).encode()).hexdigest() for op, t in self._templates.items()}
         self.version = config_version(KIND_VERSION, {
             "stage": s.stage, "workflows": digests,
             "inputs": {op: {k: list(v) for k, v in m.items()} for op, m in s.inputs.items()},
@@ -499,7 +262,7 @@ class ComfyUI:
         values: dict[str, Any] = {"prompt": prompt_text(op, params), "seed": action_seed(params), **uploaded}
         for key in ("width", "height"):
             if isinstance(params.get(key), int):
-                values[key] = _round8(params[key])
+                values[key] = round8(params[key])
         for key in ("frames", "fps"):
             if isinstance(params.get(key), int):
                 values[key] = params[key]
@@ -508,11 +271,11 @@ class ComfyUI:
             if input_name in values:
                 if nid in workflow:
                     workflow[nid]["inputs"][field] = values[input_name]
-            elif _IMAGE_INPUT.match(input_name) and nid in workflow:
+            elif IMAGE_INPUT.match(input_name) and nid in workflow:
                 del workflow[nid]
                 removed.append(f"{nid} ({input_name})")
                 for node in workflow.values():
-                    for k in [k for k, v in node["inputs"].items() if _is_link(v) and v[0] == nid]:
+                    for k in [k for k, v in node["inputs"].items() if is_link(v) and v[0] == nid]:
                         del node["inputs"][k]
         return workflow, removed
 
@@ -709,5 +472,3 @@ def gpu_seconds(status: Mapping[str, Any]) -> float:
     if "execution_start" in stamps and "execution_success" in stamps:
         return max(0.0, (stamps["execution_success"] - stamps["execution_start"]) / 1000.0)
     return 0.0
-
-
