@@ -33,8 +33,8 @@ from typing import Any, Callable, Literal, Mapping, Sequence, TypeVar
 
 from pydantic import Field, field_validator
 
-from workers.api import StageError, ToolMissing
-from workers.configured import BackendSettings
+from workers.api import Resources, StageError, ToolMissing, config_version
+from workers.configured import BackendSettings, parse
 
 INSTALL_HINT = "pip install 'farm[diffusers]'"
 
@@ -308,6 +308,59 @@ def run_one(backend: Any, op: str, inputs: Mapping[str, Path], params: Mapping[s
     if isinstance(result, StageError):
         raise result
     return result
+
+
+class TorchBackend:
+    """What the diffusers backends share: the parsed settings, the version, resources, batching
+    and model name they give, ``what`` for messages, ``run`` as a batch of one, and ``load``: the
+    pipeline built once per process (shared by backends of the same model, ``cached_pipeline``).
+
+    A subclass sets ``kind`` and ``stage`` and gives ``_load(device, dtype)``; ``_load_key`` adds to
+    what tells models apart, ``_accept`` checks a loaded pipeline before it is kept."""
+
+    kind: str
+    stage: str
+
+    def __init__(self, name: str, config: Mapping[str, Any], settings_type: type[TorchSettings],
+                 kind_version: str, affects: Sequence[str]):
+        self.name = name
+        self.settings: Any = parse(settings_type, name, config)
+        s = self.settings
+        self.version = config_version(kind_version, identity(s), affects)
+        self.resources = s.resources_or(Resources(num_cpus=1, num_gpus=1))
+        self.max_batch, self.batch_wait_s = s.max_batch, s.batch_wait_s
+        self.model = model_name(s.model_ref or s.model_path)
+        self._loaded: Any = None
+        self._load_lock = threading.Lock()
+
+    @property
+    def what(self) -> str:
+        return f"{self.stage} ({self.name})"
+
+    def run(self, op: str, inputs: Mapping[str, Path], params: Mapping[str, Any], out_dir: Path):
+        return run_one(self, op, inputs, params, out_dir)
+
+    def load(self) -> Any:
+        """Load (once per process, shared by backends with the same model) and return the pipeline(s)."""
+        with self._load_lock:
+            if self._loaded is None:
+                s, what = self.settings, self.what
+                device = pick_device(s.device, what)
+                dtype = pick_dtype(s.dtype, device, what)
+                key = (self.kind, str(s.model_path.resolve()), str(dtype), device, *self._load_key())
+                loaded = cached_pipeline(key, lambda: self._load(device, dtype))
+                self._accept(loaded)
+                self._loaded = loaded
+            return self._loaded
+
+    def _load(self, device: str, dtype: Any) -> Any:
+        raise NotImplementedError
+
+    def _load_key(self) -> tuple:
+        return ()
+
+    def _accept(self, loaded: Any) -> None:
+        pass
 
 
 def split_on_oom(items: list[T], call: Callable[[list[T]], list[R]], what: str) -> list[R | StageError]:

@@ -45,8 +45,7 @@ from pydantic_core import PydanticCustomError
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageStat
 
 from workers import _torch as tt
-from workers.api import BatchItem, Estimate, Resources, StageError, StageResult, Usage, config_version
-from workers.configured import parse
+from workers.api import BatchItem, Estimate, StageError, StageResult, Usage
 from workers.image.pillow import _gradient, _mix, _night_factor, _rgb
 
 KIND = "diffusers-image"
@@ -202,7 +201,7 @@ class _Job:
     reference: Image.Image | None = None
 
 
-class DiffusersImages:
+class DiffusersImages(tt.TorchBackend):
     """Image stage on a local diffusers checkpoint: ``sheet`` and ``keyframe`` like ``pillow``."""
 
     kind = KIND
@@ -212,19 +211,7 @@ class DiffusersImages:
     features: tuple[str, ...] = ()
 
     def __init__(self, name: str, config: Mapping[str, Any]):
-        self.name = name
-        self.settings = parse(DiffusersImageSettings, name, config)
-        s = self.settings
-        self.version = config_version(KIND_VERSION, tt.identity(s), AFFECTS)
-        self.resources = s.resources_or(Resources(num_cpus=1, num_gpus=1))
-        self.max_batch, self.batch_wait_s = s.max_batch, s.batch_wait_s
-        self.model = tt.model_name(s.model_ref or s.model_path)
-        self._pipes: _Pipes | None = None
-        self._load_lock = threading.Lock()
-
-    @property
-    def what(self) -> str:
-        return f"image ({self.name})"
+        super().__init__(name, config, DiffusersImageSettings, KIND_VERSION, AFFECTS)
 
     def estimate(self, op: str, params: Mapping[str, Any]) -> Estimate:
         per_step = 0.15 if op == "keyframe" else 0.1
@@ -240,17 +227,9 @@ class DiffusersImages:
 
     # -- loading ---------------------------------------------------------------------------
 
-    def load(self) -> _Pipes:
-        """Load (once per process, shared by backends with the same model) and return the pipelines."""
-        with self._load_lock:
-            if self._pipes is None:
-                s, what = self.settings, self.what
-                device = tt.pick_device(s.device, what)
-                dtype = tt.pick_dtype(s.dtype, device, what)
-                ip = s.ip_adapter.model_dump(mode="json") if s.ip_adapter else None
-                key = (KIND, str(s.model_path.resolve()), str(dtype), device, repr(ip))
-                self._pipes = tt.cached_pipeline(key, lambda: self._load(device, dtype))
-            return self._pipes
+    def _load_key(self) -> tuple:
+        ip = self.settings.ip_adapter
+        return (repr(ip.model_dump(mode="json") if ip else None),)
 
     def _load(self, device: str, dtype: Any) -> _Pipes:
         tt.import_diffusers(self.what)
@@ -293,9 +272,6 @@ class DiffusersImages:
                 f"keyframes by {mode}")
 
     # -- running ---------------------------------------------------------------------------
-
-    def run(self, op: str, inputs: Mapping[str, Path], params: Mapping[str, Any], out_dir: Path) -> StageResult:
-        return tt.run_one(self, op, inputs, params, out_dir)
 
     def run_batch(self, op: str, items: list[BatchItem]) -> list[StageResult | StageError]:
         """One pipeline call for the items (split on out-of-memory), one result or error per item."""

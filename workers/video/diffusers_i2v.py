@@ -43,9 +43,8 @@ from PIL import Image
 
 from workers import _torch as tt
 from workers.api import (
-    BatchItem, Estimate, Resources, StageError, StageResult, Usage, children_cpu, config_version, require_tool,
+    BatchItem, Estimate, StageError, StageResult, Usage, children_cpu, require_tool,
 )
-from workers.configured import parse
 from workers.video.motion import (
     CAMERAS, ENCODER_ARGS, TIMESCALE_ARGS, clip_shape,
 )
@@ -176,7 +175,7 @@ class _Job:
     gen_fps: int  # their rate over the clip's duration
 
 
-class DiffusersVideo:
+class DiffusersVideo(tt.TorchBackend):
     """Video stage on a local diffusers image-to-video checkpoint: ``clip`` like ``ffmpeg-motion``."""
 
     kind = KIND
@@ -185,19 +184,8 @@ class DiffusersVideo:
     tools = ("ffmpeg",)
 
     def __init__(self, name: str, config: Mapping[str, Any]):
-        self.name = name
-        self.settings = s = parse(DiffusersVideoSettings, name, config)
-        self.version = config_version(KIND_VERSION, tt.identity(s), AFFECTS)
-        self.resources = s.resources_or(Resources(num_cpus=1, num_gpus=1))
-        self.features: tuple[str, ...] = ("last_frame",) if s.last_frame else ()
-        self.max_batch, self.batch_wait_s = s.max_batch, s.batch_wait_s
-        self.model = tt.model_name(s.model_ref or s.model_path)
-        self._pipe: _Pipe | None = None
-        self._load_lock = threading.Lock()
-
-    @property
-    def what(self) -> str:
-        return f"video ({self.name})"
+        super().__init__(name, config, DiffusersVideoSettings, KIND_VERSION, AFFECTS)
+        self.features: tuple[str, ...] = ("last_frame",) if self.settings.last_frame else ()
 
     def estimate(self, op: str, params: Mapping[str, Any]) -> Estimate:
         s = self.settings
@@ -215,17 +203,8 @@ class DiffusersVideo:
 
     # -- loading ---------------------------------------------------------------------------
 
-    def load(self) -> _Pipe:
-        with self._load_lock:
-            if self._pipe is None:
-                s, what = self.settings, self.what
-                device = tt.pick_device(s.device, what)
-                dtype = tt.pick_dtype(s.dtype, device, what)
-                key = (KIND, str(s.model_path.resolve()), str(dtype), device)
-                loaded = tt.cached_pipeline(key, lambda: self._load(device, dtype))
-                self._require(tt.pipeline_class(loaded.pipe), loaded.pipe)
-                self._pipe = loaded
-            return self._pipe
+    def _accept(self, loaded: _Pipe) -> None:
+        self._require(tt.pipeline_class(loaded.pipe), loaded.pipe)
 
     def _load(self, device: str, dtype: Any) -> _Pipe:
         diffusers = tt.import_diffusers(self.what)
@@ -250,9 +229,6 @@ class DiffusersVideo:
         return f"{cls} at {s.model_path} ({', '.join(components)}); {s.frames} frames, {s.steps} steps, from the {ends}"
 
     # -- running ---------------------------------------------------------------------------
-
-    def run(self, op: str, inputs: Mapping[str, Path], params: Mapping[str, Any], out_dir: Path) -> StageResult:
-        return tt.run_one(self, op, inputs, params, out_dir)
 
     def run_batch(self, op: str, items: list[BatchItem]) -> list[StageResult | StageError]:
         if op not in self.ops:
