@@ -15,9 +15,10 @@ Three kinds of calls:
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
+from farm.controller_types import (ActionState, BatchState, Cancel, Command, Deliver, Dispatch, EpisodeState, Estimator,
+                                   Lookup, Notify, Profile)
 from farm.plan import STAGES, Action, BackendChoice, EpisodeJob, plan_episode
 from farm.policy import (BatchTerms, Budget, Capacity, GiveUp, Prices, Quarantine, ReadyQueue, RetryPolicy, RunState, Share,
                          Spend, Task, select, upward_ranks)
@@ -25,8 +26,6 @@ from farm.policy.ranking import NO_PACE, pace, sort_key
 from farm.script import Script
 from farm.spec import PRIORITY_CLASSES, Episode, Series
 
-# Typical seconds still to come after an action whose dependants are not planned yet (a script's
-# shots, a line's clip): keeps the critical-path rank honest before the graph has grown.
 # At most this many GPU bundles are asked of an autoscaler at once (see Controller.wanted_capacity).
 MAX_CAPACITY_REQUEST = 512
 
@@ -34,93 +33,9 @@ MAX_CAPACITY_REQUEST = 512
 # budget) or whether any still needs it. (A delivered episode has no pending actions.)
 _REORDERING = frozenset({"batch.submitted", "batch.cancelled", "batch.finished", "episode.failed"})
 
+# Typical seconds still to come after an action whose dependants are not planned yet (a script's
+# shots, a line's clip): keeps the critical-path rank honest before the graph has grown.
 TAIL_SECONDS = {"script": 60.0, "sheet": 40.0, "keyframe": 30.0, "line": 30.0, "clip": 5.0, "mux": 2.0}
-
-
-@dataclass(frozen=True)
-class Profile:
-    """What the scheduler knows of a backend before it runs: resources and cost estimates."""
-
-    cpus: float = 1.0
-    gpus: float = 0.0
-    accelerator: str | None = None
-
-
-Estimator = Callable[[Action], tuple[float, int, float]]  # -> (seconds, tokens, gpu_seconds)
-
-
-# -- commands the service carries out ------------------------------------------------------------
-@dataclass(frozen=True)
-class Lookup:
-    keys: tuple[str, ...]  # newly planned: is a manifest already in the store?
-
-
-@dataclass(frozen=True)
-class Dispatch:
-    key: str
-    batch: str
-
-
-@dataclass(frozen=True)
-class Deliver:
-    batch: str
-    episode: str
-
-
-@dataclass(frozen=True)
-class Notify:
-    batch: str
-    kind: str  # episode.delivered | episode.failed | batch.finished
-    payload: dict
-
-
-@dataclass(frozen=True)
-class Cancel:
-    keys: tuple[str, ...]
-
-
-Command = Lookup | Dispatch | Deliver | Notify | Cancel
-
-
-# -- state -----------------------------------------------------------------------------------
-@dataclass
-class ActionState:
-    action: Action
-    episodes: set[tuple[str, str]] = field(default_factory=set)  # (batch, episode id) that need it
-    status: str = "pending"  # pending | running | done | quarantined
-    manifest: dict | None = None
-    cached: bool = False
-    attempts: int = 0
-    failed_workers: set[str] = field(default_factory=set)
-    not_before: float = 0.0
-    charged_to: str | None = None
-
-
-@dataclass
-class EpisodeState:
-    id: str
-    batch: str
-    job: EpisodeJob
-    script: Script | None = None
-    line_samples: dict[str, int] = field(default_factory=dict)
-    keys: list[str] = field(default_factory=list)
-    final_key: str | None = None
-    status: str = "running"  # running | delivering | delivered | failed
-    reason: str | None = None
-    deliverables: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class BatchState:
-    terms: BatchTerms
-    name: str | None
-    episodes: list[str]
-    webhook: dict | None
-    status: str = "running"  # running | finished | cancelled
-    spent: Spend = field(default_factory=Spend)
-    saved: Spend = field(default_factory=Spend)
-    held: str | None = None
-    finished_at: float | None = None
 
 
 class Controller:

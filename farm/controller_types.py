@@ -1,0 +1,97 @@
+"""The values the controller works with: what a backend holds (``Profile``), the commands it gives
+the service, and its state per action, episode and batch (rebuilt from the journal on replay)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from farm.plan import Action, EpisodeJob
+from farm.policy import BatchTerms, Spend
+from farm.script import Script
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What the scheduler knows of a backend before it runs: resources and cost estimates."""
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+    accelerator: str | None = None
+
+
+Estimator = Callable[[Action], tuple[float, int, float]]  # -> (seconds, tokens, gpu_seconds)
+
+
+# -- commands the service carries out ------------------------------------------------------------
+@dataclass(frozen=True)
+class Lookup:
+    keys: tuple[str, ...]  # newly planned: is a manifest already in the store?
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    key: str
+    batch: str
+
+
+@dataclass(frozen=True)
+class Deliver:
+    batch: str
+    episode: str
+
+
+@dataclass(frozen=True)
+class Notify:
+    batch: str
+    kind: str  # episode.delivered | episode.failed | batch.finished
+    payload: dict
+
+
+@dataclass(frozen=True)
+class Cancel:
+    keys: tuple[str, ...]
+
+
+Command = Lookup | Dispatch | Deliver | Notify | Cancel
+
+
+# -- state -----------------------------------------------------------------------------------
+@dataclass
+class ActionState:
+    action: Action
+    episodes: set[tuple[str, str]] = field(default_factory=set)  # (batch, episode id) that need it
+    status: str = "pending"  # pending | running | done | quarantined
+    manifest: dict | None = None
+    cached: bool = False
+    attempts: int = 0
+    failed_workers: set[str] = field(default_factory=set)
+    not_before: float = 0.0
+    charged_to: str | None = None
+
+
+@dataclass
+class EpisodeState:
+    id: str
+    batch: str
+    job: EpisodeJob
+    script: Script | None = None
+    line_samples: dict[str, int] = field(default_factory=dict)
+    keys: list[str] = field(default_factory=list)
+    final_key: str | None = None
+    status: str = "running"  # running | delivering | delivered | failed
+    reason: str | None = None
+    deliverables: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class BatchState:
+    terms: BatchTerms
+    name: str | None
+    episodes: list[str]
+    webhook: dict | None
+    status: str = "running"  # running | finished | cancelled
+    spent: Spend = field(default_factory=Spend)
+    saved: Spend = field(default_factory=Spend)
+    held: str | None = None
+    finished_at: float | None = None
