@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from farm.errors import SpecError, SpecProblem
-from farm.spec import SPEC_FIELDS, BatchSpec, Episode, Series, check_episode
+from farm.core.spec import SPEC_FIELDS, BatchSpec, Episode, Series, check_episode
 
 
 @dataclass(frozen=True)

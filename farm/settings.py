@@ -12,8 +12,8 @@ from typing import Any, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from farm.plan import STAGES
-from farm.script import Slug
+from farm.core.plan import STAGES
+from farm.core.script import Slug
 
 
 class StoreSpec(BaseModel):
@@ -103,7 +103,7 @@ class Settings(BaseModel):
         return {stage: getattr(self, f"backend_{stage}") for stage in STAGES}
 
     def catalog(self):
-        from farm.backends import Catalog
+        from farm.catalog import Catalog
 
         return Catalog(self.backends)
 

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from farm import backends
-from farm.backends import Catalog, UnknownBackend, resolve
-from farm.batching import Batcher
-from farm.cli import main as farm_main, preflight
+from farm import catalog as backends
+from farm.catalog import Catalog, UnknownBackend, resolve
+from farm.runtime.batching import Batcher
+from farm.cli.app import main as farm_main, preflight
 from farm.errors import SpecError
 from farm.loader import load_episode
-from farm.manifest import Manifest
-from farm.plan import Action
+from farm.core.manifest import Manifest
+from farm.core.plan import Action
 from farm.settings import Settings
 from farm.store import ArtifactStore, LocalStore
 from tests.conftest import SMALL_SERIES, write_specs
@@ -83,7 +83,7 @@ def test_a_spec_naming_an_unknown_backend_is_refused_with_file_and_field(tmp_pat
 
 def test_a_series_chooses_its_backend(tmp_path):
     """The series' choice reaches the plan: its actions carry the backend and its version."""
-    from farm.render import EpisodeRender
+    from farm.service.render import EpisodeRender
 
     class Runtime:  # planning only: nothing is submitted before the first plan is made
         catalog = Catalog({"fast": {"kind": BATCHING, "flavour": "x"}})
@@ -157,7 +157,7 @@ def _action(backend, n: int, **params) -> Action:
 def test_gpu_worker_runs_a_batch_in_one_call_and_holds_one_gpu(ray_gpu, tmp_path):
     """Three actions of a backend with max_batch 3 share one GPU worker and one backend call; each
     holds a third of the GPU in the farm's accounting, the worker the whole GPU in Ray's."""
-    from farm.runtime import RayRuntime
+    from farm.runtime.ray_runtime import RayRuntime
     from farm.settings import StoreSpec
 
     catalog = Catalog({"fake": {"kind": BATCHING, "max_batch": 3, "delay_s": 0.3, "batch_wait_s": 5}})
@@ -181,8 +181,8 @@ def test_gpu_worker_runs_a_batch_in_one_call_and_holds_one_gpu(ray_gpu, tmp_path
 def test_cpu_actions_are_handed_to_ray_ahead_gpu_actions_are_not(ray_gpu, tmp_path):
     """With ``cpu_ahead`` 1 the runtime offers twice the cluster's CPUs, so Ray holds the next CPU
     action of each worker ready; GPUs are offered only as they are free. Everything handed over runs."""
-    from farm.controller import Profile
-    from farm.runtime import RayRuntime
+    from farm.core.controller import Profile
+    from farm.runtime.ray_runtime import RayRuntime
     from farm.settings import StoreSpec
 
     noop = Catalog().load("image", "noop")
@@ -205,7 +205,7 @@ def test_cpu_actions_are_handed_to_ray_ahead_gpu_actions_are_not(ray_gpu, tmp_pa
 def test_an_idle_worker_gives_its_gpu_to_a_worker_waiting_for_one(ray_gpu, tmp_path):
     """One GPU, two backends: the second's worker waits for the GPU the first's holds, and gets it
     when the first falls idle (rather than both waiting forever)."""
-    from farm.runtime import RayRuntime
+    from farm.runtime.ray_runtime import RayRuntime
     from farm.settings import StoreSpec
 
     catalog = Catalog({"one": {"kind": BATCHING, "max_batch": 1, "delay_s": 0.5, "flavour": "1"},
@@ -241,9 +241,9 @@ def test_episode_renders_with_diffusers_on_gpu_workers(ray_gpu, tmp_path, monkey
 
     need(_diffusers_missing())
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from farm.render import EpisodeRender
-    from farm.runtime import RayRuntime
-    from workers.tiny_diffusers import build_tiny_sd, build_tiny_svd
+    from farm.service.render import EpisodeRender
+    from farm.runtime.ray_runtime import RayRuntime
+    from farm.bench.tiny_pipelines import build_tiny_sd, build_tiny_svd
 
     # tiny pipelines draw small (max_side): a sheet at full size would take minutes on a CPU
     configs = {"sd": {"kind": "diffusers-image", "model_path": str(build_tiny_sd(tmp_path / "sd")), "steps": 2,
@@ -276,7 +276,7 @@ def test_bench_backends_measures_batching_off_and_on():
     from tests.conftest import need
 
     need(_diffusers_missing())
-    from farm.bench_backends import bench_backends
+    from farm.bench.backends import bench_backends
 
     report = bench_backends(shots=2, batch=2)
     assert report["tiny_models"] and report["device"] == "CPU"
@@ -288,7 +288,7 @@ def test_bench_backends_measures_batching_off_and_on():
 
 # -- provider jobs outlive a crash ---------------------------------------------------------------
 def _run_in_child(action_json, spec_json, configs):
-    from farm.runtime import execute
+    from farm.runtime.ray_runtime import execute
     from farm.settings import StoreSpec
 
     execute(action_json, {}, StoreSpec.model_validate(spec_json), "studio-a", configs=configs)
@@ -297,7 +297,7 @@ def _run_in_child(action_json, spec_json, configs):
 def test_a_provider_job_is_resumed_after_a_crash_not_submitted_again(tmp_path):
     """The job id is saved before waiting; after the worker is killed, the action run again waits
     on the same job (one submission) and its manifest names it."""
-    from farm.runtime import execute
+    from farm.runtime.ray_runtime import execute
     from farm.settings import StoreSpec
 
     jobs = tmp_path / "jobs"
@@ -343,8 +343,8 @@ def test_retry_after_from_the_provider_delays_the_retry():
 @pytest.mark.media
 @pytest.mark.e2e
 def test_render_with_llm_script_and_api_speech_accounts_tokens(tmp_path, monkeypatch):
-    from farm.plan import EpisodeJob, script_params
-    from farm.spec import Episode, Series
+    from farm.core.plan import EpisodeJob, script_params
+    from farm.core.spec import Episode, Series
     from tests.support.openai_server import Answer, openai_server
     from workers.script.outline import write_script
 
@@ -429,7 +429,7 @@ def test_every_kind_names_an_importable_class_serving_its_stage():
 def test_a_batch_submission_records_each_episodes_backends_and_the_controller_plans_with_them():
     """The batch's choice wins over the series', which wins over settings; the journaled choice
     (name, version, features) is what the controller plans with."""
-    from farm.service import episode_backends
+    from farm.service.host import episode_backends
     from tests.test_controller import CAPACITY, Harness
 
     settings = Settings(backends={"fast": {"kind": BATCHING, "flavour": "a"}})
@@ -452,7 +452,7 @@ def test_a_batch_submission_records_each_episodes_backends_and_the_controller_pl
 
 
 def test_each_action_of_a_batching_backend_holds_its_share_of_the_workers_gpu():
-    from farm.service import profiles_for
+    from farm.service.host import profiles_for
 
     settings = Settings(backends={"fast": {"kind": BATCHING, "max_batch": 4, "num_gpus": 1}},
                         stage_resources={"video": {"num_gpus": 1, "accelerator": "L4"}})

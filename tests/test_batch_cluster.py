@@ -18,12 +18,12 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 import yaml
 
-from farm.journal import Journal
+from farm.store.journal import Journal
 from farm.loader import load_batch
-from farm.service import batch_payload
+from farm.service.host import batch_payload
 from farm.settings import Settings
 from farm.store import LocalStore
-from farm.webhooks import verify
+from farm.service.webhooks import verify
 from tests.conftest import SMALL_SCRIPT, write_specs
 
 pytestmark = [pytest.mark.ray, pytest.mark.media, pytest.mark.e2e]
@@ -64,7 +64,7 @@ def _batch_file(tmp_path, episodes=3, **fields):
 
 
 def _start(tmp_path):
-    from farm.cli_batch import controller
+    from farm.cli.batch import controller
 
     settings = Settings(store=str(tmp_path / "store"), metrics_port=0, stage_resources={"video": {"num_gpus": 1}},
                         retry={"base_s": 0.2, "max_delay_s": 1.0})
@@ -204,7 +204,7 @@ def test_queued_gpu_work_is_asked_of_the_autoscaler(tmp_path):
     """With GPU work queued and no GPU node, the runtime asks Ray's autoscaler for the GPUs."""
     import ray
 
-    from farm.runtime import RayRuntime
+    from farm.runtime.ray_runtime import RayRuntime
 
     if ray.is_initialized():
         ray.shutdown()

@@ -9,11 +9,11 @@ from __future__ import annotations
 import copy
 import hashlib
 
-from farm.controller import Cancel, Controller, Deliver, Dispatch, Lookup, Notify, Profile
-from farm.journal import Event
+from farm.core.controller import Cancel, Controller, Deliver, Dispatch, Lookup, Notify, Profile
+from farm.store.journal import Event
 from farm.policy import Capacity, Prices, RetryPolicy
-from farm.script import Script
-from farm.spec import Episode, Series
+from farm.core.script import Script
+from farm.core.spec import Episode, Series
 from tests.conftest import SMALL_SCRIPT, SMALL_SERIES
 
 BACKENDS = {"script": ["outline", "1"], "image": ["pillow", "1"], "video": ["ffmpeg-motion", "1"],
@@ -245,7 +245,7 @@ def test_priority_orders_dispatch():
 
 def test_bench_controller_plans_a_synthetic_batch():
     """The controller benchmark plans every action of a small synthetic batch and reports its cost."""
-    from farm.bench_batch import bench_controller
+    from farm.bench.batch import bench_controller
 
     report = bench_controller(5)
     assert report["actions"] == 4 + 5 * 46  # four shared character sheets, 46 actions an episode

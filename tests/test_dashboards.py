@@ -100,7 +100,7 @@ def test_every_metric_named_exists():
     """Dashboards and rules name only metrics the farm exports."""
     from prometheus_client import generate_latest
 
-    from farm.metrics import Metrics
+    from farm.observe.metrics import Metrics
 
     m = Metrics(nvml=False)
     m.prepare("s", {})
@@ -251,7 +251,7 @@ class Prometheus:
 
 
 def _payload(episodes, **terms):
-    from farm.spec import Episode, Series
+    from farm.core.spec import Episode, Series
 
     return {"studio": "acme", "namespace": "acme", "priority": "normal", "name": "prometheus test", "webhook": None,
             "budget": {"tokens": 1_000_000, "gpu_seconds": 36_000, "money": 100.0}, "deadline": time.time() + 3600,
@@ -289,7 +289,7 @@ def scraped(tmp_path_factory, ray_local):
     from tests.conftest import media_missing
 
     need(media_missing())
-    from farm.service import ControllerService
+    from farm.service.host import ControllerService
     from farm.settings import Settings
 
     folder = tmp_path_factory.mktemp("prometheus")

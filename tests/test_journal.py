@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from farm.journal import Journal
+from farm.store.journal import Journal
 from farm.store import LocalStore
 
 

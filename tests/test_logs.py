@@ -18,10 +18,10 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from farm import logs
-from farm.plan import STAGES, BackendChoice, EpisodeJob, plan_episode
+from farm.observe import logs
+from farm.core.plan import STAGES, BackendChoice, EpisodeJob, plan_episode
 from farm.settings import StoreSpec
-from farm.spec import Episode, Series
+from farm.core.spec import Episode, Series
 from tests.conftest import SMALL_SCRIPT, SMALL_SERIES, write_specs
 
 CONTEXT = ("batch", "episode", "stage", "action")
@@ -85,7 +85,7 @@ def _noop_job(script=SMALL_SCRIPT, outline=None):
 def test_every_line_of_an_action_carries_its_context(tmp_path):
     """execute() logs start and finish, or the failure, each with batch, episode, stage and action key."""
     from farm.errors import ActionFailed
-    from farm.runtime import execute
+    from farm.runtime.ray_runtime import execute
 
     spec = StoreSpec(url=str(tmp_path / "store"), access_key=ACCESS, secret_key=SECRET)
     sheet = plan_episode(_noop_job(), None, {}).actions[0]
@@ -120,8 +120,8 @@ def _json_lines(text: str) -> list[dict]:
 def test_controller_and_worker_lines_carry_the_batch(tmp_path, ray_local, capfd):
     """A batch through the controller: its lines and its workers' lines about an action carry batch,
     episode, stage and action key."""
-    from farm.bench_batch import synthetic_payload, tiny_episode
-    from farm.service import ControllerService
+    from farm.bench.batch import synthetic_payload, tiny_episode
+    from farm.service.host import ControllerService
     from farm.settings import Settings
 
     settings = Settings(store=str(tmp_path / "store"), metrics_port=0, log_level="INFO",

@@ -1,4 +1,4 @@
-"""farm.metrics: usage accounted once, labels bounded, output Prometheus accepts.
+"""farm.observe.metrics: usage accounted once, labels bounded, output Prometheus accepts.
 
 Unit tests feed Metrics journal events and manifests with literal usage; the end-to-end test runs
 ``farm render --pushgateway --metrics-textfile`` twice against a real Pushgateway.
@@ -19,10 +19,10 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from farm.journal import Event
-from farm.manifest import Manifest
-from farm.metrics import Metrics, accelerator_label
-from farm.plan import Action
+from farm.store.journal import Event
+from farm.core.manifest import Manifest
+from farm.observe.metrics import Metrics, accelerator_label
+from farm.core.plan import Action
 from farm.policy import Prices
 from tests.conftest import media_missing, need, write_specs
 
@@ -128,7 +128,7 @@ def test_batch_gauges_while_running_then_removed():
 def test_batch_gauges_are_refreshed_less_often_when_working_them_out_is_slow(monkeypatch):
     """The controller loop refreshes the gauges every second, or every 20 times what a refresh took
     (a batch status is O(actions)), so a huge batch's gauges cost it at most 5% of its time."""
-    from farm.service import ControllerService
+    from farm.service.host import ControllerService
     from tests.test_controller import Harness
 
     h = Harness()
@@ -341,7 +341,7 @@ def test_render_pushes_to_a_pushgateway_and_writes_a_textfile(tmp_path, pushgate
 
 def test_unreachable_pushgateway_fails_the_command_after_the_render(tmp_path, monkeypatch):
     """A push that cannot reach its gateway is reported and exits 1; it never hides."""
-    from farm import cli
+    from farm.cli import app as cli
 
     monkeypatch.setattr(cli, "render_one", lambda *a, on_finish=None, **k: (on_finish(_render([], []), None), _Result())[1])
     with socket.socket() as s:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from farm import models
-from farm.cli import main as farm_main
+from farm.store import models
+from farm.cli.app import main as farm_main
 from farm.errors import StoreError
 from farm.store import LocalStore
 
@@ -85,18 +85,18 @@ def test_a_stored_diffusers_model_runs_on_a_worker_with_the_controllers_version(
     need(_diffusers_missing())
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("FARM_MODEL_CACHE", str(tmp_path / "cache"))
-    from farm.backends import Catalog
-    from farm.manifest import Manifest
-    from farm.runtime import execute
+    from farm.catalog import Catalog
+    from farm.core.manifest import Manifest
+    from farm.runtime.ray_runtime import execute
     from farm.settings import StoreSpec
-    from workers.tiny_diffusers import build_tiny_sd
+    from farm.bench.tiny_pipelines import build_tiny_sd
 
     spec = StoreSpec(url=str(tmp_path / "store"))
     models.push(LocalStore(tmp_path / "store"), build_tiny_sd(tmp_path / "sd"), "tiny-sd-1")
     configs = {"sd": {"kind": "diffusers-image", "model_path": "store:tiny-sd-1", "steps": 2, "max_side": 64}}
     planned = Catalog(configs).load("image", "sd")  # the controller's view: nothing fetched
     assert not (tmp_path / "cache").exists()
-    from farm.bench_backends import keyframe_params
+    from farm.bench.backends import keyframe_params
 
     action = _action(planned, 1, **keyframe_params(1, 72, 128))
     manifest = Manifest.model_validate(execute(action.to_json(), {}, spec, "studio-a", configs=configs))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import copy
 
-from farm.plan import BackendChoice, EpisodeJob, action_key, layout_shot, plan_episode, script_params
-from farm.script import Script, Shot
-from farm.spec import Episode, Series
+from farm.core.plan import BackendChoice, EpisodeJob, action_key, layout_shot, plan_episode, script_params
+from farm.core.script import Script, Shot
+from farm.core.spec import Episode, Series
 from tests.conftest import SMALL_SCRIPT, SMALL_SERIES
 
 BACKENDS = {s: BackendChoice(n, "1") for s, n in
@@ -109,7 +109,7 @@ def test_sheets_are_shared_across_episodes():
 
 def test_key_covers_backend_version_and_inputs():
     """The key changes with the backend's version, parameters and input keys."""
-    from farm.plan import Ref
+    from farm.core.plan import Ref
 
     base = action_key("video", "clip", BackendChoice("m", "1"), {"a": 1}, {"k": Ref("x" * 64, "o")}, "ns")
     assert base != action_key("video", "clip", BackendChoice("m", "2"), {"a": 1}, {"k": Ref("x" * 64, "o")}, "ns")

@@ -13,8 +13,8 @@ import ffmpeg
 import pytest
 
 from farm.loader import load_episode
-from farm.render import EpisodeRender
-from farm.runtime import RayRuntime
+from farm.service.render import EpisodeRender
+from farm.runtime.ray_runtime import RayRuntime
 from farm.settings import Settings
 from tests.conftest import SMALL_SCRIPT, SMALL_SERIES, write_specs
 

@@ -9,9 +9,9 @@ from html.parser import HTMLParser
 
 import pytest
 
-from farm._report_html import render
-from farm.plan import STAGES
-from farm.report import Bar, Failure, ReportData, from_batch, write_report
+from farm.observe._report_html import render
+from farm.core.plan import STAGES
+from farm.observe.report import Bar, Failure, ReportData, from_batch, write_report
 from farm.settings import Settings
 from tests.conftest import write_specs
 
@@ -82,9 +82,9 @@ def test_batch_report_from_the_journal(tmp_path, ray_local):
     """A batch run by the controller (no-op backends; one outline episode the no-op script backend cannot
     write): the report draws every completed attempt on its worker lane, the failure with its reason,
     spend by stage, and, for a second batch of the same episodes, the cache savings."""
-    from farm.bench_batch import synthetic_payload, tiny_episode
-    from farm.service import ControllerService
-    from farm.spec import Episode
+    from farm.bench.batch import synthetic_payload, tiny_episode
+    from farm.service.host import ControllerService
+    from farm.core.spec import Episode
 
     settings = Settings(store=str(tmp_path / "store"), metrics_port=0, **{f"backend_{s}": "noop" for s in STAGES})
     service = ControllerService(settings.model_dump(mode="json"))
@@ -123,7 +123,7 @@ def test_batch_report_from_the_journal(tmp_path, ray_local):
 
 def test_unknown_batch_is_a_clear_error(tmp_path):
     """A batch the journal does not know: `farm report` says so and exits 1."""
-    from farm.cli import main
+    from farm.cli.app import main
 
     assert main(["report", "acme-20990101-000000-00000000", "--store", str(tmp_path / "store")]) == 1
 
@@ -133,10 +133,10 @@ def test_unknown_batch_is_a_clear_error(tmp_path):
 @pytest.mark.e2e
 def test_episode_report_after_a_render(tmp_path, ray_local, capsys):
     """`farm report EPISODE.yaml` after `farm render`: the episode's 15 actions from their manifests."""
-    from farm.cli import main
+    from farm.cli.app import main
     from farm.loader import load_episode
-    from farm.render import EpisodeRender
-    from farm.runtime import RayRuntime
+    from farm.service.render import EpisodeRender
+    from farm.runtime.ray_runtime import RayRuntime
 
     episode = write_specs(tmp_path / "specs")
     settings = Settings(store=str(tmp_path / "store"), studio="acme")

@@ -9,7 +9,8 @@ import json
 import pytest
 
 from farm.policy import BatchTerms, Budget, RetryPolicy, Share, Task
-from farm.simulate import Failures, Node, Workload, add_parser, simulate, synthetic_batch, with_terms
+from farm.cli.simulate import add_parser
+from farm.simulate import Failures, Node, Workload, simulate, synthetic_batch, with_terms
 
 
 def independent(batch, studio, n, seconds, order=0, gpus=1.0):

@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from farm.webhooks import Notification, deliver, sign, verify
+from farm.service.webhooks import Notification, deliver, sign, verify
 
 
 class _Receiver(BaseHTTPRequestHandler):

@@ -94,7 +94,7 @@ class TorchSettings(BackendSettings):
         # The folder is on the GPU nodes, not necessarily where the settings are read (the
         # controller plans with them on a CPU head): it is checked where the model is loaded or
         # checked (require_model_dir), not here.
-        if str(value).startswith(STORE_PREFIX):  # in the artifact store: each worker fetches it (farm.models)
+        if str(value).startswith(STORE_PREFIX):  # in the artifact store: each worker fetches it (farm.store.models)
             return value
         return value.expanduser()
 
@@ -103,7 +103,7 @@ def require_model_dir(model_path: Path, what: str) -> Path:
     """``model_path`` if it is a folder written by save_pretrained, else a StageError saying so."""
     path = Path(model_path)
     if str(model_path).startswith(STORE_PREFIX):
-        raise StageError(f"{what}: {model_path} must be fetched from the store before it is loaded (farm.models)")
+        raise StageError(f"{what}: {model_path} must be fetched from the store before it is loaded (farm.store.models)")
     if not path.is_dir():
         raise StageError(f"{what}: model_path {path} is not a directory on this machine: give a local directory "
                          "written by save_pretrained, or push it to the store (farm models push) and use store:NAME")

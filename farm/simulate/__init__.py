@@ -1,9 +1,8 @@
 """``farm simulate``: a batch played through the farm's scheduling policies on simulated GPUs, no Ray.
 
-    workload   synthetic batches shaped like farm.plan's graph (estimates, true durations, prices)
+    workload   synthetic batches shaped like farm.core.plan's graph (estimates, true durations, prices)
     engine     the discrete-event loop; policies farm / fifo / sequential; failure injection
     result     SimResult and the makespan lower bound
-    cli        the ``farm simulate`` subcommand and its benchmark
 
 Example::
 
@@ -18,11 +17,5 @@ from farm.policy.types import Prices
 from farm.simulate.workload import DEFAULT_PRICES, STAGES, Node, StageSpec, Workload, synthetic_batch, with_terms
 
 __all__ = ["DEFAULT_PRICES", "POLICIES", "STAGES", "Failures", "Node", "Prices", "Run", "SimResult", "StageSpec", "Workload",
-           "add_parser", "lower_bound", "simulate", "synthetic_batch", "with_terms"]
+           "lower_bound", "simulate", "synthetic_batch", "with_terms"]
 
-
-def add_parser(subparsers) -> None:
-    """Register ``farm simulate`` on the ``farm`` command's subparsers."""
-    from farm.simulate.cli import add_parser as _add
-
-    _add(subparsers)

@@ -1,6 +1,6 @@
 """Workloads for the simulator: actions with estimates, true durations and the graph between them.
 
-``synthetic_batch`` makes episodes shaped like ``farm.plan``'s graph::
+``synthetic_batch`` makes episodes shaped like ``farm.core.plan``'s graph::
 
     script (API: tokens, a little CPU)
       ├─► sheet per character (GPU image; made once per series, by whichever script reveals it first)

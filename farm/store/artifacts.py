@@ -20,7 +20,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from farm.errors import StoreError
-from farm.manifest import Blob, Manifest
+from farm.core.manifest import Blob, Manifest
 from farm.store.base import ObjectStore, check_name
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from farm.errors import StoreError
-from farm.manifest import Blob, Manifest
+from farm.core.manifest import Blob, Manifest
 from farm.store import ArtifactStore, LocalStore, file_digest
 
 _prefixes = itertools.count()

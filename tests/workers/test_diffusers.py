@@ -52,21 +52,21 @@ def _diffusers_installed():
 
 @pytest.fixture(scope="module")
 def sd_dir(tmp_path_factory, _diffusers_installed):
-    from workers.tiny_diffusers import build_tiny_sd
+    from farm.bench.tiny_pipelines import build_tiny_sd
 
     return build_tiny_sd(tmp_path_factory.mktemp("tiny-sd"))
 
 
 @pytest.fixture(scope="module")
 def svd_dir(tmp_path_factory, _diffusers_installed):
-    from workers.tiny_diffusers import build_tiny_svd
+    from farm.bench.tiny_pipelines import build_tiny_svd
 
     return build_tiny_svd(tmp_path_factory.mktemp("tiny-svd"))
 
 
 @pytest.fixture(scope="module")
 def wan_dir(tmp_path_factory, _diffusers_installed):
-    from workers.tiny_diffusers import build_tiny_wan_flf2v
+    from farm.bench.tiny_pipelines import build_tiny_wan_flf2v
 
     return build_tiny_wan_flf2v(tmp_path_factory.mktemp("tiny-wan"))
 
@@ -358,7 +358,7 @@ except ToolMissing as exc:
 # --- IP-adapter -------------------------------------------------------------------------------
 
 def test_ip_adapter_conditions_keyframes_on_the_figures(sd_dir, figures, tmp_path_factory, tmp_path):
-    from workers.tiny_diffusers import build_tiny_ip_adapter
+    from farm.bench.tiny_pipelines import build_tiny_ip_adapter
     from workers.image.diffusers import DiffusersImages
 
     ip_dir = build_tiny_ip_adapter(tmp_path_factory.mktemp("tiny-ip"), sd_dir)

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from farm.plan import BackendChoice, EpisodeJob, script_params
-from farm.script import Script
-from farm.spec import Episode, Series
+from farm.core.plan import BackendChoice, EpisodeJob, script_params
+from farm.core.script import Script
+from farm.core.spec import Episode, Series
 from tests.conftest import SMALL_SERIES
 from tests.support.openai_server import Answer, openai_server
 from workers.api import ConfigError, Estimate, Resources, StageError

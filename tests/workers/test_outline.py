@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from farm.plan import BackendChoice, EpisodeJob, script_params
-from farm.script import Script, check_against
-from farm.spec import Episode, Series
+from farm.core.plan import BackendChoice, EpisodeJob, script_params
+from farm.core.script import Script, check_against
+from farm.core.spec import Episode, Series
 from tests.conftest import SMALL_SERIES
 from workers.script.outline import BACKEND, write_script
 

@@ -31,7 +31,7 @@ from workers.dubbing.espeak import SILENT_LINE_SECONDS, trim_silence
 from workers._openai import OpenAIClient, OpenAISettings
 
 KIND, KIND_VERSION = "openai-speech", "1"
-_SPEAKER = r"^(\*|[a-z0-9][a-z0-9_-]{0,62})$"  # a character id (farm.script.Slug) or "*"
+_SPEAKER = r"^(\*|[a-z0-9][a-z0-9_-]{0,62})$"  # a character id (farm.core.script.Slug) or "*"
 
 
 class SpeechSettings(OpenAISettings):

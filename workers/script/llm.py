@@ -25,7 +25,7 @@ from typing import Any, Mapping
 
 from pydantic import Field, ValidationError
 
-from farm.script import Script, check_against
+from farm.core.script import Script, check_against
 from workers._openai import OpenAIClient, OpenAISettings
 from workers.api import Estimate, Resources, StageError, StageResult, Usage, config_version
 from workers.configured import parse
@@ -124,7 +124,7 @@ def _repair_request(problems: list[str]) -> str:
 class OpenAIChatScript:
     """Script stage: episode outline -> Script JSON, written by a chat model (see module docstring).
 
-    op "script": params as ``farm.plan.script_params`` builds them. Writes ``script.json`` (output
+    op "script": params as ``farm.core.plan.script_params`` builds them. Writes ``script.json`` (output
     "script"); meta: scenes, shots, seconds, requests (chat requests made), repairs (of them,
     repairs). Usage: prompt and completion tokens summed over all requests, the model the server
     named, and the last response's id.

@@ -15,7 +15,7 @@ import random
 from pathlib import Path
 from typing import Any, Mapping
 
-from farm.script import Camera, Framing, Line, Scene, Script, Shot
+from farm.core.script import Camera, Framing, Line, Scene, Script, Shot
 from workers.api import Estimate, Resources, StageError, StageResult, Usage
 
 _MOVES_ESTABLISH = (Camera.push_in, Camera.pan_left, Camera.pan_right, Camera.pull_out, Camera.pan_up)

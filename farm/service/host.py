@@ -23,20 +23,21 @@ from typing import Any
 
 import structlog
 
-from farm import backends, logs
-from farm.controller import Cancel, Controller, Deliver, Dispatch, Lookup, Notify, Profile
-from farm.manifest import Blob
-from farm.metrics import Metrics, accelerator_label
-from farm.plan import Action
+from farm import catalog as backends
+from farm.observe import logs
+from farm.core.controller import Cancel, Controller, Deliver, Dispatch, Lookup, Notify, Profile
+from farm.core.manifest import Blob
+from farm.observe.metrics import Metrics, accelerator_label
+from farm.core.plan import Action
 from farm.policy import Prices, RetryPolicy, Share
-from farm.render import DELIVERABLES
-from farm.runtime import RayRuntime, slots
+from farm.service.render import DELIVERABLES
+from farm.runtime.ray_runtime import RayRuntime, slots
 from farm.settings import Settings
 from farm.store import ArtifactStore, open_objects
-from farm.journal import Journal
-from farm.webhooks import Notification, deliver
+from farm.store.journal import Journal
+from farm.service.webhooks import Notification, deliver
 
-log = structlog.get_logger("farm.service")
+log = structlog.get_logger("farm.service.host")
 
 ACTOR_NAME, NAMESPACE = "farm-controller", "farm"
 # log levels of journaled events (the others are info)
@@ -166,7 +167,7 @@ class ControllerService:
             self.metrics.cached(studio, state.action.stage, state.manifest.get("usage", {}))
 
     def _log_action(self, event, state) -> None:
-        """One line per journaled action event, with the action's context (farm.logs.action_context)."""
+        """One line per journaled action event, with the action's context (farm.observe.logs.action_context)."""
         d = event.data
         extra: dict[str, Any] = {}
         if event.type == "action.failed":

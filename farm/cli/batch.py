@@ -48,7 +48,7 @@ def connect(settings: Settings, *, start_head: bool = False) -> None:
 
 def controller(settings: Settings, *, create: bool = False):
     """The controller actor handle; with ``create``, start it if it is not running."""
-    from farm.service import ACTOR_NAME, NAMESPACE, ControllerService
+    from farm.service.host import ACTOR_NAME, NAMESPACE, ControllerService
 
     ray = _ray()
     try:
@@ -127,10 +127,10 @@ def cmd_controller(args, settings: Settings) -> int:
 
 def cmd_batch(args, settings: Settings) -> int:
     from farm.loader import load_batch
-    from farm.service import batch_payload
+    from farm.service.host import batch_payload
 
     if args.action == "submit":
-        from farm.cli import preflight
+        from farm.cli.app import preflight
 
         loaded = load_batch(Path(args.target), datetime.now(timezone.utc))  # validate fully before connecting
         preflight(settings, loaded.episodes, loaded)
@@ -195,6 +195,6 @@ def _require_target(args):
 
 
 def _settings(args) -> Settings:
-    from farm.cli import settings_from_args
+    from farm.cli.app import settings_from_args
 
     return settings_from_args(args)

@@ -10,7 +10,7 @@ Everything comes from the store, nothing from a running farm:
   script, the lines' lengths) until the plan stops growing; its manifests are the runs, and the
   journal, where there is one, adds cache hits and failures of those actions.
 
-The picture (farm._report_html): a Gantt chart of every attempt on its worker lane (a worker process
+The picture (farm.observe._report_html): a Gantt chart of every attempt on its worker lane (a worker process
 on a node; GPU lanes marked), spend by stage and studio, the slowest actions, failures with their
 reasons, cache savings. Inline SVG and CSS only: it opens offline.
 
@@ -28,12 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from farm.controller import Controller
+from farm.core.controller import Controller
 from farm.errors import FarmError
-from farm.journal import Journal
-from farm.plan import EpisodeJob, plan_episode
+from farm.store.journal import Journal
+from farm.core.plan import EpisodeJob, plan_episode
 from farm.policy import Prices
-from farm.script import Script
+from farm.core.script import Script
 from farm.settings import Settings
 from farm.store import ArtifactStore, open_objects
 
@@ -122,7 +122,7 @@ def from_batch(settings: Settings, batch_id: str) -> ReportData:
 
     Raises FarmError when the journal knows no such batch.
     """
-    from farm.service import estimator, profiles_for  # the controller's own view of costs and resources
+    from farm.service.host import estimator, profiles_for  # the controller's own view of costs and resources
 
     prices = Prices(**settings.prices)
     catalog = settings.catalog()
@@ -238,7 +238,7 @@ def _duration(seconds: float) -> str:
 
 def write_report(target: str, settings: Settings, out: Path | None = None) -> Path:
     """Write the report of ``target`` (a batch id, or an episode YAML path) to ``out``; return its path."""
-    from farm._report_html import render
+    from farm.observe._report_html import render
 
     path = Path(target)
     is_episode = path.suffix in (".yaml", ".yml") or path.is_file()

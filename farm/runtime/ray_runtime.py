@@ -19,19 +19,20 @@ from typing import Any, Mapping
 import ray
 import structlog
 
-from farm import logs, models
-from farm.backends import Catalog
-from farm.batching import Batcher
+from farm.observe import logs
+from farm.store import models
+from farm.catalog import Catalog
+from farm.runtime.batching import Batcher
 from farm.errors import ActionFailed, FarmError
-from farm.manifest import Blob, Manifest
-from farm.plan import Action
+from farm.core.manifest import Blob, Manifest
+from farm.core.plan import Action
 from farm.policy import Capacity
-from farm.controller import Profile
+from farm.core.controller import Profile
 from farm.settings import StoreSpec
 from farm.store import ArtifactStore, open_objects
 from workers.api import BatchItem, StageError
 
-log = structlog.get_logger("farm.runtime")
+log = structlog.get_logger("farm.runtime.ray_runtime")
 
 
 def _node() -> str:

@@ -51,8 +51,8 @@ from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, dis
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from farm._nvml import open_nvml
-from farm.plan import STAGES
+from farm.observe.nvml import open_nvml
+from farm.core.plan import STAGES
 from farm.policy.types import Prices
 
 OUTCOMES = ("ok", "cached", "failed", "retried")

@@ -2,7 +2,7 @@
 
 This is the single-episode driver behind ``farm render``. It asks the store once which actions are
 done, hands that to the pure planner, and submits ready actions to the runtime; the graph grows as
-the script and the voiced lines arrive (see ``farm.plan``).
+the script and the voiced lines arrive (see ``farm.core.plan``).
 """
 
 from __future__ import annotations
@@ -16,16 +16,16 @@ from typing import Callable
 
 import structlog
 
-from farm import logs
+from farm.observe import logs
 from farm.errors import ActionFailed, FarmError
 from farm.loader import LoadedEpisode
-from farm.manifest import Manifest
-from farm.plan import STAGES, Action, EpisodeJob, EpisodePlan, plan_episode
-from farm.script import Script, check_against
+from farm.core.manifest import Manifest
+from farm.core.plan import STAGES, Action, EpisodeJob, EpisodePlan, plan_episode
+from farm.core.script import Script, check_against
 from farm.settings import Settings
 from farm.store import ArtifactStore, LocalStore, open_objects
 
-log = structlog.get_logger("farm.render")
+log = structlog.get_logger("farm.service.render")
 
 DELIVERABLES = {"video": "episode.mp4", "subtitles": "episode.srt", "storyboard": "storyboard.png"}
 

@@ -1,12 +1,12 @@
 """``farm models push FOLDER NAME`` and ``farm models list``: model weights in the artifact store
-(farm.models), named in a backend's settings as ``"model_path": "store:NAME"``."""
+(farm.store.models), named in a backend's settings as ``"model_path": "store:NAME"``."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from farm import models
+from farm.store import models
 from farm.settings import Settings
 from farm.store import open_objects
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from farm.plan import Action, EpisodeJob
+from farm.core.plan import Action, EpisodeJob
 from farm.policy import BatchTerms, Spend
-from farm.script import Script
+from farm.core.script import Script
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The controller's core: journal events in, state and commands out. Pure: no Ray, no I/O, no clock.
 
-The service (farm.service) feeds it events in journal order and carries out the commands it returns;
+The service (farm.service.host) feeds it events in journal order and carries out the commands it returns;
 replaying the journal into a fresh Controller rebuilds the same state (DESIGN.md, invariant 5).
 
 Three kinds of calls:
@@ -17,14 +17,14 @@ from __future__ import annotations
 import heapq
 from typing import Any, Iterable, Mapping
 
-from farm.controller_types import (ActionState, BatchState, Cancel, Command, Deliver, Dispatch, EpisodeState, Estimator,
+from farm.core.state import (ActionState, BatchState, Cancel, Command, Deliver, Dispatch, EpisodeState, Estimator,
                                    Lookup, Notify, Profile)
-from farm.plan import STAGES, Action, BackendChoice, EpisodeJob, plan_episode
+from farm.core.plan import STAGES, Action, BackendChoice, EpisodeJob, plan_episode
 from farm.policy import (BatchTerms, Budget, Capacity, GiveUp, Prices, Quarantine, ReadyQueue, RetryPolicy, RunState, Share,
                          Spend, Task, select, upward_ranks)
 from farm.policy.ranking import NO_PACE, pace, sort_key
-from farm.script import Script
-from farm.spec import PRIORITY_CLASSES, Episode, Series
+from farm.core.script import Script
+from farm.core.spec import PRIORITY_CLASSES, Episode, Series
 
 # At most this many GPU bundles are asked of an autoscaler at once (see Controller.wanted_capacity).
 MAX_CAPACITY_REQUEST = 512

@@ -25,7 +25,7 @@ import json
 import threading
 from typing import Any, Mapping
 
-from farm.plan import STAGES, BackendChoice
+from farm.core.plan import STAGES, BackendChoice
 from workers.api import Backend, ConfigError
 
 # (stage, name) -> "module:attribute"

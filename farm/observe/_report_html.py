@@ -1,4 +1,4 @@
-"""HTML and inline SVG for farm.report: no JavaScript, no fonts or images to fetch, every string escaped.
+"""HTML and inline SVG for farm.observe.report: no JavaScript, no fonts or images to fetch, every string escaped.
 
 ``render(data)`` returns the whole page. The Gantt chart maps time to x piecewise: long idle gaps
 (an episode whose sheets were drawn days before its clips) are cut out and marked, so the work stays
@@ -11,7 +11,7 @@ import re
 from datetime import datetime, timezone
 from html import escape
 
-from farm.plan import STAGES
+from farm.core.plan import STAGES
 
 STAGE_COLOURS = {"script": "#7b61c9", "image": "#1f9e89", "video": "#2f74c0", "dubbing": "#e0a526",
                  "assembly": "#d9653b"}
@@ -294,7 +294,7 @@ def _summary(data) -> str:
 
 
 def render(data) -> str:
-    """The report page for a farm.report.ReportData."""
+    """The report page for a farm.observe.report.ReportData."""
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{e(data.title)} · farm report</title>'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head><body>'
             f'<h1>{e(data.title)}</h1><p class="muted">farm report, generated {e(when(_now()))}</p>'

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from farm.script import Line, Script, Slug, Text
+from farm.core.script import Line, Script, Slug, Text
 
 Color = Annotated[str, StringConstraints(pattern=r"^#[0-9a-fA-F]{6}$")]
 VoiceName = Annotated[str, StringConstraints(pattern=r"^[a-z]{2,3}(-[a-z0-9]{1,8})*(\+[a-z0-9]{1,12})?$")]
@@ -147,7 +147,7 @@ class Episode(_Spec):
 
 def check_episode(series: Series, episode: Episode) -> list[tuple[str, str]]:
     """Cross-file problems (field path, message): speakers and characters must belong to the series."""
-    from farm.script import check_against
+    from farm.core.script import check_against
 
     known = {c.id for c in series.characters}
     names = ", ".join(sorted(known))

@@ -7,7 +7,7 @@ chosen) and the warm-up is not timed. While a measured phase runs, NVML is sampl
 the GPU's utilisation (where a GPU and pynvml are present).
 
 Without ``--image-model`` / ``--video-model`` it builds tiny random pipelines of the same classes
-(workers.tiny_diffusers): a smoke run of the real code path that says nothing about a real model's
+(farm.bench.tiny_pipelines): a smoke run of the real code path that says nothing about a real model's
 speed. With real checkpoints on a GPU it measures what a studio gets per GPU-minute.
 """
 
@@ -22,7 +22,7 @@ from typing import Any
 
 from PIL import Image
 
-from farm._nvml import open_nvml
+from farm.observe.nvml import open_nvml
 from workers.api import BatchItem, StageError
 
 
@@ -117,11 +117,11 @@ def bench_backends(image_model: str | None = None, video_model: str | None = Non
         root = Path(tmp)
         tiny = not image_model or not video_model
         if not image_model:
-            from workers.tiny_diffusers import build_tiny_sd
+            from farm.bench.tiny_pipelines import build_tiny_sd
 
             image_model = str(build_tiny_sd(root / "tiny-sd"))
         if not video_model:
-            from workers.tiny_diffusers import build_tiny_svd
+            from farm.bench.tiny_pipelines import build_tiny_svd
 
             video_model = str(build_tiny_svd(root / "tiny-svd"))
         if tiny:  # tiny pipelines draw at tiny sizes: a smoke run of the code, not of a model

@@ -13,9 +13,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from farm.cli import preflight, write_examples
+from farm.cli.app import preflight, write_examples
 from farm.loader import load_episode
-from farm.render import EpisodeRender
+from farm.service.render import EpisodeRender
 from farm.settings import Settings
 from workers.api import run_tool
 
@@ -34,7 +34,7 @@ def _bare_concat(render: EpisodeRender, workdir: Path) -> float:
 
 
 def bench_episode(settings: Settings, example: str = "midnight-tea/ep001.yaml", workdir: Path | None = None) -> dict:
-    from farm.runtime import RayRuntime
+    from farm.runtime.ray_runtime import RayRuntime
 
     tmp = None
     if workdir is None:

@@ -13,7 +13,8 @@ import json
 import shutil
 from typing import Any
 
-from farm import logs, models
+from farm.observe import logs
+from farm.store import models
 from farm.settings import Settings
 from workers.api import ConfigError, StageError
 

@@ -5,7 +5,7 @@
     farm report BATCH_OR_EPISODE      one self-contained HTML report: Gantt of worker lanes, spend, failures
     farm examples DIR                 write the shipped example series and episodes to DIR
     farm bench episode                cold vs warm render, assembly vs bare ffmpeg concat
-    farm controller start|status|stop the batch controller on a Ray cluster (farm.cli_batch)
+    farm controller start|status|stop the batch controller on a Ray cluster (farm.cli.batch)
     farm batch submit|list|status|watch|cancel|events
 
 Settings come from FARM_* environment variables (see farm.settings); options override them.
@@ -23,7 +23,10 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from farm import backends, cli_backends, cli_models, logs
+from farm import catalog as backends
+from farm.cli import backends as cli_backends
+from farm.cli import models as cli_models
+from farm.observe import logs
 from farm.errors import FarmError, SpecError
 from farm.loader import load_episode, validate_files
 from farm.settings import Settings
@@ -114,8 +117,8 @@ def render_one(episode: Path, settings: Settings, out: Path | None = None, on_pr
                log_level: str = "WARNING", on_finish=None):
     """Render one episode on a (local) Ray. ``on_finish(render, result)`` runs after the render,
     whether it succeeded (``result`` is the RenderResult) or failed (``result`` is None)."""
-    from farm.render import EpisodeRender
-    from farm.runtime import RayRuntime
+    from farm.service.render import EpisodeRender
+    from farm.runtime.ray_runtime import RayRuntime
 
     loaded = load_episode(episode)
     settings.store_spec()  # a bad store setting fails here, before Ray starts
@@ -134,15 +137,15 @@ def render_one(episode: Path, settings: Settings, out: Path | None = None, on_pr
 
 class _MetricsExport:
     """``farm render --pushgateway URL / --metrics-textfile PATH``: account the render's manifests in a
-    fresh registry (farm.metrics) and export it; a failed export is reported, never hidden."""
+    fresh registry (farm.observe.metrics) and export it; a failed export is reported, never hidden."""
 
     def __init__(self, settings: Settings, pushgateway: str | None, textfile: str | None):
         self.settings, self.pushgateway, self.textfile, self.failed = settings, pushgateway, textfile, False
 
     def __call__(self, render, result) -> None:
-        from farm.metrics import Metrics, accelerator_label
+        from farm.observe.metrics import Metrics, accelerator_label
         from farm.policy import Prices
-        from farm.service import profiles_for
+        from farm.service.host import profiles_for
 
         metrics = Metrics(prices=Prices(**self.settings.prices), controller=False,
                           accelerators={k: accelerator_label(p) for k, p in profiles_for(self.settings).items()})
@@ -185,7 +188,7 @@ def cmd_render(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from farm.report import write_report
+    from farm.observe.report import write_report
 
     print(write_report(args.target, settings_from_args(args), Path(args.out) if args.out else None))
     return 0
@@ -213,7 +216,7 @@ def cmd_examples(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from farm.bench import bench_episode
+    from farm.bench.episode import bench_episode
 
     report = bench_episode(settings_from_args(args), example=args.example, workdir=Path(args.workdir) if args.workdir else None)
     print(json.dumps(report, indent=2) if args.json else report["text"])
@@ -274,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     bc = bsub.add_parser("controller", help="plan an N-episode batch in the controller: time and memory")
     bc.add_argument("--episodes", type=int, default=1000)
     bc.add_argument("--json", action="store_true")
-    bc.set_defaults(func=lambda a: _print_report(__import__("farm.bench_batch").bench_batch.bench_controller(a.episodes), a))
+    bc.set_defaults(func=lambda a: _print_report(_bench_batch().bench_controller(a.episodes), a))
     bd = bsub.add_parser("dispatch", help="no-op actions through the controller vs bare Ray, on a local Ray")
     bd.add_argument("--episodes", type=int, default=10)
     bd.add_argument("--gpus", type=int, default=4, help="GPUs to declare to the local Ray")
@@ -282,9 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the controller's FARM_DISPATCH_AHEAD for this run (default: the setting's default)")
     bd.add_argument("--json", action="store_true")
     bd.set_defaults(func=lambda a: _print_report(
-        __import__("farm.bench_batch").bench_batch.bench_dispatch(a.episodes, a.gpus, dispatch_ahead=a.dispatch_ahead), a))
+        _bench_batch().bench_dispatch(a.episodes, a.gpus, dispatch_ahead=a.dispatch_ahead), a))
 
-    from farm import cli_batch, simulate
+    from farm.cli import batch as cli_batch
+    from farm.cli import simulate as cli_simulate
 
     bk = bsub.add_parser("backends", help="diffusers image and video backends: shots per minute, batching off vs on")
     bk.add_argument("--image-model", help="a diffusers text-to-image pipeline folder (default: a tiny random one)")
@@ -295,13 +299,25 @@ def build_parser() -> argparse.ArgumentParser:
     bk.add_argument("--height", type=int, default=1024)
     bk.add_argument("--steps", type=int, default=20)
     bk.add_argument("--json", action="store_true")
-    bk.set_defaults(func=lambda a: _print_report(__import__("farm.bench_backends").bench_backends.bench_backends(
+    bk.set_defaults(func=lambda a: _print_report(_bench_backends().bench_backends(
         a.image_model, a.video_model, a.shots, a.batch, a.width, a.height, a.steps), a))
     cli_batch.add_parsers(sub, common)
     cli_backends.add_parser(sub, common, settings_from_args)
     cli_models.add_parser(sub, common, settings_from_args)
-    simulate.add_parser(sub)  # farm simulate [--bench]
+    cli_simulate.add_parser(sub)  # farm simulate [--bench]
     return p
+
+
+def _bench_batch():
+    from farm.bench import batch
+
+    return batch
+
+
+def _bench_backends():
+    from farm.bench import backends
+
+    return backends
 
 
 def _level(args) -> str:

@@ -2,7 +2,7 @@
 
 Optional by design: the farm does not depend on pynvml. ``open_nvml()`` returns None when the module
 is missing, NVML cannot start (no driver) or there is no GPU; otherwise a function that reads every
-GPU now. farm.metrics turns the readings into gauges at scrape time.
+GPU now. farm.observe.metrics turns the readings into gauges at scrape time.
 """
 
 from __future__ import annotations

@@ -21,11 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from farm.controller import Controller
+from farm.core.controller import Controller
 from farm.policy import Capacity, Prices
-from farm.journal import Event, Journal
-from farm.plan import STAGES, plan_episode
-from farm.spec import Episode, Series
+from farm.store.journal import Event, Journal
+from farm.core.plan import STAGES, plan_episode
+from farm.core.spec import Episode, Series
 
 _SERIES = {
     "id": "bench", "title": "Bench", "language": "en",
@@ -162,7 +162,7 @@ def _bare_ray(actions, reuse_gpu_workers: bool) -> float:
 
 
 def _full_graph(payload):
-    from farm.plan import BackendChoice, EpisodeJob
+    from farm.core.plan import BackendChoice, EpisodeJob
 
     out, seen = [], set()
     backends = {s: BackendChoice.from_json(v) for s, v in payload["backends"].items()}
@@ -182,7 +182,7 @@ def bench_dispatch(episodes: int = 20, gpus: int = 4, latency_episodes: int = 20
                    dispatch_ahead: int | None = None) -> dict:
     import ray
 
-    from farm.service import ControllerService
+    from farm.service.host import ControllerService
     from farm.settings import Settings
 
     if ray.is_initialized():

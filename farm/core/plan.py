@@ -24,8 +24,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from farm.script import Script, Shot
-from farm.spec import SAMPLE_RATE, Episode, Series
+from farm.core.script import Script, Shot
+from farm.core.spec import SAMPLE_RATE, Episode, Series
 
 # Where the dialogue sits inside a shot: a breath before the first line, between lines, after the last.
 LEAD_S, GAP_S, TAIL_S = 0.25, 0.30, 0.45

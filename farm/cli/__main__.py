@@ -1,0 +1,5 @@
+import sys
+
+from farm.cli.app import main
+
+sys.exit(main())
