@@ -23,10 +23,17 @@ import hashlib
 import importlib
 import json
 import threading
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from farm.core.plan import STAGES, BackendChoice
+from farm.core.controller import Controller
+from farm.core.plan import STAGES, Action, BackendChoice
+from farm.core.state import Profile
+from farm.errors import UsageError
+from farm.policy import Prices, RetryPolicy, Share
 from workers.api import Backend, ConfigError
+
+if TYPE_CHECKING:
+    from farm.settings import Settings
 
 # (stage, name) -> "module:attribute"
 REGISTRY: dict[tuple[str, str], str] = {
@@ -54,8 +61,8 @@ KIND_STAGES: dict[str, str | None] = {"openai-chat": "script", "openai-speech": 
                                       "diffusers-image": "image", "diffusers-video": "video", "comfyui": None}
 
 
-class UnknownBackend(ValueError):
-    pass
+class UnknownBackend(UsageError):
+    """A spec or setting names a backend this farm does not have."""
 
 
 def _import(target: str) -> Any:
@@ -202,3 +209,46 @@ def resolve(defaults: Mapping[str, str], *overrides: Mapping[str, str] | None) -
     for over in overrides:
         names.update(over or {})
     return names
+
+
+# -- what the scheduler knows of the backends ------------------------------------------------------
+def slots(backend: Any) -> int:
+    """How many actions one worker of ``backend`` takes at once (a batching backend's ``max_batch``)."""
+    return max(1, int(getattr(backend, "max_batch", 1))) if hasattr(backend, "run_batch") else 1
+
+
+def profiles_for(settings: "Settings", catalog: Catalog | None = None) -> dict[tuple[str, str], Profile]:
+    """What one action of each backend holds: its declared resources, with settings' per-stage
+    overrides (``FARM_STAGE_RESOURCES``) for the default backends. A batching backend's GPUs are
+    shared by the actions of a batch, so each holds its slice (the worker holds the whole)."""
+    catalog = catalog or settings.catalog()
+    defaults = settings.backend_names()
+    out = {}
+    for stage, name in catalog.all():
+        if stage not in defaults:
+            continue  # a configured backend that cannot be built: ``farm backends`` says why
+        backend = catalog.load(stage, name)
+        declared = backend.resources
+        override = settings.stage_resources.get(stage, {}) if defaults[stage] == name or name not in catalog.configs else {}
+        gpus = override.get("num_gpus", declared.num_gpus)
+        out[(stage, name)] = Profile(cpus=override.get("num_cpus", declared.num_cpus),
+                                     gpus=gpus / slots(backend),
+                                     accelerator=override.get("accelerator", declared.accelerator))
+    return out
+
+
+def estimator(catalog: Catalog) -> Callable[[Action], tuple[float, int, float]]:
+    """The controller's estimate function: (seconds, tokens, GPU-seconds) of one action."""
+    def estimate(action: Action) -> tuple[float, int, float]:
+        est = catalog.load(action.stage, action.backend).estimate(action.op, action.params)
+        return est.seconds, est.tokens, est.gpu_seconds
+    return estimate
+
+
+def controller_for(settings: "Settings", catalog: Catalog | None = None) -> Controller:
+    """The controller settings describe: the backends' estimates and resources, prices, shares, caps
+    and the retry policy. ``farm render``, the batch controller and ``farm report`` all build theirs here."""
+    catalog = catalog or settings.catalog()
+    return Controller(estimator(catalog), profiles_for(settings, catalog), prices=Prices(**settings.prices),
+                      shares=[Share(**s) for s in settings.shares], caps=settings.caps,
+                      retry=RetryPolicy(**settings.retry))

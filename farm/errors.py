@@ -3,11 +3,13 @@
 ::
 
     FarmError
-      ├── SpecError         a spec (YAML) is invalid; names the file, the field path and the fix
+      ├── UsageError        the user's mistake: an option, a setting, a backend name; says the fix (exit 2)
+      │     └── SpecError   a spec (YAML) is invalid; names the file, the line, the field path and the fix
       ├── StoreError        the artifact store failed (S3 errors are mapped here once)
       └── ActionFailed      a stage's backend failed; keeps the backend's message and retryability
 
 Stage backends raise ``workers.api.StageError``; the runtime maps it to ``ActionFailed`` at one place.
+Anything else that escapes is a bug: the command exits 1 and keeps the traceback.
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ from dataclasses import dataclass
 
 class FarmError(Exception):
     retryable = False
+
+
+class UsageError(FarmError):
+    """Something the user asked for cannot be done as asked; the message says what to do instead."""
 
 
 @dataclass(frozen=True)
@@ -34,7 +40,7 @@ class SpecProblem:
         return f"{where}:{field} {self.message}"
 
 
-class SpecError(FarmError):
+class SpecError(UsageError):
     """A spec failed validation; ``problems`` lists every problem found, not only the first."""
 
     def __init__(self, problems: list[SpecProblem]):

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from farm.core.plan import STAGES
+from farm.errors import UsageError
 from farm.core.script import Slug
 
 
@@ -84,7 +85,7 @@ class Settings(BaseModel):
             try:
                 values[name] = json.loads(raw) if structured else raw
             except json.JSONDecodeError as exc:
-                raise ValueError(f"FARM_{name.upper()} must be JSON: {exc}") from None
+                raise UsageError(f"FARM_{name.upper()} must be JSON: {exc}") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls.model_validate(values)
 
@@ -94,7 +95,7 @@ class Settings(BaseModel):
 
     def store_spec(self) -> StoreSpec:
         if self.store.startswith("s3://") and not self.s3_endpoint:
-            raise ValueError("an s3:// store needs FARM_S3_ENDPOINT (host:port) and credentials")
+            raise UsageError("an s3:// store needs FARM_S3_ENDPOINT (host:port) and credentials")
         return StoreSpec(url=self.store, endpoint=self.s3_endpoint, access_key=self.s3_access_key,
                          secret_key=self.s3_secret_key, secure=self.s3_secure, region=self.s3_region)
 

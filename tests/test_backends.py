@@ -20,9 +20,10 @@ from farm.errors import SpecError
 from farm.loader import load_episode
 from farm.core.manifest import Manifest
 from farm.core.plan import Action
+from farm.core.state import Profile
 from farm.settings import Settings
 from farm.store import ArtifactStore, LocalStore
-from tests.conftest import SMALL_SERIES, write_specs
+from tests.conftest import SMALL_SCRIPT, SMALL_SERIES, write_specs
 from workers.api import BatchItem, ConfigError, StageError
 
 BATCHING = "tests.support.fake_backends:Batching"
@@ -82,17 +83,23 @@ def test_a_spec_naming_an_unknown_backend_is_refused_with_file_and_field(tmp_pat
 
 
 def test_a_series_chooses_its_backend(tmp_path):
-    """The series' choice reaches the plan: its actions carry the backend and its version."""
-    from farm.service.render import EpisodeRender
+    """The series' choice reaches the plan: its actions carry the backend and its version (farm render
+    on the in-process runtime, which records what it is asked to run)."""
+    from farm.runtime.local import InProcessRuntime
+    from farm.service.local import render_episode
 
-    class Runtime:  # planning only: nothing is submitted before the first plan is made
-        catalog = Catalog({"fast": {"kind": BATCHING, "flavour": "x"}})
-
+    settings = Settings(store=str(tmp_path / "store"), backends={"fast": {"kind": BATCHING, "flavour": "x",
+                                                                          "num_gpus": 0, "delay_s": 0.0}},
+                        **{f"backend_{s}": "noop" for s in ("video", "dubbing", "assembly")})
     episode = write_specs(tmp_path, series=SMALL_SERIES | {"backends": {"image": "fast"}})
-    render = EpisodeRender(load_episode(episode), Settings(store=str(tmp_path / "store")), Runtime())
-    chosen = render.job.backends["image"]
-    assert chosen.name == "fast" and chosen.version == Runtime.catalog.load("image", "fast").version
-    assert render.job.backends["video"].name == "ffmpeg-motion"
+    runtime = InProcessRuntime(settings.store_spec(), settings.catalog(), cpus=2)
+    try:
+        result = render_episode(load_episode(episode), settings, runtime)
+    finally:
+        runtime.shutdown()
+    images = {(m.backend, m.version) for m in result.ran if m.stage == "image"}
+    assert images == {("fast", settings.catalog().load("image", "fast").version)}
+    assert {m.backend for m in result.ran if m.stage == "video"} == {"noop"}
 
 
 # -- batching ------------------------------------------------------------------------------------
@@ -150,7 +157,7 @@ def ray_gpu():
 def _action(backend, n: int, **params) -> Action:
     params = {"width": 64, "height": 64, "seed": n, "description": "d"} | params
     return Action(key=f"{n:064x}", stage="image", op="keyframe", backend=backend.name, version=backend.version,
-                  params=params, inputs={}, label=f"keyframe {n}")
+                  params=params, inputs={}, label=f"keyframe {n}", context={"studio": "studio-a"})
 
 
 @pytest.mark.ray
@@ -162,10 +169,10 @@ def test_gpu_worker_runs_a_batch_in_one_call_and_holds_one_gpu(ray_gpu, tmp_path
 
     catalog = Catalog({"fake": {"kind": BATCHING, "max_batch": 3, "delay_s": 0.3, "batch_wait_s": 5}})
     backend = catalog.load("image", "fake")
-    runtime = RayRuntime(catalog=catalog)
     spec = StoreSpec(url=str(tmp_path / "store"))
+    runtime = RayRuntime(spec, catalog=catalog)
     for n in range(3):
-        runtime.submit(_action(backend, n), {}, spec, "studio-a")
+        runtime.submit(_action(backend, n), {}, Profile(cpus=0, gpus=1 / 3), None)
     assert runtime.capacity().gpus_by_accelerator[None] == pytest.approx(0.0)
     done = []
     while len(done) < 3:
@@ -181,23 +188,22 @@ def test_gpu_worker_runs_a_batch_in_one_call_and_holds_one_gpu(ray_gpu, tmp_path
 def test_cpu_actions_are_handed_to_ray_ahead_gpu_actions_are_not(ray_gpu, tmp_path):
     """With ``cpu_ahead`` 1 the runtime offers twice the cluster's CPUs, so Ray holds the next CPU
     action of each worker ready; GPUs are offered only as they are free. Everything handed over runs."""
-    from farm.core.controller import Profile
     from farm.runtime.ray_runtime import RayRuntime
     from farm.settings import StoreSpec
 
     noop = Catalog().load("image", "noop")
-    runtime = RayRuntime(cpu_ahead=1)
     spec = StoreSpec(url=str(tmp_path / "store"))
+    runtime = RayRuntime(spec, cpu_ahead=1)
     assert runtime.capacity().cpus == pytest.approx(4.0)  # the fixture's 2 CPUs, twice
     for n in range(3):
-        runtime.submit(_action(noop, n, sleep_s=0.2), {}, spec, "studio-a", profile=Profile(cpus=1))
+        runtime.submit(_action(noop, n, sleep_s=0.2), {}, Profile(cpus=1), None)
     capacity = runtime.capacity()
     assert capacity.cpus == pytest.approx(1.0) and capacity.gpus_by_accelerator[None] == pytest.approx(1.0)
     done, deadline = [], time.monotonic() + 120
     while len(done) < 3 and time.monotonic() < deadline:
         done += runtime.wait(timeout=1)
     assert sorted(f.action.params["seed"] for f in done if f.error is None) == [0, 1, 2]
-    assert RayRuntime(cpu_ahead=0).capacity().cpus == pytest.approx(2.0)
+    assert RayRuntime(spec, cpu_ahead=0).capacity().cpus == pytest.approx(2.0)
     runtime.shutdown()
 
 
@@ -210,10 +216,10 @@ def test_an_idle_worker_gives_its_gpu_to_a_worker_waiting_for_one(ray_gpu, tmp_p
 
     catalog = Catalog({"one": {"kind": BATCHING, "max_batch": 1, "delay_s": 0.5, "flavour": "1"},
                        "two": {"kind": BATCHING, "max_batch": 1, "delay_s": 0.1, "flavour": "2"}})
-    runtime = RayRuntime(catalog=catalog)
     spec = StoreSpec(url=str(tmp_path / "store"))
-    runtime.submit(_action(catalog.load("image", "one"), 1), {}, spec, "studio-a")
-    runtime.submit(_action(catalog.load("image", "two"), 2), {}, spec, "studio-a")
+    runtime = RayRuntime(spec, catalog=catalog)
+    runtime.submit(_action(catalog.load("image", "one"), 1), {}, Profile(cpus=0, gpus=1), None)
+    runtime.submit(_action(catalog.load("image", "two"), 2), {}, Profile(cpus=0, gpus=1), None)
     done, deadline = [], time.monotonic() + 120
     while len(done) < 2 and time.monotonic() < deadline:
         done += runtime.wait(timeout=1)
@@ -241,9 +247,9 @@ def test_episode_renders_with_diffusers_on_gpu_workers(ray_gpu, tmp_path, monkey
 
     need(_diffusers_missing())
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from farm.service.render import EpisodeRender
-    from farm.runtime.ray_runtime import RayRuntime
     from farm.bench.tiny_pipelines import build_tiny_sd, build_tiny_svd
+    from farm.runtime.ray_runtime import RayRuntime
+    from farm.service.local import render_episode
 
     # tiny pipelines draw small (max_side): a sheet at full size would take minutes on a CPU
     configs = {"sd": {"kind": "diffusers-image", "model_path": str(build_tiny_sd(tmp_path / "sd")), "steps": 2,
@@ -253,15 +259,14 @@ def test_episode_renders_with_diffusers_on_gpu_workers(ray_gpu, tmp_path, monkey
     settings = Settings(store=str(tmp_path / "store"), backends=configs, backend_image="sd", backend_video="svd")
     catalog = settings.catalog()
     assert catalog.load("image", "sd").resources.num_gpus == 1
-    runtime = RayRuntime(catalog=catalog)
+    runtime = RayRuntime(settings.store_spec(), catalog=catalog)
     try:
-        render = EpisodeRender(load_episode(write_specs(tmp_path / "specs")), settings, runtime,
-                               out_dir=tmp_path / "out")
-        result = render.run()
+        result = render_episode(load_episode(write_specs(tmp_path / "specs")), settings, runtime,
+                                out_dir=tmp_path / "out")
     finally:
         runtime.shutdown()
     by_op: dict[str, list] = {}
-    for m in render.ran:
+    for m in result.ran:
         by_op.setdefault(m.op, []).append(m)
     assert len(by_op["keyframe"]) == 3 and len(by_op["clip"]) == 3 and len(by_op["sheet"]) == 2
     assert all(m.backend == "sd" and m.usage.cpu_seconds > 0 and m.usage.model == "sd" for m in by_op["keyframe"])
@@ -288,7 +293,7 @@ def test_bench_backends_measures_batching_off_and_on():
 
 # -- provider jobs outlive a crash ---------------------------------------------------------------
 def _run_in_child(action_json, spec_json, configs):
-    from farm.runtime.ray_runtime import execute
+    from farm.runtime.execute import execute
     from farm.settings import StoreSpec
 
     execute(action_json, {}, StoreSpec.model_validate(spec_json), "studio-a", configs=configs)
@@ -297,7 +302,7 @@ def _run_in_child(action_json, spec_json, configs):
 def test_a_provider_job_is_resumed_after_a_crash_not_submitted_again(tmp_path):
     """The job id is saved before waiting; after the worker is killed, the action run again waits
     on the same job (one submission) and its manifest names it."""
-    from farm.runtime.ray_runtime import execute
+    from farm.runtime.execute import execute
     from farm.settings import StoreSpec
 
     jobs = tmp_path / "jobs"
@@ -333,7 +338,7 @@ def test_retry_after_from_the_provider_delays_the_retry():
     key = next(k for k, s in h.c.actions.items() if s.status == "running")
     h.commit(h.c.on_failure(key, "429 Too Many Requests", True, "node-a", h.now, retry_after=30.0))
     retry = h.log[-1]
-    assert retry.type == "action.retry" and retry.data["not_before"] == pytest.approx(h.now + 30.0)
+    assert retry.type == "action.retry" and retry.data.not_before == pytest.approx(h.now + 30.0)
     assert key not in {s.action.key for s in h.c.ready(h.now + 29.0)}
     assert key in {s.action.key for s in h.c.ready(h.now + 30.5)}
 
@@ -429,30 +434,30 @@ def test_every_kind_names_an_importable_class_serving_its_stage():
 def test_a_batch_submission_records_each_episodes_backends_and_the_controller_plans_with_them():
     """The batch's choice wins over the series', which wins over settings; the journaled choice
     (name, version, features) is what the controller plans with."""
-    from farm.service.host import episode_backends
+    from farm.core.events import BatchSubmitted
+    from farm.core.spec import Episode
+    from farm.service.host import submission
     from tests.test_controller import CAPACITY, Harness
 
     settings = Settings(backends={"fast": {"kind": BATCHING, "flavour": "a"}})
     catalog = settings.catalog()
     series = dict(SMALL_SERIES, backends={"image": "noop", "video": "noop"})
-    payload = {"backends": {"image": "fast"}}
-    chosen = episode_backends(payload, {"series": series}, settings, catalog)
+    episode = Episode.model_validate({"series": "s.yaml", "number": 1, "title": "E", "script": SMALL_SCRIPT})
+    payload = {"studio": "acme", "namespace": "acme", "backends": {"image": "fast"},
+               "episodes": [{"series": series, "episode": episode.model_dump(mode="json")}]}
+    data = submission(payload, settings, catalog)
+    chosen = data.episodes[0].backends
     assert chosen["image"] == ["fast", catalog.load("image", "fast").version, []]
     assert chosen["video"][0] == "noop" and chosen["script"][0] == "outline"
-    h = Harness()
-    h.submit()
-    data = h.log[0].data
-    for item in data["episodes"]:
-        item["backends"] = chosen
     h2 = Harness()
-    h2.commit([{"type": "batch.submitted", "batch": "b2", "data": data}])
+    h2.commit([BatchSubmitted(batch="b2", data=data)])
     h2.commit(h2.c.decide(h2.now, CAPACITY))
     stages = {s.action.stage: s.action.backend for s in h2.c.actions.values()}
     assert stages["image"] == "fast"
 
 
 def test_each_action_of_a_batching_backend_holds_its_share_of_the_workers_gpu():
-    from farm.service.host import profiles_for
+    from farm.catalog import profiles_for
 
     settings = Settings(backends={"fast": {"kind": BATCHING, "max_batch": 4, "num_gpus": 1}},
                         stage_resources={"video": {"num_gpus": 1, "accelerator": "L4"}})

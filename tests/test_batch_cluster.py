@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 import yaml
 
-from farm.store.journal import Journal
+from farm.store.journal import StoreJournal
 from farm.loader import load_batch
 from farm.service.host import batch_payload
 from farm.settings import Settings
@@ -88,7 +88,7 @@ def _wait(handle, batch_id, until, timeout=420):
 
 
 def _journal(tmp_path, batch_id):
-    return [e for e in Journal(LocalStore(tmp_path / "store")).replay() if e.batch == batch_id or e.batch is None]
+    return [e for e in StoreJournal(LocalStore(tmp_path / "store")).replay() if e.batch == batch_id or e.batch is None]
 
 
 def _no_finished_action_ran_twice(events):
@@ -119,7 +119,7 @@ def test_batch_runs_across_nodes_and_survives_losing_one(tmp_path, cluster, rece
     events = _journal(tmp_path, batch_id)
     _no_finished_action_ran_twice(events)
     gpu_ids = {n.node_id for n in gpu_nodes}
-    clip_nodes = {e.data["worker"]["node"] for e in events if e.type == "action.completed" and e.data["op"] == "clip"}
+    clip_nodes = {e.data.worker["node"] for e in events if e.type == "action.completed" and e.data.op == "clip"}
     assert clip_nodes and clip_nodes <= gpu_ids
     for eid in ("ep001", "ep002", "ep003"):
         assert (tmp_path / "store" / "acme" / "episodes" / "test-series" / eid / "episode.mp4").is_file()
@@ -205,6 +205,7 @@ def test_queued_gpu_work_is_asked_of_the_autoscaler(tmp_path):
     import ray
 
     from farm.runtime.ray_runtime import RayRuntime
+    from farm.settings import StoreSpec
 
     if ray.is_initialized():
         ray.shutdown()
@@ -223,7 +224,7 @@ def test_queued_gpu_work_is_asked_of_the_autoscaler(tmp_path):
         return requested()
 
     try:
-        runtime = RayRuntime()
+        runtime = RayRuntime(StoreSpec(url=str(tmp_path / "store")))
         runtime.request_capacity([(1, 1, "H100"), (1, 1, "H100")])
         want = [{"GPU": 1.0, "CPU": 1.0, "accelerator_type:H100": 0.001}] * 2
         assert becomes(want) == want and runtime.requested() == want

@@ -1,7 +1,8 @@
-"""The controller's pure core, driven by hand: no Ray, no store, time passed in.
+"""The controller's pure core, driven through the real engine with in-memory ports: no Ray, no store.
 
-A tiny harness plays the service's part: it sequences events like the journal, answers lookups from
-a dict of "stored" manifests, and completes dispatched actions with made-up manifests.
+The engine runs on a MemoryJournal and a ManualClock; ``HandRuntime`` starts nothing until the test
+finishes an action (with a made-up manifest) or fails it, and ``DictArtifacts`` answers lookups from a
+dict of "stored" manifests.
 """
 
 from __future__ import annotations
@@ -9,11 +10,17 @@ from __future__ import annotations
 import copy
 import hashlib
 
-from farm.core.controller import Cancel, Controller, Deliver, Dispatch, Lookup, Notify, Profile
-from farm.store.journal import Event
-from farm.policy import Capacity, Prices, RetryPolicy
+import pytest
+
+from farm.core.controller import Cancel, Controller, Notify, Profile
+from farm.core.engine import Engine
+from farm.core.events import BatchCancelled, BatchSubmitted, Submission
+from farm.core.manifest import Blob, Manifest
+from farm.core.plan import OUTPUTS
+from farm.core.ports import ManualClock, MemoryJournal
 from farm.core.script import Script
 from farm.core.spec import Episode, Series
+from farm.policy import Capacity, Prices, RetryPolicy
 from tests.conftest import SMALL_SCRIPT, SMALL_SERIES
 
 BACKENDS = {"script": ["outline", "1"], "image": ["pillow", "1"], "video": ["ffmpeg-motion", "1"],
@@ -28,58 +35,125 @@ def estimator(action):
 PROFILES = {("video", "ffmpeg-motion"): Profile(cpus=1, gpus=1)}
 
 
-def manifest(action, attempt_worker="node-a"):
-    outputs = {"script": ["script"], "sheet": ["sheet", "figure"], "keyframe": ["keyframe"], "line": ["audio"],
-               "clip": ["clip"], "mux": ["shot"], "episode": ["video", "subtitles", "storyboard"]}[action.op]
+def manifest(action, attempt_worker="node-a", **changes) -> Manifest:
     digest = lambda name: hashlib.sha256(f"{action.key}{name}".encode()).hexdigest()  # noqa: E731
-    data = {"key": action.key, "op": action.op, "outputs": {o: {"digest": digest(o), "size": 1, "name": o} for o in outputs},
+    data = {"key": action.key, "stage": action.stage, "op": action.op, "backend": action.backend,
+            "version": action.version, "label": action.label,
+            "outputs": {o: {"digest": digest(o), "size": 1, "name": o} for o in OUTPUTS[action.op]},
             "meta": {"samples": 24_000 + 10 * len(action.params.get("text", ""))} if action.op == "line" else {},
             "usage": {"gpu_seconds": 1.5 if action.stage == "video" else 0.0, "cpu_seconds": 0.5},
             "started_at": 0.0, "finished_at": 1.0, "worker": {"node": attempt_worker}}
-    if action.op == "script":
-        data["facts"] = {"script": Script.model_validate(SMALL_SCRIPT).model_dump(mode="json")}
-    return data
+    return Manifest.model_validate(data | changes)
+
+
+def facts(action, script=SMALL_SCRIPT):
+    return {"script": Script.model_validate(script).model_dump(mode="json")} if action.op == "script" else {}
+
+
+class HandRuntime:
+    """Starts nothing by itself: the test finishes or fails what was submitted. ``capacity`` is what
+    the test says is free."""
+
+    def __init__(self):
+        self.submitted: list[str] = []
+        self.free = CAPACITY
+
+    running = 0
+
+    def submit(self, action, inputs, profile, batch):
+        self.submitted.append(action.key)
+
+    def wait(self, timeout=None):
+        return []
+
+    def capacity(self):
+        return self.free
+
+    def request_capacity(self, shapes):
+        pass
+
+    def cancel(self, keys):
+        pass
+
+
+class DictArtifacts:
+    def __init__(self):
+        self.stored: dict[str, Manifest] = {}
+
+    def lookup(self, actions):
+        return [(a, self.stored[a.key]) for a in actions if a.key in self.stored]
+
+    def facts(self, action, manifest):
+        return facts(action)
+
+    def deliver(self, job, outputs):
+        return {"video": f"{job.series.id}/{job.episode.slug}/episode.mp4"}
+
+    def refresh(self, studio):
+        pass
 
 
 class Harness:
     def __init__(self, controller=None, **kw):
         self.c = controller or Controller(estimator, PROFILES, prices=Prices(per_gpu_hour=3600.0), **kw)
-        self.log: list[Event] = []
-        self.stored: dict[str, dict] = {}
-        self.dispatched: list[str] = []
+        self.journal, self.clock = MemoryJournal(), ManualClock(1000.0)
+        self.runtime, self.artifacts = HandRuntime(), DictArtifacts()
         self.notes: list[Notify] = []
-        self.now = 1000.0
+        self.engine = Engine(self.c, self.journal, self.runtime, self.clock, self.artifacts, notify=self.notes.append)
         self.fail: dict[str, list[str]] = {}  # action key -> workers on which it fails
+        self.scripts: dict[str, dict] = {}  # a script action's key -> the script it writes (default SMALL_SCRIPT)
+        self.changes: dict[str, dict] = {}  # an action's key -> what its manifest has instead
+
+    @property
+    def log(self):
+        return self.journal.events
+
+    @property
+    def stored(self):
+        return self.artifacts.stored
+
+    @stored.setter
+    def stored(self, value):
+        self.artifacts.stored = value
+
+    @property
+    def dispatched(self):
+        return self.runtime.submitted
+
+    @property
+    def now(self):
+        return self.clock.now()
+
+    @now.setter
+    def now(self, value):
+        self.clock.set(value)
 
     def commit(self, events):
-        for e in events:
-            event = Event(seq=len(self.log), at=self.now, **e)
-            self.log.append(event)
-            for cmd in self.c.apply(event):
-                if isinstance(cmd, Lookup):
-                    self.commit([{"type": "action.cached", "key": k, "data": self.stored[k]} for k in cmd.keys
-                                 if k in self.stored])
-                elif isinstance(cmd, Dispatch):
-                    self.dispatched.append(cmd.key)
-                elif isinstance(cmd, Deliver):
-                    self.commit(self.c.delivered(cmd.batch, cmd.episode, {"video": f"{cmd.episode}/episode.mp4"}))
-                elif isinstance(cmd, Notify):
-                    self.notes.append(cmd)
+        return self.engine.commit(events)
 
-    def submit(self, batch="b1", episodes=1, unique=False, **terms):
-        """Episodes 1..n share sheets and all shots but one line; ``unique`` makes every shot theirs alone."""
-        series = Series.model_validate(SMALL_SERIES).model_dump(mode="json")
+    def finish(self, key):
+        """The action's attempt comes back with a made-up manifest (stored, as a worker would)."""
+        action = self.c.actions[key].action
+        m = self.stored[key] = manifest(action, **self.changes.get(key, {}))
+        self.commit(self.c.on_result(key, m, facts(action, self.scripts.get(key, SMALL_SCRIPT))))
+
+    def submit(self, batch="b1", episodes=1, unique=False, series=SMALL_SERIES, outline=False, **terms):
+        """Episodes 1..n share sheets and all shots but one line; ``unique`` makes every shot theirs alone;
+        ``outline`` gives them outlines (a script action each) instead of their scripts."""
+        series = Series.model_validate(series).model_dump(mode="json")
         eps = []
         for n in range(1, episodes + 1):
             script = copy.deepcopy(SMALL_SCRIPT)
             script["scenes"][1]["shots"][0]["lines"][0]["text"] = f"Only me, time {n}."
             for shot in (s for scene in script["scenes"] for s in scene["shots"]) if unique else ():
                 shot["description"] += f" ({batch} #{n})"
+            source = {"outline": [{"beat": f"{batch} episode {n}", "lines": [{"speaker": "ana", "text": f"Hi {n}."}]}]} \
+                if outline else {"script": script}
             eps.append({"series": series, "episode": Episode.model_validate(
-                {"series": "s.yaml", "number": n, "title": f"E{n}", "script": script}).model_dump(mode="json")})
+                {"series": "s.yaml", "number": n, "title": f"E{n}", **source}).model_dump(mode="json")})
         data = {"studio": "acme", "namespace": "acme", "priority": "normal", "budget": {}, "backends": BACKENDS,
                 "episodes": eps} | terms
-        self.commit([{"type": "batch.submitted", "batch": batch, "data": data}])
+        self.commit([BatchSubmitted(batch=batch, data=Submission.model_validate(data))])
 
     def run(self, rounds=200):
         """Dispatch what decide() allows, finish everything running, repeat until nothing moves."""
@@ -90,14 +164,11 @@ class Harness:
             if not running and not events:
                 return
             for key in running:
-                action = self.c.actions[key].action
                 workers = self.fail.get(key, [])
                 if workers:
                     self.commit(self.c.on_failure(key, "boom", True, workers.pop(0), self.now))
                 else:
-                    m = manifest(action)
-                    self.stored[key] = m
-                    self.commit(self.c.on_result(key, m))
+                    self.finish(key)
             self.now += 10.0
         raise AssertionError("did not settle")
 
@@ -134,14 +205,13 @@ def test_replay_midway_then_continue():
     for _ in range(3):
         h.commit(h.c.decide(h.now, CAPACITY))
         for key in [k for k, s in h.c.actions.items() if s.status == "running"][:2]:
-            h.stored[key] = manifest(h.c.actions[key].action)
-            h.commit(h.c.on_result(key, h.stored[key]))
+            h.finish(key)
     done_before = {k for k, s in h.c.actions.items() if s.status == "done"}
     restarted = Harness()
     restarted.stored = h.stored
     for event in h.log:
         restarted.c.apply(event)
-    restarted.log = list(h.log)
+    restarted.journal.events = list(h.log)
     for key in [k for k, s in restarted.c.actions.items() if s.status == "running"]:  # what the service does
         restarted.commit(restarted.c.on_failure(key, "interrupted", True, None, restarted.now))
     restarted.now += 100
@@ -206,7 +276,7 @@ def test_failure_on_three_workers_quarantines_and_the_batch_goes_on():
     types = [e.type for e in h.log]
     assert types.count("action.retry") == 2 and types.count("action.quarantined") == 1
     retries = [e for e in h.log if e.type == "action.retry"]
-    assert all(0 <= e.data["not_before"] - e.at <= 1.0 for e in retries)
+    assert all(0 <= e.data.not_before - e.at <= 1.0 for e in retries)
 
 
 def test_a_new_batch_retries_what_an_earlier_one_quarantined():
@@ -228,7 +298,7 @@ def test_cancel_stops_dispatching():
     h.submit(episodes=1)
     h.commit(h.c.decide(h.now, CAPACITY))
     running = {k for k, s in h.c.actions.items() if s.status == "running"}
-    cmds = h.c.apply(Event(seq=len(h.log), at=h.now, type="batch.cancelled", batch="b1"))
+    cmds = h.c.apply(BatchCancelled(seq=len(h.log), at=h.now, batch="b1"))
     assert cmds == [Cancel(tuple(sorted(running, key=list(h.c.actions).index)))] or set(cmds[0].keys) == running
     assert h.c.decide(h.now, CAPACITY) == []
     assert h.c.batch_status("b1", h.now)["status"] == "cancelled"
@@ -240,7 +310,7 @@ def test_priority_orders_dispatch():
     h.submit(batch="slow", episodes=1, priority="low")
     h.submit(batch="fast", episodes=1, priority="urgent", studio="other", namespace="other")
     events = h.c.decide(h.now, Capacity(cpus=1, gpus_by_accelerator={}))
-    assert [e["batch"] for e in events] == ["fast"]
+    assert [e.batch for e in events] == ["fast"]
 
 
 def test_bench_controller_plans_a_synthetic_batch():
@@ -260,7 +330,7 @@ def test_gpu_work_without_gpus_is_asked_of_the_autoscaler():
     for _ in range(20):
         h.commit(h.c.decide(h.now, no_gpus))
         for key in [k for k, s in h.c.actions.items() if s.status == "running"]:
-            h.commit(h.c.on_result(key, manifest(h.c.actions[key].action)))
+            h.finish(key)
     status = h.c.batch_status("b1", h.now)
     assert status["actions"]["video"]["pending"] == 3 and status["actions"]["video"]["running"] == 0
     assert h.c.wanted_capacity == [(1, 1, None)] * 3
@@ -301,7 +371,7 @@ def test_ready_queue_matches_a_from_scratch_ordering():
             first = h.c.episodes[("b3", h.c.batches["b3"].episodes[0])]
             poison = next(k for k in first.keys if h.c.actions[k].action.params.get("text") == "Only me, time 1.")
         if rnd == 8:
-            h.commit([{"type": "batch.cancelled", "batch": "b1", "data": {}}])
+            h.commit([BatchCancelled(batch="b1")])
         capacity = Capacity(cpus=rng.randint(0, 3), gpus_by_accelerator={None: rng.randint(0, 2)})
         events = h.c.decide(h.now, capacity)
         assert _queue_order(h.c) == _reference_order(h.c, h.now)
@@ -314,9 +384,7 @@ def test_ready_queue_matches_a_from_scratch_ordering():
             elif roll < 0.15:
                 h.commit(h.c.on_failure(key, "flaky", True, f"node-{rng.randint(1, 4)}", h.now))
             elif roll < 0.7:
-                m = manifest(h.c.actions[key].action)
-                h.stored[key] = m
-                h.commit(h.c.on_result(key, m))
+                h.finish(key)
         h.now += rng.choice([0.3, 0.6, 1.5, 3.0])
         if all(b.status != "running" for b in h.c.batches.values()):
             break
@@ -336,3 +404,168 @@ def test_queued_is_what_waits_after_a_decision():
     waiting = {s.action.key for s in h.c.ready(h.now)}
     assert len(h.dispatched) == 1 and waiting and h.dispatched[0] not in waiting
     assert {t.key for t in h.c.queued()} == waiting
+
+
+# -- a result becomes a fact only after it is checked; nothing one batch sends stops the others ------
+def _script_of(h, batch, number):
+    ep = h.c.episodes[(batch, f"test-series/ep{number:03d}")]
+    return next(k for k in ep.keys if h.c.actions[k].action.op == "script")
+
+
+ROGUE = copy.deepcopy(SMALL_SCRIPT)
+ROGUE["scenes"][1]["shots"][0]["lines"][1]["speaker"] = "zed"
+
+
+def test_a_script_naming_a_character_the_series_lacks_fails_only_its_episode():
+    """A script backend's answer naming an unknown speaker is an unusable result: the script action fails
+    for good (not completed), its episode fails with the reason, its sister episode and another batch
+    are delivered, and the journal replays to the same state."""
+    h = Harness()
+    h.submit(batch="b1", episodes=2, outline=True)
+    h.submit(batch="b2", episodes=1, outline=True, unique=True, studio="other", namespace="other")
+    rogue = _script_of(h, "b1", 1)
+    h.scripts[rogue] = ROGUE
+    h.run()
+    b1, b2 = h.c.batch_status("b1", h.now), h.c.batch_status("b2", h.now)
+    assert b1["status"] == "finished" and b1["episodes"]["delivered"] == 1 and b1["episodes"]["failed"] == 1
+    assert "'zed' is not a character of the series" in b1["failures"][0]["reason"]
+    assert b2["episodes"]["delivered"] == 1
+    mine = [e for e in h.log if e.key == rogue]
+    assert [e.type for e in mine] == ["action.dispatched", "action.failed"] and not mine[1].data.retryable
+    fresh = Controller(estimator, PROFILES, prices=Prices(per_gpu_hour=3600.0))
+    for event in h.log:
+        assert not [c for c in fresh.apply(event) if type(c).__name__ == "Fault"]
+    assert fresh.batch_status("b1", h.now) == b1 and fresh.errors == []
+
+
+@pytest.mark.parametrize("op, changes, problem", [
+    ("line", {"outputs": {}}, "no audio output"),
+    ("keyframe", {"outputs": {"keyframe": {"digest": "0" * 64, "size": 0, "name": "k.png"}}}, "output is empty"),
+    ("line", {"meta": {"samples": 0}}, "0 samples"),
+    ("line", {"meta": {"samples": "48000"}}, "'48000' samples"),
+    ("line", {"meta": {}}, "None samples"),
+])
+def test_an_unusable_result_fails_its_episode_never_the_engine(op, changes, problem):
+    """A missing or empty output, or a line without a positive whole number of samples, fails the action
+    for good and its episode; the batch goes on and finishes."""
+    h = Harness()
+    h.submit(episodes=1)
+    key = next(k for k, s in sorted(h.c.actions.items()) if s.action.op == op)
+    h.changes[key] = changes
+    h.run()
+    status = h.c.batch_status("b1", h.now)
+    assert status["status"] == "finished" and status["episodes"]["failed"] == 1
+    assert problem in status["failures"][0]["reason"] and "unusable result" in status["failures"][0]["reason"]
+    assert not [e for e in h.log if e.key == key and e.type == "action.completed"]
+
+
+def test_an_unusable_stored_result_fails_its_episode_and_says_how_to_mend_it():
+    """A manifest in the store that is unusable (an older farm wrote it) is not a cache hit."""
+    h = Harness()
+    h.submit(episodes=1)
+    h.run()
+    line = next(k for k, s in h.c.actions.items() if s.action.op == "line")
+    second = Harness()
+    second.stored = dict(h.stored)
+    second.stored[line] = manifest(h.c.actions[line].action, meta={"samples": -5})
+    second.submit(episodes=1)
+    second.run()
+    failure = second.c.batch_status("b1", second.now)["failures"][0]["reason"]
+    assert "the stored result is unusable: the line has -5 samples" in failure and f"actions/{line[:2]}/{line}.json" in failure
+
+
+def _journal_with_an_unchecked_rogue_script():
+    """The journal an older farm could write: a script naming an unknown speaker journaled as completed
+    for b1 (it raised on apply, which Ray's restarts turned into a crash loop), and a second batch."""
+    h = Harness()
+    h.submit(batch="b1", episodes=1, outline=True)
+    h.submit(batch="b2", episodes=1, outline=True, unique=True, studio="other", namespace="other")
+    h.commit(h.c.decide(h.now, CAPACITY))
+    rogue = _script_of(h, "b1", 1)
+    result = h.c.on_result(rogue, manifest(h.c.actions[rogue].action), facts(h.c.actions[rogue].action))[0]
+    bad = result.model_copy(update={"data": result.data.model_copy(update={"facts": type(result.data.facts)(
+        script=Script.model_validate(ROGUE))})})
+    return h, bad
+
+
+def test_an_event_that_cannot_be_applied_fails_its_batch_and_every_other_batch_goes_on():
+    """Applying the rogue completion raises inside the planner: b1 fails with the reason (journaled once as
+    batch.failed), b2 is delivered, and a replay (and another) of the whole journal does the same."""
+    h, bad = _journal_with_an_unchecked_rogue_script()
+    h.commit([bad])
+    h.run()
+    b1, b2 = h.c.batch_status("b1", h.now), h.c.batch_status("b2", h.now)
+    assert b1["status"] == "failed" and "KeyError" in b1["reason"] and b1["episodes"]["failed"] == 1
+    assert b2["status"] == "finished" and b2["episodes"]["delivered"] == 1
+    assert [e.type for e in h.log].count("batch.failed") == 1
+    assert [n.kind for n in h.notes].count("batch.failed") == 1
+    for _ in range(2):  # a restarted controller replays it without raising, and adds nothing
+        again = Harness()
+        again.stored = dict(h.stored)
+        again.journal.events = list(h.log)
+        again.engine.recover()
+        assert again.c.batch_status("b1", h.now)["status"] == "failed"
+        assert again.c.batch_status("b2", h.now)["status"] == "finished"
+        assert len(again.log) == len(h.log)
+
+
+def test_a_batch_that_failed_while_replaying_is_recorded_once():
+    """A journal that ends right after the event that raised (the controller died before it wrote
+    batch.failed): recovery writes batch.failed once, the next recovery nothing more."""
+    h, bad = _journal_with_an_unchecked_rogue_script()
+    h.journal.append([bad], h.now)  # written, never applied
+    again = Harness()
+    again.journal.events = list(h.log)
+    again.engine.recover()
+    assert [e.type for e in again.log].count("batch.failed") == 1
+    third = Harness()
+    third.journal.events = list(again.log)
+    third.engine.recover()
+    assert [e.type for e in third.log].count("batch.failed") == 1
+
+
+def test_an_unreadable_journal_event_fails_its_batch_only():
+    """An event the journal could not read (``Unreadable``) stops its own batch when replayed."""
+    from farm.core.events import Reason, Unreadable
+
+    h = Harness()
+    h.submit(batch="b1", episodes=1)
+    h.submit(batch="b2", episodes=1, unique=True)
+    h.journal.events.append(Unreadable(seq=len(h.log), at=h.now, batch="b1", data=Reason(reason="torn")))
+    again = Harness()
+    again.journal.events = list(h.log)
+    again.engine.recover()
+    again.run()
+    assert again.c.batch_status("b1", again.now)["status"] == "failed"
+    assert again.c.batch_status("b2", again.now)["episodes"]["delivered"] == 1
+
+
+def test_a_backend_whose_estimate_raises_fails_its_actions_not_the_controller():
+    """A studio's own backend class raising in ``estimate`` fails those actions and their episodes."""
+    def shaky(action):
+        if action.op == "clip":
+            raise RuntimeError("estimate exploded")
+        return estimator(action)
+
+    h = Harness(controller=Controller(shaky, PROFILES))
+    h.submit(episodes=1)
+    h.run()
+    status = h.c.batch_status("b1", h.now)
+    assert status["status"] == "finished" and status["episodes"]["failed"] == 1
+    assert "could not estimate it: RuntimeError: estimate exploded" in status["failures"][0]["reason"]
+
+
+def test_an_event_naming_an_action_the_controller_never_planned_stops_only_its_batch():
+    """An event the core cannot apply at all (a journal edited by hand, a bug) fails the batch it names;
+    one naming no known batch is kept among the controller's errors."""
+    from farm.core.events import ActionFailed, Failed
+
+    h = Harness()
+    h.submit(batch="b1", episodes=1)
+    h.submit(batch="b2", episodes=1, unique=True)
+    h.commit([ActionFailed(batch="b1", key="f" * 64, data=Failed(error="x", retryable=True))])
+    h.commit([ActionFailed(batch=None, key="e" * 64, data=Failed(error="x", retryable=True))])
+    h.run()
+    assert h.c.batch_status("b1", h.now)["status"] == "failed" and "KeyError" in h.c.batches["b1"].reason
+    assert h.c.batch_status("b2", h.now)["episodes"]["delivered"] == 1
+    assert len(h.c.errors) == 1 and "action.failed" in h.c.errors[0]

@@ -19,10 +19,11 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from farm.store.journal import Event
-from farm.core.manifest import Manifest
-from farm.observe.metrics import Metrics, accelerator_label
+from pydantic import TypeAdapter
+
+from farm.core.events import Event
 from farm.core.plan import Action
+from farm.observe.metrics import Metrics, accelerator_label
 from farm.policy import Prices
 from tests.conftest import media_missing, need, write_specs
 
@@ -36,7 +37,17 @@ def action(stage="video", backend="wan", key=KEY):
 
 
 def event(type_, data=None, key=KEY, batch="b1"):
-    return Event(seq=0, at=0.0, type=type_, batch=batch, key=key, data=data or {})
+    """A journaled event of ``type_``; an action result's manifest fields not given are filled in."""
+    data = dict(data or {})
+    if type_ in ("action.completed", "action.cached"):
+        data = {"key": key, "stage": "video", "op": "clip", "backend": "wan", "version": "1", "label": "clip s01-01",
+                "outputs": {}, "started_at": 0.0, "finished_at": 0.0} | data
+    elif type_ == "action.failed":
+        data = {"error": "boom", "retryable": True} | data
+    elif type_ == "action.retry":
+        data = {"not_before": 1.0} | data
+    return TypeAdapter(Event).validate_python({"seq": 0, "at": 0.0, "type": type_, "batch": batch, "key": key,
+                                               "data": data})
 
 
 def value(m: Metrics, name: str, **labels) -> float:
@@ -94,7 +105,11 @@ def test_submitted_batch_creates_its_studios_series_at_zero():
     """batch.submitted creates the studio's series at 0, so a first failure shows in rate()."""
     m = Metrics(nvml=False)
     backends = {s: [n, "1"] for s, n in {"script": "outline", "video": "ffmpeg-motion"}.items()}
-    m.observe(event("batch.submitted", {"studio": "acme", "backends": backends}, key=None), None)
+    series = {"id": "s", "title": "S", "style": {"description": "d", "palette": ["#000000", "#ffffff"]},
+              "characters": [{"id": "a", "name": "A", "look": {"description": "d"}, "voice": {"voice": "en-us"}}]}
+    episode = {"series": "s.yaml", "number": 1, "title": "E", "outline": [{"beat": "b"}]}
+    m.observe(event("batch.submitted", {"studio": "acme", "namespace": "acme", "backends": backends,
+                                        "episodes": [{"series": series, "episode": episode}]}, key=None), None)
     out = text(m)
     assert 'farm_actions_total{outcome="failed",stage="dubbing",studio="acme"} 0.0' in out
     assert 'farm_tokens_total{direction="in",model="outline",stage="script",studio="acme"} 0.0' in out
@@ -151,8 +166,9 @@ def test_labels_never_carry_ids():
     """After a run of events the only label names are the bounded ones, and no value is a key or an episode."""
     m = Metrics(prices=PRICES, nvml=False)
     m.prepare("acme", {"video": "wan"})
+    result = {"usage": {"model": "wan"}, "started_at": 0.0, "finished_at": 1.0}
     for type_ in ("action.completed", "action.cached", "action.failed", "action.retry"):
-        m.observe(event(type_, {"usage": {"model": "wan"}, "started_at": 0.0, "finished_at": 1.0}), action())
+        m.observe(event(type_, result if type_ in ("action.completed", "action.cached") else {}), action())
     m.stages({"video": 3}, {"video": 1})
     m.batch(_status())
     out = text(m)
@@ -169,30 +185,40 @@ def test_accelerator_label_of_a_profile():
     assert accelerator_label(types.SimpleNamespace(gpus=0, accelerator=None)) == accelerator_label(None) == "none"
 
 
-def _manifest(stage, seconds, **usage):
-    return Manifest(key=KEY, stage=stage, op="clip", backend="ffmpeg-motion", version="1", label="clip", outputs={},
-                    usage=usage, started_at=100.0, finished_at=100.0 + seconds)
+def test_a_render_is_accounted_per_journaled_event_as_a_batch_is(tmp_path):
+    """farm render runs the engine with the same accounting as the controller: its completed and cached
+    actions, a failed and retried attempt, and the delivered episode, event by event (in-process runtime)."""
+    from farm.loader import load_episode
+    from farm.runtime.local import InProcessRuntime
+    from farm.service.local import render_episode
+    from farm.settings import Settings
 
-
-def _render(ran, cached, failed=()):
-    backends = {"video": types.SimpleNamespace(name="ffmpeg-motion")}
-    return types.SimpleNamespace(job=types.SimpleNamespace(studio="acme", backends=backends), ran=ran, cached=cached,
-                                 failed=list(failed), retried=[])
-
-
-def test_render_manifests_are_accounted_like_events():
-    """farm render's ran and cached manifests, failures and the delivered episode land in the same metrics."""
-    m = Metrics(prices=PRICES, controller=False, nvml=False)
-    ran = [_manifest("video", 2.0, cpu_seconds=1.5, gpu_seconds=4.0)]
-    m.account_render(_render(ran, [_manifest("video", 1.0, gpu_seconds=6.0)], [action()]),
-                     types.SimpleNamespace(duration_seconds=30.0))
-    labels = {"studio": "acme", "stage": "video"}
-    assert value(m, "farm_actions_total", **labels, outcome="ok") == 1
-    assert value(m, "farm_actions_total", **labels, outcome="failed") == 1
-    assert value(m, "farm_cache_saved_gpu_seconds_total", **labels) == 6
-    assert value(m, "farm_money_total", **labels, model="ffmpeg-motion") == 4
-    assert value(m, "farm_delivered_video_seconds_total", studio="acme") == 30
-    assert "farm_controller_up" not in text(m)  # a one-shot render is not the controller
+    settings = Settings(store=str(tmp_path / "store"), studio="acme", retry={"base_s": 0.01, "max_delay_s": 0.01},
+                        backends={"flaky": {"kind": "tests.support.fake_backends:Flaky", "stage": "dubbing",
+                                            "marks": str(tmp_path / "marks")}},
+                        **{f"backend_{s}": "noop" for s in ("script", "image", "video", "assembly")},
+                        backend_dubbing="flaky")
+    episode = load_episode(write_specs(tmp_path / "specs"))
+    for run in range(2):
+        m = Metrics(prices=PRICES, controller=False, nvml=False)
+        runtime = InProcessRuntime(settings.store_spec(), settings.catalog(), cpus=2)
+        try:
+            result = render_episode(episode, settings, runtime, metrics=m)
+        finally:
+            runtime.shutdown()
+        ok = sum(value(m, "farm_actions_total", studio="acme", stage=s, outcome="ok") for s in
+                 ("image", "video", "dubbing", "assembly"))
+        cached = sum(value(m, "farm_actions_total", studio="acme", stage=s, outcome="cached") for s in
+                     ("image", "video", "dubbing", "assembly"))
+        if run == 0:
+            assert ok == len(result.ran) == 15 and cached == 0
+            lines = value(m, "farm_actions_total", studio="acme", stage="dubbing", outcome="ok")
+            assert value(m, "farm_actions_total", studio="acme", stage="dubbing", outcome="failed") == lines == 3
+            assert value(m, "farm_actions_total", studio="acme", stage="dubbing", outcome="retried") == 3
+        else:
+            assert ok == 0 and cached == len(result.cached) == 15
+        assert value(m, "farm_episodes_total", studio="acme", outcome="delivered") == 1
+        assert "farm_controller_up" not in text(m)  # a one-shot render is not the controller
 
 
 def test_textfile_adds_up_across_renders(tmp_path):
@@ -200,7 +226,9 @@ def test_textfile_adds_up_across_renders(tmp_path):
     path = tmp_path / "farm.prom"
     for _ in range(2):
         m = Metrics(controller=False, nvml=False)
-        m.account_render(_render([_manifest("video", 2.0, cpu_seconds=1.5)], []), types.SimpleNamespace(duration_seconds=10.0))
+        m.prepare("acme", {"video": "ffmpeg-motion"})
+        m.completed("acme", "video", "ffmpeg-motion", {"cpu_seconds": 1.5}, 2.0)
+        m.episode("acme", "delivered", 10.0)
         m.write_textfile(path)
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for f in text_string_to_metric_families(path.read_text()) for s in f.samples}
@@ -343,7 +371,7 @@ def test_unreachable_pushgateway_fails_the_command_after_the_render(tmp_path, mo
     """A push that cannot reach its gateway is reported and exits 1; it never hides."""
     from farm.cli import app as cli
 
-    monkeypatch.setattr(cli, "render_one", lambda *a, on_finish=None, **k: (on_finish(_render([], []), None), _Result())[1])
+    monkeypatch.setattr(cli, "render_one", lambda *a, **k: _Result())
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead = f"127.0.0.1:{s.getsockname()[1]}"

@@ -10,7 +10,7 @@ import pytest
 
 from farm.store import models
 from farm.cli.app import main as farm_main
-from farm.errors import StoreError
+from farm.errors import StoreError, UsageError
 from farm.store import LocalStore
 
 
@@ -38,9 +38,9 @@ def test_push_then_fetch_gives_the_same_files_once(tmp_path):
 def test_a_name_is_immutable_and_must_be_safe(tmp_path):
     objects = LocalStore(tmp_path / "store")
     models.push(objects, model_folder(tmp_path / "a"), "tiny-1")
-    with pytest.raises(ValueError, match="immutable"):
+    with pytest.raises(UsageError, match="immutable"):
         models.push(objects, model_folder(tmp_path / "b", extra=b"!"), "tiny-1")
-    with pytest.raises(ValueError, match="model name"):
+    with pytest.raises(UsageError, match="model name"):
         models.push(objects, tmp_path / "a", "../evil")
     with pytest.raises(StoreError, match="push it first"):
         models.fetch(objects, "absent", tmp_path / "cache")

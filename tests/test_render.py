@@ -13,8 +13,8 @@ import ffmpeg
 import pytest
 
 from farm.loader import load_episode
-from farm.service.render import EpisodeRender
 from farm.runtime.ray_runtime import RayRuntime
+from farm.service.local import render_episode
 from farm.settings import Settings
 from tests.conftest import SMALL_SCRIPT, SMALL_SERIES, write_specs
 
@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.media, pytest.mark.e2e]
 
 def render(episode_path, store, ray_local, **settings):
     cfg = Settings(store=str(store), studio="test-studio", **settings)
-    return EpisodeRender(load_episode(episode_path), cfg, RayRuntime()).run()
+    return render_episode(load_episode(episode_path), cfg, RayRuntime(cfg.store_spec(), catalog=cfg.catalog()))
 
 
 def streams(path):
@@ -169,10 +169,10 @@ def test_render_on_s3(tmp_path, ray_local, s3_server):
                     s3_secret_key=s3_server.secret_key, s3_secure=s3_server.secure, s3_region=s3_server.region)
     path = write_specs(tmp_path / "specs")
     cfg = Settings(studio="test-studio", **settings)
-    first = EpisodeRender(load_episode(path), cfg, RayRuntime(), out_dir=tmp_path / "out").run()
+    first = render_episode(load_episode(path), cfg, RayRuntime(cfg.store_spec()), out_dir=tmp_path / "out")
     assert first.video.is_file() and first.video.parent == tmp_path / "out" / "test-studio" / "test-series" / "ep001"
     assert first.store_paths["video"] == "test-studio/episodes/test-series/ep001/episode.mp4"
     keys = {o.object_name for o in s3_server.client().list_objects("farm-e2e", prefix="run1/", recursive=True)}
     assert "run1/test-studio/episodes/test-series/ep001/episode.mp4" in keys
-    again = EpisodeRender(load_episode(path), cfg, RayRuntime(), out_dir=tmp_path / "out2").run()
+    again = render_episode(load_episode(path), cfg, RayRuntime(cfg.store_spec()), out_dir=tmp_path / "out2")
     assert again.ran == [] and again.video.read_bytes() == first.video.read_bytes()

@@ -77,17 +77,18 @@ def test_long_idle_gaps_are_cut_from_the_timeline():
     assert "idle 1 d 23 h" in page
 
 
-@pytest.mark.ray
-def test_batch_report_from_the_journal(tmp_path, ray_local):
+def test_batch_report_from_the_journal(tmp_path):
     """A batch run by the controller (no-op backends; one outline episode the no-op script backend cannot
     write): the report draws every completed attempt on its worker lane, the failure with its reason,
     spend by stage, and, for a second batch of the same episodes, the cache savings."""
     from farm.bench.batch import synthetic_payload, tiny_episode
-    from farm.service.host import ControllerService
     from farm.core.spec import Episode
+    from farm.runtime.local import InProcessRuntime
+    from farm.service.host import ControllerService
 
     settings = Settings(store=str(tmp_path / "store"), metrics_port=0, **{f"backend_{s}": "noop" for s in STAGES})
-    service = ControllerService(settings.model_dump(mode="json"))
+    service = ControllerService(settings.model_dump(mode="json"),
+                                runtime=InProcessRuntime(settings.store_spec(), settings.catalog(), cpus=2))
     try:
         payload = synthetic_payload(2, {s: ["noop", "1"] for s in STAGES}, studio="acme", make=tiny_episode)
         payload = {k: v for k, v in payload.items() if k != "backends"}
@@ -108,7 +109,7 @@ def test_batch_report_from_the_journal(tmp_path, ray_local):
     data = from_batch(settings, first)
     ran = [b for b in data.bars if b.ok]
     assert len(ran) == len(completed) > 0 and {b.stage for b in ran} == {"image", "video", "dubbing", "assembly"}
-    assert all(re.fullmatch(r".+/\w{6} pid \d+", b.lane) for b in ran)
+    assert all(re.fullmatch(r".+/[\w.-]+ pid \d+", b.lane) for b in ran)
     assert [f.label for f in data.failures] == ["script ep009"] and "noop cannot write" in data.failures[0].reason
     assert data.episode_failures and data.episode_failures[0][0] == "bench/ep009"
     assert dict(data.facts)["episodes"] == "2 delivered, 1 failed of 3" and data.budget == {"gpu_seconds": (0.0, 100.0)}
@@ -128,19 +129,28 @@ def test_unknown_batch_is_a_clear_error(tmp_path):
     assert main(["report", "acme-20990101-000000-00000000", "--store", str(tmp_path / "store")]) == 1
 
 
-@pytest.mark.ray
 @pytest.mark.media
 @pytest.mark.e2e
-def test_episode_report_after_a_render(tmp_path, ray_local, capsys):
-    """`farm report EPISODE.yaml` after `farm render`: the episode's 15 actions from their manifests."""
+def test_episode_report_after_a_render(tmp_path, capsys):
+    """`farm report EPISODE.yaml` after two renders: the first's 15 actions, run, from its journal; the
+    second's 15 cache hits as savings."""
     from farm.cli.app import main
     from farm.loader import load_episode
-    from farm.service.render import EpisodeRender
-    from farm.runtime.ray_runtime import RayRuntime
+    from farm.observe.report import from_episode
+    from farm.runtime.local import InProcessRuntime
+    from farm.service.local import render_episode
 
     episode = write_specs(tmp_path / "specs")
     settings = Settings(store=str(tmp_path / "store"), studio="acme")
-    EpisodeRender(load_episode(episode), settings, RayRuntime()).run()
+    assert main(["report", str(episode), "--store", str(tmp_path / "store"), "--studio", "acme"]) == 2  # not rendered
+    for _ in range(2):
+        runtime = InProcessRuntime(settings.store_spec(), settings.catalog(), cpus=2)
+        try:
+            render_episode(load_episode(episode), settings, runtime)
+        finally:
+            runtime.shutdown()
+    data = from_episode(settings, episode)
+    assert dict(data.facts)["renders"] == "2" and sum(row["actions"] for row in data.saved.values()) == 15
     out = tmp_path / "reports" / "ep001.html"
     assert main(["report", str(episode), "--store", str(tmp_path / "store"), "--studio", "acme", "--out", str(out)]) == 0
     assert capsys.readouterr().out.strip() == str(out)

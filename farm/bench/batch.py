@@ -23,8 +23,10 @@ from pathlib import Path
 
 from farm.core.controller import Controller
 from farm.policy import Capacity, Prices
-from farm.store.journal import Event, Journal
-from farm.core.plan import STAGES, plan_episode
+from farm.core.events import ActionCached, ActionCompleted, ActionResult, BatchSubmitted, Submission
+from farm.core.manifest import Blob
+from farm.store.journal import StoreJournal
+from farm.core.plan import OUTPUTS, STAGES, plan_episode
 from farm.core.spec import Episode, Series
 
 _SERIES = {
@@ -72,10 +74,16 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def _result(action, digit: str, meta: dict | None = None) -> ActionResult:
+    """A made-up result of ``action``: one-byte outputs, ``meta``."""
+    return ActionResult(key=action.key, stage=action.stage, op=action.op, backend=action.backend,
+                        version=action.version, label=action.label, started_at=0.0, finished_at=0.0,
+                        outputs={o: Blob(digest=digit * 64, size=1, name=o) for o in OUTPUTS[action.op]},
+                        meta=meta or {})
+
+
 def bench_controller(episodes: int = 1000) -> dict:
     """Plan a whole batch in the pure controller: submission, then every line's length arriving."""
-    from workers.noop import OUTPUTS
-
     backends = {s: ["noop", "1"] for s in STAGES}
     payload = synthetic_payload(episodes, backends)
     gc.collect()
@@ -83,15 +91,13 @@ def bench_controller(episodes: int = 1000) -> dict:
     started = time.perf_counter()
     controller = Controller(lambda a: (1.0, 0, 0.0), {}, prices=Prices())
     seq = 0
-    controller.apply(Event(seq=seq, at=0.0, type="batch.submitted", batch="bench", data=payload))
+    controller.apply(BatchSubmitted(seq=seq, at=0.0, batch="bench", data=Submission.model_validate(payload)))
     submitted = time.perf_counter() - started
     for key, state in list(controller.actions.items()):  # the lines' lengths arrive: clips, muxes, episodes appear
         if state.action.op == "line":
             seq += 1
             meta = {"samples": 9_600 + 480 * len(state.action.params["text"])}
-            manifest = {"outputs": {o: {"digest": "0" * 64, "size": 1, "name": o} for o in OUTPUTS["line"]},
-                        "meta": meta, "usage": {}}
-            controller.apply(Event(seq=seq, at=1.0, type="action.cached", key=key, data=manifest))
+            controller.apply(ActionCached(seq=seq, at=1.0, key=key, data=_result(state.action, "0", meta)))
     planned = time.perf_counter() - started
     ranks_started = time.perf_counter()
     controller.ranks()
@@ -103,9 +109,7 @@ def bench_controller(episodes: int = 1000) -> dict:
     for key, state in list(controller.actions.items()):  # the sheets are done: every keyframe is ready
         if state.action.op == "sheet":
             seq += 1
-            manifest = {"outputs": {o: {"digest": "0" * 64, "size": 1, "name": o} for o in OUTPUTS["sheet"]},
-                        "meta": {}, "usage": {}}
-            controller.apply(Event(seq=seq, at=1.0, type="action.cached", key=key, data=manifest))
+            controller.apply(ActionCached(seq=seq, at=1.0, key=key, data=_result(state.action, "0")))
     capacity = Capacity(cpus=8, gpus_by_accelerator={})
     ready = len(controller.ready(2.0))
     first_started = time.perf_counter()
@@ -114,13 +118,11 @@ def bench_controller(episodes: int = 1000) -> dict:
     steady = []
     for event in decided[:20]:
         seq += 1
-        controller.apply(Event(seq=seq, at=2.0, **event))
-        key = event["key"]
-        op = controller.actions[key].action.op
-        manifest = {"outputs": {o: {"digest": "1" * 64, "size": 1, "name": o} for o in OUTPUTS[op]},
-                    "meta": {}, "usage": {}}
+        controller.apply(event.model_copy(update={"seq": seq, "at": 2.0}))
+        key = event.key
         seq += 1
-        controller.apply(Event(seq=seq, at=2.0, type="action.completed", key=key, batch="bench", data=manifest))
+        controller.apply(ActionCompleted(seq=seq, at=2.0, key=key, batch="bench",
+                                         data=_result(controller.actions[key].action, "1")))
         one_started = time.perf_counter()
         controller.decide(2.0, Capacity(cpus=1, gpus_by_accelerator={}))
         steady.append(time.perf_counter() - one_started)
@@ -211,7 +213,7 @@ def bench_dispatch(episodes: int = 20, gpus: int = 4, latency_episodes: int = 20
                 for n in range(latency_episodes):
                     tiny = synthetic_payload(1, backends, make=tiny_episode, first=9_000 + n)
                     _run(service, tiny, 0.005)
-                events = list(Journal(service.objects).replay())
+                events = list(StoreJournal(service.objects).replay())
                 inputs = {k: [r.key for r in st.action.inputs.values()] for k, st in service.controller.actions.items()}
             finally:
                 service.stop()
@@ -257,7 +259,7 @@ def _run(service, payload: dict, poll_s: float) -> float:
     return time.perf_counter() - started
 
 
-def _latencies(events: list[Event], inputs: dict[str, list[str]]) -> dict[str, list[float]]:
+def _latencies(events: list, inputs: dict[str, list[str]]) -> dict[str, list[float]]:
     """Per action: ready (the controller journaled its last input's completion) -> dispatched
     (journaled) -> running (its worker started the backend)."""
     done_at: dict[str, float] = {}
@@ -270,7 +272,7 @@ def _latencies(events: list[Event], inputs: dict[str, list[str]]) -> dict[str, l
             submitted[e.batch] = e.at
         elif e.type == "action.completed":
             done_at[e.key] = e.at
-            started[e.key] = e.data["started_at"]
+            started[e.key] = e.data.started_at
         elif e.type == "action.dispatched":
             dispatched.setdefault(e.key, e.at)
             charged.setdefault(e.key, e.batch)

@@ -15,16 +15,18 @@ from pathlib import Path
 
 from farm.cli.app import preflight, write_examples
 from farm.loader import load_episode
-from farm.service.render import EpisodeRender
+from farm.service.local import RenderResult, render_episode
 from farm.settings import Settings
+from farm.store import ArtifactStore, open_objects
 from workers.api import run_tool
 
 
-def _bare_concat(render: EpisodeRender, workdir: Path) -> float:
+def _bare_concat(render: RenderResult, settings: Settings, workdir: Path) -> float:
+    store = ArtifactStore(open_objects(settings.store_spec()), settings.studio)
     shots = sorted((m for m in render.ran + render.cached if m.op == "mux"), key=lambda m: m.label)
     paths = []
     for i, manifest in enumerate(shots):
-        paths.append(render.store.get_blob(manifest.outputs["shot"], workdir / f"shot{i:03d}.mov"))
+        paths.append(store.get_blob(manifest.outputs["shot"], workdir / f"shot{i:03d}.mov"))
     listing = workdir / "concat.txt"
     listing.write_text("".join(f"file '{p.name}'\n" for p in paths))
     started = time.perf_counter()
@@ -46,15 +48,15 @@ def bench_episode(settings: Settings, example: str = "midnight-tea/ep001.yaml", 
     settings = settings.model_copy(update={"store": str(workdir / "store")})
     loaded = load_episode(episode)
     preflight(settings, [loaded])
-    runtime = RayRuntime(settings.ray_address, settings.num_cpus, catalog=settings.catalog())
+    runtime = RayRuntime(settings.store_spec(), settings.ray_address, settings.num_cpus, catalog=settings.catalog(),
+                         cpu_ahead=settings.dispatch_ahead)
     try:
-        cold = EpisodeRender(loaded, settings, runtime)
-        cold_result = cold.run()
-        warm_result = EpisodeRender(loaded, settings, runtime).run()
+        cold_result = render_episode(loaded, settings, runtime)
+        warm_result = render_episode(loaded, settings, runtime)
     finally:
         runtime.shutdown()
-    assembly = next(m for m in cold.ran if m.op == "episode").seconds
-    bare = _bare_concat(cold, workdir)
+    assembly = next(m for m in cold_result.ran if m.op == "episode").seconds
+    bare = _bare_concat(cold_result, settings, workdir)
     series = loaded.series
     report = {
         "example": example,

@@ -18,6 +18,7 @@ import argparse
 import json
 import sys
 import time
+import traceback
 from importlib import resources
 from pathlib import Path
 
@@ -27,18 +28,22 @@ from farm import catalog as backends
 from farm.cli import backends as cli_backends
 from farm.cli import models as cli_models
 from farm.observe import logs
-from farm.errors import FarmError, SpecError
+from farm.errors import FarmError, SpecError, UsageError
 from farm.loader import load_episode, validate_files
 from farm.settings import Settings
 from workers.api import ConfigError, ToolMissing, require_tool
 
 
 def settings_from_args(args) -> Settings:
-    """Settings from FARM_* variables, overridden by whichever options this command has."""
-    settings = Settings.from_env(store=getattr(args, "store", None), studio=getattr(args, "studio", None),
-                                 ray_address=getattr(args, "address", None), num_cpus=getattr(args, "num_cpus", None),
-                                 metrics_port=getattr(args, "metrics_port", None),
-                                 log_level=_level(args) if getattr(args, "verbose", 0) else None)
+    """Settings from FARM_* variables, overridden by whichever options this command has.
+    Raises UsageError when they are not valid."""
+    try:
+        settings = Settings.from_env(store=getattr(args, "store", None), studio=getattr(args, "studio", None),
+                                     ray_address=getattr(args, "address", None), num_cpus=getattr(args, "num_cpus", None),
+                                     metrics_port=getattr(args, "metrics_port", None),
+                                     log_level=_level(args) if getattr(args, "verbose", 0) else None)
+    except ValidationError as exc:
+        raise UsageError(logs.mask(f"invalid settings: {exc}")) from None
     logs.hide(settings.s3_access_key.get_secret_value(), settings.s3_secret_key.get_secret_value(),
               *settings.catalog().secrets())
     return settings
@@ -114,44 +119,39 @@ def preflight(settings: Settings, episodes=(), batch=None) -> None:
 
 
 def render_one(episode: Path, settings: Settings, out: Path | None = None, on_progress=None,
-               log_level: str = "WARNING", on_finish=None):
-    """Render one episode on a (local) Ray. ``on_finish(render, result)`` runs after the render,
-    whether it succeeded (``result`` is the RenderResult) or failed (``result`` is None)."""
-    from farm.service.render import EpisodeRender
+               log_level: str = "WARNING", metrics=None):
+    """Render one episode as a batch of one on a (local) Ray (farm.service.local); ``metrics`` (a
+    farm.observe.metrics.Metrics) accounts every journaled event, whether the render succeeds or not."""
     from farm.runtime.ray_runtime import RayRuntime
+    from farm.service.local import render_episode
 
     loaded = load_episode(episode)
-    settings.store_spec()  # a bad store setting fails here, before Ray starts
+    spec = settings.store_spec()  # a bad store setting fails here, before Ray starts
     preflight(settings, [loaded])
-    runtime = RayRuntime(settings.ray_address, settings.num_cpus, log_level, catalog=settings.catalog())
-    render, result = None, None
+    runtime = RayRuntime(spec, settings.ray_address, settings.num_cpus, log_level, catalog=settings.catalog(),
+                         cpu_ahead=settings.dispatch_ahead)
     try:
-        render = EpisodeRender(loaded, settings, runtime, out_dir=out, on_progress=on_progress)
-        result = render.run()
-        return result
+        return render_episode(loaded, settings, runtime, out_dir=out, on_progress=on_progress, metrics=metrics)
     finally:
         runtime.shutdown()
-        if on_finish is not None and render is not None:
-            on_finish(render, result)
 
 
 class _MetricsExport:
-    """``farm render --pushgateway URL / --metrics-textfile PATH``: account the render's manifests in a
-    fresh registry (farm.observe.metrics) and export it; a failed export is reported, never hidden."""
+    """``farm render --pushgateway URL / --metrics-textfile PATH``: the render's metrics, accounted per
+    journaled event in a fresh registry, exported after it; a failed export is reported, never hidden."""
 
     def __init__(self, settings: Settings, pushgateway: str | None, textfile: str | None):
-        self.settings, self.pushgateway, self.textfile, self.failed = settings, pushgateway, textfile, False
-
-    def __call__(self, render, result) -> None:
+        from farm.catalog import profiles_for
         from farm.observe.metrics import Metrics, accelerator_label
         from farm.policy import Prices
-        from farm.service.host import profiles_for
 
-        metrics = Metrics(prices=Prices(**self.settings.prices), controller=False,
-                          accelerators={k: accelerator_label(p) for k, p in profiles_for(self.settings).items()})
-        metrics.account_render(render, result)
-        for what, target, export in (("Pushgateway", self.pushgateway, metrics.push),
-                                     ("textfile", self.textfile, metrics.write_textfile)):
+        self.pushgateway, self.textfile, self.failed = pushgateway, textfile, False
+        self.metrics = Metrics(prices=Prices(**settings.prices), controller=False,
+                               accelerators={k: accelerator_label(p) for k, p in profiles_for(settings).items()})
+
+    def export(self) -> None:
+        for what, target, export in (("Pushgateway", self.pushgateway, self.metrics.push),
+                                     ("textfile", self.textfile, self.metrics.write_textfile)):
             if target:
                 try:
                     export(target)
@@ -167,9 +167,12 @@ def cmd_render(args) -> int:
         if args.pushgateway or args.metrics_textfile else None
     try:
         result = render_one(Path(args.episode), settings, Path(args.out) if args.out else None,
-                            None if args.quiet else printer, _level(args), on_finish=export)
+                            None if args.quiet else printer, _level(args),
+                            metrics=export.metrics if export is not None else None)
     finally:
         printer.close()
+        if export is not None:
+            export.export()
     summary = result.summary()
     status = 1 if export is not None and export.failed else 0
     if args.json:
@@ -325,6 +328,8 @@ def _level(args) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``farm`` command. Exit codes: 0 ok; 1 the work failed (or a bug: the traceback is
+    printed); 2 the user's mistake (a spec, an option, a setting, a missing program)."""
     args = build_parser().parse_args(argv)
     logs.configure(level=_level(args))
     try:
@@ -332,13 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as exc:
         print(exc, file=sys.stderr)
         return 2
-    except ToolMissing as exc:
-        print(f"farm: {exc}", file=sys.stderr)
-        return 2
-    except ValidationError as exc:  # settings
-        print(logs.mask(f"farm: invalid settings: {exc}"), file=sys.stderr)
-        return 2
-    except ValueError as exc:
+    except (UsageError, ToolMissing, ConfigError) as exc:
         print(logs.mask(f"farm: {exc}"), file=sys.stderr)
         return 2
     except FarmError as exc:  # may quote a store's or a worker's error: never its credentials
@@ -346,8 +345,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception:  # a bug: keep the whole story
+        print(logs.mask(f"farm: internal error (a bug; please report it):\n{traceback.format_exc()}"), file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
     sys.exit(main())
-

@@ -13,6 +13,7 @@ import json
 import shutil
 from typing import Any
 
+from farm.errors import UsageError
 from farm.observe import logs
 from farm.store import models
 from farm.settings import Settings
@@ -40,7 +41,7 @@ def describe(settings: Settings, check: bool = True) -> list[dict[str, Any]]:
                                "kind": catalog.configs.get(name, {}).get("kind", "embedded")}
         try:
             backend = catalog.load(stage, name)
-        except (ConfigError, ImportError, ValueError) as exc:
+        except (ConfigError, ImportError, UsageError) as exc:
             rows.append(row | {"ok": False, "status": logs.mask(str(exc))})
             continue
         res = backend.resources

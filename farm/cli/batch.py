@@ -9,75 +9,21 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from farm.errors import FarmError
+from farm.errors import UsageError
 from farm.settings import Settings
 
 
-def _ray():
-    import ray
-
-    return ray
-
-
-def connect(settings: Settings, *, start_head: bool = False) -> None:
-    """Join the cluster at settings.ray_address, or the one running on this machine."""
-    ray = _ray()
-    if ray.is_initialized():
-        return
-    address = settings.ray_address or "auto"
-    try:
-        ray.init(address=address, namespace="farm", logging_level="ERROR", log_to_driver=False)
-    except ConnectionError:
-        if not start_head or settings.ray_address:
-            raise FarmError(f"no Ray cluster at {address}: start one with `farm controller start` "
-                            "(or `ray start --head`), or give its address with --address / FARM_RAY_ADDRESS") from None
-        args = ["ray", "start", "--head", "--disable-usage-stats", "--include-dashboard=false"]
-        if settings.num_cpus:
-            args += ["--num-cpus", str(settings.num_cpus)]
-        proc = subprocess.run(args, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise FarmError(f"could not start a local Ray head: {proc.stderr.strip()[-800:]}") from None
-        ray.init(address="auto", namespace="farm", logging_level="ERROR", log_to_driver=False)
-
-
 def controller(settings: Settings, *, create: bool = False):
-    """The controller actor handle; with ``create``, start it if it is not running."""
-    from farm.service.host import ACTOR_NAME, NAMESPACE, ControllerService
+    """The controller actor's handle; with ``create``, start it if it is not running."""
+    from farm.runtime.cluster import controller_actor
+    from farm.service.host import ControllerService
 
-    ray = _ray()
-    try:
-        return ray.get_actor(ACTOR_NAME, namespace=NAMESPACE)
-    except ValueError:
-        if not create:
-            raise FarmError("the farm controller is not running: start it with `farm controller start`") from None
-    actor_cls = ray.remote(ControllerService)
-    handle = actor_cls.options(name=ACTOR_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
-                               max_restarts=-1, max_task_retries=0, max_concurrency=16, num_cpus=0,
-                               resources=settings.controller_resources or None).remote(
-        settings.model_dump(mode="json") | _secrets(settings))
-    ray.get(handle.ping.remote())
-    return handle
-
-
-def _secrets(settings: Settings) -> dict:
-    return {k: getattr(settings, k).get_secret_value() for k in ("s3_access_key", "s3_secret_key")}
-
-
-def _call(handle, method: str, *args):
-    ray = _ray()
-    try:
-        return ray.get(getattr(handle, method).remote(*args))
-    except ray.exceptions.RayTaskError as exc:
-        cause = exc.cause if isinstance(exc.cause, Exception) else exc
-        if isinstance(cause, KeyError):
-            raise FarmError(str(cause.args[0])) from None
-        raise
+    return controller_actor(settings, ControllerService, create=create)
 
 
 def _when(ts: float | None) -> str:
@@ -105,6 +51,9 @@ def format_status(s: dict) -> str:
 
 
 def cmd_controller(args, settings: Settings) -> int:
+    from farm.runtime.cluster import call as _call
+    from farm.runtime.cluster import connect, kill
+
     if args.action == "start":
         connect(settings, start_head=True)
         handle = controller(settings, create=True)
@@ -120,12 +69,15 @@ def cmd_controller(args, settings: Settings) -> int:
               f"{info['batches']} batches; journal at event {info['last_seq']}")
     elif args.action == "stop":
         _call(handle, "stop")
-        _ray().kill(handle, no_restart=True)
+        kill(handle)
         print("controller stopped")
     return 0
 
 
 def cmd_batch(args, settings: Settings) -> int:
+    from farm.runtime.cluster import call as _call
+    from farm.runtime.cluster import connect
+
     from farm.loader import load_batch
     from farm.service.host import batch_payload
 
@@ -190,7 +142,7 @@ def add_parsers(sub, common) -> None:
 
 def _require_target(args):
     if args.action not in ("list",) and not args.target:
-        raise ValueError(f"farm batch {args.action} needs a {'file' if args.action == 'submit' else 'batch id'}")
+        raise UsageError(f"farm batch {args.action} needs a {'file' if args.action == 'submit' else 'batch id'}")
     return args
 
 

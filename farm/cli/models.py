@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from farm.errors import UsageError
 from farm.store import models
 from farm.settings import Settings
 from farm.store import open_objects
@@ -15,7 +16,7 @@ def cmd_models(args, settings: Settings) -> int:
     objects = open_objects(settings.store_spec())
     if args.action == "push":
         if not args.folder or not args.name:
-            raise ValueError("farm models push FOLDER NAME")
+            raise UsageError("farm models push FOLDER NAME")
         result = models.push(objects, Path(args.folder), args.name)
         print(json.dumps(result) if args.json else
               f"model {result['name']}: {result['files']} files, {result['bytes'] / 1e6:.1f} MB "

@@ -1,59 +1,102 @@
-"""The controller's core: journal events in, state and commands out. Pure: no Ray, no I/O, no clock.
+"""The controller's core: journaled events in, state and commands out. Pure: no Ray, no I/O, no clock.
 
-The service (farm.service.host) feeds it events in journal order and carries out the commands it returns;
-replaying the journal into a fresh Controller rebuilds the same state (DESIGN.md, invariant 5).
+The engine (farm.core.engine) feeds it events in journal order and carries out the commands it
+returns; replaying the journal into a fresh Controller rebuilds the same state (DESIGN.md,
+invariant 5).
 
 Three kinds of calls:
 
-* ``apply(event) -> [Command]``: take an event (already journaled) into the state.
-* ``on_result(...)`` / ``on_failure(...)`` / ``decide(now, capacity)``: propose the events that
-  follow from a worker's answer or from the clock (dispatches, retries, quarantines, budget holds,
-  finished batches). The service journals them, then applies them.
-* read-only views for status: ``batch_status``, ``projected_finish``.
+* ``apply(event) -> [Command]``: take an event (already journaled) into the state. Never raises:
+  an event that cannot be applied stops the batch it belongs to (a ``Fault`` command, which the
+  engine journals as ``batch.failed``) and every other batch goes on (invariant 10).
+* ``on_result`` / ``on_cached`` / ``on_failure`` / ``decide(now, capacity)``: propose the events
+  that follow from a worker's answer, a store lookup or the clock (dispatches, retries,
+  quarantines, budget holds, finished batches). A result becomes a fact only after it is checked
+  here: one that is unusable (a missing or empty output, a line without samples, a script that
+  names characters the series does not have) fails its action and its episodes instead.
+* read-only views: ``batch_status``, ``projected_finish``, ``running``, ``queued``, ``next_wake``.
 """
 
 from __future__ import annotations
 
 import heapq
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from pydantic import ValidationError
+
+from farm.core.events import (ActionCached, ActionCompleted, ActionDispatched, ActionFailed, ActionQuarantined,
+                              ActionResult, ActionRetry, BatchFailed, BatchFinished, BudgetExhausted, Delivered,
+                              Dispatched, EpisodeDelivered, EpisodeFailed, EpisodeFailedEvent, Facts, Failed, Reason,
+                              RetryAt)
+from farm.core.manifest import Manifest, spend_of
+from farm.core.plan import OUTPUTS, STAGES, Action, BackendChoice, EpisodeJob, plan_episode, sketch
+from farm.core.script import Script, check_against
+from farm.core.spec import PRIORITY_CLASSES
 from farm.core.state import (ActionState, BatchState, Cancel, Command, Deliver, Dispatch, EpisodeState, Estimator,
-                                   Lookup, Notify, Profile)
-from farm.core.plan import STAGES, Action, BackendChoice, EpisodeJob, plan_episode
-from farm.policy import (BatchTerms, Budget, Capacity, GiveUp, Prices, Quarantine, ReadyQueue, RetryPolicy, RunState, Share,
-                         Spend, Task, select, upward_ranks)
-from farm.policy.ranking import NO_PACE, pace, sort_key
-from farm.core.script import Script
-from farm.core.spec import PRIORITY_CLASSES, Episode, Series
+                             Fault, Lookup, Notify, Profile)
+from farm.policy import (BatchTerms, Budget, Capacity, GiveUp, Prices, Quarantine, ReadyQueue, RetryPolicy, RunState,
+                         Share, Spend, Task, select, upward_ranks)
+from farm.policy.ranking import NO_PACE, Pace, pace, sort_key
 
 # At most this many GPU bundles are asked of an autoscaler at once (see Controller.wanted_capacity).
 MAX_CAPACITY_REQUEST = 512
 
 # Events that change which live batch and episode a pending action counts for (its priority, deadline,
 # budget) or whether any still needs it. (A delivered episode has no pending actions.)
-_REORDERING = frozenset({"batch.submitted", "batch.cancelled", "batch.finished", "episode.failed"})
+_REORDERING = frozenset({"batch.submitted", "batch.cancelled", "batch.finished", "batch.failed", "episode.failed"})
 
 # Typical seconds still to come after an action whose dependants are not planned yet (a script's
 # shots, a line's clip): keeps the critical-path rank honest before the graph has grown.
 TAIL_SECONDS = {"script": 60.0, "sheet": 40.0, "keyframe": 30.0, "line": 30.0, "clip": 5.0, "mux": 2.0}
 
+ORDERS = ("farm", "fifo")
+
 
 class Controller:
+    """Every batch's state, and the scheduling decisions over all of them.
+
+    Args:
+        estimator: an action's estimated (seconds, tokens, GPU-seconds), from its backend.
+        profiles: (stage, backend) -> the resources one action holds.
+        prices, shares, caps, retry: the price table, studios' GPU shares (``None``: no fair share),
+            per-backend concurrency caps, and the retry policy.
+        order: "farm" ranks ready actions by priority, deadline slack and paced critical path;
+            "fifo" takes them in the order they became ready (a baseline for ``farm simulate``).
+        rank_refresh_s: how often, at most, the critical-path ranks of the whole graph are worked
+            out again while it grows (between refreshes a new action is ranked from its own estimate).
+    """
+
     def __init__(self, estimator: Estimator, profiles: Mapping[tuple[str, str], Profile], *,
-                 prices: Prices = Prices(), shares: Iterable[Share] = (), caps: Mapping[str, int] | None = None,
-                 retry: RetryPolicy = RetryPolicy()):
+                 prices: Prices = Prices(), shares: Iterable[Share] | None = (), caps: Mapping[str, int] | None = None,
+                 retry: RetryPolicy = RetryPolicy(), order: str = "farm", rank_refresh_s: float = 1.0):
+        if order not in ORDERS:
+            raise ValueError(f"unknown order {order!r} (known: {', '.join(ORDERS)})")
         self.estimator, self.profiles, self.prices = estimator, dict(profiles), prices
-        self.shares, self.caps, self.retry = list(shares), dict(caps or {}), retry
+        self.shares = None if shares is None else list(shares)
+        self.caps, self.retry, self.order, self.rank_refresh_s = dict(caps or {}), retry, order, rank_refresh_s
         self.batches: dict[str, BatchState] = {}
         self.episodes: dict[tuple[str, str], EpisodeState] = {}
         self.actions: dict[str, ActionState] = {}
         self.last_seq = -1
+        self.errors: list[str] = []  # events that could not be applied and named no known batch
+        self._handlers: dict[str, Callable[[Any], list[Command] | None]] = {
+            "batch.submitted": self._on_batch_submitted, "batch.cancelled": self._on_batch_cancelled,
+            "batch.finished": self._on_batch_finished, "batch.failed": self._on_batch_failed,
+            "budget.exhausted": self._on_budget_exhausted, "action.cached": self._on_action_cached,
+            "action.completed": self._on_action_completed, "action.dispatched": self._on_action_dispatched,
+            "action.failed": self._on_action_failed, "action.retry": self._on_action_retry,
+            "action.quarantined": self._on_action_quarantined, "episode.delivered": self._on_episode_delivered,
+            "episode.failed": self._on_episode_failed, "webhook.delivered": _nothing, "webhook.failed": _nothing,
+            "journal.unreadable": self._on_journal_unreadable,
+        }
         self._ranks: dict[str, float] | None = None
         self._ranks_at = float("-inf")
         self._graph_changed = True
         # kept up to date as events arrive, so a decision costs O(ready + running), not O(graph)
         self._dependants: dict[str, list[str]] = {}
         self._ready: set[str] = set()  # pending, every input done
+        self._ready_since: dict[str, int] = {}  # when each became ready (the "fifo" order)
+        self._ready_count = 0
         self._running: set[str] = set()
         # The ready actions the scheduler may start, in its order (farm.policy.ready), so a decision
         # costs O((dispatched + lanes) log n) however many wait: synced in ``decide`` from the keys
@@ -68,36 +111,80 @@ class Controller:
         # after each decision: (cpus, gpus, accelerator) of every GPU action running or waiting for room,
         # so an autoscaler can grow GPU groups (even from zero) to fit the queue
         self.wanted_capacity: list[tuple[float, float, str | None]] = []
-        self._paces: dict[str, dict] = {}  # batch -> {(batch, episode): Pace}, fixed at its first decision
+        self._paces: dict[str, dict[tuple[str, str], Pace]] = {}  # batch -> its episodes' paces, fixed at its first decision
         self._estimates: dict[str, tuple[float, int, float]] = {}
+        self._unestimated: dict[str, str] = {}  # key -> why its backend could not estimate it
 
     # -- applying events ------------------------------------------------------------------------
-    def apply(self, event) -> list[Command]:
-        """Take one journaled event into the state; return what the service must do about it."""
+    def apply(self, event: Any) -> list[Command]:
+        """Take one journaled event into the state; return what the engine must do about it.
+
+        Never raises: if the event cannot be applied, the batch it concerns stops (``Fault``)."""
         self.last_seq = event.seq
         if event.type in _REORDERING:
             self._queue_stale = True
             self._tasks.clear()
-        handler = getattr(self, "_on_" + event.type.replace(".", "_"))
-        return handler(event) or []
+        try:
+            return self._handlers[event.type](event) or []
+        except Exception as exc:  # the boundary: an error applying one batch's event is data about that batch
+            return self._fault(event, f"{type(exc).__name__}: {exc}")
 
-    def _on_batch_submitted(self, e) -> list[Command]:
+    def _fault(self, event: Any, error: str) -> list[Command]:
+        reason = f"the farm could not apply {event.type} (journal event {event.seq}): {error}"
+        batches = self._batches_of(event)
+        if not batches:
+            self.errors.append(reason)
+            return []
+        self._queue_stale = True
+        self._tasks.clear()
+        return [c for b in batches for c in self._fail_batch(b, reason, event.at)]
+
+    def _batches_of(self, event: Any) -> list[str]:
+        """The live batches an event concerns: its own, else those needing the action it names."""
+        if event.batch in self.batches:
+            return [event.batch]
+        state = self.actions.get(event.key or "")
+        return sorted({b for b, _ in state.episodes} if state else set())
+
+    def _fail_batch(self, batch_id: str, reason: str, at: float) -> list[Command]:
+        batch = self.batches[batch_id]
+        if batch.status != "running":
+            return []
+        batch.status, batch.reason, batch.finished_at = "failed", reason, at
+        for eid in batch.episodes:
+            ep = self.episodes[(batch_id, eid)]
+            if ep.status in ("running", "delivering"):
+                ep.status, ep.reason = "failed", reason
+        batch.open = 0
+        running = tuple(k for k in sorted(self._running) if not self._wanted(self.actions[k]))
+        commands: list[Command] = [Fault(batch_id, reason)]
+        if running:
+            commands.append(Cancel(running))
+        return commands + [Notify(batch_id, "batch.failed", {"reason": reason})]
+
+    def _on_journal_unreadable(self, e: Any) -> list[Command]:
+        return self._fault(e, e.data.reason)
+
+    def _on_batch_submitted(self, e: Any) -> list[Command]:
         d = e.data
-        budget = Budget(**d.get("budget", {}))
-        terms = BatchTerms(id=e.batch, studio=d["studio"], priority=PRIORITY_CLASSES[d["priority"]],
-                           deadline=d.get("deadline"), budget=budget, submitted=e.at, order=len(self.batches))
-        defaults = {s: BackendChoice.from_json(d["backends"][s]) for s in STAGES}
-        batch = BatchState(terms=terms, name=d.get("name"), episodes=[], webhook=d.get("webhook"))
+        if e.batch in self.batches:  # the batch that has this id is not this event's to stop
+            self.errors.append(f"journal event {e.seq}: batch {e.batch} was submitted again; the second is ignored")
+            return []
+        budget = Budget(tokens=d.budget.tokens, gpu_seconds=d.budget.gpu_seconds, money=d.budget.money)
+        terms = BatchTerms(id=e.batch, studio=d.studio, priority=PRIORITY_CLASSES[d.priority], deadline=d.deadline,
+                           budget=budget, submitted=e.at, order=len(self.batches))
+        defaults = {s: BackendChoice.from_json(d.backends[s]) for s in STAGES}
+        batch = BatchState(terms=terms, name=d.name, episodes=[],
+                           webhook=d.webhook.model_dump() if d.webhook else None)
         self.batches[e.batch] = batch
         fresh: list[str] = []
-        for item in d["episodes"]:
-            series, episode = Series.model_validate(item["series"]), Episode.model_validate(item["episode"])
-            eid = f"{series.id}/{episode.slug}"
-            chosen = item.get("backends")  # per episode (its series' and the batch's choice)
-            backends = {s: BackendChoice.from_json(chosen[s]) for s in STAGES} if chosen else defaults
-            job = EpisodeJob(d["studio"], d["namespace"], series, episode, backends)
+        for item in d.episodes:
+            eid = f"{item.series.id}/{item.episode.slug}"
+            backends = {s: BackendChoice.from_json(item.backends[s]) for s in STAGES} if item.backends else defaults
+            job = EpisodeJob(d.studio, d.namespace, item.series, item.episode, backends)
             ep = self.episodes[(e.batch, eid)] = EpisodeState(id=eid, batch=e.batch, job=job)
             batch.episodes.append(eid)
+            batch.open += 1
             fresh += self._replan(ep)
         for state in self.reused(e.batch):  # work already done for other batches is this batch's cache hit
             batch.saved = batch.saved + self._spend(state.manifest)
@@ -124,11 +211,8 @@ class Controller:
             return [Deliver(ep.batch, ep.id)]
         return []
 
-    def _spend(self, manifest: dict) -> Spend:
-        usage = manifest.get("usage", {})
-        tokens = usage.get("tokens_in", 0) + usage.get("tokens_out", 0)
-        gpu_seconds = usage.get("gpu_seconds", 0.0)
-        return Spend(tokens=tokens, gpu_seconds=gpu_seconds, money=self.prices.money(tokens, gpu_seconds))
+    def _spend(self, result: ActionResult | None) -> Spend:
+        return spend_of(result.usage, self.prices) if result is not None else Spend()
 
     def _replan(self, ep: EpisodeState) -> list[str]:
         """Plan ``ep`` again with what is known; return keys the controller has never seen."""
@@ -158,7 +242,10 @@ class Controller:
         state = self.actions[key]
         self._changed.add(key)
         if state.status == "pending" and all(self.actions[r.key].status == "done" for r in state.action.inputs.values()):
-            self._ready.add(key)
+            if key not in self._ready:
+                self._ready.add(key)
+                self._ready_count += 1
+                self._ready_since[key] = self._ready_count
         else:
             self._ready.discard(key)
 
@@ -172,16 +259,20 @@ class Controller:
 
     def _teach(self, ep: EpisodeState, state: ActionState) -> bool:
         """Give ``ep`` the facts a finished action carries; True if they are new to it."""
-        action, facts = state.action, (state.manifest or {}).get("facts", {})
+        action, result = state.action, state.manifest
+        if result is None:
+            return False
         if action.op == "line" and action.key not in ep.line_samples:
-            ep.line_samples[action.key] = int(state.manifest["meta"]["samples"])
+            ep.line_samples[action.key] = int(result.meta["samples"])
             return True
         if action.op == "script" and ep.script is None and ep.job.episode.script is None:
-            ep.script = Script.model_validate(facts["script"])
+            if result.facts is None or result.facts.script is None:
+                raise ValueError(f"{action.label} finished without a script")
+            ep.script = result.facts.script
             return True
         return False
 
-    def _finished_action(self, e, cached: bool) -> list[Command]:
+    def _finished_action(self, e: Any, cached: bool) -> list[Command]:
         state = self.actions[e.key]
         state.manifest, state.cached = e.data, cached
         self._set_status(e.key, "done")
@@ -197,66 +288,84 @@ class Controller:
             ep = self.episodes[key]
             if ep.status != "running":
                 continue
-            if self._teach(ep, state):
-                fresh += self._replan(ep)
-            commands += self._progress(ep)
+            try:  # one episode that cannot be planned stops its own batch, not the others sharing the action
+                if self._teach(ep, state):
+                    fresh += self._replan(ep)
+                commands += self._progress(ep)
+            except Exception as exc:
+                self._queue_stale = True
+                self._tasks.clear()
+                commands += self._fail_batch(ep.batch, f"the farm could not plan {ep.id} after {state.action.label}: "
+                                                       f"{type(exc).__name__}: {exc}", e.at)
         if fresh:
             commands.insert(0, Lookup(tuple(fresh)))
         return commands
 
-    def _on_action_cached(self, e):
+    def _on_action_cached(self, e: Any) -> list[Command]:
         return self._finished_action(e, cached=True)
 
-    def _on_action_completed(self, e):
+    def _on_action_completed(self, e: Any) -> list[Command]:
         return self._finished_action(e, cached=False)
 
-    def _on_action_dispatched(self, e):
+    def _on_action_dispatched(self, e: Any) -> list[Command]:
         state = self.actions[e.key]
         state.attempts, state.charged_to = state.attempts + 1, e.batch
         self._set_status(e.key, "running")
         return [Dispatch(e.key, e.batch)]
 
-    def _on_action_failed(self, e):
+    def _on_action_failed(self, e: Any) -> None:
         state = self.actions[e.key]
         self._set_status(e.key, "pending")
-        if e.data.get("worker"):
-            state.failed_workers.add(e.data["worker"])
+        if e.data.worker:
+            state.failed_workers.add(e.data.worker)
 
-    def _on_action_retry(self, e):
-        self.actions[e.key].not_before = e.data["not_before"]
+    def _on_action_retry(self, e: Any) -> None:
+        self.actions[e.key].not_before = e.data.not_before
         self._changed.add(e.key)
 
-    def _on_action_quarantined(self, e):
+    def _on_action_quarantined(self, e: Any) -> None:
         self._set_status(e.key, "quarantined")
 
-    def _on_episode_failed(self, e) -> list[Command]:
-        ep = self.episodes[(e.batch, e.data["episode"])]
-        ep.status, ep.reason = "failed", e.data["reason"]
+    def _close_episode(self, ep: EpisodeState, status: str) -> None:
+        if ep.status in ("running", "delivering"):
+            self.batches[ep.batch].open -= 1
+        ep.status = status
+
+    def _on_episode_failed(self, e: Any) -> list[Command]:
+        ep = self.episodes[(e.batch, e.data.episode)]
+        if ep.status == "failed":  # its batch failed first
+            return []
+        self._close_episode(ep, "failed")
+        ep.reason = e.data.reason
         return [Notify(e.batch, "episode.failed", {"episode": ep.id, "reason": ep.reason})]
 
-    def _on_episode_delivered(self, e) -> list[Command]:
-        ep = self.episodes[(e.batch, e.data["episode"])]
-        ep.status, ep.deliverables = "delivered", e.data["deliverables"]
+    def _on_episode_delivered(self, e: Any) -> list[Command]:
+        ep = self.episodes[(e.batch, e.data.episode)]
+        if ep.status == "failed":
+            return []
+        self._close_episode(ep, "delivered")
+        ep.deliverables = dict(e.data.deliverables)
         return [Notify(e.batch, "episode.delivered", {"episode": ep.id, "deliverables": ep.deliverables})]
 
-    def _on_budget_exhausted(self, e):
-        self.batches[e.batch].held = e.data["reason"]
+    def _on_budget_exhausted(self, e: Any) -> None:
+        self.batches[e.batch].held = e.data.reason
 
-    def _on_batch_finished(self, e) -> list[Command]:
+    def _on_batch_finished(self, e: Any) -> list[Command]:
         batch = self.batches[e.batch]
         batch.status, batch.finished_at = "finished", e.at
         return [Notify(e.batch, "batch.finished", self.batch_status(e.batch, e.at))]
 
-    def _on_batch_cancelled(self, e) -> list[Command]:
+    def _on_batch_failed(self, e: Any) -> list[Command]:
+        batch = self.batches[e.batch]
+        commands = [c for c in self._fail_batch(e.batch, e.data.reason, e.at) if not isinstance(c, Fault)]
+        batch.failure_journaled = True
+        return commands
+
+    def _on_batch_cancelled(self, e: Any) -> list[Command]:
         batch = self.batches[e.batch]
         batch.status, batch.finished_at = "cancelled", e.at
-        running = [k for k, s in self.actions.items() if s.status == "running" and not self._wanted(s, e.batch)]
+        running = [k for k in sorted(self._running) if not self._wanted(self.actions[k], e.batch)]
         return [Cancel(tuple(running))] if running else []
-
-    def _on_webhook_delivered(self, e):
-        return None
-
-    _on_webhook_failed = _on_webhook_delivered
 
     # -- proposing events -----------------------------------------------------------------------
     def _wanted(self, state: ActionState, ignore: str | None = None) -> bool:
@@ -264,43 +373,106 @@ class Controller:
         return any(b != ignore and self.batches[b].status == "running" and self.episodes[(b, ep)].status == "running"
                    for b, ep in state.episodes)
 
-    def on_result(self, key: str, manifest: dict) -> list[dict]:
-        return [{"type": "action.completed", "batch": self.actions[key].charged_to, "key": key, "data": manifest}]
+    def on_result(self, key: str, manifest: Manifest, facts: Mapping[str, Any] | None = None) -> list[Any]:
+        """The events that follow a finished attempt: its completion, or, if its result is unusable,
+        a failure that no retry can mend (the same inputs give the same result) and its episodes'."""
+        state = self.actions[key]
+        result, problem = self._checked(state, manifest, facts)
+        if result is None:
+            return self._failure_events(key, f"unusable result: {problem}", False, manifest.worker.get("node"), 0.0)
+        return [ActionCompleted(batch=state.charged_to, key=key, data=result)]
+
+    def on_cached(self, key: str, manifest: Manifest, facts: Mapping[str, Any] | None = None) -> list[Any]:
+        """The events that follow finding an action done in the store: a cache hit, or, if the stored
+        result is unusable, the failure of its episodes (running it again would find the same)."""
+        state = self.actions[key]
+        result, problem = self._checked(state, manifest, facts)
+        if result is None:
+            return self._failure_events(key, f"the stored result is unusable: {problem} (delete its manifest, "
+                                             f"actions/{key[:2]}/{key}.json in the studio's store, to make it again)",
+                                        False, None, 0.0)
+        return [ActionCached(key=key, data=result)]
+
+    def _checked(self, state: ActionState, manifest: Manifest,
+                 facts: Mapping[str, Any] | None) -> tuple[ActionResult | None, str]:
+        """The result an action's manifest and facts make, or (None, what is wrong with them)."""
+        action = state.action
+        if manifest.key != action.key:
+            return None, f"the manifest is for action {manifest.key[:12]}, not {action.key[:12]}"
+        missing = [o for o in OUTPUTS.get(action.op, ()) if o not in manifest.outputs]
+        if missing:
+            return None, f"no {', '.join(missing)} output"
+        empty = sorted(o for o in OUTPUTS.get(action.op, ()) if manifest.outputs[o].size <= 0)
+        if empty:
+            return None, f"the {', '.join(empty)} output is empty"
+        if action.op == "line":
+            samples = manifest.meta.get("samples")
+            if not isinstance(samples, int) or isinstance(samples, bool) or samples <= 0:
+                return None, f"the line has {samples!r} samples of audio, not a positive whole number"
+        script = None
+        if action.op == "script":
+            raw = (facts or {}).get("script")
+            if raw is None:
+                return None, "no script came with it"
+            try:
+                script = raw if isinstance(raw, Script) else Script.model_validate(raw)
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                return None, (f"the script does not validate ({exc.error_count()} problems; first: "
+                              f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']})")
+            for b, eid in sorted(state.episodes):
+                series = self.episodes[(b, eid)].job.series
+                problems = check_against(script, {c.id for c in series.characters})
+                if problems:
+                    return None, (f"the script is not one for series {series.id}: "
+                                  + "; ".join(f"{p}: {m}" for p, m in problems[:5])
+                                  + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""))
+        fields = {name: getattr(manifest, name) for name in Manifest.model_fields}
+        return ActionResult.model_construct(**fields, facts=Facts(script=script) if script else None), ""
 
     def on_failure(self, key: str, error: str, retryable: bool, worker: str | None, now: float,
-                   retry_after: float | None = None) -> list[dict]:
+                   retry_after: float | None = None) -> list[Any]:
         """The events that follow a failed attempt: the failure, then a retry, a quarantine or a give-up.
         A retry waits for the policy's backoff, or longer when the provider asked (``retry_after``)."""
+        return self._failure_events(key, error, retryable, worker, now, retry_after)
+
+    def _failure_events(self, key: str, error: str, retryable: bool, worker: str | None, now: float,
+                        retry_after: float | None = None) -> list[Any]:
         state = self.actions[key]
         batch = state.charged_to
-        events = [{"type": "action.failed", "batch": batch, "key": key,
-                   "data": {"error": error, "retryable": retryable, "worker": worker, "attempt": state.attempts}}]
+        events: list[Any] = [ActionFailed(batch=batch, key=key, data=Failed(error=error, retryable=retryable,
+                                                                            worker=worker, attempt=state.attempts))]
         workers = state.failed_workers | ({worker} if worker else set())
         decision = self.retry.decide(key, state.attempts, retryable, workers)
         if isinstance(decision, (Quarantine, GiveUp)):
             if isinstance(decision, Quarantine):
-                events.append({"type": "action.quarantined", "batch": batch, "key": key, "data": {"reason": decision.reason}})
+                events.append(ActionQuarantined(batch=batch, key=key, data=Reason(reason=decision.reason)))
             reason = f"{state.action.label}: {decision.reason}: {error}"
             for b, ep in sorted(state.episodes):
-                if self.episodes[(b, ep)].status == "running":
-                    events.append({"type": "episode.failed", "batch": b, "data": {"episode": ep, "reason": reason}})
+                if self.batches[b].status == "running" and self.episodes[(b, ep)].status == "running":
+                    events.append(EpisodeFailedEvent(batch=b, data=EpisodeFailed(episode=ep, reason=reason)))
         else:
             delay = max(decision.not_before_delay_s, retry_after or 0.0)
-            events.append({"type": "action.retry", "batch": batch, "key": key,
-                           "data": {"not_before": now + delay, "attempt": state.attempts}})
+            events.append(ActionRetry(batch=batch, key=key, data=RetryAt(not_before=now + delay, attempt=state.attempts)))
         return events
 
-    def delivered(self, batch: str, episode: str, deliverables: dict[str, str]) -> list[dict]:
-        return [{"type": "episode.delivered", "batch": batch, "data": {"episode": episode, "deliverables": deliverables}}]
+    def delivered(self, batch: str, episode: str, deliverables: Mapping[str, str]) -> list[Any]:
+        return [EpisodeDelivered(batch=batch, data=Delivered(episode=episode, deliverables=dict(deliverables)))]
+
+    def batch_failed(self, batch: str, reason: str) -> list[Any]:
+        """The record of a batch the controller stopped while applying one of its events (``Fault``)."""
+        if batch not in self.batches or self.batches[batch].failure_journaled:
+            return []
+        return [BatchFailed(batch=batch, data=Reason(reason=reason))]
 
     def ranks(self, now: float | None = None) -> dict[str, float]:
         """Upward ranks (remaining critical path) of every known action.
 
-        Recomputed over the whole graph when it has grown, but at most once a second when ``now``
-        is given: between refreshes a new action is ranked from its own estimate and tail
-        (``_local_rank``), which is all a ranking heuristic needs while a big batch unfolds.
+        Recomputed over the whole graph when it has grown, but at most every ``rank_refresh_s``
+        when ``now`` is given: between refreshes a new action is ranked from its own estimate and
+        tail (``_local_rank``), which is all a ranking heuristic needs while a big batch unfolds.
         """
-        stale = self._ranks is None or (self._graph_changed and (now is None or now - self._ranks_at >= 1.0))
+        stale = self._ranks is None or (self._graph_changed and (now is None or now - self._ranks_at >= self.rank_refresh_s))
         if stale:
             durations, children = {}, self._dependants
             for key, state in self.actions.items():
@@ -309,6 +481,7 @@ class Controller:
                 durations[key] = own + tail
             self._ranks = upward_ranks(durations, children)
             self._ranks_at, self._graph_changed = (now if now is not None else float("-inf")), False
+        assert self._ranks is not None
         return self._ranks
 
     def _local_rank(self, key: str) -> float:
@@ -316,11 +489,21 @@ class Controller:
         return self._estimate(state.action)[0] + TAIL_SECONDS.get(state.action.op, 0.0)
 
     def _estimate(self, action: Action) -> tuple[float, int, float]:
-        """The backend's estimate, once per key (a key fixes every input of the estimate)."""
+        """The backend's estimate, once per key (a key fixes every input of the estimate). A backend
+        whose estimate raises (a studio's own class may) fails that action at the next decision."""
         est = self._estimates.get(action.key)
         if est is None:
-            est = self._estimates[action.key] = self.estimator(action)
+            est = self._estimates[action.key] = self._guarded_estimate(action)
         return est
+
+    def _guarded_estimate(self, action: Action, record: bool = True) -> tuple[float, int, float]:
+        try:
+            seconds, tokens, gpu_seconds = self.estimator(action)
+            return float(seconds), int(tokens), float(gpu_seconds)
+        except Exception as exc:
+            if record:
+                self._unestimated[action.key] = f"its backend {action.backend} could not estimate it: {type(exc).__name__}: {exc}"
+            return 0.0, 0, 0.0
 
     def _task(self, state: ActionState) -> Task:
         task = self._tasks.get(state.action.key)
@@ -353,46 +536,64 @@ class Controller:
         """The actions waiting for room: ``ready`` as of the last decision, less what has started since."""
         return [t for t in self._queue if self.actions[t.key].status == "pending"]
 
-    def decide(self, now: float, capacity: Capacity) -> list[dict]:
+    def next_wake(self) -> float | None:
+        """When the next retry's backoff ends (as of the last decision), if one is waiting."""
+        return self._backoff[0][0] if self._backoff else None
+
+    def decide(self, now: float, capacity: Capacity) -> list[Any]:
         """Events the clock and free capacity call for: dispatches, budget holds, finished batches."""
-        events: list[dict] = []
-        running = self.running()
-        run_tasks = [self._task(s) for s in running if self._wanted(s)]
+        events: list[Any] = self._unestimable()
+        run_tasks = [self._task(s) for s in self.running() if self._wanted(s)]
         gpus_by_studio: dict[str, float] = {}
         by_backend: dict[str, int] = {}
         committed: dict[str, Spend] = {}
         for t in run_tasks:
             gpus_by_studio[t.studio] = gpus_by_studio.get(t.studio, 0.0) + t.gpus
             by_backend[t.backend] = by_backend.get(t.backend, 0) + 1
-            committed[t.batch] = committed.get(t.batch, Spend()) + Spend(t.est_tokens, t.est_gpu_seconds, t.est_money)
+            if self.batches[t.batch].terms.budget.capped:
+                committed[t.batch] = committed.get(t.batch, Spend()) + Spend(t.est_tokens, t.est_gpu_seconds, t.est_money)
         state = RunState(gpus_by_studio=gpus_by_studio, running_by_backend=by_backend,
                          spent_by_batch={b: s.spent for b, s in self.batches.items()}, committed_by_batch=committed)
         terms = {b: s.terms for b, s in self.batches.items()}
-        total_gpus = sum(capacity.gpus_by_accelerator.values()) + sum(t.gpus for t in run_tasks)
-        total_cpus = capacity.cpus + sum(t.cpus for t in run_tasks if not t.gpus)
-        paces = {k: v for b in self.batches if self.batches[b].status == "running"
-                 for k, v in self._pace(b, total_gpus, total_cpus).items()}
-        self._sync_queue(now, self.ranks(now), paces)
+        if self.order == "farm":
+            total_gpus = sum(capacity.gpus_by_accelerator.values()) + sum(t.gpus for t in run_tasks)
+            total_cpus = capacity.cpus + sum(t.cpus for t in run_tasks if not t.gpus)
+            for b, batch in self.batches.items():
+                if batch.status == "running" and b not in self._paces:
+                    self._paces[b] = self._pace(b, total_gpus, total_cpus)
+            self._sync_queue(now, self.ranks(now))
+        else:
+            self._sync_queue(now, {})
         selection = select(self._queue, None, terms, capacity, state, self.shares, self.caps)
         placed = {t.key for t in selection.dispatch}
         shapes = [t for t in [*run_tasks, *selection.dispatch] if t.gpus > 0]
         shapes += self._waiting_gpu_tasks(placed, MAX_CAPACITY_REQUEST - len(shapes))
         self.wanted_capacity = [(t.cpus, t.gpus, t.accelerator) for t in shapes][:MAX_CAPACITY_REQUEST]
         for task in selection.dispatch:
-            events.append({"type": "action.dispatched", "batch": task.batch, "key": task.key,
-                           "data": {"label": self.actions[task.key].action.label, "episode": task.episode}})
+            events.append(ActionDispatched(batch=task.batch, key=task.key,
+                                           data=Dispatched(label=self.actions[task.key].action.label, episode=task.episode)))
         for batch, reason in sorted(selection.held.items()):
             if self.batches[batch].held != reason:
-                events.append({"type": "budget.exhausted", "batch": batch, "data": {"reason": reason}})
+                events.append(BudgetExhausted(batch=batch, data=Reason(reason=reason)))
         for batch_id, batch in self.batches.items():
-            if batch.status == "running" and all(
-                    self.episodes[(batch_id, ep)].status in ("delivered", "failed") for ep in batch.episodes):
-                events.append({"type": "batch.finished", "batch": batch_id, "data": {}})
+            if batch.status == "running" and batch.open <= 0:
+                events.append(BatchFinished(batch=batch_id))
         return events
 
-    def _sync_queue(self, now: float, ranks: Mapping[str, float], paces: Mapping[tuple[str, str], Any]) -> None:
+    def _unestimable(self) -> list[Any]:
+        """Failures of the actions whose backend could not estimate them (once each, while wanted)."""
+        events: list[Any] = []
+        for key, reason in sorted(self._unestimated.items()):
+            state = self.actions.get(key)
+            if state is not None and state.status == "pending" and self._wanted(state):
+                events += self._failure_events(key, reason, False, None, 0.0)
+        self._unestimated.clear()
+        return events
+
+    def _sync_queue(self, now: float, ranks: Mapping[str, float]) -> None:
         """Bring the ready queue up to date: exactly the wanted ready actions past their backoff, each
-        ordered by ``ranking.sort_key`` (a key not ranked yet by its own estimate and tail)."""
+        ordered by ``ranking.sort_key`` (a key not ranked yet by its own estimate and tail), or in
+        the "fifo" order by when it became ready."""
         if self._queue_stale or ranks is not self._queue_ranks:
             self._queue, self._backoff = ReadyQueue(), []
             self._queue_stale, self._queue_ranks = False, ranks
@@ -402,6 +603,7 @@ class Controller:
             while self._backoff and self._backoff[0][0] <= now:
                 keys.add(heapq.heappop(self._backoff)[1])
         self._changed = set()
+        fifo = self.order == "fifo"
         for key in sorted(keys):
             state = self.actions[key]
             if key not in self._ready or not self._wanted(state):
@@ -411,9 +613,12 @@ class Controller:
                 heapq.heappush(self._backoff, (state.not_before, key))
             elif key not in self._queue:
                 task = self._task(state)
+                if fifo:
+                    self._queue.push(task, (self._ready_since[key], key))
+                    continue
                 rank = ranks[key] if key in ranks else self._local_rank(key)
                 self._queue.push(task, sort_key(task, self.batches[task.batch].terms, rank,
-                                                paces.get((task.batch, task.episode), NO_PACE)))
+                                                self._paces.get(task.batch, {}).get((task.batch, task.episode), NO_PACE)))
 
     def _waiting_gpu_tasks(self, placed: set[str], limit: int) -> list[Task]:
         """Up to ``limit`` queued GPU actions not placed this round, most urgent first."""
@@ -433,21 +638,27 @@ class Controller:
             walk.close()
         return out
 
-    def _pace(self, batch_id: str, total_gpus: float, total_cpus: float) -> dict:
+    def _pace(self, batch_id: str, total_gpus: float, total_cpus: float) -> dict[tuple[str, str], Pace]:
         """Each episode's place in its batch's pipeline (farm.policy.ranking.pace), so episodes finish
-        steadily in submission order instead of all together at the end."""
-        if batch_id not in self._paces:
-            batch = self.batches[batch_id]
-            work = {}
-            for eid in batch.episodes:
-                ep = self.episodes[(batch_id, eid)]
-                seconds = [self._estimate(self.actions[k].action) for k in ep.keys]
-                gpu = sum(g for _, _, g in seconds)
-                # work on the bottleneck: GPU-seconds over GPUs, or for CPU-only episodes CPU time over CPUs
-                work[(batch_id, eid)] = (gpu / total_gpus if total_gpus and gpu
-                                         else sum(s for s, _, _ in seconds) / max(1.0, total_cpus))
-            self._paces[batch_id] = pace(list(work), work, start=batch.terms.submitted)
-        return self._paces[batch_id]
+        steadily in submission order instead of all together at the end. An episode is weighed by
+        the work its sketch plans (``plan.sketch``): its script and lines are not known yet."""
+        batch = self.batches[batch_id]
+        work = {}
+        for eid in batch.episodes:
+            estimates = self._expected_work(self.episodes[(batch_id, eid)].job)
+            gpu = sum(g for _, _, g in estimates)
+            # work on the bottleneck: GPU-seconds over GPUs, or for CPU-only episodes CPU time over CPUs
+            work[(batch_id, eid)] = (gpu / total_gpus if total_gpus and gpu
+                                     else sum(s for s, _, _ in estimates) / max(1.0, total_cpus))
+        return pace(list(work), work, start=batch.terms.submitted)
+
+    def _expected_work(self, job: EpisodeJob) -> Sequence[tuple[float, int, float]]:
+        try:
+            script, samples = sketch(job)
+            actions = plan_episode(job, script, samples).actions
+        except Exception:  # an episode that cannot even be sketched is weighed by what is planned
+            actions = []
+        return [self._guarded_estimate(a, record=False) for a in actions]
 
     # -- views ----------------------------------------------------------------------------------
     def projected_finish(self, batch_id: str, now: float) -> float:
@@ -474,6 +685,7 @@ class Controller:
         projected = self.projected_finish(batch_id, now) if batch.status == "running" else batch.finished_at
         return {
             "batch": batch_id, "name": batch.name, "studio": batch.terms.studio, "status": batch.status,
+            "reason": batch.reason,
             "priority": next(k for k, v in PRIORITY_CLASSES.items() if v == batch.terms.priority),
             "episodes": {"total": len(eps), "delivered": sum(e.status == "delivered" for e in eps),
                          "failed": sum(e.status == "failed" for e in eps),
@@ -487,3 +699,7 @@ class Controller:
             "on_track": None if batch.terms.deadline is None or projected is None else projected <= batch.terms.deadline,
             "deliverables": {e.id: e.deliverables for e in eps if e.deliverables},
         }
+
+
+def _nothing(event: Any) -> None:
+    return None

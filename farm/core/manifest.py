@@ -5,10 +5,12 @@ Persisted as JSON validated by pydantic, with a schema version (never pickle).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from farm.policy.types import Prices, Spend
 from workers.api import Usage
 
 SCHEMA_VERSION = 1
@@ -40,3 +42,16 @@ class Manifest(BaseModel):
     @property
     def seconds(self) -> float:
         return self.finished_at - self.started_at
+
+
+def spend_of(usage: Usage, prices: Prices) -> Spend:
+    """What a run's usage costs on the budgeted dimensions (tokens, GPU-seconds, money at ``prices``):
+    the one place usage becomes spend, for budgets, metrics, reports and the simulator."""
+    tokens = _count(usage.tokens_in) + _count(usage.tokens_out)
+    gpu_seconds = _count(usage.gpu_seconds)
+    return Spend(tokens=tokens, gpu_seconds=gpu_seconds, money=prices.money(tokens, gpu_seconds))
+
+
+def _count(value: Any) -> Any:
+    """A usage amount as reported, or 0 where a backend reported nonsense (negative, NaN, infinite)."""
+    return value if isinstance(value, (int, float)) and math.isfinite(value) and value > 0 else 0

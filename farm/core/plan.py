@@ -24,7 +24,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from farm.core.script import Script, Shot
+from farm.core.script import Framing, Line, Scene, Script, Shot
 from farm.core.spec import SAMPLE_RATE, Episode, Series
 
 # Where the dialogue sits inside a shot: a breath before the first line, between lines, after the last.
@@ -32,6 +32,14 @@ LEAD_S, GAP_S, TAIL_S = 0.25, 0.30, 0.45
 LOUDNESS_LUFS, TRUE_PEAK_DB = -14.0, -1.5
 
 STAGES = ("script", "image", "video", "dubbing", "assembly")
+
+# The outputs a finished action of each op must carry: what its dependants and the deliverables read.
+OUTPUTS: Mapping[str, tuple[str, ...]] = {
+    "script": ("script",), "sheet": ("sheet", "figure"), "keyframe": ("keyframe",), "line": ("audio",),
+    "clip": ("clip",), "mux": ("shot",), "episode": ("video", "subtitles", "storyboard"),
+}
+# The episode action's outputs that are delivered, and the file names people find them under.
+DELIVERABLES: Mapping[str, str] = {"video": "episode.mp4", "subtitles": "episode.srt", "storyboard": "storyboard.png"}
 
 
 @dataclass(frozen=True)
@@ -258,3 +266,47 @@ def plan_episode(job: EpisodeJob, script: Script | None, line_samples: Mapping[s
         "shots": shots, "cues": cues,
     }, inputs_final, f"episode {ep.slug}")
     return EpisodePlan(b.actions, script_key, final.key)
+
+
+# A sketch of an outline episode before its script exists, for estimates only (never for keys).
+_SKETCH_ESTABLISH_S, _SKETCH_LINE_S = 2.0, 2.8
+
+
+def sketch(job: EpisodeJob) -> tuple[Script, dict[str, int]]:
+    """The script and line lengths an episode is expected to have, before they are known.
+
+    A hand-written script is itself; an outline is sketched as the embedded writer expands one: a
+    scene per beat, an establishing shot, a shot per line, the target length shared among the
+    establishing shots. Line lengths come from the text at the language's speaking rate. Planning
+    the sketch (``plan_episode(job, *sketch(job))`` with its line lengths keyed by the sketch's
+    line actions) gives the episode's expected actions, so a scheduler can weigh an episode by
+    its whole work while only its script is planned.
+    """
+    series, ep = job.series, job.episode
+    if ep.script is not None:
+        script = ep.script
+    else:
+        beats = ep.outline or []
+        lines = sum(len(b.lines) for b in beats)
+        each = min(30.0, max(_SKETCH_ESTABLISH_S, (ep.target_seconds - lines * _SKETCH_LINE_S) / max(1, len(beats))))
+        scenes = []
+        for bi, beat in enumerate(beats):
+            sid = f"s{bi + 1:02d}"
+            present = list(dict.fromkeys([*beat.characters, *(line.speaker for line in beat.lines)]))
+            shots = [Shot(id=f"{sid}-01", description=beat.beat, characters=present, framing=Framing.wide,
+                          duration=round(each, 2))]
+            shots += [Shot(id=f"{sid}-{li + 2:02d}", description=beat.beat, characters=[line.speaker],
+                           framing=Framing.close, duration=0.5, lines=[Line(speaker=line.speaker, text=line.text)])
+                      for li, line in enumerate(beat.lines)]
+            scenes.append(Scene(id=sid, location=beat.location, time_of_day=beat.time_of_day, shots=shots))
+        script = Script(title=ep.title, language=series.language, scenes=scenes)
+    plan = plan_episode(job, script, {})
+    samples = {a.key: spoken_samples(str(a.params["text"]), series) for a in plan.actions if a.op == "line"}
+    return script, samples
+
+
+def spoken_samples(text: str, series: Series) -> int:
+    """About how many samples a line takes to say, at the series language's speaking rate."""
+    lang = series.lang
+    units = len(text) if lang.cjk else max(1, len(text.split()))
+    return round((0.3 + units / lang.units_per_second) * SAMPLE_RATE)

@@ -1,14 +1,15 @@
 """The values the controller works with: what a backend holds (``Profile``), the commands it gives
-the service, and its state per action, episode and batch (rebuilt from the journal on replay)."""
+the engine, and its state per action, episode and batch (rebuilt from the journal on replay)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
+from farm.core.events import ActionResult
 from farm.core.plan import Action, EpisodeJob
-from farm.policy import BatchTerms, Spend
 from farm.core.script import Script
+from farm.policy import BatchTerms, Spend
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,7 @@ class Profile:
 Estimator = Callable[[Action], tuple[float, int, float]]  # -> (seconds, tokens, gpu_seconds)
 
 
-# -- commands the service carries out ------------------------------------------------------------
+# -- commands the engine carries out ---------------------------------------------------------------
 @dataclass(frozen=True)
 class Lookup:
     keys: tuple[str, ...]  # newly planned: is a manifest already in the store?
@@ -44,8 +45,8 @@ class Deliver:
 @dataclass(frozen=True)
 class Notify:
     batch: str
-    kind: str  # episode.delivered | episode.failed | batch.finished
-    payload: dict
+    kind: str  # episode.delivered | episode.failed | batch.finished | batch.failed
+    payload: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,15 @@ class Cancel:
     keys: tuple[str, ...]
 
 
-Command = Lookup | Dispatch | Deliver | Notify | Cancel
+@dataclass(frozen=True)
+class Fault:
+    """Applying an event of ``batch`` raised: the batch has stopped; journal why (``batch.failed``)."""
+
+    batch: str
+    reason: str
+
+
+Command = Lookup | Dispatch | Deliver | Notify | Cancel | Fault
 
 
 # -- state -----------------------------------------------------------------------------------
@@ -62,7 +71,7 @@ class ActionState:
     action: Action
     episodes: set[tuple[str, str]] = field(default_factory=set)  # (batch, episode id) that need it
     status: str = "pending"  # pending | running | done | quarantined
-    manifest: dict | None = None
+    manifest: ActionResult | None = None
     cached: bool = False
     attempts: int = 0
     failed_workers: set[str] = field(default_factory=set)
@@ -89,9 +98,12 @@ class BatchState:
     terms: BatchTerms
     name: str | None
     episodes: list[str]
-    webhook: dict | None
-    status: str = "running"  # running | finished | cancelled
+    webhook: dict[str, Any] | None
+    status: str = "running"  # running | finished | cancelled | failed
     spent: Spend = field(default_factory=Spend)
     saved: Spend = field(default_factory=Spend)
     held: str | None = None
     finished_at: float | None = None
+    reason: str | None = None  # why it failed (status "failed")
+    failure_journaled: bool = False  # a batch.failed event says so (it may have failed while applying one)
+    open: int = 0  # episodes neither delivered nor failed

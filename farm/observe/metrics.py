@@ -1,10 +1,9 @@
 """The only module that imports prometheus_client: the farm's metrics, accounted once, centrally.
 
-Usage is accounted where it is recorded (DESIGN.md, invariant 6): the controller service hands each
-journaled event to ``Metrics.observe`` and serves ``/metrics``; ``farm render``, which has no journal,
-hands the manifests of the actions it ran or found cached to ``Metrics.account_render`` and pushes
-the registry to a Pushgateway (``push``) or writes it for node_exporter's textfile collector
-(``write_textfile``). Workers never touch Prometheus.
+Usage is accounted where it is recorded (DESIGN.md, invariant 6): wherever the engine runs, it hands
+each journaled event to ``Metrics.observe`` (through farm.observe.accounting). The batch controller
+serves ``/metrics``; ``farm render`` pushes its registry to a Pushgateway (``push``) or writes it for
+node_exporter's textfile collector (``write_textfile``). Workers never touch Prometheus.
 
 Labels are bounded: studio, stage, model, accelerator, outcome, direction, cap, and the id of a batch
 while it runs (its series are removed when it ends). Never an episode or action id.
@@ -51,9 +50,11 @@ from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, dis
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from farm.observe.nvml import open_nvml
+from farm.core.manifest import spend_of
 from farm.core.plan import STAGES
-from farm.policy.types import Prices
+from farm.observe.nvml import open_nvml
+from farm.policy.types import Prices, Spend
+from workers.api import Usage
 
 OUTCOMES = ("ok", "cached", "failed", "retried")
 CAPS = ("tokens", "gpu_seconds", "money")
@@ -68,9 +69,14 @@ def accelerator_label(profile) -> str:
 
 
 def _usage(usage: Any) -> dict[str, Any]:
-    if dataclasses.is_dataclass(usage):
+    if dataclasses.is_dataclass(usage) and not isinstance(usage, type):
         return dataclasses.asdict(usage)
     return dict(usage or {})
+
+
+def _spend(u: Mapping[str, Any], prices: Prices) -> Spend:
+    fields = {f.name for f in dataclasses.fields(Usage)}
+    return spend_of(Usage(**{k: v for k, v in u.items() if k in fields}), prices)
 
 
 def _amount(usage: Mapping[str, Any], name: str) -> float:
@@ -179,7 +185,7 @@ class Metrics:
         self.tokens.labels(studio, stage, model, "out").inc(tokens_out)
         self.gpu_seconds.labels(studio, stage, model, self.accelerators.get((stage, backend), "none")).inc(gpu)
         self.cpu_seconds.labels(studio, stage).inc(_amount(u, "cpu_seconds"))
-        self.money.labels(studio, stage, model).inc(self.prices.money(tokens_in + tokens_out, gpu))
+        self.money.labels(studio, stage, model).inc(_spend(u, self.prices).money)
 
     def cached(self, studio: str, stage: str, usage: Any) -> None:
         """An action was found done; ``usage`` is what its original run cost, which is what it saved."""
@@ -190,7 +196,7 @@ class Metrics:
         self.saved_gpu.labels(studio, stage).inc(gpu)
         self.saved_tokens.labels(studio, stage).inc(tokens)
         self.saved_cpu.labels(studio, stage).inc(_amount(u, "cpu_seconds"))
-        self.saved_money.labels(studio, stage).inc(self.prices.money(tokens, gpu))
+        self.saved_money.labels(studio, stage).inc(_spend(u, self.prices).money)
 
     def failed(self, studio: str, stage: str) -> None:
         self.actions.labels(studio, stage, "failed").inc()
@@ -204,42 +210,23 @@ class Metrics:
         if outcome == "delivered":
             self.video_seconds.labels(studio).inc(max(0.0, video_seconds))
 
-    def observe(self, event, action=None) -> None:
-        """Account one journaled event; ``action`` is the Action it concerns, if any."""
+    def observe(self, event: Any, action: Any = None) -> None:
+        """Account one journaled event (farm.core.events); ``action`` is the Action it concerns, if any."""
         data = event.data
         if event.type == "batch.submitted":
-            self.prepare(data["studio"], {s: b[0] for s, b in data.get("backends", {}).items()})
+            self.prepare(data.studio, {s: b[0] for s, b in data.backends.items()})
             return
         if action is None:
             return
         studio, stage = action.context.get("studio", ""), action.stage
         if event.type == "action.completed":
-            self.completed(studio, stage, action.backend, data.get("usage", {}),
-                           data.get("finished_at", 0.0) - data.get("started_at", 0.0))
+            self.completed(studio, stage, action.backend, data.usage, data.finished_at - data.started_at)
         elif event.type == "action.cached":
-            self.cached(studio, stage, data.get("usage", {}))
+            self.cached(studio, stage, data.usage)
         elif event.type == "action.failed":
             self.failed(studio, stage)
         elif event.type == "action.retry":
             self.retried(studio, stage)
-
-    def account_render(self, render, result=None) -> None:
-        """Account a ``farm render`` (an EpisodeRender after its run): the manifests it ran and found
-        cached, its failed and retried attempts, and the episode (delivered when ``result`` is given)."""
-        studio = render.job.studio
-        self.prepare(studio, {s: c.name for s, c in render.job.backends.items()})
-        for m in render.ran:
-            self.completed(studio, m.stage, m.backend, m.usage, m.finished_at - m.started_at)
-        for m in render.cached:
-            self.cached(studio, m.stage, m.usage)
-        for action in getattr(render, "failed", ()):
-            self.failed(studio, action.stage)
-        for action in getattr(render, "retried", ()):
-            self.retried(studio, action.stage)
-        if result is not None:
-            self.episode(studio, "delivered", result.duration_seconds)
-        else:
-            self.episode(studio, "failed")
 
     # -- gauges the controller refreshes -----------------------------------------------------------
     def stages(self, queued: Mapping[str, int], running: Mapping[str, int]) -> None:

@@ -6,9 +6,9 @@ Everything comes from the store, nothing from a running farm:
   starts); the batch's ``action.completed`` events carry each manifest (start, finish, worker,
   usage), ``action.failed`` / ``episode.failed`` the reasons, and what the batch found already done
   is its cache saving;
-* an episode YAML file: the episode is planned with the facts its stored manifests carry (the
-  script, the lines' lengths) until the plan stops growing; its manifests are the runs, and the
-  journal, where there is one, adds cache hits and failures of those actions.
+* an episode YAML file: the journals of its ``farm render`` runs (each render is a batch of one,
+  journaled in the studio's tree) are replayed in order, the same way: every completed action is
+  a run, every cache hit a saving, every failed attempt a failure with its reason.
 
 The picture (farm.observe._report_html): a Gantt chart of every attempt on its worker lane (a worker process
 on a node; GPU lanes marked), spend by stage and studio, the slowest actions, failures with their
@@ -23,19 +23,18 @@ Example::
 from __future__ import annotations
 
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from farm.core.controller import Controller
-from farm.errors import FarmError
-from farm.store.journal import Journal
-from farm.core.plan import EpisodeJob, plan_episode
+from farm.catalog import controller_for
+from farm.core.manifest import spend_of
+from farm.errors import FarmError, UsageError
 from farm.policy import Prices
-from farm.core.script import Script
 from farm.settings import Settings
-from farm.store import ArtifactStore, open_objects
+from farm.store import open_objects
+from farm.store.journal import StoreJournal, render_prefix
+from workers.api import Usage
 
 SPEND = ("cpu_seconds", "gpu_seconds", "tokens", "money")
 
@@ -84,11 +83,11 @@ class ReportData:
     submitted: float | None = None
 
 
-def _amounts(usage: dict[str, Any], prices: Prices) -> dict[str, float]:
-    tokens = float(usage.get("tokens_in", 0) or 0) + float(usage.get("tokens_out", 0) or 0)
-    gpu = float(usage.get("gpu_seconds", 0.0) or 0.0)
-    return {"cpu_seconds": float(usage.get("cpu_seconds", 0.0) or 0.0), "gpu_seconds": gpu, "tokens": tokens,
-            "money": prices.money(tokens, gpu)}
+def _amounts(usage: Usage, prices: Prices) -> dict[str, float]:
+    spend = spend_of(usage, prices)
+    cpu = usage.cpu_seconds if isinstance(usage.cpu_seconds, (int, float)) and usage.cpu_seconds > 0 else 0.0
+    return {"cpu_seconds": float(cpu), "gpu_seconds": spend.gpu_seconds, "tokens": float(spend.tokens),
+            "money": spend.money}
 
 
 def _add(table: dict, key, amounts: dict[str, float], count: bool = False) -> None:
@@ -105,11 +104,10 @@ def _lane(worker: dict[str, Any]) -> str:
     return f"{where} GPU {worker['gpus']}" if worker.get("gpus") else f"{where} pid {worker.get('pid') or '?'}"
 
 
-def _bar(manifest: dict[str, Any], episode: str) -> Bar:
-    worker = manifest.get("worker", {})
-    return Bar(lane=_lane(worker), start=manifest["started_at"], end=manifest["finished_at"],
-               stage=manifest["stage"], label=manifest["label"], episode=episode, key=manifest["key"],
-               gpu=bool(worker.get("gpus")))
+def _bar(result: Any, episode: str) -> Bar:
+    worker = result.worker
+    return Bar(lane=_lane(worker), start=result.started_at, end=result.finished_at, stage=result.stage,
+               label=result.label, episode=episode, key=result.key, gpu=bool(worker.get("gpus")))
 
 
 def _episode_of(state) -> str:
@@ -117,28 +115,21 @@ def _episode_of(state) -> str:
     return f"{ctx.get('series', '?')}/{ctx.get('episode', '?')}"
 
 
-def from_batch(settings: Settings, batch_id: str) -> ReportData:
-    """Replay the store's journal and gather what batch ``batch_id`` ran, spent, saved and failed.
+def _replay(settings: Settings, journals: list[StoreJournal], keep: Any) -> tuple[Any, list[Any]]:
+    """Replay ``journals`` in turn into one controller, as the controller does when it starts;
+    return it and the events ``keep(event)`` selects."""
+    controller = controller_for(settings)
+    kept = []
+    for journal in journals:
+        for event in journal.replay():
+            controller.apply(event)
+            if keep(event):
+                kept.append(event)
+    return controller, kept
 
-    Raises FarmError when the journal knows no such batch.
-    """
-    from farm.service.host import estimator, profiles_for  # the controller's own view of costs and resources
 
-    prices = Prices(**settings.prices)
-    catalog = settings.catalog()
-    controller = Controller(estimator(catalog), profiles_for(settings, catalog), prices=prices)
-    events = []
-    for event in Journal(open_objects(settings.store_spec())).replay():
-        controller.apply(event)
-        if event.batch == batch_id:
-            events.append(event)
-    if batch_id not in controller.batches:
-        known = ", ".join(sorted(controller.batches)[-5:]) or "none"
-        raise FarmError(f"no batch {batch_id!r} in the journal of {settings.store} (latest: {known})")
-    batch = controller.batches[batch_id]
-    status = controller.batch_status(batch_id, batch.finished_at or (events[-1].at if events else 0.0))
-    data = ReportData(title=f"Batch {batch_id}", kind="batch", deadline=batch.terms.deadline,
-                      submitted=batch.terms.submitted)
+def _runs(data: ReportData, controller: Any, events: list[Any], studio: str, prices: Prices) -> None:
+    """Bars, spend, failures and savings from events (in journal order)."""
     dispatched: dict[str, float] = {}
     for e in events:
         state = controller.actions.get(e.key) if e.key else None
@@ -146,22 +137,42 @@ def from_batch(settings: Settings, batch_id: str) -> ReportData:
             dispatched[e.key] = e.at
         elif e.type == "action.completed" and state is not None:
             data.bars.append(_bar(e.data, _episode_of(state)))
-            _add(data.spend, (batch.terms.studio, state.action.stage), _amounts(e.data.get("usage", {}), prices))
+            _add(data.spend, (studio, state.action.stage), _amounts(e.data.usage, prices))
         elif e.type == "action.failed" and state is not None:
-            worker = e.data.get("worker") or "unknown node"
-            lane = f"node {worker[:6]} failed attempts" if e.data.get("worker") else "failed attempts (worker lost)"
+            worker = e.data.worker or "unknown node"
+            lane = f"node {worker[:6]} failed attempts" if e.data.worker else "failed attempts (worker lost)"
             data.bars.append(Bar(lane=lane, start=dispatched.get(e.key, e.at), end=e.at,
                                  stage=state.action.stage, label=state.action.label, episode=_episode_of(state),
-                                 key=e.key, ok=False, error=e.data.get("error")))
+                                 key=e.key, ok=False, error=e.data.error))
             data.failures.append(Failure(e.at, _episode_of(state), state.action.label, state.action.stage, worker,
-                                         int(e.data.get("attempt", 0)), str(e.data.get("error", ""))))
+                                         e.data.attempt, e.data.error))
         elif e.type == "episode.failed":
-            data.episode_failures.append((e.data["episode"], e.data["reason"]))
+            data.episode_failures.append((e.data.episode, e.data.reason))
+        elif e.type == "batch.failed":
+            data.episode_failures.append(("(the whole batch)", e.data.reason))
+
+
+def from_batch(settings: Settings, batch_id: str) -> ReportData:
+    """Replay the store's journal and gather what batch ``batch_id`` ran, spent, saved and failed.
+
+    Raises FarmError when the journal knows no such batch.
+    """
+    prices = Prices(**settings.prices)
+    controller, events = _replay(settings, [StoreJournal(open_objects(settings.store_spec()))],
+                                 lambda e: e.batch == batch_id)
+    if batch_id not in controller.batches:
+        known = ", ".join(sorted(controller.batches)[-5:]) or "none"
+        raise FarmError(f"no batch {batch_id!r} in the journal of {settings.store} (latest: {known})")
+    batch = controller.batches[batch_id]
+    status = controller.batch_status(batch_id, batch.finished_at or (events[-1].at if events else 0.0))
+    data = ReportData(title=f"Batch {batch_id}", kind="batch", deadline=batch.terms.deadline,
+                      submitted=batch.terms.submitted)
+    _runs(data, controller, events, batch.terms.studio, prices)
     keys = {k for eid in batch.episodes for k in controller.episodes[(batch_id, eid)].keys}
     for key in sorted(keys):
         state = controller.actions[key]
         if state.status == "done" and state.manifest and (state.cached or state.charged_to != batch_id):
-            _add(data.saved, state.action.stage, _amounts(state.manifest.get("usage", {}), prices), count=True)
+            _add(data.saved, state.action.stage, _amounts(state.manifest.usage, prices), count=True)
     eps = status["episodes"]
     data.facts = [("studio", batch.terms.studio), ("name", batch.name or "—"), ("status", batch.status),
                   ("priority", status["priority"]),
@@ -175,55 +186,38 @@ def from_batch(settings: Settings, batch_id: str) -> ReportData:
 
 
 def from_episode(settings: Settings, path: Path) -> ReportData:
-    """Plan an episode with the facts in its stored manifests and gather its runs (no rendering)."""
+    """Replay the journals of an episode's ``farm render`` runs and gather what they ran, spent,
+    saved and failed. Raises UsageError when the store has no render of it."""
     from farm.loader import load_episode
 
     loaded = load_episode(path)
     objects = open_objects(settings.store_spec())
-    store = ArtifactStore(objects, settings.studio)
-    job = EpisodeJob(settings.studio, settings.namespace, loaded.series, loaded.episode,
-                     settings.catalog().choose_for(settings.backend_names(), loaded.series.backends))
-    done, manifests = store.done_keys(), {}
-    script, samples = None, {}
-    while True:
-        plan = plan_episode(job, script, samples)
-        learned = False
-        for action in plan.actions:
-            if action.key in manifests or action.key not in done:
-                continue
-            manifest = manifests[action.key] = store.get_manifest(action.key)
-            if action.op == "line":
-                samples[action.key], learned = int(manifest.meta["samples"]), True
-            elif action.op == "script":
-                with tempfile.TemporaryDirectory(prefix="farm-report-") as tmp:
-                    blob = store.get_blob(manifest.outputs["script"], Path(tmp, "script.json"))
-                    script, learned = Script.model_validate_json(blob.read_text(encoding="utf-8")), True
-        if not learned:
-            break
+    series, slug = loaded.series.id, loaded.episode.slug
+    folder = render_prefix(settings.studio, series, slug)
+    renders = sorted({name[len(folder) + 1:].split("/", 1)[0] for name in objects.list(folder + "/")})
+    eid = f"{series}/{slug}"
+    if not renders:
+        raise UsageError(f"{eid} has no `farm render` in {objects.describe()} for studio {settings.studio}: "
+                         "render it first (a batch's episodes are in `farm report BATCH_ID`)")
+    journals = [StoreJournal(objects, render_prefix(settings.studio, series, slug, r)) for r in renders]
+    controller, events = _replay(settings, journals, lambda e: True)
     prices = Prices(**settings.prices)
-    eid = f"{job.series.id}/{job.episode.slug}"
     data = ReportData(title=f"Episode {eid}", kind="episode")
-    for m in manifests.values():
-        data.bars.append(_bar(m.model_dump(mode="json"), eid))
-        _add(data.spend, (settings.studio, m.stage), _amounts(m.usage.__dict__, prices))
-    by_key = plan.by_key()
-    for e in Journal(objects).replay():  # what the controller recorded about these actions, if it ran them
-        if e.type == "episode.failed" and e.data.get("episode") == eid:
-            data.episode_failures.append((eid, e.data["reason"]))
-        action = by_key.get(e.key or "")
-        if action is None:
-            continue
-        if e.type == "action.cached":
-            _add(data.saved, action.stage, _amounts(e.data.get("usage", {}), prices), count=True)
-        elif e.type == "action.failed":
-            data.failures.append(Failure(e.at, eid, action.label, action.stage, e.data.get("worker") or "unknown node",
-                                         int(e.data.get("attempt", 0)), str(e.data.get("error", ""))))
-    finished = plan.final_key is not None and plan.final_key in manifests
+    _runs(data, controller, events, settings.studio, prices)
+    for e in events:
+        if e.type == "action.cached" and e.key in controller.actions:
+            _add(data.saved, controller.actions[e.key].action.stage, _amounts(e.data.usage, prices), count=True)
+    latest = controller.episodes.get((renders[-1], eid))
+    done = [k for k in (latest.keys if latest else []) if controller.actions[k].status == "done"]
+    planned = len(latest.keys) if latest else 0
+    finished = latest is not None and latest.status == "delivered"
     data.facts = [("studio", settings.studio), ("series", loaded.series.title), ("title", loaded.episode.title),
-                  ("actions", f"{len(manifests)} of {len(plan.actions)} planned are done"
+                  ("renders", str(len(renders))),
+                  ("actions", f"{len(done)} of {planned} planned are done"
                               + ("" if finished else " (the episode is not finished)"))]
-    if finished:
-        data.facts.append(("length", f"{float(manifests[plan.final_key].meta.get('duration', 0.0)):.1f} s"))
+    if finished and latest is not None and latest.final_key is not None:
+        final = controller.actions[latest.final_key].manifest
+        data.facts.append(("length", f"{float(final.meta.get('duration', 0.0)) if final else 0.0:.1f} s"))
     return data
 
 

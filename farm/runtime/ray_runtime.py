@@ -1,38 +1,35 @@
-"""The only module that speaks Ray: actions become Ray tasks, finished tasks become manifests.
+"""The Ray runtime: actions become Ray tasks (CPU stages) or calls on warm GPU worker actors.
 
-``execute`` is the body of every task: fetch the input blobs, run the backend in a scratch
-directory, store the output blobs, then the manifest (in that order: DESIGN.md invariant 2).
-It is idempotent: an action whose manifest already exists is not run again.
+Each runs ``farm.runtime.execute.execute``; a finished one comes back as its manifest, a failed one
+as ``ActionFailed`` with the backend's retryability (a lost worker, actor or node: retryable).
 """
 
 from __future__ import annotations
 
 import os
 import socket
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping
 
 import ray
 import structlog
 
-from farm.observe import logs
-from farm.store import models
-from farm.catalog import Catalog
-from farm.runtime.batching import Batcher
-from farm.errors import ActionFailed, FarmError
+from farm.catalog import Catalog, slots
 from farm.core.manifest import Blob, Manifest
 from farm.core.plan import Action
+from farm.core.ports import Finished
+from farm.core.state import Profile
+from farm.errors import ActionFailed, FarmError
+from farm.observe import logs
 from farm.policy import Capacity
-from farm.core.controller import Profile
+from farm.runtime.batching import Batcher
+from farm.runtime.execute import execute
 from farm.settings import StoreSpec
-from farm.store import ArtifactStore, open_objects
-from workers.api import BatchItem, StageError
+from farm.store import models, open_objects
 
-log = structlog.get_logger("farm.runtime.ray_runtime")
+log = structlog.get_logger("farm.runtime")
 
 
 def _node() -> str:
@@ -48,75 +45,10 @@ def _worker() -> dict[str, str]:
     return worker
 
 
-def execute(action: Mapping[str, Any], inputs: Mapping[str, Mapping[str, Any]], spec: StoreSpec,
-            studio: str, batch: str | None = None, configs: Mapping[str, Any] | None = None,
-            batcher: Batcher | None = None) -> dict[str, Any]:
-    """Run one action where this process is; returns its manifest as JSON.
-
-    ``batch`` is the batch charged for it (None for ``farm render``): every log line of the action
-    carries it with the episode, stage and action key. ``configs`` are the configured backends
-    (settings' ``backends``); ``batcher`` (a GPU worker's) lets the action share a backend call
-    with others. Raises ActionFailed (with the backend's retryability) when the stage fails.
-    """
-    act = Action.from_json(action)
-    logs.hide(spec.access_key.get_secret_value(), spec.secret_key.get_secret_value(), *Catalog(configs).secrets())
-    bound = log.bind(**logs.action_context(act, batch))
-    store = ArtifactStore(open_objects(spec), studio)
-    existing = store.get_manifest(act.key)
-    if existing is not None:
-        return existing.model_dump(mode="json")
-    try:
-        backend = Catalog(models.localize(configs, store.objects)).load(act.stage, act.backend)
-    except (ValueError, ImportError, FarmError) as exc:  # settings differ from the planner's, a package
-        #                                                  is missing, a stored model cannot be fetched
-        raise ActionFailed(act.key, act.label, f"cannot load backend {act.backend}: {exc}", retryable=False,
-                           worker=_node()) from None
-    if backend.version != act.version:
-        raise ActionFailed(act.key, act.label, f"backend {act.backend} is version {backend.version} here, "
-                           f"the plan wants {act.version}: deploy the same code and settings everywhere",
-                           retryable=False)
-    with tempfile.TemporaryDirectory(prefix="farm-") as tmp:
-        # one scratch folder: inputs are named "in-NNNN.ext" by the farm, outputs by the backend
-        out_dir = Path(tmp)
-        local: dict[str, Path] = {}
-        for i, (name, blob_json) in enumerate(sorted(inputs.items())):
-            blob = Blob.model_validate(blob_json)
-            suffix = Path(blob.name).suffix if Path(blob.name).suffix.isascii() else ""
-            local[name] = store.get_blob(blob, out_dir / f"in-{i:04d}{suffix}")
-        bound.info("action.started")
-        started = time.time()
-        try:
-            if batcher is not None:
-                result = batcher.run(act.op, BatchItem(local, act.params, out_dir))
-            elif getattr(backend, "resumable", False):
-                result = backend.run(act.op, local, act.params, out_dir, job=store.job_record(act.key))
-            else:
-                result = backend.run(act.op, local, act.params, out_dir)
-        except StageError as exc:
-            bound.warning("action.failed", error=str(exc), retryable=exc.retryable)
-            raise ActionFailed(act.key, act.label, str(exc), retryable=exc.retryable, worker=_node(),
-                               retry_after=exc.retry_after) from None
-        except Exception as exc:  # a bug in the backend: running it again will not help
-            bound.exception("action.crashed")
-            raise ActionFailed(act.key, act.label, f"{act.backend} crashed: {type(exc).__name__}: {exc}",
-                               retryable=False, worker=_node()) from None
-        finished = time.time()
-        outputs = {name: store.put_blob(path, name=Path(path).name) for name, path in result.files.items()}
-    manifest = Manifest(
-        key=act.key, stage=act.stage, op=act.op, backend=act.backend, version=act.version, label=act.label,
-        outputs=outputs, meta=result.meta, usage=result.usage,
-        started_at=started, finished_at=finished,
-        worker=_worker(),
-    )
-    store.put_manifest(manifest)
-    bound.info("action.finished", seconds=round(finished - started, 3))
-    return manifest.model_dump(mode="json")
-
-
 @ray.remote(max_retries=2)  # system failures (a worker or node died); stage failures are retried by the caller
 def _execute_task(action, inputs, spec, studio, log_level, batch=None, configs=None):
     logs.configure(level=log_level, json=True)
-    return execute(action, inputs, spec, studio, batch, configs)
+    return execute(action, inputs, spec, studio, batch, configs, where=_worker)
 
 
 @ray.remote(max_restarts=0)
@@ -133,19 +65,7 @@ class StageWorker:
 
     def run(self, action, inputs, spec, studio, batch=None, configs=None):
         # execute builds the backend from the same settings: the instance built above, model loaded
-        return execute(action, inputs, spec, studio, batch, configs, self.batcher)
-
-
-def slots(backend) -> int:
-    """How many actions one worker of ``backend`` takes at once."""
-    return max(1, int(getattr(backend, "max_batch", 1))) if hasattr(backend, "run_batch") else 1
-
-
-@dataclass
-class Finished:
-    action: Action
-    manifest: Manifest | None
-    error: ActionFailed | None
+        return execute(action, inputs, spec, studio, batch, configs, self.batcher, where=_worker)
 
 
 @dataclass
@@ -171,8 +91,9 @@ class RayRuntime:
     """Runs actions on Ray: CPU stages as tasks, GPU stages on pools of warm ``StageWorker`` actors.
 
     Connects to ``address`` when given (or to the cluster this process already joined), else starts
-    a local Ray. Each action holds the resources of its profile (settings) or its backend's own.
-    ``catalog`` holds the configured backends; their settings travel to the workers with the work.
+    a local Ray. Actions read and write the store ``spec`` describes; each holds the resources of the
+    profile it is submitted with. ``catalog`` holds the configured backends; their settings travel
+    to the workers with the work.
 
     ``cpu_ahead``: CPU actions per CPU that ``capacity`` offers beyond what can run now. Ray queues
     them and hands each to a worker the moment one finishes, on the lease it already holds, instead
@@ -182,8 +103,9 @@ class RayRuntime:
     enough that the round trip does not show.
     """
 
-    def __init__(self, address: str | None = None, num_cpus: int | None = None, log_level: str = "WARNING",
-                 idle_actor_s: float = 30.0, catalog: Catalog | None = None, cpu_ahead: int = 0):
+    def __init__(self, spec: StoreSpec, address: str | None = None, num_cpus: int | None = None,
+                 log_level: str = "WARNING", idle_actor_s: float = 30.0, catalog: Catalog | None = None,
+                 cpu_ahead: int = 0):
         self.log_level, self.idle_actor_s, self.cpu_ahead = log_level, idle_actor_s, cpu_ahead
         self.catalog = catalog or Catalog()
         self._owns = not ray.is_initialized()
@@ -196,7 +118,7 @@ class RayRuntime:
         self._running: dict[ray.ObjectRef, tuple[Action, Any]] = {}  # ref -> (action, profile)
         self._pools: dict[tuple, _Pool] = {}
         self._totals: tuple[float, Any] | None = None
-        self._specs: dict[StoreSpec, ray.ObjectRef] = {}  # put once, passed by reference to every task
+        self._spec = ray.put(spec)  # put once, passed by reference to every task
         self._configs = ray.put(self.catalog.configs) if self.catalog.configs else None
         self._task_fns: dict[float, Any] = {}
         self._requested: list[dict] = []  # what the autoscaler was last sent
@@ -205,20 +127,12 @@ class RayRuntime:
         self._request_stop = threading.Event()
         self._requester: threading.Thread | None = None
 
-    def _profile(self, action: Action, profile=None):
-        if profile is not None:
-            return profile
-        backend = self.catalog.load(action.stage, action.backend)
-        res = backend.resources
-        return Profile(cpus=res.num_cpus, gpus=res.num_gpus / slots(backend), accelerator=res.accelerator)
-
-    def submit(self, action: Action, inputs: Mapping[str, Blob], spec: StoreSpec, studio: str, profile=None,
-               batch: str | None = None) -> None:
-        """Start ``action`` on the cluster; ``batch`` (the batch charged for it) goes into its logs."""
-        prof = self._profile(action, profile)
-        if spec not in self._specs:
-            self._specs[spec] = ray.put(spec)
-        args = (action.to_json(), {k: b.model_dump() for k, b in inputs.items()}, self._specs[spec], studio)
+    def submit(self, action: Action, inputs: Mapping[str, Blob], profile: Profile, batch: str | None) -> None:
+        """Start ``action`` on the cluster holding ``profile``'s resources; ``batch`` (the batch charged
+        for it) goes into its logs."""
+        prof = profile
+        args = (action.to_json(), {k: b.model_dump() for k, b in inputs.items()}, self._spec,
+                action.context["studio"])
         if prof.gpus > 0:
             ref = self._pool_submit(action, prof, args + (batch, self._configs))
         else:

@@ -5,60 +5,54 @@ appended in segments (one object per group commit: ``_farm/journal/000000000042.
 objects cannot be appended to; replay reads the segments in order. A segment is written whole or
 not at all, so a crash mid-write loses only events that never took effect.
 
+Events are the typed models of ``farm.core.events``; replay validates every line and yields an
+``Unreadable`` for one it cannot read, which the controller judges against its batch.
+
 Example::
 
-    journal = Journal(LocalStore("farm-store"))
-    journal.append([{"type": "batch.submitted", "batch": "b-1", "data": {...}}], now=time.time())
+    journal = StoreJournal(LocalStore("farm-store"))
+    journal.append([BatchCancelled(batch="b-1")], now=time.time())
     for event in journal.replay(): ...
 """
 
 from __future__ import annotations
 
-import json
-from typing import Any, Iterator, Literal
+from typing import Any, Collection, Iterator, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from farm.core import events as ev
 from farm.errors import StoreError
-from farm.store.base import ObjectStore
+from farm.store.base import ObjectStore, check_name
 
-SCHEMA_VERSION = 1
 PREFIX = "_farm/journal"
 
-EventType = Literal[
-    "batch.submitted", "batch.cancelled", "batch.finished", "budget.exhausted",
-    "action.cached", "action.dispatched", "action.completed", "action.failed", "action.retry", "action.quarantined",
-    "episode.delivered", "episode.failed", "webhook.delivered", "webhook.failed",
-]
 
+def render_prefix(studio: str, series: str, episode: str, render: str | None = None) -> str:
+    """Where ``farm render`` journals its renders of one episode: in the studio's own tree, one
+    journal per render (``render`` None: the folder that holds them all)."""
+    base = f"{studio}/renders/{series}/{episode}"
+    return check_name(f"{base}/{render}" if render else base)
 
 # Events whose effect a client has been told of: these segments are flushed before the answer.
 ACKNOWLEDGED = frozenset({"batch.submitted", "batch.cancelled"})
 
 
-class Event(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    v: int = SCHEMA_VERSION
-    seq: int = Field(ge=0)
-    at: float
-    type: EventType
-    batch: str | None = None
-    key: str | None = None
-    data: dict[str, Any] = Field(default_factory=dict)
+class StoreJournal:
+    """Append-only event segments under ``prefix`` of an ObjectStore. One writer at a time.
 
+    ``durable``: the event types whose segment is flushed to disk before ``append`` returns (the
+    others only need to outlive the process: dispatches and completions are re-derived on replay
+    from the manifests, which workers write durably).
+    """
 
-class Journal:
-    """Append-only event segments under ``_farm/journal/`` of an ObjectStore. One writer at a time."""
-
-    def __init__(self, objects: ObjectStore, prefix: str = PREFIX):
-        self.objects, self.prefix = objects, prefix
+    def __init__(self, objects: ObjectStore, prefix: str = PREFIX, durable: Collection[str] = ACKNOWLEDGED):
+        self.objects, self.prefix, self.durable = objects, prefix, frozenset(durable)
         self._segment: int | None = None
         self._seq = 0
 
     def _segments(self) -> list[str]:
         return sorted(n for n in self.objects.list(self.prefix + "/") if n.endswith(".jsonl"))
 
-    def replay(self) -> Iterator[Event]:
+    def replay(self) -> Iterator[Any]:
         """Every event ever appended, in order. Also positions the journal to append after them."""
         names = self._segments()
         seq = 0
@@ -66,34 +60,29 @@ class Journal:
             data = self.objects.get_bytes(name)
             if data is None:
                 raise StoreError(f"journal segment {name} vanished during replay")
-            for line in data.decode("utf-8").splitlines():
+            for line in data.decode("utf-8", "replace").splitlines():
                 if line.strip():
-                    event = Event.model_validate_json(line)
-                    seq = event.seq + 1
+                    event = ev.parse(line)
+                    seq = max(seq, event.seq + 1)
                     yield event
         self._segment = int(names[-1].rsplit("/", 1)[-1][:-6]) + 1 if names else 0
         self._seq = seq
 
-    def append(self, events: list[dict[str, Any]], now: float) -> list[Event]:
-        """Write ``events`` (dicts with type, batch, key, data) as one segment; return them sequenced.
-
-        A segment holding an event that a client is told about (a submitted or cancelled batch) is
-        flushed to disk before this returns. Other events only need to outlive the controller's
-        process, not the machine: dispatches and completions are re-derived on replay from the
-        manifests, which workers write durably.
-        """
-        if not events:
+    def append(self, proposals: Sequence[Any], now: float) -> list[Any]:
+        """Write ``proposals`` (event models) as one segment; return them numbered and time-stamped."""
+        if not proposals:
             return []
         if self._segment is None:
             for _ in self.replay():
                 pass
-        out = []
-        for e in events:
-            out.append(Event(seq=self._seq, at=now, **e))
-            self._seq += 1
-        body = "".join(json.dumps(ev.model_dump(mode="json"), separators=(",", ":"), ensure_ascii=False) + "\n"
-                       for ev in out)
-        durable = any(ev.type in ACKNOWLEDGED for ev in out)
-        self.objects.put_bytes(f"{self.prefix}/{self._segment:012d}.jsonl", body.encode("utf-8"), durable=durable)
+        assert self._segment is not None
+        for p in proposals:
+            if not isinstance(p, ev.JournaledEvent):
+                raise TypeError(f"only the farm's events are journaled, not {type(p).__name__}")
+        out = [p.model_copy(update={"seq": self._seq + i, "at": now}) for i, p in enumerate(proposals)]
+        body = "".join(ev.dump(e) + "\n" for e in out)
+        self.objects.put_bytes(f"{self.prefix}/{self._segment:012d}.jsonl", body.encode("utf-8"),
+                               durable=any(e.type in self.durable for e in out))
+        self._seq += len(out)
         self._segment += 1
         return out

@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
-from farm.errors import StoreError
+from farm.errors import StoreError, UsageError
 from farm.store.artifacts import file_digest
 from farm.store.base import ObjectStore
 
@@ -41,7 +41,7 @@ def _blob(digest: str) -> str:
 
 def _index(name: str) -> str:
     if not _NAME.match(name) or ".." in name:
-        raise ValueError(f"model name {name!r}: use lowercase letters, digits, '.', '_' and '-' (e.g. sdxl-1.0)")
+        raise UsageError(f"model name {name!r}: use lowercase letters, digits, '.', '_' and '-' (e.g. sdxl-1.0)")
     return f"{PREFIX}/{name}/index.json"
 
 
@@ -62,10 +62,10 @@ def push(objects: ObjectStore, folder: Path, name: str) -> dict[str, Any]:
     index_name = _index(name)
     folder = Path(folder)
     if not folder.is_dir():
-        raise ValueError(f"{folder} is not a folder")
+        raise UsageError(f"{folder} is not a folder")
     files = _files(folder)
     if not files:
-        raise ValueError(f"{folder} has no files")
+        raise UsageError(f"{folder} has no files")
     entries = {}
     for rel, path in files.items():
         digest, size = file_digest(path)
@@ -76,7 +76,7 @@ def push(objects: ObjectStore, folder: Path, name: str) -> dict[str, Any]:
         if json.loads(existing) == index:
             return {"name": name, "files": len(entries), "bytes": sum(e["size"] for e in entries.values()),
                     "uploaded": 0}
-        raise ValueError(f"model {name!r} is already in the store with other files; models are immutable "
+        raise UsageError(f"model {name!r} is already in the store with other files; models are immutable "
                          "(their name enters action keys): push under a new name, e.g. with a version suffix")
     uploaded = 0
     for rel, entry in entries.items():

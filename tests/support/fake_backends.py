@@ -88,3 +88,69 @@ class Resumable:
             files[output] = Path(out_dir) / f"{output}.txt"
             files[output].write_text(f"{op} made by {state['job']}")
         return StageResult(files=files, usage=Usage(provider_job_id=state["job"]))
+
+
+class Flaky:
+    """A dubbing backend whose every line fails once (retryably), then speaks: a marker file per line in
+    ``marks`` remembers the first attempt."""
+
+    stage, kind = "dubbing", "tests.support.fake_backends:Flaky"
+    ops = ("line",)
+    features: tuple[str, ...] = ()
+    tools: tuple[str, ...] = ()
+    resources = Resources(num_cpus=0.25)
+
+    def __init__(self, name: str, config: Mapping[str, Any]):
+        self.name, self.marks = name, Path(config["marks"])
+        self.version = config_version("1", config, ())
+
+    def estimate(self, op, params) -> Estimate:
+        return Estimate(seconds=0.01)
+
+    def run(self, op, inputs, params, out_dir) -> StageResult:
+        import hashlib
+
+        self.marks.mkdir(parents=True, exist_ok=True)
+        mark = self.marks / hashlib.sha256(str(params["text"]).encode()).hexdigest()
+        if not mark.exists():
+            mark.write_text("tried")
+            raise StageError("the voice server hiccuped", retryable=True)
+        path = Path(out_dir) / "line.wav"
+        path.write_bytes(b"RIFF....WAVE")
+        return StageResult(files={"audio": path}, meta={"samples": 9_600 + 480 * len(params["text"])},
+                           usage=Usage(cpu_seconds=0.01, model="flaky"))
+
+
+class Scripted:
+    """A script backend (a studio's own class) that writes the outline's beats as scenes, each line a shot,
+    and, for an episode whose title says "rogue", gives a line to ``rogue_speaker`` (a character the
+    series may not have): the bad answer a real model can give."""
+
+    stage, kind = "script", "tests.support.fake_backends:Scripted"
+    ops = ("script",)
+    features: tuple[str, ...] = ()
+    tools: tuple[str, ...] = ()
+    resources = Resources(num_cpus=0.25)
+
+    def __init__(self, name: str, config: Mapping[str, Any]):
+        self.name, self.rogue = name, str(config.get("rogue_speaker", "nobody"))
+        self.version = config_version("1", config, ("rogue_speaker",))
+
+    def estimate(self, op, params) -> Estimate:
+        return Estimate(seconds=0.01, tokens=100)
+
+    def run(self, op, inputs, params, out_dir) -> StageResult:
+        import json
+
+        episode, series = params["episode"], params["series"]
+        rogue = "rogue" in episode["title"].lower()
+        scenes = []
+        for bi, beat in enumerate(episode["outline"]):
+            shots = [{"id": f"s{bi}-{li}", "description": beat["beat"], "characters": [line["speaker"]],
+                      "lines": [{"speaker": self.rogue if rogue else line["speaker"], "text": line["text"]}]}
+                     for li, line in enumerate(beat["lines"])]
+            scenes.append({"id": f"s{bi}", "location": beat["location"], "shots": shots or [
+                {"id": f"s{bi}-0", "description": beat["beat"]}]})
+        path = Path(out_dir) / "script.json"
+        path.write_text(json.dumps({"title": episode["title"], "language": series["language"], "scenes": scenes}))
+        return StageResult(files={"script": path}, usage=Usage(tokens_in=60, tokens_out=40, model="scripted"))

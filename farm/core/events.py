@@ -1,0 +1,251 @@
+"""The controller's events: one model per type, each with a typed payload, validated on replay.
+
+An event is what the journal records and the controller applies (DESIGN.md, invariant 5). The
+controller *proposes* events (``seq`` and ``at`` left unset); the journal numbers and time-stamps
+them as it writes them, and gives them back in that order on replay::
+
+    ActionDispatched(batch="b-1", key=k, data=Dispatched(label="clip s01-02", episode="s/ep001"))
+
+``parse`` reads one journal line into its model. A line that does not validate (a newer or older
+schema, a torn write) is not an exception on replay: it becomes ``Unreadable``, which the controller
+judges against the batch it names (DESIGN.md, invariant 10).
+
+Schema versions: 1 (the first journals: the same shapes, without ``batch.failed``); 2 (this one).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from farm.core.manifest import Manifest
+from farm.core.script import Script
+from farm.core.spec import BudgetSpec, Episode, Series, Webhook
+
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+
+
+class _Data(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Empty(_Data):
+    pass
+
+
+class Reason(_Data):
+    reason: str
+
+
+class SubmittedEpisode(_Data):
+    series: Series
+    episode: Episode
+    # stage -> [name, version, features]: the batch's choice, else its series', else settings'
+    backends: dict[str, list[Any]] | None = None
+
+
+class Submission(_Data):
+    """A batch as the controller keeps it: validated specs as values (it reads no user files)."""
+
+    studio: str
+    namespace: str
+    name: str | None = None
+    priority: Literal["low", "normal", "high", "urgent"] = "normal"
+    deadline: float | None = None
+    budget: BudgetSpec = BudgetSpec()
+    webhook: Webhook | None = None
+    backends: dict[str, list[Any]] = Field(default_factory=dict)  # the settings' defaults, per stage
+    episodes: list[SubmittedEpisode] = Field(min_length=1)
+
+
+class Facts(_Data):
+    """What a finished action adds to the plan beyond its manifest (the script a script action wrote)."""
+
+    script: Script | None = None
+
+
+class ActionResult(Manifest):
+    """A finished action's manifest, and the facts its outputs carry."""
+
+    facts: Facts | None = None
+
+
+class Dispatched(_Data):
+    label: str
+    episode: str
+
+
+class Failed(_Data):
+    error: str
+    retryable: bool
+    worker: str | None = None
+    attempt: int = 0
+
+
+class RetryAt(_Data):
+    not_before: float
+    attempt: int = 0
+
+
+class EpisodeFailed(_Data):
+    episode: str
+    reason: str
+
+
+class Delivered(_Data):
+    episode: str
+    deliverables: dict[str, str]
+
+
+class WebhookResult(_Data):
+    id: str
+    kind: str
+    detail: str = ""
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    v: int = SCHEMA_VERSION
+    seq: int = -1  # set by the journal
+    at: float = 0.0  # set by the journal
+    batch: str | None = None
+    key: str | None = None
+
+
+class BatchSubmitted(_Event):
+    type: Literal["batch.submitted"] = "batch.submitted"
+    data: Submission
+
+
+class BatchCancelled(_Event):
+    type: Literal["batch.cancelled"] = "batch.cancelled"
+    data: Empty = Empty()
+
+
+class BatchFinished(_Event):
+    type: Literal["batch.finished"] = "batch.finished"
+    data: Empty = Empty()
+
+
+class BatchFailed(_Event):
+    """Applying an event of this batch raised: the batch stops with the reason, the others go on."""
+
+    type: Literal["batch.failed"] = "batch.failed"
+    data: Reason
+
+
+class BudgetExhausted(_Event):
+    type: Literal["budget.exhausted"] = "budget.exhausted"
+    data: Reason
+
+
+class ActionCached(_Event):
+    type: Literal["action.cached"] = "action.cached"
+    data: ActionResult
+
+
+class ActionCompleted(_Event):
+    type: Literal["action.completed"] = "action.completed"
+    data: ActionResult
+
+
+class ActionDispatched(_Event):
+    type: Literal["action.dispatched"] = "action.dispatched"
+    data: Dispatched
+
+
+class ActionFailed(_Event):
+    type: Literal["action.failed"] = "action.failed"
+    data: Failed
+
+
+class ActionRetry(_Event):
+    type: Literal["action.retry"] = "action.retry"
+    data: RetryAt
+
+
+class ActionQuarantined(_Event):
+    type: Literal["action.quarantined"] = "action.quarantined"
+    data: Reason
+
+
+class EpisodeDelivered(_Event):
+    type: Literal["episode.delivered"] = "episode.delivered"
+    data: Delivered
+
+
+class EpisodeFailedEvent(_Event):
+    type: Literal["episode.failed"] = "episode.failed"
+    data: EpisodeFailed
+
+
+class WebhookDelivered(_Event):
+    type: Literal["webhook.delivered"] = "webhook.delivered"
+    data: WebhookResult
+
+
+class WebhookFailed(_Event):
+    type: Literal["webhook.failed"] = "webhook.failed"
+    data: WebhookResult
+
+
+class Unreadable(_Event):
+    """Not a journaled type: what replay yields for a line it cannot read. Never written."""
+
+    type: Literal["journal.unreadable"] = "journal.unreadable"
+    data: Reason
+
+
+Event = Annotated[Union[BatchSubmitted, BatchCancelled, BatchFinished, BatchFailed, BudgetExhausted, ActionCached,
+                        ActionCompleted, ActionDispatched, ActionFailed, ActionRetry, ActionQuarantined,
+                        EpisodeDelivered, EpisodeFailedEvent, WebhookDelivered, WebhookFailed],
+                  Field(discriminator="type")]
+
+JournaledEvent = (BatchSubmitted, BatchCancelled, BatchFinished, BatchFailed, BudgetExhausted, ActionCached,
+                  ActionCompleted, ActionDispatched, ActionFailed, ActionRetry, ActionQuarantined, EpisodeDelivered,
+                  EpisodeFailedEvent, WebhookDelivered, WebhookFailed)
+EVENT_TYPES = tuple(m.model_fields["type"].default for m in JournaledEvent)
+_ADAPTER: TypeAdapter[Any] = TypeAdapter(Event)
+
+
+def parse(line: str | bytes) -> Event | Unreadable:
+    """One journal line as its event model; ``Unreadable`` (with the reason) when it does not validate."""
+    try:
+        event = _ADAPTER.validate_json(line)
+    except ValidationError as exc:
+        return _unreadable(line, f"{exc.error_count()} problem(s), first: {_first(exc)}")
+    if event.v not in READABLE_VERSIONS:
+        return _unreadable(line, f"schema version {event.v} (this farm reads {READABLE_VERSIONS})")
+    return event
+
+
+def dump(event: Event) -> str:
+    """One journal line (no newline)."""
+    return event.model_dump_json(exclude_none=False)
+
+
+def _first(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err.get("loc", ()))
+    return f"{where}: {err.get('msg', '')}"[:300]
+
+
+def _unreadable(line: str | bytes, reason: str) -> Unreadable:
+    """Keep what can be told of an unreadable line: its number, time, batch and key."""
+    try:
+        raw = json.loads(line)
+    except ValueError:
+        raw = {}
+    raw = raw if isinstance(raw, dict) else {}
+
+    def pick(name: str, kind: type, default: Any) -> Any:
+        value = raw.get(name)
+        return value if isinstance(value, kind) and not isinstance(value, bool) else default
+
+    return Unreadable(seq=pick("seq", int, -1), at=float(pick("at", (int, float), 0.0)),  # type: ignore[arg-type]
+                      batch=pick("batch", str, None), key=pick("key", str, None),
+                      data=Reason(reason=f"journal event {pick('seq', int, '?')} ({pick('type', str, '?')}) "
+                                         f"is unreadable: {reason}"))

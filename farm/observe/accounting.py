@@ -1,0 +1,74 @@
+"""Metrics and logs of every journaled event: the one place usage is accounted (DESIGN.md, invariant 6).
+
+The engine calls an ``Accounting`` with each event it commits, after the event's group is applied,
+wherever the engine is hosted: the batch controller serves the metrics on ``/metrics``, ``farm
+render`` exports them when it is done (Pushgateway, textfile).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import structlog
+
+from farm.core.controller import Controller
+from farm.core.state import ActionState
+from farm.observe import logs
+from farm.observe.metrics import Metrics
+
+log = structlog.get_logger("farm.controller")
+
+# log levels of journaled events (the others are info)
+_LEVELS = {"action.cached": logging.DEBUG, "action.failed": logging.WARNING, "action.quarantined": logging.WARNING,
+           "episode.failed": logging.WARNING, "batch.failed": logging.ERROR}
+
+
+class Accounting:
+    def __init__(self, metrics: Metrics, controller: Controller):
+        self.metrics, self.controller = metrics, controller
+
+    def __call__(self, event: Any) -> None:
+        state = self.controller.actions.get(event.key) if event.key else None
+        self.metrics.observe(event, state.action if state else None)
+        if state is not None:
+            self._log_action(event, state)
+        elif event.type == "batch.submitted":
+            self._account_reused(event.batch)
+        elif event.type in ("episode.delivered", "episode.failed"):
+            self._episode(event)
+        elif event.type == "batch.failed":
+            log.error("batch.failed", batch=event.batch, reason=event.data.reason)
+
+    def _episode(self, event: Any) -> None:
+        ep = self.controller.episodes[(event.batch, event.data.episode)]
+        seconds = 0.0
+        if event.type == "episode.delivered" and ep.final_key is not None:  # its length: cost per finished minute
+            final = self.controller.actions[ep.final_key].manifest
+            seconds = float((final.meta if final else {}).get("duration", 0.0))
+        self.metrics.episode(ep.job.studio, event.type.split(".")[1], seconds)
+        log.log(_LEVELS.get(event.type, logging.INFO), event.type, batch=event.batch, studio=ep.job.studio,
+                series=ep.job.series.id, episode=ep.job.episode.slug, reason=getattr(event.data, "reason", None))
+
+    def _account_reused(self, batch_id: str) -> None:
+        """Work a new batch finds already done in this controller is its cache hit (no event says so)."""
+        studio = self.controller.batches[batch_id].terms.studio
+        for state in self.controller.reused(batch_id):
+            assert state.manifest is not None
+            self.metrics.cached(studio, state.action.stage, state.manifest.usage)
+
+    def _log_action(self, event: Any, state: ActionState) -> None:
+        """One line per journaled action event, with the action's context (logs.action_context)."""
+        d = event.data
+        extra: dict[str, Any] = {}
+        if event.type == "action.failed":
+            extra = {"error": d.error, "retryable": d.retryable, "worker": d.worker, "attempt": d.attempt}
+        elif event.type == "action.retry":
+            extra = {"retry_in_s": round(d.not_before - event.at, 3)}
+        elif event.type == "action.quarantined":
+            extra = {"reason": d.reason}
+        elif event.type == "action.completed":
+            extra = {"seconds": round(d.finished_at - d.started_at, 3)}
+        # a lookup (action.cached) is charged to no batch: name one that needs it
+        batch = event.batch or state.charged_to or min((b for b, _ in state.episodes), default=None)
+        log.log(_LEVELS.get(event.type, logging.INFO), event.type, **logs.action_context(state.action, batch), **extra)

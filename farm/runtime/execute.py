@@ -1,0 +1,115 @@
+"""The body of every action, wherever it runs (a Ray task, a GPU worker actor, a thread).
+
+Fetch the input blobs, run the backend in a scratch folder, store the output blobs, then the
+manifest, in that order (DESIGN.md, invariant 2). Idempotent: an action whose manifest already
+exists is not run again. Knows nothing of Ray: the caller says where it runs (``where``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import structlog
+
+from farm.catalog import Catalog
+from farm.core.manifest import Blob, Manifest
+from farm.core.plan import Action
+from farm.errors import ActionFailed, FarmError
+from farm.observe import logs
+from farm.runtime.batching import Batcher
+from farm.settings import StoreSpec
+from farm.store import ArtifactStore, models, open_objects
+from workers.api import BatchItem, StageError, StageResult
+
+log = structlog.get_logger("farm.runtime")
+
+
+def this_process() -> dict[str, str]:
+    """Where an action runs when no cluster says more: this host and process."""
+    host = socket.gethostname()
+    return {"node": host, "host": host, "pid": str(os.getpid())}
+
+
+def execute(action: Mapping[str, Any], inputs: Mapping[str, Mapping[str, Any]], spec: StoreSpec,
+            studio: str, batch: str | None = None, configs: Mapping[str, Any] | None = None,
+            batcher: Batcher | None = None, where: Callable[[], dict[str, str]] = this_process) -> dict[str, Any]:
+    """Run one action where this process is; returns its manifest as JSON.
+
+    ``batch`` is the batch charged for it: every log line of the action carries it with the
+    episode, stage and action key. ``configs`` are the configured backends (settings' ``backends``);
+    ``batcher`` (a GPU worker's) lets the action share a backend call with others; ``where``
+    describes the worker (node, host, pid, GPUs) for the manifest and for failures.
+
+    Raises ActionFailed (with the backend's retryability) when the stage fails; a backend that
+    crashes (a bug) fails for good, and its traceback is kept as the error's cause and in the log.
+    """
+    act = Action.from_json(action)
+    logs.hide(spec.access_key.get_secret_value(), spec.secret_key.get_secret_value(), *Catalog(configs).secrets())
+    bound = log.bind(**logs.action_context(act, batch))
+    store = ArtifactStore(open_objects(spec), studio)
+    existing = store.get_manifest(act.key)
+    if existing is not None:
+        return existing.model_dump(mode="json")
+    node = where().get("node")
+    try:
+        backend = Catalog(models.localize(configs, store.objects)).load(act.stage, act.backend)
+    except (ValueError, ImportError, FarmError) as exc:  # settings differ from the planner's, a package
+        #                                                  is missing, a stored model cannot be fetched
+        raise ActionFailed(act.key, act.label, f"cannot load backend {act.backend}: {exc}", retryable=False,
+                           worker=node) from exc
+    if backend.version != act.version:
+        raise ActionFailed(act.key, act.label, f"backend {act.backend} is version {backend.version} here, "
+                           f"the plan wants {act.version}: deploy the same code and settings everywhere",
+                           retryable=False)
+    with tempfile.TemporaryDirectory(prefix="farm-") as tmp:
+        # one scratch folder: inputs are named "in-NNNN.ext" by the farm, outputs by the backend
+        out_dir = Path(tmp)
+        local: dict[str, Path] = {}
+        for i, (name, blob_json) in enumerate(sorted(inputs.items())):
+            blob = Blob.model_validate(blob_json)
+            suffix = Path(blob.name).suffix if Path(blob.name).suffix.isascii() else ""
+            local[name] = store.get_blob(blob, out_dir / f"in-{i:04d}{suffix}")
+        bound.info("action.started")
+        started = time.time()
+        try:
+            if batcher is not None:
+                result = batcher.run(act.op, BatchItem(local, act.params, out_dir))
+            elif getattr(backend, "resumable", False):
+                result = backend.run(act.op, local, act.params, out_dir, job=store.job_record(act.key))  # type: ignore[call-arg]
+            else:
+                result = backend.run(act.op, local, act.params, out_dir)
+        except StageError as exc:
+            bound.warning("action.failed", error=str(exc), retryable=exc.retryable)
+            raise ActionFailed(act.key, act.label, str(exc), retryable=exc.retryable, worker=node,
+                               retry_after=exc.retry_after) from exc
+        except Exception as exc:  # a bug in the backend: running it again will not help
+            bound.exception("action.crashed")
+            raise ActionFailed(act.key, act.label, f"{act.backend} crashed: {type(exc).__name__}: {exc}",
+                               retryable=False, worker=node) from exc
+        finished = time.time()
+        if not isinstance(result, StageResult):
+            raise ActionFailed(act.key, act.label, f"{act.backend} returned {type(result).__name__}, not a StageResult",
+                               retryable=False, worker=node)
+        missing = sorted(n for n, path in result.files.items() if not Path(path).is_file())
+        if missing:
+            raise ActionFailed(act.key, act.label, f"{act.backend} did not write its {', '.join(missing)} output",
+                               retryable=False, worker=node)
+        outputs = {name: store.put_blob(Path(path), name=Path(path).name) for name, path in result.files.items()}
+        try:
+            manifest = Manifest(
+                key=act.key, stage=act.stage, op=act.op, backend=act.backend, version=act.version, label=act.label,
+                outputs=outputs, meta=result.meta, usage=result.usage,
+                started_at=started, finished_at=finished,
+                worker=where(),
+            )
+        except (TypeError, ValueError) as exc:  # meta or usage the manifest cannot hold
+            raise ActionFailed(act.key, act.label, f"{act.backend} returned a result the farm cannot record: "
+                               f"{type(exc).__name__}: {exc}", retryable=False, worker=node) from exc
+    store.put_manifest(manifest)
+    bound.info("action.finished", seconds=round(finished - started, 3))
+    return manifest.model_dump(mode="json")

@@ -1,0 +1,185 @@
+"""``farm render``: the engine hosted in this process, running a batch of one episode.
+
+The render is a batch like any other: the same controller (retry policy, ``FARM_STAGE_RESOURCES``,
+result checks), the same engine and accounting, with its own journal in the studio's tree of the
+store (``<studio>/renders/<series>/<episode>/<render id>/``), which ``farm report EPISODE.yaml``
+reads. Actions run on whatever runtime is given (Ray, by default a local one).
+
+Example::
+
+    result = render_episode(load_episode(path), settings, runtime)
+    result.video        # a local path to the finished episode
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from farm.catalog import controller_for
+from farm.core.engine import Engine
+from farm.core.events import ActionResult, SubmittedEpisode, Submission
+from farm.core.plan import STAGES
+from farm.core.ports import Clock, Runtime
+from farm.errors import FarmError
+from farm.loader import LoadedEpisode
+from farm.observe.accounting import Accounting
+from farm.observe.metrics import Metrics
+from farm.runtime.clock import SystemClock
+from farm.service.artifacts import StoreArtifacts
+from farm.settings import Settings
+from farm.store import LocalStore, open_objects
+from farm.store.journal import StoreJournal, render_prefix
+
+# How long a render waits for resources no worker offers (GPUs an autoscaler may still bring up)
+# before it says which are missing.
+RESOURCE_WAIT_S = 60.0
+# How often, at most, the render decides again while actions run: room a decision left (a lane it
+# refused for this round) is offered again without waiting for an action to finish.
+DECIDE_EVERY_S = 0.1
+
+
+@dataclass
+class Progress:
+    """Actions done / known, per stage, as the plan grows."""
+
+    done: Counter = field(default_factory=Counter)
+    total: Counter = field(default_factory=Counter)
+    running: int = 0
+    waiting: str = ""  # what the queue waits for, when nothing can run
+
+    def line(self) -> str:
+        parts = [f"{s} {self.done[s]}/{self.total[s]}" for s in STAGES if self.total[s]]
+        return ("  ".join(parts) + (f"  (running {self.running})" if self.running else "")
+                + (f"  (waiting for {self.waiting})" if self.waiting else ""))
+
+
+@dataclass
+class RenderResult:
+    video: Path
+    subtitles: Path
+    storyboard: Path
+    store_paths: dict[str, str]
+    ran: list[ActionResult]
+    cached: list[ActionResult]
+    wall_seconds: float
+    duration_seconds: float
+    batch: str = ""
+
+    def summary(self) -> dict[str, Any]:
+        def usage(attr: str, ms: list[ActionResult]) -> float:
+            return round(sum(getattr(m.usage, attr) for m in ms), 3)
+
+        return {
+            "video": str(self.video), "subtitles": str(self.subtitles), "storyboard": str(self.storyboard),
+            "store_paths": self.store_paths,
+            "actions_run": len(self.ran), "actions_cached": len(self.cached),
+            "cpu_seconds": usage("cpu_seconds", self.ran), "gpu_seconds": usage("gpu_seconds", self.ran),
+            "tokens_in": sum(m.usage.tokens_in for m in self.ran),
+            "tokens_out": sum(m.usage.tokens_out for m in self.ran),
+            "saved": {"cpu_seconds": usage("cpu_seconds", self.cached), "gpu_seconds": usage("gpu_seconds", self.cached),
+                      "tokens": sum(m.usage.tokens_in + m.usage.tokens_out for m in self.cached)},
+            "wall_seconds": round(self.wall_seconds, 3), "duration_seconds": self.duration_seconds,
+            "run": sorted(m.label for m in self.ran),
+        }
+
+
+def render_episode(loaded: LoadedEpisode, settings: Settings, runtime: Runtime, *, out_dir: Path | None = None,
+                   on_progress: Callable[[Progress], None] | None = None, metrics: Metrics | None = None,
+                   clock: Clock | None = None, resource_wait_s: float = RESOURCE_WAIT_S) -> RenderResult:
+    """Render one episode as a batch of one on ``runtime``; return where its deliverables are.
+
+    ``metrics`` (if given) accounts every journaled event, as the batch controller does.
+    Raises FarmError with the reason when the episode fails, and when nothing can run: the plan
+    is stuck, or no worker offers the resources its actions need for ``resource_wait_s``.
+    """
+    started = time.monotonic()
+    clock = clock or SystemClock()
+    catalog = settings.catalog()
+    objects = open_objects(settings.store_spec())
+    controller = controller_for(settings, catalog)
+    chosen = catalog.choose_for(settings.backend_names(), loaded.series.backends)
+    backends = {stage: c.to_json() for stage, c in chosen.items()}
+    sub = Submission(studio=settings.studio, namespace=settings.namespace, name=f"render {loaded.path.name}",
+                     backends=backends, episodes=[SubmittedEpisode(series=loaded.series, episode=loaded.episode,
+                                                                   backends=backends)])
+    now = clock.now()
+    batch = f"render-{datetime.fromtimestamp(now, timezone.utc).strftime('%Y%m%d-%H%M%S-%f')}"
+    series, slug = loaded.series.id, loaded.episode.slug
+    # nothing in a render's journal is promised to anyone before it is written: no flush to disk
+    journal = StoreJournal(objects, render_prefix(settings.studio, series, slug, batch), durable=())
+    engine = Engine(controller, journal, runtime, clock, StoreArtifacts(objects),
+                    observe=Accounting(metrics, controller) if metrics is not None else None)
+    engine.submit(batch, sub)
+    eid = f"{series}/{slug}"
+    episode = controller.episodes[(batch, eid)]
+    report = on_progress or (lambda p: None)
+    stuck_since: float | None = None
+    engine.decide()
+    while controller.batches[batch].status == "running":
+        progress = Progress(running=runtime.running)
+        for key in episode.keys:
+            state = controller.actions[key]
+            progress.total[state.action.stage] += 1
+            progress.done[state.action.stage] += state.status == "done"
+        if runtime.running:
+            stuck_since = None
+            report(progress)
+            wake = _until(engine.next_wake(), clock)
+            engine.step(timeout=DECIDE_EVERY_S if wake is None else min(wake, DECIDE_EVERY_S))
+            continue
+        wake = engine.next_wake()
+        waiting = controller.queued()
+        if wake is None and not waiting:
+            raise FarmError(f"{eid}: nothing runs and nothing can start: the plan is stuck")
+        if wake is None:  # ready actions that no worker can take now
+            stuck_since = stuck_since if stuck_since is not None else time.monotonic()
+            progress.waiting = _needs(waiting)
+            if time.monotonic() - stuck_since > resource_wait_s:
+                raise FarmError(f"{eid}: {len(waiting)} action(s) need {progress.waiting}, which no worker of "
+                                f"this cluster has offered for {resource_wait_s:.0f} s: start one that has them, "
+                                "or choose other backends")
+        report(progress)
+        time.sleep(max(0.0, min(0.5, _until(wake, clock) if wake is not None else 0.5)))
+        engine.decide()
+    status = controller.batches[batch]
+    if episode.status != "delivered":
+        raise FarmError(f"{eid} failed: {episode.reason or status.reason or status.status}")
+    final = controller.actions[episode.final_key].manifest if episode.final_key else None
+    assert final is not None
+    done = [controller.actions[k] for k in episode.keys if controller.actions[k].status == "done"]
+    ran = [s.manifest for s in done if not s.cached and s.manifest is not None]
+    cached = [s.manifest for s in done if s.cached and s.manifest is not None]
+    local = _local_copies(objects, settings, episode.deliverables, final, series, slug, out_dir)
+    return RenderResult(video=local["video"], subtitles=local["subtitles"], storyboard=local["storyboard"],
+                        store_paths=dict(episode.deliverables), ran=ran, cached=cached,
+                        wall_seconds=time.monotonic() - started,
+                        duration_seconds=float(final.meta.get("duration", 0.0)), batch=batch)
+
+
+def _until(when: float | None, clock: Clock) -> float | None:
+    return None if when is None else max(0.0, when - clock.now())
+
+
+def _needs(waiting: list[Any]) -> str:
+    gpus = sorted({t.accelerator or "any" for t in waiting if t.gpus > 0})
+    cpus = max((t.cpus for t in waiting if not t.gpus), default=0.0)
+    parts = ([f"GPUs ({', '.join(gpus)})"] if gpus else []) + ([f"{cpus:g} CPUs at once"] if cpus else [])
+    return " and ".join(parts) or "capacity"
+
+
+def _local_copies(objects: Any, settings: Settings, paths: dict[str, str], final: ActionResult, series: str,
+                  slug: str, out_dir: Path | None) -> dict[str, Path]:
+    """The deliverables as local files: in place in a local store, else downloaded to ``out_dir``."""
+    if isinstance(objects, LocalStore):
+        return {output: objects.path(name) for output, name in paths.items()}
+    from farm.store import ArtifactStore
+
+    store = ArtifactStore(objects, settings.studio)
+    target = Path(out_dir or "farm-out") / settings.studio / series / slug
+    target.mkdir(parents=True, exist_ok=True)
+    return {output: store.get_blob(final.outputs[output], target / Path(name).name) for output, name in paths.items()}

@@ -1,0 +1,86 @@
+"""The batch controller as the named actor on a real local Ray: one studio's bad backend answer fails its
+own episode, never the controller, and a SIGKILLed controller replays that journal cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from farm.core.plan import STAGES
+from farm.core.spec import Episode, Series
+from farm.settings import Settings
+from tests.conftest import SMALL_SERIES
+
+pytestmark = [pytest.mark.ray]
+
+
+def _payload(studio: str, titles: list[str]) -> dict:
+    series = Series.model_validate(SMALL_SERIES).model_dump(mode="json")
+    episodes = []
+    for n, title in enumerate(titles, start=1):
+        outline = [{"beat": f"{title} begins", "location": "kitchen",
+                    "lines": [{"speaker": "ana", "text": f"{title}: who is there?"},
+                              {"speaker": "bo", "text": f"{title}: only me."}]}]
+        episodes.append({"series": series, "episode": Episode.model_validate(
+            {"series": "series.yaml", "number": n, "title": title, "outline": outline}).model_dump(mode="json")})
+    return {"studio": studio, "namespace": studio, "priority": "normal", "budget": {}, "episodes": episodes}
+
+
+def _until(call, done, timeout=180.0):
+    import ray
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = call()
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            time.sleep(0.3)  # the controller is restarting
+            continue
+        if done(value):
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"not there in {timeout} s: {value}")
+
+
+def test_a_script_naming_an_unknown_speaker_fails_only_its_episode_and_replays_cleanly(tmp_path, ray_local):
+    """A studio's own script backend (``package.module:Class``) answers one episode with a speaker the
+    series lacks: that episode fails with the reason, its sister episode and a second batch in the same
+    controller are delivered; after a SIGKILL, Ray's restart of the controller replays the journal
+    without an error and reports the same."""
+    import ray
+
+    from farm.cli.batch import controller
+    from farm.runtime.cluster import kill
+
+    settings = Settings(store=str(tmp_path / "store"), metrics_port=0, backend_script="scripted",
+                        backends={"scripted": {"kind": "tests.support.fake_backends:Scripted", "rogue_speaker": "zed"}},
+                        **{f"backend_{s}": "noop" for s in STAGES if s != "script"})
+    handle = controller(settings, create=True)
+    try:
+        first = ray.get(handle.submit.remote(_payload("acme", ["Rogue", "Calm"])))
+        second = ray.get(handle.submit.remote(_payload("other", ["Quiet"])))
+        for batch in (first, second):
+            _until(lambda b=batch: ray.get(handle.status.remote(b), timeout=30), lambda s: s["status"] != "running")
+        before = {b: ray.get(handle.status.remote(b)) for b in (first, second)}
+        assert before[first]["status"] == "finished" and before[first]["episodes"]["delivered"] == 1
+        (failure,) = before[first]["failures"]
+        assert failure["episode"] == "test-series/ep001" and "'zed' is not a character of the series" in failure["reason"]
+        assert before[second]["episodes"] == {"total": 1, "delivered": 1, "failed": 0, "running": 0}
+
+        ping = ray.get(handle.ping.remote())
+        os.kill(ping["pid"], signal.SIGKILL)
+        again = _until(lambda: ray.get(handle.ping.remote(), timeout=30), lambda p: p["pid"] != ping["pid"])
+        assert again["errors"] == [] and again["batches"] == 2 and again["last_seq"] >= ping["last_seq"]
+        after = {b: ray.get(handle.status.remote(b)) for b in (first, second)}
+        for b in (first, second):
+            assert {k: after[b][k] for k in ("status", "episodes", "failures")} == \
+                   {k: before[b][k] for k in ("status", "episodes", "failures")}
+        assert not [e for e in ray.get(handle.events.remote(first)) if e["type"] == "batch.failed"]
+    finally:
+        try:
+            ray.get(handle.stop.remote(), timeout=30)
+        finally:
+            kill(handle)
