@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from farm.core.controller import Controller
 from farm.core.plan import STAGES, Action, BackendChoice
 from farm.core.state import Profile
-from farm.errors import UsageError
+from farm.errors import SpecError, SpecProblem, UsageError
 from farm.policy import Prices, RetryPolicy, Share
-from workers.api import Backend, ConfigError
+from workers.api import Backend, ConfigError, require_tool
 
 if TYPE_CHECKING:
     from farm.settings import Settings
@@ -251,4 +251,34 @@ def controller_for(settings: "Settings", catalog: Catalog | None = None) -> Cont
     catalog = catalog or settings.catalog()
     return Controller(estimator(catalog), profiles_for(settings, catalog), prices=Prices(**settings.prices),
                       shares=[Share(**s) for s in settings.shares], caps=settings.caps,
-                      retry=RetryPolicy(**settings.retry))
+                      retry=RetryPolicy(**dict[str, Any](settings.retry)))
+
+
+def preflight(settings: "Settings", episodes: Any = (), batch: Any = None) -> None:
+    """Fail before anything runs: a configured backend with bad settings, a spec naming a backend
+    that does not exist (file and field named), a program a chosen backend needs that is missing.
+    ``episodes`` are LoadedEpisodes; ``batch`` a LoadedBatch (whose ``backends`` win over the series')."""
+    catalog = settings.catalog()
+    broken = catalog.problems()
+    if broken:
+        raise ConfigError("invalid backend settings (FARM_BACKENDS): " + "; ".join(broken))
+    problems: list[SpecProblem] = []
+    wanted = [settings.backend_names()]
+    sources = [(str(e.series_path), e.series.backends) for e in episodes]
+    if batch is not None:
+        sources.append((str(batch.path), batch.spec.backends))
+    for path, names in sources:
+        for stage, name in names.items():
+            try:
+                catalog.load(stage, name)
+            except (UnknownBackend, ConfigError) as exc:
+                problems.append(SpecProblem(path, f"backends.{stage}", f"{exc}; configure it in FARM_BACKENDS "
+                                            "or choose a known one (farm backends)"))
+    if problems:
+        raise SpecError(problems)
+    for e in episodes:
+        wanted.append(resolve(settings.backend_names(), e.series.backends,
+                                       batch.spec.backends if batch is not None else None))
+    for names in wanted:
+        for tool in catalog.required_tools(names):
+            require_tool(tool)

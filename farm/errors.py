@@ -15,6 +15,7 @@ Anything else that escapes is a bug: the command exits 1 and keeps the traceback
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 class FarmError(Exception):
@@ -63,10 +64,11 @@ class ActionFailed(FarmError):
         self.retry_after = retry_after  # seconds the provider asked us to wait (HTTP Retry-After)
         self._message = message
 
-    def __reduce__(self):  # survives pickling across Ray processes with every field
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:  # survives pickling across Ray processes with every field
         return (_rebuild_action_failed, (self.key, self.label, self._message, self.retryable, self.worker,
                                          self.retry_after))
 
 
-def _rebuild_action_failed(key, label, message, retryable, worker, retry_after=None):
+def _rebuild_action_failed(key: str, label: str, message: str, retryable: bool, worker: str | None,
+                           retry_after: float | None = None) -> ActionFailed:
     return ActionFailed(key, label, message, retryable=retryable, worker=worker, retry_after=retry_after)

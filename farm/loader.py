@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import difflib
 import glob
+from importlib import resources
 from datetime import datetime
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -56,7 +57,7 @@ def _line_of(node: yaml.Node | None, loc: tuple) -> int | None:
     return line
 
 
-def _message(err: dict) -> str:
+def _message(err: Any) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
         name = str(err["loc"][-1])
@@ -79,7 +80,10 @@ def _message(err: dict) -> str:
     return msg
 
 
-def _validate(model: type[BaseModel], path: Path, problems: list[SpecProblem]) -> BaseModel | None:
+M = TypeVar("M", bound=BaseModel)
+
+
+def _validate(model: type[M], path: Path, problems: list[SpecProblem]) -> M | None:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -113,7 +117,8 @@ def load_series(path: Path) -> Series:
     series = _validate(Series, Path(path), problems)
     if problems:
         raise SpecError(problems)
-    return series  # type: ignore[return-value]
+    assert series is not None
+    return series
 
 
 def _load_episode(path: Path, problems: list[SpecProblem]) -> LoadedEpisode | None:
@@ -209,3 +214,19 @@ def validate_files(paths: Iterable[Path], now: datetime | None = None) -> list[S
         else:
             _load_episode(path, problems)
     return problems
+
+
+def write_examples(dest: Path) -> list[Path]:
+    """Write the shipped example series and episodes under ``dest``; return the files written."""
+    root = resources.files("farm") / "examples"
+    written = []
+    for series in root.iterdir():
+        if not series.is_dir():
+            continue
+        for f in series.iterdir():
+            if f.name.endswith(".yaml"):
+                target = dest / series.name / f.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(f.read_bytes())
+                written.append(target)
+    return sorted(written)

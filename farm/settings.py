@@ -46,7 +46,6 @@ class Settings(BaseModel):
     backend_video: str = "ffmpeg-motion"
     backend_dubbing: str = "espeak-ng"
     backend_assembly: str = "ffmpeg"
-    retries: int = Field(2, ge=0, le=10)  # farm render: attempts after a retryable failure
     log_level: str = Field("WARNING", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
     # the batch controller
     metrics_port: int = Field(9108, ge=0, le=65535)

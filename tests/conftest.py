@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,18 @@ def need(reason: str | None) -> None:
         if IN_CI:
             pytest.fail(f"required in CI: {reason}")
         pytest.skip(reason)
+
+
+def wait_until(done, *, timeout: float = 120.0, every: float = 0.05, what: str = "the condition"):
+    """Poll ``done()`` until it returns something true and return that; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = done()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} did not happen within {timeout:.0f} s")
+        time.sleep(every)
 
 
 def media_missing() -> str | None:

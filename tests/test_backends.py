@@ -15,7 +15,8 @@ import pytest
 from farm import catalog as backends
 from farm.catalog import Catalog, UnknownBackend, resolve
 from farm.runtime.batching import Batcher
-from farm.cli.app import main as farm_main, preflight
+from farm.catalog import preflight
+from farm.cli.app import main as farm_main
 from farm.errors import SpecError
 from farm.loader import load_episode
 from farm.core.manifest import Manifest
@@ -23,7 +24,7 @@ from farm.core.plan import Action
 from farm.core.state import Profile
 from farm.settings import Settings
 from farm.store import ArtifactStore, LocalStore
-from tests.conftest import SMALL_SCRIPT, SMALL_SERIES, write_specs
+from tests.conftest import SMALL_SCRIPT, SMALL_SERIES, wait_until, write_specs
 from workers.api import BatchItem, ConfigError, StageError
 
 BATCHING = "tests.support.fake_backends:Batching"
@@ -174,9 +175,8 @@ def test_gpu_worker_runs_a_batch_in_one_call_and_holds_one_gpu(ray_gpu, tmp_path
     for n in range(3):
         runtime.submit(_action(backend, n), {}, Profile(cpus=0, gpus=1 / 3), None)
     assert runtime.capacity().gpus_by_accelerator[None] == pytest.approx(0.0)
-    done = []
-    while len(done) < 3:
-        done += runtime.wait(timeout=60)
+    done: list = []
+    wait_until(lambda: (done.extend(runtime.wait(timeout=1)), len(done) >= 3)[1], timeout=120, what="three actions")
     assert all(f.error is None for f in done), [f.error for f in done]
     assert runtime.actors() == {"image/fake": 1}
     assert sorted(f.manifest.meta["batch"] for f in done) == [3, 3, 3]

@@ -15,7 +15,7 @@ import pytest
 from farm.core.controller import Cancel, Controller, Notify, Profile
 from farm.core.engine import Engine
 from farm.core.events import BatchCancelled, BatchSubmitted, Submission
-from farm.core.manifest import Blob, Manifest
+from farm.core.manifest import Manifest
 from farm.core.plan import OUTPUTS
 from farm.core.ports import ManualClock, MemoryJournal
 from farm.core.script import Script
@@ -58,7 +58,7 @@ class HandRuntime:
         self.submitted: list[str] = []
         self.free = CAPACITY
 
-    running = 0
+    running, grows = 0, False
 
     def submit(self, action, inputs, profile, batch):
         self.submitted.append(action.key)
@@ -73,6 +73,9 @@ class HandRuntime:
         pass
 
     def cancel(self, keys):
+        pass
+
+    def shutdown(self):
         pass
 
 
@@ -333,7 +336,7 @@ def test_gpu_work_without_gpus_is_asked_of_the_autoscaler():
             h.finish(key)
     status = h.c.batch_status("b1", h.now)
     assert status["actions"]["video"]["pending"] == 3 and status["actions"]["video"]["running"] == 0
-    assert h.c.wanted_capacity == [(1, 1, None)] * 3
+    assert h.c.wanted_capacity() == [(1, 1, None)] * 3
 
 
 def _queue_order(c) -> list:

@@ -22,7 +22,7 @@ from farm.observe import logs
 from farm.core.plan import STAGES, BackendChoice, EpisodeJob, plan_episode
 from farm.settings import StoreSpec
 from farm.core.spec import Episode, Series
-from tests.conftest import SMALL_SCRIPT, SMALL_SERIES, write_specs
+from tests.conftest import SMALL_SCRIPT, SMALL_SERIES, wait_until, write_specs
 
 CONTEXT = ("batch", "episode", "stage", "action")
 ACCESS, SECRET = "AKIAFARMTEST0000EXAMPLE", "s3cr3t/Farm+Key=never-to-be-printed"
@@ -85,7 +85,7 @@ def _noop_job(script=SMALL_SCRIPT, outline=None):
 def test_every_line_of_an_action_carries_its_context(tmp_path):
     """execute() logs start and finish, or the failure, each with batch, episode, stage and action key."""
     from farm.errors import ActionFailed
-    from farm.runtime.ray_runtime import execute
+    from farm.runtime.execute import execute
 
     spec = StoreSpec(url=str(tmp_path / "store"), access_key=ACCESS, secret_key=SECRET)
     sheet = plan_episode(_noop_job(), None, {}).actions[0]
@@ -130,8 +130,7 @@ def test_controller_and_worker_lines_carry_the_batch(tmp_path, ray_local, capfd)
     try:
         payload = synthetic_payload(2, {s: ["noop", "1"] for s in STAGES}, studio="acme", make=tiny_episode)
         batch = service.submit({k: v for k, v in payload.items() if k != "backends"})
-        while service.status(batch)["status"] == "running":
-            time.sleep(0.05)
+        wait_until(lambda: service.status(batch)["status"] != "running", what=f"batch {batch} to finish")
         lines: list[dict] = []
         for _ in range(50):  # Ray forwards worker output asynchronously
             captured = capfd.readouterr()

@@ -370,8 +370,9 @@ def test_render_pushes_to_a_pushgateway_and_writes_a_textfile(tmp_path, pushgate
 def test_unreachable_pushgateway_fails_the_command_after_the_render(tmp_path, monkeypatch):
     """A push that cannot reach its gateway is reported and exits 1; it never hides."""
     from farm.cli import app as cli
+    from farm.cli import render
 
-    monkeypatch.setattr(cli, "render_one", lambda *a, **k: _Result())
+    monkeypatch.setattr(render, "render_one", lambda *a, **k: _Result())
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead = f"127.0.0.1:{s.getsockname()[1]}"

@@ -87,7 +87,7 @@ def test_a_stored_diffusers_model_runs_on_a_worker_with_the_controllers_version(
     monkeypatch.setenv("FARM_MODEL_CACHE", str(tmp_path / "cache"))
     from farm.catalog import Catalog
     from farm.core.manifest import Manifest
-    from farm.runtime.ray_runtime import execute
+    from farm.runtime.execute import execute
     from farm.settings import StoreSpec
     from farm.bench.tiny_pipelines import build_tiny_sd
 

@@ -13,7 +13,7 @@ from farm.observe._report_html import render
 from farm.core.plan import STAGES
 from farm.observe.report import Bar, Failure, ReportData, from_batch, write_report
 from farm.settings import Settings
-from tests.conftest import write_specs
+from tests.conftest import wait_until, write_specs
 
 HOSTILE = '<script>alert("x")</script> & \'quotes\' </svg>'
 
@@ -96,11 +96,9 @@ def test_batch_report_from_the_journal(tmp_path):
             {"beat": "b", "lines": [{"speaker": "c0", "text": "Hello."}]}]}
         payload["episodes"].append(payload["episodes"][0] | {"episode": Episode.model_validate(outline).model_dump(mode="json")})
         first = service.submit(payload | {"deadline": time.time() + 3600, "budget": {"gpu_seconds": 100.0}})
-        while service.status(first)["status"] == "running":
-            time.sleep(0.05)
+        wait_until(lambda: service.status(first)["status"] != "running", what="the first batch to finish")
         second = service.submit(payload)
-        while service.status(second)["status"] == "running":
-            time.sleep(0.05)
+        wait_until(lambda: service.status(second)["status"] != "running", what="the second batch to finish")
         completed = [e for e in service.events(first) if e["type"] == "action.completed"]
     finally:
         service.stop()

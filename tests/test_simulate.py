@@ -1,5 +1,6 @@
-"""farm simulate: fair share, budgets, deadlines, retries and quarantine, closeness to the lower bound,
-determinism, and the command. Exact where the scenario allows; no timings."""
+"""farm simulate: the farm's own engine and controller on simulated GPUs, with workloads the planner
+makes from generated specs. Fair share, budgets, deadlines, retries and quarantine, closeness to
+the lower bound, determinism, and the command. Exact where the scenario allows; no timings."""
 
 from __future__ import annotations
 
@@ -8,20 +9,34 @@ import json
 
 import pytest
 
-from farm.policy import BatchTerms, Budget, RetryPolicy, Share, Task
 from farm.cli.simulate import add_parser
-from farm.simulate import Failures, Node, Workload, simulate, synthetic_batch, with_terms
+from farm.core.spec import Episode, Series
+from farm.policy import Budget, RetryPolicy, Share
+from farm.simulate import (STAGES, Failures, SimBatch, StageSpec, Workload, simulate, synthetic_batch, true_seconds,
+                           true_tokens, with_terms)
+
+# Only the clips take time (and a GPU); every other action is instant and holds nothing.
+CLIPS_ONLY = {op: StageSpec(spec.stage, spec.backend, 0.0) for op, spec in STAGES.items()}
+
+SERIES = Series.model_validate({
+    "id": "s", "title": "S", "style": {"description": "flat", "palette": ["#000000", "#ffffff"]},
+    "characters": [{"id": "a", "name": "A", "look": {"description": "d"}, "voice": {"voice": "en-us"}}]})
 
 
 def independent(batch, studio, n, seconds, order=0, gpus=1.0):
-    """``n`` independent GPU actions of ``seconds`` each, one per episode, estimates exact."""
-    nodes = {}
-    for i in range(n):
-        key = f"{batch}/t{i:03d}"
-        task = Task(key, batch, studio, f"e{i:03d}", "video", "i2v", cpus=0.0, gpus=gpus,
-                    est_seconds=seconds, est_gpu_seconds=seconds * gpus)
-        nodes[key] = Node(task, (), seconds)
-    return Workload({batch: BatchTerms(batch, studio, order=order)}, nodes, {batch: [f"e{i:03d}" for i in range(n)]})
+    """``n`` episodes of one 5-second shot, no lines: each is one GPU clip of ``seconds`` (estimates exact)."""
+    stages = dict(CLIPS_ONLY, clip=StageSpec("video", "i2v", seconds, gpus=gpus))
+    episodes = tuple((SERIES, Episode.model_validate({
+        "series": "s.yaml", "number": i + 1, "title": f"{batch} {i}",
+        "script": {"title": "t", "language": "en", "scenes": [{"id": "s1", "location": "l", "shots": [
+            {"id": "s1-01", "description": f"{batch} shot {i}", "duration": 5.0, "characters": ["a"]}]}]}}))
+        for i in range(n))
+    return Workload({batch: SimBatch(batch, studio, episodes, order=order)}, stages, jitter=0.0)
+
+
+def _gpu_seconds(work):
+    profiles = work.profiles()
+    return {k: true_seconds(work, a) * profiles[(a.stage, a.backend)].gpus for k, a in work.graph().actions.items()}
 
 
 def test_fair_share_three_to_one_exactly_then_burst():
@@ -46,7 +61,7 @@ def test_budget_stops_a_batch():
     reports budget exhaustion and its unfinished episodes say why."""
     work = synthetic_batch(20, seed=5, batch="tight", budget=Budget(gpu_seconds=6000.0))
     result = simulate(work, gpus=16, cpus=8)
-    largest = max(n.actual_s * n.task.gpus for n in work.nodes.values())
+    largest = max(_gpu_seconds(work).values())
     spent = result.spend_by_batch["tight"].gpu_seconds
     assert 6000.0 - largest <= spent <= 6000.0 + largest
     assert "gpu_seconds" in result.budget_held["tight"] and "cap of 6,000" in result.budget_held["tight"]
@@ -60,7 +75,8 @@ def test_budget_stops_a_batch():
 def test_money_budget_with_tokens_priced():
     work = synthetic_batch(10, seed=2, batch="b", budget=Budget(money=3.0))
     result = simulate(work, gpus=8, cpus=4)
-    largest = max(work.prices.money(n.actual_tokens, n.actual_s * n.task.gpus) for n in work.nodes.values())
+    gpu = _gpu_seconds(work)
+    largest = max(work.prices.money(true_tokens(work, a), gpu[k]) for k, a in work.graph().actions.items())
     assert result.spend.money <= 3.0 + largest
     assert result.budget_held["b"].startswith("money: ")
 
@@ -81,12 +97,14 @@ def test_urgent_batch_overtakes_and_meets_its_deadline_where_fifo_misses(terms):
 
 def test_retries_back_off_and_a_quarantined_action_fails_only_its_episode():
     work = synthetic_batch(20, seed=7)
-    poison = "batch/e00004/clip03"
+    clips = sorted((label, key) for label, key in work.graph().by_episode[("batch", "s000/ep005")].items()
+                   if label.startswith("clip "))
+    poison = clips[3][1]
     result = simulate(work, gpus=16, cpus=8, seed=11, failures=Failures(probability=0.02, workers=8,
                                                                           poison=frozenset({poison})))
     assert result.quarantines == 1 and result.give_ups == 0
-    assert list(result.episodes_failed) == ["batch/e00004"]
-    assert "quarantined: failed on 3 different workers" in result.episodes_failed["batch/e00004"]
+    assert list(result.episodes_failed) == ["batch/s000/ep005"]
+    assert "quarantined: failed on 3 different workers" in result.episodes_failed["batch/s000/ep005"]
     assert result.episodes_done == 19 and not result.episodes_unfinished
     assert result.retries > 3
     # Every retry waited out its backoff after the failed attempt.
@@ -104,7 +122,7 @@ def test_retries_back_off_and_a_quarantined_action_fails_only_its_episode():
 
 
 def test_farm_close_to_lower_bound_mid_size():
-    """200 episodes on 64 GPUs: within 5% of the lower bound, better than fifo, far better than sequential."""
+    """200 episodes on 64 GPUs: within 5% of the lower bound, better than fifo."""
     work = synthetic_batch(200, seed=1)
     farm = simulate(work, gpus=64, cpus=32)
     fifo = simulate(work, gpus=64, cpus=32, policy="fifo")
@@ -118,12 +136,12 @@ def test_sequential_runs_one_episode_at_a_time():
     work = synthetic_batch(6, seed=2)
     result = simulate(work, gpus=64, cpus=32, policy="sequential")
     spans = {}
-    for run in result.runs:
-        ep = work.nodes[run.key].task.episode
-        lo, hi = spans.get(ep, (run.start, run.end))
-        spans[ep] = (min(lo, run.start), max(hi, run.end))
+    for run in result.runs:  # sequential submits each episode as a batch of its own
+        lo, hi = spans.get(run.batch, (run.start, run.end))
+        spans[run.batch] = (min(lo, run.start), max(hi, run.end))
     ordered = sorted(spans.values())
-    assert all(a[1] <= b[0] for a, b in zip(ordered, ordered[1:]))
+    assert len(ordered) == 6 and all(a[1] <= b[0] for a, b in zip(ordered, ordered[1:]))
+    assert result.episodes_done == 6
     assert result.makespan_s > 3 * simulate(work, gpus=64, cpus=32).makespan_s
 
 
@@ -141,20 +159,22 @@ def test_same_seed_same_result():
     one = simulate(work, gpus=8, cpus=4, seed=3, failures=failures)
     two = simulate(synthetic_batch(30, seed=4, studios=["a", "b"]), gpus=8, cpus=4, seed=3, failures=failures)
     assert one.to_json() == two.to_json() and one.runs == two.runs
-    assert synthetic_batch(30, seed=5).nodes != work.nodes
+    assert synthetic_batch(30, seed=5).graph().actions.keys() != work.graph().actions.keys()
 
 
-def test_synthetic_batch_shape():
+def test_synthetic_batch_is_planned_by_the_farms_planner():
+    """The workload is specs (outlines); its actions are the planner's, keyed as in a live batch."""
     work = synthetic_batch(40, seed=1, studios=["a", "b"])
     assert set(work.batches) == {"batch-a", "batch-b"} and work.episode_count == 40
-    stages = {}
-    for node in work.nodes.values():
-        stages[node.task.stage] = stages.get(node.task.stage, 0) + 1
-    assert stages["script"] == 40 and 8 * 40 <= stages["video"] <= 16 * 40
-    sheets = [n for n in work.nodes.values() if "/sheet" in n.task.key]
-    assert sheets and all(len(n.revealed_by) >= 1 and len(n.serves) >= 1 for n in sheets)
-    for node in work.nodes.values():
-        assert all(p in work.nodes for p in node.parents)
+    graph = work.graph()
+    ops: dict[str, int] = {}
+    for action in graph.actions.values():
+        ops[action.op] = ops.get(action.op, 0) + 1
+    assert ops["script"] == 40 and 8 * 40 <= ops["clip"] <= 16 * 40 and ops["episode"] == 40
+    assert all(len(k) == 64 for k in graph.actions)
+    sheets = [k for k, a in graph.actions.items() if a.op == "sheet"]
+    assert sheets and all(graph.revealed_by[k] for k in sheets)
+    assert all(r.key in graph.actions for a in graph.actions.values() for r in a.inputs.values())
     adjusted = with_terms(work, "batch-a", priority=3)
     assert adjusted.batches["batch-a"].priority == 3 and work.batches["batch-a"].priority == 1
 

@@ -173,7 +173,7 @@ def from_pretrained(loader: Any, model_path: Path, dtype: Any, device: str, what
     return pipe
 
 
-def model_name(model_path: Path) -> str:
+def model_name(model_path: str | Path) -> str:
     text = str(model_path)
     return text[len(STORE_PREFIX):] if text.startswith(STORE_PREFIX) else Path(model_path).name
 
@@ -244,7 +244,7 @@ def fit(image, width: int, height: int):
     scale = max(width / image.width, height / image.height)
     w, h = max(width, round(image.width * scale)), max(height, round(image.height * scale))
     if (w, h) != image.size:
-        image = image.resize((w, h), Image.LANCZOS)
+        image = image.resize((w, h), Image.Resampling.LANCZOS)
     left, top = (w - width) // 2, (h - height) // 2
     return image.crop((left, top, left + width, top + height))
 
@@ -326,7 +326,7 @@ class TorchBackend:
         self.name = name
         self.settings: Any = parse(settings_type, name, config)
         s = self.settings
-        self.version = config_version(kind_version, identity(s), affects)
+        self.version = config_version(kind_version, identity(s), tuple(affects))
         self.resources = s.resources_or(Resources(num_cpus=1, num_gpus=1))
         self.max_batch, self.batch_wait_s = s.max_batch, s.batch_wait_s
         self.model = model_name(s.model_ref or s.model_path)
@@ -369,7 +369,7 @@ def split_on_oom(items: list[T], call: Callable[[list[T]], list[R]], what: str) 
     a StageError for each of its items (a StageError raised by ``call`` is kept as it is)."""
     failure: StageError | None = None
     try:
-        results = list(call(items))
+        results: list[R | StageError] = list(call(items))
         if len(results) != len(items):
             raise StageError(f"{what}: {len(results)} results for {len(items)} items")
         return results

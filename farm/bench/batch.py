@@ -20,6 +20,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from farm.core.controller import Controller
 from farm.policy import Capacity, Prices
@@ -126,7 +127,7 @@ def bench_controller(episodes: int = 1000) -> dict:
         one_started = time.perf_counter()
         controller.decide(2.0, Capacity(cpus=1, gpus_by_accelerator={}))
         steady.append(time.perf_counter() - one_started)
-    report = {"episodes": episodes, "actions": len(controller.actions), "submit_seconds": round(submitted, 2),
+    report: dict[str, Any] = {"episodes": episodes, "actions": len(controller.actions), "submit_seconds": round(submitted, 2),
               "plan_seconds": round(planned, 2), "rank_seconds": round(ranks, 2), "controller_mb": round(rss, 1),
               "ready": ready, "first_decision_ms": round(first * 1000, 1),
               "decision_ms": round(statistics.median(steady) * 1000, 3)}
@@ -155,7 +156,7 @@ def _bare_ray(actions, reuse_gpu_workers: bool) -> float:
     noop_gpu = ray.remote(**gpu_options)(lambda *inputs: 0)
 
     started = time.perf_counter()
-    refs = {}
+    refs: dict[str, Any] = {}
     for a in actions:
         fn = noop_gpu if a.stage == "video" else noop
         refs[a.key] = fn.remote(*[refs[r.key] for r in a.inputs.values()])
@@ -225,7 +226,7 @@ def bench_dispatch(episodes: int = 20, gpus: int = 4, latency_episodes: int = 20
     latency = _latencies([e for e in events if e.seq >= submitted[2]], inputs)
     queued = _latencies([e for e in events if submitted[1] <= e.seq < submitted[2]], inputs)
     ms = lambda xs, q: round((statistics.median(xs) if q == 50 else statistics.quantiles(xs, n=10)[-1]) * 1000, 1)  # noqa: E731
-    report = {"episodes": episodes, "gpus": gpus, "actions": len(actions), "dispatch_ahead": settings.dispatch_ahead,
+    report: dict[str, Any] = {"episodes": episodes, "gpus": gpus, "actions": len(actions), "dispatch_ahead": settings.dispatch_ahead,
               "bare_ray_default_actions_per_s": round(len(actions) / bare_default, 1),
               "bare_ray_actions_per_s": round(len(actions) / bare, 1), "farm_actions_per_s": round(len(actions) / farm, 1),
               "ratio": round(bare / farm, 3),

@@ -13,7 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from farm.cli.app import preflight, write_examples
+from farm.catalog import preflight
+from farm.loader import write_examples
 from farm.loader import load_episode
 from farm.service.local import RenderResult, render_episode
 from farm.settings import Settings

@@ -16,6 +16,7 @@ from typing import Any
 from farm.errors import UsageError
 from farm.observe import logs
 from farm.store import models
+from farm.cli.common import add_common, settings_from_args
 from farm.settings import Settings
 from workers.api import ConfigError, StageError
 
@@ -85,9 +86,9 @@ def cmd_backends(args, settings: Settings) -> int:
     return 1 if any(r["ok"] is False for r in rows) else 0
 
 
-def add_parser(sub, common, settings_from_args) -> None:
+def add_parser(sub) -> None:
     p = sub.add_parser("backends", help="list the backends each stage can use and check they are reachable")
-    common(p)
+    add_common(p)
     p.add_argument("--no-check", action="store_true", help="list only; contact nothing")
     p.add_argument("--json", action="store_true", help="one JSON array")
     p.set_defaults(func=lambda a: cmd_backends(a, settings_from_args(a)))

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from farm.errors import UsageError
+from farm.cli.common import add_common, settings_from_args
 from farm.settings import Settings
 
 
@@ -82,7 +83,7 @@ def cmd_batch(args, settings: Settings) -> int:
     from farm.service.host import batch_payload
 
     if args.action == "submit":
-        from farm.cli.app import preflight
+        from farm.catalog import preflight
 
         loaded = load_batch(Path(args.target), datetime.now(timezone.utc))  # validate fully before connecting
         preflight(settings, loaded.episodes, loaded)
@@ -123,10 +124,10 @@ def cmd_batch(args, settings: Settings) -> int:
     return 0
 
 
-def add_parsers(sub, common) -> None:
+def add_parser(sub) -> None:
     c = sub.add_parser("controller", help="the long-running batch controller on a Ray cluster")
     c.add_argument("action", choices=["start", "status", "stop"])
-    common(c)
+    add_common(c)
     c.add_argument("--metrics-port", type=int, help="port of /metrics (env FARM_METRICS_PORT)")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=lambda a: cmd_controller(a, _settings(a)))
@@ -134,7 +135,7 @@ def add_parsers(sub, common) -> None:
     b = sub.add_parser("batch", help="submit and follow nightly batches")
     b.add_argument("action", choices=["submit", "list", "status", "watch", "cancel", "events"])
     b.add_argument("target", nargs="?", help="batch file (submit) or batch id")
-    common(b)
+    add_common(b)
     b.add_argument("--interval", type=float, default=2.0, help="watch: seconds between refreshes")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=lambda a: cmd_batch(_require_target(a), _settings(a)))
@@ -147,6 +148,4 @@ def _require_target(args):
 
 
 def _settings(args) -> Settings:
-    from farm.cli.app import settings_from_args
-
     return settings_from_args(args)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from farm.errors import UsageError
 from farm.store import models
+from farm.cli.common import add_common, settings_from_args
 from farm.settings import Settings
 from farm.store import open_objects
 
@@ -27,11 +28,11 @@ def cmd_models(args, settings: Settings) -> int:
     return 0
 
 
-def add_parser(sub, common, settings_from_args) -> None:
+def add_parser(sub) -> None:
     p = sub.add_parser("models", help="model weights in the artifact store, for backends' \"store:NAME\" model paths")
     p.add_argument("action", choices=("push", "list"))
     p.add_argument("folder", nargs="?", help="push: a folder written by save_pretrained")
     p.add_argument("name", nargs="?", help="push: the name to store it under (immutable: add a version)")
-    common(p)
+    add_common(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=lambda a: cmd_models(a, settings_from_args(a)))

@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 import time
 
-from farm.simulate.engine import POLICIES, Failures, simulate
+from farm.errors import UsageError
+from farm.simulate.run import POLICIES, simulate
+from farm.simulate.runtime import Failures
 from farm.simulate.result import SimResult
 from farm.simulate.workload import synthetic_batch
 
@@ -44,11 +46,11 @@ def _options(args) -> tuple[int, int, float, list[str]]:
     cpus = args.cpus if args.cpus is not None else max(8, gpus // 4)
     studios = [s.strip() for s in args.studios.split(",") if s.strip()]
     if episodes < 1 or gpus < 1 or cpus <= 0:
-        raise ValueError("--episodes and --gpus must be >= 1 and --cpus > 0")
+        raise UsageError("--episodes and --gpus must be >= 1 and --cpus > 0")
     if not 0.0 <= args.failures < 1.0:
-        raise ValueError("--failures must be a probability in [0, 1)")
+        raise UsageError("--failures must be a probability in [0, 1)")
     if not studios:
-        raise ValueError("--studios needs at least one studio")
+        raise UsageError("--studios needs at least one studio")
     return episodes, gpus, cpus, studios
 
 
@@ -70,12 +72,12 @@ def cmd_simulate(args) -> int:
         return _bench(workload, gpus, cpus, args)
     result, wall = _timed(workload, gpus, cpus, args.policy, args)
     if args.json:
-        print(json.dumps({**result.to_json(), "actions": len(workload.nodes), "wall_s": round(wall, 3)}))
+        print(json.dumps({**result.to_json(), "actions": len(workload.graph().actions), "wall_s": round(wall, 3)}))
         return 0
     s = result.spend
     deadlines = ("none set" if not result.deadline_met else "all met" if result.all_deadlines_met
                  else "missed: " + ", ".join(b for b, ok in result.deadline_met.items() if not ok))
-    print(f"farm simulate: {episodes} episodes ({len(workload.nodes):,} actions), {gpus} GPUs, {cpus:g} CPUs, "
+    print(f"farm simulate: {episodes} episodes ({len(workload.graph().actions):,} actions), {gpus} GPUs, {cpus:g} CPUs, "
           f"policy {args.policy}, seed {args.seed}")
     print(f"  makespan   {result.makespan_s:,.0f} s  (lower bound {result.lower_bound_s:,.0f} s, ratio {result.ratio:.3f})")
     print(f"  gpu busy   {result.gpu_busy:.1%}")
@@ -84,6 +86,7 @@ def cmd_simulate(args) -> int:
     print(f"  episodes   {result.episodes_done} done, {len(result.episodes_failed)} failed, "
           f"{len(result.episodes_unfinished)} unfinished")
     print(f"  actions    {result.dispatches:,} dispatched, {result.retries} retried, {result.quarantines} quarantined")
+    print(f"  controller {result.events:,} events journaled, {result.actions:,} actions planned")
     print(f"  wall time  {wall:.2f} s")
     return 0
 
@@ -95,13 +98,13 @@ def _bench(workload, gpus, cpus, args) -> int:
     total_wall = sum(w for _, w in results.values())
     if args.json:
         print(json.dumps({
-            "episodes": workload.episode_count, "actions": len(workload.nodes), "gpus": gpus, "cpus": cpus,
+            "episodes": workload.episode_count, "actions": len(workload.graph().actions), "gpus": gpus, "cpus": cpus,
             "seed": args.seed, "lower_bound_s": round(farm.lower_bound_s, 3),
             "results": {p: {**r.to_json(), "wall_s": round(w, 3)} for p, (r, w) in results.items()},
             "farm_speedup": {p: round(x, 3) for p, x in speedup.items()}, "wall_s": round(total_wall, 3),
         }))
         return 0
-    print(f"farm simulate --bench: {workload.episode_count} episodes ({len(workload.nodes):,} actions) on "
+    print(f"farm simulate --bench: {workload.episode_count} episodes ({len(workload.graph().actions):,} actions) on "
           f"{gpus} GPUs and {cpus:g} CPUs, seed {args.seed}; lower bound {farm.lower_bound_s:,.0f} s")
     print(f"  {'policy':<11} {'makespan':>11} {'ratio':>7} {'gpu busy':>9} {'wall':>8}")
     for p, (r, w) in results.items():

@@ -29,7 +29,7 @@ from farm.core.events import (ActionCached, ActionCompleted, ActionDispatched, A
                               Dispatched, EpisodeDelivered, EpisodeFailed, EpisodeFailedEvent, Facts, Failed, Reason,
                               RetryAt)
 from farm.core.manifest import Manifest, spend_of
-from farm.core.plan import OUTPUTS, STAGES, Action, BackendChoice, EpisodeJob, plan_episode, sketch
+from farm.core.plan import OUTPUTS, STAGES, Action, BackendChoice, EpisodeJob, plan_episode, plan_script, sketch
 from farm.core.script import Script, check_against
 from farm.core.spec import PRIORITY_CLASSES
 from farm.core.state import (ActionState, BatchState, Cancel, Command, Deliver, Dispatch, EpisodeState, Estimator,
@@ -50,6 +50,7 @@ _REORDERING = frozenset({"batch.submitted", "batch.cancelled", "batch.finished",
 TAIL_SECONDS = {"script": 60.0, "sheet": 40.0, "keyframe": 30.0, "line": 30.0, "clip": 5.0, "mux": 2.0}
 
 ORDERS = ("farm", "fifo")
+_NO_RANKS: Mapping[str, float] = {}  # the "fifo" order ranks nothing (one object: the queue is not rebuilt)
 
 
 class Controller:
@@ -103,17 +104,29 @@ class Controller:
         # whose readiness changed, rebuilt when the order itself changes (new ranks, a batch or an
         # episode starting or ending, which changes which batch an action counts for).
         self._queue = ReadyQueue()
-        self._queue_ranks: dict[str, float] | None = None  # the ranks the queue was ordered with
+        self._queue_ranks: Mapping[str, float] | None = None  # the ranks the queue was ordered with
         self._queue_stale = True
         self._changed: set[str] = set()  # keys whose readiness changed since the last sync
         self._backoff: list[tuple[float, str]] = []  # (not_before, key): ready, but waiting out a retry
         self._tasks: dict[str, Task] = {}  # what the scheduler sees of an action, until the batches change
-        # after each decision: (cpus, gpus, accelerator) of every GPU action running or waiting for room,
-        # so an autoscaler can grow GPU groups (even from zero) to fit the queue
-        self.wanted_capacity: list[tuple[float, float, str | None]] = []
+        # what the wanted running actions hold, kept as they start and end (rebuilt when the batches
+        # change): GPUs per studio, actions per backend, estimates per capped batch
+        self._run: dict[str, Task] = {}
+        self._use: dict[str, float] = {}
+        self._by_backend: dict[str, int] = {}
+        self._committed: dict[str, Spend] = {}
+        self._run_stale = True
+        # the GPU actions placed at the last decision (see wanted_capacity)
+        self._gpu_shapes: list[Task] = []
+        self._placed: set[str] = set()
         self._paces: dict[str, dict[tuple[str, str], Pace]] = {}  # batch -> its episodes' paces, fixed at its first decision
         self._estimates: dict[str, tuple[float, int, float]] = {}
         self._unestimated: dict[str, str] = {}  # key -> why its backend could not estimate it
+
+    def _reorder(self) -> None:
+        """Which batch each action counts for may have changed: order and attribute afresh."""
+        self._queue_stale = self._run_stale = True
+        self._tasks.clear()
 
     # -- applying events ------------------------------------------------------------------------
     def apply(self, event: Any) -> list[Command]:
@@ -122,8 +135,7 @@ class Controller:
         Never raises: if the event cannot be applied, the batch it concerns stops (``Fault``)."""
         self.last_seq = event.seq
         if event.type in _REORDERING:
-            self._queue_stale = True
-            self._tasks.clear()
+            self._reorder()
         try:
             return self._handlers[event.type](event) or []
         except Exception as exc:  # the boundary: an error applying one batch's event is data about that batch
@@ -135,8 +147,7 @@ class Controller:
         if not batches:
             self.errors.append(reason)
             return []
-        self._queue_stale = True
-        self._tasks.clear()
+        self._reorder()
         return [c for b in batches for c in self._fail_batch(b, reason, event.at)]
 
     def _batches_of(self, event: Any) -> list[str]:
@@ -216,7 +227,10 @@ class Controller:
 
     def _replan(self, ep: EpisodeState) -> list[str]:
         """Plan ``ep`` again with what is known; return keys the controller has never seen."""
-        plan = plan_episode(ep.job, ep.script, ep.line_samples)
+        script = ep.script or ep.job.episode.script
+        if ep.fixed is None or (script is not None and not ep.fixed.shots):
+            ep.fixed = plan_script(ep.job, ep.script)  # what the script fixes, planned once
+        plan = plan_episode(ep.job, ep.script, ep.line_samples, ep.fixed)
         fresh = []
         for action in plan.actions:
             state = self.actions.get(action.key)
@@ -238,6 +252,30 @@ class Controller:
         learned = [k for k in ep.keys if self.actions[k].status == "done" and self._teach(ep, self.actions[k])]
         return fresh + (self._replan(ep) if learned else [])
 
+    def _hold(self, task: Task, sign: int) -> None:
+        """Count a running action's task in (``sign`` 1) or out (-1) of what the running hold."""
+        if sign > 0:
+            self._run[task.key] = task
+        else:
+            del self._run[task.key]
+        self._use[task.studio] = self._use.get(task.studio, 0.0) + sign * task.gpus
+        self._by_backend[task.backend] = self._by_backend.get(task.backend, 0) + sign
+        if self.batches[task.batch].terms.budget.capped:
+            estimate = task.estimate
+            self._committed[task.batch] = (self._committed.get(task.batch, Spend()) + estimate if sign > 0
+                                           else self._committed[task.batch] - estimate)
+
+    def _held(self) -> list[Task]:
+        """The tasks of the wanted running actions (counted afresh when the batches have changed)."""
+        if self._run_stale:
+            self._run, self._use, self._by_backend, self._committed = {}, {}, {}, {}
+            self._run_stale = False
+            for key in sorted(self._running):
+                state = self.actions[key]
+                if self._wanted(state):
+                    self._hold(self._task(state), 1)
+        return list(self._run.values())
+
     def _check_ready(self, key: str) -> None:
         state = self.actions[key]
         self._changed.add(key)
@@ -250,8 +288,16 @@ class Controller:
             self._ready.discard(key)
 
     def _set_status(self, key: str, status: str) -> None:
-        self.actions[key].status = status
-        (self._running.add if status == "running" else self._running.discard)(key)
+        state = self.actions[key]
+        if status == "running" and key not in self._running:
+            self._running.add(key)
+            if not self._run_stale and self._wanted(state):
+                self._hold(self._task(state), 1)
+        elif status != "running" and key in self._running:
+            self._running.discard(key)
+            if not self._run_stale and key in self._run:
+                self._hold(self._run[key], -1)
+        state.status = status
         self._check_ready(key)
         if status == "done":
             for dependant in self._dependants.get(key, ()):
@@ -293,8 +339,7 @@ class Controller:
                     fresh += self._replan(ep)
                 commands += self._progress(ep)
             except Exception as exc:
-                self._queue_stale = True
-                self._tasks.clear()
+                self._reorder()
                 commands += self._fail_batch(ep.batch, f"the farm could not plan {ep.id} after {state.action.label}: "
                                                        f"{type(exc).__name__}: {exc}", e.at)
         if fresh:
@@ -357,7 +402,7 @@ class Controller:
 
     def _on_batch_failed(self, e: Any) -> list[Command]:
         batch = self.batches[e.batch]
-        commands = [c for c in self._fail_batch(e.batch, e.data.reason, e.at) if not isinstance(c, Fault)]
+        commands: list[Command] = [c for c in self._fail_batch(e.batch, e.data.reason, e.at) if not isinstance(c, Fault)]
         batch.failure_journaled = True
         return commands
 
@@ -543,38 +588,29 @@ class Controller:
     def decide(self, now: float, capacity: Capacity) -> list[Any]:
         """Events the clock and free capacity call for: dispatches, budget holds, finished batches."""
         events: list[Any] = self._unestimable()
-        run_tasks = [self._task(s) for s in self.running() if self._wanted(s)]
-        gpus_by_studio: dict[str, float] = {}
-        by_backend: dict[str, int] = {}
-        committed: dict[str, Spend] = {}
-        for t in run_tasks:
-            gpus_by_studio[t.studio] = gpus_by_studio.get(t.studio, 0.0) + t.gpus
-            by_backend[t.backend] = by_backend.get(t.backend, 0) + 1
-            if self.batches[t.batch].terms.budget.capped:
-                committed[t.batch] = committed.get(t.batch, Spend()) + Spend(t.est_tokens, t.est_gpu_seconds, t.est_money)
-        state = RunState(gpus_by_studio=gpus_by_studio, running_by_backend=by_backend,
-                         spent_by_batch={b: s.spent for b, s in self.batches.items()}, committed_by_batch=committed)
+        run_tasks = self._held()
+        state = RunState(gpus_by_studio=self._use, running_by_backend=self._by_backend,
+                         spent_by_batch={b: s.spent for b, s in self.batches.items()}, committed_by_batch=self._committed)
         terms = {b: s.terms for b, s in self.batches.items()}
         if self.order == "farm":
-            total_gpus = sum(capacity.gpus_by_accelerator.values()) + sum(t.gpus for t in run_tasks)
-            total_cpus = capacity.cpus + sum(t.cpus for t in run_tasks if not t.gpus)
-            for b, batch in self.batches.items():
-                if batch.status == "running" and b not in self._paces:
+            new = [b for b, batch in self.batches.items() if batch.status == "running" and b not in self._paces]
+            if new:
+                total_gpus = sum(capacity.gpus_by_accelerator.values()) + sum(t.gpus for t in run_tasks)
+                total_cpus = capacity.cpus + sum(t.cpus for t in run_tasks if not t.gpus)
+                for b in new:
                     self._paces[b] = self._pace(b, total_gpus, total_cpus)
             self._sync_queue(now, self.ranks(now))
         else:
-            self._sync_queue(now, {})
+            self._sync_queue(now, _NO_RANKS)
         selection = select(self._queue, None, terms, capacity, state, self.shares, self.caps)
-        placed = {t.key for t in selection.dispatch}
-        shapes = [t for t in [*run_tasks, *selection.dispatch] if t.gpus > 0]
-        shapes += self._waiting_gpu_tasks(placed, MAX_CAPACITY_REQUEST - len(shapes))
-        self.wanted_capacity = [(t.cpus, t.gpus, t.accelerator) for t in shapes][:MAX_CAPACITY_REQUEST]
+        self._placed = {t.key for t in selection.dispatch}
+        self._gpu_shapes = [t for t in selection.dispatch if t.gpus > 0]
         for task in selection.dispatch:
             events.append(ActionDispatched(batch=task.batch, key=task.key,
                                            data=Dispatched(label=self.actions[task.key].action.label, episode=task.episode)))
-        for batch, reason in sorted(selection.held.items()):
-            if self.batches[batch].held != reason:
-                events.append(BudgetExhausted(batch=batch, data=Reason(reason=reason)))
+        for held, reason in sorted(selection.held.items()):
+            if self.batches[held].held != reason:
+                events.append(BudgetExhausted(batch=held, data=Reason(reason=reason)))
         for batch_id, batch in self.batches.items():
             if batch.status == "running" and batch.open <= 0:
                 events.append(BatchFinished(batch=batch_id))
@@ -619,6 +655,14 @@ class Controller:
                 rank = ranks[key] if key in ranks else self._local_rank(key)
                 self._queue.push(task, sort_key(task, self.batches[task.batch].terms, rank,
                                                 self._paces.get(task.batch, {}).get((task.batch, task.episode), NO_PACE)))
+
+    def wanted_capacity(self) -> list[tuple[float, float, str | None]]:
+        """(cpus, gpus, accelerator) of every GPU action running or waiting for room as of the last
+        decision, most urgent first, at most MAX_CAPACITY_REQUEST: what an autoscaler should grow GPU
+        groups (even from zero) to fit."""
+        shapes = [t for t in self._held() if t.gpus > 0 and t.key not in self._placed] + self._gpu_shapes
+        shapes += self._waiting_gpu_tasks(self._placed, MAX_CAPACITY_REQUEST - len(shapes))
+        return [(t.cpus, t.gpus, t.accelerator) for t in shapes][:MAX_CAPACITY_REQUEST]
 
     def _waiting_gpu_tasks(self, placed: set[str], limit: int) -> list[Task]:
         """Up to ``limit`` queued GPU actions not placed this round, most urgent first."""

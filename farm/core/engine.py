@@ -149,7 +149,8 @@ class Engine:
 
     def decide(self) -> None:
         self.commit(self.controller.decide(self.clock.now(), self.runtime.capacity()))
-        self.runtime.request_capacity(self.controller.wanted_capacity)
+        if self.runtime.grows:
+            self.runtime.request_capacity(self.controller.wanted_capacity())
 
     def next_wake(self) -> float | None:
         """When something is due without a worker answering (a retry's backoff ending)."""

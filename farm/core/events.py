@@ -214,7 +214,7 @@ _ADAPTER: TypeAdapter[Any] = TypeAdapter(Event)
 def parse(line: str | bytes) -> Event | Unreadable:
     """One journal line as its event model; ``Unreadable`` (with the reason) when it does not validate."""
     try:
-        event = _ADAPTER.validate_json(line)
+        event: Event = _ADAPTER.validate_json(line)
     except ValidationError as exc:
         return _unreadable(line, f"{exc.error_count()} problem(s), first: {_first(exc)}")
     if event.v not in READABLE_VERSIONS:

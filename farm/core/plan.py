@@ -22,7 +22,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from farm.core.script import Framing, Line, Scene, Script, Shot
 from farm.core.spec import SAMPLE_RATE, Episode, Series
@@ -58,11 +58,11 @@ class BackendChoice:
     # shot's keyframe). Derived from the backend's settings, which its version already digests.
     features: tuple[str, ...] = ()
 
-    def to_json(self) -> list:
+    def to_json(self) -> list[Any]:
         return [self.name, self.version, list(self.features)]
 
     @classmethod
-    def from_json(cls, data) -> "BackendChoice":
+    def from_json(cls, data: Sequence[Any]) -> "BackendChoice":
         return cls(data[0], data[1], tuple(data[2]) if len(data) > 2 else ())
 
 
@@ -155,7 +155,7 @@ class _Builder:
         self.actions: list[Action] = []
         self.context = {"studio": job.studio, "series": job.series.id, "episode": job.episode.slug}
 
-    def add(self, stage: str, op: str, params: dict, inputs: dict[str, Ref], label: str) -> Action:
+    def add(self, stage: str, op: str, params: dict[str, Any], inputs: dict[str, Ref], label: str) -> Action:
         backend = self.job.backends[stage]
         key = action_key(stage, op, backend, params, inputs, self.job.namespace)
         action = Action(key, stage, op, backend.name, backend.version, params, inputs, label, self.context)
@@ -183,12 +183,30 @@ def script_params(job: EpisodeJob) -> dict[str, Any]:
     }
 
 
-def plan_episode(job: EpisodeJob, script: Script | None, line_samples: Mapping[str, int]) -> EpisodePlan:
-    """Every action of ``job`` that can be determined from what is known.
+@dataclass(frozen=True)
+class ShotPlan:
+    """One shot's actions that its script fixes: its keyframe, the next shot's in the same scene (a
+    first/last-frame clip ends on it), and its lines."""
 
-    ``script`` is the script action's output once it exists (ignored when the episode has its own);
-    ``line_samples`` maps a line action's key to the length of its audio in samples.
-    """
+    shot: Shot
+    keyframe: Action
+    next_keyframe: Action | None
+    lines: tuple[Action, ...]
+
+
+@dataclass(frozen=True)
+class ScriptPlan:
+    """What a script fixes, whatever its lines' lengths: the script action (when there is one), the
+    character sheets, keyframes and lines, and each shot's. Made once per script and reused each time
+    the episode is planned again as lines are voiced."""
+
+    actions: tuple[Action, ...]  # dependencies before dependants
+    script_key: str | None
+    shots: tuple[ShotPlan, ...]
+
+
+def plan_script(job: EpisodeJob, script: Script | None) -> ScriptPlan:
+    """The actions ``script`` fixes (``script`` is ignored when the episode has its own)."""
     b = _Builder(job)
     series, ep = job.series, job.episode
     script_key = None
@@ -197,9 +215,8 @@ def plan_episode(job: EpisodeJob, script: Script | None, line_samples: Mapping[s
     else:
         script_key = b.add("script", "script", script_params(job), {}, f"script {ep.slug}").key
     if script is None:
-        return EpisodePlan(b.actions, script_key, None)
-
-    width, height, fps = series.resolution.width, series.resolution.height, series.fps
+        return ScriptPlan(tuple(b.actions), script_key, ())
+    width, height = series.resolution.width, series.resolution.height
     style = series.style.model_dump(mode="json")
     sheets: dict[str, Ref] = {}
     cast = {who for shot in script.shots() for who in [*shot.characters, *(l.speaker for l in shot.lines)]}
@@ -208,12 +225,7 @@ def plan_episode(job: EpisodeJob, script: Script | None, line_samples: Mapping[s
             params = {"style": style, "character": character.model_dump(mode="json", include={"id", "name", "look"}),
                       "seed": series.seed}
             sheets[character.id] = Ref(b.add("image", "sheet", params, {}, f"sheet {character.id}").key, "figure")
-
-    shots, cues, inputs_final, start = [], [], {}, 0
-    complete = True
-    # first/last-frame video backends end a shot's clip on the next shot's keyframe, within a scene
-    # (a new scene is a cut, which the next clip's own first frame already makes)
-    end_on_next = "last_frame" in job.backends["video"].features
+    shots: list[ShotPlan] = []
     for scene in script.scenes:
         keyframes = []
         for shot in scene.shots:
@@ -232,40 +244,69 @@ def plan_episode(job: EpisodeJob, script: Script | None, line_samples: Mapping[s
                 voice = series.character(line.speaker).voice.model_dump(mode="json")
                 params = {"text": line.text, "voice": voice, "speaker": line.speaker, "sample_rate": SAMPLE_RATE}
                 lines.append(b.add("dubbing", "line", params, {}, f"line {shot.id}#{i}"))
-            if any(l.key not in line_samples for l in lines):
-                complete = False
-                continue
-            samples = [line_samples[l.key] for l in lines]
-            layout = layout_shot(shot, samples, fps)
-            clip_inputs = {"keyframe": Ref(kf.key, "keyframe")}
-            if end_on_next and si + 1 < len(keyframes):
-                clip_inputs["last"] = Ref(keyframes[si + 1].key, "keyframe")
-            clip = b.add("video", "clip", {"width": width, "height": height, "fps": fps, "frames": layout.frames,
-                                          "camera": shot.camera.value}, clip_inputs, f"clip {shot.id}")
-            mux_inputs = {"clip": Ref(clip.key, "clip")} | {f"line{i}": Ref(l.key, "audio") for i, l in enumerate(lines)}
-            mux = b.add("assembly", "mux", {
-                "fps": fps, "frames": layout.frames, "sample_rate": SAMPLE_RATE, "total_samples": layout.total_samples,
-                "lines": [{"input": f"line{i}", "offset_samples": o} for i, o in enumerate(layout.offsets)],
-            }, mux_inputs, f"mux {shot.id}")
-            n = len(shots)
-            inputs_final[f"shot{n}"] = Ref(mux.key, "shot")
-            inputs_final[f"keyframe{n}"] = Ref(kf.key, "keyframe")
-            shots.append({"input": f"shot{n}", "keyframe": f"keyframe{n}", "id": shot.id, "frames": layout.frames,
-                          "camera": shot.camera.value, "description": shot.description,
-                          "lines": [{"speaker": series.character(l.speaker).name, "text": l.text} for l in shot.lines]})
-            for line, offset, length in zip(shot.lines, layout.offsets, samples):
-                t0 = start + offset
-                cues.append({"start": t0 / SAMPLE_RATE, "end": (t0 + length) / SAMPLE_RATE,
-                             "speaker": series.character(line.speaker).name, "text": line.text})
-            start += layout.total_samples
+            shots.append(ShotPlan(shot, kf, keyframes[si + 1] if si + 1 < len(keyframes) else None, tuple(lines)))
+    return ScriptPlan(tuple(b.actions), script_key, tuple(shots))
+
+
+def plan_episode(job: EpisodeJob, script: Script | None, line_samples: Mapping[str, int],
+                 fixed: ScriptPlan | None = None) -> EpisodePlan:
+    """Every action of ``job`` that can be determined from what is known.
+
+    ``script`` is the script action's output once it exists (ignored when the episode has its own);
+    ``line_samples`` maps a line action's key to the length of its audio in samples; ``fixed`` is
+    ``plan_script(job, script)`` when the caller kept it (made here otherwise).
+    """
+    fixed = fixed if fixed is not None else plan_script(job, script)
+    if job.episode.script is None and script is None:
+        return EpisodePlan(list(fixed.actions), fixed.script_key, None)
+    b = _Builder(job)
+    b.actions = list(fixed.actions)
+    series, ep = job.series, job.episode
+    width, height, fps = series.resolution.width, series.resolution.height, series.fps
+    shots: list[dict[str, Any]] = []
+    cues: list[dict[str, Any]] = []
+    inputs_final: dict[str, Ref] = {}
+    start = 0
+    complete = True
+    # first/last-frame video backends end a shot's clip on the next shot's keyframe, within a scene
+    # (a new scene is a cut, which the next clip's own first frame already makes)
+    end_on_next = "last_frame" in job.backends["video"].features
+    for part in fixed.shots:
+        shot, kf, lines = part.shot, part.keyframe, part.lines
+        if any(l.key not in line_samples for l in lines):
+            complete = False
+            continue
+        samples = [line_samples[l.key] for l in lines]
+        layout = layout_shot(shot, samples, fps)
+        clip_inputs = {"keyframe": Ref(kf.key, "keyframe")}
+        if end_on_next and part.next_keyframe is not None:
+            clip_inputs["last"] = Ref(part.next_keyframe.key, "keyframe")
+        clip = b.add("video", "clip", {"width": width, "height": height, "fps": fps, "frames": layout.frames,
+                                      "camera": shot.camera.value}, clip_inputs, f"clip {shot.id}")
+        mux_inputs = {"clip": Ref(clip.key, "clip")} | {f"line{i}": Ref(l.key, "audio") for i, l in enumerate(lines)}
+        mux = b.add("assembly", "mux", {
+            "fps": fps, "frames": layout.frames, "sample_rate": SAMPLE_RATE, "total_samples": layout.total_samples,
+            "lines": [{"input": f"line{i}", "offset_samples": o} for i, o in enumerate(layout.offsets)],
+        }, mux_inputs, f"mux {shot.id}")
+        n = len(shots)
+        inputs_final[f"shot{n}"] = Ref(mux.key, "shot")
+        inputs_final[f"keyframe{n}"] = Ref(kf.key, "keyframe")
+        shots.append({"input": f"shot{n}", "keyframe": f"keyframe{n}", "id": shot.id, "frames": layout.frames,
+                      "camera": shot.camera.value, "description": shot.description,
+                      "lines": [{"speaker": series.character(l.speaker).name, "text": l.text} for l in shot.lines]})
+        for line, offset, length in zip(shot.lines, layout.offsets, samples):
+            t0 = start + offset
+            cues.append({"start": t0 / SAMPLE_RATE, "end": (t0 + length) / SAMPLE_RATE,
+                         "speaker": series.character(line.speaker).name, "text": line.text})
+        start += layout.total_samples
     if not complete:
-        return EpisodePlan(b.actions, script_key, None)
+        return EpisodePlan(b.actions, fixed.script_key, None)
     final = b.add("assembly", "episode", {
         "title": ep.title, "language": series.language, "width": width, "height": height, "fps": fps,
         "sample_rate": SAMPLE_RATE, "loudness_lufs": LOUDNESS_LUFS, "true_peak_db": TRUE_PEAK_DB,
         "shots": shots, "cues": cues,
     }, inputs_final, f"episode {ep.slug}")
-    return EpisodePlan(b.actions, script_key, final.key)
+    return EpisodePlan(b.actions, fixed.script_key, final.key)
 
 
 # A sketch of an outline episode before its script exists, for estimates only (never for keys).

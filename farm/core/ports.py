@@ -34,7 +34,10 @@ class Finished:
 
 class Runtime(Protocol):
     """Where actions run. ``submit`` starts one with the resources of its ``profile``; ``wait`` hands
-    back the attempts that finished. ``capacity`` is what may still start now."""
+    back the attempts that finished. ``capacity`` is what may still start now; a runtime that
+    ``grows`` (an autoscaler) is told what the queue needs after each decision."""
+
+    grows: bool
 
     @property
     def running(self) -> int: ...
@@ -53,6 +56,10 @@ class Runtime(Protocol):
         ...
 
     def cancel(self, keys: Collection[str]) -> None: ...
+
+    def shutdown(self) -> None:
+        """Stop what still runs and let go of the workers."""
+        ...
 
 
 class Clock(Protocol):

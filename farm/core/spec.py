@@ -96,7 +96,7 @@ class Series(_Spec):
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
             raise ValueError(f"character ids must be unique; {', '.join(dupes)} is used more than once")
-        voices: dict[tuple, str] = {}
+        voices: dict[tuple[str, int, int], str] = {}
         for c in self.characters:
             sig = (c.voice.voice, c.voice.pitch, c.voice.rate)
             if sig in voices:

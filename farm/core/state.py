@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from farm.core.events import ActionResult
-from farm.core.plan import Action, EpisodeJob
+from farm.core.plan import Action, EpisodeJob, ScriptPlan
 from farm.core.script import Script
 from farm.policy import BatchTerms, Spend
 
@@ -85,6 +85,7 @@ class EpisodeState:
     batch: str
     job: EpisodeJob
     script: Script | None = None
+    fixed: ScriptPlan | None = None  # what its script fixes, planned once (plan.plan_script)
     line_samples: dict[str, int] = field(default_factory=dict)
     keys: list[str] = field(default_factory=list)
     final_key: str | None = None

@@ -8,6 +8,7 @@ readable.
 from __future__ import annotations
 
 import re
+from typing import AbstractSet, Sequence
 from datetime import datetime, timezone
 from html import escape
 
@@ -119,7 +120,8 @@ class _Axis:
         self.t0 = self.segments[0][0]
         total = sum(b - a for a, b in self.segments)
         self.scale = (CHART_W - BREAK_W * (len(self.segments) - 1)) / total
-        self.offsets, x = [], LABEL_W
+        self.offsets: list[float] = []
+        x = float(LABEL_W)
         for a, b in self.segments:
             self.offsets.append(x)
             x += (b - a) * self.scale + BREAK_W
@@ -210,7 +212,7 @@ def gantt(bars, start: float | None = None, deadline: float | None = None) -> st
 
 
 # -- sections ---------------------------------------------------------------------------------------------
-def _table(head: list[str], rows: list[list[str]], numeric: set[int] = frozenset()) -> str:
+def _table(head: list[str], rows: Sequence[Sequence[str]], numeric: AbstractSet[int] = frozenset()) -> str:
     th = "".join(f'<th class="{"num" if i in numeric else ""}">{e(h)}</th>' for i, h in enumerate(head))
     body = "".join("<tr>" + "".join(f'<td class="{"num" if i in numeric else ""}">{c}</td>' for i, c in enumerate(r))
                    + "</tr>" for r in rows)
@@ -229,8 +231,8 @@ def _spend(data) -> str:
         rows = [(st, v, fmt_amount(kind, v), "#4a5a7a") for st in studios
                 for v in [sum(x[kind] for (s, _), x in data.spend.items() if s == st)]]
         charts.append(f'<div class="chart"><h3>{e(titles[kind])} by studio</h3>{hbars(rows, 460, 90)}</div>')
-    rows = [[e(studio), e(stage)] + [e(fmt_amount(k, v[k])) for k in titles] for (studio, stage), v in sorted(data.spend.items())]
-    return f'<div class="charts">{"".join(charts)}</div>' + _table(["studio", "stage", *titles.values()], rows, {2, 3, 4, 5})
+    table = [[e(studio), e(stage)] + [e(fmt_amount(k, v[k])) for k in titles] for (studio, stage), v in sorted(data.spend.items())]
+    return f'<div class="charts">{"".join(charts)}</div>' + _table(["studio", "stage", *titles.values()], table, {2, 3, 4, 5})
 
 
 def _slowest(data) -> str:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, MutableMapping
 
 import structlog
 
@@ -63,7 +63,7 @@ def _secret_key(key: Any) -> bool:
     return isinstance(key, str) and key not in _NOT_SECRET and bool(_SECRET_KEYS.search(key))
 
 
-def redact(_, __, event: dict) -> dict:
+def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> dict[str, Any]:
     """structlog processor: mask secret-named keys and every registered secret string."""
     return {k: (MASK if _secret_key(k) else _scrub(v)) for k, v in event.items()}
 

@@ -143,7 +143,7 @@ class Metrics:
         self.budget_used = Gauge("farm_batch_budget_used_ratio", "Spent over the budget cap of a running batch, per "
                                  "capped dimension (tokens, gpu_seconds, money).", bs + ["cap"], registry=r)
         self._batches: dict[str, str] = {}  # batch -> studio, for the batches whose series exist
-        self._server = None
+        self._server: Any = None
         for stage in STAGES:
             self.duration.labels(stage)
         if controller:
@@ -266,7 +266,8 @@ class Metrics:
         studio = self._batches.pop(batch, None)
         if studio is None:
             return
-        series = [(g, (batch, studio)) for g in (self.progress, self.projected, self.deadline, self.slack)]
+        series: list[tuple[Gauge, tuple[str, ...]]] = [
+            (g, (batch, studio)) for g in (self.progress, self.projected, self.deadline, self.slack)]
         series += [(self.budget_used, (batch, studio, cap)) for cap in CAPS]
         for gauge, labels in series:
             try:
@@ -277,8 +278,9 @@ class Metrics:
     # -- exposition ------------------------------------------------------------------------------
     def serve(self, port: int, addr: str = "0.0.0.0") -> int:
         """Serve ``/metrics`` on ``port`` (0: any free port) in a daemon thread; return the port."""
-        self._server, _ = start_http_server(port, addr=addr, registry=self.registry)
-        return self._server.server_port
+        server, _ = start_http_server(port, addr=addr, registry=self.registry)
+        self._server = server
+        return int(server.server_port)
 
     def close(self) -> None:
         """Stop serving ``/metrics`` and free the port."""

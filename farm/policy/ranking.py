@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Hashable, Iterable, Mapping, Sequence, TypeVar
+from typing import Any, Hashable, Iterable, Mapping, Sequence, TypeVar
 
 from farm.policy.types import BatchTerms, Task
 
@@ -110,7 +110,7 @@ def pace(episodes: Sequence[K], work_s: Mapping[K, float] | float, start: float 
     capacity (GPU-seconds / GPUs), per episode or one number for all; ``start``: the batch's
     submission time.
     """
-    def work(e):
+    def work(e: K) -> float:
         return weight * (float(work_s) if isinstance(work_s, (int, float)) else float(work_s[e]))
 
     total = sum(work(e) for e in episodes)
@@ -122,7 +122,7 @@ def pace(episodes: Sequence[K], work_s: Mapping[K, float] | float, start: float 
     return out
 
 
-def sort_key(task: Task, batch: BatchTerms, rank: float, pace: Pace = NO_PACE) -> tuple:
+def sort_key(task: Task, batch: BatchTerms, rank: float, pace: Pace = NO_PACE) -> tuple[Any, ...]:
     """The order in which candidates are considered (smallest first): priority class desc, deadline
     slack asc, paced remaining critical path (see the module's doc), batch order, key.
 

@@ -23,12 +23,14 @@ Example::
 from __future__ import annotations
 
 import heapq
-from typing import Hashable, Iterator
+from typing import Any, Hashable, Iterator
 
 from farm.policy.budget import costs_on
 from farm.policy.types import Task
 
 Lane = tuple[Hashable, ...]
+Order = tuple[Any, ...]
+Entry = tuple[Order, int, Task]  # a heap entry: (order, version, task)
 
 
 def lane_of(task: Task) -> Lane:
@@ -45,7 +47,7 @@ class ReadyQueue:
 
     def __init__(self) -> None:
         self._lane_index: dict[Lane, int] = {}
-        self._heaps: list[list[tuple]] = []  # per lane: (order, version, task)
+        self._heaps: list[list[Entry]] = []  # per lane
         self._live: dict[str, tuple[int, int, Task]] = {}  # key -> (version, lane index, task)
         self._version = 0
         self._demand: dict[str, float] = {}
@@ -61,7 +63,7 @@ class ReadyQueue:
         """The ready tasks, in no particular order."""
         return (task for _, _, task in self._live.values())
 
-    def push(self, task: Task, order: tuple) -> None:
+    def push(self, task: Task, order: Order) -> None:
         """Add a ready task (replacing one with the same key)."""
         if task.key in self._live:
             self.discard(task.key)
@@ -97,7 +99,7 @@ class ReadyQueue:
         """Iterate ready tasks in order; call ``refuse()`` to skip the rest of the last task's lane."""
         return Walk(self)
 
-    def _head(self, index: int) -> tuple | None:
+    def _head(self, index: int) -> Entry | None:
         heap = self._heaps[index]
         while heap:
             order, version, task = heap[0]
@@ -114,13 +116,13 @@ class Walk:
 
     def __init__(self, queue: ReadyQueue) -> None:
         self._q = queue
-        self._merge: list[tuple] = []
+        self._merge: list[tuple[Order, int]] = []
         for index in range(len(queue._heaps)):
             head = queue._head(index)
             if head is not None:
                 self._merge.append((head[0], index))
         heapq.heapify(self._merge)
-        self._taken: list[tuple[int, tuple]] = []
+        self._taken: list[tuple[int, Entry]] = []
         self._current: int | None = None
         self._refused = False
         self._closed = False

@@ -79,23 +79,30 @@ class RetryPolicy:
         raise AssertionError("the last rule always decides")
 
 
-def _not_retryable(policy, key, attempt, retryable, workers):
+def _not_retryable(policy: RetryPolicy, key: str, attempt: int, retryable: bool,
+                   workers: Collection[str]) -> Decision | None:
     if not retryable:
         return GiveUp("failed with an error that is not retryable")
+    return None
 
 
-def _many_workers(policy, key, attempt, retryable, workers):
+def _many_workers(policy: RetryPolicy, key: str, attempt: int, retryable: bool,
+                  workers: Collection[str]) -> Decision | None:
     if len(set(workers)) >= policy.quarantine_workers:
         names = ", ".join(sorted(workers))
         return Quarantine(f"quarantined: failed on {len(set(workers))} different workers ({names})")
+    return None
 
 
-def _too_many_attempts(policy, key, attempt, retryable, workers):
+def _too_many_attempts(policy: RetryPolicy, key: str, attempt: int, retryable: bool,
+                       workers: Collection[str]) -> Decision | None:
     if attempt >= policy.max_attempts:
         return GiveUp(f"gave up after {attempt} failed attempts")
+    return None
 
 
-def _backoff(policy, key, attempt, retryable, workers):
+def _backoff(policy: RetryPolicy, key: str, attempt: int, retryable: bool,
+             workers: Collection[str]) -> Decision | None:
     return Retry(jitter(key, attempt) * policy.ceiling(attempt))
 
 

@@ -30,7 +30,7 @@ from farm.policy import budget as budget_policy
 from farm.policy import caps as caps_policy
 from farm.policy import fairshare
 from farm.policy.ranking import NO_PACE, Pace, sort_key
-from farm.policy.ready import ReadyQueue, lane_of
+from farm.policy.ready import Lane, ReadyQueue, Walk, lane_of
 from farm.policy.types import NO_SPEND, BatchTerms, Capacity, RunState, Selection, Share, Spend, Task
 
 EPS = 1e-9
@@ -41,10 +41,10 @@ class _ListWalk:
 
     def __init__(self, tasks: list[Task]):
         self._tasks = iter(tasks)
-        self._refused: set = set()
+        self._refused: set[Lane] = set()
         self._last: Task | None = None
 
-    def __iter__(self):
+    def __iter__(self) -> _ListWalk:
         return self
 
     def __next__(self) -> Task:
@@ -55,7 +55,8 @@ class _ListWalk:
         raise StopIteration
 
     def refuse(self) -> None:
-        self._refused.add(lane_of(self._last))
+        if self._last is not None:
+            self._refused.add(lane_of(self._last))
 
     def close(self) -> None:
         pass
@@ -89,6 +90,7 @@ def select(candidates: ReadyQueue | Iterable[Task], ranks: Mapping[str, float] |
     Returns the actions to start in order, the accelerator kind each GPU action was counted
     against, and per batch the reason its budget holds it. Pure: nothing passed in is changed.
     """
+    walk: Walk | _ListWalk
     if isinstance(candidates, ReadyQueue):
         walk = candidates.walk()
         demand = candidates.gpu_demand()

@@ -38,7 +38,7 @@ class Spend:
     def __sub__(self, other: "Spend") -> "Spend":
         return Spend(self.tokens - other.tokens, self.gpu_seconds - other.gpu_seconds, self.money - other.money)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, float]:
         return {"tokens": self.tokens, "gpu_seconds": round(self.gpu_seconds, 3), "money": round(self.money, 4)}
 
 
@@ -109,7 +109,7 @@ class BatchTerms:
     submitted: float = 0.0
     order: int = 0
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.deadline is not None and not math.isfinite(self.deadline):
             raise ValueError(f"batch {self.id}: deadline must be a finite time or None")
 
@@ -123,7 +123,7 @@ class Share:
     weight: float = 1.0
     floor_gpus: float = 0.0
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not self.weight > 0:
             raise ValueError(f"share of {self.studio}: weight must be > 0, got {self.weight}")
         if self.floor_gpus < 0:

@@ -30,6 +30,8 @@ from farm.settings import StoreSpec
 
 
 class InProcessRuntime:
+    grows = False  # a fixed set of workers
+
     def __init__(self, spec: StoreSpec, catalog: Catalog | None = None, *, cpus: float | None = None,
                  gpus: Mapping[str | None, float] | None = None, log_level: str = "WARNING"):
         self.spec, self.catalog = spec, catalog or Catalog()

@@ -103,6 +103,8 @@ class RayRuntime:
     enough that the round trip does not show.
     """
 
+    grows = True  # Ray's autoscaler, where the cluster has one
+
     def __init__(self, spec: StoreSpec, address: str | None = None, num_cpus: int | None = None,
                  log_level: str = "WARNING", idle_actor_s: float = 30.0, catalog: Catalog | None = None,
                  cpu_ahead: int = 0):
@@ -150,7 +152,7 @@ class RayRuntime:
         if actor_id is None and pool.actors and len(pool.actors) >= self._seats(prof, pool.slots):
             # as many workers as the cluster's GPUs can seat: queue on the least loaded one (more
             # would wait for GPUs held by their own siblings, which never let go while work remains)
-            actor_id = min(pool.load, key=pool.load.get)
+            actor_id = min(pool.load, key=lambda a: pool.load[a])
         if actor_id is None:
             self._retire_idle(exclude=key, now=None)
             # the actor holds the whole of what its slots' actions hold between them
@@ -158,8 +160,9 @@ class RayRuntime:
                                        "max_concurrency": pool.slots}
             if prof.accelerator:
                 options["accelerator_type"] = prof.accelerator
-            actor = StageWorker.options(**options).remote(action.stage, action.backend, self.log_level, self._configs,
-                                                          args[2])
+            worker_cls: Any = StageWorker  # a Ray actor class
+            actor = worker_cls.options(**options).remote(action.stage, action.backend, self.log_level, self._configs,
+                                                         args[2])
             actor_id = actor._actor_id.hex()
             pool.actors[actor_id], pool.load[actor_id] = actor, 0
             pool.starting.add(actor_id)
@@ -210,7 +213,7 @@ class RayRuntime:
         """The live nodes' CPUs and GPUs by accelerator, read at most once a second."""
         now = time.monotonic()
         if self._totals is None or now - self._totals[0] > 1.0:
-            cpus, gpus = 0.0, {}
+            cpus, gpus = 0.0, dict[str | None, float]()
             for node in ray.nodes():
                 if not node.get("Alive"):
                     continue

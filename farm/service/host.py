@@ -8,6 +8,7 @@ delivers webhooks. RPCs (submit, cancel, status, ...) and the loop share one loc
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import os
@@ -221,7 +222,7 @@ class ControllerService:
             now = time.time()
             return [self.controller.batch_status(b, now) for b in self.controller.batches]
 
-    def events(self, batch_id: str) -> list[dict[str, Any]]:
+    def events(self, batch_id: str) -> builtins.list[dict[str, Any]]:
         self._known(batch_id)
         return [e.model_dump(mode="json") for e in StoreJournal(self.objects).replay() if e.batch == batch_id]
 

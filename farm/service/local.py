@@ -144,7 +144,8 @@ def render_episode(loaded: LoadedEpisode, settings: Settings, runtime: Runtime, 
                                 f"this cluster has offered for {resource_wait_s:.0f} s: start one that has them, "
                                 "or choose other backends")
         report(progress)
-        time.sleep(max(0.0, min(0.5, _until(wake, clock) if wake is not None else 0.5)))
+        until = _until(wake, clock)
+        time.sleep(min(0.5, until) if until is not None else 0.5)
         engine.decide()
     status = controller.batches[batch]
     if episode.status != "delivered":

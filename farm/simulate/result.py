@@ -7,23 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from farm.policy.types import Spend
+from farm.simulate.runtime import Run, true_seconds
 from farm.simulate.workload import Workload
-
-
-@dataclass(frozen=True, slots=True)
-class Run:
-    """One attempt of one action on the simulated farm."""
-
-    key: str
-    batch: str
-    studio: str
-    stage: str
-    start: float
-    end: float
-    gpus: float
-    cpus: float
-    worker: str
-    ok: bool
 
 
 @dataclass
@@ -42,13 +27,15 @@ class SimResult:
     spend_by_studio: dict[str, Spend]
     gpu_seconds_by_studio: dict[str, float]
     episodes_done: int
-    episodes_failed: dict[str, str]  # "batch/episode" -> reason
-    episodes_unfinished: dict[str, str]  # "batch/episode" -> why it never finished (budget)
+    episodes_failed: dict[str, str]  # "batch/series/episode" -> reason
+    episodes_unfinished: dict[str, str]  # "batch/series/episode" -> why it never finished (budget)
     budget_held: dict[str, str]  # batch -> the first reason its budget held it
     dispatches: int
     retries: int
     quarantines: int
     give_ups: int
+    actions: int = 0
+    events: int = 0  # journaled by the controller
     runs: list[Run] = field(default_factory=list, repr=False)
 
     @property
@@ -81,7 +68,7 @@ class SimResult:
             "episodes_done": self.episodes_done, "episodes_failed": self.episodes_failed,
             "episodes_unfinished": self.episodes_unfinished, "budget_held": self.budget_held,
             "dispatches": self.dispatches, "retries": self.retries, "quarantines": self.quarantines,
-            "give_ups": self.give_ups,
+            "give_ups": self.give_ups, "actions": self.actions, "events": self.events,
         }
 
 
@@ -90,25 +77,33 @@ def lower_bound(workload: Workload, gpus: dict[str | None, float], cpus: float) 
     path with true durations and unlimited machines, and for each resource its total true work over
     its capacity (GPUs overall, GPUs of each named kind for the actions pinned to it, CPUs).
 
-    Ignores failed attempts. A sheet may start once *any* script of its series is done.
+    The graph is the planner's, with what it learns as it goes: an action waits for its inputs, for
+    its batch's submission, for its episode's script (any one of the series' scripts, for a shared
+    character sheet), and a clip for its shot's lines (it is planned once they are voiced). Ignores
+    failed attempts.
     """
-    nodes = workload.nodes
+    graph = workload.graph()
+    profiles = workload.profiles()
     t0 = min(b.submitted for b in workload.batches.values())
+    submitted = {b.id: b.submitted for b in workload.batches.values()}
+    seconds: dict[str, float] = {}
+    parents: dict[str, set[str]] = {}
     waiting: dict[str, int] = {}
     dependants: dict[str, list[str]] = {}
-    for key, node in nodes.items():
-        waiting[key] = len(node.parents) + (1 if node.revealed_by else 0)
-        for p in node.parents:
+    for key, action in graph.actions.items():
+        seconds[key] = true_seconds(workload, action)
+        parents[key] = {r.key for r in action.inputs.values()} | set(graph.lines_of.get(key, ()))
+        waiting[key] = len(parents[key]) + (1 if graph.revealed_by.get(key) else 0)
+        for p in parents[key]:
             dependants.setdefault(p, []).append(key)
-        for r in node.revealed_by:
+        for r in graph.revealed_by.get(key, ()):
             dependants.setdefault(r, []).append("?" + key)  # any one revealer suffices
-    ready_at = {k: workload.batches[n.task.batch].submitted for k, n in nodes.items()}
-    # Pop in order of finish time, so the first revealer to finish is the one that reveals.
-    heap = [(ready_at[k] + nodes[k].actual_s, k) for k, w in waiting.items() if w == 0]
+    ready_at = {k: submitted[graph.batch_of[k]] for k in graph.actions}
+    heap = [(ready_at[k] + seconds[k], k) for k, w in waiting.items() if w == 0]
     heapq.heapify(heap)
     revealed: set[str] = set()
     finish: dict[str, float] = {}
-    while heap:
+    while heap:  # in order of finish time, so the first revealer to finish is the one that reveals
         end, key = heapq.heappop(heap)
         finish[key] = end
         for d in dependants.get(key, ()):
@@ -120,14 +115,19 @@ def lower_bound(workload: Workload, gpus: dict[str | None, float], cpus: float) 
             ready_at[d] = max(ready_at[d], end)
             waiting[d] -= 1
             if waiting[d] == 0:
-                heapq.heappush(heap, (ready_at[d] + nodes[d].actual_s, d))
+                heapq.heappush(heap, (ready_at[d] + seconds[d], d))
     path = max(finish.values()) - t0 if finish else 0.0
-    gpu_work = sum(n.actual_s * n.task.gpus for n in nodes.values())
-    cpu_work = sum(n.actual_s * n.task.cpus for n in nodes.values())
-    bounds = [path, gpu_work / max(sum(gpus.values()), 1e-12) if gpu_work else 0.0,
+    gpu_work: dict[str | None, float] = {}
+    cpu_work = 0.0
+    for key, action in graph.actions.items():
+        profile = profiles[(action.stage, action.backend)]
+        if profile.gpus:
+            gpu_work[profile.accelerator] = gpu_work.get(profile.accelerator, 0.0) + seconds[key] * profile.gpus
+        cpu_work += seconds[key] * profile.cpus
+    total = sum(gpu_work.values())
+    bounds = [path, total / max(sum(gpus.values()), 1e-12) if total else 0.0,
               cpu_work / cpus if cpu_work and cpus > 0 else 0.0]
-    for kind in {n.task.accelerator for n in nodes.values() if n.task.accelerator is not None}:
-        pinned = sum(n.actual_s * n.task.gpus for n in nodes.values() if n.task.accelerator == kind)
-        if pinned and gpus.get(kind):
-            bounds.append(pinned / gpus[kind])
+    for kind, work in gpu_work.items():
+        if kind is not None and work and gpus.get(kind):
+            bounds.append(work / gpus[kind])
     return max(bounds)

@@ -1,41 +1,44 @@
-"""Workloads for the simulator: actions with estimates, true durations and the graph between them.
+"""Workloads for the simulator: batches of generated series and episodes, and the simulated backends.
 
-``synthetic_batch`` makes episodes shaped like ``farm.core.plan``'s graph::
+``synthetic_batch`` writes specs the way a studio would (a series with its cast, episodes with
+outlines: beats and lines), and the farm's own planner (``farm.core.plan``) turns them into actions,
+exactly as in a live batch. Nothing of the graph is written by hand here.
 
-    script (API: tokens, a little CPU)
-      ├─► sheet per character (GPU image; made once per series, by whichever script reveals it first)
-      ├─► keyframe per shot (GPU image; needs the sheets of the characters in the shot)
-      ├─► line per dialogue line (GPU or CPU dubbing)
-      │      clip per shot (GPU video, the heaviest; needs its keyframe and its lines' lengths)
-      │        └─► mux per shot (CPU; clip + lines)
-      └────────────► episode (CPU; every mux and keyframe)
+The simulated backends stand for a night's real ones (``STAGES``): a script model behind an API
+(tokens), an image model for sheets and keyframes, an image-to-video model for clips, a speech
+model for lines, ffmpeg for muxing and assembly. Each declares what an action holds and its
+estimate, scaled by the action's size (a clip by its frames, a line by its text, an episode by its
+shots). What an action really takes is drawn around the estimate by the simulated runtime
+(``farm.simulate.runtime``), lognormal with mean = estimate and ``jitter`` as sigma, seeded by the
+workload's seed and the action's key: same workload, same night.
 
-As in the live farm, the graph is revealed as it runs: at submission only the scripts are known;
-a script's completion reveals its episode's shots, lines and the series' sheets. Until then the
-script carries a template estimate of the episode behind it (``Node.tail_s``) for ranking.
-
-Estimates come from per-stage means scaled by size (a clip by its shot's length); true durations are
-drawn around them, lognormal with mean = estimate and ``jitter`` as sigma, from a seeded
-``random.Random``. Tokens (script) likewise; GPU-seconds = duration x GPUs; money from ``Prices``.
+The script action's answer is the farm's own sketch of the outline (``plan.sketch``), and a line
+lasts as long as its text takes at the language's speaking rate.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, replace
-from typing import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable, Mapping
 
-from farm.policy.types import PRIORITY_CLASSES, BatchTerms, Budget, Prices, Task
-
+from farm.core.plan import STAGES as PLAN_STAGES
+from farm.core.plan import Action, BackendChoice, EpisodeJob, plan_episode, sketch
+from farm.core.script import Script
+from farm.core.spec import Episode, Series
+from farm.core.state import Profile
+from farm.policy.types import PRIORITY_CLASSES, Budget, Prices
 
 # What the synthetic workloads are charged: a hosted LLM's tokens and a rented GPU's hours.
 DEFAULT_PRICES = Prices(per_1k_tokens=0.01, per_gpu_hour=2.50)
+
+VERSION = "sim-1"
 
 
 @dataclass(frozen=True)
 class StageSpec:
     """One kind of action: its stage and backend, what it holds, and its mean estimated duration
-    (for a clip: per 5 s of shot; for an episode: per 12 shots)."""
+    (for a clip: per 5 s of shot; for a line: per 3 s of speech; for an episode: per 12 shots)."""
 
     stage: str
     backend: str
@@ -55,51 +58,132 @@ STAGES: Mapping[str, StageSpec] = {
     "line-cpu": StageSpec("dubbing", "espeak-ng", 3.0, cpus=1.0),
     "clip": StageSpec("video", "i2v", 75.0, gpus=1.0),
     "mux": StageSpec("assembly", "ffmpeg", 4.0, cpus=1.0),
-    "episode": StageSpec("assembly", "ffmpeg", 30.0, cpus=2.0),
+    "episode": StageSpec("assembly", "ffmpeg", 30.0, cpus=1.0),
 }
 
 
-@dataclass(slots=True)
-class Node:
-    """One action of a workload: what the scheduler sees (``task``) and what the simulator knows.
+@dataclass(frozen=True)
+class SimBatch:
+    """One batch of a workload: its terms, as a studio would submit them, and its episodes."""
 
-    ``parents`` must all be done before it is ready; ``revealed_by``: it becomes known when *any* of
-    these completes (empty: known at submission); ``tail_s``: estimate of work behind it that is not
-    revealed yet; ``serves``: the episodes that need it (a sheet serves its whole series).
-    """
-
-    task: Task
-    parents: tuple[str, ...]
-    actual_s: float
-    actual_tokens: int = 0
-    revealed_by: tuple[str, ...] = ()
-    tail_s: float = 0.0
-    serves: tuple[str, ...] = ()
-
-    def __post_init__(self):
-        if not self.serves:
-            self.serves = (self.task.episode,)
+    id: str
+    studio: str
+    episodes: tuple[tuple[Series, Episode], ...]
+    priority: int = PRIORITY_CLASSES["normal"]
+    deadline: float | None = None
+    budget: Budget = Budget()
+    submitted: float = 0.0
+    order: int = 0
 
 
 @dataclass
 class Workload:
-    """Batches and their actions (in an order where parents come first)."""
+    """Batches of specs, the simulated backends they run on, and the seed of what really happens."""
 
-    batches: dict[str, BatchTerms]
-    nodes: dict[str, Node]
-    episodes: dict[str, list[str]]  # batch -> its episodes in submission order
+    batches: dict[str, SimBatch]
+    stages: Mapping[str, StageSpec] = field(default_factory=lambda: dict(STAGES))
     prices: Prices = DEFAULT_PRICES
+    dubbing: str = "gpu"
+    jitter: float = 0.25
+    seed: int = 0
+    _graph: Any = field(default=None, repr=False, compare=False)
 
     def __add__(self, other: "Workload") -> "Workload":
-        clash = (self.batches.keys() & other.batches.keys()) or (self.nodes.keys() & other.nodes.keys())
+        clash = self.batches.keys() & other.batches.keys()
         if clash:
             raise ValueError(f"workloads overlap: {sorted(clash)[:3]}")
-        return Workload({**self.batches, **other.batches}, {**self.nodes, **other.nodes},
-                        {**self.episodes, **other.episodes}, self.prices)
+        return replace(self, batches={**self.batches, **other.batches}, _graph=None)
 
     @property
     def episode_count(self) -> int:
-        return sum(len(v) for v in self.episodes.values())
+        return sum(len(b.episodes) for b in self.batches.values())
+
+    # -- the simulated backends -----------------------------------------------------------------
+    def spec_of(self, action: Action) -> StageSpec:
+        op = action.op
+        return self.stages["line-cpu" if op == "line" and self.dubbing == "cpu" else op]
+
+    def choices(self) -> dict[str, BackendChoice]:
+        line = "line-cpu" if self.dubbing == "cpu" else "line"
+        by_stage = {"script": "script", "image": "keyframe", "video": "clip", "dubbing": line, "assembly": "mux"}
+        return {stage: BackendChoice(self.stages[by_stage[stage]].backend, VERSION) for stage in PLAN_STAGES}
+
+    def profiles(self) -> dict[tuple[str, str], Profile]:
+        out: dict[tuple[str, str], Profile] = {}
+        for spec in self.stages.values():
+            out.setdefault((spec.stage, spec.backend), Profile(cpus=spec.cpus, gpus=spec.gpus,
+                                                               accelerator=spec.accelerator))
+        return out
+
+    def estimate(self, action: Action) -> tuple[float, int, float]:
+        """(seconds, tokens, GPU-seconds) a simulated backend expects ``action`` to take."""
+        spec = self.spec_of(action)
+        p = action.params
+        scale = 1.0
+        if action.op == "clip":
+            scale = p["frames"] / p["fps"] / 5.0
+        elif action.op == "mux":
+            scale = 0.75 + p["frames"] / p["fps"] / 20.0
+        elif action.op == "episode":
+            scale = len(p["shots"]) / 12.0
+        elif action.op == "line":  # by its words: about 8 to a typical line
+            scale = min(1.5, max(0.5, len(str(p["text"]).split()) / 8.0))
+        seconds = spec.mean_s * scale
+        return seconds, spec.tokens, seconds * spec.gpus
+
+    def jobs(self) -> list[tuple[str, EpisodeJob]]:
+        """(batch, job) of every episode, in submission order."""
+        choices = self.choices()
+        return [(b.id, EpisodeJob(b.studio, b.studio, series, episode, choices))
+                for b in sorted(self.batches.values(), key=lambda b: (b.submitted, b.order))
+                for series, episode in b.episodes]
+
+    def graph(self) -> "Graph":
+        """Every action of every episode as the planner makes it once all is known (cached)."""
+        if self._graph is None:
+            self._graph = Graph.of(self)
+        graph: Graph = self._graph
+        return graph
+
+
+@dataclass
+class Graph:
+    """The whole planned graph of a workload: what the lower bound and the tests read."""
+
+    actions: dict[str, Action]
+    batch_of: dict[str, str]  # key -> the batch of the first episode that needs it
+    revealed_by: dict[str, set[str]]  # key -> the script actions whose completion plans it (any one)
+    lines_of: dict[str, list[str]]  # a clip's key -> its shot's lines (a clip is planned once they are voiced)
+    by_episode: dict[tuple[str, str], dict[str, str]]  # (batch, "series/epNNN") -> label -> key
+    scripts: dict[str, Script]  # a script action's key -> the script it writes
+    samples: dict[str, int]  # a line action's key -> how long its audio is
+
+    @classmethod
+    def of(cls, workload: Workload) -> "Graph":
+        actions: dict[str, Action] = {}
+        batch_of: dict[str, str] = {}
+        revealed: dict[str, set[str]] = {}
+        lines_of: dict[str, list[str]] = {}
+        by_episode: dict[tuple[str, str], dict[str, str]] = {}
+        scripts: dict[str, Script] = {}
+        all_samples: dict[str, int] = {}
+        for batch, job in workload.jobs():
+            script, samples = sketch(job)
+            all_samples.update(samples)
+            plan = plan_episode(job, script, samples)
+            if plan.script_key is not None:
+                scripts[plan.script_key] = script
+            labels = {a.label: a.key for a in plan.actions}
+            by_episode[(batch, f"{job.series.id}/{job.episode.slug}")] = labels
+            for a in plan.actions:
+                actions.setdefault(a.key, a)
+                batch_of.setdefault(a.key, batch)
+                if plan.script_key is not None and a.key != plan.script_key:
+                    revealed.setdefault(a.key, set()).add(plan.script_key)
+                if a.op == "clip":
+                    shot = a.label.split(" ", 1)[1]
+                    lines_of[a.key] = [k for label, k in labels.items() if label.startswith(f"line {shot}#")]
+        return cls(actions, batch_of, revealed, lines_of, by_episode, scripts, all_samples)
 
 
 def _lognormal(rng: random.Random, sigma: float) -> float:
@@ -117,108 +201,74 @@ def synthetic_batch(episodes: int, seed: int, series: int | None = None,
     round-robin to ``studios``, one batch per studio (``batch``, or ``batch-<studio>`` when there are
     several), submitted at ``submitted`` with the given terms.
 
-    ``shots``, ``lines``, ``characters``: ranges per episode (lines, characters: per episode, per
-    series); ``dubbing``: "gpu" or "cpu" backend for lines; ``jitter``: sigma of the true durations
-    around the estimates (0: exact); ``stages``, ``prices``: the tables above. Same arguments, same
-    workload. Keys read ``<batch>/<episode>/<op><shot>`` (sheets: ``<batch>/s<series>/sheet<n>``).
+    Each episode is an outline: its shots (``shots``, a range) are an establishing shot per beat and
+    a shot per line (``lines``, a range per episode); a series has a cast (``characters``, a range).
+    ``dubbing``: "gpu" or "cpu" backend for lines; ``jitter``: sigma of the true durations around the
+    estimates (0: exact); ``stages``, ``prices``: the tables above. Same arguments, same workload.
+    Episodes are ``<series>/epNNNN`` with series ``s000``...; keys are the planner's.
     """
     if episodes < 1:
         raise ValueError("episodes must be >= 1")
     if dubbing not in ("gpu", "cpu"):
         raise ValueError(f"dubbing must be 'gpu' or 'cpu', not {dubbing!r}")
     studios = list(studios) or ["studio-a"]
-    series = series or max(1, episodes // 20)
+    n_series = series or max(1, episodes // 20)
     prio = PRIORITY_CLASSES[priority] if isinstance(priority, str) else priority
     rng = random.Random(seed)
-    line_spec = stages["line" if dubbing == "gpu" else "line-cpu"]
     batch_of = {s: batch if len(studios) == 1 else f"{batch}-{s}" for s in studios}
-    batches = {batch_of[s]: BatchTerms(batch_of[s], s, prio, deadline, budget, submitted, order + i)
-               for i, s in enumerate(studios)}
-    ep_lists: dict[str, list[str]] = {b: [] for b in batches}
-    nodes: dict[str, Node] = {}
-
-    def make(key, spec_name, b, studio, episode, est_s, parents=(), revealed_by=(), serves=(), tail_s=0.0):
-        spec = stages[spec_name]
-        actual = est_s * _lognormal(rng, jitter)
-        est_tokens = spec.tokens
-        actual_tokens = round(est_tokens * _lognormal(rng, jitter)) if est_tokens else 0
-        est_gpu_s = est_s * spec.gpus
-        task = Task(key, b, studio, episode, spec.stage, spec.backend, spec.cpus, spec.gpus, spec.accelerator,
-                    est_s, est_tokens, est_gpu_s, prices.money(est_tokens, est_gpu_s))
-        nodes[key] = Node(task, tuple(parents), actual, actual_tokens, tuple(revealed_by), tail_s, tuple(serves))
-
-    # A template of an episode's critical path behind its script, for ranking before it is revealed.
-    template_tail = (stages["sheet"].mean_s + stages["keyframe"].mean_s + stages["clip"].mean_s
-                     + stages["mux"].mean_s + stages["episode"].mean_s)
-
-    # Series: a cast each, a studio each (a series belongs to one studio), episodes dealt in turn.
-    plan = []
+    casts: dict[tuple[str, int], Series] = {}
+    dealt: dict[str, list[tuple[Series, Episode]]] = {s: [] for s in studios}
     for i in range(episodes):
-        studio = studios[i % len(studios)]
-        plan.append((studio, i % series))
-    per_series: dict[tuple[str, int], list[int]] = {}
-    for i, (studio, s) in enumerate(plan):
-        per_series.setdefault((studio, s), []).append(i)
-    casts = {k: rng.randint(*characters) for k in per_series}
-    scripts = {k: [f"{batch_of[k[0]]}/e{i:05d}/script" for i in idx] for k, idx in per_series.items()}
-
-    for i, (studio, s) in enumerate(plan):
-        b = batch_of[studio]
-        ep = f"e{i:05d}"
-        ep_lists[b].append(ep)
-        prefix = f"{b}/{ep}"
-        serieskey = (studio, s)
-        script = f"{prefix}/script"
-        n_lines_total = rng.randint(*lines)
-        make(script, "script", b, studio, ep, stages["script"].mean_s, tail_s=template_tail)
-        sheet_keys = [f"{b}/s{s:03d}/sheet{c}" for c in range(casts[serieskey])]
-        if per_series[serieskey][0] == i:  # the series' first episode in this batch creates the sheet nodes
-            series_eps = [f"e{j:05d}" for j in per_series[serieskey]]
-            for key in sheet_keys:
-                make(key, "sheet", b, studio, ep, stages["sheet"].mean_s,
-                     revealed_by=scripts[serieskey], serves=series_eps)
-        n_shots = rng.randint(*shots)
-        shot_lines = [0] * n_shots
-        for _ in range(n_lines_total):
-            shot_lines[rng.randrange(n_shots)] += 1
-        final_parents = []
-        for k in range(n_shots):
-            shot_s = rng.uniform(2.0, 8.0)
-            cast = rng.sample(sheet_keys, min(len(sheet_keys), rng.randint(1, 3)))
-            kf = f"{prefix}/kf{k:02d}"
-            make(kf, "keyframe", b, studio, ep, stages["keyframe"].mean_s, parents=sorted(cast),
-                 revealed_by=(script,))
-            line_keys = []
-            for j in range(shot_lines[k]):
-                lk = f"{prefix}/line{k:02d}-{j}"
-                make(lk, "line" if dubbing == "gpu" else "line-cpu", b, studio, ep,
-                     line_spec.mean_s * rng.uniform(0.5, 1.5), revealed_by=(script,))
-                line_keys.append(lk)
-            clip = f"{prefix}/clip{k:02d}"
-            make(clip, "clip", b, studio, ep, stages["clip"].mean_s * shot_s / 5.0,
-                 parents=[kf, *line_keys], revealed_by=(script,))
-            mux = f"{prefix}/mux{k:02d}"
-            make(mux, "mux", b, studio, ep, stages["mux"].mean_s * (0.75 + shot_s / 20),
-                 parents=[clip, *line_keys], revealed_by=(script,))
-            final_parents += [mux, kf]
-        make(f"{prefix}/episode", "episode", b, studio, ep, stages["episode"].mean_s * n_shots / 12,
-             parents=final_parents, revealed_by=(script,))
-    return Workload(batches, nodes, ep_lists, prices)
+        studio, k = studios[i % len(studios)], i % n_series
+        if (studio, k) not in casts:
+            casts[(studio, k)] = _series(f"s{k:03d}", rng.randint(*characters), rng)
+        cast = casts[(studio, k)]
+        dealt[studio].append((cast, _episode(i + 1, cast, rng, shots, lines)))
+    batches = {batch_of[s]: SimBatch(batch_of[s], s, tuple(dealt[s]), prio, deadline, budget, submitted, order + n)
+               for n, s in enumerate(studios)}
+    return Workload(batches, dict(stages), prices, dubbing, jitter, seed)
 
 
-def with_terms(workload: Workload, batch: str, **changes) -> Workload:
+def _series(sid: str, cast: int, rng: random.Random) -> Series:
+    return Series.model_validate({
+        "id": sid, "title": f"Series {sid}", "language": "en",
+        "style": {"description": "neon noir", "palette": ["#0b1030", "#2d1b4e", "#ff8a3d"]},
+        "characters": [{"id": f"c{c}", "name": f"C{c}", "look": {"description": f"look {c}"},
+                        "voice": {"voice": "en-us", "pitch": 10 + 8 * c, "rate": 150 + rng.randint(0, 40)}}
+                       for c in range(cast)],
+    })
+
+
+_WORDS = ("rain", "letter", "midnight", "tea", "door", "secret", "alley", "promise", "lantern", "train", "river",
+          "mother", "ledger", "key", "neon", "signal")
+
+
+def _episode(number: int, series: Series, rng: random.Random, shots: tuple[int, int],
+             lines: tuple[int, int]) -> Episode:
+    n_shots = rng.randint(*shots)
+    n_lines = min(rng.randint(*lines), n_shots - 1)
+    beats = max(1, n_shots - n_lines)
+    cast = [c.id for c in series.characters]
+    per_beat = [0] * beats
+    for _ in range(n_lines):
+        per_beat[rng.randrange(beats)] += 1
+    outline = []
+    for b, count in enumerate(per_beat):
+        present = rng.sample(cast, min(len(cast), rng.randint(1, 3)))
+        outline.append({
+            "beat": f"beat {b} of episode {number}", "location": f"place {rng.randint(0, 9)}",
+            "characters": present,
+            "lines": [{"speaker": rng.choice(present),
+                       "text": f"Episode {number}, line {b}.{j}: " + " ".join(rng.choice(_WORDS)
+                                                                          for _ in range(rng.randint(3, 12)))}
+                      for j in range(count)],
+        })
+    return Episode.model_validate({"series": "series.yaml", "number": number, "title": f"Episode {number}",
+                                   "target_seconds": 60, "seed": rng.randint(0, 10_000), "outline": outline})
+
+
+def with_terms(workload: Workload, batch: str, **changes: Any) -> Workload:
     """A copy of ``workload`` with one batch's terms changed (priority, deadline, budget, ...)."""
     batches = dict(workload.batches)
     batches[batch] = replace(batches[batch], **changes)
-    return Workload(batches, workload.nodes, workload.episodes, workload.prices)
-
-
-def episode_work(workload: Workload) -> dict[str, tuple[float, float]]:
-    """Batch -> mean estimated (GPU-seconds, CPU-seconds) per episode: what pacing needs."""
-    totals: dict[str, list[float]] = {b: [0.0, 0.0] for b in workload.batches}
-    for node in workload.nodes.values():
-        t = node.task
-        totals[t.batch][0] += t.est_seconds * t.gpus
-        totals[t.batch][1] += t.est_seconds * t.cpus
-    return {b: (g / max(1, len(workload.episodes[b])), c / max(1, len(workload.episodes[b])))
-            for b, (g, c) in totals.items()}
+    return replace(workload, batches=batches, _graph=None)

@@ -66,7 +66,7 @@ def push(objects: ObjectStore, folder: Path, name: str) -> dict[str, Any]:
     files = _files(folder)
     if not files:
         raise UsageError(f"{folder} has no files")
-    entries = {}
+    entries: dict[str, dict[str, Any]] = {}
     for rel, path in files.items():
         digest, size = file_digest(path)
         entries[rel] = {"digest": digest, "size": size}

@@ -383,7 +383,7 @@ class ComfyUI:
         width, height = int(params["width"]), int(params["height"])
         im = self._open(files[0][0], files[0][1])
         meta["source_size"] = list(im.size)
-        frame = ImageOps.fit(im.convert("RGB"), (width, height), Image.LANCZOS)
+        frame = ImageOps.fit(im.convert("RGB"), (width, height), Image.Resampling.LANCZOS)
         path = out_dir / "keyframe.png"
         frame.save(path, optimize=False)
         meta.update(width=width, height=height)

@@ -134,11 +134,11 @@ def load_templates(name: str, s: ComfyUISettings) -> dict[str, dict[str, Any]]:
             elif IMAGE_INPUT.match(input_name) and is_link(template[nid]["inputs"][field]):
                 problems.append(f"{here}: node {nid} input {field!r} is a link; name the file field of a "
                                 "LoadImage node")
-    for op, mapping in s.outputs.items():
+    for op, saved in s.outputs.items():
         if op not in ops:
             problems.append(f"{where}.outputs.{op}: a {s.stage} backend does {', '.join(ops)}; remove {op!r}")
             continue
-        for out, nid in mapping.items():
+        for out, nid in saved.items():
             if out not in OUTPUTS[op]:
                 problems.append(f"{where}.outputs.{op}.{out}: {op} makes {', '.join(OUTPUTS[op])}")
             elif op in templates and nid not in templates[op]:

@@ -143,7 +143,7 @@ def place_figures(canvas: Image.Image, figures: list[Image.Image], framing: str,
     cast = figures[:1] if framing == "close" else figures
     for i, fig in enumerate(cast):
         fh = max(1, int(min(h * scale, 0.95 * w / len(cast) * fig.height / fig.width)))
-        fig = fig.resize((max(1, int(fig.width * fh / fig.height)), fh), Image.LANCZOS)
+        fig = fig.resize((max(1, int(fig.width * fh / fig.height)), fh), Image.Resampling.LANCZOS)
         x = int((i + 1) / (len(cast) + 1) * w - fig.width / 2)
         y = int(h * 0.22) if framing == "close" else int(min(h - fh, horizon + h * 0.3 - fh))
         if x >= 0 and y >= 0:
@@ -343,6 +343,7 @@ class DiffusersImages(tt.TorchBackend):
         gw, gh = jobs[0].gen
         use_init = op == "keyframe" and pipes.img2img is not None
         pipe = pipes.img2img if use_init else pipes.text2img
+        assert pipe is not None, f"{self.what}: no pipeline loaded for {op}"
         kwargs: dict[str, Any] = dict(
             prompt=[j.prompt for j in jobs], negative_prompt=[s.negative_prompt] * len(jobs) if s.negative_prompt else None,
             height=gh, width=gw, num_inference_steps=s.steps, guidance_scale=s.guidance,

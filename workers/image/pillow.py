@@ -27,11 +27,13 @@ _HAIRSTYLES = ("bob", "long", "short", "bun")
 
 
 def _rgb(color: str) -> tuple[int, int, int]:
-    return tuple(int(color[i:i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
+    r, g, b = (int(color[i:i + 2], 16) for i in (1, 3, 5))
+    return r, g, b
 
 
-def _mix(a, b, t: float) -> tuple[int, int, int]:
-    return tuple(round(x + (y - x) * t) for x, y in zip(a, b))  # type: ignore[return-value]
+def _mix(a: tuple[int, int, int], b: tuple[int, int, int], t: float) -> tuple[int, int, int]:
+    r, g, bl = (round(x + (y - x) * t) for x, y in zip(a, b))
+    return r, g, bl
 
 
 def _rng(*parts: Any) -> random.Random:
@@ -157,7 +159,7 @@ def draw_keyframe(params: Mapping[str, Any], figures: Mapping[str, Image.Image])
         fig = figures[cid]
         # never wider than the character's share of the frame, so two people in a medium shot do not overlap
         fh = int(min(h * scale, 0.95 * w / len(cast) * fig.height / fig.width))
-        fig = fig.resize((max(1, int(fig.width * fh / fig.height)), fh), Image.LANCZOS)
+        fig = fig.resize((max(1, int(fig.width * fh / fig.height)), fh), Image.Resampling.LANCZOS)
         x = int((i + 1) / (len(cast) + 1) * w - fig.width / 2)
         y = int(h * 0.22) if params["framing"] == "close" else int(min(h - fh, horizon + h * 0.3 - fh))
         img.alpha_composite(fig, (x, y))

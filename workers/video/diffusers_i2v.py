@@ -264,6 +264,7 @@ class DiffusersVideo(tt.TorchBackend):
             raise StageError(f"{self.what}: camera {camera!r} is not one of {', '.join(CAMERAS)}")
         gen = tt.generation_size(width, height, s.max_side, tt.size_multiple(pipe))
         first = self._image(item, "keyframe", gen, required=True)
+        assert first is not None  # required: _image raised otherwise
         last = self._image(item, "last", gen, required=False) if s.last_frame else None
         if s.last_frame and last is None:
             last = first  # the episode's last shot: no next keyframe, end where it began
