@@ -57,8 +57,13 @@ KINDS: dict[str, str] = {
 
 
 # the stage each kind serves (None: the settings say, as a ComfyUI workflow may draw or animate)
-KIND_STAGES: dict[str, str | None] = {"openai-chat": "script", "openai-speech": "dubbing",
-                                      "diffusers-image": "image", "diffusers-video": "video", "comfyui": None}
+KIND_STAGES: dict[str, str | None] = {
+    "openai-chat": "script",
+    "openai-speech": "dubbing",
+    "diffusers-image": "image",
+    "diffusers-video": "video",
+    "comfyui": None,
+}
 
 
 class UnknownBackend(UsageError):
@@ -88,8 +93,10 @@ def kind_class(name: str, kind: Any) -> type:
         except (ImportError, AttributeError) as exc:
             raise ConfigError(f"backends.{name}.kind: cannot import {kind!r}: {exc}") from None
     if kind not in KINDS:
-        raise ConfigError(f"backends.{name}.kind: {kind!r} is not a backend kind (known: {', '.join(KINDS)}, "
-                          "or your own as package.module:Class)")
+        raise ConfigError(
+            f"backends.{name}.kind: {kind!r} is not a backend kind (known: {', '.join(KINDS)}, "
+            "or your own as package.module:Class)"
+        )
     return _import(KINDS[kind])
 
 
@@ -193,8 +200,10 @@ class Catalog:
             except ConfigError as exc:
                 out.append(str(exc))
             except ImportError as exc:
-                out.append(f"backends.{name}: kind {config.get('kind')!r} needs a package that is not installed "
-                           f"({exc.name or exc}); install it (pip install 'farm[diffusers]' for diffusers kinds)")
+                out.append(
+                    f"backends.{name}: kind {config.get('kind')!r} needs a package that is not installed "
+                    f"({exc.name or exc}); install it (pip install 'farm[diffusers]' for diffusers kinds)"
+                )
         return out
 
     def secrets(self) -> list[str]:
@@ -229,19 +238,25 @@ def profiles_for(settings: "Settings", catalog: Catalog | None = None) -> dict[t
             continue  # a configured backend that cannot be built: ``farm backends`` says why
         backend = catalog.load(stage, name)
         declared = backend.resources
-        override = settings.stage_resources.get(stage, {}) if defaults[stage] == name or name not in catalog.configs else {}
+        override = (
+            settings.stage_resources.get(stage, {}) if defaults[stage] == name or name not in catalog.configs else {}
+        )
         gpus = override.get("num_gpus", declared.num_gpus)
-        out[(stage, name)] = Profile(cpus=override.get("num_cpus", declared.num_cpus),
-                                     gpus=gpus / slots(backend),
-                                     accelerator=override.get("accelerator", declared.accelerator))
+        out[(stage, name)] = Profile(
+            cpus=override.get("num_cpus", declared.num_cpus),
+            gpus=gpus / slots(backend),
+            accelerator=override.get("accelerator", declared.accelerator),
+        )
     return out
 
 
 def estimator(catalog: Catalog) -> Callable[[Action], tuple[float, int, float]]:
     """The controller's estimate function: (seconds, tokens, GPU-seconds) of one action."""
+
     def estimate(action: Action) -> tuple[float, int, float]:
         est = catalog.load(action.stage, action.backend).estimate(action.op, action.params)
         return est.seconds, est.tokens, est.gpu_seconds
+
     return estimate
 
 
@@ -249,9 +264,14 @@ def controller_for(settings: "Settings", catalog: Catalog | None = None) -> Cont
     """The controller settings describe: the backends' estimates and resources, prices, shares, caps
     and the retry policy. ``farm render``, the batch controller and ``farm report`` all build theirs here."""
     catalog = catalog or settings.catalog()
-    return Controller(estimator(catalog), profiles_for(settings, catalog), prices=Prices(**settings.prices),
-                      shares=[Share(**s) for s in settings.shares], caps=settings.caps,
-                      retry=RetryPolicy(**dict[str, Any](settings.retry)))
+    return Controller(
+        estimator(catalog),
+        profiles_for(settings, catalog),
+        prices=Prices(**settings.prices),
+        shares=[Share(**s) for s in settings.shares],
+        caps=settings.caps,
+        retry=RetryPolicy(**dict[str, Any](settings.retry)),
+    )
 
 
 def preflight(settings: "Settings", episodes: Any = (), batch: Any = None) -> None:
@@ -272,13 +292,19 @@ def preflight(settings: "Settings", episodes: Any = (), batch: Any = None) -> No
             try:
                 catalog.load(stage, name)
             except (UnknownBackend, ConfigError) as exc:
-                problems.append(SpecProblem(path, f"backends.{stage}", f"{exc}; configure it in FARM_BACKENDS "
-                                            "or choose a known one (farm backends)"))
+                problems.append(
+                    SpecProblem(
+                        path,
+                        f"backends.{stage}",
+                        f"{exc}; configure it in FARM_BACKENDS or choose a known one (farm backends)",
+                    )
+                )
     if problems:
         raise SpecError(problems)
     for e in episodes:
-        wanted.append(resolve(settings.backend_names(), e.series.backends,
-                                       batch.spec.backends if batch is not None else None))
+        wanted.append(
+            resolve(settings.backend_names(), e.series.backends, batch.spec.backends if batch is not None else None)
+        )
     for names in wanted:
         for tool in catalog.required_tools(names):
             require_tool(tool)

@@ -54,8 +54,16 @@ class StoreError(FarmError):
 
 
 class ActionFailed(FarmError):
-    def __init__(self, key: str, label: str, message: str, *, retryable: bool, worker: str | None = None,
-                 retry_after: float | None = None):
+    def __init__(
+        self,
+        key: str,
+        label: str,
+        message: str,
+        *,
+        retryable: bool,
+        worker: str | None = None,
+        retry_after: float | None = None,
+    ):
         super().__init__(f"{label}: {message}")
         self.key = key
         self.label = label
@@ -65,10 +73,13 @@ class ActionFailed(FarmError):
         self._message = message
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:  # survives pickling across Ray processes with every field
-        return (_rebuild_action_failed, (self.key, self.label, self._message, self.retryable, self.worker,
-                                         self.retry_after))
+        return (
+            _rebuild_action_failed,
+            (self.key, self.label, self._message, self.retryable, self.worker, self.retry_after),
+        )
 
 
-def _rebuild_action_failed(key: str, label: str, message: str, retryable: bool, worker: str | None,
-                           retry_after: float | None = None) -> ActionFailed:
+def _rebuild_action_failed(
+    key: str, label: str, message: str, retryable: bool, worker: str | None, retry_after: float | None = None
+) -> ActionFailed:
     return ActionFailed(key, label, message, retryable=retryable, worker=worker, retry_after=retry_after)

@@ -69,14 +69,16 @@ def _message(err: Any) -> str:
     if kind == "string_pattern_mismatch":
         pattern = err.get("ctx", {}).get("pattern", "")
         if "a-z0-9_-" in pattern:
-            return (f"{err['input']!r} is not a valid id: use lower-case letters, digits, '-' and '_' "
-                    "(no '/', '..' or spaces), at most 63 characters")
+            return (
+                f"{err['input']!r} is not a valid id: use lower-case letters, digits, '-' and '_' "
+                "(no '/', '..' or spaces), at most 63 characters"
+            )
         if pattern.startswith("^#"):
             return f"{err['input']!r} is not a colour; write it as #rrggbb"
         return f"{err['input']!r} is not valid: {err['msg']}"
     msg = err["msg"]
     if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
+        msg = msg[len("Value error, ") :]
     return msg
 
 
@@ -97,8 +99,11 @@ def _validate(model: type[M], path: Path, problems: list[SpecProblem]) -> M | No
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        problems.append(SpecProblem(str(path), "", f"is not valid YAML: {getattr(exc, 'problem', exc)}",
-                                    mark.line + 1 if mark else None))
+        problems.append(
+            SpecProblem(
+                str(path), "", f"is not valid YAML: {getattr(exc, 'problem', exc)}", mark.line + 1 if mark else None
+            )
+        )
         return None
     if not isinstance(data, dict):
         problems.append(SpecProblem(str(path), "", f"must be a YAML mapping of fields, not {type(data).__name__}"))
@@ -130,7 +135,9 @@ def _load_episode(path: Path, problems: list[SpecProblem]) -> LoadedEpisode | No
     series = _validate(Series, series_path, problems)
     if series is None:
         if len(problems) > before and problems[-1].message.startswith("file not found"):
-            problems[-1] = SpecProblem(str(path), "series", f"names {episode.series!r}, but {series_path} does not exist")
+            problems[-1] = SpecProblem(
+                str(path), "series", f"names {episode.series!r}, but {series_path} does not exist"
+            )
         return None
     for field, message in check_episode(series, episode):
         problems.append(SpecProblem(str(path), field, message))
@@ -161,14 +168,25 @@ def _load_batch(path: Path, now: datetime, problems: list[SpecProblem]) -> Loade
     if spec is None:
         return None
     if spec.deadline is not None and spec.deadline <= now:
-        problems.append(SpecProblem(str(path), "deadline", f"{spec.deadline.isoformat()} is already past "
-                                    f"(now {now.isoformat(timespec='seconds')}); give a future time with its zone"))
+        problems.append(
+            SpecProblem(
+                str(path),
+                "deadline",
+                f"{spec.deadline.isoformat()} is already past "
+                f"(now {now.isoformat(timespec='seconds')}); give a future time with its zone",
+            )
+        )
     files: list[Path] = []
     for i, pattern in enumerate(spec.episodes):
         matches = sorted(glob.glob(str(path.parent / pattern), recursive=True))
         if not matches:
-            problems.append(SpecProblem(str(path), f"episodes[{i}]", f"{pattern!r} matches no file "
-                                        f"(relative to {path.parent}); check the path or the pattern"))
+            problems.append(
+                SpecProblem(
+                    str(path),
+                    f"episodes[{i}]",
+                    f"{pattern!r} matches no file (relative to {path.parent}); check the path or the pattern",
+                )
+            )
         files += [Path(m).resolve() for m in matches if Path(m).resolve() not in files]
     episodes: list[LoadedEpisode] = []
     seen: dict[tuple[str, str], Path] = {}
@@ -178,8 +196,14 @@ def _load_batch(path: Path, now: datetime, problems: list[SpecProblem]) -> Loade
             continue
         ident = (loaded.series.id, loaded.episode.slug)
         if ident in seen:
-            problems.append(SpecProblem(str(file), "number", f"episode {ident[1]} of series {ident[0]} is also "
-                                        f"{seen[ident]}; each episode may appear once in a batch"))
+            problems.append(
+                SpecProblem(
+                    str(file),
+                    "number",
+                    f"episode {ident[1]} of series {ident[0]} is also "
+                    f"{seen[ident]}; each episode may appear once in a batch",
+                )
+            )
         seen[ident] = file
         episodes.append(loaded)
     if len(problems) > before:

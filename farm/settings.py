@@ -50,20 +50,31 @@ class Settings(BaseModel):
     # the batch controller
     metrics_port: int = Field(9108, ge=0, le=65535)
     controller_resources: dict[str, float] = Field(
-        default_factory=dict, description='custom Ray resources the controller actor needs, e.g. {"farm_controller": 1} '
-                                          "to pin it (and its /metrics) to the node that declares that resource")
+        default_factory=dict,
+        description='custom Ray resources the controller actor needs, e.g. {"farm_controller": 1} '
+        "to pin it (and its /metrics) to the node that declares that resource",
+    )
     stage_resources: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description='per stage: {"video": {"num_gpus": 1, "accelerator": "A100"}}')
+        default_factory=dict, description='per stage: {"video": {"num_gpus": 1, "accelerator": "A100"}}'
+    )
     prices: dict[str, float] = Field(default_factory=lambda: {"per_1k_tokens": 0.0, "per_gpu_hour": 0.0})
     shares: list[dict[str, Any]] = Field(default_factory=list, description='[{"studio", "weight", "floor_gpus"}]')
     caps: dict[str, int] = Field(default_factory=dict, description="concurrency cap per backend name")
     retry: dict[str, float] = Field(default_factory=dict, description="RetryPolicy fields")
-    dispatch_ahead: int = Field(1, ge=0, le=16, description=(
-        "CPU actions the controller hands to Ray per CPU beyond those it can run now: a worker that "
-        "finishes starts the next at once instead of waiting for the controller's round trip"))
+    dispatch_ahead: int = Field(
+        1,
+        ge=0,
+        le=16,
+        description=(
+            "CPU actions the controller hands to Ray per CPU beyond those it can run now: a worker that "
+            "finishes starts the next at once instead of waiting for the controller's round trip"
+        ),
+    )
     backends: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description='configured backends by name: {"qwen": {"kind": "openai-chat", '
-                                          '"base_url": ..., "model": ..., "api_key_env": "QWEN_KEY"}}')
+        default_factory=dict,
+        description='configured backends by name: {"qwen": {"kind": "openai-chat", '
+        '"base_url": ..., "model": ..., "api_key_env": "QWEN_KEY"}}',
+    )
 
     @field_validator("store")
     @classmethod
@@ -95,8 +106,14 @@ class Settings(BaseModel):
     def store_spec(self) -> StoreSpec:
         if self.store.startswith("s3://") and not self.s3_endpoint:
             raise UsageError("an s3:// store needs FARM_S3_ENDPOINT (host:port) and credentials")
-        return StoreSpec(url=self.store, endpoint=self.s3_endpoint, access_key=self.s3_access_key,
-                         secret_key=self.s3_secret_key, secure=self.s3_secure, region=self.s3_region)
+        return StoreSpec(
+            url=self.store,
+            endpoint=self.s3_endpoint,
+            access_key=self.s3_access_key,
+            secret_key=self.s3_secret_key,
+            secure=self.s3_secure,
+            region=self.s3_region,
+        )
 
     def backend_names(self) -> dict[str, str]:
         """The default backend of each stage (a series or batch spec may choose another)."""
@@ -106,4 +123,3 @@ class Settings(BaseModel):
         from farm.catalog import Catalog
 
         return Catalog(self.backends)
-

@@ -81,10 +81,18 @@ SMALL_SERIES = {
     "resolution": {"width": 180, "height": 320},
     "fps": 12,
     "characters": [
-        {"id": "ana", "name": "Ana", "look": {"description": "red coat", "outfit": "#c03030"},
-         "voice": {"voice": "en-us+f3", "pitch": 65, "rate": 190}},
-        {"id": "bo", "name": "Bo", "look": {"description": "blue jacket"},
-         "voice": {"voice": "en-us+m3", "pitch": 35, "rate": 170}},
+        {
+            "id": "ana",
+            "name": "Ana",
+            "look": {"description": "red coat", "outfit": "#c03030"},
+            "voice": {"voice": "en-us+f3", "pitch": 65, "rate": 190},
+        },
+        {
+            "id": "bo",
+            "name": "Bo",
+            "look": {"description": "blue jacket"},
+            "voice": {"voice": "en-us+m3", "pitch": 35, "rate": 170},
+        },
     ],
 }
 
@@ -92,17 +100,43 @@ SMALL_SCRIPT = {
     "title": "Test Episode",
     "language": "en",
     "scenes": [
-        {"id": "s01", "location": "kitchen", "time_of_day": "night", "shots": [
-            {"id": "s01-01", "description": "A kitchen at night", "characters": ["ana", "bo"],
-             "framing": "wide", "camera": "push_in", "duration": 1.0},
-            {"id": "s01-02", "description": "Ana at the window", "characters": ["ana"], "camera": "pan_left",
-             "duration": 0.5, "lines": [{"speaker": "ana", "text": "Is anyone there?"}]},
-        ]},
-        {"id": "s02", "location": "hallway", "shots": [
-            {"id": "s02-01", "description": "Bo in the hallway", "framing": "close", "camera": "static",
-             "duration": 0.5, "lines": [{"speaker": "bo", "text": "Only me."},
-                                        {"speaker": "ana", "text": "Then who rang?"}]},
-        ]},
+        {
+            "id": "s01",
+            "location": "kitchen",
+            "time_of_day": "night",
+            "shots": [
+                {
+                    "id": "s01-01",
+                    "description": "A kitchen at night",
+                    "characters": ["ana", "bo"],
+                    "framing": "wide",
+                    "camera": "push_in",
+                    "duration": 1.0,
+                },
+                {
+                    "id": "s01-02",
+                    "description": "Ana at the window",
+                    "characters": ["ana"],
+                    "camera": "pan_left",
+                    "duration": 0.5,
+                    "lines": [{"speaker": "ana", "text": "Is anyone there?"}],
+                },
+            ],
+        },
+        {
+            "id": "s02",
+            "location": "hallway",
+            "shots": [
+                {
+                    "id": "s02-01",
+                    "description": "Bo in the hallway",
+                    "framing": "close",
+                    "camera": "static",
+                    "duration": 0.5,
+                    "lines": [{"speaker": "bo", "text": "Only me."}, {"speaker": "ana", "text": "Then who rang?"}],
+                },
+            ],
+        },
     ],
 }
 
@@ -111,8 +145,13 @@ def write_specs(folder: Path, series: dict | None = None, episode: dict | None =
     """Write a series and an episode (hand-written script by default) to ``folder``; return the episode path."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "series.yaml").write_text(yaml.safe_dump(series or SMALL_SERIES, allow_unicode=True), encoding="utf-8")
-    ep = episode or {"series": "series.yaml", "number": 1, "title": "Test Episode", "target_seconds": 30,
-                     "script": SMALL_SCRIPT}
+    ep = episode or {
+        "series": "series.yaml",
+        "number": 1,
+        "title": "Test Episode",
+        "target_seconds": 30,
+        "script": SMALL_SCRIPT,
+    }
     path = folder / "ep001.yaml"
     path.write_text(yaml.safe_dump(ep, allow_unicode=True, sort_keys=False), encoding="utf-8")
     return path

@@ -34,8 +34,12 @@ CHAT = {"kind": "openai-chat", "base_url": "http://127.0.0.1:9/v1", "model": "m1
 
 # -- the catalogue -------------------------------------------------------------------------------
 def test_catalog_lists_embedded_and_configured_backends():
-    catalog = Catalog({"llm": CHAT, "tts": {"kind": "openai-speech", "base_url": "http://h/v1", "model": "t",
-                                            "voices": {"*": "alloy"}}})
+    catalog = Catalog(
+        {
+            "llm": CHAT,
+            "tts": {"kind": "openai-speech", "base_url": "http://h/v1", "model": "t", "voices": {"*": "alloy"}},
+        }
+    )
     assert catalog.names("script") == ["outline", "noop", "llm"]
     assert catalog.names("dubbing") == ["espeak-ng", "noop", "tts"]
     assert catalog.load("script", "llm") is catalog.load("script", "llm")  # built once per process
@@ -55,8 +59,13 @@ def test_version_digests_what_changes_the_output_not_urls_or_keys():
 
 
 def test_bad_settings_name_the_backend_and_field():
-    catalog = Catalog({"llm": {"kind": "openai-chat", "model": "m"}, "x": {"kind": "teleport"},
-                       "own": {"kind": "no.such.module:Thing"}})
+    catalog = Catalog(
+        {
+            "llm": {"kind": "openai-chat", "model": "m"},
+            "x": {"kind": "teleport"},
+            "own": {"kind": "no.such.module:Thing"},
+        }
+    )
     problems = "\n".join(catalog.problems())
     assert "backends.llm.base_url" in problems
     with pytest.raises(ConfigError, match=r"backends\.x\.kind: 'teleport' is not a backend kind"):
@@ -89,9 +98,11 @@ def test_a_series_chooses_its_backend(tmp_path):
     from farm.runtime.local import InProcessRuntime
     from farm.service.local import render_episode
 
-    settings = Settings(store=str(tmp_path / "store"), backends={"fast": {"kind": BATCHING, "flavour": "x",
-                                                                          "num_gpus": 0, "delay_s": 0.0}},
-                        **{f"backend_{s}": "noop" for s in ("video", "dubbing", "assembly")})
+    settings = Settings(
+        store=str(tmp_path / "store"),
+        backends={"fast": {"kind": BATCHING, "flavour": "x", "num_gpus": 0, "delay_s": 0.0}},
+        **{f"backend_{s}": "noop" for s in ("video", "dubbing", "assembly")},
+    )
     episode = write_specs(tmp_path, series=SMALL_SERIES | {"backends": {"image": "fast"}})
     runtime = InProcessRuntime(settings.store_spec(), settings.catalog(), cpus=2)
     try:
@@ -136,8 +147,11 @@ def test_batcher_groups_concurrent_actions_with_equal_keys(tmp_path):
     assert [r.meta["batch"] for r in results] == [3, 3, 3]
     # a different size cannot share the call; a failing item fails alone
     batcher = Batcher(backend, wait_s=0.05)
-    items = [("keyframe", same | {"seed": 1}, dirs[0]), ("keyframe", {"width": 32, "height": 32, "seed": 2}, dirs[1]),
-             ("keyframe", same | {"seed": 3, "description": "fail"}, dirs[2])]
+    items = [
+        ("keyframe", same | {"seed": 1}, dirs[0]),
+        ("keyframe", {"width": 32, "height": 32, "seed": 2}, dirs[1]),
+        ("keyframe", same | {"seed": 3, "description": "fail"}, dirs[2]),
+    ]
     results = _in_threads(batcher, items)
     assert sorted(batcher.calls) in ([1, 1, 1], [1, 2])
     assert isinstance(results[2], StageError) and not isinstance(results[0], Exception)
@@ -157,8 +171,17 @@ def ray_gpu():
 
 def _action(backend, n: int, **params) -> Action:
     params = {"width": 64, "height": 64, "seed": n, "description": "d"} | params
-    return Action(key=f"{n:064x}", stage="image", op="keyframe", backend=backend.name, version=backend.version,
-                  params=params, inputs={}, label=f"keyframe {n}", context={"studio": "studio-a"})
+    return Action(
+        key=f"{n:064x}",
+        stage="image",
+        op="keyframe",
+        backend=backend.name,
+        version=backend.version,
+        params=params,
+        inputs={},
+        label=f"keyframe {n}",
+        context={"studio": "studio-a"},
+    )
 
 
 @pytest.mark.ray
@@ -214,8 +237,12 @@ def test_an_idle_worker_gives_its_gpu_to_a_worker_waiting_for_one(ray_gpu, tmp_p
     from farm.runtime.ray_runtime import RayRuntime
     from farm.settings import StoreSpec
 
-    catalog = Catalog({"one": {"kind": BATCHING, "max_batch": 1, "delay_s": 0.5, "flavour": "1"},
-                       "two": {"kind": BATCHING, "max_batch": 1, "delay_s": 0.1, "flavour": "2"}})
+    catalog = Catalog(
+        {
+            "one": {"kind": BATCHING, "max_batch": 1, "delay_s": 0.5, "flavour": "1"},
+            "two": {"kind": BATCHING, "max_batch": 1, "delay_s": 0.1, "flavour": "2"},
+        }
+    )
     spec = StoreSpec(url=str(tmp_path / "store"))
     runtime = RayRuntime(spec, catalog=catalog)
     runtime.submit(_action(catalog.load("image", "one"), 1), {}, Profile(cpus=0, gpus=1), None)
@@ -252,17 +279,31 @@ def test_episode_renders_with_diffusers_on_gpu_workers(ray_gpu, tmp_path, monkey
     from farm.service.local import render_episode
 
     # tiny pipelines draw small (max_side): a sheet at full size would take minutes on a CPU
-    configs = {"sd": {"kind": "diffusers-image", "model_path": str(build_tiny_sd(tmp_path / "sd")), "steps": 2,
-                      "max_batch": 4, "max_side": 64, "batch_wait_s": 2.0},
-               "svd": {"kind": "diffusers-video", "model_path": str(build_tiny_svd(tmp_path / "svd")), "steps": 2,
-                       "frames": 4, "max_side": 64}}
+    configs = {
+        "sd": {
+            "kind": "diffusers-image",
+            "model_path": str(build_tiny_sd(tmp_path / "sd")),
+            "steps": 2,
+            "max_batch": 4,
+            "max_side": 64,
+            "batch_wait_s": 2.0,
+        },
+        "svd": {
+            "kind": "diffusers-video",
+            "model_path": str(build_tiny_svd(tmp_path / "svd")),
+            "steps": 2,
+            "frames": 4,
+            "max_side": 64,
+        },
+    }
     settings = Settings(store=str(tmp_path / "store"), backends=configs, backend_image="sd", backend_video="svd")
     catalog = settings.catalog()
     assert catalog.load("image", "sd").resources.num_gpus == 1
     runtime = RayRuntime(settings.store_spec(), catalog=catalog)
     try:
-        result = render_episode(load_episode(write_specs(tmp_path / "specs")), settings, runtime,
-                                out_dir=tmp_path / "out")
+        result = render_episode(
+            load_episode(write_specs(tmp_path / "specs")), settings, runtime, out_dir=tmp_path / "out"
+        )
     finally:
         runtime.shutdown()
     by_op: dict[str, list] = {}
@@ -312,7 +353,8 @@ def test_a_provider_job_is_resumed_after_a_crash_not_submitted_again(tmp_path):
     action = _action(backend, 7)
     spec = StoreSpec(url=str(tmp_path / "store"))
     child = multiprocessing.get_context("spawn").Process(
-        target=_run_in_child, args=(action.to_json(), spec.model_dump(mode="json"), configs))
+        target=_run_in_child, args=(action.to_json(), spec.model_dump(mode="json"), configs)
+    )
     child.start()
     store = ArtifactStore(LocalStore(tmp_path / "store"), "studio-a")
     deadline = time.monotonic() + 60
@@ -353,8 +395,15 @@ def test_render_with_llm_script_and_api_speech_accounts_tokens(tmp_path, monkeyp
     from tests.support.openai_server import Answer, openai_server
     from workers.script.outline import write_script
 
-    outline = [{"beat": "Ana hears a knock", "location": "kitchen", "time_of_day": "night", "characters": ["bo"],
-                "lines": [{"speaker": "ana", "text": "Who's there?"}, {"speaker": "bo", "text": "Only me."}]}]
+    outline = [
+        {
+            "beat": "Ana hears a knock",
+            "location": "kitchen",
+            "time_of_day": "night",
+            "characters": ["bo"],
+            "lines": [{"speaker": "ana", "text": "Who's there?"}, {"speaker": "bo", "text": "Only me."}],
+        }
+    ]
     episode = {"series": "series.yaml", "number": 1, "title": "Knock", "target_seconds": 30, "outline": outline}
     path = write_specs(tmp_path / "specs", episode=episode)
     job = EpisodeJob("default", "default", Series.model_validate(SMALL_SERIES), Episode.model_validate(episode), {})
@@ -366,16 +415,33 @@ def test_render_with_llm_script_and_api_speech_accounts_tokens(tmp_path, monkeyp
         server.plan(Answer(content=json.dumps(script), usage=(1200, 340)))
         configs = {
             "llm": {"kind": "openai-chat", "base_url": server.base_url, "model": "test-chat", "api_key_env": "E2E_KEY"},
-            "tts": {"kind": "openai-speech", "base_url": server.base_url, "model": "test-tts",
-                    "api_key_env": "E2E_KEY", "voices": {"ana": "coral", "*": "onyx"}},
+            "tts": {
+                "kind": "openai-speech",
+                "base_url": server.base_url,
+                "model": "test-tts",
+                "api_key_env": "E2E_KEY",
+                "voices": {"ana": "coral", "*": "onyx"},
+            },
         }
         monkeypatch.setenv("E2E_KEY", "sk-e2e-secret")
         monkeypatch.setenv("FARM_BACKENDS", json.dumps(configs))
         monkeypatch.setenv("FARM_BACKEND_SCRIPT", "llm")
         monkeypatch.setenv("FARM_BACKEND_DUBBING", "tts")
         textfile = tmp_path / "farm.prom"
-        code = farm_main(["render", str(path), "--store", str(tmp_path / "store"), "--num-cpus", "2",
-                          "--metrics-textfile", str(textfile), "--out", str(tmp_path / "out")])
+        code = farm_main(
+            [
+                "render",
+                str(path),
+                "--store",
+                str(tmp_path / "store"),
+                "--num-cpus",
+                "2",
+                "--metrics-textfile",
+                str(textfile),
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
         assert code == 0
         speech = [r for r in server.requests if r.path.endswith("/audio/speech")]
     assert [r.body["voice"] for r in speech] == ["coral", "onyx"]
@@ -386,7 +452,11 @@ def test_render_with_llm_script_and_api_speech_accounts_tokens(tmp_path, monkeyp
     for m in manifests:
         by_stage.setdefault(m.stage, []).append(m)
     (script_manifest,) = by_stage["script"]
-    assert (script_manifest.backend, script_manifest.usage.tokens_in, script_manifest.usage.tokens_out) == ("llm", 1200, 340)
+    assert (script_manifest.backend, script_manifest.usage.tokens_in, script_manifest.usage.tokens_out) == (
+        "llm",
+        1200,
+        340,
+    )
     assert sorted(m.usage.tokens_in for m in by_stage["dubbing"]) == sorted([len("Who's there?"), len("Only me.")])
     metrics = textfile.read_text()
     assert 'farm_tokens_total{direction="in",model="test-chat",stage="script",studio="default"} 1200.0' in metrics
@@ -399,10 +469,16 @@ def test_farm_backends_lists_and_checks_each_backend(monkeypatch, capsys):
     from tests.support.openai_server import openai_server
 
     with openai_server(api_key="sk-list-secret") as server:
-        configs = {"llm": {"kind": "openai-chat", "base_url": server.base_url, "model": "test-chat",
-                           "api_key": "sk-list-secret"},
-                   "gone": {"kind": "openai-chat", "base_url": "http://127.0.0.1:9/v1", "model": "m"},
-                   "bad": {"kind": "openai-speech", "model": "t"}}
+        configs = {
+            "llm": {
+                "kind": "openai-chat",
+                "base_url": server.base_url,
+                "model": "test-chat",
+                "api_key": "sk-list-secret",
+            },
+            "gone": {"kind": "openai-chat", "base_url": "http://127.0.0.1:9/v1", "model": "m"},
+            "bad": {"kind": "openai-speech", "model": "t"},
+        }
         monkeypatch.setenv("FARM_BACKENDS", json.dumps(configs))
         monkeypatch.setenv("FARM_BACKEND_SCRIPT", "llm")
         code = farm_main(["backends", "--json"])
@@ -443,8 +519,12 @@ def test_a_batch_submission_records_each_episodes_backends_and_the_controller_pl
     catalog = settings.catalog()
     series = dict(SMALL_SERIES, backends={"image": "noop", "video": "noop"})
     episode = Episode.model_validate({"series": "s.yaml", "number": 1, "title": "E", "script": SMALL_SCRIPT})
-    payload = {"studio": "acme", "namespace": "acme", "backends": {"image": "fast"},
-               "episodes": [{"series": series, "episode": episode.model_dump(mode="json")}]}
+    payload = {
+        "studio": "acme",
+        "namespace": "acme",
+        "backends": {"image": "fast"},
+        "episodes": [{"series": series, "episode": episode.model_dump(mode="json")}],
+    }
     data = submission(payload, settings, catalog)
     chosen = data.episodes[0].backends
     assert chosen["image"] == ["fast", catalog.load("image", "fast").version, []]
@@ -459,8 +539,10 @@ def test_a_batch_submission_records_each_episodes_backends_and_the_controller_pl
 def test_each_action_of_a_batching_backend_holds_its_share_of_the_workers_gpu():
     from farm.catalog import profiles_for
 
-    settings = Settings(backends={"fast": {"kind": BATCHING, "max_batch": 4, "num_gpus": 1}},
-                        stage_resources={"video": {"num_gpus": 1, "accelerator": "L4"}})
+    settings = Settings(
+        backends={"fast": {"kind": BATCHING, "max_batch": 4, "num_gpus": 1}},
+        stage_resources={"video": {"num_gpus": 1, "accelerator": "L4"}},
+    )
     profiles = profiles_for(settings)
     assert profiles[("image", "fast")].gpus == pytest.approx(0.25)
     assert profiles[("video", "ffmpeg-motion")].gpus == 1 and profiles[("video", "ffmpeg-motion")].accelerator == "L4"

@@ -55,19 +55,28 @@ def _batch_file(tmp_path, episodes=3, **fields):
     for n in range(2, episodes + 1):
         script = yaml.safe_load(yaml.safe_dump(SMALL_SCRIPT))
         script["scenes"][1]["shots"][0]["lines"][0]["text"] = f"Only me, the {n}th time."
-        (folder / f"ep{n:03d}.yaml").write_text(yaml.safe_dump(
-            {"series": "series.yaml", "number": n, "title": f"Episode {n}", "script": script}))
+        (folder / f"ep{n:03d}.yaml").write_text(
+            yaml.safe_dump({"series": "series.yaml", "number": n, "title": f"Episode {n}", "script": script})
+        )
     path = tmp_path / "batch.yaml"
-    path.write_text(yaml.safe_dump({"studio": "acme", "priority": "high", "episodes": ["specs/ep*.yaml"],
-                                    "budget": {"gpu_seconds": 100000}} | fields))
+    path.write_text(
+        yaml.safe_dump(
+            {"studio": "acme", "priority": "high", "episodes": ["specs/ep*.yaml"], "budget": {"gpu_seconds": 100000}}
+            | fields
+        )
+    )
     return path
 
 
 def _start(tmp_path):
     from farm.cli.batch import controller
 
-    settings = Settings(store=str(tmp_path / "store"), metrics_port=0, stage_resources={"video": {"num_gpus": 1}},
-                        retry={"base_s": 0.2, "max_delay_s": 1.0})
+    settings = Settings(
+        store=str(tmp_path / "store"),
+        metrics_port=0,
+        stage_resources={"video": {"num_gpus": 1}},
+        retry={"base_s": 0.2, "max_delay_s": 1.0},
+    )
     return settings, controller(settings, create=True)
 
 
@@ -110,8 +119,9 @@ def test_batch_runs_across_nodes_and_survives_losing_one(tmp_path, cluster, rece
     c, gpu_nodes = cluster
     settings, handle = _start(tmp_path)
     hook = {"url": receiver.url, "secret_env": "FARM_TEST_HOOK_SECRET"}
-    batch_id = ray.get(handle.submit.remote(batch_payload(load_batch(_batch_file(tmp_path, webhook=hook), _now()),
-                                                          settings)))
+    batch_id = ray.get(
+        handle.submit.remote(batch_payload(load_batch(_batch_file(tmp_path, webhook=hook), _now()), settings))
+    )
     _wait(handle, batch_id, lambda s: s["actions"].get("video", {}).get("done", 0) >= 1)
     c.remove_node(gpu_nodes[0])
     status = _wait(handle, batch_id, lambda s: s["status"] != "running")

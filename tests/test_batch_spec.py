@@ -18,8 +18,13 @@ def _batch(tmp_path, **fields):
     write_specs(tmp_path / "eps")
     ep2 = {"series": "series.yaml", "number": 2, "title": "Two", "script": SMALL_SCRIPT}
     (tmp_path / "eps" / "ep002.yaml").write_text(yaml.safe_dump(ep2))
-    body = {"studio": "acme", "priority": "high", "deadline": "2026-11-21T14:00:00+08:00",
-            "budget": {"tokens": 1000, "gpu_seconds": 3600, "money": 12.5}, "episodes": ["eps/ep*.yaml"]} | fields
+    body = {
+        "studio": "acme",
+        "priority": "high",
+        "deadline": "2026-11-21T14:00:00+08:00",
+        "budget": {"tokens": 1000, "gpu_seconds": 3600, "money": 12.5},
+        "episodes": ["eps/ep*.yaml"],
+    } | fields
     path = tmp_path / "batch.yaml"
     path.write_text(yaml.safe_dump(body))
     return path

@@ -15,8 +15,9 @@ from tests.conftest import write_specs
 
 
 def farm(*args, env=None, cwd=None, timeout=900):
-    return subprocess.run([sys.executable, "-m", "farm.cli", *args], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "farm.cli", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout
+    )
 
 
 def test_validate_ok_and_bad(tmp_path):
@@ -35,8 +36,13 @@ def test_examples_are_written(tmp_path):
     proc = farm("examples", str(tmp_path))
     assert proc.returncode == 0
     written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.yaml"))
-    assert written == ["midnight-tea/ep001.yaml", "midnight-tea/ep002.yaml", "midnight-tea/series.yaml",
-                       "west-lake/ep001.yaml", "west-lake/series.yaml"]
+    assert written == [
+        "midnight-tea/ep001.yaml",
+        "midnight-tea/ep002.yaml",
+        "midnight-tea/series.yaml",
+        "west-lake/ep001.yaml",
+        "west-lake/series.yaml",
+    ]
     assert yaml.safe_load((tmp_path / "west-lake/series.yaml").read_text(encoding="utf-8"))["language"] == "zh"
 
 
@@ -54,8 +60,15 @@ def test_missing_ffmpeg_is_one_clear_message(tmp_path):
 
 def test_bad_spec_renders_nothing(tmp_path):
     """A spec error stops render before Ray starts or the store is touched."""
-    episode = write_specs(tmp_path / "specs", episode={"series": "series.yaml", "number": 1, "title": "x",
-                                                       "outline": [{"beat": "b", "lines": [{"speaker": "nobody", "text": "hi"}]}]})
+    episode = write_specs(
+        tmp_path / "specs",
+        episode={
+            "series": "series.yaml",
+            "number": 1,
+            "title": "x",
+            "outline": [{"beat": "b", "lines": [{"speaker": "nobody", "text": "hi"}]}],
+        },
+    )
     proc = farm("render", str(episode), "--store", str(tmp_path / "store"))
     assert proc.returncode == 2 and "'nobody' is not a character" in proc.stderr
     assert not (tmp_path / "store").exists()
@@ -78,8 +91,18 @@ def test_render_json_summary(tmp_path):
     proc = farm("render", str(episode), "--store", str(tmp_path / "store"), "--json", "--num-cpus", "2")
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
-    for key in ("video", "subtitles", "storyboard", "actions_run", "actions_cached", "wall_seconds",
-                "cpu_seconds", "gpu_seconds", "tokens_in", "tokens_out"):
+    for key in (
+        "video",
+        "subtitles",
+        "storyboard",
+        "actions_run",
+        "actions_cached",
+        "wall_seconds",
+        "cpu_seconds",
+        "gpu_seconds",
+        "tokens_in",
+        "tokens_out",
+    ):
         assert key in summary
     assert summary["actions_run"] == 15 and summary["actions_cached"] == 0
     assert os.path.isfile(summary["video"]) and os.path.isfile(summary["storyboard"])

@@ -23,8 +23,13 @@ from farm.core.spec import Episode, Series
 from farm.policy import Capacity, Prices, RetryPolicy
 from tests.conftest import SMALL_SCRIPT, SMALL_SERIES
 
-BACKENDS = {"script": ["outline", "1"], "image": ["pillow", "1"], "video": ["ffmpeg-motion", "1"],
-            "dubbing": ["espeak-ng", "1"], "assembly": ["ffmpeg", "1"]}
+BACKENDS = {
+    "script": ["outline", "1"],
+    "image": ["pillow", "1"],
+    "video": ["ffmpeg-motion", "1"],
+    "dubbing": ["espeak-ng", "1"],
+    "assembly": ["ffmpeg", "1"],
+}
 CAPACITY = Capacity(cpus=4, gpus_by_accelerator={None: 2})
 
 
@@ -37,12 +42,20 @@ PROFILES = {("video", "ffmpeg-motion"): Profile(cpus=1, gpus=1)}
 
 def manifest(action, attempt_worker="node-a", **changes) -> Manifest:
     digest = lambda name: hashlib.sha256(f"{action.key}{name}".encode()).hexdigest()  # noqa: E731
-    data = {"key": action.key, "stage": action.stage, "op": action.op, "backend": action.backend,
-            "version": action.version, "label": action.label,
-            "outputs": {o: {"digest": digest(o), "size": 1, "name": o} for o in OUTPUTS[action.op]},
-            "meta": {"samples": 24_000 + 10 * len(action.params.get("text", ""))} if action.op == "line" else {},
-            "usage": {"gpu_seconds": 1.5 if action.stage == "video" else 0.0, "cpu_seconds": 0.5},
-            "started_at": 0.0, "finished_at": 1.0, "worker": {"node": attempt_worker}}
+    data = {
+        "key": action.key,
+        "stage": action.stage,
+        "op": action.op,
+        "backend": action.backend,
+        "version": action.version,
+        "label": action.label,
+        "outputs": {o: {"digest": digest(o), "size": 1, "name": o} for o in OUTPUTS[action.op]},
+        "meta": {"samples": 24_000 + 10 * len(action.params.get("text", ""))} if action.op == "line" else {},
+        "usage": {"gpu_seconds": 1.5 if action.stage == "video" else 0.0, "cpu_seconds": 0.5},
+        "started_at": 0.0,
+        "finished_at": 1.0,
+        "worker": {"node": attempt_worker},
+    }
     return Manifest.model_validate(data | changes)
 
 
@@ -150,12 +163,27 @@ class Harness:
             script["scenes"][1]["shots"][0]["lines"][0]["text"] = f"Only me, time {n}."
             for shot in (s for scene in script["scenes"] for s in scene["shots"]) if unique else ():
                 shot["description"] += f" ({batch} #{n})"
-            source = {"outline": [{"beat": f"{batch} episode {n}", "lines": [{"speaker": "ana", "text": f"Hi {n}."}]}]} \
-                if outline else {"script": script}
-            eps.append({"series": series, "episode": Episode.model_validate(
-                {"series": "s.yaml", "number": n, "title": f"E{n}", **source}).model_dump(mode="json")})
-        data = {"studio": "acme", "namespace": "acme", "priority": "normal", "budget": {}, "backends": BACKENDS,
-                "episodes": eps} | terms
+            source = (
+                {"outline": [{"beat": f"{batch} episode {n}", "lines": [{"speaker": "ana", "text": f"Hi {n}."}]}]}
+                if outline
+                else {"script": script}
+            )
+            eps.append(
+                {
+                    "series": series,
+                    "episode": Episode.model_validate(
+                        {"series": "s.yaml", "number": n, "title": f"E{n}", **source}
+                    ).model_dump(mode="json"),
+                }
+            )
+        data = {
+            "studio": "acme",
+            "namespace": "acme",
+            "priority": "normal",
+            "budget": {},
+            "backends": BACKENDS,
+            "episodes": eps,
+        } | terms
         self.commit([BatchSubmitted(batch=batch, data=Submission.model_validate(data))])
 
     def run(self, rounds=200):
@@ -350,9 +378,15 @@ def _reference_order(c, now) -> list:
 
     ranks = c.ranks(now)
     tasks = [c._make_task(s) for s in c.ready(now)]
-    return sorted(tasks, key=lambda t: sort_key(t, c.batches[t.batch].terms,
-                                                ranks[t.key] if t.key in ranks else c._local_rank(t.key),
-                                                c._paces.get(t.batch, {}).get((t.batch, t.episode), NO_PACE)))
+    return sorted(
+        tasks,
+        key=lambda t: sort_key(
+            t,
+            c.batches[t.batch].terms,
+            ranks[t.key] if t.key in ranks else c._local_rank(t.key),
+            c._paces.get(t.batch, {}).get((t.batch, t.episode), NO_PACE),
+        ),
+    )
 
 
 def test_ready_queue_matches_a_from_scratch_ordering():
@@ -369,8 +403,15 @@ def test_ready_queue_matches_a_from_scratch_ordering():
         if rnd == 3:  # shares b1's episodes 1-2 and outranks it: those actions now count for b2
             h.submit(batch="b2", episodes=2, priority="urgent", budget={"gpu_seconds": 9.0})
         if rnd == 5:
-            h.submit(batch="b3", episodes=2, priority="low", deadline=h.now + 400.0, studio="other",
-                     namespace="other", unique=True)
+            h.submit(
+                batch="b3",
+                episodes=2,
+                priority="low",
+                deadline=h.now + 400.0,
+                studio="other",
+                namespace="other",
+                unique=True,
+            )
             first = h.c.episodes[("b3", h.c.batches["b3"].episodes[0])]
             poison = next(k for k in first.keys if h.c.actions[k].action.params.get("text") == "Only me, time 1.")
         if rnd == 8:
@@ -441,13 +482,16 @@ def test_a_script_naming_a_character_the_series_lacks_fails_only_its_episode():
     assert fresh.batch_status("b1", h.now) == b1 and fresh.errors == []
 
 
-@pytest.mark.parametrize("op, changes, problem", [
-    ("line", {"outputs": {}}, "no audio output"),
-    ("keyframe", {"outputs": {"keyframe": {"digest": "0" * 64, "size": 0, "name": "k.png"}}}, "output is empty"),
-    ("line", {"meta": {"samples": 0}}, "0 samples"),
-    ("line", {"meta": {"samples": "48000"}}, "'48000' samples"),
-    ("line", {"meta": {}}, "None samples"),
-])
+@pytest.mark.parametrize(
+    "op, changes, problem",
+    [
+        ("line", {"outputs": {}}, "no audio output"),
+        ("keyframe", {"outputs": {"keyframe": {"digest": "0" * 64, "size": 0, "name": "k.png"}}}, "output is empty"),
+        ("line", {"meta": {"samples": 0}}, "0 samples"),
+        ("line", {"meta": {"samples": "48000"}}, "'48000' samples"),
+        ("line", {"meta": {}}, "None samples"),
+    ],
+)
 def test_an_unusable_result_fails_its_episode_never_the_engine(op, changes, problem):
     """A missing or empty output, or a line without a positive whole number of samples, fails the action
     for good and its episode; the batch goes on and finishes."""
@@ -474,7 +518,10 @@ def test_an_unusable_stored_result_fails_its_episode_and_says_how_to_mend_it():
     second.submit(episodes=1)
     second.run()
     failure = second.c.batch_status("b1", second.now)["failures"][0]["reason"]
-    assert "the stored result is unusable: the line has -5 samples" in failure and f"actions/{line[:2]}/{line}.json" in failure
+    assert (
+        "the stored result is unusable: the line has -5 samples" in failure
+        and f"actions/{line[:2]}/{line}.json" in failure
+    )
 
 
 def _journal_with_an_unchecked_rogue_script():
@@ -486,8 +533,13 @@ def _journal_with_an_unchecked_rogue_script():
     h.commit(h.c.decide(h.now, CAPACITY))
     rogue = _script_of(h, "b1", 1)
     result = h.c.on_result(rogue, manifest(h.c.actions[rogue].action), facts(h.c.actions[rogue].action))[0]
-    bad = result.model_copy(update={"data": result.data.model_copy(update={"facts": type(result.data.facts)(
-        script=Script.model_validate(ROGUE))})})
+    bad = result.model_copy(
+        update={
+            "data": result.data.model_copy(
+                update={"facts": type(result.data.facts)(script=Script.model_validate(ROGUE))}
+            )
+        }
+    )
     return h, bad
 
 
@@ -545,6 +597,7 @@ def test_an_unreadable_journal_event_fails_its_batch_only():
 
 def test_a_backend_whose_estimate_raises_fails_its_actions_not_the_controller():
     """A studio's own backend class raising in ``estimate`` fails those actions and their episodes."""
+
     def shaky(action):
         if action.op == "clip":
             raise RuntimeError("estimate exploded")

@@ -105,11 +105,26 @@ def test_every_metric_named_exists():
     m = Metrics(nvml=False)
     m.prepare("s", {})
     m.stages({}, {})
-    m.batch({"batch": "b", "studio": "s", "status": "running", "episodes": {"total": 1, "delivered": 0, "failed": 0},
-             "projected_finish": 1.0, "deadline": 2.0, "budget": {"tokens": 1}, "spent": {"tokens": 0}})
+    m.batch(
+        {
+            "batch": "b",
+            "studio": "s",
+            "status": "running",
+            "episodes": {"total": 1, "delivered": 0, "failed": 0},
+            "projected_finish": 1.0,
+            "deadline": 2.0,
+            "budget": {"tokens": 1},
+            "spent": {"tokens": 0},
+        }
+    )
     exported = set(re.findall(r"^(farm_\w+?)(?:\{| )", generate_latest(m.registry).decode(), re.M))
     exported |= {"farm_gpu_utilization_ratio", "farm_gpu_memory_used_bytes", "farm_gpu_memory_total_bytes"}
-    named = {n for path in DASHBOARDS for _, e in expressions(json.loads(path.read_text())) for n in re.findall(r"farm_\w+", e)}
+    named = {
+        n
+        for path in DASHBOARDS
+        for _, e in expressions(json.loads(path.read_text()))
+        for n in re.findall(r"farm_\w+", e)
+    }
     named |= {n for r in rules() for n in re.findall(r"farm_\w+", r["expr"])}
     assert named - exported == set()
 
@@ -117,8 +132,12 @@ def test_every_metric_named_exists():
 def test_rules_cover_the_four_alerts():
     """A batch missing its deadline, a budget 90% used, a high failure rate, the controller down."""
     alerts = {r["alert"]: r for r in rules()}
-    assert set(alerts) == {"FarmBatchProjectedToMissDeadline", "FarmBatchBudgetNearlySpent", "FarmActionFailureRateHigh",
-                           "FarmControllerDown"}
+    assert set(alerts) == {
+        "FarmBatchProjectedToMissDeadline",
+        "FarmBatchBudgetNearlySpent",
+        "FarmActionFailureRateHigh",
+        "FarmControllerDown",
+    }
     for rule in alerts.values():
         assert rule["labels"]["severity"] in ("warning", "critical") and rule["annotations"]["summary"] and rule["for"]
 
@@ -134,20 +153,24 @@ ANNOTATIONS = {
     "FarmBatchProjectedToMissDeadline": {
         "summary": "Batch late of acme is projected to miss its deadline",
         "description": 'Its slack (deadline minus projected finish) is -5m 0s. Look at the "Farm overview" and '
-                       '"Farm stages" dashboards for the queue and the bottleneck stage; raise the batch\'s priority '
-                       "or add capacity."},
+        '"Farm stages" dashboards for the queue and the bottleneck stage; raise the batch\'s priority '
+        "or add capacity.",
+    },
     "FarmBatchBudgetNearlySpent": {
         "summary": "Batch late of acme has used 95% of its money budget",
         "description": "New actions that cost money are held before projected spend would pass the cap, so the batch "
-                       "will stall there. Raise the budget or cancel the batch."},
+        "will stall there. Raise the budget or cancel the batch.",
+    },
     "FarmActionFailureRateHigh": {
         "summary": "25% of dubbing attempts fail for acme",
         "description": "More than 10% of the dubbing stage's attempts failed in the last 15 minutes. The reasons are in "
-                       "the controller's logs (event action.failed) and in `farm report BATCH`."},
+        "the controller's logs (event action.failed) and in `farm report BATCH`.",
+    },
     "FarmControllerDown": {
         "summary": "The farm controller is down or not scraped",
         "description": "No batch is being scheduled. Ray restarts the controller actor on failure; check `farm "
-                       "controller status` and the Ray head, and that Prometheus scrapes the controller's /metrics."},
+        "controller status` and the Ray head, and that Prometheus scrapes the controller's /metrics.",
+    },
 }
 
 
@@ -172,14 +195,29 @@ def test_promtool_unit_tests_every_alert(tmp_path):
         "FarmActionFailureRateHigh": {"severity": "warning", "studio": "acme", "stage": "dubbing"},
         "FarmControllerDown": {"severity": "critical"},
     }
-    alert_tests = [{"eval_time": "20m", "alertname": name,
-                    "exp_alerts": [{"exp_labels": labels, "exp_annotations": ANNOTATIONS[name]}]}
-                   for name, labels in expected.items()]
-    alert_tests += [{"eval_time": "3m", "alertname": "FarmControllerDown", "exp_alerts": []},
-                    {"eval_time": "1m", "alertname": "FarmBatchBudgetNearlySpent", "exp_alerts": []}]
-    unit = {"rule_files": [str(ALERTS)], "evaluation_interval": "1m",
-            "tests": [{"interval": "1m", "input_series": [{"series": s, "values": v} for s, v in series.items()],
-                       "alert_rule_test": alert_tests}]}
+    alert_tests = [
+        {
+            "eval_time": "20m",
+            "alertname": name,
+            "exp_alerts": [{"exp_labels": labels, "exp_annotations": ANNOTATIONS[name]}],
+        }
+        for name, labels in expected.items()
+    ]
+    alert_tests += [
+        {"eval_time": "3m", "alertname": "FarmControllerDown", "exp_alerts": []},
+        {"eval_time": "1m", "alertname": "FarmBatchBudgetNearlySpent", "exp_alerts": []},
+    ]
+    unit = {
+        "rule_files": [str(ALERTS)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [{"series": s, "values": v} for s, v in series.items()],
+                "alert_rule_test": alert_tests,
+            }
+        ],
+    }
     path = tmp_path / "alerts_test.yaml"
     path.write_text(yaml.safe_dump(unit, sort_keys=False))
     proc = subprocess.run(["promtool", "test", "rules", str(path)], capture_output=True, text=True)
@@ -199,14 +237,24 @@ class Prometheus:
     def __init__(self, folder: Path, targets: list[str], rule_files: list[str]):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = {"global": {"scrape_interval": "500ms", "scrape_timeout": "500ms", "evaluation_interval": "500ms"},
-                  "rule_files": rule_files,
-                  "scrape_configs": [{"job_name": "farm", "static_configs": [{"targets": targets}]}]}
+        config = {
+            "global": {"scrape_interval": "500ms", "scrape_timeout": "500ms", "evaluation_interval": "500ms"},
+            "rule_files": rule_files,
+            "scrape_configs": [{"job_name": "farm", "static_configs": [{"targets": targets}]}],
+        }
         (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
         self.log = open(folder / "prometheus.log", "wb")
         self.proc = subprocess.Popen(
-            ["prometheus", f"--config.file={folder / 'prometheus.yml'}", f"--storage.tsdb.path={folder / 'data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"], stdout=self.log, stderr=subprocess.STDOUT)
+            [
+                "prometheus",
+                f"--config.file={folder / 'prometheus.yml'}",
+                f"--storage.tsdb.path={folder / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--log.level=warn",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
@@ -253,10 +301,22 @@ class Prometheus:
 def _payload(episodes, **terms):
     from farm.core.spec import Episode, Series
 
-    return {"studio": "acme", "namespace": "acme", "priority": "normal", "name": "prometheus test", "webhook": None,
-            "budget": {"tokens": 1_000_000, "gpu_seconds": 36_000, "money": 100.0}, "deadline": time.time() + 3600,
-            "episodes": [{"series": Series.model_validate(s).model_dump(mode="json"),
-                          "episode": Episode.model_validate(e).model_dump(mode="json")} for s, e in episodes]} | terms
+    return {
+        "studio": "acme",
+        "namespace": "acme",
+        "priority": "normal",
+        "name": "prometheus test",
+        "webhook": None,
+        "budget": {"tokens": 1_000_000, "gpu_seconds": 36_000, "money": 100.0},
+        "deadline": time.time() + 3600,
+        "episodes": [
+            {
+                "series": Series.model_validate(s).model_dump(mode="json"),
+                "episode": Episode.model_validate(e).model_dump(mode="json"),
+            }
+            for s, e in episodes
+        ],
+    } | terms
 
 
 def _episode(number: int, first_line: str | None = None):
@@ -294,8 +354,9 @@ def scraped(tmp_path_factory, ray_local):
 
     folder = tmp_path_factory.mktemp("prometheus")
     port = free_port()
-    settings = Settings(store=str(folder / "store"), metrics_port=port,
-                        prices={"per_1k_tokens": 0.002, "per_gpu_hour": 2.5})
+    settings = Settings(
+        store=str(folder / "store"), metrics_port=port, prices={"per_1k_tokens": 0.002, "per_gpu_hour": 2.5}
+    )
     service = ControllerService(settings.model_dump(mode="json"))
     prom = Prometheus(folder, [f"127.0.0.1:{port}"], [str(ALERTS)])
     try:
@@ -309,7 +370,11 @@ def scraped(tmp_path_factory, ray_local):
         status = _finish(service, b)
         assert status["episodes"] == {"total": 2, "delivered": 1, "failed": 1, "running": 0}, status
         prom.wait_for('farm_episodes_total{studio="acme", outcome="failed"} == 1')
-        big = copy.deepcopy(SMALL_SERIES) | {"id": "full-size", "resolution": {"width": 1080, "height": 1920}, "fps": 30}
+        big = copy.deepcopy(SMALL_SERIES) | {
+            "id": "full-size",
+            "resolution": {"width": 1080, "height": 1920},
+            "fps": 30,
+        }
         c = service.submit(_payload([(big, _episode(3, "Something new to say, slowly."))], deadline=time.time() - 60))
         at = prom.wait_for(f'count_over_time(farm_batch_deadline_slack_seconds{{batch="{c}"}}[1m]) >= 2', timeout=30)
         assert service.status(c)["status"] == "running", "batch C finished before Prometheus saw it twice"
@@ -324,8 +389,13 @@ def _check(prom, expr, at, name, require_data=True):
     answer = prom.query(substitute(expr), at)
     assert answer["status"] == "success", f"{name}: {expr}\n  {answer.get('errorType')}: {answer.get('error')}"
     result = answer["data"]["result"]
-    values = [float(r["value"][1]) for r in result] if answer["data"]["resultType"] == "vector" else \
-        [float(result[1])] if answer["data"]["resultType"] == "scalar" else []
+    values = (
+        [float(r["value"][1]) for r in result]
+        if answer["data"]["resultType"] == "vector"
+        else [float(result[1])]
+        if answer["data"]["resultType"] == "scalar"
+        else []
+    )
     if require_data:
         assert result, f"{name}: no data for {expr}"
         assert any(math.isfinite(v) for v in values), f"{name}: only NaN or infinite values for {expr}: {result}"
@@ -400,7 +470,19 @@ def test_live_metrics_pass_promtool_and_stay_bounded(scraped):
     proc = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     labels = set(re.findall(r"[{,](\w+)=", text))
-    assert labels <= {"studio", "stage", "outcome", "model", "direction", "accelerator", "batch", "cap", "le", "gpu", "gpu_model"}
+    assert labels <= {
+        "studio",
+        "stage",
+        "outcome",
+        "model",
+        "direction",
+        "accelerator",
+        "batch",
+        "cap",
+        "le",
+        "gpu",
+        "gpu_model",
+    }
     keys = set(service.controller.actions)
     values = set(re.findall(r'="([^"]*)"', text))
     assert not values & ({k for k in keys} | {k[:12] for k in keys} | {"ep001", "ep002", "ep003"})

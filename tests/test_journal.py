@@ -19,19 +19,34 @@ def objects(request, tmp_path):
     from farm.store.s3 import S3Store
 
     server = request.getfixturevalue("s3_server")
-    return S3Store(server.endpoint, server.access_key, server.secret_key, "farm-journal", f"j-{tmp_path.name}",
-                   secure=server.secure, region=server.region)
+    return S3Store(
+        server.endpoint,
+        server.access_key,
+        server.secret_key,
+        "farm-journal",
+        f"j-{tmp_path.name}",
+        secure=server.secure,
+        region=server.region,
+    )
 
 
 def test_append_then_replay_in_order(objects):
     """Events come back in the order appended, numbered from zero, across segments, as their models."""
     j = StoreJournal(objects)
     j.append([ev.BudgetExhausted(batch="b1", data=ev.Reason(reason="gpu_seconds: over"))], now=10.0)
-    j.append([ev.ActionDispatched(batch="b1", key=KEY, data=ev.Dispatched(label="clip s01", episode="s/ep001")),
-              ev.ActionRetry(batch="b1", key=KEY, data=ev.RetryAt(not_before=12.5, attempt=1))], now=11.0)
+    j.append(
+        [
+            ev.ActionDispatched(batch="b1", key=KEY, data=ev.Dispatched(label="clip s01", episode="s/ep001")),
+            ev.ActionRetry(batch="b1", key=KEY, data=ev.RetryAt(not_before=12.5, attempt=1)),
+        ],
+        now=11.0,
+    )
     events = list(StoreJournal(objects).replay())
     assert [(e.seq, e.type, e.at) for e in events] == [
-        (0, "budget.exhausted", 10.0), (1, "action.dispatched", 11.0), (2, "action.retry", 11.0)]
+        (0, "budget.exhausted", 10.0),
+        (1, "action.dispatched", 11.0),
+        (2, "action.retry", 11.0),
+    ]
     assert isinstance(events[2], ev.ActionRetry) and events[2].data.not_before == 12.5
     assert events[0].data.reason == "gpu_seconds: over"
 
@@ -45,7 +60,10 @@ def test_a_new_writer_continues_after_replay(objects):
     third = StoreJournal(objects)
     third.append([ev.BatchFailed(batch="b1", data=ev.Reason(reason="r"))], now=3.0)
     assert [(e.seq, e.type) for e in StoreJournal(objects).replay()] == [
-        (0, "batch.cancelled"), (1, "batch.finished"), (2, "batch.failed")]
+        (0, "batch.cancelled"),
+        (1, "batch.finished"),
+        (2, "batch.failed"),
+    ]
 
 
 def test_only_the_farms_events_are_written(objects):
@@ -61,21 +79,30 @@ def test_an_unreadable_line_replays_as_unreadable_with_its_batch(tmp_path):
     """A line of another schema or a torn write is not an exception: it names its batch and why."""
     objects = LocalStore(tmp_path)
     StoreJournal(objects).append([ev.BatchCancelled(batch="b1")], now=1.0)
-    objects.put_bytes("_farm/journal/000000000001.jsonl",
-                      b'{"v":2,"seq":1,"at":2.0,"type":"made.up","batch":"b2","key":null,"data":{}}\n{"seq": 2, "ty\n')
+    objects.put_bytes(
+        "_farm/journal/000000000001.jsonl",
+        b'{"v":2,"seq":1,"at":2.0,"type":"made.up","batch":"b2","key":null,"data":{}}\n{"seq": 2, "ty\n',
+    )
     StoreJournal(objects).append([ev.BatchFinished(batch="b1")], now=3.0)
     events = list(StoreJournal(objects).replay())
     assert [e.type for e in events] == ["batch.cancelled", "journal.unreadable", "journal.unreadable", "batch.finished"]
-    assert events[1].batch == "b2" and events[1].seq == 1 and "journal event 1 (made.up) is unreadable" in events[1].data.reason
+    assert (
+        events[1].batch == "b2"
+        and events[1].seq == 1
+        and "journal event 1 (made.up) is unreadable" in events[1].data.reason
+    )
     assert events[2].batch is None and events[3].seq == 2  # numbered after the last readable one
 
 
 def test_a_journal_of_the_first_schema_still_replays(tmp_path):
     """Version 1 lines (the first journals) read as the same models."""
     objects = LocalStore(tmp_path)
-    objects.put_bytes("_farm/journal/000000000000.jsonl",
-                      b'{"v":1,"seq":0,"at":5.0,"type":"action.failed","batch":"b1","key":"' + KEY.encode()
-                      + b'","data":{"error":"boom","retryable":true,"worker":"n1","attempt":1}}\n')
+    objects.put_bytes(
+        "_farm/journal/000000000000.jsonl",
+        b'{"v":1,"seq":0,"at":5.0,"type":"action.failed","batch":"b1","key":"'
+        + KEY.encode()
+        + b'","data":{"error":"boom","retryable":true,"worker":"n1","attempt":1}}\n',
+    )
     (event,) = StoreJournal(objects).replay()
     assert isinstance(event, ev.ActionFailed) and event.data.worker == "n1" and event.v == 1
 

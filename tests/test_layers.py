@@ -17,9 +17,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-LAYERS = [("farm.errors",), ("farm.policy",), ("farm.core",), ("farm.simulate",),
-          ("farm.store", "farm.catalog", "farm.settings", "farm.loader"), ("farm.observe",), ("farm.runtime",),
-          ("farm.service",), ("farm.bench", "farm.cli")]
+LAYERS = [
+    ("farm.errors",),
+    ("farm.policy",),
+    ("farm.core",),
+    ("farm.simulate",),
+    ("farm.store", "farm.catalog", "farm.settings", "farm.loader"),
+    ("farm.observe",),
+    ("farm.runtime",),
+    ("farm.service",),
+    ("farm.bench", "farm.cli"),
+]
 PURE = ("farm/core", "farm/policy", "farm/simulate")
 
 
@@ -35,8 +43,12 @@ def _imports(name: str, path: Path) -> set[str]:
     """Every module ``name`` imports, at any depth of the file, except under ``if TYPE_CHECKING``."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
-    skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-            for n in ast.walk(node)}
+    skip = {
+        id(n)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for n in ast.walk(node)
+    }
     found = set()
     for node in ast.walk(tree):
         if id(node) in skip:
@@ -91,7 +103,7 @@ def test_no_import_circle():
         seen[node] = 1
         for nxt in sorted(edges[node]):
             if seen.get(nxt) == 1:
-                raise AssertionError("import circle: " + " -> ".join(path[path.index(nxt):] + [nxt]))
+                raise AssertionError("import circle: " + " -> ".join(path[path.index(nxt) :] + [nxt]))
             if nxt not in seen:
                 visit(nxt, path + [nxt])
         seen[node] = 2
@@ -114,17 +126,21 @@ def test_only_the_runtime_imports_ray_and_workers_import_no_machinery():
 
 
 def test_importing_the_pure_core_pulls_in_nothing_impure():
-    code = ("import sys, farm.core.engine, farm.core.controller, farm.policy, farm.simulate; "
-            "bad = [m for m in ('ray', 'minio', 'prometheus_client', 'structlog', 'farm.store', 'farm.runtime', "
-            "'farm.service', 'farm.observe') if m in sys.modules]; print(','.join(bad))")
+    code = (
+        "import sys, farm.core.engine, farm.core.controller, farm.policy, farm.simulate; "
+        "bad = [m for m in ('ray', 'minio', 'prometheus_client', 'structlog', 'farm.store', 'farm.runtime', "
+        "'farm.service', 'farm.observe') if m in sys.modules]; print(','.join(bad))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == ""
 
 
 def test_no_clock_files_or_network_in_pure_modules():
-    forbidden = re.compile(r"^\s*(import|from)\s+(time|datetime|os|socket|pathlib|subprocess|urllib|ray|minio|structlog)\b"
-                           r"|\bopen\(|\btime\.(time|monotonic|perf_counter|sleep)\(|random\.(random|randint|uniform|choice)\(",
-                           re.M)
+    forbidden = re.compile(
+        r"^\s*(import|from)\s+(time|datetime|os|socket|pathlib|subprocess|urllib|ray|minio|structlog)\b"
+        r"|\bopen\(|\btime\.(time|monotonic|perf_counter|sleep)\(|random\.(random|randint|uniform|choice)\(",
+        re.M,
+    )
     for folder in PURE:
         for path in sorted((ROOT / folder).glob("*.py")):
             hits = forbidden.findall(path.read_text(encoding="utf-8"))

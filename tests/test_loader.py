@@ -29,8 +29,13 @@ def test_shipped_examples_are_valid():
     """Every shipped example validates."""
     from importlib import resources
 
-    files = [str(f) for s in (resources.files("farm") / "examples").iterdir() if s.is_dir()
-             for f in s.iterdir() if f.name.endswith(".yaml")]
+    files = [
+        str(f)
+        for s in (resources.files("farm") / "examples").iterdir()
+        if s.is_dir()
+        for f in s.iterdir()
+        if f.name.endswith(".yaml")
+    ]
     assert len(files) >= 5
     assert validate_files(files) == []
 
@@ -72,8 +77,12 @@ def test_speaker_not_in_series(tmp_path):
 
 def test_outline_speaker_not_in_series(tmp_path):
     """Outline lines are checked against the series too."""
-    ep = {"series": "series.yaml", "number": 2, "title": "T", "outline": [
-        {"beat": "b", "lines": [{"speaker": "ana", "text": "hi"}, {"speaker": "zed", "text": "yo"}]}]}
+    ep = {
+        "series": "series.yaml",
+        "number": 2,
+        "title": "T",
+        "outline": [{"beat": "b", "lines": [{"speaker": "ana", "text": "hi"}, {"speaker": "zed", "text": "yo"}]}],
+    }
     [problem] = _problems(tmp_path, episode=ep)
     assert problem.field == "outline[0].lines[1].speaker"
 
@@ -99,11 +108,14 @@ def test_ids_that_could_leave_the_store_are_refused(tmp_path, bad_id):
     assert "not a valid id" in problems[0].message or "at least" in problems[0].message
 
 
-@pytest.mark.parametrize("field,value,needle", [
-    ("fps", 29, "fps 29 is not supported"),
-    ("language", "xx", "language 'xx' is not supported"),
-    ("resolution", {"width": 181, "height": 320}, "multiple of 2"),
-])
+@pytest.mark.parametrize(
+    "field,value,needle",
+    [
+        ("fps", 29, "fps 29 is not supported"),
+        ("language", "xx", "language 'xx' is not supported"),
+        ("resolution", {"width": 181, "height": 320}, "multiple of 2"),
+    ],
+)
 def test_impossible_series_values(tmp_path, field, value, needle):
     """Impossible series values are refused with what is allowed."""
     problems = _problems(tmp_path, series=dict(SMALL_SERIES, **{field: value}))

@@ -78,8 +78,9 @@ def test_secrets_are_masked_by_key_and_by_value():
 def _noop_job(script=SMALL_SCRIPT, outline=None):
     series = Series.model_validate(SMALL_SERIES)
     body = {"series": "s.yaml", "number": 1, "title": "E"} | ({"outline": outline} if outline else {"script": script})
-    return EpisodeJob("acme", "acme", series, Episode.model_validate(body),
-                      {s: BackendChoice("noop", "1") for s in STAGES})
+    return EpisodeJob(
+        "acme", "acme", series, Episode.model_validate(body), {s: BackendChoice("noop", "1") for s in STAGES}
+    )
 
 
 def test_every_line_of_an_action_carries_its_context(tmp_path):
@@ -89,7 +90,9 @@ def test_every_line_of_an_action_carries_its_context(tmp_path):
 
     spec = StoreSpec(url=str(tmp_path / "store"), access_key=ACCESS, secret_key=SECRET)
     sheet = plan_episode(_noop_job(), None, {}).actions[0]
-    script = plan_episode(_noop_job(outline=[{"beat": "b", "lines": [{"speaker": "ana", "text": "Hi."}]}]), None, {}).actions[0]
+    script = plan_episode(
+        _noop_job(outline=[{"beat": "b", "lines": [{"speaker": "ana", "text": "Hi."}]}]), None, {}
+    ).actions[0]
     assert script.op == "script"  # the noop backend cannot write scripts: this one fails
     logs.configure(level="DEBUG")
     with capture_logs() as captured:
@@ -110,7 +113,7 @@ def _json_lines(text: str) -> list[dict]:
         start, end = line.find("{"), line.rfind("}")
         if start >= 0:
             try:
-                out.append(json.loads(line[start:end + 1]))
+                out.append(json.loads(line[start : end + 1]))
             except json.JSONDecodeError:
                 pass
     return out
@@ -124,8 +127,9 @@ def test_controller_and_worker_lines_carry_the_batch(tmp_path, ray_local, capfd)
     from farm.service.host import ControllerService
     from farm.settings import Settings
 
-    settings = Settings(store=str(tmp_path / "store"), metrics_port=0, log_level="INFO",
-                        **{f"backend_{s}": "noop" for s in STAGES})
+    settings = Settings(
+        store=str(tmp_path / "store"), metrics_port=0, log_level="INFO", **{f"backend_{s}": "noop" for s in STAGES}
+    )
     service = ControllerService(settings.model_dump(mode="json"))
     try:
         payload = synthetic_payload(2, {s: ["noop", "1"] for s in STAGES}, studio="acme", make=tiny_episode)
@@ -162,25 +166,48 @@ def test_render_on_s3_never_logs_credentials(tmp_path, s3_server):
     ray_tmp = Path(tempfile.mkdtemp(prefix="fr-", dir="/tmp"))  # short: Ray's socket paths must fit
     wrong = "Wr0ng-S3cret-That-Must-Not-Leak-42"
     base = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")} | {
-        "RAY_TMPDIR": str(ray_tmp), "FARM_STORE": "s3://farm-logs/run", "FARM_S3_ENDPOINT": s3_server.endpoint,
-        "FARM_S3_ACCESS_KEY": s3_server.access_key, "FARM_S3_SECURE": str(s3_server.secure).lower(),
-        "FARM_S3_REGION": s3_server.region, "FARM_STUDIO": "acme"}
+        "RAY_TMPDIR": str(ray_tmp),
+        "FARM_STORE": "s3://farm-logs/run",
+        "FARM_S3_ENDPOINT": s3_server.endpoint,
+        "FARM_S3_ACCESS_KEY": s3_server.access_key,
+        "FARM_S3_SECURE": str(s3_server.secure).lower(),
+        "FARM_S3_REGION": s3_server.region,
+        "FARM_STUDIO": "acme",
+    }
     try:
         outputs = []
         for secret, ok in ((s3_server.secret_key, True), (wrong, False)):
-            proc = subprocess.run([sys.executable, "-m", "farm.cli", "-vv", "render", str(episode), "--num-cpus", "2",
-                                   "--out", str(tmp_path / "out"), "--quiet"],
-                                  env=base | {"FARM_S3_SECRET_KEY": secret}, capture_output=True, text=True, timeout=600)
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "farm.cli",
+                    "-vv",
+                    "render",
+                    str(episode),
+                    "--num-cpus",
+                    "2",
+                    "--out",
+                    str(tmp_path / "out"),
+                    "--quiet",
+                ],
+                env=base | {"FARM_S3_SECRET_KEY": secret},
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
             assert (proc.returncode == 0) == ok, proc.stderr[-3000:]
             outputs.append(proc.stdout + proc.stderr)
         assert '"event": "action.finished"' in outputs[0]  # the workers' JSON lines reached the driver
-        assert "SignatureDoesNotMatch" in outputs[1] or "AccessDenied" in outputs[1] or "InvalidAccessKeyId" in outputs[1]
+        assert (
+            "SignatureDoesNotMatch" in outputs[1] or "AccessDenied" in outputs[1] or "InvalidAccessKeyId" in outputs[1]
+        )
         files = [p for p in ray_tmp.rglob("*") if p.is_file() and not p.is_symlink()]
         worker_logs = [p for p in files if re.match(r"(worker|python-core-worker)-", p.name)]
         assert worker_logs, "no Ray worker logs to search"
         texts = outputs + [p.read_bytes().decode("utf-8", "replace") for p in files if p.stat().st_size < 50_000_000]
         for secret in (s3_server.access_key, s3_server.secret_key, wrong):
-            leaks = [t[max(0, t.find(secret) - 200):t.find(secret) + 50] for t in texts if secret in t]
+            leaks = [t[max(0, t.find(secret) - 200) : t.find(secret) + 50] for t in texts if secret in t]
             assert not leaks, f"{secret!r} appears in logs: {leaks[:2]}"
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -32,22 +32,41 @@ PRICES = Prices(per_1k_tokens=2.0, per_gpu_hour=3600.0)  # 2 per 1k tokens, 1 pe
 
 
 def action(stage="video", backend="wan", key=KEY):
-    return Action(key=key, stage=stage, op="clip", backend=backend, version="1", params={}, inputs={},
-                  label="clip s01-01", context={"studio": "acme", "series": "s", "episode": "ep001"})
+    return Action(
+        key=key,
+        stage=stage,
+        op="clip",
+        backend=backend,
+        version="1",
+        params={},
+        inputs={},
+        label="clip s01-01",
+        context={"studio": "acme", "series": "s", "episode": "ep001"},
+    )
 
 
 def event(type_, data=None, key=KEY, batch="b1"):
     """A journaled event of ``type_``; an action result's manifest fields not given are filled in."""
     data = dict(data or {})
     if type_ in ("action.completed", "action.cached"):
-        data = {"key": key, "stage": "video", "op": "clip", "backend": "wan", "version": "1", "label": "clip s01-01",
-                "outputs": {}, "started_at": 0.0, "finished_at": 0.0} | data
+        data = {
+            "key": key,
+            "stage": "video",
+            "op": "clip",
+            "backend": "wan",
+            "version": "1",
+            "label": "clip s01-01",
+            "outputs": {},
+            "started_at": 0.0,
+            "finished_at": 0.0,
+        } | data
     elif type_ == "action.failed":
         data = {"error": "boom", "retryable": True} | data
     elif type_ == "action.retry":
         data = {"not_before": 1.0} | data
-    return TypeAdapter(Event).validate_python({"seq": 0, "at": 0.0, "type": type_, "batch": batch, "key": key,
-                                               "data": data})
+    return TypeAdapter(Event).validate_python(
+        {"seq": 0, "at": 0.0, "type": type_, "batch": batch, "key": key, "data": data}
+    )
 
 
 def value(m: Metrics, name: str, **labels) -> float:
@@ -105,11 +124,26 @@ def test_submitted_batch_creates_its_studios_series_at_zero():
     """batch.submitted creates the studio's series at 0, so a first failure shows in rate()."""
     m = Metrics(nvml=False)
     backends = {s: [n, "1"] for s, n in {"script": "outline", "video": "ffmpeg-motion"}.items()}
-    series = {"id": "s", "title": "S", "style": {"description": "d", "palette": ["#000000", "#ffffff"]},
-              "characters": [{"id": "a", "name": "A", "look": {"description": "d"}, "voice": {"voice": "en-us"}}]}
+    series = {
+        "id": "s",
+        "title": "S",
+        "style": {"description": "d", "palette": ["#000000", "#ffffff"]},
+        "characters": [{"id": "a", "name": "A", "look": {"description": "d"}, "voice": {"voice": "en-us"}}],
+    }
     episode = {"series": "s.yaml", "number": 1, "title": "E", "outline": [{"beat": "b"}]}
-    m.observe(event("batch.submitted", {"studio": "acme", "namespace": "acme", "backends": backends,
-                                        "episodes": [{"series": series, "episode": episode}]}, key=None), None)
+    m.observe(
+        event(
+            "batch.submitted",
+            {
+                "studio": "acme",
+                "namespace": "acme",
+                "backends": backends,
+                "episodes": [{"series": series, "episode": episode}],
+            },
+            key=None,
+        ),
+        None,
+    )
     out = text(m)
     assert 'farm_actions_total{outcome="failed",stage="dubbing",studio="acme"} 0.0' in out
     assert 'farm_tokens_total{direction="in",model="outline",stage="script",studio="acme"} 0.0' in out
@@ -117,10 +151,16 @@ def test_submitted_batch_creates_its_studios_series_at_zero():
 
 
 def _status(**over):
-    status = {"batch": "acme-1", "studio": "acme", "status": "running",
-              "episodes": {"total": 4, "delivered": 1, "failed": 1}, "projected_finish": 1_000.0, "deadline": 900.0,
-              "budget": {"tokens": 1000, "gpu_seconds": None, "money": 0.0},
-              "spent": {"tokens": 950, "gpu_seconds": 10.0, "money": 0.0}}
+    status = {
+        "batch": "acme-1",
+        "studio": "acme",
+        "status": "running",
+        "episodes": {"total": 4, "delivered": 1, "failed": 1},
+        "projected_finish": 1_000.0,
+        "deadline": 900.0,
+        "budget": {"tokens": 1000, "gpu_seconds": None, "money": 0.0},
+        "spent": {"tokens": 950, "gpu_seconds": 10.0, "money": 0.0},
+    }
     return status | over
 
 
@@ -150,8 +190,10 @@ def test_batch_gauges_are_refreshed_less_often_when_working_them_out_is_slow(mon
     h.submit(episodes=1)
     service = types.SimpleNamespace(controller=h.c, metrics=Metrics(nvml=False), _gauges_at=0.0, _gauges_every=1.0)
     ControllerService._refresh_gauges(service)
-    assert service._gauges_every == 1.0 and value(service.metrics, "farm_batch_progress_ratio", batch="b1",
-                                                  studio="acme") == 0.0
+    assert (
+        service._gauges_every == 1.0
+        and value(service.metrics, "farm_batch_progress_ratio", batch="b1", studio="acme") == 0.0
+    )
     slow_status = h.c.batch_status
     monkeypatch.setattr(h.c, "batch_status", lambda *a: (time.sleep(0.1), slow_status(*a))[1])
     service._gauges_at = 0.0
@@ -172,8 +214,17 @@ def test_labels_never_carry_ids():
     m.stages({"video": 3}, {"video": 1})
     m.batch(_status())
     out = text(m)
-    assert set(re.findall(r"[{,](\w+)=", out)) <= {"studio", "stage", "outcome", "model", "direction", "accelerator",
-                                                   "batch", "cap", "le"}
+    assert set(re.findall(r"[{,](\w+)=", out)) <= {
+        "studio",
+        "stage",
+        "outcome",
+        "model",
+        "direction",
+        "accelerator",
+        "batch",
+        "cap",
+        "le",
+    }
     assert KEY not in out and KEY[:12] not in out and "ep001" not in out
 
 
@@ -193,11 +244,16 @@ def test_a_render_is_accounted_per_journaled_event_as_a_batch_is(tmp_path):
     from farm.service.local import render_episode
     from farm.settings import Settings
 
-    settings = Settings(store=str(tmp_path / "store"), studio="acme", retry={"base_s": 0.01, "max_delay_s": 0.01},
-                        backends={"flaky": {"kind": "tests.support.fake_backends:Flaky", "stage": "dubbing",
-                                            "marks": str(tmp_path / "marks")}},
-                        **{f"backend_{s}": "noop" for s in ("script", "image", "video", "assembly")},
-                        backend_dubbing="flaky")
+    settings = Settings(
+        store=str(tmp_path / "store"),
+        studio="acme",
+        retry={"base_s": 0.01, "max_delay_s": 0.01},
+        backends={
+            "flaky": {"kind": "tests.support.fake_backends:Flaky", "stage": "dubbing", "marks": str(tmp_path / "marks")}
+        },
+        **{f"backend_{s}": "noop" for s in ("script", "image", "video", "assembly")},
+        backend_dubbing="flaky",
+    )
     episode = load_episode(write_specs(tmp_path / "specs"))
     for run in range(2):
         m = Metrics(prices=PRICES, controller=False, nvml=False)
@@ -206,10 +262,14 @@ def test_a_render_is_accounted_per_journaled_event_as_a_batch_is(tmp_path):
             result = render_episode(episode, settings, runtime, metrics=m)
         finally:
             runtime.shutdown()
-        ok = sum(value(m, "farm_actions_total", studio="acme", stage=s, outcome="ok") for s in
-                 ("image", "video", "dubbing", "assembly"))
-        cached = sum(value(m, "farm_actions_total", studio="acme", stage=s, outcome="cached") for s in
-                     ("image", "video", "dubbing", "assembly"))
+        ok = sum(
+            value(m, "farm_actions_total", studio="acme", stage=s, outcome="ok")
+            for s in ("image", "video", "dubbing", "assembly")
+        )
+        cached = sum(
+            value(m, "farm_actions_total", studio="acme", stage=s, outcome="cached")
+            for s in ("image", "video", "dubbing", "assembly")
+        )
         if run == 0:
             assert ok == len(result.ran) == 15 and cached == 0
             lines = value(m, "farm_actions_total", studio="acme", stage="dubbing", outcome="ok")
@@ -230,8 +290,11 @@ def test_textfile_adds_up_across_renders(tmp_path):
         m.completed("acme", "video", "ffmpeg-motion", {"cpu_seconds": 1.5}, 2.0)
         m.episode("acme", "delivered", 10.0)
         m.write_textfile(path)
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for f in text_string_to_metric_families(path.read_text()) for s in f.samples}
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(path.read_text())
+        for s in f.samples
+    }
     assert samples[("farm_actions_total", (("outcome", "ok"), ("stage", "video"), ("studio", "acme")))] == 2
     assert samples[("farm_action_duration_seconds_count", (("stage", "video"),))] == 2
     assert samples[("farm_action_duration_seconds_bucket", (("le", "2.5"), ("stage", "video")))] == 2
@@ -285,7 +348,9 @@ def test_no_gpu_no_gpu_series(monkeypatch):
 
 def _tools_missing(*tools: str) -> str | None:
     missing = [t for t in tools or ("promtool", "prometheus-pushgateway") if shutil.which(t) is None]
-    return f"not installed: {', '.join(missing)} (apt-get install prometheus prometheus-pushgateway)" if missing else None
+    return (
+        f"not installed: {', '.join(missing)} (apt-get install prometheus prometheus-pushgateway)" if missing else None
+    )
 
 
 @pytest.mark.prometheus
@@ -294,8 +359,12 @@ def test_promtool_accepts_the_output(tmp_path):
     need(_tools_missing("promtool"))
     m = Metrics(prices=PRICES, accelerators={("video", "wan"): "H100"}, nvml=False)
     m.prepare("acme", {"video": "wan"})
-    m.observe(event("action.completed", {"usage": {"gpu_seconds": 3.0, "model": "wan"}, "started_at": 0.0,
-                                         "finished_at": 2.0}), action())
+    m.observe(
+        event(
+            "action.completed", {"usage": {"gpu_seconds": 3.0, "model": "wan"}, "started_at": 0.0, "finished_at": 2.0}
+        ),
+        action(),
+    )
     m.stages({"video": 2}, {})
     m.batch(_status())
     m.write_textfile(tmp_path / "farm.prom")
@@ -311,9 +380,15 @@ def pushgateway(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     log = open(tmp_path / "pushgateway.log", "wb")
-    proc = subprocess.Popen(["prometheus-pushgateway", f"--web.listen-address=127.0.0.1:{port}",
-                             f"--persistence.file={tmp_path / 'pushgateway.data'}"],  # not Debian's default file
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            "prometheus-pushgateway",
+            f"--web.listen-address=127.0.0.1:{port}",
+            f"--persistence.file={tmp_path / 'pushgateway.data'}",
+        ],  # not Debian's default file
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     for _ in range(100):
         try:
@@ -329,8 +404,12 @@ def pushgateway(tmp_path):
 
 def _pushed(url: str) -> dict:
     body = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for f in text_string_to_metric_families(body) if f.name.startswith("farm_") for s in f.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(body)
+        if f.name.startswith("farm_")
+        for s in f.samples
+    }
 
 
 @pytest.mark.prometheus
@@ -343,8 +422,24 @@ def test_render_pushes_to_a_pushgateway_and_writes_a_textfile(tmp_path, pushgate
     need(media_missing())
     episode = write_specs(tmp_path / "specs")
     textfile = tmp_path / "textfile" / "farm.prom"
-    args = [sys.executable, "-m", "farm.cli", "render", str(episode), "--store", str(tmp_path / "store"), "--quiet",
-            "--num-cpus", "2", "--studio", "acme", "--pushgateway", pushgateway, "--metrics-textfile", str(textfile)]
+    args = [
+        sys.executable,
+        "-m",
+        "farm.cli",
+        "render",
+        str(episode),
+        "--store",
+        str(tmp_path / "store"),
+        "--quiet",
+        "--num-cpus",
+        "2",
+        "--studio",
+        "acme",
+        "--pushgateway",
+        pushgateway,
+        "--metrics-textfile",
+        str(textfile),
+    ]
     for _ in range(2):
         proc = subprocess.run(args, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr
@@ -360,8 +455,11 @@ def test_render_pushes_to_a_pushgateway_and_writes_a_textfile(tmp_path, pushgate
     assert total("farm_episodes_total", studio="acme", outcome="delivered") == 2
     assert total("farm_action_duration_seconds_count") == 15
     assert total("farm_cpu_seconds_total") > 0
-    written = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for f in text_string_to_metric_families(textfile.read_text()) for s in f.samples}
+    written = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(textfile.read_text())
+        for s in f.samples
+    }
     assert sum(v for (n, lab), v in written.items() if n == "farm_cache_hits_total") == 15
     check = subprocess.run(["promtool", "check", "metrics"], input=textfile.read_text(), capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr

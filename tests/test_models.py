@@ -49,8 +49,11 @@ def test_a_name_is_immutable_and_must_be_safe(tmp_path):
 def test_a_corrupt_stored_file_is_refused(tmp_path):
     objects = LocalStore(tmp_path / "store")
     models.push(objects, model_folder(tmp_path / "m"), "tiny-1")
-    blob = next(p for p in (tmp_path / "store" / "_farm" / "models" / "blobs").rglob("*") if p.is_file()
-                and p.stat().st_size == len(b"\x00\x01weights"))
+    blob = next(
+        p
+        for p in (tmp_path / "store" / "_farm" / "models" / "blobs").rglob("*")
+        if p.is_file() and p.stat().st_size == len(b"\x00\x01weights")
+    )
     blob.write_bytes(b"tampered!!")
     with pytest.raises(StoreError, match="corrupt"):
         models.fetch(objects, "tiny-1", tmp_path / "cache")
@@ -60,8 +63,10 @@ def test_a_corrupt_stored_file_is_refused(tmp_path):
 def test_localize_fetches_stored_models_and_keeps_their_name(tmp_path):
     objects = LocalStore(tmp_path / "store")
     models.push(objects, model_folder(tmp_path / "m"), "tiny-1")
-    configs = {"sd": {"kind": "diffusers-image", "model_path": "store:tiny-1"},
-               "llm": {"kind": "openai-chat", "base_url": "http://h/v1", "model": "m"}}
+    configs = {
+        "sd": {"kind": "diffusers-image", "model_path": "store:tiny-1"},
+        "llm": {"kind": "openai-chat", "base_url": "http://h/v1", "model": "m"},
+    }
     local = models.localize(configs, objects, tmp_path / "cache")
     assert local["sd"]["model_ref"] == "store:tiny-1"
     assert Path(local["sd"]["model_path"]).parent == tmp_path / "cache"
@@ -71,7 +76,7 @@ def test_localize_fetches_stored_models_and_keeps_their_name(tmp_path):
 def test_farm_models_push_and_list(tmp_path, capsys):
     store = str(tmp_path / "store")
     assert farm_main(["models", "push", str(model_folder(tmp_path / "m")), "tiny-1", "--store", store]) == 0
-    assert 'store:tiny-1' in capsys.readouterr().out
+    assert "store:tiny-1" in capsys.readouterr().out
     assert farm_main(["models", "list", "--store", store, "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == ["tiny-1"]
 
@@ -112,9 +117,15 @@ def test_farm_backends_checks_a_stored_model_without_fetching_it(tmp_path, monke
     store = tmp_path / "store"
     models.push(LocalStore(store), model_folder(tmp_path / "m"), "tiny-1")
     monkeypatch.setenv("FARM_MODEL_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("FARM_BACKENDS", json.dumps({
-        "sd": {"kind": "diffusers-image", "model_path": "store:tiny-1"},
-        "gone": {"kind": "diffusers-image", "model_path": "store:never-pushed"}}))
+    monkeypatch.setenv(
+        "FARM_BACKENDS",
+        json.dumps(
+            {
+                "sd": {"kind": "diffusers-image", "model_path": "store:tiny-1"},
+                "gone": {"kind": "diffusers-image", "model_path": "store:never-pushed"},
+            }
+        ),
+    )
     assert farm_main(["backends", "--json", "--store", str(store)]) == 1
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["sd"]["ok"] and "stored model tiny-1 (2 files" in rows["sd"]["status"]

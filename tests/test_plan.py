@@ -9,13 +9,23 @@ from farm.core.script import Script, Shot
 from farm.core.spec import Episode, Series
 from tests.conftest import SMALL_SCRIPT, SMALL_SERIES
 
-BACKENDS = {s: BackendChoice(n, "1") for s, n in
-            {"script": "outline", "image": "pillow", "video": "ffmpeg-motion", "dubbing": "espeak-ng", "assembly": "ffmpeg"}.items()}
+BACKENDS = {
+    s: BackendChoice(n, "1")
+    for s, n in {
+        "script": "outline",
+        "image": "pillow",
+        "video": "ffmpeg-motion",
+        "dubbing": "espeak-ng",
+        "assembly": "ffmpeg",
+    }.items()
+}
 
 
 def job(series=None, script=None, namespace="studio-a", **episode):
     ep = {"series": "series.yaml", "number": 1, "title": "T", "script": script or SMALL_SCRIPT} | episode
-    return EpisodeJob("studio-a", namespace, Series.model_validate(series or SMALL_SERIES), Episode.model_validate(ep), BACKENDS)
+    return EpisodeJob(
+        "studio-a", namespace, Series.model_validate(series or SMALL_SERIES), Episode.model_validate(ep), BACKENDS
+    )
 
 
 def full(j, samples_of=lambda text: 24_000 + 100 * len(text)):
@@ -61,7 +71,11 @@ def test_editing_one_line_replans_exactly_its_audio_clip_mux_and_assembly():
     script = copy.deepcopy(SMALL_SCRIPT)
     script["scenes"][1]["shots"][0]["lines"][1]["text"] = "Then who rang the bell at midnight?"
     assert changed(full(job()), full(job(script=script))) == [
-        "clip s02-01", "episode ep001", "line s02-01#1", "mux s02-01"]
+        "clip s02-01",
+        "episode ep001",
+        "line s02-01#1",
+        "mux s02-01",
+    ]
 
 
 def test_same_length_line_keeps_the_clip():

@@ -40,8 +40,9 @@ def srt_cues(path):
 
 
 def subtitle_track_cues(path):
-    out = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-map", "0:s:0", "-f", "srt", "-"],
-                         capture_output=True, check=True).stdout.decode("utf-8")
+    out = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(path), "-map", "0:s:0", "-f", "srt", "-"], capture_output=True, check=True
+    ).stdout.decode("utf-8")
     return [b.split("\n", 2)[2] for b in out.strip().replace("\r\n", "\n").split("\n\n") if b.strip()]
 
 
@@ -64,7 +65,9 @@ def test_output_plays_with_the_right_shape(first):
     shot_frames = sum(m.meta["frames"] for m in result.ran if m.op == "mux")
     assert int(s["video"]["nb_frames"]) == shot_frames
     assert abs(float(info["format"]["duration"]) - shot_frames / 12) < 0.1
-    subprocess.run(["ffmpeg", "-v", "error", "-i", str(result.video), "-f", "null", "-"], check=True, capture_output=True)
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(result.video), "-f", "null", "-"], check=True, capture_output=True
+    )
 
 
 def test_one_cue_per_line_exactly(first):
@@ -125,8 +128,13 @@ def test_style_change_rerenders_pictures_not_audio(tmp_path, ray_local):
 
 def test_outline_episode_and_line_edit(tmp_path, ray_local):
     """An outline is scripted, rendered, and a one-line edit re-runs the script, that line, its shot and the assembly."""
-    outline = [{"beat": "Ana waits", "location": "station", "lines": [{"speaker": "ana", "text": "Late again."},
-                                                                      {"speaker": "bo", "text": "Sorry."}]}]
+    outline = [
+        {
+            "beat": "Ana waits",
+            "location": "station",
+            "lines": [{"speaker": "ana", "text": "Late again."}, {"speaker": "bo", "text": "Sorry."}],
+        }
+    ]
     ep = {"series": "series.yaml", "number": 3, "title": "Outline", "target_seconds": 30, "outline": outline}
     store = tmp_path / "store"
     first = render(write_specs(tmp_path / "a", episode=ep), store, ray_local)
@@ -136,7 +144,12 @@ def test_outline_episode_and_line_edit(tmp_path, ray_local):
     edited["outline"][0]["lines"][1]["text"] = "Sorry, the tram broke down twice on the bridge."
     second = render(write_specs(tmp_path / "b", episode=edited), store, ray_local)
     assert sorted(m.label for m in second.ran) == [
-        "clip s01-03", "episode ep003", "line s01-03#0", "mux s01-03", "script ep003"]
+        "clip s01-03",
+        "episode ep003",
+        "line s01-03#0",
+        "mux s01-03",
+        "script ep003",
+    ]
 
 
 HOSTILE = [
@@ -152,8 +165,13 @@ def test_hostile_text_renders_exactly(tmp_path, ray_local):
     """Dialogue and titles hostile to shells, filters and subtitle formats come out verbatim."""
     script = copy.deepcopy(SMALL_SCRIPT)
     script["scenes"][1]["shots"][0]["lines"] = [{"speaker": "bo", "text": t} for t in HOSTILE]
-    ep = {"series": "series.yaml", "number": 4, "title": "Title: \"quotes\" {x} 100% \\ 🎬", "target_seconds": 30,
-          "script": script}
+    ep = {
+        "series": "series.yaml",
+        "number": 4,
+        "title": 'Title: "quotes" {x} 100% \\ 🎬',
+        "target_seconds": 30,
+        "script": script,
+    }
     result = render(write_specs(tmp_path, episode=ep), tmp_path / "store", ray_local)
     expected = ["Is anyone there?", *HOSTILE]
     assert srt_cues(result.subtitles) == expected
@@ -165,8 +183,14 @@ def test_hostile_text_renders_exactly(tmp_path, ray_local):
 @pytest.mark.s3
 def test_render_on_s3(tmp_path, ray_local, s3_server):
     """With an s3:// store the episode renders, lands under its readable path, and a rerender is free."""
-    settings = dict(store="s3://farm-e2e/run1", s3_endpoint=s3_server.endpoint, s3_access_key=s3_server.access_key,
-                    s3_secret_key=s3_server.secret_key, s3_secure=s3_server.secure, s3_region=s3_server.region)
+    settings = dict(
+        store="s3://farm-e2e/run1",
+        s3_endpoint=s3_server.endpoint,
+        s3_access_key=s3_server.access_key,
+        s3_secret_key=s3_server.secret_key,
+        s3_secure=s3_server.secure,
+        s3_region=s3_server.region,
+    )
     path = write_specs(tmp_path / "specs")
     cfg = Settings(studio="test-studio", **settings)
     first = render_episode(load_episode(path), cfg, RayRuntime(cfg.store_spec()), out_dir=tmp_path / "out")

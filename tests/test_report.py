@@ -15,7 +15,7 @@ from farm.observe.report import Bar, Failure, ReportData, from_batch, write_repo
 from farm.settings import Settings
 from tests.conftest import wait_until, write_specs
 
-HOSTILE = '<script>alert("x")</script> & \'quotes\' </svg>'
+HOSTILE = "<script>alert(\"x\")</script> & 'quotes' </svg>"
 
 
 class _Strict(HTMLParser):
@@ -55,13 +55,31 @@ def check_self_contained(page: str) -> _Strict:
 
 def test_every_user_string_is_escaped():
     """Labels, lanes, reasons and titles with markup come out as text, and the page stays well-formed."""
-    bars = [Bar(lane=HOSTILE, start=100.0, end=103.0, stage="video", label=HOSTILE, episode=HOSTILE, key="a" * 64),
-            Bar(lane="n/1 pid 2", start=101.0, end=101.5, stage="dubbing", label="line", episode="s/ep", key="b" * 64,
-                ok=False, error=HOSTILE)]
-    data = ReportData(title=HOSTILE, kind="batch", facts=[("name", HOSTILE)], bars=bars,
-                      spend={(HOSTILE, "video"): {"cpu_seconds": 3.0, "gpu_seconds": 2.0, "tokens": 10.0, "money": 1.0}},
-                      failures=[Failure(101.5, HOSTILE, HOSTILE, "dubbing", HOSTILE, 1, HOSTILE)],
-                      episode_failures=[(HOSTILE, HOSTILE)], deadline=102.0, submitted=99.0)
+    bars = [
+        Bar(lane=HOSTILE, start=100.0, end=103.0, stage="video", label=HOSTILE, episode=HOSTILE, key="a" * 64),
+        Bar(
+            lane="n/1 pid 2",
+            start=101.0,
+            end=101.5,
+            stage="dubbing",
+            label="line",
+            episode="s/ep",
+            key="b" * 64,
+            ok=False,
+            error=HOSTILE,
+        ),
+    ]
+    data = ReportData(
+        title=HOSTILE,
+        kind="batch",
+        facts=[("name", HOSTILE)],
+        bars=bars,
+        spend={(HOSTILE, "video"): {"cpu_seconds": 3.0, "gpu_seconds": 2.0, "tokens": 10.0, "money": 1.0}},
+        failures=[Failure(101.5, HOSTILE, HOSTILE, "dubbing", HOSTILE, 1, HOSTILE)],
+        episode_failures=[(HOSTILE, HOSTILE)],
+        deadline=102.0,
+        submitted=99.0,
+    )
     page = render(data)
     check_self_contained(page)
     assert HOSTILE not in page and "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
@@ -69,8 +87,10 @@ def test_every_user_string_is_escaped():
 
 def test_long_idle_gaps_are_cut_from_the_timeline():
     """Work two days apart is drawn side by side with the gap marked, not as two dots."""
-    bars = [Bar("n/1 pid 1", 0.0, 10.0, "image", "sheet ana", "s/ep", "a" * 64),
-            Bar("n/1 pid 1", 172_800.0, 172_830.0, "video", "clip s01", "s/ep", "b" * 64)]
+    bars = [
+        Bar("n/1 pid 1", 0.0, 10.0, "image", "sheet ana", "s/ep", "a" * 64),
+        Bar("n/1 pid 1", 172_800.0, 172_830.0, "video", "clip s01", "s/ep", "b" * 64),
+    ]
     page = render(ReportData(title="t", kind="episode", bars=bars))
     widths = [float(w) for w in re.findall(r'<rect x="[\d.]+" y="\d+" width="([\d.]+)" height="16" fill="#', page)]
     assert len(widths) == 2 and min(widths) > 50
@@ -87,14 +107,21 @@ def test_batch_report_from_the_journal(tmp_path):
     from farm.service.host import ControllerService
 
     settings = Settings(store=str(tmp_path / "store"), metrics_port=0, **{f"backend_{s}": "noop" for s in STAGES})
-    service = ControllerService(settings.model_dump(mode="json"),
-                                runtime=InProcessRuntime(settings.store_spec(), settings.catalog(), cpus=2))
+    service = ControllerService(
+        settings.model_dump(mode="json"), runtime=InProcessRuntime(settings.store_spec(), settings.catalog(), cpus=2)
+    )
     try:
         payload = synthetic_payload(2, {s: ["noop", "1"] for s in STAGES}, studio="acme", make=tiny_episode)
         payload = {k: v for k, v in payload.items() if k != "backends"}
-        outline = {"series": "s.yaml", "number": 9, "title": "Outline", "outline": [
-            {"beat": "b", "lines": [{"speaker": "c0", "text": "Hello."}]}]}
-        payload["episodes"].append(payload["episodes"][0] | {"episode": Episode.model_validate(outline).model_dump(mode="json")})
+        outline = {
+            "series": "s.yaml",
+            "number": 9,
+            "title": "Outline",
+            "outline": [{"beat": "b", "lines": [{"speaker": "c0", "text": "Hello."}]}],
+        }
+        payload["episodes"].append(
+            payload["episodes"][0] | {"episode": Episode.model_validate(outline).model_dump(mode="json")}
+        )
         first = service.submit(payload | {"deadline": time.time() + 3600, "budget": {"gpu_seconds": 100.0}})
         wait_until(lambda: service.status(first)["status"] != "running", what="the first batch to finish")
         second = service.submit(payload)
@@ -150,7 +177,9 @@ def test_episode_report_after_a_render(tmp_path, capsys):
     data = from_episode(settings, episode)
     assert dict(data.facts)["renders"] == "2" and sum(row["actions"] for row in data.saved.values()) == 15
     out = tmp_path / "reports" / "ep001.html"
-    assert main(["report", str(episode), "--store", str(tmp_path / "store"), "--studio", "acme", "--out", str(out)]) == 0
+    assert (
+        main(["report", str(episode), "--store", str(tmp_path / "store"), "--studio", "acme", "--out", str(out)]) == 0
+    )
     assert capsys.readouterr().out.strip() == str(out)
     page = out.read_text(encoding="utf-8")
     check_self_contained(page)

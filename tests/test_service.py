@@ -21,11 +21,24 @@ def _payload(studio: str, titles: list[str]) -> dict:
     series = Series.model_validate(SMALL_SERIES).model_dump(mode="json")
     episodes = []
     for n, title in enumerate(titles, start=1):
-        outline = [{"beat": f"{title} begins", "location": "kitchen",
-                    "lines": [{"speaker": "ana", "text": f"{title}: who is there?"},
-                              {"speaker": "bo", "text": f"{title}: only me."}]}]
-        episodes.append({"series": series, "episode": Episode.model_validate(
-            {"series": "series.yaml", "number": n, "title": title, "outline": outline}).model_dump(mode="json")})
+        outline = [
+            {
+                "beat": f"{title} begins",
+                "location": "kitchen",
+                "lines": [
+                    {"speaker": "ana", "text": f"{title}: who is there?"},
+                    {"speaker": "bo", "text": f"{title}: only me."},
+                ],
+            }
+        ]
+        episodes.append(
+            {
+                "series": series,
+                "episode": Episode.model_validate(
+                    {"series": "series.yaml", "number": n, "title": title, "outline": outline}
+                ).model_dump(mode="json"),
+            }
+        )
     return {"studio": studio, "namespace": studio, "priority": "normal", "budget": {}, "episodes": episodes}
 
 
@@ -55,9 +68,13 @@ def test_a_script_naming_an_unknown_speaker_fails_only_its_episode_and_replays_c
     from farm.cli.batch import controller
     from farm.runtime.cluster import kill
 
-    settings = Settings(store=str(tmp_path / "store"), metrics_port=0, backend_script="scripted",
-                        backends={"scripted": {"kind": "tests.support.fake_backends:Scripted", "rogue_speaker": "zed"}},
-                        **{f"backend_{s}": "noop" for s in STAGES if s != "script"})
+    settings = Settings(
+        store=str(tmp_path / "store"),
+        metrics_port=0,
+        backend_script="scripted",
+        backends={"scripted": {"kind": "tests.support.fake_backends:Scripted", "rogue_speaker": "zed"}},
+        **{f"backend_{s}": "noop" for s in STAGES if s != "script"},
+    )
     handle = controller(settings, create=True)
     try:
         first = ray.get(handle.submit.remote(_payload("acme", ["Rogue", "Calm"])))
@@ -67,7 +84,9 @@ def test_a_script_naming_an_unknown_speaker_fails_only_its_episode_and_replays_c
         before = {b: ray.get(handle.status.remote(b)) for b in (first, second)}
         assert before[first]["status"] == "finished" and before[first]["episodes"]["delivered"] == 1
         (failure,) = before[first]["failures"]
-        assert failure["episode"] == "test-series/ep001" and "'zed' is not a character of the series" in failure["reason"]
+        assert (
+            failure["episode"] == "test-series/ep001" and "'zed' is not a character of the series" in failure["reason"]
+        )
         assert before[second]["episodes"] == {"total": 1, "delivered": 1, "failed": 0, "running": 0}
 
         ping = ray.get(handle.ping.remote())
@@ -76,8 +95,9 @@ def test_a_script_naming_an_unknown_speaker_fails_only_its_episode_and_replays_c
         assert again["errors"] == [] and again["batches"] == 2 and again["last_seq"] >= ping["last_seq"]
         after = {b: ray.get(handle.status.remote(b)) for b in (first, second)}
         for b in (first, second):
-            assert {k: after[b][k] for k in ("status", "episodes", "failures")} == \
-                   {k: before[b][k] for k in ("status", "episodes", "failures")}
+            assert {k: after[b][k] for k in ("status", "episodes", "failures")} == {
+                k: before[b][k] for k in ("status", "episodes", "failures")
+            }
         assert not [e for e in ray.get(handle.events.remote(first)) if e["type"] == "batch.failed"]
     finally:
         try:

@@ -12,25 +12,66 @@ import pytest
 from farm.cli.simulate import add_parser
 from farm.core.spec import Episode, Series
 from farm.policy import Budget, RetryPolicy, Share
-from farm.simulate import (STAGES, Failures, SimBatch, StageSpec, Workload, simulate, synthetic_batch, true_seconds,
-                           true_tokens, with_terms)
+from farm.simulate import (
+    STAGES,
+    Failures,
+    SimBatch,
+    StageSpec,
+    Workload,
+    simulate,
+    synthetic_batch,
+    true_seconds,
+    true_tokens,
+    with_terms,
+)
 
 # Only the clips take time (and a GPU); every other action is instant and holds nothing.
 CLIPS_ONLY = {op: StageSpec(spec.stage, spec.backend, 0.0) for op, spec in STAGES.items()}
 
-SERIES = Series.model_validate({
-    "id": "s", "title": "S", "style": {"description": "flat", "palette": ["#000000", "#ffffff"]},
-    "characters": [{"id": "a", "name": "A", "look": {"description": "d"}, "voice": {"voice": "en-us"}}]})
+SERIES = Series.model_validate(
+    {
+        "id": "s",
+        "title": "S",
+        "style": {"description": "flat", "palette": ["#000000", "#ffffff"]},
+        "characters": [{"id": "a", "name": "A", "look": {"description": "d"}, "voice": {"voice": "en-us"}}],
+    }
+)
 
 
 def independent(batch, studio, n, seconds, order=0, gpus=1.0):
     """``n`` episodes of one 5-second shot, no lines: each is one GPU clip of ``seconds`` (estimates exact)."""
     stages = dict(CLIPS_ONLY, clip=StageSpec("video", "i2v", seconds, gpus=gpus))
-    episodes = tuple((SERIES, Episode.model_validate({
-        "series": "s.yaml", "number": i + 1, "title": f"{batch} {i}",
-        "script": {"title": "t", "language": "en", "scenes": [{"id": "s1", "location": "l", "shots": [
-            {"id": "s1-01", "description": f"{batch} shot {i}", "duration": 5.0, "characters": ["a"]}]}]}}))
-        for i in range(n))
+    episodes = tuple(
+        (
+            SERIES,
+            Episode.model_validate(
+                {
+                    "series": "s.yaml",
+                    "number": i + 1,
+                    "title": f"{batch} {i}",
+                    "script": {
+                        "title": "t",
+                        "language": "en",
+                        "scenes": [
+                            {
+                                "id": "s1",
+                                "location": "l",
+                                "shots": [
+                                    {
+                                        "id": "s1-01",
+                                        "description": f"{batch} shot {i}",
+                                        "duration": 5.0,
+                                        "characters": ["a"],
+                                    }
+                                ],
+                            }
+                        ],
+                    },
+                }
+            ),
+        )
+        for i in range(n)
+    )
     return Workload({batch: SimBatch(batch, studio, episodes, order=order)}, stages, jitter=0.0)
 
 
@@ -97,11 +138,15 @@ def test_urgent_batch_overtakes_and_meets_its_deadline_where_fifo_misses(terms):
 
 def test_retries_back_off_and_a_quarantined_action_fails_only_its_episode():
     work = synthetic_batch(20, seed=7)
-    clips = sorted((label, key) for label, key in work.graph().by_episode[("batch", "s000/ep005")].items()
-                   if label.startswith("clip "))
+    clips = sorted(
+        (label, key)
+        for label, key in work.graph().by_episode[("batch", "s000/ep005")].items()
+        if label.startswith("clip ")
+    )
     poison = clips[3][1]
-    result = simulate(work, gpus=16, cpus=8, seed=11, failures=Failures(probability=0.02, workers=8,
-                                                                          poison=frozenset({poison})))
+    result = simulate(
+        work, gpus=16, cpus=8, seed=11, failures=Failures(probability=0.02, workers=8, poison=frozenset({poison}))
+    )
     assert result.quarantines == 1 and result.give_ups == 0
     assert list(result.episodes_failed) == ["batch/s000/ep005"]
     assert "quarantined: failed on 3 different workers" in result.episodes_failed["batch/s000/ep005"]

@@ -49,14 +49,19 @@ def test_signature_verifies_and_rejects_tampering():
 def test_delivery_is_signed(receiver):
     """The POST carries the JSON payload, the event, a timestamp and a signature the receiver can check."""
     url, rec = receiver
-    ok, _ = deliver(Notification("b:episode.delivered:s/ep001", url, "s3cret", "episode.delivered",
-                                 {"batch": "b", "episode": "s/ep001"}), sleep=lambda s: None)
+    ok, _ = deliver(
+        Notification(
+            "b:episode.delivered:s/ep001", url, "s3cret", "episode.delivered", {"batch": "b", "episode": "s/ep001"}
+        ),
+        sleep=lambda s: None,
+    )
     assert ok
     [(headers, body)] = rec.received
     assert json.loads(body) == {"event": "episode.delivered", "batch": "b", "episode": "s/ep001"}
     assert headers["X-Farm-Event"] == "episode.delivered"
-    assert verify(body, "s3cret", headers["X-Farm-Timestamp"], headers["X-Farm-Signature"],
-                  now=int(headers["X-Farm-Timestamp"]))
+    assert verify(
+        body, "s3cret", headers["X-Farm-Timestamp"], headers["X-Farm-Signature"], now=int(headers["X-Farm-Timestamp"])
+    )
 
 
 def test_server_errors_are_retried_with_backoff(receiver):
@@ -64,8 +69,9 @@ def test_server_errors_are_retried_with_backoff(receiver):
     url, rec = receiver
     rec.statuses = [503, 429, 200]
     delays = []
-    ok, detail = deliver(Notification("n", url, None, "batch.finished", {"batch": "b"}), sleep=delays.append,
-                         base_delay_s=0.5)
+    ok, detail = deliver(
+        Notification("n", url, None, "batch.finished", {"batch": "b"}), sleep=delays.append, base_delay_s=0.5
+    )
     assert ok and len(rec.received) == 3 and delays == [0.5, 1.0]
 
 

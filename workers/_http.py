@@ -35,8 +35,10 @@ class Response:
         try:
             return json.loads(self.body)
         except (ValueError, UnicodeDecodeError) as exc:
-            raise StageError(f"{what}: the server answered {self.status} with a body that is not JSON "
-                             f"({exc}): {excerpt(self.body)}", retryable=True) from None
+            raise StageError(
+                f"{what}: the server answered {self.status} with a body that is not JSON ({exc}): {excerpt(self.body)}",
+                retryable=True,
+            ) from None
 
 
 def excerpt(body: bytes, limit: int = 300) -> str:
@@ -73,8 +75,16 @@ def join(base: str, path: str) -> str:
     return base.rstrip("/") + "/" + path.lstrip("/")
 
 
-def call(method: str, url: str, *, what: str, body: Any = None, headers: Mapping[str, str] | None = None,
-         timeout: float = 60.0, query: Mapping[str, str] | None = None) -> Response:
+def call(
+    method: str,
+    url: str,
+    *,
+    what: str,
+    body: Any = None,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 60.0,
+    query: Mapping[str, str] | None = None,
+) -> Response:
     """One HTTP request; ``body`` is sent as JSON unless it is bytes. Raises StageError as above."""
     if query:
         url = url + ("&" if "?" in url else "?") + urllib.parse.urlencode(query)
@@ -91,17 +101,24 @@ def call(method: str, url: str, *, what: str, body: Any = None, headers: Mapping
         payload = exc.read() if exc.fp else b""
         wait = retry_after(exc.headers.get("Retry-After") if exc.headers else None)
         retryable = exc.code in _RETRYABLE
-        raise StageError(f"{what}: {where} answered {exc.code} {exc.reason}: {excerpt(payload)}",
-                         retryable=retryable, retry_after=wait if retryable else None) from None
+        raise StageError(
+            f"{what}: {where} answered {exc.code} {exc.reason}: {excerpt(payload)}",
+            retryable=retryable,
+            retry_after=wait if retryable else None,
+        ) from None
     except (socket.timeout, TimeoutError) as exc:
         raise StageError(f"{what}: {where} timed out after {timeout:g}s", retryable=True) from exc
     except urllib.error.URLError as exc:
         reason = exc.reason
         if isinstance(reason, (socket.timeout, TimeoutError)):
             raise StageError(f"{what}: {where} timed out after {timeout:g}s", retryable=True) from None
-        raise StageError(f"{what}: cannot reach {urllib.parse.urlsplit(url).netloc}: {reason}", retryable=True) from None
+        raise StageError(
+            f"{what}: cannot reach {urllib.parse.urlsplit(url).netloc}: {reason}", retryable=True
+        ) from None
     except (ConnectionError, OSError) as exc:
         raise StageError(f"{what}: {where} failed: {exc}", retryable=True) from None
     except ValueError:  # http.client refuses a header value (its message would quote it: a key)
-        raise StageError(f"{what}: {where}: a request header holds characters HTTP cannot carry; "
-                         "check the backend's key setting", retryable=False) from None
+        raise StageError(
+            f"{what}: {where}: a request header holds characters HTTP cannot carry; check the backend's key setting",
+            retryable=False,
+        ) from None

@@ -39,18 +39,28 @@ class OpenAIClient:
     def request(self, method: str, path: str, body: Any = None) -> Response:
         key = secret(self._config).strip()  # a key file's or secret's trailing newline
         if not (key.isascii() and key.isprintable()):
-            raise StageError(f"{self.what}: the API key (backends.{self.name}.api_key or api_key_env) holds "
-                             "characters an HTTP header cannot carry; set it to the key alone", retryable=False)
+            raise StageError(
+                f"{self.what}: the API key (backends.{self.name}.api_key or api_key_env) holds "
+                "characters an HTTP header cannot carry; set it to the key alone",
+                retryable=False,
+            )
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         try:
-            return call(method, join(self.settings.base_url, path), what=self.what, body=body,
-                        headers=headers, timeout=self.settings.timeout_s)
+            return call(
+                method,
+                join(self.settings.base_url, path),
+                what=self.what,
+                body=body,
+                headers=headers,
+                timeout=self.settings.timeout_s,
+            )
         except StageError as exc:
             message = str(exc)
             if not key or key not in message:
                 raise
-            raise StageError(message.replace(key, "[api key]"), retryable=exc.retryable,
-                             retry_after=exc.retry_after) from None
+            raise StageError(
+                message.replace(key, "[api key]"), retryable=exc.retryable, retry_after=exc.retry_after
+            ) from None
 
     def check_model(self) -> str:
         """``GET /models``: is the server there, does it take the key, does it serve the model?"""
@@ -60,6 +70,9 @@ class OpenAIClient:
         served = [str(m.get("id")) for m in data if isinstance(m, dict)] if isinstance(data, list) else []
         if model not in served:
             shown = ", ".join(served[:20]) + (f" and {len(served) - 20} more" if len(served) > 20 else "")
-            raise StageError(f"{self.what}: {url} does not serve model {model!r} (it serves: {shown or 'nothing'}); "
-                             f"set backends.{self.name}.model to one of those", retryable=False)
+            raise StageError(
+                f"{self.what}: {url} does not serve model {model!r} (it serves: {shown or 'nothing'}); "
+                f"set backends.{self.name}.model to one of those",
+                retryable=False,
+            )
         return f"model {model} available at {url}"

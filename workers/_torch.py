@@ -105,26 +105,33 @@ def require_model_dir(model_path: Path, what: str) -> Path:
     if str(model_path).startswith(STORE_PREFIX):
         raise StageError(f"{what}: {model_path} must be fetched from the store before it is loaded (farm.store.models)")
     if not path.is_dir():
-        raise StageError(f"{what}: model_path {path} is not a directory on this machine: give a local directory "
-                         "written by save_pretrained, or push it to the store (farm models push) and use store:NAME")
+        raise StageError(
+            f"{what}: model_path {path} is not a directory on this machine: give a local directory "
+            "written by save_pretrained, or push it to the store (farm models push) and use store:NAME"
+        )
     if not (path / "model_index.json").is_file():
-        raise StageError(f"{what}: model_path {path} has no model_index.json: give the directory a diffusers "
-                         "pipeline was saved to with save_pretrained")
+        raise StageError(
+            f"{what}: model_path {path} has no model_index.json: give the directory a diffusers "
+            "pipeline was saved to with save_pretrained"
+        )
     return path
 
 
 # --- device, dtype, pipelines -----------------------------------------------------------------
 
+
 def pick_device(choice: str, what: str) -> str:
-    """"cuda" when asked for or (``auto``) available, else "cpu"."""
+    """ "cuda" when asked for or (``auto``) available, else "cpu"."""
     torch = import_torch(what)
     if choice == "cpu":
         return "cpu"
     if torch.cuda.is_available():
         return "cuda"
     if choice == "cuda":
-        raise StageError(f"{what}: device is 'cuda' but torch sees no CUDA GPU on this machine "
-                         f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'})")
+        raise StageError(
+            f"{what}: device is 'cuda' but torch sees no CUDA GPU on this machine "
+            f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'})"
+        )
     return "cpu"
 
 
@@ -175,7 +182,7 @@ def from_pretrained(loader: Any, model_path: Path, dtype: Any, device: str, what
 
 def model_name(model_path: str | Path) -> str:
     text = str(model_path)
-    return text[len(STORE_PREFIX):] if text.startswith(STORE_PREFIX) else Path(model_path).name
+    return text[len(STORE_PREFIX) :] if text.startswith(STORE_PREFIX) else Path(model_path).name
 
 
 def identity(settings: TorchSettings) -> dict[str, Any]:
@@ -204,6 +211,7 @@ def takes(fn: Callable[..., Any], name: str) -> bool:
 
 
 # --- seeds and sizes --------------------------------------------------------------------------
+
 
 def seed_of(*parts: Any) -> int:
     """A 63-bit seed from JSON-able ``parts`` (an action's seed parameter and what it draws)."""
@@ -250,6 +258,7 @@ def fit(image, width: int, height: int):
 
 
 # --- timing and out-of-memory -----------------------------------------------------------------
+
 
 class DeviceTimer:
     """Measures one call: ``gpu_seconds`` (CUDA events, device busy time; 0 on CPU) and
@@ -321,8 +330,14 @@ class TorchBackend:
     kind: str
     stage: str
 
-    def __init__(self, name: str, config: Mapping[str, Any], settings_type: type[TorchSettings],
-                 kind_version: str, affects: Sequence[str]):
+    def __init__(
+        self,
+        name: str,
+        config: Mapping[str, Any],
+        settings_type: type[TorchSettings],
+        kind_version: str,
+        affects: Sequence[str],
+    ):
         self.name = name
         self.settings: Any = parse(settings_type, name, config)
         s = self.settings
@@ -390,6 +405,7 @@ def split_on_oom(items: list[T], call: Callable[[list[T]], list[R]], what: str) 
 
 # --- check ------------------------------------------------------------------------------------
 
+
 def describe_model_dir(model_path: Path, what: str) -> tuple[str, list[str]]:
     """Read ``model_index.json`` and every component's JSON config (no weights, no GPU); return
     the pipeline class and its components. Raises StageError naming the broken file."""
@@ -402,8 +418,10 @@ def describe_model_dir(model_path: Path, what: str) -> tuple[str, list[str]]:
         raise StageError(f"{what}: cannot read {index_path}: {exc}") from exc
     cls = index.get("_class_name")
     if not cls or not hasattr(diffusers, cls):
-        raise StageError(f"{what}: {index_path} names pipeline {cls!r}, which diffusers "
-                         f"{diffusers.__version__} does not have (upgrade diffusers?)")
+        raise StageError(
+            f"{what}: {index_path} names pipeline {cls!r}, which diffusers "
+            f"{diffusers.__version__} does not have (upgrade diffusers?)"
+        )
     components = []
     for name, spec in sorted(index.items()):
         if name.startswith("_") or not isinstance(spec, list) or spec[0] is None:

@@ -94,9 +94,7 @@ class Backend(Protocol):
 
     def estimate(self, op: str, params: Mapping[str, Any]) -> Estimate: ...
 
-    def run(
-        self, op: str, inputs: Mapping[str, Path], params: Mapping[str, Any], out_dir: Path
-    ) -> StageResult: ...
+    def run(self, op: str, inputs: Mapping[str, Path], params: Mapping[str, Any], out_dir: Path) -> StageResult: ...
 
 
 class StageError(Exception):
@@ -180,8 +178,7 @@ def require_tool(name: str) -> str:
     if path is None:
         package = _PACKAGES.get(name, name)
         raise ToolMissing(
-            f"{name} is not installed or not on PATH: install it "
-            f"(Debian/Ubuntu: sudo apt-get install {package})"
+            f"{name} is not installed or not on PATH: install it (Debian/Ubuntu: sudo apt-get install {package})"
         )
     return path
 
@@ -203,9 +200,7 @@ def run_tool(args: list[str], *, what: str, timeout: float = 600) -> subprocess.
     """
     exe = require_tool(args[0])
     try:
-        proc = subprocess.run(
-            [exe, *args[1:]], capture_output=True, timeout=timeout, check=False
-        )
+        proc = subprocess.run([exe, *args[1:]], capture_output=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired as exc:
         raise StageError(f"{what}: {args[0]} timed out after {timeout:.0f}s", retryable=True) from exc
     if proc.returncode != 0:

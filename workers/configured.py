@@ -47,8 +47,11 @@ class BackendSettings(BaseModel):
 
     def resources_or(self, default: Resources) -> Resources:
         r = self.resources
-        return default if r is None else Resources(num_cpus=r.num_cpus, num_gpus=r.num_gpus,
-                                                   accelerator=r.accelerator, memory_mb=r.memory_mb)
+        return (
+            default
+            if r is None
+            else Resources(num_cpus=r.num_cpus, num_gpus=r.num_gpus, accelerator=r.accelerator, memory_mb=r.memory_mb)
+        )
 
     def estimate_or(self, default: Estimate) -> Estimate:
         e = self.estimate

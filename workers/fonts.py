@@ -24,10 +24,7 @@ def font_path() -> Path:
     for candidate in _CANDIDATES:
         if Path(candidate).is_file():
             return Path(candidate)
-    raise StageError(
-        "no CJK-capable font found: install Noto CJK "
-        "(Debian/Ubuntu: sudo apt-get install fonts-noto-cjk)"
-    )
+    raise StageError("no CJK-capable font found: install Noto CJK (Debian/Ubuntu: sudo apt-get install fonts-noto-cjk)")
 
 
 @functools.lru_cache(maxsize=64)

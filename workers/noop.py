@@ -12,8 +12,15 @@ from typing import Any, Mapping
 
 from workers.api import Estimate, Resources, StageError, StageResult, Usage
 
-OUTPUTS = {"script": ("script",), "sheet": ("sheet", "figure"), "keyframe": ("keyframe",), "line": ("audio",),
-           "clip": ("clip",), "mux": ("shot",), "episode": ("video", "subtitles", "storyboard")}
+OUTPUTS = {
+    "script": ("script",),
+    "sheet": ("sheet", "figure"),
+    "keyframe": ("keyframe",),
+    "line": ("audio",),
+    "clip": ("clip",),
+    "mux": ("shot",),
+    "episode": ("video", "subtitles", "storyboard"),
+}
 
 
 class Noop:

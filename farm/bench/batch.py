@@ -31,11 +31,21 @@ from farm.core.plan import OUTPUTS, STAGES, plan_episode
 from farm.core.spec import Episode, Series
 
 _SERIES = {
-    "id": "bench", "title": "Bench", "language": "en",
+    "id": "bench",
+    "title": "Bench",
+    "language": "en",
     "style": {"description": "flat", "palette": ["#101010", "#808080", "#f0f0f0"]},
-    "resolution": {"width": 180, "height": 320}, "fps": 12,
-    "characters": [{"id": f"c{i}", "name": f"C{i}", "look": {"description": "d"},
-                    "voice": {"voice": "en-us", "pitch": 20 + 10 * i, "rate": 170}} for i in range(4)],
+    "resolution": {"width": 180, "height": 320},
+    "fps": 12,
+    "characters": [
+        {
+            "id": f"c{i}",
+            "name": f"C{i}",
+            "look": {"description": "d"},
+            "voice": {"voice": "en-us", "pitch": 20 + 10 * i, "rate": 170},
+        }
+        for i in range(4)
+    ],
 }
 
 
@@ -46,28 +56,57 @@ def synthetic_episode(n: int, shots: int = 12) -> dict:
         scene_shots = []
         for k in range(shots // 3):
             lines = [] if k == 0 else [{"speaker": f"c{(s + k) % 4}", "text": f"Episode {n}, scene {s}, line {k}."}]
-            scene_shots.append({"id": f"s{s}-{k:02d}", "description": f"Shot {k} of scene {s} in episode {n}",
-                                "characters": [f"c{(s + k) % 4}"], "duration": 1.0, "lines": lines})
+            scene_shots.append(
+                {
+                    "id": f"s{s}-{k:02d}",
+                    "description": f"Shot {k} of scene {s} in episode {n}",
+                    "characters": [f"c{(s + k) % 4}"],
+                    "duration": 1.0,
+                    "lines": lines,
+                }
+            )
         scenes.append({"id": f"s{s}", "location": f"place {s}", "shots": scene_shots})
-    return {"series": "s.yaml", "number": n, "title": f"Episode {n}",
-            "script": {"title": f"Episode {n}", "language": "en", "scenes": scenes}}
+    return {
+        "series": "s.yaml",
+        "number": n,
+        "title": f"Episode {n}",
+        "script": {"title": f"Episode {n}", "language": "en", "scenes": scenes},
+    }
 
 
 def tiny_episode(n: int) -> dict:
     """One scene, one shot, one line: at most two actions are ever ready at once."""
-    shot = {"id": "s0-00", "description": f"Tiny {n}", "characters": ["c0"], "duration": 0.5,
-            "lines": [{"speaker": "c0", "text": f"Line {n}."}]}
-    return {"series": "s.yaml", "number": n, "title": f"Tiny {n}",
-            "script": {"title": f"Tiny {n}", "language": "en", "scenes": [{"id": "s0", "location": "l", "shots": [shot]}]}}
+    shot = {
+        "id": "s0-00",
+        "description": f"Tiny {n}",
+        "characters": ["c0"],
+        "duration": 0.5,
+        "lines": [{"speaker": "c0", "text": f"Line {n}."}],
+    }
+    return {
+        "series": "s.yaml",
+        "number": n,
+        "title": f"Tiny {n}",
+        "script": {"title": f"Tiny {n}", "language": "en", "scenes": [{"id": "s0", "location": "l", "shots": [shot]}]},
+    }
 
 
-def synthetic_payload(episodes: int, backends: dict[str, list[str]], studio: str = "bench", make=synthetic_episode,
-                      first: int = 1) -> dict:
+def synthetic_payload(
+    episodes: int, backends: dict[str, list[str]], studio: str = "bench", make=synthetic_episode, first: int = 1
+) -> dict:
     series = Series.model_validate(_SERIES).model_dump(mode="json")
-    return {"studio": studio, "namespace": studio, "priority": "normal", "budget": {}, "backends": backends,
-            "name": f"bench-{episodes}",
-            "episodes": [{"series": series, "episode": Episode.model_validate(make(n)).model_dump(mode="json")}
-                         for n in range(first, first + episodes)]}
+    return {
+        "studio": studio,
+        "namespace": studio,
+        "priority": "normal",
+        "budget": {},
+        "backends": backends,
+        "name": f"bench-{episodes}",
+        "episodes": [
+            {"series": series, "episode": Episode.model_validate(make(n)).model_dump(mode="json")}
+            for n in range(first, first + episodes)
+        ],
+    }
 
 
 def _rss_mb() -> float:
@@ -77,10 +116,18 @@ def _rss_mb() -> float:
 
 def _result(action, digit: str, meta: dict | None = None) -> ActionResult:
     """A made-up result of ``action``: one-byte outputs, ``meta``."""
-    return ActionResult(key=action.key, stage=action.stage, op=action.op, backend=action.backend,
-                        version=action.version, label=action.label, started_at=0.0, finished_at=0.0,
-                        outputs={o: Blob(digest=digit * 64, size=1, name=o) for o in OUTPUTS[action.op]},
-                        meta=meta or {})
+    return ActionResult(
+        key=action.key,
+        stage=action.stage,
+        op=action.op,
+        backend=action.backend,
+        version=action.version,
+        label=action.label,
+        started_at=0.0,
+        finished_at=0.0,
+        outputs={o: Blob(digest=digit * 64, size=1, name=o) for o in OUTPUTS[action.op]},
+        meta=meta or {},
+    )
 
 
 def bench_controller(episodes: int = 1000) -> dict:
@@ -122,21 +169,31 @@ def bench_controller(episodes: int = 1000) -> dict:
         controller.apply(event.model_copy(update={"seq": seq, "at": 2.0}))
         key = event.key
         seq += 1
-        controller.apply(ActionCompleted(seq=seq, at=2.0, key=key, batch="bench",
-                                         data=_result(controller.actions[key].action, "1")))
+        controller.apply(
+            ActionCompleted(seq=seq, at=2.0, key=key, batch="bench", data=_result(controller.actions[key].action, "1"))
+        )
         one_started = time.perf_counter()
         controller.decide(2.0, Capacity(cpus=1, gpus_by_accelerator={}))
         steady.append(time.perf_counter() - one_started)
-    report: dict[str, Any] = {"episodes": episodes, "actions": len(controller.actions), "submit_seconds": round(submitted, 2),
-              "plan_seconds": round(planned, 2), "rank_seconds": round(ranks, 2), "controller_mb": round(rss, 1),
-              "ready": ready, "first_decision_ms": round(first * 1000, 1),
-              "decision_ms": round(statistics.median(steady) * 1000, 3)}
-    report["text"] = (f"farm bench controller: {episodes} episodes, {report['actions']} actions\n"
-                      f"  planned in {planned:.2f} s (submission {submitted:.2f} s, the rest as lines arrive); "
-                      f"critical-path ranks {ranks:.2f} s\n"
-                      f"  controller memory {rss:.0f} MB (resident, after planning)\n"
-                      f"  a decision with {ready} actions ready: {report['first_decision_ms']} ms the first time "
-                      f"(orders them all), then {report['decision_ms']} ms (median, after each completion)")
+    report: dict[str, Any] = {
+        "episodes": episodes,
+        "actions": len(controller.actions),
+        "submit_seconds": round(submitted, 2),
+        "plan_seconds": round(planned, 2),
+        "rank_seconds": round(ranks, 2),
+        "controller_mb": round(rss, 1),
+        "ready": ready,
+        "first_decision_ms": round(first * 1000, 1),
+        "decision_ms": round(statistics.median(steady) * 1000, 3),
+    }
+    report["text"] = (
+        f"farm bench controller: {episodes} episodes, {report['actions']} actions\n"
+        f"  planned in {planned:.2f} s (submission {submitted:.2f} s, the rest as lines arrive); "
+        f"critical-path ranks {ranks:.2f} s\n"
+        f"  controller memory {rss:.0f} MB (resident, after planning)\n"
+        f"  a decision with {ready} actions ready: {report['first_decision_ms']} ms the first time "
+        f"(orders them all), then {report['decision_ms']} ms (median, after each completion)"
+    )
     return report
 
 
@@ -170,8 +227,13 @@ def _full_graph(payload):
     out, seen = [], set()
     backends = {s: BackendChoice.from_json(v) for s, v in payload["backends"].items()}
     for item in payload["episodes"]:
-        job = EpisodeJob(payload["studio"], payload["namespace"], Series.model_validate(item["series"]),
-                         Episode.model_validate(item["episode"]), backends)
+        job = EpisodeJob(
+            payload["studio"],
+            payload["namespace"],
+            Series.model_validate(item["series"]),
+            Episode.model_validate(item["episode"]),
+            backends,
+        )
         first = plan_episode(job, None, {})
         samples = {a.key: 9_600 + 480 * len(a.params["text"]) for a in first.actions if a.op == "line"}
         for a in plan_episode(job, None, samples).actions:
@@ -181,8 +243,9 @@ def _full_graph(payload):
     return out
 
 
-def bench_dispatch(episodes: int = 20, gpus: int = 4, latency_episodes: int = 20,
-                   dispatch_ahead: int | None = None) -> dict:
+def bench_dispatch(
+    episodes: int = 20, gpus: int = 4, latency_episodes: int = 20, dispatch_ahead: int | None = None
+) -> dict:
     import ray
 
     from farm.service.host import ControllerService
@@ -199,11 +262,16 @@ def bench_dispatch(episodes: int = 20, gpus: int = 4, latency_episodes: int = 20
         bare_default = _bare_ray(actions, False)
         bare = _bare_ray(actions, True)
         with tempfile.TemporaryDirectory(prefix="farm-bench-") as tmp:
-            settings = Settings(store=str(Path(tmp) / "store"), metrics_port=0,
-                                stage_resources={"video": {"num_gpus": 1, "num_cpus": 0},
-                                                 **{st: {"num_cpus": 1} for st in STAGES if st != "video"}},
-                                **{f"backend_{s}": "noop" for s in STAGES},
-                                **({} if dispatch_ahead is None else {"dispatch_ahead": dispatch_ahead}))
+            settings = Settings(
+                store=str(Path(tmp) / "store"),
+                metrics_port=0,
+                stage_resources={
+                    "video": {"num_gpus": 1, "num_cpus": 0},
+                    **{st: {"num_cpus": 1} for st in STAGES if st != "video"},
+                },
+                **{f"backend_{s}": "noop" for s in STAGES},
+                **({} if dispatch_ahead is None else {"dispatch_ahead": dispatch_ahead}),
+            )
             service = ControllerService(settings.model_dump(mode="json"))
             try:
                 # warm up as the bare runs were: the GPU pools' actors and the task workers start
@@ -226,27 +294,35 @@ def bench_dispatch(episodes: int = 20, gpus: int = 4, latency_episodes: int = 20
     latency = _latencies([e for e in events if e.seq >= submitted[2]], inputs)
     queued = _latencies([e for e in events if submitted[1] <= e.seq < submitted[2]], inputs)
     ms = lambda xs, q: round((statistics.median(xs) if q == 50 else statistics.quantiles(xs, n=10)[-1]) * 1000, 1)  # noqa: E731
-    report: dict[str, Any] = {"episodes": episodes, "gpus": gpus, "actions": len(actions), "dispatch_ahead": settings.dispatch_ahead,
-              "bare_ray_default_actions_per_s": round(len(actions) / bare_default, 1),
-              "bare_ray_actions_per_s": round(len(actions) / bare, 1), "farm_actions_per_s": round(len(actions) / farm, 1),
-              "ratio": round(bare / farm, 3),
-              "ready_to_running_ms": {"median": ms(latency["total"], 50), "p90": ms(latency["total"], 90)},
-              "ready_to_dispatched_ms": {"median": ms(latency["controller"], 50), "p90": ms(latency["controller"], 90)},
-              "dispatched_to_running_ms": {"median": ms(latency["ray"], 50), "p90": ms(latency["ray"], 90)},
-              "throughput_run_ready_to_running_ms": {"median": ms(queued["total"], 50), "p90": ms(queued["total"], 90)}}
-    report["text"] = (f"farm bench dispatch: {len(actions)} no-op actions ({episodes} episodes), {gpus} declared GPUs, "
-                      f"dispatch ahead {settings.dispatch_ahead} per CPU\n"
-                      f"  bare Ray, default GPU workers (max_calls=1) {report['bare_ray_default_actions_per_s']:8.1f} actions/s\n"
-                      f"  bare Ray, reused GPU workers (max_calls=0)  {report['bare_ray_actions_per_s']:8.1f} actions/s\n"
-                      f"  farm controller                             {report['farm_actions_per_s']:8.1f} actions/s"
-                      f"   = {report['ratio']:.2f} of the faster bare Ray\n"
-                      f"  ready -> running: median {report['ready_to_running_ms']['median']} ms, "
-                      f"p90 {report['ready_to_running_ms']['p90']} ms "
-                      f"(controller {report['ready_to_dispatched_ms']['median']} ms, "
-                      f"Ray {report['dispatched_to_running_ms']['median']} ms median), {latency_episodes} one-shot "
-                      f"episodes in turn, capacity to spare\n"
-                      f"  (in the throughput run, where ready actions queue for 2 CPUs: median "
-                      f"{report['throughput_run_ready_to_running_ms']['median']} ms)")
+    report: dict[str, Any] = {
+        "episodes": episodes,
+        "gpus": gpus,
+        "actions": len(actions),
+        "dispatch_ahead": settings.dispatch_ahead,
+        "bare_ray_default_actions_per_s": round(len(actions) / bare_default, 1),
+        "bare_ray_actions_per_s": round(len(actions) / bare, 1),
+        "farm_actions_per_s": round(len(actions) / farm, 1),
+        "ratio": round(bare / farm, 3),
+        "ready_to_running_ms": {"median": ms(latency["total"], 50), "p90": ms(latency["total"], 90)},
+        "ready_to_dispatched_ms": {"median": ms(latency["controller"], 50), "p90": ms(latency["controller"], 90)},
+        "dispatched_to_running_ms": {"median": ms(latency["ray"], 50), "p90": ms(latency["ray"], 90)},
+        "throughput_run_ready_to_running_ms": {"median": ms(queued["total"], 50), "p90": ms(queued["total"], 90)},
+    }
+    report["text"] = (
+        f"farm bench dispatch: {len(actions)} no-op actions ({episodes} episodes), {gpus} declared GPUs, "
+        f"dispatch ahead {settings.dispatch_ahead} per CPU\n"
+        f"  bare Ray, default GPU workers (max_calls=1) {report['bare_ray_default_actions_per_s']:8.1f} actions/s\n"
+        f"  bare Ray, reused GPU workers (max_calls=0)  {report['bare_ray_actions_per_s']:8.1f} actions/s\n"
+        f"  farm controller                             {report['farm_actions_per_s']:8.1f} actions/s"
+        f"   = {report['ratio']:.2f} of the faster bare Ray\n"
+        f"  ready -> running: median {report['ready_to_running_ms']['median']} ms, "
+        f"p90 {report['ready_to_running_ms']['p90']} ms "
+        f"(controller {report['ready_to_dispatched_ms']['median']} ms, "
+        f"Ray {report['dispatched_to_running_ms']['median']} ms median), {latency_episodes} one-shot "
+        f"episodes in turn, capacity to spare\n"
+        f"  (in the throughput run, where ready actions queue for 2 CPUs: median "
+        f"{report['throughput_run_ready_to_running_ms']['median']} ms)"
+    )
     return report
 
 

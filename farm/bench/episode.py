@@ -31,8 +31,24 @@ def _bare_concat(render: RenderResult, settings: Settings, workdir: Path) -> flo
     listing = workdir / "concat.txt"
     listing.write_text("".join(f"file '{p.name}'\n" for p in paths))
     started = time.perf_counter()
-    run_tool(["ffmpeg", "-v", "error", "-y", "-f", "concat", "-safe", "0", "-i", str(listing), "-c", "copy",
-              str(workdir / "bare.mov")], what="bare concat")
+    run_tool(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "concat",
+            "-safe",
+            "0",
+            "-i",
+            str(listing),
+            "-c",
+            "copy",
+            str(workdir / "bare.mov"),
+        ],
+        what="bare concat",
+    )
     return time.perf_counter() - started
 
 
@@ -49,8 +65,13 @@ def bench_episode(settings: Settings, example: str = "midnight-tea/ep001.yaml", 
     settings = settings.model_copy(update={"store": str(workdir / "store")})
     loaded = load_episode(episode)
     preflight(settings, [loaded])
-    runtime = RayRuntime(settings.store_spec(), settings.ray_address, settings.num_cpus, catalog=settings.catalog(),
-                         cpu_ahead=settings.dispatch_ahead)
+    runtime = RayRuntime(
+        settings.store_spec(),
+        settings.ray_address,
+        settings.num_cpus,
+        catalog=settings.catalog(),
+        cpu_ahead=settings.dispatch_ahead,
+    )
     try:
         cold_result = render_episode(loaded, settings, runtime)
         warm_result = render_episode(loaded, settings, runtime)
@@ -63,23 +84,28 @@ def bench_episode(settings: Settings, example: str = "midnight-tea/ep001.yaml", 
         "example": example,
         "video_seconds": cold_result.duration_seconds,
         "resolution": f"{series.resolution.width}x{series.resolution.height}@{series.fps}",
-        "cold_seconds": round(cold_result.wall_seconds, 2), "cold_actions_run": len(cold_result.ran),
-        "warm_seconds": round(warm_result.wall_seconds, 3), "warm_actions_run": len(warm_result.ran),
+        "cold_seconds": round(cold_result.wall_seconds, 2),
+        "cold_actions_run": len(cold_result.ran),
+        "warm_seconds": round(warm_result.wall_seconds, 3),
+        "warm_actions_run": len(warm_result.ran),
         "warm_actions_cached": len(warm_result.cached),
         "cold_over_warm": round(cold_result.wall_seconds / max(warm_result.wall_seconds, 1e-6), 1),
-        "assembly_seconds": round(assembly, 2), "bare_concat_seconds": round(bare, 3),
+        "assembly_seconds": round(assembly, 2),
+        "bare_concat_seconds": round(bare, 3),
         "assembly_over_bare_concat": round(assembly / max(bare, 1e-6), 1),
         "cpu_seconds": cold_result.summary()["cpu_seconds"],
     }
-    report["text"] = "\n".join([
-        f"farm bench episode: {example} ({report['video_seconds']:.1f} s of video at {report['resolution']})",
-        f"  cold render  {report['cold_seconds']:8.2f} s  ({report['cold_actions_run']} actions run, "
-        f"{report['cpu_seconds']:.0f} CPU-s)",
-        f"  warm render  {report['warm_seconds']:8.3f} s  ({report['warm_actions_run']} run, "
-        f"{report['warm_actions_cached']} cached)  cold/warm = {report['cold_over_warm']}x",
-        f"  assembly     {report['assembly_seconds']:8.2f} s  vs bare `ffmpeg -f concat -c copy` of the same shots "
-        f"{report['bare_concat_seconds']:.3f} s  = {report['assembly_over_bare_concat']}x",
-    ])
+    report["text"] = "\n".join(
+        [
+            f"farm bench episode: {example} ({report['video_seconds']:.1f} s of video at {report['resolution']})",
+            f"  cold render  {report['cold_seconds']:8.2f} s  ({report['cold_actions_run']} actions run, "
+            f"{report['cpu_seconds']:.0f} CPU-s)",
+            f"  warm render  {report['warm_seconds']:8.3f} s  ({report['warm_actions_run']} run, "
+            f"{report['warm_actions_cached']} cached)  cold/warm = {report['cold_over_warm']}x",
+            f"  assembly     {report['assembly_seconds']:8.2f} s  vs bare `ffmpeg -f concat -c copy` of the same shots "
+            f"{report['bare_concat_seconds']:.3f} s  = {report['assembly_over_bare_concat']}x",
+        ]
+    )
     if tmp is not None:
         tmp.cleanup()
     return report

@@ -30,7 +30,9 @@ def _seeded(seed: int):
 
 def _byte_symbols() -> list[str]:
     """The 256 printable stand-ins byte-level BPE uses for the bytes 0..255 (GPT-2's table)."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    keep = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     codes, extra = list(keep), 0
     for b in range(256):
         if b not in keep:
@@ -68,11 +70,21 @@ def _clip_tokenizer():
 def _clip_text_encoder():
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    return CLIPTextModel(CLIPTextConfig(
-        bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=TEXT_DIM, intermediate_size=37,
-        num_attention_heads=4, num_hidden_layers=2, vocab_size=CLIP_VOCAB_SIZE, max_position_embeddings=77,
-        layer_norm_eps=1e-5, projection_dim=TEXT_DIM,
-    )).eval()
+    return CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+            hidden_size=TEXT_DIM,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            vocab_size=CLIP_VOCAB_SIZE,
+            max_position_embeddings=77,
+            layer_norm_eps=1e-5,
+            projection_dim=TEXT_DIM,
+        )
+    ).eval()
 
 
 def build_tiny_sd(folder: Path, *, seed: int = 0) -> Path:
@@ -84,21 +96,46 @@ def build_tiny_sd(folder: Path, *, seed: int = 0) -> Path:
 
     _seeded(seed)
     unet = UNet2DConditionModel(
-        block_out_channels=(8, 32), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=TEXT_DIM, attention_head_dim=4, norm_num_groups=8,
+        block_out_channels=(8, 32),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=TEXT_DIM,
+        attention_head_dim=4,
+        norm_num_groups=8,
     )
     vae = AutoencoderKL(
-        block_out_channels=(8, 16), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=8,
+        block_out_channels=(8, 16),
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        norm_num_groups=8,
         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), layers_per_block=1, sample_size=32,
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        layers_per_block=1,
+        sample_size=32,
     )
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
     tokenizer = _clip_tokenizer()
     pipe = StableDiffusionPipeline(
-        unet=unet.eval(), vae=vae.eval(), text_encoder=_clip_text_encoder(), tokenizer=tokenizer,
-        scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        unet=unet.eval(),
+        vae=vae.eval(),
+        text_encoder=_clip_text_encoder(),
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     pipe.save_pretrained(folder)
     return Path(folder)
@@ -108,10 +145,17 @@ def _clip_vision(image_size: int, patch_size: int, *, projection: bool = True):
     from transformers import CLIPVisionConfig, CLIPVisionModel, CLIPVisionModelWithProjection
 
     model = CLIPVisionModelWithProjection if projection else CLIPVisionModel
-    return model(CLIPVisionConfig(
-        hidden_size=TEXT_DIM, projection_dim=TEXT_DIM, num_hidden_layers=2, num_attention_heads=4,
-        image_size=image_size, intermediate_size=37, patch_size=patch_size,
-    )).eval()
+    return model(
+        CLIPVisionConfig(
+            hidden_size=TEXT_DIM,
+            projection_dim=TEXT_DIM,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=image_size,
+            intermediate_size=37,
+            patch_size=patch_size,
+        )
+    ).eval()
 
 
 def _image_processor(size: int):
@@ -133,24 +177,47 @@ def build_tiny_svd(folder: Path, *, seed: int = 0) -> Path:
 
     _seeded(seed)
     unet = UNetSpatioTemporalConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, sample_size=16, in_channels=8, out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=8,
+        out_channels=4,
         down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
         up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"),
-        cross_attention_dim=TEXT_DIM, num_attention_heads=(2, 4), num_frames=4,
-        projection_class_embeddings_input_dim=3 * 8, addition_time_embed_dim=8,
+        cross_attention_dim=TEXT_DIM,
+        num_attention_heads=(2, 4),
+        num_frames=4,
+        projection_class_embeddings_input_dim=3 * 8,
+        addition_time_embed_dim=8,
     )
     vae = AutoencoderKLTemporalDecoder(
-        block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64),
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        layers_per_block=1,
         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
     )
     scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", interpolation_type="linear",
-        num_train_timesteps=1000, prediction_type="v_prediction", sigma_max=700.0, sigma_min=0.002,
-        steps_offset=1, timestep_spacing="leading", timestep_type="continuous", trained_betas=None,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        interpolation_type="linear",
+        num_train_timesteps=1000,
+        prediction_type="v_prediction",
+        sigma_max=700.0,
+        sigma_min=0.002,
+        steps_offset=1,
+        timestep_spacing="leading",
+        timestep_type="continuous",
+        trained_betas=None,
         use_karras_sigmas=True,
     )
     pipe = StableVideoDiffusionPipeline(
-        vae=vae.eval(), image_encoder=_clip_vision(224, 32), unet=unet.eval(), scheduler=scheduler,
+        vae=vae.eval(),
+        image_encoder=_clip_vision(224, 32),
+        unet=unet.eval(),
+        scheduler=scheduler,
         feature_extractor=_image_processor(224),
     )
     pipe.save_pretrained(folder)
@@ -160,32 +227,69 @@ def build_tiny_svd(folder: Path, *, seed: int = 0) -> Path:
 def build_tiny_wan_flf2v(folder: Path, *, seed: int = 0) -> Path:
     """A WanImageToVideoPipeline that takes a first and a last frame (``last_image``): 1-layer
     transformer, 8x spatial / 4x temporal Wan VAE, a tiny UMT5 encoder with a word-level tokenizer."""
-    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline, WanTransformer3DModel
+    from diffusers import (
+        AutoencoderKLWan,
+        FlowMatchEulerDiscreteScheduler,
+        WanImageToVideoPipeline,
+        WanTransformer3DModel,
+    )
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
     _seeded(seed)
-    words = ["<pad>", "</s>", "<unk>", *"a the camera slow push in pull out pan left right up down static shot motion".split()]
+    words = [
+        "<pad>",
+        "</s>",
+        "<unk>",
+        *"a the camera slow push in pull out pan left right up down static shot motion".split(),
+    ]
     backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>",
-                                        unk_token="<unk>", model_max_length=64)
-    text_encoder = UMT5EncoderModel(UMT5Config(
-        vocab_size=64, d_model=TEXT_DIM, d_kv=8, d_ff=37, num_layers=1, num_heads=4,
-        relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
-    )).eval()
-    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                           temperal_downsample=[False, True, True]).eval()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=64
+    )
+    text_encoder = UMT5EncoderModel(
+        UMT5Config(
+            vocab_size=64,
+            d_model=TEXT_DIM,
+            d_kv=8,
+            d_ff=37,
+            num_layers=1,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            pad_token_id=0,
+            eos_token_id=1,
+            decoder_start_token_id=0,
+        )
+    ).eval()
+    vae = AutoencoderKLWan(
+        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+    ).eval()
     transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=36, out_channels=16,
-        text_dim=TEXT_DIM, freq_dim=32, ffn_dim=32, num_layers=1, cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads", rope_max_seq_len=32, image_dim=TEXT_DIM,
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=36,
+        out_channels=16,
+        text_dim=TEXT_DIM,
+        freq_dim=32,
+        ffn_dim=32,
+        num_layers=1,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+        image_dim=TEXT_DIM,
         pos_embed_seq_len=2 * (16 + 1),  # FLF2V: both frames' CLIP tokens (16 patches + CLS) get a learned position
     ).eval()
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
     pipe = WanImageToVideoPipeline(
-        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
-        image_processor=_image_processor(32), image_encoder=_clip_vision(32, 8, projection=False), transformer=transformer,
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        scheduler=scheduler,
+        image_processor=_image_processor(32),
+        image_encoder=_clip_vision(32, 8, projection=False),
+        transformer=transformer,
     )
     pipe.save_pretrained(folder)
     return Path(folder)
@@ -203,16 +307,23 @@ def build_tiny_ip_adapter(folder: Path, sd_folder: Path, *, seed: int = 0) -> Pa
     unet = UNet2DConditionModel.from_pretrained(str(Path(sd_folder) / "unet"), local_files_only=True)
     channels, cross = list(unet.config.block_out_channels), unet.config.cross_attention_dim
     tensors = {
-        "image_proj.proj.weight": torch.randn(4 * cross, TEXT_DIM) * 0.1, "image_proj.proj.bias": torch.zeros(4 * cross),
-        "image_proj.norm.weight": torch.ones(cross), "image_proj.norm.bias": torch.zeros(cross),
+        "image_proj.proj.weight": torch.randn(4 * cross, TEXT_DIM) * 0.1,
+        "image_proj.proj.bias": torch.zeros(4 * cross),
+        "image_proj.norm.weight": torch.ones(cross),
+        "image_proj.norm.bias": torch.zeros(cross),
     }
     key = 1
     for name in unet.attn_processors:
         if name.endswith("attn1.processor"):
             continue
         block = int(name.split(".")[1]) if not name.startswith("mid_block") else -1
-        hidden = (channels[-1] if block < 0 else list(reversed(channels))[block] if name.startswith("up_blocks")
-                  else channels[block])
+        hidden = (
+            channels[-1]
+            if block < 0
+            else list(reversed(channels))[block]
+            if name.startswith("up_blocks")
+            else channels[block]
+        )
         tensors[f"ip_adapter.{key}.to_k_ip.weight"] = torch.randn(hidden, cross) * 0.3
         tensors[f"ip_adapter.{key}.to_v_ip.weight"] = torch.randn(hidden, cross) * 0.3
         key += 2

@@ -38,25 +38,37 @@ def describe(settings: Settings, check: bool = True) -> list[dict[str, Any]]:
     defaults = settings.backend_names()
     rows = []
     for stage, name in catalog.all():
-        row: dict[str, Any] = {"stage": stage, "name": name, "default": defaults.get(stage) == name,
-                               "kind": catalog.configs.get(name, {}).get("kind", "embedded")}
+        row: dict[str, Any] = {
+            "stage": stage,
+            "name": name,
+            "default": defaults.get(stage) == name,
+            "kind": catalog.configs.get(name, {}).get("kind", "embedded"),
+        }
         try:
             backend = catalog.load(stage, name)
         except (ConfigError, ImportError, UsageError) as exc:
             rows.append(row | {"ok": False, "status": logs.mask(str(exc))})
             continue
         res = backend.resources
-        row |= {"version": backend.version, "ops": list(backend.ops), "features": list(getattr(backend, "features", ())),
-                "max_batch": int(getattr(backend, "max_batch", 1)) if hasattr(backend, "run_batch") else 1,
-                "resources": {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus, "accelerator": res.accelerator,
-                              "memory_mb": res.memory_mb}}
+        row |= {
+            "version": backend.version,
+            "ops": list(backend.ops),
+            "features": list(getattr(backend, "features", ())),
+            "max_batch": int(getattr(backend, "max_batch", 1)) if hasattr(backend, "run_batch") else 1,
+            "resources": {
+                "num_cpus": res.num_cpus,
+                "num_gpus": res.num_gpus,
+                "accelerator": res.accelerator,
+                "memory_mb": res.memory_mb,
+            },
+        }
         if not check:
             rows.append(row | {"ok": None, "status": "not checked"})
             continue
         try:
             stored = str(catalog.configs.get(name, {}).get("model_path", ""))
             if stored.startswith(models.STORE_PREFIX):  # the weights are in the store: fetching them here
-                status = _stored_model(settings, stored[len(models.STORE_PREFIX):])  # would only check a copy
+                status = _stored_model(settings, stored[len(models.STORE_PREFIX) :])  # would only check a copy
             elif hasattr(backend, "check"):
                 status = backend.check()
             else:
@@ -79,9 +91,14 @@ def cmd_backends(args, settings: Settings) -> int:
             mark = {True: "ok  ", False: "FAIL", None: "    "}[r["ok"]]
             default = "*" if r["default"] else " "
             gpus = r.get("resources", {}).get("num_gpus", 0)
-            extra = (f" gpus={gpus:g}" if gpus else "") + (f" batch={r['max_batch']}" if r.get("max_batch", 1) > 1 else "") \
+            extra = (
+                (f" gpus={gpus:g}" if gpus else "")
+                + (f" batch={r['max_batch']}" if r.get("max_batch", 1) > 1 else "")
                 + (f" features={','.join(r['features'])}" if r.get("features") else "")
-            print(f"{mark} {default}{r['stage']:<9} {r['name']:<16} {r['kind']:<16} {r.get('version', '-'):<16}{extra}  {r['status']}")
+            )
+            print(
+                f"{mark} {default}{r['stage']:<9} {r['name']:<16} {r['kind']:<16} {r.get('version', '-'):<16}{extra}  {r['status']}"
+            )
         print("* = the stage's default (FARM_BACKEND_<STAGE>); a series or batch spec may choose another by name")
     return 1 if any(r["ok"] is False for r in rows) else 0
 

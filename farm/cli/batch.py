@@ -1,9 +1,9 @@
 """``farm controller …`` and ``farm batch …``: talk to the controller actor on a Ray cluster.
 
-    farm controller start [--address A]   start (or find) the controller; starts a local Ray head if none
-    farm controller status | stop
-    farm batch submit FILE                prints the batch id once the batch is in the journal
-    farm batch list | status ID | watch ID | cancel ID | events ID     (each with --json)
+farm controller start [--address A]   start (or find) the controller; starts a local Ray head if none
+farm controller status | stop
+farm batch submit FILE                prints the batch id once the batch is in the journal
+farm batch list | status ID | watch ID | cancel ID | events ID     (each with --json)
 """
 
 from __future__ import annotations
@@ -33,14 +33,17 @@ def _when(ts: float | None) -> str:
 
 def format_status(s: dict) -> str:
     eps = s["episodes"]
-    lines = [f"batch {s['batch']}  [{s['status']}]  studio {s['studio']}  priority {s['priority']}",
-             f"  episodes  {eps['delivered']} delivered, {eps['running']} running, {eps['failed']} failed "
-             f"of {eps['total']}"]
+    lines = [
+        f"batch {s['batch']}  [{s['status']}]  studio {s['studio']}  priority {s['priority']}",
+        f"  episodes  {eps['delivered']} delivered, {eps['running']} running, {eps['failed']} failed of {eps['total']}",
+    ]
     for stage, row in s["actions"].items():
         lines.append(f"  {stage:<9} " + ", ".join(f"{v} {k}" for k, v in row.items() if v))
     spent, budget = s["spent"], s["budget"]
-    caps = "  ".join(f"{k} {spent[k]:.6g}" + (f"/{budget[k]:.6g}" if budget.get(k) is not None else "")
-                     for k in ("tokens", "gpu_seconds", "money"))
+    caps = "  ".join(
+        f"{k} {spent[k]:.6g}" + (f"/{budget[k]:.6g}" if budget.get(k) is not None else "")
+        for k in ("tokens", "gpu_seconds", "money")
+    )
     lines.append(f"  spent     {caps}")
     if s.get("held"):
         lines.append(f"  held      {s['held']}")
@@ -59,15 +62,22 @@ def cmd_controller(args, settings: Settings) -> int:
         connect(settings, start_head=True)
         handle = controller(settings, create=True)
         info = _call(handle, "ping")
-        print(json.dumps(info) if args.json else f"controller running; store {info['store']}; "
-              f"metrics on :{settings.metrics_port}/metrics")
+        print(
+            json.dumps(info)
+            if args.json
+            else f"controller running; store {info['store']}; metrics on :{settings.metrics_port}/metrics"
+        )
         return 0
     connect(settings)
     handle = controller(settings)
     if args.action == "status":
         info = _call(handle, "ping")
-        print(json.dumps(info) if args.json else f"controller up since {_when(info['started_at'])}; "
-              f"{info['batches']} batches; journal at event {info['last_seq']}")
+        print(
+            json.dumps(info)
+            if args.json
+            else f"controller up since {_when(info['started_at'])}; "
+            f"{info['batches']} batches; journal at event {info['last_seq']}"
+        )
     elif args.action == "stop":
         _call(handle, "stop")
         kill(handle)
@@ -99,17 +109,22 @@ def cmd_batch(args, settings: Settings) -> int:
             print(json.dumps(rows))
         for r in [] if args.json else rows:
             e = r["episodes"]
-            print(f"{r['batch']}  {r['status']:<9} {r['studio']:<16} {e['delivered']}/{e['total']} delivered"
-                  f"{', ' + str(e['failed']) + ' failed' if e['failed'] else ''}")
+            print(
+                f"{r['batch']}  {r['status']:<9} {r['studio']:<16} {e['delivered']}/{e['total']} delivered"
+                f"{', ' + str(e['failed']) + ' failed' if e['failed'] else ''}"
+            )
     elif args.action in ("status", "cancel"):
         status = _call(handle, args.action, args.target)
         print(json.dumps(status) if args.json else format_status(status))
     elif args.action == "events":
         events = _call(handle, "events", args.target)
         for e in events:
-            print(json.dumps(e) if args.json else
-                  f"{_when(e['at'])}  {e['type']:<18} {(e.get('key') or '')[:12]:<12} "
-                  f"{json.dumps(e['data'], ensure_ascii=False)[:140] if e['type'] != 'batch.submitted' else ''}")
+            print(
+                json.dumps(e)
+                if args.json
+                else f"{_when(e['at'])}  {e['type']:<18} {(e.get('key') or '')[:12]:<12} "
+                f"{json.dumps(e['data'], ensure_ascii=False)[:140] if e['type'] != 'batch.submitted' else ''}"
+            )
     elif args.action == "watch":
         while True:
             status = _call(handle, "status", args.target)

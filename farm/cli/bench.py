@@ -12,7 +12,9 @@ from farm.cli.common import add_common, print_report, settings_from_args
 def cmd_bench(args) -> int:
     from farm.bench.episode import bench_episode
 
-    report = bench_episode(settings_from_args(args), example=args.example, workdir=Path(args.workdir) if args.workdir else None)
+    report = bench_episode(
+        settings_from_args(args), example=args.example, workdir=Path(args.workdir) if args.workdir else None
+    )
     print(json.dumps(report, indent=2) if args.json else report["text"])
     return 0
 
@@ -45,11 +47,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     bd = bsub.add_parser("dispatch", help="no-op actions through the controller vs bare Ray, on a local Ray")
     bd.add_argument("--episodes", type=int, default=10)
     bd.add_argument("--gpus", type=int, default=4, help="GPUs to declare to the local Ray")
-    bd.add_argument("--dispatch-ahead", type=int, default=None,
-                    help="the controller's FARM_DISPATCH_AHEAD for this run (default: the setting's default)")
+    bd.add_argument(
+        "--dispatch-ahead",
+        type=int,
+        default=None,
+        help="the controller's FARM_DISPATCH_AHEAD for this run (default: the setting's default)",
+    )
     bd.add_argument("--json", action="store_true")
-    bd.set_defaults(func=lambda a: print_report(
-        _bench_batch().bench_dispatch(a.episodes, a.gpus, dispatch_ahead=a.dispatch_ahead), a))
+    bd.set_defaults(
+        func=lambda a: print_report(
+            _bench_batch().bench_dispatch(a.episodes, a.gpus, dispatch_ahead=a.dispatch_ahead), a
+        )
+    )
 
     bk = bsub.add_parser("backends", help="diffusers image and video backends: shots per minute, batching off vs on")
     bk.add_argument("--image-model", help="a diffusers text-to-image pipeline folder (default: a tiny random one)")
@@ -60,5 +69,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     bk.add_argument("--height", type=int, default=1024)
     bk.add_argument("--steps", type=int, default=20)
     bk.add_argument("--json", action="store_true")
-    bk.set_defaults(func=lambda a: print_report(_bench_backends().bench_backends(
-        a.image_model, a.video_model, a.shots, a.batch, a.width, a.height, a.steps), a))
+    bk.set_defaults(
+        func=lambda a: print_report(
+            _bench_backends().bench_backends(
+                a.image_model, a.video_model, a.shots, a.batch, a.width, a.height, a.steps
+            ),
+            a,
+        )
+    )

@@ -30,14 +30,21 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     """Settings from FARM_* variables, overridden by whichever options this command has.
     Raises UsageError when they are not valid."""
     try:
-        settings = Settings.from_env(store=getattr(args, "store", None), studio=getattr(args, "studio", None),
-                                     ray_address=getattr(args, "address", None), num_cpus=getattr(args, "num_cpus", None),
-                                     metrics_port=getattr(args, "metrics_port", None),
-                                     log_level=level(args) if getattr(args, "verbose", 0) else None)
+        settings = Settings.from_env(
+            store=getattr(args, "store", None),
+            studio=getattr(args, "studio", None),
+            ray_address=getattr(args, "address", None),
+            num_cpus=getattr(args, "num_cpus", None),
+            metrics_port=getattr(args, "metrics_port", None),
+            log_level=level(args) if getattr(args, "verbose", 0) else None,
+        )
     except ValidationError as exc:
         raise UsageError(logs.mask(f"invalid settings: {exc}")) from None
-    logs.hide(settings.s3_access_key.get_secret_value(), settings.s3_secret_key.get_secret_value(),
-              *settings.catalog().secrets())
+    logs.hide(
+        settings.s3_access_key.get_secret_value(),
+        settings.s3_secret_key.get_secret_value(),
+        *settings.catalog().secrets(),
+    )
     return settings
 
 

@@ -19,9 +19,12 @@ def cmd_models(args, settings: Settings) -> int:
         if not args.folder or not args.name:
             raise UsageError("farm models push FOLDER NAME")
         result = models.push(objects, Path(args.folder), args.name)
-        print(json.dumps(result) if args.json else
-              f"model {result['name']}: {result['files']} files, {result['bytes'] / 1e6:.1f} MB "
-              f"({result['uploaded'] / 1e6:.1f} MB uploaded); use it as \"model_path\": \"store:{result['name']}\"")
+        print(
+            json.dumps(result)
+            if args.json
+            else f"model {result['name']}: {result['files']} files, {result['bytes'] / 1e6:.1f} MB "
+            f'({result["uploaded"] / 1e6:.1f} MB uploaded); use it as "model_path": "store:{result["name"]}"'
+        )
     else:
         found = models.names(objects)
         print(json.dumps(found) if args.json else "\n".join(found) or "no models in the store")
@@ -29,7 +32,7 @@ def cmd_models(args, settings: Settings) -> int:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("models", help="model weights in the artifact store, for backends' \"store:NAME\" model paths")
+    p = sub.add_parser("models", help='model weights in the artifact store, for backends\' "store:NAME" model paths')
     p.add_argument("action", choices=("push", "list"))
     p.add_argument("folder", nargs="?", help="push: a folder written by save_pretrained")
     p.add_argument("name", nargs="?", help="push: the name to store it under (immutable: add a version)")

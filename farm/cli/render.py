@@ -1,9 +1,9 @@
 """``farm validate``, ``farm render``, ``farm report``, ``farm examples``: one episode at a time.
 
-    farm validate FILE...             check series/episode specs without rendering
-    farm render EPISODE.yaml          render one episode (local Ray and ./farm-store by default)
-    farm report BATCH_OR_EPISODE      one self-contained HTML report: Gantt of worker lanes, spend, failures
-    farm examples DIR                 write the shipped example series and episodes to DIR
+farm validate FILE...             check series/episode specs without rendering
+farm render EPISODE.yaml          render one episode (local Ray and ./farm-store by default)
+farm report BATCH_OR_EPISODE      one self-contained HTML report: Gantt of worker lanes, spend, failures
+farm examples DIR                 write the shipped example series and episodes to DIR
 """
 
 from __future__ import annotations
@@ -57,8 +57,14 @@ class ProgressPrinter:
             self._print()
 
 
-def render_one(episode: Path, settings: Settings, out: Path | None = None, on_progress=None,
-               log_level: str = "WARNING", metrics=None):
+def render_one(
+    episode: Path,
+    settings: Settings,
+    out: Path | None = None,
+    on_progress=None,
+    log_level: str = "WARNING",
+    metrics=None,
+):
     """Render one episode as a batch of one on a (local) Ray (farm.service.local); ``metrics`` (a
     farm.observe.metrics.Metrics) accounts every journaled event, whether the render succeeds or not."""
     from farm.runtime.ray_runtime import RayRuntime
@@ -67,8 +73,14 @@ def render_one(episode: Path, settings: Settings, out: Path | None = None, on_pr
     loaded = load_episode(episode)
     spec = settings.store_spec()  # a bad store setting fails here, before Ray starts
     preflight(settings, [loaded])
-    runtime = RayRuntime(spec, settings.ray_address, settings.num_cpus, log_level, catalog=settings.catalog(),
-                         cpu_ahead=settings.dispatch_ahead)
+    runtime = RayRuntime(
+        spec,
+        settings.ray_address,
+        settings.num_cpus,
+        log_level,
+        catalog=settings.catalog(),
+        cpu_ahead=settings.dispatch_ahead,
+    )
     try:
         return render_episode(loaded, settings, runtime, out_dir=out, on_progress=on_progress, metrics=metrics)
     finally:
@@ -85,12 +97,17 @@ class _MetricsExport:
         from farm.policy import Prices
 
         self.pushgateway, self.textfile, self.failed = pushgateway, textfile, False
-        self.metrics = Metrics(prices=Prices(**settings.prices), controller=False,
-                               accelerators={k: accelerator_label(p) for k, p in profiles_for(settings).items()})
+        self.metrics = Metrics(
+            prices=Prices(**settings.prices),
+            controller=False,
+            accelerators={k: accelerator_label(p) for k, p in profiles_for(settings).items()},
+        )
 
     def export(self) -> None:
-        for what, target, export in (("Pushgateway", self.pushgateway, self.metrics.push),
-                                     ("textfile", self.textfile, self.metrics.write_textfile)):
+        for what, target, export in (
+            ("Pushgateway", self.pushgateway, self.metrics.push),
+            ("textfile", self.textfile, self.metrics.write_textfile),
+        ):
             if target:
                 try:
                     export(target)
@@ -102,12 +119,20 @@ class _MetricsExport:
 def cmd_render(args) -> int:
     settings = settings_from_args(args)
     printer = ProgressPrinter()
-    export = _MetricsExport(settings, args.pushgateway, args.metrics_textfile) \
-        if args.pushgateway or args.metrics_textfile else None
+    export = (
+        _MetricsExport(settings, args.pushgateway, args.metrics_textfile)
+        if args.pushgateway or args.metrics_textfile
+        else None
+    )
     try:
-        result = render_one(Path(args.episode), settings, Path(args.out) if args.out else None,
-                            None if args.quiet else printer, level(args),
-                            metrics=export.metrics if export is not None else None)
+        result = render_one(
+            Path(args.episode),
+            settings,
+            Path(args.out) if args.out else None,
+            None if args.quiet else printer,
+            level(args),
+            metrics=export.metrics if export is not None else None,
+        )
     finally:
         printer.close()
         if export is not None:
@@ -122,8 +147,10 @@ def cmd_render(args) -> int:
     print(f"storyboard:  {summary['storyboard']}")
     print(f"episode:     {summary['duration_seconds']:.2f} s")
     print(f"actions:     {summary['actions_run']} run, {summary['actions_cached']} cached")
-    print(f"usage:       {summary['cpu_seconds']:.1f} CPU-s, {summary['gpu_seconds']:.1f} GPU-s, "
-          f"{summary['tokens_in']} tokens in, {summary['tokens_out']} tokens out")
+    print(
+        f"usage:       {summary['cpu_seconds']:.1f} CPU-s, {summary['gpu_seconds']:.1f} GPU-s, "
+        f"{summary['tokens_in']} tokens in, {summary['tokens_out']} tokens out"
+    )
     print(f"cache saved: {summary['saved']['cpu_seconds']:.1f} CPU-s, {summary['saved']['gpu_seconds']:.1f} GPU-s")
     print(f"wall time:   {summary['wall_seconds']:.1f} s")
     return status
@@ -153,10 +180,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--out", help="where to put the deliverables of an S3 store locally (default ./farm-out)")
     r.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     r.add_argument("--quiet", action="store_true", help="no progress display")
-    r.add_argument("--pushgateway", metavar="URL", help="push the render's metrics to this Prometheus Pushgateway "
-                   "(job farm-render, instance this host; counters add up across renders)")
-    r.add_argument("--metrics-textfile", metavar="PATH", help="write the render's metrics to this file for "
-                   "node_exporter's textfile collector (name it *.prom; counters add up across renders)")
+    r.add_argument(
+        "--pushgateway",
+        metavar="URL",
+        help="push the render's metrics to this Prometheus Pushgateway "
+        "(job farm-render, instance this host; counters add up across renders)",
+    )
+    r.add_argument(
+        "--metrics-textfile",
+        metavar="PATH",
+        help="write the render's metrics to this file for "
+        "node_exporter's textfile collector (name it *.prom; counters add up across renders)",
+    )
     r.set_defaults(func=cmd_render)
 
     rp = sub.add_parser("report", help="write a self-contained HTML report of a batch or an episode")

@@ -24,17 +24,27 @@ BENCH_EPISODES, BENCH_GPUS = 1000, 256
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "simulate", help="play a synthetic batch through the scheduler on simulated GPUs (no Ray)",
+        "simulate",
+        help="play a synthetic batch through the scheduler on simulated GPUs (no Ray)",
         description="Discrete-event simulation of a synthetic batch with the farm's own scheduling policies. "
-                    "--bench runs farm, fifo and sequential on the same batch and compares them.")
+        "--bench runs farm, fifo and sequential on the same batch and compares them.",
+    )
     p.add_argument("--episodes", type=int, help=f"episodes in the batch (default 100; --bench {BENCH_EPISODES})")
     p.add_argument("--gpus", type=int, help=f"simulated GPUs (default 32; --bench {BENCH_GPUS})")
     p.add_argument("--cpus", type=float, help="simulated CPUs (default: a quarter of the GPUs, at least 8)")
-    p.add_argument("--policy", choices=POLICIES, default="farm",
-                   help="farm: the farm's scheduler; fifo: bare Ray order; sequential: one episode at a time")
+    p.add_argument(
+        "--policy",
+        choices=POLICIES,
+        default="farm",
+        help="farm: the farm's scheduler; fifo: bare Ray order; sequential: one episode at a time",
+    )
     p.add_argument("--seed", type=int, default=1, help="seed of the synthetic batch and of failure injection")
-    p.add_argument("--studios", default="studio-a", help="comma-separated studios; episodes dealt round-robin, equal shares")
-    p.add_argument("--failures", type=float, default=0.0, metavar="P", help="probability that an attempt fails (retryable)")
+    p.add_argument(
+        "--studios", default="studio-a", help="comma-separated studios; episodes dealt round-robin, equal shares"
+    )
+    p.add_argument(
+        "--failures", type=float, default=0.0, metavar="P", help="probability that an attempt fails (retryable)"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--bench", action="store_true", help="compare farm, fifo and sequential on one batch")
     p.set_defaults(func=cmd_simulate)
@@ -75,16 +85,27 @@ def cmd_simulate(args) -> int:
         print(json.dumps({**result.to_json(), "actions": len(workload.graph().actions), "wall_s": round(wall, 3)}))
         return 0
     s = result.spend
-    deadlines = ("none set" if not result.deadline_met else "all met" if result.all_deadlines_met
-                 else "missed: " + ", ".join(b for b, ok in result.deadline_met.items() if not ok))
-    print(f"farm simulate: {episodes} episodes ({len(workload.graph().actions):,} actions), {gpus} GPUs, {cpus:g} CPUs, "
-          f"policy {args.policy}, seed {args.seed}")
-    print(f"  makespan   {result.makespan_s:,.0f} s  (lower bound {result.lower_bound_s:,.0f} s, ratio {result.ratio:.3f})")
+    deadlines = (
+        "none set"
+        if not result.deadline_met
+        else "all met"
+        if result.all_deadlines_met
+        else "missed: " + ", ".join(b for b, ok in result.deadline_met.items() if not ok)
+    )
+    print(
+        f"farm simulate: {episodes} episodes ({len(workload.graph().actions):,} actions), {gpus} GPUs, {cpus:g} CPUs, "
+        f"policy {args.policy}, seed {args.seed}"
+    )
+    print(
+        f"  makespan   {result.makespan_s:,.0f} s  (lower bound {result.lower_bound_s:,.0f} s, ratio {result.ratio:.3f})"
+    )
     print(f"  gpu busy   {result.gpu_busy:.1%}")
     print(f"  deadlines  {deadlines}")
     print(f"  spend      {s.tokens:,} tokens, {s.gpu_seconds:,.0f} GPU-s, {_dollars(s.money)}")
-    print(f"  episodes   {result.episodes_done} done, {len(result.episodes_failed)} failed, "
-          f"{len(result.episodes_unfinished)} unfinished")
+    print(
+        f"  episodes   {result.episodes_done} done, {len(result.episodes_failed)} failed, "
+        f"{len(result.episodes_unfinished)} unfinished"
+    )
     print(f"  actions    {result.dispatches:,} dispatched, {result.retries} retried, {result.quarantines} quarantined")
     print(f"  controller {result.events:,} events journaled, {result.actions:,} actions planned")
     print(f"  wall time  {wall:.2f} s")
@@ -97,15 +118,26 @@ def _bench(workload, gpus, cpus, args) -> int:
     speedup = {p: r.makespan_s / farm.makespan_s for p, (r, _) in results.items() if p != "farm"}
     total_wall = sum(w for _, w in results.values())
     if args.json:
-        print(json.dumps({
-            "episodes": workload.episode_count, "actions": len(workload.graph().actions), "gpus": gpus, "cpus": cpus,
-            "seed": args.seed, "lower_bound_s": round(farm.lower_bound_s, 3),
-            "results": {p: {**r.to_json(), "wall_s": round(w, 3)} for p, (r, w) in results.items()},
-            "farm_speedup": {p: round(x, 3) for p, x in speedup.items()}, "wall_s": round(total_wall, 3),
-        }))
+        print(
+            json.dumps(
+                {
+                    "episodes": workload.episode_count,
+                    "actions": len(workload.graph().actions),
+                    "gpus": gpus,
+                    "cpus": cpus,
+                    "seed": args.seed,
+                    "lower_bound_s": round(farm.lower_bound_s, 3),
+                    "results": {p: {**r.to_json(), "wall_s": round(w, 3)} for p, (r, w) in results.items()},
+                    "farm_speedup": {p: round(x, 3) for p, x in speedup.items()},
+                    "wall_s": round(total_wall, 3),
+                }
+            )
+        )
         return 0
-    print(f"farm simulate --bench: {workload.episode_count} episodes ({len(workload.graph().actions):,} actions) on "
-          f"{gpus} GPUs and {cpus:g} CPUs, seed {args.seed}; lower bound {farm.lower_bound_s:,.0f} s")
+    print(
+        f"farm simulate --bench: {workload.episode_count} episodes ({len(workload.graph().actions):,} actions) on "
+        f"{gpus} GPUs and {cpus:g} CPUs, seed {args.seed}; lower bound {farm.lower_bound_s:,.0f} s"
+    )
     print(f"  {'policy':<11} {'makespan':>11} {'ratio':>7} {'gpu busy':>9} {'wall':>8}")
     for p, (r, w) in results.items():
         print(f"  {p:<11} {r.makespan_s:>9,.0f} s {r.ratio:>7.3f} {r.gpu_busy:>9.1%} {w:>6.2f} s")

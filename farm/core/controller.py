@@ -24,18 +24,61 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from pydantic import ValidationError
 
-from farm.core.events import (ActionCached, ActionCompleted, ActionDispatched, ActionFailed, ActionQuarantined,
-                              ActionResult, ActionRetry, BatchFailed, BatchFinished, BudgetExhausted, Delivered,
-                              Dispatched, EpisodeDelivered, EpisodeFailed, EpisodeFailedEvent, Facts, Failed, Reason,
-                              RetryAt)
+from farm.core.events import (
+    ActionCached,
+    ActionCompleted,
+    ActionDispatched,
+    ActionFailed,
+    ActionQuarantined,
+    ActionResult,
+    ActionRetry,
+    BatchFailed,
+    BatchFinished,
+    BudgetExhausted,
+    Delivered,
+    Dispatched,
+    EpisodeDelivered,
+    EpisodeFailed,
+    EpisodeFailedEvent,
+    Facts,
+    Failed,
+    Reason,
+    RetryAt,
+)
 from farm.core.manifest import Manifest, spend_of
 from farm.core.plan import OUTPUTS, STAGES, Action, BackendChoice, EpisodeJob, plan_episode, plan_script, sketch
 from farm.core.script import Script, check_against
 from farm.core.spec import PRIORITY_CLASSES
-from farm.core.state import (ActionState, BatchState, Cancel, Command, Deliver, Dispatch, EpisodeState, Estimator,
-                             Fault, Lookup, Notify, Profile)
-from farm.policy import (BatchTerms, Budget, Capacity, GiveUp, Prices, Quarantine, ReadyQueue, RetryPolicy, RunState,
-                         Share, Spend, Task, select, upward_ranks)
+from farm.core.state import (
+    ActionState,
+    BatchState,
+    Cancel,
+    Command,
+    Deliver,
+    Dispatch,
+    EpisodeState,
+    Estimator,
+    Fault,
+    Lookup,
+    Notify,
+    Profile,
+)
+from farm.policy import (
+    BatchTerms,
+    Budget,
+    Capacity,
+    GiveUp,
+    Prices,
+    Quarantine,
+    ReadyQueue,
+    RetryPolicy,
+    RunState,
+    Share,
+    Spend,
+    Task,
+    select,
+    upward_ranks,
+)
 from farm.policy.ranking import NO_PACE, Pace, pace, sort_key
 
 # At most this many GPU bundles are asked of an autoscaler at once (see Controller.wanted_capacity).
@@ -67,9 +110,18 @@ class Controller:
             out again while it grows (between refreshes a new action is ranked from its own estimate).
     """
 
-    def __init__(self, estimator: Estimator, profiles: Mapping[tuple[str, str], Profile], *,
-                 prices: Prices = Prices(), shares: Iterable[Share] | None = (), caps: Mapping[str, int] | None = None,
-                 retry: RetryPolicy = RetryPolicy(), order: str = "farm", rank_refresh_s: float = 1.0):
+    def __init__(
+        self,
+        estimator: Estimator,
+        profiles: Mapping[tuple[str, str], Profile],
+        *,
+        prices: Prices = Prices(),
+        shares: Iterable[Share] | None = (),
+        caps: Mapping[str, int] | None = None,
+        retry: RetryPolicy = RetryPolicy(),
+        order: str = "farm",
+        rank_refresh_s: float = 1.0,
+    ):
         if order not in ORDERS:
             raise ValueError(f"unknown order {order!r} (known: {', '.join(ORDERS)})")
         self.estimator, self.profiles, self.prices = estimator, dict(profiles), prices
@@ -81,13 +133,21 @@ class Controller:
         self.last_seq = -1
         self.errors: list[str] = []  # events that could not be applied and named no known batch
         self._handlers: dict[str, Callable[[Any], list[Command] | None]] = {
-            "batch.submitted": self._on_batch_submitted, "batch.cancelled": self._on_batch_cancelled,
-            "batch.finished": self._on_batch_finished, "batch.failed": self._on_batch_failed,
-            "budget.exhausted": self._on_budget_exhausted, "action.cached": self._on_action_cached,
-            "action.completed": self._on_action_completed, "action.dispatched": self._on_action_dispatched,
-            "action.failed": self._on_action_failed, "action.retry": self._on_action_retry,
-            "action.quarantined": self._on_action_quarantined, "episode.delivered": self._on_episode_delivered,
-            "episode.failed": self._on_episode_failed, "webhook.delivered": _nothing, "webhook.failed": _nothing,
+            "batch.submitted": self._on_batch_submitted,
+            "batch.cancelled": self._on_batch_cancelled,
+            "batch.finished": self._on_batch_finished,
+            "batch.failed": self._on_batch_failed,
+            "budget.exhausted": self._on_budget_exhausted,
+            "action.cached": self._on_action_cached,
+            "action.completed": self._on_action_completed,
+            "action.dispatched": self._on_action_dispatched,
+            "action.failed": self._on_action_failed,
+            "action.retry": self._on_action_retry,
+            "action.quarantined": self._on_action_quarantined,
+            "episode.delivered": self._on_episode_delivered,
+            "episode.failed": self._on_episode_failed,
+            "webhook.delivered": _nothing,
+            "webhook.failed": _nothing,
             "journal.unreadable": self._on_journal_unreadable,
         }
         self._ranks: dict[str, float] | None = None
@@ -119,7 +179,9 @@ class Controller:
         # the GPU actions placed at the last decision (see wanted_capacity)
         self._gpu_shapes: list[Task] = []
         self._placed: set[str] = set()
-        self._paces: dict[str, dict[tuple[str, str], Pace]] = {}  # batch -> its episodes' paces, fixed at its first decision
+        self._paces: dict[
+            str, dict[tuple[str, str], Pace]
+        ] = {}  # batch -> its episodes' paces, fixed at its first decision
         self._estimates: dict[str, tuple[float, int, float]] = {}
         self._unestimated: dict[str, str] = {}  # key -> why its backend could not estimate it
 
@@ -182,11 +244,17 @@ class Controller:
             self.errors.append(f"journal event {e.seq}: batch {e.batch} was submitted again; the second is ignored")
             return []
         budget = Budget(tokens=d.budget.tokens, gpu_seconds=d.budget.gpu_seconds, money=d.budget.money)
-        terms = BatchTerms(id=e.batch, studio=d.studio, priority=PRIORITY_CLASSES[d.priority], deadline=d.deadline,
-                           budget=budget, submitted=e.at, order=len(self.batches))
+        terms = BatchTerms(
+            id=e.batch,
+            studio=d.studio,
+            priority=PRIORITY_CLASSES[d.priority],
+            deadline=d.deadline,
+            budget=budget,
+            submitted=e.at,
+            order=len(self.batches),
+        )
         defaults = {s: BackendChoice.from_json(d.backends[s]) for s in STAGES}
-        batch = BatchState(terms=terms, name=d.name, episodes=[],
-                           webhook=d.webhook.model_dump() if d.webhook else None)
+        batch = BatchState(terms=terms, name=d.name, episodes=[], webhook=d.webhook.model_dump() if d.webhook else None)
         self.batches[e.batch] = batch
         fresh: list[str] = []
         for item in d.episodes:
@@ -212,8 +280,11 @@ class Controller:
         """Actions of the batch this controller had already finished when the batch arrived
         (call it as the batch is submitted; later it also returns the batch's own work)."""
         keys = {k for eid in self.batches[batch_id].episodes for k in self.episodes[(batch_id, eid)].keys}
-        return [self.actions[k] for k in sorted(keys)
-                if self.actions[k].status == "done" and self.actions[k].manifest is not None]
+        return [
+            self.actions[k]
+            for k in sorted(keys)
+            if self.actions[k].status == "done" and self.actions[k].manifest is not None
+        ]
 
     def _progress(self, ep: EpisodeState) -> list[Command]:
         """Deliver an episode whose final action is done."""
@@ -241,7 +312,7 @@ class Controller:
                     self._dependants.setdefault(ref.key, []).append(action.key)
                 self._check_ready(action.key)
             elif (ep.batch, ep.id) not in state.episodes:  # shared with another episode now: it may
-                self._tasks.pop(action.key, None)           # count for another batch
+                self._tasks.pop(action.key, None)  # count for another batch
                 self._queue.discard(action.key)
                 self._changed.add(action.key)
             state.episodes.add((ep.batch, ep.id))
@@ -262,8 +333,11 @@ class Controller:
         self._by_backend[task.backend] = self._by_backend.get(task.backend, 0) + sign
         if self.batches[task.batch].terms.budget.capped:
             estimate = task.estimate
-            self._committed[task.batch] = (self._committed.get(task.batch, Spend()) + estimate if sign > 0
-                                           else self._committed[task.batch] - estimate)
+            self._committed[task.batch] = (
+                self._committed.get(task.batch, Spend()) + estimate
+                if sign > 0
+                else self._committed[task.batch] - estimate
+            )
 
     def _held(self) -> list[Task]:
         """The tasks of the wanted running actions (counted afresh when the batches have changed)."""
@@ -279,7 +353,9 @@ class Controller:
     def _check_ready(self, key: str) -> None:
         state = self.actions[key]
         self._changed.add(key)
-        if state.status == "pending" and all(self.actions[r.key].status == "done" for r in state.action.inputs.values()):
+        if state.status == "pending" and all(
+            self.actions[r.key].status == "done" for r in state.action.inputs.values()
+        ):
             if key not in self._ready:
                 self._ready.add(key)
                 self._ready_count += 1
@@ -340,8 +416,11 @@ class Controller:
                 commands += self._progress(ep)
             except Exception as exc:
                 self._reorder()
-                commands += self._fail_batch(ep.batch, f"the farm could not plan {ep.id} after {state.action.label}: "
-                                                       f"{type(exc).__name__}: {exc}", e.at)
+                commands += self._fail_batch(
+                    ep.batch,
+                    f"the farm could not plan {ep.id} after {state.action.label}: {type(exc).__name__}: {exc}",
+                    e.at,
+                )
         if fresh:
             commands.insert(0, Lookup(tuple(fresh)))
         return commands
@@ -402,7 +481,9 @@ class Controller:
 
     def _on_batch_failed(self, e: Any) -> list[Command]:
         batch = self.batches[e.batch]
-        commands: list[Command] = [c for c in self._fail_batch(e.batch, e.data.reason, e.at) if not isinstance(c, Fault)]
+        commands: list[Command] = [
+            c for c in self._fail_batch(e.batch, e.data.reason, e.at) if not isinstance(c, Fault)
+        ]
         batch.failure_journaled = True
         return commands
 
@@ -415,8 +496,10 @@ class Controller:
     # -- proposing events -----------------------------------------------------------------------
     def _wanted(self, state: ActionState, ignore: str | None = None) -> bool:
         """Does any live episode of a live batch (other than ``ignore``) still need this action?"""
-        return any(b != ignore and self.batches[b].status == "running" and self.episodes[(b, ep)].status == "running"
-                   for b, ep in state.episodes)
+        return any(
+            b != ignore and self.batches[b].status == "running" and self.episodes[(b, ep)].status == "running"
+            for b, ep in state.episodes
+        )
 
     def on_result(self, key: str, manifest: Manifest, facts: Mapping[str, Any] | None = None) -> list[Any]:
         """The events that follow a finished attempt: its completion, or, if its result is unusable,
@@ -433,13 +516,19 @@ class Controller:
         state = self.actions[key]
         result, problem = self._checked(state, manifest, facts)
         if result is None:
-            return self._failure_events(key, f"the stored result is unusable: {problem} (delete its manifest, "
-                                             f"actions/{key[:2]}/{key}.json in the studio's store, to make it again)",
-                                        False, None, 0.0)
+            return self._failure_events(
+                key,
+                f"the stored result is unusable: {problem} (delete its manifest, "
+                f"actions/{key[:2]}/{key}.json in the studio's store, to make it again)",
+                False,
+                None,
+                0.0,
+            )
         return [ActionCached(key=key, data=result)]
 
-    def _checked(self, state: ActionState, manifest: Manifest,
-                 facts: Mapping[str, Any] | None) -> tuple[ActionResult | None, str]:
+    def _checked(
+        self, state: ActionState, manifest: Manifest, facts: Mapping[str, Any] | None
+    ) -> tuple[ActionResult | None, str]:
         """The result an action's manifest and facts make, or (None, what is wrong with them)."""
         action = state.action
         if manifest.key != action.key:
@@ -463,30 +552,41 @@ class Controller:
                 script = raw if isinstance(raw, Script) else Script.model_validate(raw)
             except ValidationError as exc:
                 err = exc.errors()[0]
-                return None, (f"the script does not validate ({exc.error_count()} problems; first: "
-                              f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']})")
+                return None, (
+                    f"the script does not validate ({exc.error_count()} problems; first: "
+                    f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']})"
+                )
             for b, eid in sorted(state.episodes):
                 series = self.episodes[(b, eid)].job.series
                 problems = check_against(script, {c.id for c in series.characters})
                 if problems:
-                    return None, (f"the script is not one for series {series.id}: "
-                                  + "; ".join(f"{p}: {m}" for p, m in problems[:5])
-                                  + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""))
+                    return None, (
+                        f"the script is not one for series {series.id}: "
+                        + "; ".join(f"{p}: {m}" for p, m in problems[:5])
+                        + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else "")
+                    )
         fields = {name: getattr(manifest, name) for name in Manifest.model_fields}
         return ActionResult.model_construct(**fields, facts=Facts(script=script) if script else None), ""
 
-    def on_failure(self, key: str, error: str, retryable: bool, worker: str | None, now: float,
-                   retry_after: float | None = None) -> list[Any]:
+    def on_failure(
+        self, key: str, error: str, retryable: bool, worker: str | None, now: float, retry_after: float | None = None
+    ) -> list[Any]:
         """The events that follow a failed attempt: the failure, then a retry, a quarantine or a give-up.
         A retry waits for the policy's backoff, or longer when the provider asked (``retry_after``)."""
         return self._failure_events(key, error, retryable, worker, now, retry_after)
 
-    def _failure_events(self, key: str, error: str, retryable: bool, worker: str | None, now: float,
-                        retry_after: float | None = None) -> list[Any]:
+    def _failure_events(
+        self, key: str, error: str, retryable: bool, worker: str | None, now: float, retry_after: float | None = None
+    ) -> list[Any]:
         state = self.actions[key]
         batch = state.charged_to
-        events: list[Any] = [ActionFailed(batch=batch, key=key, data=Failed(error=error, retryable=retryable,
-                                                                            worker=worker, attempt=state.attempts))]
+        events: list[Any] = [
+            ActionFailed(
+                batch=batch,
+                key=key,
+                data=Failed(error=error, retryable=retryable, worker=worker, attempt=state.attempts),
+            )
+        ]
         workers = state.failed_workers | ({worker} if worker else set())
         decision = self.retry.decide(key, state.attempts, retryable, workers)
         if isinstance(decision, (Quarantine, GiveUp)):
@@ -498,7 +598,9 @@ class Controller:
                     events.append(EpisodeFailedEvent(batch=b, data=EpisodeFailed(episode=ep, reason=reason)))
         else:
             delay = max(decision.not_before_delay_s, retry_after or 0.0)
-            events.append(ActionRetry(batch=batch, key=key, data=RetryAt(not_before=now + delay, attempt=state.attempts)))
+            events.append(
+                ActionRetry(batch=batch, key=key, data=RetryAt(not_before=now + delay, attempt=state.attempts))
+            )
         return events
 
     def delivered(self, batch: str, episode: str, deliverables: Mapping[str, str]) -> list[Any]:
@@ -517,7 +619,9 @@ class Controller:
         when ``now`` is given: between refreshes a new action is ranked from its own estimate and
         tail (``_local_rank``), which is all a ranking heuristic needs while a big batch unfolds.
         """
-        stale = self._ranks is None or (self._graph_changed and (now is None or now - self._ranks_at >= self.rank_refresh_s))
+        stale = self._ranks is None or (
+            self._graph_changed and (now is None or now - self._ranks_at >= self.rank_refresh_s)
+        )
         if stale:
             durations, children = {}, self._dependants
             for key, state in self.actions.items():
@@ -547,7 +651,9 @@ class Controller:
             return float(seconds), int(tokens), float(gpu_seconds)
         except Exception as exc:
             if record:
-                self._unestimated[action.key] = f"its backend {action.backend} could not estimate it: {type(exc).__name__}: {exc}"
+                self._unestimated[action.key] = (
+                    f"its backend {action.backend} could not estimate it: {type(exc).__name__}: {exc}"
+                )
             return 0.0, 0, 0.0
 
     def _task(self, state: ActionState) -> Task:
@@ -560,14 +666,27 @@ class Controller:
         a = state.action
         seconds, tokens, gpu_seconds = self._estimate(a)
         profile = self.profiles.get((a.stage, a.backend), Profile())
-        live = sorted((self.batches[b].terms.priority, -self.batches[b].terms.order, b, ep)
-                      for b, ep in state.episodes
-                      if self.batches[b].status == "running" and self.episodes[(b, ep)].status == "running")
+        live = sorted(
+            (self.batches[b].terms.priority, -self.batches[b].terms.order, b, ep)
+            for b, ep in state.episodes
+            if self.batches[b].status == "running" and self.episodes[(b, ep)].status == "running"
+        )
         _, _, batch, episode = live[-1]
-        return Task(key=a.key, batch=batch, studio=self.batches[batch].terms.studio, episode=episode,
-                    stage=a.stage, backend=a.backend, cpus=profile.cpus, gpus=profile.gpus,
-                    accelerator=profile.accelerator, est_seconds=seconds, est_tokens=tokens,
-                    est_gpu_seconds=gpu_seconds, est_money=self.prices.money(tokens, gpu_seconds))
+        return Task(
+            key=a.key,
+            batch=batch,
+            studio=self.batches[batch].terms.studio,
+            episode=episode,
+            stage=a.stage,
+            backend=a.backend,
+            cpus=profile.cpus,
+            gpus=profile.gpus,
+            accelerator=profile.accelerator,
+            est_seconds=seconds,
+            est_tokens=tokens,
+            est_gpu_seconds=gpu_seconds,
+            est_money=self.prices.money(tokens, gpu_seconds),
+        )
 
     def running(self) -> list[ActionState]:
         return [self.actions[k] for k in sorted(self._running)]
@@ -589,8 +708,12 @@ class Controller:
         """Events the clock and free capacity call for: dispatches, budget holds, finished batches."""
         events: list[Any] = self._unestimable()
         run_tasks = self._held()
-        state = RunState(gpus_by_studio=self._use, running_by_backend=self._by_backend,
-                         spent_by_batch={b: s.spent for b, s in self.batches.items()}, committed_by_batch=self._committed)
+        state = RunState(
+            gpus_by_studio=self._use,
+            running_by_backend=self._by_backend,
+            spent_by_batch={b: s.spent for b, s in self.batches.items()},
+            committed_by_batch=self._committed,
+        )
         terms = {b: s.terms for b, s in self.batches.items()}
         if self.order == "farm":
             new = [b for b, batch in self.batches.items() if batch.status == "running" and b not in self._paces]
@@ -606,8 +729,13 @@ class Controller:
         self._placed = {t.key for t in selection.dispatch}
         self._gpu_shapes = [t for t in selection.dispatch if t.gpus > 0]
         for task in selection.dispatch:
-            events.append(ActionDispatched(batch=task.batch, key=task.key,
-                                           data=Dispatched(label=self.actions[task.key].action.label, episode=task.episode)))
+            events.append(
+                ActionDispatched(
+                    batch=task.batch,
+                    key=task.key,
+                    data=Dispatched(label=self.actions[task.key].action.label, episode=task.episode),
+                )
+            )
         for held, reason in sorted(selection.held.items()):
             if self.batches[held].held != reason:
                 events.append(BudgetExhausted(batch=held, data=Reason(reason=reason)))
@@ -653,8 +781,15 @@ class Controller:
                     self._queue.push(task, (self._ready_since[key], key))
                     continue
                 rank = ranks[key] if key in ranks else self._local_rank(key)
-                self._queue.push(task, sort_key(task, self.batches[task.batch].terms, rank,
-                                                self._paces.get(task.batch, {}).get((task.batch, task.episode), NO_PACE)))
+                self._queue.push(
+                    task,
+                    sort_key(
+                        task,
+                        self.batches[task.batch].terms,
+                        rank,
+                        self._paces.get(task.batch, {}).get((task.batch, task.episode), NO_PACE),
+                    ),
+                )
 
     def wanted_capacity(self) -> list[tuple[float, float, str | None]]:
         """(cpus, gpus, accelerator) of every GPU action running or waiting for room as of the last
@@ -692,8 +827,9 @@ class Controller:
             estimates = self._expected_work(self.episodes[(batch_id, eid)].job)
             gpu = sum(g for _, _, g in estimates)
             # work on the bottleneck: GPU-seconds over GPUs, or for CPU-only episodes CPU time over CPUs
-            work[(batch_id, eid)] = (gpu / total_gpus if total_gpus and gpu
-                                     else sum(s for s, _, _ in estimates) / max(1.0, total_cpus))
+            work[(batch_id, eid)] = (
+                gpu / total_gpus if total_gpus and gpu else sum(s for s, _, _ in estimates) / max(1.0, total_cpus)
+            )
         return pace(list(work), work, start=batch.terms.submitted)
 
     def _expected_work(self, job: EpisodeJob) -> Sequence[tuple[float, int, float]]:
@@ -728,19 +864,29 @@ class Controller:
         budget = batch.terms.budget
         projected = self.projected_finish(batch_id, now) if batch.status == "running" else batch.finished_at
         return {
-            "batch": batch_id, "name": batch.name, "studio": batch.terms.studio, "status": batch.status,
+            "batch": batch_id,
+            "name": batch.name,
+            "studio": batch.terms.studio,
+            "status": batch.status,
             "reason": batch.reason,
             "priority": next(k for k, v in PRIORITY_CLASSES.items() if v == batch.terms.priority),
-            "episodes": {"total": len(eps), "delivered": sum(e.status == "delivered" for e in eps),
-                         "failed": sum(e.status == "failed" for e in eps),
-                         "running": sum(e.status in ("running", "delivering") for e in eps)},
+            "episodes": {
+                "total": len(eps),
+                "delivered": sum(e.status == "delivered" for e in eps),
+                "failed": sum(e.status == "failed" for e in eps),
+                "running": sum(e.status in ("running", "delivering") for e in eps),
+            },
             "failures": [{"episode": e.id, "reason": e.reason} for e in eps if e.status == "failed"],
             "actions": {s: stages[s] for s in STAGES if s in stages},
-            "spent": batch.spent.to_json(), "saved": batch.saved.to_json(),
+            "spent": batch.spent.to_json(),
+            "saved": batch.saved.to_json(),
             "budget": {"tokens": budget.tokens, "gpu_seconds": budget.gpu_seconds, "money": budget.money},
             "held": batch.held,
-            "deadline": batch.terms.deadline, "projected_finish": projected,
-            "on_track": None if batch.terms.deadline is None or projected is None else projected <= batch.terms.deadline,
+            "deadline": batch.terms.deadline,
+            "projected_finish": projected,
+            "on_track": None
+            if batch.terms.deadline is None or projected is None
+            else projected <= batch.terms.deadline,
             "deliverables": {e.id: e.deliverables for e in eps if e.deliverables},
         }
 

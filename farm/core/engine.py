@@ -37,15 +37,30 @@ INTERRUPTED = "interrupted: the controller restarted while it ran"
 
 class Engine:
     """Args:
-        controller: the pure core it drives.
-        journal, runtime, clock, artifacts: its ports.
-        notify: called with each ``Notify`` command (webhooks), if given.
-        observe: called with each committed event after its group is applied (metrics, logs), if given.
+    controller: the pure core it drives.
+    journal, runtime, clock, artifacts: its ports.
+    notify: called with each ``Notify`` command (webhooks), if given.
+    observe: called with each committed event after its group is applied (metrics, logs), if given.
     """
 
-    def __init__(self, controller: Controller, journal: Journal, runtime: Runtime, clock: Clock, artifacts: Artifacts,
-                 *, notify: Callable[[Notify], None] | None = None, observe: Callable[[Any], None] | None = None):
-        self.controller, self.journal, self.runtime, self.clock, self.artifacts = controller, journal, runtime, clock, artifacts
+    def __init__(
+        self,
+        controller: Controller,
+        journal: Journal,
+        runtime: Runtime,
+        clock: Clock,
+        artifacts: Artifacts,
+        *,
+        notify: Callable[[Notify], None] | None = None,
+        observe: Callable[[Any], None] | None = None,
+    ):
+        self.controller, self.journal, self.runtime, self.clock, self.artifacts = (
+            controller,
+            journal,
+            runtime,
+            clock,
+            artifacts,
+        )
         self.notify, self.observe = notify, observe
         self.sent: set[str] = set()  # webhook notifications already delivered (journaled)
 
@@ -136,8 +151,7 @@ class Engine:
                 try:
                     facts = self.artifacts.facts(f.action, f.manifest)
                 except FarmError as exc:  # its outputs cannot be read now (the store): try it again
-                    proposals += self.controller.on_failure(key, f"reading its result: {exc}", exc.retryable,
-                                                            None, now)
+                    proposals += self.controller.on_failure(key, f"reading its result: {exc}", exc.retryable, None, now)
                     continue
                 proposals += self.controller.on_result(key, f.manifest, facts)
             else:
@@ -196,4 +210,3 @@ class Engine:
             for note in notes:
                 self.notify(note)
         return count
-

@@ -199,14 +199,44 @@ class Unreadable(_Event):
     data: Reason
 
 
-Event = Annotated[Union[BatchSubmitted, BatchCancelled, BatchFinished, BatchFailed, BudgetExhausted, ActionCached,
-                        ActionCompleted, ActionDispatched, ActionFailed, ActionRetry, ActionQuarantined,
-                        EpisodeDelivered, EpisodeFailedEvent, WebhookDelivered, WebhookFailed],
-                  Field(discriminator="type")]
+Event = Annotated[
+    Union[
+        BatchSubmitted,
+        BatchCancelled,
+        BatchFinished,
+        BatchFailed,
+        BudgetExhausted,
+        ActionCached,
+        ActionCompleted,
+        ActionDispatched,
+        ActionFailed,
+        ActionRetry,
+        ActionQuarantined,
+        EpisodeDelivered,
+        EpisodeFailedEvent,
+        WebhookDelivered,
+        WebhookFailed,
+    ],
+    Field(discriminator="type"),
+]
 
-JournaledEvent = (BatchSubmitted, BatchCancelled, BatchFinished, BatchFailed, BudgetExhausted, ActionCached,
-                  ActionCompleted, ActionDispatched, ActionFailed, ActionRetry, ActionQuarantined, EpisodeDelivered,
-                  EpisodeFailedEvent, WebhookDelivered, WebhookFailed)
+JournaledEvent = (
+    BatchSubmitted,
+    BatchCancelled,
+    BatchFinished,
+    BatchFailed,
+    BudgetExhausted,
+    ActionCached,
+    ActionCompleted,
+    ActionDispatched,
+    ActionFailed,
+    ActionRetry,
+    ActionQuarantined,
+    EpisodeDelivered,
+    EpisodeFailedEvent,
+    WebhookDelivered,
+    WebhookFailed,
+)
 EVENT_TYPES = tuple(m.model_fields["type"].default for m in JournaledEvent)
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(Event)
 
@@ -245,7 +275,10 @@ def _unreadable(line: str | bytes, reason: str) -> Unreadable:
         value = raw.get(name)
         return value if isinstance(value, kind) and not isinstance(value, bool) else default
 
-    return Unreadable(seq=pick("seq", int, -1), at=float(pick("at", (int, float), 0.0)),  # type: ignore[arg-type]
-                      batch=pick("batch", str, None), key=pick("key", str, None),
-                      data=Reason(reason=f"journal event {pick('seq', int, '?')} ({pick('type', str, '?')}) "
-                                         f"is unreadable: {reason}"))
+    return Unreadable(
+        seq=pick("seq", int, -1),
+        at=float(pick("at", (int, float), 0.0)),  # type: ignore[arg-type]
+        batch=pick("batch", str, None),
+        key=pick("key", str, None),
+        data=Reason(reason=f"journal event {pick('seq', int, '?')} ({pick('type', str, '?')}) is unreadable: {reason}"),
+    )

@@ -35,8 +35,13 @@ STAGES = ("script", "image", "video", "dubbing", "assembly")
 
 # The outputs a finished action of each op must carry: what its dependants and the deliverables read.
 OUTPUTS: Mapping[str, tuple[str, ...]] = {
-    "script": ("script",), "sheet": ("sheet", "figure"), "keyframe": ("keyframe",), "line": ("audio",),
-    "clip": ("clip",), "mux": ("shot",), "episode": ("video", "subtitles", "storyboard"),
+    "script": ("script",),
+    "sheet": ("sheet", "figure"),
+    "keyframe": ("keyframe",),
+    "line": ("audio",),
+    "clip": ("clip",),
+    "mux": ("shot",),
+    "episode": ("video", "subtitles", "storyboard"),
 }
 # The episode action's outputs that are delivered, and the file names people find them under.
 DELIVERABLES: Mapping[str, str] = {"video": "episode.mp4", "subtitles": "episode.srt", "storyboard": "storyboard.png"}
@@ -80,8 +85,13 @@ class Action:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "key": self.key, "stage": self.stage, "op": self.op, "backend": self.backend,
-            "version": self.version, "params": self.params, "label": self.label,
+            "key": self.key,
+            "stage": self.stage,
+            "op": self.op,
+            "backend": self.backend,
+            "version": self.version,
+            "params": self.params,
+            "label": self.label,
             "inputs": {k: [r.key, r.output] for k, r in self.inputs.items()},
             "context": dict(self.context),
         }
@@ -89,9 +99,15 @@ class Action:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "Action":
         return cls(
-            key=data["key"], stage=data["stage"], op=data["op"], backend=data["backend"],
-            version=data["version"], params=data["params"], label=data["label"],
-            inputs={k: Ref(*v) for k, v in data["inputs"].items()}, context=data.get("context", {}),
+            key=data["key"],
+            stage=data["stage"],
+            op=data["op"],
+            backend=data["backend"],
+            version=data["version"],
+            params=data["params"],
+            label=data["label"],
+            inputs={k: Ref(*v) for k, v in data["inputs"].items()},
+            context=data.get("context", {}),
         )
 
 
@@ -99,11 +115,16 @@ def canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def action_key(stage: str, op: str, backend: BackendChoice, params: Mapping[str, Any],
-               inputs: Mapping[str, Ref], namespace: str) -> str:
+def action_key(
+    stage: str, op: str, backend: BackendChoice, params: Mapping[str, Any], inputs: Mapping[str, Ref], namespace: str
+) -> str:
     body = {
-        "stage": stage, "op": op, "backend": backend.name, "version": backend.version,
-        "params": params, "inputs": {k: f"{r.key}:{r.output}" for k, r in inputs.items()},
+        "stage": stage,
+        "op": op,
+        "backend": backend.name,
+        "version": backend.version,
+        "params": params,
+        "inputs": {k: f"{r.key}:{r.output}" for k, r in inputs.items()},
         "namespace": namespace,
     }
     return hashlib.sha256(canonical(body).encode("utf-8")).hexdigest()
@@ -165,7 +186,8 @@ class _Builder:
 
 def _bible(series: Series) -> dict[str, Any]:
     return {
-        "title": series.title, "language": series.language,
+        "title": series.title,
+        "language": series.language,
         "style": series.style.model_dump(mode="json"),
         "characters": [c.model_dump(mode="json", include={"id", "name", "look"}) for c in series.characters],
     }
@@ -177,8 +199,11 @@ def script_params(job: EpisodeJob) -> dict[str, Any]:
         "series": _bible(job.series),
         "units_per_second": job.series.lang.units_per_second,
         "episode": {
-            "number": ep.number, "title": ep.title, "target_seconds": ep.target_seconds,
-            "seed": ep.seed, "outline": [b.model_dump(mode="json") for b in ep.outline or []],
+            "number": ep.number,
+            "title": ep.title,
+            "target_seconds": ep.target_seconds,
+            "seed": ep.seed,
+            "outline": [b.model_dump(mode="json") for b in ep.outline or []],
         },
     }
 
@@ -222,8 +247,11 @@ def plan_script(job: EpisodeJob, script: Script | None) -> ScriptPlan:
     cast = {who for shot in script.shots() for who in [*shot.characters, *(l.speaker for l in shot.lines)]}
     for character in series.characters:
         if character.id in cast:
-            params = {"style": style, "character": character.model_dump(mode="json", include={"id", "name", "look"}),
-                      "seed": series.seed}
+            params = {
+                "style": style,
+                "character": character.model_dump(mode="json", include={"id", "name", "look"}),
+                "seed": series.seed,
+            }
             sheets[character.id] = Ref(b.add("image", "sheet", params, {}, f"sheet {character.id}").key, "figure")
     shots: list[ShotPlan] = []
     for scene in script.scenes:
@@ -231,13 +259,21 @@ def plan_script(job: EpisodeJob, script: Script | None) -> ScriptPlan:
         for shot in scene.shots:
             in_frame = list(dict.fromkeys([*shot.characters, *(l.speaker for l in shot.lines)]))
             kf_params = {
-                "style": style, "width": width, "height": height, "seed": [ep.seed, shot.id],
-                "location": scene.location, "time_of_day": scene.time_of_day,
-                "description": shot.description, "framing": shot.framing.value,
+                "style": style,
+                "width": width,
+                "height": height,
+                "seed": [ep.seed, shot.id],
+                "location": scene.location,
+                "time_of_day": scene.time_of_day,
+                "description": shot.description,
+                "framing": shot.framing.value,
                 "characters": in_frame,
             }
-            keyframes.append(b.add("image", "keyframe", kf_params, {f"sheet:{c}": sheets[c] for c in in_frame},
-                                   f"keyframe {shot.id}"))
+            keyframes.append(
+                b.add(
+                    "image", "keyframe", kf_params, {f"sheet:{c}": sheets[c] for c in in_frame}, f"keyframe {shot.id}"
+                )
+            )
         for si, (shot, kf) in enumerate(zip(scene.shots, keyframes)):
             lines = []
             for i, line in enumerate(shot.lines):
@@ -248,8 +284,9 @@ def plan_script(job: EpisodeJob, script: Script | None) -> ScriptPlan:
     return ScriptPlan(tuple(b.actions), script_key, tuple(shots))
 
 
-def plan_episode(job: EpisodeJob, script: Script | None, line_samples: Mapping[str, int],
-                 fixed: ScriptPlan | None = None) -> EpisodePlan:
+def plan_episode(
+    job: EpisodeJob, script: Script | None, line_samples: Mapping[str, int], fixed: ScriptPlan | None = None
+) -> EpisodePlan:
     """Every action of ``job`` that can be determined from what is known.
 
     ``script`` is the script action's output once it exists (ignored when the episode has its own);
@@ -281,31 +318,72 @@ def plan_episode(job: EpisodeJob, script: Script | None, line_samples: Mapping[s
         clip_inputs = {"keyframe": Ref(kf.key, "keyframe")}
         if end_on_next and part.next_keyframe is not None:
             clip_inputs["last"] = Ref(part.next_keyframe.key, "keyframe")
-        clip = b.add("video", "clip", {"width": width, "height": height, "fps": fps, "frames": layout.frames,
-                                      "camera": shot.camera.value}, clip_inputs, f"clip {shot.id}")
+        clip = b.add(
+            "video",
+            "clip",
+            {"width": width, "height": height, "fps": fps, "frames": layout.frames, "camera": shot.camera.value},
+            clip_inputs,
+            f"clip {shot.id}",
+        )
         mux_inputs = {"clip": Ref(clip.key, "clip")} | {f"line{i}": Ref(l.key, "audio") for i, l in enumerate(lines)}
-        mux = b.add("assembly", "mux", {
-            "fps": fps, "frames": layout.frames, "sample_rate": SAMPLE_RATE, "total_samples": layout.total_samples,
-            "lines": [{"input": f"line{i}", "offset_samples": o} for i, o in enumerate(layout.offsets)],
-        }, mux_inputs, f"mux {shot.id}")
+        mux = b.add(
+            "assembly",
+            "mux",
+            {
+                "fps": fps,
+                "frames": layout.frames,
+                "sample_rate": SAMPLE_RATE,
+                "total_samples": layout.total_samples,
+                "lines": [{"input": f"line{i}", "offset_samples": o} for i, o in enumerate(layout.offsets)],
+            },
+            mux_inputs,
+            f"mux {shot.id}",
+        )
         n = len(shots)
         inputs_final[f"shot{n}"] = Ref(mux.key, "shot")
         inputs_final[f"keyframe{n}"] = Ref(kf.key, "keyframe")
-        shots.append({"input": f"shot{n}", "keyframe": f"keyframe{n}", "id": shot.id, "frames": layout.frames,
-                      "camera": shot.camera.value, "description": shot.description,
-                      "lines": [{"speaker": series.character(l.speaker).name, "text": l.text} for l in shot.lines]})
+        shots.append(
+            {
+                "input": f"shot{n}",
+                "keyframe": f"keyframe{n}",
+                "id": shot.id,
+                "frames": layout.frames,
+                "camera": shot.camera.value,
+                "description": shot.description,
+                "lines": [{"speaker": series.character(l.speaker).name, "text": l.text} for l in shot.lines],
+            }
+        )
         for line, offset, length in zip(shot.lines, layout.offsets, samples):
             t0 = start + offset
-            cues.append({"start": t0 / SAMPLE_RATE, "end": (t0 + length) / SAMPLE_RATE,
-                         "speaker": series.character(line.speaker).name, "text": line.text})
+            cues.append(
+                {
+                    "start": t0 / SAMPLE_RATE,
+                    "end": (t0 + length) / SAMPLE_RATE,
+                    "speaker": series.character(line.speaker).name,
+                    "text": line.text,
+                }
+            )
         start += layout.total_samples
     if not complete:
         return EpisodePlan(b.actions, fixed.script_key, None)
-    final = b.add("assembly", "episode", {
-        "title": ep.title, "language": series.language, "width": width, "height": height, "fps": fps,
-        "sample_rate": SAMPLE_RATE, "loudness_lufs": LOUDNESS_LUFS, "true_peak_db": TRUE_PEAK_DB,
-        "shots": shots, "cues": cues,
-    }, inputs_final, f"episode {ep.slug}")
+    final = b.add(
+        "assembly",
+        "episode",
+        {
+            "title": ep.title,
+            "language": series.language,
+            "width": width,
+            "height": height,
+            "fps": fps,
+            "sample_rate": SAMPLE_RATE,
+            "loudness_lufs": LOUDNESS_LUFS,
+            "true_peak_db": TRUE_PEAK_DB,
+            "shots": shots,
+            "cues": cues,
+        },
+        inputs_final,
+        f"episode {ep.slug}",
+    )
     return EpisodePlan(b.actions, fixed.script_key, final.key)
 
 
@@ -334,11 +412,26 @@ def sketch(job: EpisodeJob) -> tuple[Script, dict[str, int]]:
         for bi, beat in enumerate(beats):
             sid = f"s{bi + 1:02d}"
             present = list(dict.fromkeys([*beat.characters, *(line.speaker for line in beat.lines)]))
-            shots = [Shot(id=f"{sid}-01", description=beat.beat, characters=present, framing=Framing.wide,
-                          duration=round(each, 2))]
-            shots += [Shot(id=f"{sid}-{li + 2:02d}", description=beat.beat, characters=[line.speaker],
-                           framing=Framing.close, duration=0.5, lines=[Line(speaker=line.speaker, text=line.text)])
-                      for li, line in enumerate(beat.lines)]
+            shots = [
+                Shot(
+                    id=f"{sid}-01",
+                    description=beat.beat,
+                    characters=present,
+                    framing=Framing.wide,
+                    duration=round(each, 2),
+                )
+            ]
+            shots += [
+                Shot(
+                    id=f"{sid}-{li + 2:02d}",
+                    description=beat.beat,
+                    characters=[line.speaker],
+                    framing=Framing.close,
+                    duration=0.5,
+                    lines=[Line(speaker=line.speaker, text=line.text)],
+                )
+                for li, line in enumerate(beat.lines)
+            ]
             scenes.append(Scene(id=sid, location=beat.location, time_of_day=beat.time_of_day, shots=shots))
         script = Script(title=ep.title, language=series.language, scenes=scenes)
     plan = plan_episode(job, script, {})

@@ -82,8 +82,15 @@ def check_against(script: Script, characters: set[str]) -> list[tuple[str, str]]
             seen.add(shot.id)
             for ci, who in enumerate(shot.characters):
                 if who not in characters:
-                    problems.append((f"{where}.characters[{ci}]", f"{who!r} is not a character of the series (known: {known})"))
+                    problems.append(
+                        (f"{where}.characters[{ci}]", f"{who!r} is not a character of the series (known: {known})")
+                    )
             for li, line in enumerate(shot.lines):
                 if line.speaker not in characters:
-                    problems.append((f"{where}.lines[{li}].speaker", f"{line.speaker!r} is not a character of the series (known: {known})"))
+                    problems.append(
+                        (
+                            f"{where}.lines[{li}].speaker",
+                            f"{line.speaker!r} is not a character of the series (known: {known})",
+                        )
+                    )
     return problems

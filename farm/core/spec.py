@@ -154,18 +154,25 @@ def check_episode(series: Series, episode: Episode) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     if episode.script is not None:
         if episode.script.language != series.language:
-            problems.append(("script.language", f"is {episode.script.language!r} but the series speaks {series.language!r}"))
+            problems.append(
+                ("script.language", f"is {episode.script.language!r} but the series speaks {series.language!r}")
+            )
         problems += [(f"script.{path}", msg) for path, msg in check_against(episode.script, known)]
     for bi, beat in enumerate(episode.outline or []):
         for ci, who in enumerate(beat.characters):
             if who not in known:
-                problems.append((f"outline[{bi}].characters[{ci}]", f"{who!r} is not a character of the series (known: {names})"))
+                problems.append(
+                    (f"outline[{bi}].characters[{ci}]", f"{who!r} is not a character of the series (known: {names})")
+                )
         for li, line in enumerate(beat.lines):
             if line.speaker not in known:
-                problems.append((f"outline[{bi}].lines[{li}].speaker", f"{line.speaker!r} is not a character of the series (known: {names})"))
+                problems.append(
+                    (
+                        f"outline[{bi}].lines[{li}].speaker",
+                        f"{line.speaker!r} is not a character of the series (known: {names})",
+                    )
+                )
     return problems
-
-
 
 
 PRIORITY_CLASSES = {"low": 0, "normal": 1, "high": 2, "urgent": 3}
@@ -180,7 +187,8 @@ class BudgetSpec(_Spec):
 class Webhook(_Spec):
     url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$", max_length=2000)]
     secret_env: Annotated[str, StringConstraints(pattern=r"^[A-Z_][A-Z0-9_]{0,63}$")] | None = Field(
-        None, description="name of the environment variable holding the HMAC secret (never the secret itself)")
+        None, description="name of the environment variable holding the HMAC secret (never the secret itself)"
+    )
 
 
 class BatchSpec(_Spec):
@@ -192,13 +200,30 @@ class BatchSpec(_Spec):
     deadline: AwareDatetime | None = None
     budget: BudgetSpec = BudgetSpec()
     episodes: list[Annotated[str, StringConstraints(min_length=1)]] = Field(
-        min_length=1, description="episode files or globs, relative to the batch file")
+        min_length=1, description="episode files or globs, relative to the batch file"
+    )
     webhook: Webhook | None = None
     backends: BackendNames = Field(default_factory=dict, description="stage -> backend name; wins over the series'")
 
 
 SPEC_FIELDS = sorted(
-    {name for model in (Voice, Look, Character, Style, Resolution, Series, Beat, Episode, Line, BatchSpec,
-                        BudgetSpec, Webhook) for name in model.model_fields}
+    {
+        name
+        for model in (
+            Voice,
+            Look,
+            Character,
+            Style,
+            Resolution,
+            Series,
+            Beat,
+            Episode,
+            Line,
+            BatchSpec,
+            BudgetSpec,
+            Webhook,
+        )
+        for name in model.model_fields
+    }
     | {"scenes", "shots", "framing", "camera", "duration", "description", "location", "time_of_day", "schema_version"}
 )

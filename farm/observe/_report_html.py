@@ -14,8 +14,13 @@ from html import escape
 
 from farm.core.plan import STAGES
 
-STAGE_COLOURS = {"script": "#7b61c9", "image": "#1f9e89", "video": "#2f74c0", "dubbing": "#e0a526",
-                 "assembly": "#d9653b"}
+STAGE_COLOURS = {
+    "script": "#7b61c9",
+    "image": "#1f9e89",
+    "video": "#2f74c0",
+    "dubbing": "#e0a526",
+    "assembly": "#d9653b",
+}
 FAILED = "#c62828"
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -94,10 +99,12 @@ def hbars(rows: list[tuple[str, float, str, str]], width: int = 520, label_w: in
         y = 4 + 22 * i
         w = max(1.0 if value > 0 else 0.0, span * value / top)
         short = label if len(label) <= label_w // 7 else label[: label_w // 7 - 1] + "…"
-        out.append(f'<text x="{label_w - 6}" y="{y + 13}" text-anchor="end" font-size="12">{e(short)}'
-                   f"<title>{e(label)}</title></text>"
-                   f'<rect x="{label_w}" y="{y}" width="{w:.1f}" height="16" rx="2" fill="{e(colour)}"/>'
-                   f'<text x="{label_w + w + 5:.1f}" y="{y + 13}" font-size="12">{e(text)}</text>')
+        out.append(
+            f'<text x="{label_w - 6}" y="{y + 13}" text-anchor="end" font-size="12">{e(short)}'
+            f"<title>{e(label)}</title></text>"
+            f'<rect x="{label_w}" y="{y}" width="{w:.1f}" height="16" rx="2" fill="{e(colour)}"/>'
+            f'<text x="{label_w + w + 5:.1f}" y="{y + 13}" font-size="12">{e(text)}</text>'
+        )
     out.append("</svg>")
     return "".join(out)
 
@@ -134,8 +141,14 @@ class _Axis:
         return self.offsets[-1] + (b - a) * self.scale
 
     def ticks(self) -> list[tuple[float, str]]:
-        step = next((s for s in (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400)
-                     if s * self.scale >= 70), 172800)
+        step = next(
+            (
+                s
+                for s in (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400)
+                if s * self.scale >= 70
+            ),
+            172800,
+        )
         out = []
         for (a, b), off in zip(self.segments, self.offsets):
             t = a - ((a - self.t0) % step) + (step if (a - self.t0) % step else 0)
@@ -170,26 +183,34 @@ def gantt(bars, start: float | None = None, deadline: float | None = None) -> st
     row = {lane: i for i, lane in enumerate(lanes)}
     height = AXIS_H + len(lanes) * (LANE_H + LANE_GAP) + 8
     width = LABEL_W + CHART_W + 20
-    out = [f'<svg width="{width}" height="{height}" role="img" aria-label="Gantt chart of actions on worker lanes">',
-           '<defs><pattern id="hatch" width="6" height="6" patternUnits="userSpaceOnUse" patternTransform="rotate(45)">'
-           f'<rect width="6" height="6" fill="#f6d5d5"/><line x1="0" y1="0" x2="0" y2="6" stroke="{FAILED}" '
-           'stroke-width="3"/></pattern></defs>']
+    out = [
+        f'<svg width="{width}" height="{height}" role="img" aria-label="Gantt chart of actions on worker lanes">',
+        '<defs><pattern id="hatch" width="6" height="6" patternUnits="userSpaceOnUse" patternTransform="rotate(45)">'
+        f'<rect width="6" height="6" fill="#f6d5d5"/><line x1="0" y1="0" x2="0" y2="6" stroke="{FAILED}" '
+        'stroke-width="3"/></pattern></defs>',
+    ]
     for i, lane in enumerate(lanes):
         y = AXIS_H + i * (LANE_H + LANE_GAP)
         if i % 2 == 0:
             out.append(f'<rect x="{LABEL_W}" y="{y - 2}" width="{CHART_W}" height="{LANE_H + 4}" fill="#f5f6f9"/>')
         weight = ' font-weight="600"' if lane in gpu_lanes else ""
-        out.append(f'<text x="{LABEL_W - 8}" y="{y + 12}" text-anchor="end" font-size="11"{weight}>{e(lane[:34])}'
-                   f"<title>{e(lane)}</title></text>")
+        out.append(
+            f'<text x="{LABEL_W - 8}" y="{y + 12}" text-anchor="end" font-size="11"{weight}>{e(lane[:34])}'
+            f"<title>{e(lane)}</title></text>"
+        )
     for x, label in axis.ticks():
-        out.append(f'<line x1="{x:.1f}" y1="{AXIS_H - 6}" x2="{x:.1f}" y2="{height - 6}" stroke="#dfe3ea"/>'
-                   f'<text x="{x:.1f}" y="{AXIS_H - 10}" text-anchor="middle" font-size="10" fill="#5b6475">{e(label)}</text>')
+        out.append(
+            f'<line x1="{x:.1f}" y1="{AXIS_H - 6}" x2="{x:.1f}" y2="{height - 6}" stroke="#dfe3ea"/>'
+            f'<text x="{x:.1f}" y="{AXIS_H - 10}" text-anchor="middle" font-size="10" fill="#5b6475">{e(label)}</text>'
+        )
     for i in range(1, len(axis.segments)):
         idle = axis.segments[i][0] - axis.segments[i - 1][1]
         x = axis.offsets[i] - BREAK_W / 2
-        out.append(f'<line x1="{x:.1f}" y1="{AXIS_H - 4}" x2="{x:.1f}" y2="{height - 6}" stroke="#9aa3b5" '
-                   f'stroke-dasharray="3 3"/><text x="{x:.1f}" y="{height - 1}" text-anchor="middle" font-size="9" '
-                   f'fill="#6b7385">idle {e(fmt_seconds(idle))}</text>')
+        out.append(
+            f'<line x1="{x:.1f}" y1="{AXIS_H - 4}" x2="{x:.1f}" y2="{height - 6}" stroke="#9aa3b5" '
+            f'stroke-dasharray="3 3"/><text x="{x:.1f}" y="{height - 1}" text-anchor="middle" font-size="9" '
+            f'fill="#6b7385">idle {e(fmt_seconds(idle))}</text>'
+        )
     for b in sorted(bars, key=lambda b: b.start):
         x0, x1 = axis.x(b.start), axis.x(max(b.end, b.start))
         y = AXIS_H + row[b.lane] * (LANE_H + LANE_GAP)
@@ -198,24 +219,34 @@ def gantt(bars, start: float | None = None, deadline: float | None = None) -> st
         tip = f"{b.label} ({b.episode}) · {b.stage} · {fmt_seconds(b.end - b.start)} · {b.key[:12]}"
         if b.error:
             tip += f"\nfailed: {b.error}"
-        out.append(f'<rect x="{x0:.1f}" y="{y}" width="{max(1.0, x1 - x0):.1f}" height="{LANE_H}" fill="{fill}"'
-                   f'{stroke}><title>{e(tip)}</title></rect>')
+        out.append(
+            f'<rect x="{x0:.1f}" y="{y}" width="{max(1.0, x1 - x0):.1f}" height="{LANE_H}" fill="{fill}"'
+            f"{stroke}><title>{e(tip)}</title></rect>"
+        )
     if deadline is not None and axis.segments[0][0] <= deadline <= axis.segments[-1][1]:
         x = axis.x(deadline)
-        out.append(f'<line x1="{x:.1f}" y1="{AXIS_H - 6}" x2="{x:.1f}" y2="{height - 6}" stroke="{FAILED}" '
-                   f'stroke-width="2"/><text x="{x + 3:.1f}" y="{AXIS_H - 16}" font-size="10" fill="{FAILED}">deadline</text>')
+        out.append(
+            f'<line x1="{x:.1f}" y1="{AXIS_H - 6}" x2="{x:.1f}" y2="{height - 6}" stroke="{FAILED}" '
+            f'stroke-width="2"/><text x="{x + 3:.1f}" y="{AXIS_H - 16}" font-size="10" fill="{FAILED}">deadline</text>'
+        )
     out.append("</svg>")
-    legend = "".join(f'<span><i class="swatch" style="background:{c}"></i>{e(s)}</span>' for s, c in STAGE_COLOURS.items())
+    legend = "".join(
+        f'<span><i class="swatch" style="background:{c}"></i>{e(s)}</span>' for s, c in STAGE_COLOURS.items()
+    )
     legend += f'<span><i class="swatch" style="background:#f6d5d5;outline:2px solid {FAILED}"></i>failed attempt</span>'
-    return "".join(out) + f'<p class="legend muted">{legend} · lanes: a GPU (bold) or a worker process, ' \
-                          "per host/node; hover a bar for the action</p>"
+    return (
+        "".join(out) + f'<p class="legend muted">{legend} · lanes: a GPU (bold) or a worker process, '
+        "per host/node; hover a bar for the action</p>"
+    )
 
 
 # -- sections ---------------------------------------------------------------------------------------------
 def _table(head: list[str], rows: Sequence[Sequence[str]], numeric: AbstractSet[int] = frozenset()) -> str:
     th = "".join(f'<th class="{"num" if i in numeric else ""}">{e(h)}</th>' for i, h in enumerate(head))
-    body = "".join("<tr>" + "".join(f'<td class="{"num" if i in numeric else ""}">{c}</td>' for i, c in enumerate(r))
-                   + "</tr>" for r in rows)
+    body = "".join(
+        "<tr>" + "".join(f'<td class="{"num" if i in numeric else ""}">{c}</td>' for i, c in enumerate(r)) + "</tr>"
+        for r in rows
+    )
     return f'<table class="grid"><tr>{th}</tr>{body}</table>'
 
 
@@ -228,20 +259,32 @@ def _spend(data) -> str:
         charts.append(f'<div class="chart"><h3>{e(title)} by stage</h3>{hbars(rows, 460, 90)}</div>')
     studios = sorted({studio for studio, _ in data.spend})
     for kind in ("money", "gpu_seconds"):
-        rows = [(st, v, fmt_amount(kind, v), "#4a5a7a") for st in studios
-                for v in [sum(x[kind] for (s, _), x in data.spend.items() if s == st)]]
+        rows = [
+            (st, v, fmt_amount(kind, v), "#4a5a7a")
+            for st in studios
+            for v in [sum(x[kind] for (s, _), x in data.spend.items() if s == st)]
+        ]
         charts.append(f'<div class="chart"><h3>{e(titles[kind])} by studio</h3>{hbars(rows, 460, 90)}</div>')
-    table = [[e(studio), e(stage)] + [e(fmt_amount(k, v[k])) for k in titles] for (studio, stage), v in sorted(data.spend.items())]
-    return f'<div class="charts">{"".join(charts)}</div>' + _table(["studio", "stage", *titles.values()], table, {2, 3, 4, 5})
+    table = [
+        [e(studio), e(stage)] + [e(fmt_amount(k, v[k])) for k in titles]
+        for (studio, stage), v in sorted(data.spend.items())
+    ]
+    return f'<div class="charts">{"".join(charts)}</div>' + _table(
+        ["studio", "stage", *titles.values()], table, {2, 3, 4, 5}
+    )
 
 
 def _slowest(data) -> str:
     ran = sorted((b for b in data.bars if b.ok), key=lambda b: b.end - b.start, reverse=True)[:10]
-    rows = [(f"{b.label} · {b.episode}", b.end - b.start, fmt_seconds(b.end - b.start), STAGE_COLOURS.get(b.stage, "#888"))
-            for b in ran]
-    table = _table(["action", "episode", "stage", "seconds", "worker lane", "key"],
-                   [[e(b.label), e(b.episode), e(b.stage), e(f"{b.end - b.start:.2f}"), e(b.lane), e(b.key[:12])]
-                    for b in ran], {3})
+    rows = [
+        (f"{b.label} · {b.episode}", b.end - b.start, fmt_seconds(b.end - b.start), STAGE_COLOURS.get(b.stage, "#888"))
+        for b in ran
+    ]
+    table = _table(
+        ["action", "episode", "stage", "seconds", "worker lane", "key"],
+        [[e(b.label), e(b.episode), e(b.stage), e(f"{b.end - b.start:.2f}"), e(b.lane), e(b.key[:12])] for b in ran],
+        {3},
+    )
     return hbars(rows, 860, 330) + table
 
 
@@ -251,27 +294,54 @@ def _failures(data) -> str:
     counts = {s: sum(f.stage == s for f in data.failures) for s in STAGES}
     chart = hbars([(s, n, str(n), FAILED) for s, n in counts.items() if n], 460, 90)
     t0 = min((b.start for b in data.bars), default=0.0)
-    rows = [[e("+" + fmt_seconds(f.at - t0)), e(f.episode), e(f.label), e(f.stage), e(f.worker[:12]), e(f.attempt),
-             reason_html(f.reason)] for f in sorted(data.failures, key=lambda f: f.at)]
+    rows = [
+        [
+            e("+" + fmt_seconds(f.at - t0)),
+            e(f.episode),
+            e(f.label),
+            e(f.stage),
+            e(f.worker[:12]),
+            e(f.attempt),
+            reason_html(f.reason),
+        ]
+        for f in sorted(data.failures, key=lambda f: f.at)
+    ]
     eps = [[e(ep), reason_html(reason)] for ep, reason in data.episode_failures]
-    return (f'<h3>Failed attempts by stage</h3>{chart}'
-            + _table(["when", "episode", "action", "stage", "worker", "attempt", "reason"], rows, {5})
-            + ("<h3>Failed episodes</h3>" + _table(["episode", "reason"], eps) if eps else ""))
+    return (
+        f"<h3>Failed attempts by stage</h3>{chart}"
+        + _table(["when", "episode", "action", "stage", "worker", "attempt", "reason"], rows, {5})
+        + ("<h3>Failed episodes</h3>" + _table(["episode", "reason"], eps) if eps else "")
+    )
 
 
 def _cache(data) -> str:
     if not data.saved:
         return '<p class="muted">no action was served from the cache</p>'
-    total = {k: sum(v[k] for v in data.saved.values()) for k in ("actions", "cpu_seconds", "gpu_seconds", "tokens", "money")}
-    line = (f"{int(total['actions']):,} actions served from the store instead of running: saved "
-            f"{fmt_seconds(total['cpu_seconds'])} CPU, {fmt_seconds(total['gpu_seconds'])} GPU, "
-            f"{int(total['tokens']):,} tokens, {total['money']:,.2f} money")
+    total = {
+        k: sum(v[k] for v in data.saved.values()) for k in ("actions", "cpu_seconds", "gpu_seconds", "tokens", "money")
+    }
+    line = (
+        f"{int(total['actions']):,} actions served from the store instead of running: saved "
+        f"{fmt_seconds(total['cpu_seconds'])} CPU, {fmt_seconds(total['gpu_seconds'])} GPU, "
+        f"{int(total['tokens']):,} tokens, {total['money']:,.2f} money"
+    )
     charts = []
-    for kind, title in (("actions", "Cached actions"), ("cpu_seconds", "CPU time saved"), ("gpu_seconds", "GPU time saved")):
-        rows = [(s, data.saved.get(s, {}).get(kind, 0.0), fmt_amount(kind, data.saved.get(s, {}).get(kind, 0.0)),
-                 STAGE_COLOURS[s]) for s in STAGES]
+    for kind, title in (
+        ("actions", "Cached actions"),
+        ("cpu_seconds", "CPU time saved"),
+        ("gpu_seconds", "GPU time saved"),
+    ):
+        rows = [
+            (
+                s,
+                data.saved.get(s, {}).get(kind, 0.0),
+                fmt_amount(kind, data.saved.get(s, {}).get(kind, 0.0)),
+                STAGE_COLOURS[s],
+            )
+            for s in STAGES
+        ]
         charts.append(f'<div class="chart"><h3>{e(title)} by stage</h3>{hbars(rows, 460, 90)}</div>')
-    return f"<p>{e(line)}</p><div class=\"charts\">{''.join(charts)}</div>"
+    return f'<p>{e(line)}</p><div class="charts">{"".join(charts)}</div>'
 
 
 def _summary(data) -> str:
@@ -280,29 +350,46 @@ def _summary(data) -> str:
         facts.append(("submitted", when(data.submitted)))
     ran = [b for b in data.bars if b.ok]
     if ran:
-        facts.append(("ran", f"{len(ran)} actions, {when(min(b.start for b in ran))} → {when(max(b.end for b in ran))}"))
+        facts.append(
+            ("ran", f"{len(ran)} actions, {when(min(b.start for b in ran))} → {when(max(b.end for b in ran))}")
+        )
     if data.deadline is not None:
         end = max((b.end for b in ran), default=None)
-        verdict = "" if end is None else (f" (last action finished {fmt_seconds(data.deadline - end)} before it)"
-                                          if end <= data.deadline else f" (missed by {fmt_seconds(end - data.deadline)})")
+        verdict = (
+            ""
+            if end is None
+            else (
+                f" (last action finished {fmt_seconds(data.deadline - end)} before it)"
+                if end <= data.deadline
+                else f" (missed by {fmt_seconds(end - data.deadline)})"
+            )
+        )
         facts.append(("deadline", when(data.deadline) + verdict))
     html = "<table>" + "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in facts) + "</table>"
     if data.budget:
-        rows = [(cap, min(spent / limit, 1.5) if limit else (1.0 if spent else 0.0),
-                 f"{fmt_amount(cap, spent)} of {fmt_amount(cap, limit)}", FAILED if limit and spent >= 0.9 * limit else "#2e8b57")
-                for cap, (spent, limit) in data.budget.items()]
+        rows = [
+            (
+                cap,
+                min(spent / limit, 1.5) if limit else (1.0 if spent else 0.0),
+                f"{fmt_amount(cap, spent)} of {fmt_amount(cap, limit)}",
+                FAILED if limit and spent >= 0.9 * limit else "#2e8b57",
+            )
+            for cap, (spent, limit) in data.budget.items()
+        ]
         html += f'<div class="chart"><h3>Budget used</h3>{hbars(rows, 560, 110)}</div>'
     return html
 
 
 def render(data) -> str:
     """The report page for a farm.observe.report.ReportData."""
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{e(data.title)} · farm report</title>'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head><body>'
-            f'<h1>{e(data.title)}</h1><p class="muted">farm report, generated {e(when(_now()))}</p>'
-            f"{_summary(data)}<h2>Timeline: actions on worker lanes</h2>{gantt(data.bars, data.submitted, data.deadline)}"
-            f"<h2>Spend</h2>{_spend(data)}<h2>Slowest actions</h2>{_slowest(data)}"
-            f"<h2>Failures</h2>{_failures(data)}<h2>Cache savings</h2>{_cache(data)}</body></html>\n")
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{e(data.title)} · farm report</title>'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head><body>'
+        f'<h1>{e(data.title)}</h1><p class="muted">farm report, generated {e(when(_now()))}</p>'
+        f"{_summary(data)}<h2>Timeline: actions on worker lanes</h2>{gantt(data.bars, data.submitted, data.deadline)}"
+        f"<h2>Spend</h2>{_spend(data)}<h2>Slowest actions</h2>{_slowest(data)}"
+        f"<h2>Failures</h2>{_failures(data)}<h2>Cache savings</h2>{_cache(data)}</body></html>\n"
+    )
 
 
 def _now() -> float:

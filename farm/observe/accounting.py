@@ -20,8 +20,13 @@ from farm.observe.metrics import Metrics
 log = structlog.get_logger("farm.controller")
 
 # log levels of journaled events (the others are info)
-_LEVELS = {"action.cached": logging.DEBUG, "action.failed": logging.WARNING, "action.quarantined": logging.WARNING,
-           "episode.failed": logging.WARNING, "batch.failed": logging.ERROR}
+_LEVELS = {
+    "action.cached": logging.DEBUG,
+    "action.failed": logging.WARNING,
+    "action.quarantined": logging.WARNING,
+    "episode.failed": logging.WARNING,
+    "batch.failed": logging.ERROR,
+}
 
 
 class Accounting:
@@ -47,8 +52,15 @@ class Accounting:
             final = self.controller.actions[ep.final_key].manifest
             seconds = float((final.meta if final else {}).get("duration", 0.0))
         self.metrics.episode(ep.job.studio, event.type.split(".")[1], seconds)
-        log.log(_LEVELS.get(event.type, logging.INFO), event.type, batch=event.batch, studio=ep.job.studio,
-                series=ep.job.series.id, episode=ep.job.episode.slug, reason=getattr(event.data, "reason", None))
+        log.log(
+            _LEVELS.get(event.type, logging.INFO),
+            event.type,
+            batch=event.batch,
+            studio=ep.job.studio,
+            series=ep.job.series.id,
+            episode=ep.job.episode.slug,
+            reason=getattr(event.data, "reason", None),
+        )
 
     def _account_reused(self, batch_id: str) -> None:
         """Work a new batch finds already done in this controller is its cache hit (no event says so)."""

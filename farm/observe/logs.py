@@ -75,11 +75,20 @@ def action_context(action, batch: str | None) -> dict[str, Any]:
     same prefix); ``batch`` is the batch that was charged for it (None for ``farm render``).
     """
     ctx = action.context
-    return {"batch": batch, "studio": ctx.get("studio"), "series": ctx.get("series"),
-            "episode": ctx.get("episode"), "stage": action.stage, "action": action.key[:12], "label": action.label}
+    return {
+        "batch": batch,
+        "studio": ctx.get("studio"),
+        "series": ctx.get("series"),
+        "episode": ctx.get("episode"),
+        "stage": action.stage,
+        "action": action.key[:12],
+        "label": action.label,
+    }
 
 
-def configure(level: str = "WARNING", json: bool | None = None, stream=None, secrets: Iterable[str | None] = ()) -> None:
+def configure(
+    level: str = "WARNING", json: bool | None = None, stream=None, secrets: Iterable[str | None] = ()
+) -> None:
     """Configure structlog for this process.
 
     Args:
@@ -93,8 +102,11 @@ def configure(level: str = "WARNING", json: bool | None = None, stream=None, sec
     tty = bool(getattr(stream, "isatty", lambda: False)())
     json = not tty if json is None else json
     hide(*secrets)
-    renderer = (structlog.processors.JSONRenderer(ensure_ascii=False) if json
-                else structlog.dev.ConsoleRenderer(colors=tty, exception_formatter=structlog.dev.plain_traceback))
+    renderer = (
+        structlog.processors.JSONRenderer(ensure_ascii=False)
+        if json
+        else structlog.dev.ConsoleRenderer(colors=tty, exception_formatter=structlog.dev.plain_traceback)
+    )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

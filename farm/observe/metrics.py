@@ -45,8 +45,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, push_to_gateway,
-                               start_http_server, write_to_textfile)
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    push_to_gateway,
+    start_http_server,
+    write_to_textfile,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -99,8 +107,15 @@ class Metrics:
         nvml: export GPU gauges when NVML and a GPU are present.
     """
 
-    def __init__(self, registry: CollectorRegistry | None = None, *, prices: Prices = Prices(),
-                 accelerators: Mapping[tuple[str, str], str] | None = None, controller: bool = True, nvml: bool = True):
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        prices: Prices = Prices(),
+        accelerators: Mapping[tuple[str, str], str] | None = None,
+        controller: bool = True,
+        nvml: bool = True,
+    ):
         # *_created series double the series count and nothing reads them (a process-wide switch; this
         # module is the only user of prometheus_client in the farm)
         disable_created_metrics()
@@ -108,47 +123,94 @@ class Metrics:
         self.prices, self.accelerators = prices, dict(accelerators or {})
         r = self.registry
         ss = ["studio", "stage"]
-        self.actions = Counter("farm_actions", "Actions by outcome: ok (ran), cached (found in the store), "
-                               "failed (an attempt failed), retried (scheduled again).", ss + ["outcome"], registry=r)
-        self.duration = Histogram("farm_action_duration_seconds", "Wall time of actions that ran to completion.",
-                                  ["stage"], buckets=_ACTION_BUCKETS, registry=r)
-        self.tokens = Counter("farm_tokens", "Model tokens used, by direction (in: prompt, out: completion).",
-                              ss + ["model", "direction"], registry=r)
-        self.gpu_seconds = Counter("farm_gpu_seconds", "GPU-seconds used, as reported by the backends.",
-                                   ss + ["model", "accelerator"], registry=r)
+        self.actions = Counter(
+            "farm_actions",
+            "Actions by outcome: ok (ran), cached (found in the store), "
+            "failed (an attempt failed), retried (scheduled again).",
+            ss + ["outcome"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "farm_action_duration_seconds",
+            "Wall time of actions that ran to completion.",
+            ["stage"],
+            buckets=_ACTION_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "farm_tokens",
+            "Model tokens used, by direction (in: prompt, out: completion).",
+            ss + ["model", "direction"],
+            registry=r,
+        )
+        self.gpu_seconds = Counter(
+            "farm_gpu_seconds",
+            "GPU-seconds used, as reported by the backends.",
+            ss + ["model", "accelerator"],
+            registry=r,
+        )
         self.cpu_seconds = Counter("farm_cpu_seconds", "CPU-seconds used, as reported by the backends.", ss, registry=r)
-        self.money = Counter("farm_money", "Money spent on tokens and GPU time at the price table (FARM_PRICES), "
-                             "in its currency.", ss + ["model"], registry=r)
-        self.cache_hits = Counter("farm_cache_hits", "Actions served from the store instead of running.", ss, registry=r)
+        self.money = Counter(
+            "farm_money",
+            "Money spent on tokens and GPU time at the price table (FARM_PRICES), in its currency.",
+            ss + ["model"],
+            registry=r,
+        )
+        self.cache_hits = Counter(
+            "farm_cache_hits", "Actions served from the store instead of running.", ss, registry=r
+        )
         self.saved_gpu = Counter("farm_cache_saved_gpu_seconds", "GPU-seconds the cache saved.", ss, registry=r)
         self.saved_tokens = Counter("farm_cache_saved_tokens", "Tokens the cache saved.", ss, registry=r)
         self.saved_cpu = Counter("farm_cache_saved_cpu_seconds", "CPU-seconds the cache saved.", ss, registry=r)
-        self.saved_money = Counter("farm_cache_saved_money", "Money the cache saved, at the price table.", ss, registry=r)
-        self.episodes = Counter("farm_episodes", "Episodes finished, by outcome (delivered, failed).",
-                                ["studio", "outcome"], registry=r)
-        self.video_seconds = Counter("farm_delivered_video_seconds", "Seconds of finished video delivered.",
-                                     ["studio"], registry=r)
-        self.queue = Gauge("farm_queue_depth", "Actions ready to run and waiting for capacity, by stage.",
-                           ["stage"], registry=r)
+        self.saved_money = Counter(
+            "farm_cache_saved_money", "Money the cache saved, at the price table.", ss, registry=r
+        )
+        self.episodes = Counter(
+            "farm_episodes", "Episodes finished, by outcome (delivered, failed).", ["studio", "outcome"], registry=r
+        )
+        self.video_seconds = Counter(
+            "farm_delivered_video_seconds", "Seconds of finished video delivered.", ["studio"], registry=r
+        )
+        self.queue = Gauge(
+            "farm_queue_depth", "Actions ready to run and waiting for capacity, by stage.", ["stage"], registry=r
+        )
         self.running = Gauge("farm_running_actions", "Actions running now, by stage.", ["stage"], registry=r)
         bs = ["batch", "studio"]
-        self.progress = Gauge("farm_batch_progress_ratio", "Finished (delivered or failed) episodes over the "
-                              "episodes of a running batch.", bs, registry=r)
-        self.projected = Gauge("farm_batch_projected_finish_timestamp_seconds", "When a running batch is "
-                               "projected to finish (now plus its remaining critical path), Unix time.", bs, registry=r)
-        self.deadline = Gauge("farm_batch_deadline_timestamp_seconds", "A running batch's deadline, Unix time.",
-                              bs, registry=r)
-        self.slack = Gauge("farm_batch_deadline_slack_seconds", "Deadline minus projected finish of a running batch "
-                           "(negative: projected to miss it).", bs, registry=r)
-        self.budget_used = Gauge("farm_batch_budget_used_ratio", "Spent over the budget cap of a running batch, per "
-                                 "capped dimension (tokens, gpu_seconds, money).", bs + ["cap"], registry=r)
+        self.progress = Gauge(
+            "farm_batch_progress_ratio",
+            "Finished (delivered or failed) episodes over the episodes of a running batch.",
+            bs,
+            registry=r,
+        )
+        self.projected = Gauge(
+            "farm_batch_projected_finish_timestamp_seconds",
+            "When a running batch is projected to finish (now plus its remaining critical path), Unix time.",
+            bs,
+            registry=r,
+        )
+        self.deadline = Gauge(
+            "farm_batch_deadline_timestamp_seconds", "A running batch's deadline, Unix time.", bs, registry=r
+        )
+        self.slack = Gauge(
+            "farm_batch_deadline_slack_seconds",
+            "Deadline minus projected finish of a running batch (negative: projected to miss it).",
+            bs,
+            registry=r,
+        )
+        self.budget_used = Gauge(
+            "farm_batch_budget_used_ratio",
+            "Spent over the budget cap of a running batch, per capped dimension (tokens, gpu_seconds, money).",
+            bs + ["cap"],
+            registry=r,
+        )
         self._batches: dict[str, str] = {}  # batch -> studio, for the batches whose series exist
         self._server: Any = None
         for stage in STAGES:
             self.duration.labels(stage)
         if controller:
-            self.up = Gauge("farm_controller_up", "1 while the farm controller runs and serves these metrics.",
-                            registry=r)
+            self.up = Gauge(
+                "farm_controller_up", "1 while the farm controller runs and serves these metrics.", registry=r
+            )
             self.up.set(1)
         reader = open_nvml() if nvml else None
         if reader is not None:
@@ -166,8 +228,14 @@ class Metrics:
                 self.tokens.labels(studio, stage, model, direction)
             self.gpu_seconds.labels(studio, stage, model, self.accelerators.get((stage, model), "none"))
             self.money.labels(studio, stage, model)
-            for counter in (self.cpu_seconds, self.cache_hits, self.saved_gpu, self.saved_tokens, self.saved_cpu,
-                            self.saved_money):
+            for counter in (
+                self.cpu_seconds,
+                self.cache_hits,
+                self.saved_gpu,
+                self.saved_tokens,
+                self.saved_cpu,
+                self.saved_money,
+            ):
                 counter.labels(studio, stage)
         for outcome in ("delivered", "failed"):
             self.episodes.labels(studio, outcome)
@@ -267,7 +335,8 @@ class Metrics:
         if studio is None:
             return
         series: list[tuple[Gauge, tuple[str, ...]]] = [
-            (g, (batch, studio)) for g in (self.progress, self.projected, self.deadline, self.slack)]
+            (g, (batch, studio)) for g in (self.progress, self.projected, self.deadline, self.slack)
+        ]
         series += [(self.budget_used, (batch, studio, cap)) for cap in CAPS]
         for gauge, labels in series:
             try:
@@ -378,8 +447,11 @@ class _GpuCollector:
     @staticmethod
     def _families(readings):
         labels = ["gpu", "gpu_model"]
-        util = GaugeMetricFamily("farm_gpu_utilization_ratio", "Share of the last NVML sample period in which a "
-                                 "kernel ran on the GPU.", labels=labels)
+        util = GaugeMetricFamily(
+            "farm_gpu_utilization_ratio",
+            "Share of the last NVML sample period in which a kernel ran on the GPU.",
+            labels=labels,
+        )
         used = GaugeMetricFamily("farm_gpu_memory_used_bytes", "GPU memory in use (NVML).", labels=labels)
         total = GaugeMetricFamily("farm_gpu_memory_total_bytes", "GPU memory installed (NVML).", labels=labels)
         for g in readings:

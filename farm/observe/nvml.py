@@ -51,8 +51,15 @@ def open_nvml() -> Callable[[], list[GpuReading]] | None:
             except Exception as exc:  # a GPU fell off the bus, or a MIG slice refuses: skip it this time
                 log.debug("nvml.read_failed", gpu=i, error=str(exc))
                 continue
-            out.append(GpuReading(i, name.decode() if isinstance(name, bytes) else str(name),
-                                  util.gpu / 100.0, int(mem.used), int(mem.total)))
+            out.append(
+                GpuReading(
+                    i,
+                    name.decode() if isinstance(name, bytes) else str(name),
+                    util.gpu / 100.0,
+                    int(mem.used),
+                    int(mem.total),
+                )
+            )
         return out
 
     return read

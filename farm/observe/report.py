@@ -86,8 +86,12 @@ class ReportData:
 def _amounts(usage: Usage, prices: Prices) -> dict[str, float]:
     spend = spend_of(usage, prices)
     cpu = usage.cpu_seconds if isinstance(usage.cpu_seconds, (int, float)) and usage.cpu_seconds > 0 else 0.0
-    return {"cpu_seconds": float(cpu), "gpu_seconds": spend.gpu_seconds, "tokens": float(spend.tokens),
-            "money": spend.money}
+    return {
+        "cpu_seconds": float(cpu),
+        "gpu_seconds": spend.gpu_seconds,
+        "tokens": float(spend.tokens),
+        "money": spend.money,
+    }
 
 
 def _add(table: dict, key, amounts: dict[str, float], count: bool = False) -> None:
@@ -106,8 +110,16 @@ def _lane(worker: dict[str, Any]) -> str:
 
 def _bar(result: Any, episode: str) -> Bar:
     worker = result.worker
-    return Bar(lane=_lane(worker), start=result.started_at, end=result.finished_at, stage=result.stage,
-               label=result.label, episode=episode, key=result.key, gpu=bool(worker.get("gpus")))
+    return Bar(
+        lane=_lane(worker),
+        start=result.started_at,
+        end=result.finished_at,
+        stage=result.stage,
+        label=result.label,
+        episode=episode,
+        key=result.key,
+        gpu=bool(worker.get("gpus")),
+    )
 
 
 def _episode_of(state) -> str:
@@ -141,11 +153,30 @@ def _runs(data: ReportData, controller: Any, events: list[Any], studio: str, pri
         elif e.type == "action.failed" and state is not None:
             worker = e.data.worker or "unknown node"
             lane = f"node {worker[:6]} failed attempts" if e.data.worker else "failed attempts (worker lost)"
-            data.bars.append(Bar(lane=lane, start=dispatched.get(e.key, e.at), end=e.at,
-                                 stage=state.action.stage, label=state.action.label, episode=_episode_of(state),
-                                 key=e.key, ok=False, error=e.data.error))
-            data.failures.append(Failure(e.at, _episode_of(state), state.action.label, state.action.stage, worker,
-                                         e.data.attempt, e.data.error))
+            data.bars.append(
+                Bar(
+                    lane=lane,
+                    start=dispatched.get(e.key, e.at),
+                    end=e.at,
+                    stage=state.action.stage,
+                    label=state.action.label,
+                    episode=_episode_of(state),
+                    key=e.key,
+                    ok=False,
+                    error=e.data.error,
+                )
+            )
+            data.failures.append(
+                Failure(
+                    e.at,
+                    _episode_of(state),
+                    state.action.label,
+                    state.action.stage,
+                    worker,
+                    e.data.attempt,
+                    e.data.error,
+                )
+            )
         elif e.type == "episode.failed":
             data.episode_failures.append((e.data.episode, e.data.reason))
         elif e.type == "batch.failed":
@@ -158,15 +189,17 @@ def from_batch(settings: Settings, batch_id: str) -> ReportData:
     Raises FarmError when the journal knows no such batch.
     """
     prices = Prices(**settings.prices)
-    controller, events = _replay(settings, [StoreJournal(open_objects(settings.store_spec()))],
-                                 lambda e: e.batch == batch_id)
+    controller, events = _replay(
+        settings, [StoreJournal(open_objects(settings.store_spec()))], lambda e: e.batch == batch_id
+    )
     if batch_id not in controller.batches:
         known = ", ".join(sorted(controller.batches)[-5:]) or "none"
         raise FarmError(f"no batch {batch_id!r} in the journal of {settings.store} (latest: {known})")
     batch = controller.batches[batch_id]
     status = controller.batch_status(batch_id, batch.finished_at or (events[-1].at if events else 0.0))
-    data = ReportData(title=f"Batch {batch_id}", kind="batch", deadline=batch.terms.deadline,
-                      submitted=batch.terms.submitted)
+    data = ReportData(
+        title=f"Batch {batch_id}", kind="batch", deadline=batch.terms.deadline, submitted=batch.terms.submitted
+    )
     _runs(data, controller, events, batch.terms.studio, prices)
     keys = {k for eid in batch.episodes for k in controller.episodes[(batch_id, eid)].keys}
     for key in sorted(keys):
@@ -174,9 +207,13 @@ def from_batch(settings: Settings, batch_id: str) -> ReportData:
         if state.status == "done" and state.manifest and (state.cached or state.charged_to != batch_id):
             _add(data.saved, state.action.stage, _amounts(state.manifest.usage, prices), count=True)
     eps = status["episodes"]
-    data.facts = [("studio", batch.terms.studio), ("name", batch.name or "—"), ("status", batch.status),
-                  ("priority", status["priority"]),
-                  ("episodes", f"{eps['delivered']} delivered, {eps['failed']} failed of {eps['total']}")]
+    data.facts = [
+        ("studio", batch.terms.studio),
+        ("name", batch.name or "—"),
+        ("status", batch.status),
+        ("priority", status["priority"]),
+        ("episodes", f"{eps['delivered']} delivered, {eps['failed']} failed of {eps['total']}"),
+    ]
     data.budget = {cap: (status["spent"][cap], limit) for cap, limit in status["budget"].items() if limit is not None}
     if batch.finished_at is not None:
         data.facts.append(("wall time", _duration(batch.finished_at - batch.terms.submitted)))
@@ -194,11 +231,13 @@ def from_episode(settings: Settings, path: Path) -> ReportData:
     objects = open_objects(settings.store_spec())
     series, slug = loaded.series.id, loaded.episode.slug
     folder = render_prefix(settings.studio, series, slug)
-    renders = sorted({name[len(folder) + 1:].split("/", 1)[0] for name in objects.list(folder + "/")})
+    renders = sorted({name[len(folder) + 1 :].split("/", 1)[0] for name in objects.list(folder + "/")})
     eid = f"{series}/{slug}"
     if not renders:
-        raise UsageError(f"{eid} has no `farm render` in {objects.describe()} for studio {settings.studio}: "
-                         "render it first (a batch's episodes are in `farm report BATCH_ID`)")
+        raise UsageError(
+            f"{eid} has no `farm render` in {objects.describe()} for studio {settings.studio}: "
+            "render it first (a batch's episodes are in `farm report BATCH_ID`)"
+        )
     journals = [StoreJournal(objects, render_prefix(settings.studio, series, slug, r)) for r in renders]
     controller, events = _replay(settings, journals, lambda e: True)
     prices = Prices(**settings.prices)
@@ -211,10 +250,16 @@ def from_episode(settings: Settings, path: Path) -> ReportData:
     done = [k for k in (latest.keys if latest else []) if controller.actions[k].status == "done"]
     planned = len(latest.keys) if latest else 0
     finished = latest is not None and latest.status == "delivered"
-    data.facts = [("studio", settings.studio), ("series", loaded.series.title), ("title", loaded.episode.title),
-                  ("renders", str(len(renders))),
-                  ("actions", f"{len(done)} of {planned} planned are done"
-                              + ("" if finished else " (the episode is not finished)"))]
+    data.facts = [
+        ("studio", settings.studio),
+        ("series", loaded.series.title),
+        ("title", loaded.episode.title),
+        ("renders", str(len(renders))),
+        (
+            "actions",
+            f"{len(done)} of {planned} planned are done" + ("" if finished else " (the episode is not finished)"),
+        ),
+    ]
     if finished and latest is not None and latest.final_key is not None:
         final = controller.actions[latest.final_key].manifest
         data.facts.append(("length", f"{float(final.meta.get('duration', 0.0)) if final else 0.0:.1f} s"))

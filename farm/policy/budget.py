@@ -35,8 +35,10 @@ class Overrun:
     cap: float
 
     def __str__(self) -> str:
-        return (f"{self.dimension}: {self.spent:,g} spent + {self.running:,g} running + {self.this:,g} "
-                f"this action would pass the cap of {self.cap:,g}")
+        return (
+            f"{self.dimension}: {self.spent:,g} spent + {self.running:,g} running + {self.this:,g} "
+            f"this action would pass the cap of {self.cap:,g}"
+        )
 
 
 def overruns(terms: BatchTerms, spent: Spend, committed: Spend, task: Task) -> list[Overrun]:

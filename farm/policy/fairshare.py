@@ -31,8 +31,9 @@ from farm.policy.types import Share
 EPS = 1e-9
 
 
-def allowances(shares: Iterable[Share], gpus_by_studio: Mapping[str, float],
-               demand_by_studio: Mapping[str, float], capacity: float) -> dict[str, float]:
+def allowances(
+    shares: Iterable[Share], gpus_by_studio: Mapping[str, float], demand_by_studio: Mapping[str, float], capacity: float
+) -> dict[str, float]:
     """Studio -> GPUs it may hold now, for every studio that holds or wants GPUs.
 
     ``gpus_by_studio``: GPUs each studio holds (running actions); ``demand_by_studio``: GPUs its ready,

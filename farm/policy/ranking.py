@@ -41,8 +41,9 @@ K = TypeVar("K", bound=Hashable)
 INF = math.inf
 
 
-def upward_ranks(durations: Mapping[K, float], children: Mapping[K, Iterable[K]],
-                 tails: Mapping[K, float] | None = None) -> dict[K, float]:
+def upward_ranks(
+    durations: Mapping[K, float], children: Mapping[K, Iterable[K]], tails: Mapping[K, float] | None = None
+) -> dict[K, float]:
     """HEFT upward rank of every key in ``durations``: its duration plus the largest rank among its
     children. Children absent from ``durations`` are ignored; ``tails`` gives an action a floor on
     that maximum, for descendants that are not known yet (an episode's script, before it has run,
@@ -102,14 +103,16 @@ class Pace:
 NO_PACE = Pace()
 
 
-def pace(episodes: Sequence[K], work_s: Mapping[K, float] | float, start: float = 0.0,
-         weight: float = PACE_WEIGHT) -> dict[K, Pace]:
+def pace(
+    episodes: Sequence[K], work_s: Mapping[K, float] | float, start: float = 0.0, weight: float = PACE_WEIGHT
+) -> dict[K, Pace]:
     """The ``Pace`` of each episode of a batch, given in submission order.
 
     ``work_s``: an episode's estimated work on the farm's bottleneck resource over that resource's
     capacity (GPU-seconds / GPUs), per episode or one number for all; ``start``: the batch's
     submission time.
     """
+
     def work(e: K) -> float:
         return weight * (float(work_s) if isinstance(work_s, (int, float)) else float(work_s[e]))
 

@@ -48,7 +48,7 @@ Decision = Retry | Quarantine | GiveUp
 def jitter(key: str, attempt: int) -> float:
     """A number in [0, 1) that depends only on (key, attempt)."""
     digest = hashlib.sha256(f"{key}:{attempt}".encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0 ** 64
+    return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class RetryPolicy:
         # Saturate before float overflow: past the max the exact power does not matter.
         if self.factor > 1 and self.base_s > 0 and exponent > 1024:
             return self.max_delay_s
-        return min(self.max_delay_s, self.base_s * self.factor ** exponent)
+        return min(self.max_delay_s, self.base_s * self.factor**exponent)
 
     def decide(self, key: str, attempt: int, retryable: bool, failed_workers: Collection[str]) -> Decision:
         """Decide after the ``attempt``-th failure (1-based) of action ``key``.
@@ -79,30 +79,32 @@ class RetryPolicy:
         raise AssertionError("the last rule always decides")
 
 
-def _not_retryable(policy: RetryPolicy, key: str, attempt: int, retryable: bool,
-                   workers: Collection[str]) -> Decision | None:
+def _not_retryable(
+    policy: RetryPolicy, key: str, attempt: int, retryable: bool, workers: Collection[str]
+) -> Decision | None:
     if not retryable:
         return GiveUp("failed with an error that is not retryable")
     return None
 
 
-def _many_workers(policy: RetryPolicy, key: str, attempt: int, retryable: bool,
-                  workers: Collection[str]) -> Decision | None:
+def _many_workers(
+    policy: RetryPolicy, key: str, attempt: int, retryable: bool, workers: Collection[str]
+) -> Decision | None:
     if len(set(workers)) >= policy.quarantine_workers:
         names = ", ".join(sorted(workers))
         return Quarantine(f"quarantined: failed on {len(set(workers))} different workers ({names})")
     return None
 
 
-def _too_many_attempts(policy: RetryPolicy, key: str, attempt: int, retryable: bool,
-                       workers: Collection[str]) -> Decision | None:
+def _too_many_attempts(
+    policy: RetryPolicy, key: str, attempt: int, retryable: bool, workers: Collection[str]
+) -> Decision | None:
     if attempt >= policy.max_attempts:
         return GiveUp(f"gave up after {attempt} failed attempts")
     return None
 
 
-def _backoff(policy: RetryPolicy, key: str, attempt: int, retryable: bool,
-             workers: Collection[str]) -> Decision | None:
+def _backoff(policy: RetryPolicy, key: str, attempt: int, retryable: bool, workers: Collection[str]) -> Decision | None:
     return Retry(jitter(key, attempt) * policy.ceiling(attempt))
 
 

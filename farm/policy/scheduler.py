@@ -73,10 +73,16 @@ def _place(task: Task, gpus: Mapping[str | None, float]) -> tuple[bool, str | No
     return best_free >= task.gpus - EPS, best
 
 
-def select(candidates: ReadyQueue | Iterable[Task], ranks: Mapping[str, float] | None,
-           batches: Mapping[str, BatchTerms], free: Capacity, state: RunState,
-           shares: Iterable[Share] | None = (), caps: Mapping[str, int] | None = None,
-           paces: Mapping[tuple[str, str], Pace] | None = None) -> Selection:
+def select(
+    candidates: ReadyQueue | Iterable[Task],
+    ranks: Mapping[str, float] | None,
+    batches: Mapping[str, BatchTerms],
+    free: Capacity,
+    state: RunState,
+    shares: Iterable[Share] | None = (),
+    caps: Mapping[str, int] | None = None,
+    paces: Mapping[tuple[str, str], Pace] | None = None,
+) -> Selection:
     """Choose what to start now.
 
     ``candidates``: ready actions, not running, not held back by a retry backoff; a ``ReadyQueue``
@@ -96,8 +102,12 @@ def select(candidates: ReadyQueue | Iterable[Task], ranks: Mapping[str, float] |
         demand = candidates.gpu_demand()
     else:
         ranks, paces = ranks or {}, paces or {}
-        tasks = sorted(candidates, key=lambda t: sort_key(t, batches[t.batch], ranks.get(t.key, 0.0),
-                                                          paces.get((t.batch, t.episode), NO_PACE)))
+        tasks = sorted(
+            candidates,
+            key=lambda t: sort_key(
+                t, batches[t.batch], ranks.get(t.key, 0.0), paces.get((t.batch, t.episode), NO_PACE)
+            ),
+        )
         walk = _ListWalk(tasks)
         demand = {}
         for t in tasks:

@@ -22,8 +22,10 @@ def connect(settings: Settings, *, start_head: bool = False) -> None:
         ray.init(address=address, namespace="farm", logging_level="ERROR", log_to_driver=False)
     except ConnectionError:
         if not start_head or settings.ray_address:
-            raise FarmError(f"no Ray cluster at {address}: start one with `farm controller start` "
-                            "(or `ray start --head`), or give its address with --address / FARM_RAY_ADDRESS") from None
+            raise FarmError(
+                f"no Ray cluster at {address}: start one with `farm controller start` "
+                "(or `ray start --head`), or give its address with --address / FARM_RAY_ADDRESS"
+            ) from None
         args = ["ray", "start", "--head", "--disable-usage-stats", "--include-dashboard=false"]
         if settings.num_cpus:
             args += ["--num-cpus", str(settings.num_cpus)]
@@ -42,10 +44,17 @@ def controller_actor(settings: Settings, service: type, *, create: bool = False)
         if not create:
             raise FarmError("the farm controller is not running: start it with `farm controller start`") from None
     actor_cls = ray.remote(service)
-    handle = actor_cls.options(name=ACTOR_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
-                               max_restarts=-1, max_task_retries=0, max_concurrency=16, num_cpus=0,
-                               resources=settings.controller_resources or None).remote(
-        settings.model_dump(mode="json") | _secrets(settings))
+    handle = actor_cls.options(
+        name=ACTOR_NAME,
+        namespace=NAMESPACE,
+        lifetime="detached",
+        get_if_exists=True,
+        max_restarts=-1,
+        max_task_retries=0,
+        max_concurrency=16,
+        num_cpus=0,
+        resources=settings.controller_resources or None,
+    ).remote(settings.model_dump(mode="json") | _secrets(settings))
     ray.get(handle.ping.remote())
     return handle
 

@@ -35,9 +35,16 @@ def this_process() -> dict[str, str]:
     return {"node": host, "host": host, "pid": str(os.getpid())}
 
 
-def execute(action: Mapping[str, Any], inputs: Mapping[str, Mapping[str, Any]], spec: StoreSpec,
-            studio: str, batch: str | None = None, configs: Mapping[str, Any] | None = None,
-            batcher: Batcher | None = None, where: Callable[[], dict[str, str]] = this_process) -> dict[str, Any]:
+def execute(
+    action: Mapping[str, Any],
+    inputs: Mapping[str, Mapping[str, Any]],
+    spec: StoreSpec,
+    studio: str,
+    batch: str | None = None,
+    configs: Mapping[str, Any] | None = None,
+    batcher: Batcher | None = None,
+    where: Callable[[], dict[str, str]] = this_process,
+) -> dict[str, Any]:
     """Run one action where this process is; returns its manifest as JSON.
 
     ``batch`` is the batch charged for it: every log line of the action carries it with the
@@ -60,12 +67,17 @@ def execute(action: Mapping[str, Any], inputs: Mapping[str, Mapping[str, Any]], 
         backend = Catalog(models.localize(configs, store.objects)).load(act.stage, act.backend)
     except (ValueError, ImportError, FarmError) as exc:  # settings differ from the planner's, a package
         #                                                  is missing, a stored model cannot be fetched
-        raise ActionFailed(act.key, act.label, f"cannot load backend {act.backend}: {exc}", retryable=False,
-                           worker=node) from exc
+        raise ActionFailed(
+            act.key, act.label, f"cannot load backend {act.backend}: {exc}", retryable=False, worker=node
+        ) from exc
     if backend.version != act.version:
-        raise ActionFailed(act.key, act.label, f"backend {act.backend} is version {backend.version} here, "
-                           f"the plan wants {act.version}: deploy the same code and settings everywhere",
-                           retryable=False)
+        raise ActionFailed(
+            act.key,
+            act.label,
+            f"backend {act.backend} is version {backend.version} here, "
+            f"the plan wants {act.version}: deploy the same code and settings everywhere",
+            retryable=False,
+        )
     with tempfile.TemporaryDirectory(prefix="farm-") as tmp:
         # one scratch folder: inputs are named "in-NNNN.ext" by the farm, outputs by the backend
         out_dir = Path(tmp)
@@ -85,31 +97,56 @@ def execute(action: Mapping[str, Any], inputs: Mapping[str, Mapping[str, Any]], 
                 result = backend.run(act.op, local, act.params, out_dir)
         except StageError as exc:
             bound.warning("action.failed", error=str(exc), retryable=exc.retryable)
-            raise ActionFailed(act.key, act.label, str(exc), retryable=exc.retryable, worker=node,
-                               retry_after=exc.retry_after) from exc
+            raise ActionFailed(
+                act.key, act.label, str(exc), retryable=exc.retryable, worker=node, retry_after=exc.retry_after
+            ) from exc
         except Exception as exc:  # a bug in the backend: running it again will not help
             bound.exception("action.crashed")
-            raise ActionFailed(act.key, act.label, f"{act.backend} crashed: {type(exc).__name__}: {exc}",
-                               retryable=False, worker=node) from exc
+            raise ActionFailed(
+                act.key, act.label, f"{act.backend} crashed: {type(exc).__name__}: {exc}", retryable=False, worker=node
+            ) from exc
         finished = time.time()
         if not isinstance(result, StageResult):
-            raise ActionFailed(act.key, act.label, f"{act.backend} returned {type(result).__name__}, not a StageResult",
-                               retryable=False, worker=node)
+            raise ActionFailed(
+                act.key,
+                act.label,
+                f"{act.backend} returned {type(result).__name__}, not a StageResult",
+                retryable=False,
+                worker=node,
+            )
         missing = sorted(n for n, path in result.files.items() if not Path(path).is_file())
         if missing:
-            raise ActionFailed(act.key, act.label, f"{act.backend} did not write its {', '.join(missing)} output",
-                               retryable=False, worker=node)
+            raise ActionFailed(
+                act.key,
+                act.label,
+                f"{act.backend} did not write its {', '.join(missing)} output",
+                retryable=False,
+                worker=node,
+            )
         outputs = {name: store.put_blob(Path(path), name=Path(path).name) for name, path in result.files.items()}
         try:
             manifest = Manifest(
-                key=act.key, stage=act.stage, op=act.op, backend=act.backend, version=act.version, label=act.label,
-                outputs=outputs, meta=result.meta, usage=result.usage,
-                started_at=started, finished_at=finished,
+                key=act.key,
+                stage=act.stage,
+                op=act.op,
+                backend=act.backend,
+                version=act.version,
+                label=act.label,
+                outputs=outputs,
+                meta=result.meta,
+                usage=result.usage,
+                started_at=started,
+                finished_at=finished,
                 worker=where(),
             )
         except (TypeError, ValueError) as exc:  # meta or usage the manifest cannot hold
-            raise ActionFailed(act.key, act.label, f"{act.backend} returned a result the farm cannot record: "
-                               f"{type(exc).__name__}: {exc}", retryable=False, worker=node) from exc
+            raise ActionFailed(
+                act.key,
+                act.label,
+                f"{act.backend} returned a result the farm cannot record: {type(exc).__name__}: {exc}",
+                retryable=False,
+                worker=node,
+            ) from exc
     store.put_manifest(manifest)
     bound.info("action.finished", seconds=round(finished - started, 3))
     return manifest.model_dump(mode="json")

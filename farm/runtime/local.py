@@ -32,8 +32,15 @@ from farm.settings import StoreSpec
 class InProcessRuntime:
     grows = False  # a fixed set of workers
 
-    def __init__(self, spec: StoreSpec, catalog: Catalog | None = None, *, cpus: float | None = None,
-                 gpus: Mapping[str | None, float] | None = None, log_level: str = "WARNING"):
+    def __init__(
+        self,
+        spec: StoreSpec,
+        catalog: Catalog | None = None,
+        *,
+        cpus: float | None = None,
+        gpus: Mapping[str | None, float] | None = None,
+        log_level: str = "WARNING",
+    ):
         self.spec, self.catalog = spec, catalog or Catalog()
         self.cpus = float(cpus if cpus is not None else (os.cpu_count() or 1))
         self.gpus = dict(gpus or {})
@@ -46,8 +53,15 @@ class InProcessRuntime:
         return len(self._running)
 
     def submit(self, action: Action, inputs: Mapping[str, Blob], profile: Profile, batch: str | None) -> None:
-        future = self._pool.submit(execute, action.to_json(), {k: b.model_dump() for k, b in inputs.items()},
-                                   self.spec, action.context["studio"], batch, self.catalog.configs)
+        future = self._pool.submit(
+            execute,
+            action.to_json(),
+            {k: b.model_dump() for k, b in inputs.items()},
+            self.spec,
+            action.context["studio"],
+            batch,
+            self.catalog.configs,
+        )
         with self._lock:
             self._running[future] = (action, profile)
 
@@ -82,8 +96,11 @@ class InProcessRuntime:
         cpus, gpus = self.cpus, dict(self.gpus)
         for _, profile in held:
             if profile.gpus:
-                kind = profile.accelerator if profile.accelerator in gpus else next(
-                    (k for k, n in gpus.items() if n >= profile.gpus), profile.accelerator)
+                kind = (
+                    profile.accelerator
+                    if profile.accelerator in gpus
+                    else next((k for k, n in gpus.items() if n >= profile.gpus), profile.accelerator)
+                )
                 gpus[kind] = gpus.get(kind, 0.0) - profile.gpus
             else:
                 cpus -= profile.cpus

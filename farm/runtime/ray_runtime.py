@@ -61,7 +61,9 @@ class StageWorker:
         if spec is not None:  # models named "store:NAME" are fetched to this node's cache, once
             configs = models.localize(configs, open_objects(spec))
         self.backend = Catalog(configs).load(stage, backend)
-        self.batcher = Batcher(self.backend, getattr(self.backend, "batch_wait_s", 0.02)) if slots(self.backend) > 1 else None
+        self.batcher = (
+            Batcher(self.backend, getattr(self.backend, "batch_wait_s", 0.02)) if slots(self.backend) > 1 else None
+        )
 
     def run(self, action, inputs, spec, studio, batch=None, configs=None):
         # execute builds the backend from the same settings: the instance built above, model loaded
@@ -105,15 +107,26 @@ class RayRuntime:
 
     grows = True  # Ray's autoscaler, where the cluster has one
 
-    def __init__(self, spec: StoreSpec, address: str | None = None, num_cpus: int | None = None,
-                 log_level: str = "WARNING", idle_actor_s: float = 30.0, catalog: Catalog | None = None,
-                 cpu_ahead: int = 0):
+    def __init__(
+        self,
+        spec: StoreSpec,
+        address: str | None = None,
+        num_cpus: int | None = None,
+        log_level: str = "WARNING",
+        idle_actor_s: float = 30.0,
+        catalog: Catalog | None = None,
+        cpu_ahead: int = 0,
+    ):
         self.log_level, self.idle_actor_s, self.cpu_ahead = log_level, idle_actor_s, cpu_ahead
         self.catalog = catalog or Catalog()
         self._owns = not ray.is_initialized()
         if self._owns:
-            kwargs: dict[str, Any] = {"address": address, "logging_level": "WARNING",
-                                      "include_dashboard": False, "log_to_driver": True}
+            kwargs: dict[str, Any] = {
+                "address": address,
+                "logging_level": "WARNING",
+                "include_dashboard": False,
+                "log_to_driver": True,
+            }
             if address is None and num_cpus is not None:
                 kwargs["num_cpus"] = num_cpus
             ray.init(**kwargs)
@@ -133,8 +146,7 @@ class RayRuntime:
         """Start ``action`` on the cluster holding ``profile``'s resources; ``batch`` (the batch charged
         for it) goes into its logs."""
         prof = profile
-        args = (action.to_json(), {k: b.model_dump() for k, b in inputs.items()}, self._spec,
-                action.context["studio"])
+        args = (action.to_json(), {k: b.model_dump() for k, b in inputs.items()}, self._spec, action.context["studio"])
         if prof.gpus > 0:
             ref = self._pool_submit(action, prof, args + (batch, self._configs))
         else:
@@ -156,13 +168,17 @@ class RayRuntime:
         if actor_id is None:
             self._retire_idle(exclude=key, now=None)
             # the actor holds the whole of what its slots' actions hold between them
-            options: dict[str, Any] = {"num_gpus": prof.gpus * pool.slots, "num_cpus": prof.cpus,
-                                       "max_concurrency": pool.slots}
+            options: dict[str, Any] = {
+                "num_gpus": prof.gpus * pool.slots,
+                "num_cpus": prof.cpus,
+                "max_concurrency": pool.slots,
+            }
             if prof.accelerator:
                 options["accelerator_type"] = prof.accelerator
             worker_cls: Any = StageWorker  # a Ray actor class
-            actor = worker_cls.options(**options).remote(action.stage, action.backend, self.log_level, self._configs,
-                                                         args[2])
+            actor = worker_cls.options(**options).remote(
+                action.stage, action.backend, self.log_level, self._configs, args[2]
+            )
             actor_id = actor._actor_id.hex()
             pool.actors[actor_id], pool.load[actor_id] = actor, 0
             pool.starting.add(actor_id)
@@ -183,8 +199,11 @@ class RayRuntime:
     def _someone_waits(self, idle_pool: _Pool) -> bool:
         """Does another pool have an actor not yet started, which this idle pool's GPUs could seat?"""
         accelerator = next(k for k, p in self._pools.items() if p is idle_pool)[2]
-        return any(p.starting and (k[2] is None or accelerator is None or k[2] == accelerator)
-                   for k, p in self._pools.items() if p is not idle_pool)
+        return any(
+            p.starting and (k[2] is None or accelerator is None or k[2] == accelerator)
+            for k, p in self._pools.items()
+            if p is not idle_pool
+        )
 
     @staticmethod
     def _drop(pool: _Pool, actor_id: str) -> None:
@@ -234,8 +253,11 @@ class RayRuntime:
         for _, prof in self._running.values():
             cpus -= prof.cpus if prof.gpus == 0 else 0.0
             if prof.gpus:
-                acc = prof.accelerator if prof.accelerator in gpus else next(
-                    (a for a, n in gpus.items() if n >= prof.gpus), prof.accelerator)
+                acc = (
+                    prof.accelerator
+                    if prof.accelerator in gpus
+                    else next((a for a, n in gpus.items() if n >= prof.gpus), prof.accelerator)
+                )
                 gpus[acc] = gpus.get(acc, 0.0) - prof.gpus
         self._retire_idle(now=now)
         return Capacity(cpus=max(cpus, 0.0), gpus_by_accelerator={a: max(n, 0.0) for a, n in gpus.items()})
@@ -288,8 +310,9 @@ class RayRuntime:
             return []
         ready, _ = ray.wait(list(self._running), num_returns=1, timeout=timeout)
         if ready:  # collect everything else already finished too
-            more, _ = ray.wait([r for r in self._running if r not in ready],
-                               num_returns=len(self._running) - len(ready), timeout=0)
+            more, _ = ray.wait(
+                [r for r in self._running if r not in ready], num_returns=len(self._running) - len(ready), timeout=0
+            )
             ready += more
         return [self._finish(ref) for ref in ready]
 
@@ -303,13 +326,23 @@ class RayRuntime:
         except ray.exceptions.RayTaskError as exc:
             cause = exc.cause if isinstance(exc.cause, Exception) else exc
             retryable = getattr(cause, "retryable", False) if isinstance(cause, FarmError) else True
-            return Finished(action, None, ActionFailed(action.key, action.label, str(cause), retryable=retryable,
-                                                       worker=getattr(cause, "worker", None),
-                                                       retry_after=getattr(cause, "retry_after", None)))
+            return Finished(
+                action,
+                None,
+                ActionFailed(
+                    action.key,
+                    action.label,
+                    str(cause),
+                    retryable=retryable,
+                    worker=getattr(cause, "worker", None),
+                    retry_after=getattr(cause, "retry_after", None),
+                ),
+            )
         except ray.exceptions.RayError as exc:  # a worker, actor or node died: try elsewhere
             actor_lost = True
-            return Finished(action, None, ActionFailed(action.key, action.label, f"{type(exc).__name__}: {exc}",
-                                                       retryable=True))
+            return Finished(
+                action, None, ActionFailed(action.key, action.label, f"{type(exc).__name__}: {exc}", retryable=True)
+            )
         finally:
             for pool in self._pools.values():
                 if ref in pool.busy:

@@ -66,5 +66,7 @@ class StoreArtifacts:
 
     def deliver(self, job: EpisodeJob, outputs: Mapping[str, Blob]) -> dict[str, str]:
         store = self.store(job.studio)
-        return {out: store.publish(outputs[out], job.series.id, job.episode.slug, name)
-                for out, name in DELIVERABLES.items()}
+        return {
+            out: store.publish(outputs[out], job.series.id, job.episode.slug, name)
+            for out, name in DELIVERABLES.items()
+        }

@@ -47,14 +47,18 @@ def batch_payload(loaded_batch: Any, settings: Settings) -> dict[str, Any]:
     """What ``farm batch submit`` sends: the validated specs as values (the controller reads no user files)."""
     spec = loaded_batch.spec
     return {
-        "studio": spec.studio, "name": spec.name, "priority": spec.priority,
+        "studio": spec.studio,
+        "name": spec.name,
+        "priority": spec.priority,
         "namespace": spec.studio if settings.cache_namespace is None else settings.cache_namespace,
         "deadline": spec.deadline.timestamp() if spec.deadline else None,
         "budget": spec.budget.model_dump(),
         "webhook": spec.webhook.model_dump() if spec.webhook else None,
         "backends": dict(spec.backends),
-        "episodes": [{"series": e.series.model_dump(mode="json"), "episode": e.episode.model_dump(mode="json")}
-                     for e in loaded_batch.episodes],
+        "episodes": [
+            {"series": e.series.model_dump(mode="json"), "episode": e.episode.model_dump(mode="json")}
+            for e in loaded_batch.episodes
+        ],
     }
 
 
@@ -65,7 +69,9 @@ def submission(payload: dict[str, Any], settings: Settings, catalog: Catalog) ->
     try:
         episodes = []
         for item in payload["episodes"]:
-            chosen = catalog.choose_for(settings.backend_names(), item["series"].get("backends"), payload.get("backends"))
+            chosen = catalog.choose_for(
+                settings.backend_names(), item["series"].get("backends"), payload.get("backends")
+            )
             episodes.append(dict(item, backends={stage: c.to_json() for stage, c in chosen.items()}))
         defaults = {s: c.to_json() for s, c in catalog.choose(settings.backend_names()).items()}
         sub = Submission.model_validate(dict(payload, episodes=episodes, backends=defaults))
@@ -73,8 +79,11 @@ def submission(payload: dict[str, Any], settings: Settings, catalog: Catalog) ->
         raise UsageError(f"the batch is not valid: {exc}") from exc
     except (KeyError, TypeError, AttributeError) as exc:
         raise UsageError(f"the batch is not valid: it has no {exc}") from exc
-    problems = [f"{e.series.id}/{e.episode.slug}: {field}: {message}"
-                for e in sub.episodes for field, message in check_episode(e.series, e.episode)]
+    problems = [
+        f"{e.series.id}/{e.episode.slug}: {field}: {message}"
+        for e in sub.episodes
+        for field, message in check_episode(e.series, e.episode)
+    ]
     if problems:
         raise UsageError("the batch is not valid: " + "; ".join(problems))
     return sub
@@ -98,21 +107,43 @@ class ControllerService:
     def __init__(self, settings_json: dict[str, Any], *, start_loop: bool = True, runtime: Runtime | None = None):
         """``runtime``: where actions run (default: Ray, the cluster this process is on)."""
         self.settings = Settings.model_validate(settings_json)
-        logs.configure(level=self.settings.log_level, json=True, secrets=[
-            self.settings.s3_access_key.get_secret_value(), self.settings.s3_secret_key.get_secret_value(),
-            *self.settings.catalog().secrets()])
+        logs.configure(
+            level=self.settings.log_level,
+            json=True,
+            secrets=[
+                self.settings.s3_access_key.get_secret_value(),
+                self.settings.s3_secret_key.get_secret_value(),
+                *self.settings.catalog().secrets(),
+            ],
+        )
         self.spec = self.settings.store_spec()
         self.objects = open_objects(self.spec)
         self.catalog = self.settings.catalog()
         self.profiles = profiles_for(self.settings, self.catalog)
         self.controller = controller_for(self.settings, self.catalog)
-        self.runtime = runtime if runtime is not None else RayRuntime(
-            self.spec, log_level=self.settings.log_level, catalog=self.catalog, cpu_ahead=self.settings.dispatch_ahead)
-        self.metrics = Metrics(prices=Prices(**self.settings.prices),
-                               accelerators={k: accelerator_label(p) for k, p in self.profiles.items()})
-        self.engine = Engine(self.controller, StoreJournal(self.objects), self.runtime, SystemClock(),
-                             StoreArtifacts(self.objects), notify=self._notify,
-                             observe=Accounting(self.metrics, self.controller))
+        self.runtime = (
+            runtime
+            if runtime is not None
+            else RayRuntime(
+                self.spec,
+                log_level=self.settings.log_level,
+                catalog=self.catalog,
+                cpu_ahead=self.settings.dispatch_ahead,
+            )
+        )
+        self.metrics = Metrics(
+            prices=Prices(**self.settings.prices),
+            accelerators={k: accelerator_label(p) for k, p in self.profiles.items()},
+        )
+        self.engine = Engine(
+            self.controller,
+            StoreJournal(self.objects),
+            self.runtime,
+            SystemClock(),
+            StoreArtifacts(self.objects),
+            notify=self._notify,
+            observe=Accounting(self.metrics, self.controller),
+        )
         self.lock = threading.RLock()
         self._webhooks: queue.Queue[Notification] = queue.Queue()
         self._stop = threading.Event()
@@ -175,8 +206,9 @@ class ControllerService:
         # The secret stays in the controller's environment (a Kubernetes Secret, say), never in the journal.
         secret = os.environ.get(hook["secret_env"]) if hook.get("secret_env") else None
         logs.hide(secret)
-        self._webhooks.put(Notification(note_id, hook["url"], secret, command.kind,
-                                        {"batch": command.batch, **command.payload}))
+        self._webhooks.put(
+            Notification(note_id, hook["url"], secret, command.kind, {"batch": command.batch, **command.payload})
+        )
 
     def _webhook_loop(self) -> None:
         while not self._stop.is_set():
@@ -188,8 +220,9 @@ class ControllerService:
             event = WebhookDelivered if ok else WebhookFailed
             with self.lock:
                 self.engine.sent.add(note.id)
-                self.engine.commit([event(batch=note.payload["batch"],
-                                          data=WebhookResult(id=note.id, kind=note.kind, detail=detail))])
+                self.engine.commit(
+                    [event(batch=note.payload["batch"], data=WebhookResult(id=note.id, kind=note.kind, detail=detail))]
+                )
 
     # -- the API (Ray actor methods) ----------------------------------------------------------------
     def submit(self, payload: dict[str, Any]) -> str:
@@ -227,9 +260,14 @@ class ControllerService:
         return [e.model_dump(mode="json") for e in StoreJournal(self.objects).replay() if e.batch == batch_id]
 
     def ping(self) -> dict[str, Any]:
-        return {"started_at": self.started_at, "pid": os.getpid(), "batches": len(self.controller.batches),
-                "last_seq": self.controller.last_seq, "store": self.objects.describe(),
-                "errors": self.controller.errors[-10:]}
+        return {
+            "started_at": self.started_at,
+            "pid": os.getpid(),
+            "batches": len(self.controller.batches),
+            "last_seq": self.controller.last_seq,
+            "store": self.objects.describe(),
+            "errors": self.controller.errors[-10:],
+        }
 
     def stop(self) -> None:
         self._stop.set()

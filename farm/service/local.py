@@ -54,8 +54,11 @@ class Progress:
 
     def line(self) -> str:
         parts = [f"{s} {self.done[s]}/{self.total[s]}" for s in STAGES if self.total[s]]
-        return ("  ".join(parts) + (f"  (running {self.running})" if self.running else "")
-                + (f"  (waiting for {self.waiting})" if self.waiting else ""))
+        return (
+            "  ".join(parts)
+            + (f"  (running {self.running})" if self.running else "")
+            + (f"  (waiting for {self.waiting})" if self.waiting else "")
+        )
 
 
 @dataclass
@@ -75,22 +78,38 @@ class RenderResult:
             return round(sum(getattr(m.usage, attr) for m in ms), 3)
 
         return {
-            "video": str(self.video), "subtitles": str(self.subtitles), "storyboard": str(self.storyboard),
+            "video": str(self.video),
+            "subtitles": str(self.subtitles),
+            "storyboard": str(self.storyboard),
             "store_paths": self.store_paths,
-            "actions_run": len(self.ran), "actions_cached": len(self.cached),
-            "cpu_seconds": usage("cpu_seconds", self.ran), "gpu_seconds": usage("gpu_seconds", self.ran),
+            "actions_run": len(self.ran),
+            "actions_cached": len(self.cached),
+            "cpu_seconds": usage("cpu_seconds", self.ran),
+            "gpu_seconds": usage("gpu_seconds", self.ran),
             "tokens_in": sum(m.usage.tokens_in for m in self.ran),
             "tokens_out": sum(m.usage.tokens_out for m in self.ran),
-            "saved": {"cpu_seconds": usage("cpu_seconds", self.cached), "gpu_seconds": usage("gpu_seconds", self.cached),
-                      "tokens": sum(m.usage.tokens_in + m.usage.tokens_out for m in self.cached)},
-            "wall_seconds": round(self.wall_seconds, 3), "duration_seconds": self.duration_seconds,
+            "saved": {
+                "cpu_seconds": usage("cpu_seconds", self.cached),
+                "gpu_seconds": usage("gpu_seconds", self.cached),
+                "tokens": sum(m.usage.tokens_in + m.usage.tokens_out for m in self.cached),
+            },
+            "wall_seconds": round(self.wall_seconds, 3),
+            "duration_seconds": self.duration_seconds,
             "run": sorted(m.label for m in self.ran),
         }
 
 
-def render_episode(loaded: LoadedEpisode, settings: Settings, runtime: Runtime, *, out_dir: Path | None = None,
-                   on_progress: Callable[[Progress], None] | None = None, metrics: Metrics | None = None,
-                   clock: Clock | None = None, resource_wait_s: float = RESOURCE_WAIT_S) -> RenderResult:
+def render_episode(
+    loaded: LoadedEpisode,
+    settings: Settings,
+    runtime: Runtime,
+    *,
+    out_dir: Path | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    metrics: Metrics | None = None,
+    clock: Clock | None = None,
+    resource_wait_s: float = RESOURCE_WAIT_S,
+) -> RenderResult:
     """Render one episode as a batch of one on ``runtime``; return where its deliverables are.
 
     ``metrics`` (if given) accounts every journaled event, as the batch controller does.
@@ -104,16 +123,26 @@ def render_episode(loaded: LoadedEpisode, settings: Settings, runtime: Runtime, 
     controller = controller_for(settings, catalog)
     chosen = catalog.choose_for(settings.backend_names(), loaded.series.backends)
     backends = {stage: c.to_json() for stage, c in chosen.items()}
-    sub = Submission(studio=settings.studio, namespace=settings.namespace, name=f"render {loaded.path.name}",
-                     backends=backends, episodes=[SubmittedEpisode(series=loaded.series, episode=loaded.episode,
-                                                                   backends=backends)])
+    sub = Submission(
+        studio=settings.studio,
+        namespace=settings.namespace,
+        name=f"render {loaded.path.name}",
+        backends=backends,
+        episodes=[SubmittedEpisode(series=loaded.series, episode=loaded.episode, backends=backends)],
+    )
     now = clock.now()
     batch = f"render-{datetime.fromtimestamp(now, timezone.utc).strftime('%Y%m%d-%H%M%S-%f')}"
     series, slug = loaded.series.id, loaded.episode.slug
     # nothing in a render's journal is promised to anyone before it is written: no flush to disk
     journal = StoreJournal(objects, render_prefix(settings.studio, series, slug, batch), durable=())
-    engine = Engine(controller, journal, runtime, clock, StoreArtifacts(objects),
-                    observe=Accounting(metrics, controller) if metrics is not None else None)
+    engine = Engine(
+        controller,
+        journal,
+        runtime,
+        clock,
+        StoreArtifacts(objects),
+        observe=Accounting(metrics, controller) if metrics is not None else None,
+    )
     engine.submit(batch, sub)
     eid = f"{series}/{slug}"
     episode = controller.episodes[(batch, eid)]
@@ -140,9 +169,11 @@ def render_episode(loaded: LoadedEpisode, settings: Settings, runtime: Runtime, 
             stuck_since = stuck_since if stuck_since is not None else time.monotonic()
             progress.waiting = _needs(waiting)
             if time.monotonic() - stuck_since > resource_wait_s:
-                raise FarmError(f"{eid}: {len(waiting)} action(s) need {progress.waiting}, which no worker of "
-                                f"this cluster has offered for {resource_wait_s:.0f} s: start one that has them, "
-                                "or choose other backends")
+                raise FarmError(
+                    f"{eid}: {len(waiting)} action(s) need {progress.waiting}, which no worker of "
+                    f"this cluster has offered for {resource_wait_s:.0f} s: start one that has them, "
+                    "or choose other backends"
+                )
         report(progress)
         until = _until(wake, clock)
         time.sleep(min(0.5, until) if until is not None else 0.5)
@@ -156,10 +187,17 @@ def render_episode(loaded: LoadedEpisode, settings: Settings, runtime: Runtime, 
     ran = [s.manifest for s in done if not s.cached and s.manifest is not None]
     cached = [s.manifest for s in done if s.cached and s.manifest is not None]
     local = _local_copies(objects, settings, episode.deliverables, final, series, slug, out_dir)
-    return RenderResult(video=local["video"], subtitles=local["subtitles"], storyboard=local["storyboard"],
-                        store_paths=dict(episode.deliverables), ran=ran, cached=cached,
-                        wall_seconds=time.monotonic() - started,
-                        duration_seconds=float(final.meta.get("duration", 0.0)), batch=batch)
+    return RenderResult(
+        video=local["video"],
+        subtitles=local["subtitles"],
+        storyboard=local["storyboard"],
+        store_paths=dict(episode.deliverables),
+        ran=ran,
+        cached=cached,
+        wall_seconds=time.monotonic() - started,
+        duration_seconds=float(final.meta.get("duration", 0.0)),
+        batch=batch,
+    )
 
 
 def _until(when: float | None, clock: Clock) -> float | None:
@@ -173,8 +211,15 @@ def _needs(waiting: list[Any]) -> str:
     return " and ".join(parts) or "capacity"
 
 
-def _local_copies(objects: Any, settings: Settings, paths: dict[str, str], final: ActionResult, series: str,
-                  slug: str, out_dir: Path | None) -> dict[str, Path]:
+def _local_copies(
+    objects: Any,
+    settings: Settings,
+    paths: dict[str, str],
+    final: ActionResult,
+    series: str,
+    slug: str,
+    out_dir: Path | None,
+) -> dict[str, Path]:
     """The deliverables as local files: in place in a local store, else downloaded to ``out_dir``."""
     if isinstance(objects, LocalStore):
         return {output: objects.path(name) for output, name in paths.items()}

@@ -40,15 +40,26 @@ def verify(body: bytes, secret: str, timestamp: str, signature: str, now: float,
     return abs(now - ts) <= tolerance_s and hmac.compare_digest(sign(body, secret, ts), signature)
 
 
-def deliver(note: Notification, *, attempts: int = 5, base_delay_s: float = 1.0, timeout_s: float = 10.0,
-            sleep=time.sleep, clock=time.time) -> tuple[bool, str]:
+def deliver(
+    note: Notification,
+    *,
+    attempts: int = 5,
+    base_delay_s: float = 1.0,
+    timeout_s: float = 10.0,
+    sleep=time.sleep,
+    clock=time.time,
+) -> tuple[bool, str]:
     """POST the notification, retrying 5xx, 429 and network errors with backoff. Returns (ok, detail)."""
     body = json.dumps({"event": note.kind, **note.payload}, ensure_ascii=False, sort_keys=True).encode("utf-8")
     detail = ""
     for attempt in range(attempts):
         ts = int(clock())
-        headers = {"Content-Type": "application/json", "X-Farm-Event": note.kind, "X-Farm-Timestamp": str(ts),
-                   "X-Farm-Delivery": note.id}
+        headers = {
+            "Content-Type": "application/json",
+            "X-Farm-Event": note.kind,
+            "X-Farm-Timestamp": str(ts),
+            "X-Farm-Delivery": note.id,
+        }
         if note.secret:
             headers["X-Farm-Signature"] = sign(body, note.secret, ts)
         request = urllib.request.Request(note.url, data=body, headers=headers, method="POST")
@@ -62,5 +73,5 @@ def deliver(note: Notification, *, attempts: int = 5, base_delay_s: float = 1.0,
         except (urllib.error.URLError, OSError) as exc:
             detail = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
         if attempt + 1 < attempts:
-            sleep(base_delay_s * 2 ** attempt)
+            sleep(base_delay_s * 2**attempt)
     return False, detail

@@ -18,5 +18,21 @@ from farm.simulate.run import POLICIES, simulate
 from farm.simulate.runtime import Failures, Run, true_seconds, true_tokens
 from farm.simulate.workload import DEFAULT_PRICES, STAGES, SimBatch, StageSpec, Workload, synthetic_batch, with_terms
 
-__all__ = ["DEFAULT_PRICES", "POLICIES", "STAGES", "Failures", "Prices", "Run", "SimBatch", "SimResult", "StageSpec",
-           "Workload", "lower_bound", "simulate", "synthetic_batch", "true_seconds", "true_tokens", "with_terms"]
+__all__ = [
+    "DEFAULT_PRICES",
+    "POLICIES",
+    "STAGES",
+    "Failures",
+    "Prices",
+    "Run",
+    "SimBatch",
+    "SimResult",
+    "StageSpec",
+    "Workload",
+    "lower_bound",
+    "simulate",
+    "synthetic_batch",
+    "true_seconds",
+    "true_tokens",
+    "with_terms",
+]

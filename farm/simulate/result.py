@@ -57,18 +57,29 @@ class SimResult:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "policy": self.policy, "episodes": self.episodes, "gpus": self.gpus, "cpus": self.cpus,
-            "makespan_s": round(self.makespan_s, 3), "lower_bound_s": round(self.lower_bound_s, 3),
-            "ratio": round(self.ratio, 4), "gpu_busy": round(self.gpu_busy, 4),
+            "policy": self.policy,
+            "episodes": self.episodes,
+            "gpus": self.gpus,
+            "cpus": self.cpus,
+            "makespan_s": round(self.makespan_s, 3),
+            "lower_bound_s": round(self.lower_bound_s, 3),
+            "ratio": round(self.ratio, 4),
+            "gpu_busy": round(self.gpu_busy, 4),
             "deadline_met": {"all": self.all_deadlines_met, "by_batch": self.deadline_met},
             "batch_finished_s": {b: None if t is None else round(t, 3) for b, t in self.batch_finished.items()},
             "spend": self.spend.to_json(),
             "spend_by_batch": {b: s.to_json() for b, s in self.spend_by_batch.items()},
             "spend_by_studio": {s: v.to_json() for s, v in self.spend_by_studio.items()},
-            "episodes_done": self.episodes_done, "episodes_failed": self.episodes_failed,
-            "episodes_unfinished": self.episodes_unfinished, "budget_held": self.budget_held,
-            "dispatches": self.dispatches, "retries": self.retries, "quarantines": self.quarantines,
-            "give_ups": self.give_ups, "actions": self.actions, "events": self.events,
+            "episodes_done": self.episodes_done,
+            "episodes_failed": self.episodes_failed,
+            "episodes_unfinished": self.episodes_unfinished,
+            "budget_held": self.budget_held,
+            "dispatches": self.dispatches,
+            "retries": self.retries,
+            "quarantines": self.quarantines,
+            "give_ups": self.give_ups,
+            "actions": self.actions,
+            "events": self.events,
         }
 
 
@@ -125,8 +136,11 @@ def lower_bound(workload: Workload, gpus: dict[str | None, float], cpus: float) 
             gpu_work[profile.accelerator] = gpu_work.get(profile.accelerator, 0.0) + seconds[key] * profile.gpus
         cpu_work += seconds[key] * profile.cpus
     total = sum(gpu_work.values())
-    bounds = [path, total / max(sum(gpus.values()), 1e-12) if total else 0.0,
-              cpu_work / cpus if cpu_work and cpus > 0 else 0.0]
+    bounds = [
+        path,
+        total / max(sum(gpus.values()), 1e-12) if total else 0.0,
+        cpu_work / cpus if cpu_work and cpus > 0 else 0.0,
+    ]
     for kind, work in gpu_work.items():
         if kind is not None and work and gpus.get(kind):
             bounds.append(work / gpus[kind])

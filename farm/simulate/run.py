@@ -62,17 +62,30 @@ class _Tally:
 def _submission(batch: SimBatch, episodes: Any, budget: bool, workload: Workload) -> Submission:
     """The batch as a studio submits it (the baselines know nothing of budgets)."""
     b = batch.budget
-    return Submission(studio=batch.studio, namespace=batch.studio, name=batch.id,
-                      priority=_PRIORITY_NAMES.get(batch.priority, "normal"), deadline=batch.deadline,
-                      budget=BudgetSpec(tokens=b.tokens, gpu_seconds=b.gpu_seconds, money=b.money) if budget else BudgetSpec(),
-                      backends={s: c.to_json() for s, c in workload.choices().items()},
-                      episodes=[SubmittedEpisode(series=s, episode=e) for s, e in episodes])
+    return Submission(
+        studio=batch.studio,
+        namespace=batch.studio,
+        name=batch.id,
+        priority=_PRIORITY_NAMES.get(batch.priority, "normal"),
+        deadline=batch.deadline,
+        budget=BudgetSpec(tokens=b.tokens, gpu_seconds=b.gpu_seconds, money=b.money) if budget else BudgetSpec(),
+        backends={s: c.to_json() for s, c in workload.choices().items()},
+        episodes=[SubmittedEpisode(series=s, episode=e) for s, e in episodes],
+    )
 
 
-def simulate(workload: Workload, gpus: int | float | Mapping[str | None, float], cpus: float = 64,
-             policy: str = "farm", seed: int = 0, shares: Iterable[Share] | None = None,
-             caps: Mapping[str, int] | None = None, failures: Failures | None = None,
-             retry: RetryPolicy = RetryPolicy(), rank_refresh_s: float = RANK_REFRESH_S) -> SimResult:
+def simulate(
+    workload: Workload,
+    gpus: int | float | Mapping[str | None, float],
+    cpus: float = 64,
+    policy: str = "farm",
+    seed: int = 0,
+    shares: Iterable[Share] | None = None,
+    caps: Mapping[str, int] | None = None,
+    failures: Failures | None = None,
+    retry: RetryPolicy = RetryPolicy(),
+    rank_refresh_s: float = RANK_REFRESH_S,
+) -> SimResult:
     """Play ``workload`` on ``gpus`` GPUs (a count, or GPUs per accelerator kind) and ``cpus`` CPUs
     under ``policy`` ("farm", "fifo" or "sequential"); deadlines and budgets come from the batches'
     terms. ``seed`` drives failure injection only (the workload has its own). ``shares`` default to
@@ -81,16 +94,23 @@ def simulate(workload: Workload, gpus: int | float | Mapping[str | None, float],
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r} (known: {', '.join(POLICIES)})")
     capacity: dict[str | None, float] = (
-        {None: float(gpus)} if isinstance(gpus, (int, float)) else {k: float(v) for k, v in gpus.items()})
+        {None: float(gpus)} if isinstance(gpus, (int, float)) else {k: float(v) for k, v in gpus.items()}
+    )
     farm = policy == "farm"
     batches = sorted(workload.batches.values(), key=lambda b: (b.submitted, b.order))
     t0 = batches[0].submitted
     clock = ManualClock(t0)
     runtime = SimRuntime(workload, clock, capacity, cpus, failures, seed)
-    controller = Controller(workload.estimate, workload.profiles(), prices=workload.prices,
-                            shares=(tuple(shares) if shares is not None else ()) if farm else None,
-                            caps=caps if farm else None, retry=retry, order="farm" if farm else "fifo",
-                            rank_refresh_s=rank_refresh_s)
+    controller = Controller(
+        workload.estimate,
+        workload.profiles(),
+        prices=workload.prices,
+        shares=(tuple(shares) if shares is not None else ()) if farm else None,
+        caps=caps if farm else None,
+        retry=retry,
+        order="farm" if farm else "fifo",
+        rank_refresh_s=rank_refresh_s,
+    )
     tally = _Tally()
     journal = MemoryJournal()
     engine = Engine(controller, journal, runtime, clock, SimArtifacts(workload), observe=tally)
@@ -99,8 +119,10 @@ def simulate(workload: Workload, gpus: int | float | Mapping[str | None, float],
     queue: list[tuple[float, str, str, Submission]] = []  # (not before, id, original batch, submission)
     for b in batches:
         if policy == "sequential":
-            queue += [(b.submitted, f"{b.id}~{i:05d}", b.id, _submission(b, [ep], False, workload))
-                      for i, ep in enumerate(b.episodes)]
+            queue += [
+                (b.submitted, f"{b.id}~{i:05d}", b.id, _submission(b, [ep], False, workload))
+                for i, ep in enumerate(b.episodes)
+            ]
         else:
             queue.append((b.submitted, b.id, b.id, _submission(b, b.episodes, farm, workload)))
     origin = {sub_id: original for _, sub_id, original, _ in queue}
@@ -125,8 +147,18 @@ def simulate(workload: Workload, gpus: int | float | Mapping[str | None, float],
     return _result(workload, policy, capacity, cpus, controller, runtime, tally, origin, t0, len(journal.events))
 
 
-def _result(workload: Workload, policy: str, capacity: dict[str | None, float], cpus: float, controller: Controller,
-            runtime: SimRuntime, tally: _Tally, origin: dict[str, str], t0: float, events: int) -> SimResult:
+def _result(
+    workload: Workload,
+    policy: str,
+    capacity: dict[str | None, float],
+    cpus: float,
+    controller: Controller,
+    runtime: SimRuntime,
+    tally: _Tally,
+    origin: dict[str, str],
+    t0: float,
+    events: int,
+) -> SimResult:
     makespan = runtime.last_end - t0
     gpu_total = sum(capacity.values())
     gpu_used = sum((r.end - r.start) * r.gpus for r in runtime.runs)
@@ -162,14 +194,28 @@ def _result(workload: Workload, policy: str, capacity: dict[str | None, float], 
     counts = tally.counts
     retries, quarantines = counts.get("action.retry", 0), counts.get("action.quarantined", 0)
     return SimResult(
-        policy=policy, episodes=workload.episode_count, gpus=gpu_total, cpus=cpus, makespan_s=makespan,
+        policy=policy,
+        episodes=workload.episode_count,
+        gpus=gpu_total,
+        cpus=cpus,
+        makespan_s=makespan,
         lower_bound_s=lower_bound(workload, capacity, cpus),
         gpu_busy=gpu_used / (gpu_total * makespan) if gpu_total and makespan > 0 else 0.0,
-        deadline_met=met, batch_finished=finished, spend=sum(spent.values(), NO_SPEND),
-        spend_by_batch=dict(sorted(spent.items())), spend_by_studio=dict(sorted(by_studio.items())),
+        deadline_met=met,
+        batch_finished=finished,
+        spend=sum(spent.values(), NO_SPEND),
+        spend_by_batch=dict(sorted(spent.items())),
+        spend_by_studio=dict(sorted(by_studio.items())),
         gpu_seconds_by_studio={s: v.gpu_seconds for s, v in sorted(by_studio.items())},
-        episodes_done=len(delivered_at), episodes_failed=failed, episodes_unfinished=unfinished,
-        budget_held=dict(sorted(held.items())), dispatches=counts.get("action.dispatched", 0), retries=retries,
-        quarantines=quarantines, give_ups=counts.get("action.failed", 0) - retries - quarantines,
-        actions=len(controller.actions), events=events, runs=runtime.runs,
+        episodes_done=len(delivered_at),
+        episodes_failed=failed,
+        episodes_unfinished=unfinished,
+        budget_held=dict(sorted(held.items())),
+        dispatches=counts.get("action.dispatched", 0),
+        retries=retries,
+        quarantines=quarantines,
+        give_ups=counts.get("action.failed", 0) - retries - quarantines,
+        actions=len(controller.actions),
+        events=events,
+        runs=runtime.runs,
     )

@@ -79,8 +79,15 @@ class Run:
 class SimRuntime:
     grows = False  # a fixed set of workers
 
-    def __init__(self, workload: Workload, clock: ManualClock, gpus: Mapping[str | None, float], cpus: float,
-                 failures: Failures | None = None, seed: int = 0):
+    def __init__(
+        self,
+        workload: Workload,
+        clock: ManualClock,
+        gpus: Mapping[str | None, float],
+        cpus: float,
+        failures: Failures | None = None,
+        seed: int = 0,
+    ):
         self.w, self.clock, self.failures, self.seed = workload, clock, failures or Failures(), seed
         self.total_gpus, self.total_cpus = dict(gpus), float(cpus)
         self.free_gpus, self.free_cpus = dict(gpus), float(cpus)
@@ -106,8 +113,13 @@ class SimRuntime:
         worker = f"w{(zlib.crc32(key.encode()) + attempt) % max(1, f.workers)}"
         kind = None
         if profile.gpus:
-            kind = profile.accelerator if profile.accelerator is not None else max(
-                sorted(self.free_gpus, key=lambda k: (k is not None, k or "")), key=lambda k: self.free_gpus[k])
+            kind = (
+                profile.accelerator
+                if profile.accelerator is not None
+                else max(
+                    sorted(self.free_gpus, key=lambda k: (k is not None, k or "")), key=lambda k: self.free_gpus[k]
+                )
+            )
             self.free_gpus[kind] -= profile.gpus
         self.free_cpus -= profile.cpus
         now = self.clock.now()
@@ -142,12 +154,14 @@ class SimRuntime:
             self.free_gpus[kind] += profile.gpus
         self.free_cpus += profile.cpus
         studio = action.context.get("studio", "")
-        self.runs.append(Run(key, batch or "", studio, action.stage, started, now, profile.gpus, profile.cpus,
-                             worker, not fail))
+        self.runs.append(
+            Run(key, batch or "", studio, action.stage, started, now, profile.gpus, profile.cpus, worker, not fail)
+        )
         if fail:
             retryable = key in self.failures.poison or self.failures.retryable
-            return Finished(action, None, ActionFailed(key, action.label, "injected failure", retryable=retryable,
-                                                       worker=worker))
+            return Finished(
+                action, None, ActionFailed(key, action.label, "injected failure", retryable=retryable, worker=worker)
+            )
         return Finished(action, self._manifest(action, started, now, profile, worker), None)
 
     def _manifest(self, action: Action, started: float, ended: float, profile: Profile, worker: str) -> Manifest:
@@ -156,15 +170,32 @@ class SimRuntime:
         if action.op == "line":
             meta["samples"] = self._graph.samples[action.key]
         outputs = {name: Blob.model_construct(digest=action.key, size=1, name=name) for name in OUTPUTS[action.op]}
-        usage = Usage(tokens_in=tokens // 2, tokens_out=tokens - tokens // 2,
-                      gpu_seconds=(ended - started) * profile.gpus, model=action.backend)
-        return Manifest.model_construct(key=action.key, stage=action.stage, op=action.op, backend=action.backend,
-                                        version=action.version, label=action.label, outputs=outputs, meta=meta,
-                                        usage=usage, started_at=started, finished_at=ended, worker={"node": worker},
-                                        schema_version=1)
+        usage = Usage(
+            tokens_in=tokens // 2,
+            tokens_out=tokens - tokens // 2,
+            gpu_seconds=(ended - started) * profile.gpus,
+            model=action.backend,
+        )
+        return Manifest.model_construct(
+            key=action.key,
+            stage=action.stage,
+            op=action.op,
+            backend=action.backend,
+            version=action.version,
+            label=action.label,
+            outputs=outputs,
+            meta=meta,
+            usage=usage,
+            started_at=started,
+            finished_at=ended,
+            worker={"node": worker},
+            schema_version=1,
+        )
 
     def capacity(self) -> Capacity:
-        return Capacity(cpus=max(0.0, self.free_cpus), gpus_by_accelerator={k: max(0.0, v) for k, v in self.free_gpus.items()})
+        return Capacity(
+            cpus=max(0.0, self.free_cpus), gpus_by_accelerator={k: max(0.0, v) for k, v in self.free_gpus.items()}
+        )
 
     def request_capacity(self, shapes: Sequence[tuple[float, float, str | None]]) -> None:
         """A simulated farm does not grow."""

@@ -111,8 +111,9 @@ class Workload:
     def profiles(self) -> dict[tuple[str, str], Profile]:
         out: dict[tuple[str, str], Profile] = {}
         for spec in self.stages.values():
-            out.setdefault((spec.stage, spec.backend), Profile(cpus=spec.cpus, gpus=spec.gpus,
-                                                               accelerator=spec.accelerator))
+            out.setdefault(
+                (spec.stage, spec.backend), Profile(cpus=spec.cpus, gpus=spec.gpus, accelerator=spec.accelerator)
+            )
         return out
 
     def estimate(self, action: Action) -> tuple[float, int, float]:
@@ -134,9 +135,11 @@ class Workload:
     def jobs(self) -> list[tuple[str, EpisodeJob]]:
         """(batch, job) of every episode, in submission order."""
         choices = self.choices()
-        return [(b.id, EpisodeJob(b.studio, b.studio, series, episode, choices))
-                for b in sorted(self.batches.values(), key=lambda b: (b.submitted, b.order))
-                for series, episode in b.episodes]
+        return [
+            (b.id, EpisodeJob(b.studio, b.studio, series, episode, choices))
+            for b in sorted(self.batches.values(), key=lambda b: (b.submitted, b.order))
+            for series, episode in b.episodes
+        ]
 
     def graph(self) -> "Graph":
         """Every action of every episode as the planner makes it once all is known (cached)."""
@@ -190,13 +193,26 @@ def _lognormal(rng: random.Random, sigma: float) -> float:
     return rng.lognormvariate(-sigma * sigma / 2, sigma) if sigma > 0 else 1.0
 
 
-def synthetic_batch(episodes: int, seed: int, series: int | None = None,
-                    studios: Iterable[str] = ("studio-a",), *, batch: str = "batch",
-                    priority: int | str = "normal", deadline: float | None = None, budget: Budget = Budget(),
-                    submitted: float = 0.0, order: int = 0, shots: tuple[int, int] = (8, 16),
-                    lines: tuple[int, int] = (6, 14), characters: tuple[int, int] = (3, 6),
-                    dubbing: str = "gpu", jitter: float = 0.25, stages: Mapping[str, StageSpec] = STAGES,
-                    prices: Prices = DEFAULT_PRICES) -> Workload:
+def synthetic_batch(
+    episodes: int,
+    seed: int,
+    series: int | None = None,
+    studios: Iterable[str] = ("studio-a",),
+    *,
+    batch: str = "batch",
+    priority: int | str = "normal",
+    deadline: float | None = None,
+    budget: Budget = Budget(),
+    submitted: float = 0.0,
+    order: int = 0,
+    shots: tuple[int, int] = (8, 16),
+    lines: tuple[int, int] = (6, 14),
+    characters: tuple[int, int] = (3, 6),
+    dubbing: str = "gpu",
+    jitter: float = 0.25,
+    stages: Mapping[str, StageSpec] = STAGES,
+    prices: Prices = DEFAULT_PRICES,
+) -> Workload:
     """``episodes`` episodes in ``series`` series per studio (default one per 20 episodes), dealt
     round-robin to ``studios``, one batch per studio (``batch``, or ``batch-<studio>`` when there are
     several), submitted at ``submitted`` with the given terms.
@@ -224,27 +240,56 @@ def synthetic_batch(episodes: int, seed: int, series: int | None = None,
             casts[(studio, k)] = _series(f"s{k:03d}", rng.randint(*characters), rng)
         cast = casts[(studio, k)]
         dealt[studio].append((cast, _episode(i + 1, cast, rng, shots, lines)))
-    batches = {batch_of[s]: SimBatch(batch_of[s], s, tuple(dealt[s]), prio, deadline, budget, submitted, order + n)
-               for n, s in enumerate(studios)}
+    batches = {
+        batch_of[s]: SimBatch(batch_of[s], s, tuple(dealt[s]), prio, deadline, budget, submitted, order + n)
+        for n, s in enumerate(studios)
+    }
     return Workload(batches, dict(stages), prices, dubbing, jitter, seed)
 
 
 def _series(sid: str, cast: int, rng: random.Random) -> Series:
-    return Series.model_validate({
-        "id": sid, "title": f"Series {sid}", "language": "en",
-        "style": {"description": "neon noir", "palette": ["#0b1030", "#2d1b4e", "#ff8a3d"]},
-        "characters": [{"id": f"c{c}", "name": f"C{c}", "look": {"description": f"look {c}"},
-                        "voice": {"voice": "en-us", "pitch": 10 + 8 * c, "rate": 150 + rng.randint(0, 40)}}
-                       for c in range(cast)],
-    })
+    return Series.model_validate(
+        {
+            "id": sid,
+            "title": f"Series {sid}",
+            "language": "en",
+            "style": {"description": "neon noir", "palette": ["#0b1030", "#2d1b4e", "#ff8a3d"]},
+            "characters": [
+                {
+                    "id": f"c{c}",
+                    "name": f"C{c}",
+                    "look": {"description": f"look {c}"},
+                    "voice": {"voice": "en-us", "pitch": 10 + 8 * c, "rate": 150 + rng.randint(0, 40)},
+                }
+                for c in range(cast)
+            ],
+        }
+    )
 
 
-_WORDS = ("rain", "letter", "midnight", "tea", "door", "secret", "alley", "promise", "lantern", "train", "river",
-          "mother", "ledger", "key", "neon", "signal")
+_WORDS = (
+    "rain",
+    "letter",
+    "midnight",
+    "tea",
+    "door",
+    "secret",
+    "alley",
+    "promise",
+    "lantern",
+    "train",
+    "river",
+    "mother",
+    "ledger",
+    "key",
+    "neon",
+    "signal",
+)
 
 
-def _episode(number: int, series: Series, rng: random.Random, shots: tuple[int, int],
-             lines: tuple[int, int]) -> Episode:
+def _episode(
+    number: int, series: Series, rng: random.Random, shots: tuple[int, int], lines: tuple[int, int]
+) -> Episode:
     n_shots = rng.randint(*shots)
     n_lines = min(rng.randint(*lines), n_shots - 1)
     beats = max(1, n_shots - n_lines)
@@ -255,16 +300,31 @@ def _episode(number: int, series: Series, rng: random.Random, shots: tuple[int, 
     outline = []
     for b, count in enumerate(per_beat):
         present = rng.sample(cast, min(len(cast), rng.randint(1, 3)))
-        outline.append({
-            "beat": f"beat {b} of episode {number}", "location": f"place {rng.randint(0, 9)}",
-            "characters": present,
-            "lines": [{"speaker": rng.choice(present),
-                       "text": f"Episode {number}, line {b}.{j}: " + " ".join(rng.choice(_WORDS)
-                                                                          for _ in range(rng.randint(3, 12)))}
-                      for j in range(count)],
-        })
-    return Episode.model_validate({"series": "series.yaml", "number": number, "title": f"Episode {number}",
-                                   "target_seconds": 60, "seed": rng.randint(0, 10_000), "outline": outline})
+        outline.append(
+            {
+                "beat": f"beat {b} of episode {number}",
+                "location": f"place {rng.randint(0, 9)}",
+                "characters": present,
+                "lines": [
+                    {
+                        "speaker": rng.choice(present),
+                        "text": f"Episode {number}, line {b}.{j}: "
+                        + " ".join(rng.choice(_WORDS) for _ in range(rng.randint(3, 12))),
+                    }
+                    for j in range(count)
+                ],
+            }
+        )
+    return Episode.model_validate(
+        {
+            "series": "series.yaml",
+            "number": number,
+            "title": f"Episode {number}",
+            "target_seconds": 60,
+            "seed": rng.randint(0, 10_000),
+            "outline": outline,
+        }
+    )
 
 
 def with_terms(workload: Workload, batch: str, **changes: Any) -> Workload:

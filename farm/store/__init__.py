@@ -12,7 +12,14 @@ def open_objects(spec) -> ObjectStore:
     if spec.url.startswith("s3://"):
         from farm.store.s3 import S3Store
 
-        bucket, _, prefix = spec.url[len("s3://"):].partition("/")
-        return S3Store(spec.endpoint, spec.access_key.get_secret_value(), spec.secret_key.get_secret_value(),
-                       bucket, prefix, secure=spec.secure, region=spec.region)
+        bucket, _, prefix = spec.url[len("s3://") :].partition("/")
+        return S3Store(
+            spec.endpoint,
+            spec.access_key.get_secret_value(),
+            spec.secret_key.get_secret_value(),
+            bucket,
+            prefix,
+            secure=spec.secure,
+            region=spec.region,
+        )
     return LocalStore(spec.url)

@@ -32,6 +32,7 @@ def render_prefix(studio: str, series: str, episode: str, render: str | None = N
     base = f"{studio}/renders/{series}/{episode}"
     return check_name(f"{base}/{render}" if render else base)
 
+
 # Events whose effect a client has been told of: these segments are flushed before the answer.
 ACKNOWLEDGED = frozenset({"batch.submitted", "batch.cancelled"})
 
@@ -81,8 +82,11 @@ class StoreJournal:
                 raise TypeError(f"only the farm's events are journaled, not {type(p).__name__}")
         out = [p.model_copy(update={"seq": self._seq + i, "at": now}) for i, p in enumerate(proposals)]
         body = "".join(ev.dump(e) + "\n" for e in out)
-        self.objects.put_bytes(f"{self.prefix}/{self._segment:012d}.jsonl", body.encode("utf-8"),
-                               durable=any(e.type in self.durable for e in out))
+        self.objects.put_bytes(
+            f"{self.prefix}/{self._segment:012d}.jsonl",
+            body.encode("utf-8"),
+            durable=any(e.type in self.durable for e in out),
+        )
         self._seq += len(out)
         self._segment += 1
         return out

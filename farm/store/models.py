@@ -74,23 +74,32 @@ def push(objects: ObjectStore, folder: Path, name: str) -> dict[str, Any]:
     existing = objects.get_bytes(index_name)
     if existing is not None:
         if json.loads(existing) == index:
-            return {"name": name, "files": len(entries), "bytes": sum(e["size"] for e in entries.values()),
-                    "uploaded": 0}
-        raise UsageError(f"model {name!r} is already in the store with other files; models are immutable "
-                         "(their name enters action keys): push under a new name, e.g. with a version suffix")
+            return {
+                "name": name,
+                "files": len(entries),
+                "bytes": sum(e["size"] for e in entries.values()),
+                "uploaded": 0,
+            }
+        raise UsageError(
+            f"model {name!r} is already in the store with other files; models are immutable "
+            "(their name enters action keys): push under a new name, e.g. with a version suffix"
+        )
     uploaded = 0
     for rel, entry in entries.items():
         if not objects.exists(_blob(entry["digest"])):
             objects.put_file(_blob(entry["digest"]), files[rel])
             uploaded += entry["size"]
     objects.put_bytes(index_name, json.dumps(index, sort_keys=True).encode(), durable=True)
-    return {"name": name, "files": len(entries), "bytes": sum(e["size"] for e in entries.values()),
-            "uploaded": uploaded}
+    return {
+        "name": name,
+        "files": len(entries),
+        "bytes": sum(e["size"] for e in entries.values()),
+        "uploaded": uploaded,
+    }
 
 
 def names(objects: ObjectStore) -> list[str]:
-    return sorted({n[len(PREFIX) + 1:].split("/")[0] for n in objects.list(PREFIX + "/")
-                   if n.endswith("/index.json")})
+    return sorted({n[len(PREFIX) + 1 :].split("/")[0] for n in objects.list(PREFIX + "/") if n.endswith("/index.json")})
 
 
 def cache_root() -> Path:
@@ -142,8 +151,9 @@ def _fetch(objects: ObjectStore, name: str, root: Path) -> Path:
     return target
 
 
-def localize(configs: Mapping[str, Mapping[str, Any]] | None, objects: ObjectStore,
-             root: Path | None = None) -> dict[str, dict[str, Any]] | None:
+def localize(
+    configs: Mapping[str, Mapping[str, Any]] | None, objects: ObjectStore, root: Path | None = None
+) -> dict[str, dict[str, Any]] | None:
     """Configured backends' settings with each ``store:NAME`` model fetched to a local folder (the
     original stays as ``model_ref``, so versions are unchanged). Untouched when none is stored."""
     if not configs:
@@ -152,7 +162,7 @@ def localize(configs: Mapping[str, Mapping[str, Any]] | None, objects: ObjectSto
     for backend, config in configs.items():
         path = config.get("model_path")
         if isinstance(path, str) and path.startswith(STORE_PREFIX):
-            local = fetch(objects, path[len(STORE_PREFIX):], root)
+            local = fetch(objects, path[len(STORE_PREFIX) :], root)
             config = dict(config, model_path=str(local), model_ref=path)
         out[backend] = dict(config)
     return out

@@ -37,8 +37,18 @@ def _wrap(exc: Exception, what: str) -> StoreError:
 class S3Store:
     """Objects under ``prefix`` in ``bucket``; the bucket is created if it does not exist."""
 
-    def __init__(self, endpoint: str, access_key: str, secret_key: str, bucket: str, prefix: str = "",
-                 *, secure: bool = True, region: str | None = None, create_bucket: bool = True):
+    def __init__(
+        self,
+        endpoint: str,
+        access_key: str,
+        secret_key: str,
+        bucket: str,
+        prefix: str = "",
+        *,
+        secure: bool = True,
+        region: str | None = None,
+        create_bucket: bool = True,
+    ):
         self.endpoint, self.bucket, self.secure = endpoint, bucket, secure
         self.prefix = check_name(prefix.strip("/")) + "/" if prefix.strip("/") else ""
         self._client = Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=secure, region=region)
@@ -72,7 +82,9 @@ class S3Store:
         self._do("put", name, lambda: self._client.fput_object(self.bucket, self._key(name), str(path)))
 
     def put_bytes(self, name: str, data: bytes, *, durable: bool = True) -> None:  # S3 writes are durable
-        self._do("put", name, lambda: self._client.put_object(self.bucket, self._key(name), io.BytesIO(data), len(data)))
+        self._do(
+            "put", name, lambda: self._client.put_object(self.bucket, self._key(name), io.BytesIO(data), len(data))
+        )
 
     def get_file(self, name: str, dest: Path) -> None:
         self._do("get", name, lambda: self._client.fget_object(self.bucket, self._key(name), str(dest)))
@@ -89,19 +101,27 @@ class S3Store:
         return self._do("get", name, read, missing=None)
 
     def exists(self, name: str) -> bool:
-        return self._do("stat", name, lambda: self._client.stat_object(self.bucket, self._key(name)) and True,
-                        missing=False)
+        return self._do(
+            "stat", name, lambda: self._client.stat_object(self.bucket, self._key(name)) and True, missing=False
+        )
 
     def list(self, prefix: str) -> Iterator[str]:
         full = self.prefix + (check_name(prefix.rstrip("/")) + "/" if prefix.strip("/") else "")
-        objects = self._do("list", prefix, lambda: list(self._client.list_objects(self.bucket, prefix=full, recursive=True)),
-                           missing=[])
+        objects = self._do(
+            "list",
+            prefix,
+            lambda: list(self._client.list_objects(self.bucket, prefix=full, recursive=True)),
+            missing=[],
+        )
         for obj in objects:
-            yield obj.object_name[len(self.prefix):]
+            yield obj.object_name[len(self.prefix) :]
 
     def copy(self, src: str, dst: str) -> None:
-        self._do("copy", f"{src} -> {dst}",
-                 lambda: self._client.copy_object(self.bucket, self._key(dst), CopySource(self.bucket, self._key(src))))
+        self._do(
+            "copy",
+            f"{src} -> {dst}",
+            lambda: self._client.copy_object(self.bucket, self._key(dst), CopySource(self.bucket, self._key(src))),
+        )
 
     def presigned_get(self, name: str) -> str:
         return self._client.presigned_get_object(self.bucket, self._key(name))

@@ -116,7 +116,11 @@ def chart(helm, tmp_path_factory):
 @pytest.fixture(scope="session")
 def placeholder_chart(helm, tmp_path_factory):
     """Render the chart with one placeholder dashboard and rule file (made here, never in dashboards/)."""
-    files = {"placeholder.json": PLACEHOLDER_DASHBOARD, "alerts.yaml": PLACEHOLDER_ALERTS, "README.md": "# not a dashboard\n"}
+    files = {
+        "placeholder.json": PLACEHOLDER_DASHBOARD,
+        "alerts.yaml": PLACEHOLDER_ALERTS,
+        "README.md": "# not a dashboard\n",
+    }
     return _renderer(helm, copy_chart(tmp_path_factory.mktemp("placeholder"), files))
 
 

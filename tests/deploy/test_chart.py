@@ -16,8 +16,18 @@ from tests.deploy.conftest import CHART, DASHBOARDS, NAMESPACE, RELEASE, merged,
 
 CI_VALUES = sorted(p.name for p in (CHART / "ci").glob("*-values.yaml"))
 # farm.settings fields the chart sets itself (store.*, controller.*, the Ray address) or never needs.
-CHART_OWNED = {"store", "s3_endpoint", "s3_access_key", "s3_secret_key", "s3_secure", "s3_region",
-               "ray_address", "metrics_port", "controller_resources", "num_cpus"}
+CHART_OWNED = {
+    "store",
+    "s3_endpoint",
+    "s3_access_key",
+    "s3_secret_key",
+    "s3_secure",
+    "s3_region",
+    "ray_address",
+    "metrics_port",
+    "controller_resources",
+    "num_cpus",
+}
 
 
 def containers(pod_spec: dict) -> list[dict]:
@@ -41,6 +51,7 @@ def shell_resources(value: str) -> dict:
 
 # -- lint and render -------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("values_name", [None, *CI_VALUES])
 def test_strict_lint_passes(helm, chart, values_name):
     """`helm lint --strict` finds no error or warning with the default values and each ci/ values file."""
@@ -53,8 +64,15 @@ def test_strict_lint_passes(helm, chart, values_name):
 def test_default_values_render_a_cpu_farm_with_minio_and_monitoring(chart):
     """Defaults: RayCluster, controller, its metrics Service, MinIO with a volume, monitors; no GPU group, no Secret."""
     r = chart()
-    assert {"RayCluster", "Deployment", "Service", "ConfigMap", "PersistentVolumeClaim",
-            "ServiceMonitor", "PodMonitor"} <= r.kinds()
+    assert {
+        "RayCluster",
+        "Deployment",
+        "Service",
+        "ConfigMap",
+        "PersistentVolumeClaim",
+        "ServiceMonitor",
+        "PodMonitor",
+    } <= r.kinds()
     assert "Secret" not in r.kinds()  # the default credentials come from an existing Secret
     groups = r.one("RayCluster")["spec"]["workerGroupSpecs"]
     assert [g["groupName"] for g in groups] == ["cpu"]
@@ -94,8 +112,10 @@ WRONG_VALUES = [
     ({"workers": {"replicas": 2}}, "additional properties 'workers'"),
     ({"ray": {"cpuWorkers": {"minReplicas": -1}}}, "/ray/cpuWorkers/minReplicas"),
     ({"ray": {"gpuGroups": [{"groupName": "h100", "maxReplicas": 4}]}}, "missing property 'accelerator'"),
-    ({"ray": {"gpuGroups": [{"groupName": "H100 nodes", "accelerator": "H100", "maxReplicas": 4}]}},
-     "/ray/gpuGroups/0/groupName"),
+    (
+        {"ray": {"gpuGroups": [{"groupName": "H100 nodes", "accelerator": "H100", "maxReplicas": 4}]}},
+        "/ray/gpuGroups/0/groupName",
+    ),
     ({"ray": {"auth": {"mode": "tokens"}}}, "/ray/auth/mode"),
     ({"settings": {"stage_resource": {"video": {"num_gpus": 1}}}}, "additional properties 'stage_resource'"),
     ({"settings": {"s3_secret_key": "hunter2hunter2"}}, "additional properties 's3_secret_key'"),
@@ -107,8 +127,10 @@ WRONG_VALUES = [
     ({"nightly": {"schedule": "every night at one"}}, "/nightly/schedule"),
     ({"nightly": {"kind": "Job"}}, "/nightly/kind"),
     ({"monitoring": {"podMonitor": {"interval": "30"}}}, "/monitoring/podMonitor/interval"),
-    ({"settings": {"backends": {"llm": {"kind": "openai-chat", "api_key": "sk-in-values"}}}},
-     "/settings/backends/llm/api_key"),
+    (
+        {"settings": {"backends": {"llm": {"kind": "openai-chat", "api_key": "sk-in-values"}}}},
+        "/settings/backends/llm/api_key",
+    ),
     ({"settings": {"backends": {"llm": {"model": "m"}}}}, "/settings/backends/llm"),
     ({"controller": {"metricsPort": 80}}, "/controller/metricsPort"),
     ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
@@ -125,9 +147,11 @@ def test_schema_refuses_wrong_values(helm, chart, values, where):
 
 CHECKS = [
     ({"ray": {"gpuGroups": [{"groupName": "cpu", "accelerator": "L4", "maxReplicas": 2}]}}, "is used twice"),
-    ({"settings": {"stage_resources": {"video": {"num_gpus": 1, "accelerator": "H100"}}}},
-     "asks for accelerator \"H100\" but no ray.gpuGroups entry declares it"),
-    ({"nightly": {"enabled": True}}, "nightly.files has no \"nightly.yaml\""),
+    (
+        {"settings": {"stage_resources": {"video": {"num_gpus": 1, "accelerator": "H100"}}}},
+        'asks for accelerator "H100" but no ray.gpuGroups entry declares it',
+    ),
+    ({"nightly": {"enabled": True}}, 'nightly.files has no "nightly.yaml"'),
 ]
 
 
@@ -155,7 +179,8 @@ def test_schema_settings_are_the_farms_settings():
     assert settable.isdisjoint(CHART_OWNED)
     assert settable | CHART_OWNED == farm, (
         f"farm settings unknown to the chart: {sorted(farm - settable - CHART_OWNED)}; "
-        f"chart settings unknown to the farm: {sorted((settable | CHART_OWNED) - farm)}")
+        f"chart settings unknown to the farm: {sorted((settable | CHART_OWNED) - farm)}"
+    )
 
 
 def test_rendered_settings_are_valid_farm_settings(chart, gpu_values):
@@ -172,6 +197,7 @@ def test_rendered_settings_are_valid_farm_settings(chart, gpu_values):
 
 
 # -- the controller, its /metrics and Ray --------------------------------------------------------------
+
 
 def test_controller_actor_lands_on_the_head_and_its_metrics_are_served_from_there(chart):
     """Head declares farm_controller and port farm-metrics; the Service and ServiceMonitor lead there."""
@@ -230,8 +256,11 @@ def test_ray_auth_mode_is_the_same_in_every_pod(chart, gpu_values, mode):
         for obj in r.all(kind):
             if obj["metadata"]["name"].endswith("-minio"):
                 continue
-            pod = obj["spec"]["template"]["spec"] if kind == "Deployment" else \
-                obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+            pod = (
+                obj["spec"]["template"]["spec"]
+                if kind == "Deployment"
+                else obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+            )
             envs += [env_of(c) for c in containers(pod)]
     assert len(envs) >= 8
     assert cluster["spec"]["authOptions"]["mode"] == mode
@@ -264,17 +293,25 @@ def test_webhook_secrets_reach_the_head_where_the_actor_signs(chart, gpu_values)
 
 # -- credentials ------------------------------------------------------------------------------------
 
+
 def _s3_env(obj: dict) -> list[dict]:
     pod = obj["spec"]["template"]["spec"]
-    return [e for c in containers(pod) for e in c.get("env", [])
-            if e["name"] in ("FARM_S3_ACCESS_KEY", "FARM_S3_SECRET_KEY", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD")]
+    return [
+        e
+        for c in containers(pod)
+        for e in c.get("env", [])
+        if e["name"] in ("FARM_S3_ACCESS_KEY", "FARM_S3_SECRET_KEY", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD")
+    ]
 
 
 @pytest.mark.parametrize("own_secret", [False, True], ids=["existing-secret", "chart-secret"])
 def test_credentials_come_only_from_a_secret(chart, own_secret):
     """S3 and MinIO credentials are secretKeyRefs, never values in a manifest or ConfigMap."""
-    values = {"store": {"s3": {"existingSecret": "", "accessKey": "farm", "secretKey": "a-long-secret-key"}}} \
-        if own_secret else None
+    values = (
+        {"store": {"s3": {"existingSecret": "", "accessKey": "farm", "secretKey": "a-long-secret-key"}}}
+        if own_secret
+        else None
+    )
     r = chart(values)
     secret_name = f"{RELEASE}-s3" if own_secret else "farm-s3"
     for name in (f"{RELEASE}-controller", f"{RELEASE}-minio"):
@@ -289,6 +326,7 @@ def test_credentials_come_only_from_a_secret(chart, own_secret):
 
 
 # -- dashboards and alert rules ---------------------------------------------------------------------
+
 
 def _dashboard_maps(r) -> dict[str, dict]:
     return {k: cm for cm in r.all("ConfigMap") for k in cm.get("data", {}) if k.endswith(".json")}
@@ -305,8 +343,11 @@ def _check_dashboards(r, files: dict[str, str]) -> None:
 
 def test_every_dashboard_file_gets_a_configmap_for_grafanas_sidecar(chart):
     """Each dashboards/*.json in the repository (there may be none yet) is one labelled ConfigMap."""
-    files = {p.name: p.read_text(encoding="utf-8") for p in sorted(DASHBOARDS.glob("*.json"))} \
-        if DASHBOARDS.is_dir() else {}
+    files = (
+        {p.name: p.read_text(encoding="utf-8") for p in sorted(DASHBOARDS.glob("*.json"))}
+        if DASHBOARDS.is_dir()
+        else {}
+    )
     _check_dashboards(chart(), files)
 
 
@@ -338,8 +379,9 @@ def test_prometheus_rule_carries_placeholder_groups_verbatim(placeholder_chart):
     rule = placeholder_chart().one("PrometheusRule")
     assert rule["spec"]["groups"] == yaml.safe_load(PLACEHOLDER_ALERTS)["groups"]
     assert "{{ $labels.instance }}" in rule["spec"]["groups"][0]["rules"][0]["annotations"]["summary"]
-    off = placeholder_chart({"monitoring": {"prometheusRule": {"enabled": False},
-                                            "grafanaDashboards": {"enabled": False}}})
+    off = placeholder_chart(
+        {"monitoring": {"prometheusRule": {"enabled": False}, "grafanaDashboards": {"enabled": False}}}
+    )
     assert off.all("PrometheusRule") == [] and _dashboard_maps(off) == {}
 
 
@@ -366,6 +408,7 @@ def test_controller_loop_is_valid_sh():
 
 
 # -- the nightly batch ------------------------------------------------------------------------------
+
 
 def test_nightly_cronjob_submits_the_batch_from_its_specs(chart, gpu_values):
     """kind CronJob: a pod runs `farm batch submit /specs/<batch>` with every spec file mounted at its path."""

@@ -27,8 +27,10 @@ def readme_services() -> dict[str, dict]:
     for line in table.splitlines()[2:]:
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         service = cells[0].strip("`")
-        rows[service] = {"ports": {int(p) for p in re.findall(r"\b(\d{4,5})\b", cells[2])},
-                         "volumes": set(re.findall(r"`([a-z-]+)`", cells[3]))}
+        rows[service] = {
+            "ports": {int(p) for p in re.findall(r"\b(\d{4,5})\b", cells[2])},
+            "volumes": set(re.findall(r"`([a-z-]+)`", cells[3])),
+        }
     return rows
 
 
@@ -44,8 +46,11 @@ def test_compose_names_the_services_ports_and_volumes_the_readme_promises(compos
     """Every service, published port and named volume in the README's table is in compose.yaml, and back."""
     promised = readme_services()
     services = compose["services"]
-    assert set(promised) == set(services) == {"ray-head", "ray-worker", "minio", "minio-init", "controller",
-                                              "prometheus", "grafana"}
+    assert (
+        set(promised)
+        == set(services)
+        == {"ray-head", "ray-worker", "minio", "minio-init", "controller", "prometheus", "grafana"}
+    )
     for name, row in promised.items():
         assert host_ports(services[name]) == row["ports"], name
         assert named_volumes(services[name]) == row["volumes"], name
@@ -102,8 +107,10 @@ def test_controller_service_is_pinned_to_the_head_and_scraped_there(compose):
         assert services[name]["environment"]["RAY_AUTH_MODE"] == "${RAY_AUTH_MODE:-token}", name
 
     prometheus = yaml.safe_load((DEPLOY / "prometheus.yml").read_text(encoding="utf-8"))
-    jobs = {job["job_name"]: [t for sc in job["static_configs"] for t in sc["targets"]]
-            for job in prometheus["scrape_configs"]}
+    jobs = {
+        job["job_name"]: [t for sc in job["static_configs"] for t in sc["targets"]]
+        for job in prometheus["scrape_configs"]
+    }
     assert jobs["farm-controller"] == ["ray-head:9108"]
     assert set(jobs["ray"]) == {"ray-head:8080", "ray-worker:8080"}
 
@@ -157,6 +164,7 @@ def test_promtool_accepts_the_prometheus_config(tmp_path):
     config = (DEPLOY / "prometheus.yml").read_text(encoding="utf-8")
     config = config.replace("/etc/prometheus/farm/", f"{ROOT / 'dashboards'}/")
     (tmp_path / "prometheus.yml").write_text(config, encoding="utf-8")
-    result = subprocess.run(["promtool", "check", "config", str(tmp_path / "prometheus.yml")],
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        ["promtool", "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -15,8 +15,11 @@ from tests.deploy.conftest import CRDS, merged
 
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest the validator knows.
 KUBE_VERSIONS = ("1.27", "latest")
-KUBERAY_KINDS = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml",
-                 "RayCronJob": "ray.io_raycronjobs.yaml"}
+KUBERAY_KINDS = {
+    "RayCluster": "ray.io_rayclusters.yaml",
+    "RayJob": "ray.io_rayjobs.yaml",
+    "RayCronJob": "ray.io_raycronjobs.yaml",
+}
 PROMETHEUS_OPERATOR_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 
 
@@ -31,9 +34,18 @@ def kubernetes_validate():
 @pytest.fixture(scope="module")
 def renders(chart, gpu_values):
     """The default render, the GPU-heavy one (RayCronJob), and a variant with a CronJob and a chart-made Secret."""
-    variant = merged(gpu_values, **{"nightly.kind": "CronJob", "minio.enabled": True, "store.s3.endpoint": "",
-                                    "store.s3.existingSecret": "", "store.s3.accessKey": "farm",
-                                    "store.s3.secretKey": "a-long-secret-key", "ray.auth.mode": "disabled"})
+    variant = merged(
+        gpu_values,
+        **{
+            "nightly.kind": "CronJob",
+            "minio.enabled": True,
+            "store.s3.endpoint": "",
+            "store.s3.existingSecret": "",
+            "store.s3.accessKey": "farm",
+            "store.s3.secretKey": "a-long-secret-key",
+            "ray.auth.mode": "disabled",
+        },
+    )
     return {"default": chart(), "gpu": chart(gpu_values), "cronjob": chart(variant)}
 
 
@@ -44,12 +56,16 @@ def _pod_templates(obj: dict) -> list[dict]:
     elif obj["kind"] == "RayCronJob":
         spec = obj["spec"]["jobTemplate"].get("rayClusterSpec")
         if spec is None:
-            return [obj["spec"]["jobTemplate"]["submitterPodTemplate"]] \
-                if "submitterPodTemplate" in obj["spec"]["jobTemplate"] else []
+            return (
+                [obj["spec"]["jobTemplate"]["submitterPodTemplate"]]
+                if "submitterPodTemplate" in obj["spec"]["jobTemplate"]
+                else []
+            )
     else:
         spec = obj["spec"].get("rayClusterSpec") or {}
-    return [spec["headGroupSpec"]["template"]] + [g["template"] for g in spec.get("workerGroupSpecs", [])] \
-        if spec else []
+    return (
+        [spec["headGroupSpec"]["template"]] + [g["template"] for g in spec.get("workerGroupSpecs", [])] if spec else []
+    )
 
 
 def test_core_objects_validate_against_kubernetes_schemas(renders):
@@ -60,9 +76,15 @@ def test_core_objects_validate_against_kubernetes_schemas(renders):
         for obj in rendered.objects:
             documents = [obj] if "." not in obj["apiVersion"].split("/")[0] else []
             if obj["kind"] in KUBERAY_KINDS:  # KubeRay embeds core PodTemplateSpecs: validate those strictly too
-                documents = [{"apiVersion": "v1", "kind": "PodTemplate",
-                              "metadata": {"name": f"{obj['metadata']['name']}-{i}"}, "template": t}
-                             for i, t in enumerate(_pod_templates(obj))]
+                documents = [
+                    {
+                        "apiVersion": "v1",
+                        "kind": "PodTemplate",
+                        "metadata": {"name": f"{obj['metadata']['name']}-{i}"},
+                        "template": t,
+                    }
+                    for i, t in enumerate(_pod_templates(obj))
+                ]
             elif obj["kind"] in PROMETHEUS_OPERATOR_KINDS:
                 continue  # CRDs of the Prometheus Operator: wiring is tested in test_chart.py
             for doc in documents:
@@ -72,11 +94,21 @@ def test_core_objects_validate_against_kubernetes_schemas(renders):
                         kv.validate(doc, version, strict=True)
                     except kv.ValidationError as exc:
                         path = ".".join(str(p) for p in exc.path)
-                        pytest.fail(f"{label}: {doc['kind']}/{doc['metadata']['name']} is invalid for Kubernetes "
-                                    f"{version} at {path}: {exc.message}")
+                        pytest.fail(
+                            f"{label}: {doc['kind']}/{doc['metadata']['name']} is invalid for Kubernetes "
+                            f"{version} at {path}: {exc.message}"
+                        )
                 checked.add(doc["kind"])
-    assert {"Deployment", "Service", "ConfigMap", "Secret", "PersistentVolumeClaim", "CronJob", "Pod",
-            "PodTemplate"} <= checked
+    assert {
+        "Deployment",
+        "Service",
+        "ConfigMap",
+        "Secret",
+        "PersistentVolumeClaim",
+        "CronJob",
+        "Pod",
+        "PodTemplate",
+    } <= checked
 
 
 @lru_cache(maxsize=None)
@@ -90,8 +122,11 @@ def _crd_schema(kind: str) -> dict:
 def _closed(schema: dict) -> dict:
     """Refuse unknown fields, as the API server's strict field validation (kubectl's default) does."""
     if isinstance(schema, dict):
-        if "properties" in schema and "additionalProperties" not in schema \
-                and not schema.get("x-kubernetes-preserve-unknown-fields"):
+        if (
+            "properties" in schema
+            and "additionalProperties" not in schema
+            and not schema.get("x-kubernetes-preserve-unknown-fields")
+        ):
             schema["additionalProperties"] = False
         for value in schema.values():
             if isinstance(value, dict):
@@ -118,7 +153,8 @@ def test_kuberay_objects_validate_against_kuberays_crds(renders):
             errors = sorted(validator.iter_errors(obj), key=lambda e: list(e.path))
             assert not errors, "\n".join(
                 f"{label}: {obj['kind']}/{obj['metadata']['name']} at {'.'.join(map(str, e.path))}: {e.message}"
-                for e in errors)
+                for e in errors
+            )
             checked.add(obj["kind"])
     assert checked == {"RayCluster", "RayCronJob"}
 
@@ -129,9 +165,22 @@ def test_crd_check_would_catch_a_misspelt_field():
         pytest.skip(f"KubeRay CRD schemas not found at {CRDS} (reference data next to this checkout)")
     import jsonschema
 
-    bad = {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name": "x"},
-           "spec": {"headGroupSpec": {"rayStartParams": {}, "template": {"spec": {"containers": []}}},
-                    "workerGroupSpecs": [{"groupName": "cpu", "minReplicas": 0, "maxReplicas": 1,
-                                          "maxReplica": 2, "template": {"spec": {"containers": []}}}]}}
+    bad = {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayCluster",
+        "metadata": {"name": "x"},
+        "spec": {
+            "headGroupSpec": {"rayStartParams": {}, "template": {"spec": {"containers": []}}},
+            "workerGroupSpecs": [
+                {
+                    "groupName": "cpu",
+                    "minReplicas": 0,
+                    "maxReplicas": 1,
+                    "maxReplica": 2,
+                    "template": {"spec": {"containers": []}},
+                }
+            ],
+        },
+    }
     errors = list(jsonschema.Draft7Validator(_crd_schema("RayCluster")).iter_errors(bad))
     assert any("maxReplica" in e.message for e in errors)

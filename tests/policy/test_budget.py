@@ -6,8 +6,20 @@ from farm.policy import BatchTerms, Budget, Spend, Task, budget_admits
 
 
 def clip(gpu_seconds=15.0, tokens=0, money=0.0):
-    return Task("k", "b", "s", "e", "video", "i2v", cpus=0, gpus=1, est_seconds=gpu_seconds,
-                est_tokens=tokens, est_gpu_seconds=gpu_seconds, est_money=money)
+    return Task(
+        "k",
+        "b",
+        "s",
+        "e",
+        "video",
+        "i2v",
+        cpus=0,
+        gpus=1,
+        est_seconds=gpu_seconds,
+        est_tokens=tokens,
+        est_gpu_seconds=gpu_seconds,
+        est_money=money,
+    )
 
 
 def terms(**caps):
@@ -21,7 +33,9 @@ def test_hold_names_the_cap():
 
 def test_admit_exactly_at_the_cap():
     assert budget_admits(terms(gpu_seconds=3600), Spend(gpu_seconds=3565), Spend(gpu_seconds=20), clip(15)) is None
-    assert budget_admits(terms(gpu_seconds=3600), Spend(gpu_seconds=3565.5), Spend(gpu_seconds=20), clip(15)) is not None
+    assert (
+        budget_admits(terms(gpu_seconds=3600), Spend(gpu_seconds=3565.5), Spend(gpu_seconds=20), clip(15)) is not None
+    )
 
 
 def test_tokens_and_money_caps():

@@ -10,7 +10,7 @@ def test_delays_bounded_by_exponential_ceiling_and_max():
     for attempt in range(1, 40):
         decision = policy.decide(f"key{attempt}", attempt, True, {"w1"})
         assert isinstance(decision, Retry)
-        assert 0.0 <= decision.not_before_delay_s <= min(300.0, 2.0 * 2.0 ** attempt)
+        assert 0.0 <= decision.not_before_delay_s <= min(300.0, 2.0 * 2.0**attempt)
         assert decision.not_before_delay_s <= min(300.0, 2.0 * 2.0 ** (attempt - 1))
     assert policy.ceiling(1) == 2.0 and policy.ceiling(3) == 8.0 and policy.ceiling(10_000) == 300.0
 

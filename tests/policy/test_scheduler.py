@@ -5,13 +5,23 @@ from __future__ import annotations
 import random
 from dataclasses import asdict
 
-from farm.policy import (BatchTerms, Budget, Capacity, ReadyQueue, RunState, Share, Spend, Task, select,
-                         sort_key)
+from farm.policy import BatchTerms, Budget, Capacity, ReadyQueue, RunState, Share, Spend, Task, select, sort_key
 
 
 def gpu(key, batch="b", studio="s", accelerator=None, gpus=1.0, backend="i2v", est=10.0, episode="e"):
-    return Task(key, batch, studio, episode, "video", backend, cpus=0.0, gpus=gpus, accelerator=accelerator,
-                est_seconds=est, est_gpu_seconds=est * gpus)
+    return Task(
+        key,
+        batch,
+        studio,
+        episode,
+        "video",
+        backend,
+        cpus=0.0,
+        gpus=gpus,
+        accelerator=accelerator,
+        est_seconds=est,
+        est_gpu_seconds=est * gpus,
+    )
 
 
 def cpu(key, batch="b", studio="s", cpus=1.0, backend="ffmpeg"):
@@ -31,8 +41,9 @@ def test_gpu_tasks_only_on_matching_accelerators():
 
 
 def test_cpu_must_fit():
-    out = select([cpu("big", cpus=4), cpu("small", cpus=1)], {"big": 2.0, "small": 1.0}, BATCHES,
-                 Capacity(2), RunState())
+    out = select(
+        [cpu("big", cpus=4), cpu("small", cpus=1)], {"big": 2.0, "small": 1.0}, BATCHES, Capacity(2), RunState()
+    )
     assert [t.key for t in out.dispatch] == ["small"]
 
 
@@ -55,8 +66,10 @@ def test_fair_share_splits_contended_gpus_by_weight():
 
 
 def test_held_batch_reported_and_others_go_on():
-    batches = {"poor": BatchTerms("poor", "s", budget=Budget(gpu_seconds=100), order=0),
-               "rich": BatchTerms("rich", "s", order=1)}
+    batches = {
+        "poor": BatchTerms("poor", "s", budget=Budget(gpu_seconds=100), order=0),
+        "rich": BatchTerms("rich", "s", order=1),
+    }
     tasks = [gpu("p1", "poor", est=30), gpu("r1", "rich", est=30)]
     state = RunState(spent_by_batch={"poor": Spend(gpu_seconds=60)}, committed_by_batch={"poor": Spend(gpu_seconds=20)})
     out = select(tasks, {"p1": 9.0, "r1": 1.0}, batches, Capacity(0, {None: 4}), state, None)
@@ -91,10 +104,17 @@ def test_priority_wins_when_scarce():
 
 def _scenario(seed):
     rng = random.Random(seed)
-    batches = {f"b{i}": BatchTerms(f"b{i}", f"s{i % 2}", priority=rng.randint(0, 2),
-                                   deadline=rng.choice([None, 500.0, 900.0]),
-                                   budget=rng.choice([Budget(), Budget(gpu_seconds=rng.uniform(50, 400))]), order=i)
-               for i in range(4)}
+    batches = {
+        f"b{i}": BatchTerms(
+            f"b{i}",
+            f"s{i % 2}",
+            priority=rng.randint(0, 2),
+            deadline=rng.choice([None, 500.0, 900.0]),
+            budget=rng.choice([Budget(), Budget(gpu_seconds=rng.uniform(50, 400))]),
+            order=i,
+        )
+        for i in range(4)
+    }
     tasks, ranks = [], {}
     for n in range(300):
         b = rng.choice(list(batches))
@@ -102,16 +122,26 @@ def _scenario(seed):
         kind = rng.random()
         key = f"t{n:03d}"
         if kind < 0.5:
-            t = gpu(key, b, studio, accelerator=rng.choice([None, "A100"]), gpus=rng.choice([0.5, 1.0]),
-                    backend=rng.choice(["i2v", "comfyui"]), est=rng.uniform(5, 100))
+            t = gpu(
+                key,
+                b,
+                studio,
+                accelerator=rng.choice([None, "A100"]),
+                gpus=rng.choice([0.5, 1.0]),
+                backend=rng.choice(["i2v", "comfyui"]),
+                est=rng.uniform(5, 100),
+            )
         elif kind < 0.8:
             t = cpu(key, b, studio, cpus=rng.choice([1.0, 2.0]))
         else:
             t = Task(key, b, studio, "e", "script", "llm-api", cpus=0.25, est_tokens=rng.randint(100, 9000))
         tasks.append(t)
         ranks[key] = rng.uniform(0, 300)
-    state = RunState(gpus_by_studio={"s0": 2.0}, running_by_backend={"llm-api": 1},
-                     spent_by_batch={b: Spend(gpu_seconds=rng.uniform(0, 200)) for b in batches})
+    state = RunState(
+        gpus_by_studio={"s0": 2.0},
+        running_by_backend={"llm-api": 1},
+        spent_by_batch={b: Spend(gpu_seconds=rng.uniform(0, 200)) for b in batches},
+    )
     return batches, tasks, ranks, state
 
 

@@ -25,8 +25,15 @@ def objects(request, tmp_path):
 
     server = request.getfixturevalue("s3_server")
     prefix = f"contract-{os.getpid()}-{next(_prefixes)}"
-    return S3Store(server.endpoint, server.access_key, server.secret_key, "farm-contract", prefix,
-                   secure=server.secure, region=server.region)
+    return S3Store(
+        server.endpoint,
+        server.access_key,
+        server.secret_key,
+        "farm-contract",
+        prefix,
+        secure=server.secure,
+        region=server.region,
+    )
 
 
 @pytest.fixture
@@ -42,8 +49,17 @@ def _file(tmp_path, name, data: bytes) -> Path:
 
 def _manifest(key: str, outputs: dict[str, Blob]) -> Manifest:
     now = time.time()
-    return Manifest(key=key, stage="video", op="clip", backend="b", version="1", label="clip x",
-                    outputs=outputs, started_at=now, finished_at=now + 1)
+    return Manifest(
+        key=key,
+        stage="video",
+        op="clip",
+        backend="b",
+        version="1",
+        label="clip x",
+        outputs=outputs,
+        started_at=now,
+        finished_at=now + 1,
+    )
 
 
 def test_bytes_roundtrip(objects):

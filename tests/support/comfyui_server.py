@@ -52,16 +52,31 @@ NODE_CLASSES: dict[str, tuple[tuple[str, ...], bool]] = {
     "CheckpointLoaderSimple": (("ckpt_name",), False),
     "CLIPTextEncode": (("text", "clip"), False),
     "EmptyLatentImage": (("width", "height", "batch_size"), False),
-    "KSampler": (("model", "seed", "steps", "cfg", "sampler_name", "scheduler", "positive", "negative",
-                  "latent_image", "denoise"), False),
+    "KSampler": (
+        (
+            "model",
+            "seed",
+            "steps",
+            "cfg",
+            "sampler_name",
+            "scheduler",
+            "positive",
+            "negative",
+            "latent_image",
+            "denoise",
+        ),
+        False,
+    ),
     "VAEDecode": (("samples", "vae"), False),
     "LoadImage": (("image",), False),
     "WanFirstLastFrameToVideo": (("positive", "negative", "vae", "width", "height", "length", "batch_size"), False),
     "SaveImage": (("images", "filename_prefix"), True),
     "PreviewImage": (("images",), True),
     "SaveAnimatedWEBP": (("images", "filename_prefix", "fps", "lossless", "quality", "method"), True),
-    "VHS_VideoCombine": (("images", "frame_rate", "loop_count", "filename_prefix", "format", "pingpong",
-                          "save_output"), True),
+    "VHS_VideoCombine": (
+        ("images", "frame_rate", "loop_count", "filename_prefix", "format", "pingpong", "save_output"),
+        True,
+    ),
 }
 
 
@@ -169,9 +184,10 @@ class ComfyUIServer:
             comfy = server
 
         self._httpd = _Quiet(("127.0.0.1", 0), Handler)
-        self._threads = [threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True,
-                                          name="comfyui-http"),
-                         threading.Thread(target=self._work, daemon=True, name="comfyui-worker")]
+        self._threads = [
+            threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True, name="comfyui-http"),
+            threading.Thread(target=self._work, daemon=True, name="comfyui-worker"),
+        ]
         for t in self._threads:
             t.start()
         return self
@@ -197,8 +213,15 @@ class ComfyUIServer:
 
     def submit(self, body: Any) -> tuple[int, dict[str, Any]]:
         if not isinstance(body, dict) or not isinstance(body.get("prompt"), dict):
-            return 400, {"error": {"type": "no_prompt", "message": "No prompt provided",
-                                   "details": "No prompt provided", "extra_info": {}}, "node_errors": {}}
+            return 400, {
+                "error": {
+                    "type": "no_prompt",
+                    "message": "No prompt provided",
+                    "details": "No prompt provided",
+                    "extra_info": {},
+                },
+                "node_errors": {},
+            }
         prompt = body["prompt"]
         error, node_errors, outputs = self._validate(prompt)
         if error is not None:
@@ -227,31 +250,59 @@ class ComfyUIServer:
             if NODE_CLASSES[node["class_type"]][1]:
                 outputs.append(nid)
         if not outputs:
-            return {"type": "prompt_no_outputs", "message": "Prompt has no outputs", "details": "",
-                    "extra_info": {}}, {}, []
+            return (
+                {"type": "prompt_no_outputs", "message": "Prompt has no outputs", "details": "", "extra_info": {}},
+                {},
+                [],
+            )
         node_errors: dict[str, Any] = {}
         for nid, node in prompt.items():
             inputs = node.get("inputs") or {}
             errors = []
             for name in NODE_CLASSES[node["class_type"]][0]:
                 if name not in inputs:
-                    errors.append({"type": "required_input_missing", "message": "Required input is missing",
-                                   "details": name, "extra_info": {"input_name": name}})
+                    errors.append(
+                        {
+                            "type": "required_input_missing",
+                            "message": "Required input is missing",
+                            "details": name,
+                            "extra_info": {"input_name": name},
+                        }
+                    )
             for name, value in inputs.items():
                 if _is_link(value) and value[0] not in prompt:
-                    errors.append({"type": "bad_linked_input", "message": "Linked node does not exist",
-                                   "details": f"{name}: node {value[0]}", "extra_info": {"input_name": name}})
+                    errors.append(
+                        {
+                            "type": "bad_linked_input",
+                            "message": "Linked node does not exist",
+                            "details": f"{name}: node {value[0]}",
+                            "extra_info": {"input_name": name},
+                        }
+                    )
             if node["class_type"] == "LoadImage" and isinstance(inputs.get("image"), str):
                 if not (self.dirs["input"] / inputs["image"]).is_file():
-                    errors.append({"type": "custom_validation_failed", "message": "Custom validation failed for node",
-                                   "details": f"image - Invalid image file: {inputs['image']}",
-                                   "extra_info": {"input_name": "image"}})
+                    errors.append(
+                        {
+                            "type": "custom_validation_failed",
+                            "message": "Custom validation failed for node",
+                            "details": f"image - Invalid image file: {inputs['image']}",
+                            "extra_info": {"input_name": "image"},
+                        }
+                    )
             if errors:
                 node_errors[nid] = {"errors": errors, "dependent_outputs": outputs, "class_type": node["class_type"]}
         if node_errors:
             details = "\n".join(f"{e['message']}: {e['details']}" for n in node_errors.values() for e in n["errors"])
-            return {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation",
-                    "details": details, "extra_info": {}}, node_errors, []
+            return (
+                {
+                    "type": "prompt_outputs_failed_validation",
+                    "message": "Prompt outputs failed validation",
+                    "details": details,
+                    "extra_info": {},
+                },
+                node_errors,
+                [],
+            )
         return None, {}, outputs
 
     def _work(self) -> None:
@@ -262,9 +313,10 @@ class ComfyUIServer:
                 if self._stop.is_set():
                     return
                 job = self.running = self.pending.popleft()
-            messages: list[list[Any]] = [["execution_start", {"prompt_id": job.prompt_id, "timestamp": _ms()}],
-                                         ["execution_cached", {"nodes": [], "prompt_id": job.prompt_id,
-                                                               "timestamp": _ms()}]]
+            messages: list[list[Any]] = [
+                ["execution_start", {"prompt_id": job.prompt_id, "timestamp": _ms()}],
+                ["execution_cached", {"nodes": [], "prompt_id": job.prompt_id, "timestamp": _ms()}],
+            ]
             until = time.monotonic() + self.delay_s
             while not self._stop.is_set() and (time.monotonic() < until or not self._gate.is_set()):
                 time.sleep(0.01)
@@ -274,15 +326,32 @@ class ComfyUIServer:
                 outputs, status = {}, self._error(job, messages, "?", "?", f"fake server crashed: {exc!r}", "Exception")
             with self.lock:
                 if job.generation == self.generation:
-                    self.history[job.prompt_id] = {"prompt": job.entry(), "outputs": outputs, "status": status,
-                                                   "meta": {}}
+                    self.history[job.prompt_id] = {
+                        "prompt": job.entry(),
+                        "outputs": outputs,
+                        "status": status,
+                        "meta": {},
+                    }
                     self.running = None
 
     def _error(self, job: Job, messages: list, nid: str, class_type: str, message: str, kind: str) -> dict[str, Any]:
-        messages.append(["execution_error", {
-            "prompt_id": job.prompt_id, "node_id": nid, "node_type": class_type, "executed": [],
-            "exception_message": message, "exception_type": kind, "traceback": ["  File \"nodes.py\"\n"],
-            "current_inputs": {}, "current_outputs": {}, "timestamp": _ms()}])
+        messages.append(
+            [
+                "execution_error",
+                {
+                    "prompt_id": job.prompt_id,
+                    "node_id": nid,
+                    "node_type": class_type,
+                    "executed": [],
+                    "exception_message": message,
+                    "exception_type": kind,
+                    "traceback": ['  File "nodes.py"\n'],
+                    "current_inputs": {},
+                    "current_outputs": {},
+                    "timestamp": _ms(),
+                },
+            ]
+        )
         return {"status_str": "error", "completed": False, "messages": messages}
 
     def _execute(self, job: Job, messages: list) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -318,8 +387,11 @@ class ComfyUIServer:
         count = max(1, first("length", default=1))
         seed = first("seed", "noise_seed", default=0)
         texts = [n["inputs"].get("text") for n in prompt.values() if n["class_type"] == "CLIPTextEncode"]
-        loaded = [self.dirs["input"] / n["inputs"]["image"] for n in prompt.values()
-                  if n["class_type"] == "LoadImage" and isinstance(n["inputs"].get("image"), str)]
+        loaded = [
+            self.dirs["input"] / n["inputs"]["image"]
+            for n in prompt.values()
+            if n["class_type"] == "LoadImage" and isinstance(n["inputs"].get("image"), str)
+        ]
         digest = hashlib.sha256(json.dumps([seed, texts], sort_keys=True).encode()).digest()
         background = tuple(40 + b % 120 for b in digest[:3])
         figure = tuple(255 - c for c in background)
@@ -357,8 +429,9 @@ class ComfyUIServer:
         fps = float(inputs.get("fps") or inputs.get("frame_rate") or 8)
         if class_type == "SaveAnimatedWEBP":
             name = self._name(inputs, ".webp")
-            frames[0].save(folder / name, save_all=True, append_images=frames[1:], duration=int(1000 / fps),
-                           lossless=True, loop=0)
+            frames[0].save(
+                folder / name, save_all=True, append_images=frames[1:], duration=int(1000 / fps), lossless=True, loop=0
+            )
             return {"images": [{"filename": name, "subfolder": "", "type": kind}], "animated": [True]}
         # VHS_VideoCombine
         fmt = str(inputs.get("format", "image/gif"))
@@ -367,9 +440,27 @@ class ComfyUIServer:
             with tempfile.TemporaryDirectory() as tmp:
                 for i, im in enumerate(frames):
                     im.save(Path(tmp) / f"{i:05d}.png")
-                subprocess.run([shutil.which("ffmpeg") or "ffmpeg", "-v", "error", "-y", "-framerate", f"{fps:g}",
-                                "-i", str(Path(tmp) / "%05d.png"), "-c:v", "libx264", "-pix_fmt", "yuv420p",
-                                "-preset", "ultrafast", str(folder / name)], check=True, capture_output=True)
+                subprocess.run(
+                    [
+                        shutil.which("ffmpeg") or "ffmpeg",
+                        "-v",
+                        "error",
+                        "-y",
+                        "-framerate",
+                        f"{fps:g}",
+                        "-i",
+                        str(Path(tmp) / "%05d.png"),
+                        "-c:v",
+                        "libx264",
+                        "-pix_fmt",
+                        "yuv420p",
+                        "-preset",
+                        "ultrafast",
+                        str(folder / name),
+                    ],
+                    check=True,
+                    capture_output=True,
+                )
         else:
             name = self._name(inputs, ".gif")
             frames[0].save(folder / name, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
@@ -431,7 +522,7 @@ class _Handler(BaseHTTPRequestHandler):
         path, query = begun
         comfy = self.comfy
         if path.startswith("/history/"):
-            prompt_id = urllib.parse.unquote(path[len("/history/"):])
+            prompt_id = urllib.parse.unquote(path[len("/history/") :])
             with comfy.lock:
                 comfy.first_poll.setdefault(prompt_id, time.monotonic())
                 entry = comfy.history.get(prompt_id)
@@ -451,13 +542,36 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._send(200, (folder / name).read_bytes(), "application/octet-stream")
         elif path == "/system_stats":
-            self._send(200, {"system": {"os": "posix", "python_version": "3", "embedded_python": False,
-                                        "comfyui_version": "0.3.test", "pytorch_version": "none", "argv": []},
-                             "devices": [{"name": "cuda:0 Fake GPU", "type": "cuda", "index": 0,
-                                          "vram_total": 24 * 2**30, "vram_free": 20 * 2**30}]})
+            self._send(
+                200,
+                {
+                    "system": {
+                        "os": "posix",
+                        "python_version": "3",
+                        "embedded_python": False,
+                        "comfyui_version": "0.3.test",
+                        "pytorch_version": "none",
+                        "argv": [],
+                    },
+                    "devices": [
+                        {
+                            "name": "cuda:0 Fake GPU",
+                            "type": "cuda",
+                            "index": 0,
+                            "vram_total": 24 * 2**30,
+                            "vram_free": 20 * 2**30,
+                        }
+                    ],
+                },
+            )
         elif path == "/object_info":
-            self._send(200, {c: {"name": c, "input": {"required": {i: [] for i in req}}, "output_node": out}
-                             for c, (req, out) in NODE_CLASSES.items()})
+            self._send(
+                200,
+                {
+                    c: {"name": c, "input": {"required": {i: [] for i in req}}, "output_node": out}
+                    for c, (req, out) in NODE_CLASSES.items()
+                },
+            )
         else:
             self._send(404, b"404: Not Found", "text/plain")
 

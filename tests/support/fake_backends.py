@@ -46,11 +46,16 @@ class Batching:
                 out.append(StageError("asked to fail"))
                 continue
             files = {}
-            for output in (("sheet", "figure") if op == "sheet" else ("keyframe",)):
+            for output in ("sheet", "figure") if op == "sheet" else ("keyframe",):
                 files[output] = Path(item.out_dir) / f"{output}.txt"
                 files[output].write_text(f"{op} {item.params.get('seed')} in a batch of {len(items)} pid {os.getpid()}")
-            out.append(StageResult(files=files, meta={"batch": len(items)},
-                                   usage=Usage(gpu_seconds=self.delay_s / len(items), model="fake")))
+            out.append(
+                StageResult(
+                    files=files,
+                    meta={"batch": len(items)},
+                    usage=Usage(gpu_seconds=self.delay_s / len(items), model="fake"),
+                )
+            )
         return out
 
 
@@ -84,7 +89,7 @@ class Resumable:
                 raise StageError("the job did not finish", retryable=True)
             time.sleep(0.05)
         files = {}
-        for output in (("sheet", "figure") if op == "sheet" else ("keyframe",)):
+        for output in ("sheet", "figure") if op == "sheet" else ("keyframe",):
             files[output] = Path(out_dir) / f"{output}.txt"
             files[output].write_text(f"{op} made by {state['job']}")
         return StageResult(files=files, usage=Usage(provider_job_id=state["job"]))
@@ -117,8 +122,11 @@ class Flaky:
             raise StageError("the voice server hiccuped", retryable=True)
         path = Path(out_dir) / "line.wav"
         path.write_bytes(b"RIFF....WAVE")
-        return StageResult(files={"audio": path}, meta={"samples": 9_600 + 480 * len(params["text"])},
-                           usage=Usage(cpu_seconds=0.01, model="flaky"))
+        return StageResult(
+            files={"audio": path},
+            meta={"samples": 9_600 + 480 * len(params["text"])},
+            usage=Usage(cpu_seconds=0.01, model="flaky"),
+        )
 
 
 class Scripted:
@@ -146,11 +154,22 @@ class Scripted:
         rogue = "rogue" in episode["title"].lower()
         scenes = []
         for bi, beat in enumerate(episode["outline"]):
-            shots = [{"id": f"s{bi}-{li}", "description": beat["beat"], "characters": [line["speaker"]],
-                      "lines": [{"speaker": self.rogue if rogue else line["speaker"], "text": line["text"]}]}
-                     for li, line in enumerate(beat["lines"])]
-            scenes.append({"id": f"s{bi}", "location": beat["location"], "shots": shots or [
-                {"id": f"s{bi}-0", "description": beat["beat"]}]})
+            shots = [
+                {
+                    "id": f"s{bi}-{li}",
+                    "description": beat["beat"],
+                    "characters": [line["speaker"]],
+                    "lines": [{"speaker": self.rogue if rogue else line["speaker"], "text": line["text"]}],
+                }
+                for li, line in enumerate(beat["lines"])
+            ]
+            scenes.append(
+                {
+                    "id": f"s{bi}",
+                    "location": beat["location"],
+                    "shots": shots or [{"id": f"s{bi}-0", "description": beat["beat"]}],
+                }
+            )
         path = Path(out_dir) / "script.json"
         path.write_text(json.dumps({"title": episode["title"], "language": series["language"], "scenes": scenes}))
         return StageResult(files={"script": path}, usage=Usage(tokens_in=60, tokens_out=40, model="scripted"))

@@ -132,29 +132,58 @@ class _Handler(BaseHTTPRequestHandler):
         if answer.raw is not None:
             return self._send(answer.status, answer.raw, answer.content_type, answer.headers)
         if answer.error is not None or answer.status >= 400:
-            return self._json(answer.status if answer.status >= 400 else 500,
-                              _error(answer.error or "planned failure", "server_error", None), answer.headers)
-        route = {("GET", "/v1/models"): self._models, ("POST", "/v1/chat/completions"): self._chat,
-                 ("POST", "/v1/audio/speech"): self._speech}.get((method, self.path))
+            return self._json(
+                answer.status if answer.status >= 400 else 500,
+                _error(answer.error or "planned failure", "server_error", None),
+                answer.headers,
+            )
+        route = {
+            ("GET", "/v1/models"): self._models,
+            ("POST", "/v1/chat/completions"): self._chat,
+            ("POST", "/v1/audio/speech"): self._speech,
+        }.get((method, self.path))
         if route is None:
             return self._json(404, _error(f"Unknown request URL: {method} {self.path}", "invalid_request_error", None))
         route(body or {}, answer)
 
     def _models(self, body: dict[str, Any], answer: Answer) -> None:
-        self._json(200, {"object": "list", "data": [
-            {"id": m, "object": "model", "created": 1700000000, "owned_by": "test"} for m in self.farm.models]})
+        self._json(
+            200,
+            {
+                "object": "list",
+                "data": [
+                    {"id": m, "object": "model", "created": 1700000000, "owned_by": "test"} for m in self.farm.models
+                ],
+            },
+        )
 
     def _chat(self, body: dict[str, Any], answer: Answer) -> None:
         if answer.content is None:
             return self._json(500, _error("test server: no chat answer was planned", "server_error", None))
         prompt, completion = answer.usage
-        self._json(200, {
-            "id": f"chatcmpl-{len(self.farm.requests)}", "object": "chat.completion", "created": int(time.time()),
-            "model": answer.model or body.get("model", ""),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.content},
-                         "logprobs": None, "finish_reason": answer.finish_reason}],
-            "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
-        }, answer.headers)
+        self._json(
+            200,
+            {
+                "id": f"chatcmpl-{len(self.farm.requests)}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": answer.model or body.get("model", ""),
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": answer.content},
+                        "logprobs": None,
+                        "finish_reason": answer.finish_reason,
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": prompt,
+                    "completion_tokens": completion,
+                    "total_tokens": prompt + completion,
+                },
+            },
+            answer.headers,
+        )
 
     def _speech(self, body: dict[str, Any], answer: Answer) -> None:
         if body.get("response_format") != "wav":
@@ -176,8 +205,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def openai_server(api_key: str = "sk-test-0123456789abcdef",
-                  models: tuple[str, ...] = ("test-chat", "test-tts")) -> Iterator[OpenAIServer]:
+def openai_server(
+    api_key: str = "sk-test-0123456789abcdef", models: tuple[str, ...] = ("test-chat", "test-tts")
+) -> Iterator[OpenAIServer]:
     """Serve on 127.0.0.1 (a free port) in a thread for the ``with`` block."""
     server = OpenAIServer(api_key, models)
     handler = type("Handler", (_Handler,), {"farm": server})

@@ -198,8 +198,7 @@ def start_s3_server(workdir: Path, *, timeout: float = 60.0) -> Iterator[S3Serve
                 procs.stop()
                 if attempt == _START_ATTEMPTS:
                     raise RuntimeError(
-                        "Swift could not bind its loopback ports "
-                        f"({_START_ATTEMPTS} attempts)\n" + procs.log_tails()
+                        f"Swift could not bind its loopback ports ({_START_ATTEMPTS} attempts)\n" + procs.log_tails()
                     ) from None
         yield server
 
@@ -216,15 +215,14 @@ def _minio_from_env() -> S3Server | None:
     missing = [name for name, value in values.items() if not value]
     if missing:
         raise RuntimeError(
-            f"incomplete MinIO configuration: {', '.join(missing)} not set "
-            f"(need all of {', '.join(names)})"
+            f"incomplete MinIO configuration: {', '.join(missing)} not set (need all of {', '.join(names)})"
         )
     endpoint = values[ENV_ENDPOINT]
     secure = _truthy(os.environ.get(ENV_SECURE, ""))
     # Tolerate a URL; minio.Minio wants host[:port] only.
     for scheme, is_secure in (("https://", True), ("http://", False)):
         if endpoint.lower().startswith(scheme):
-            endpoint = endpoint[len(scheme):]
+            endpoint = endpoint[len(scheme) :]
             if ENV_SECURE not in os.environ:
                 secure = is_secure
     endpoint = endpoint.rstrip("/")
@@ -283,10 +281,7 @@ def _swift_toolchain() -> _Toolchain | str:
         return f"{', '.join(missing)} not found; {INSTALL_HINT}"
     python = _script_interpreter(found["swift-proxy-server"])  # type: ignore[arg-type]
     if python is None:
-        return (
-            f"cannot tell which python runs {found['swift-proxy-server']}; "
-            f"{INSTALL_HINT}"
-        )
+        return f"cannot tell which python runs {found['swift-proxy-server']}; {INSTALL_HINT}"
     try:
         probe = subprocess.run(
             [
@@ -319,8 +314,7 @@ def _child_env() -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in {"PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONSAFEPATH"}
-        and not k.startswith("VIRTUAL_ENV")
+        if k not in {"PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONSAFEPATH"} and not k.startswith("VIRTUAL_ENV")
     }
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONDONTWRITEBYTECODE"] = "1"
@@ -365,9 +359,7 @@ def _devices_dir(workdir: Path, stack: contextlib.ExitStack) -> Path:
             continue
         fallback = Path(tempfile.mkdtemp(prefix="farm-swift-devices-", dir=base))
         stack.callback(shutil.rmtree, fallback, ignore_errors=True)
-        (workdir / "devices.txt").write_text(
-            f"{devices} has no user xattr support; devices live in {fallback}\n"
-        )
+        (workdir / "devices.txt").write_text(f"{devices} has no user xattr support; devices live in {fallback}\n")
         return fallback
     raise RuntimeError(
         f"{workdir} does not support user extended attributes, which Swift's "
@@ -421,10 +413,7 @@ class _Processes:
                 # bind_timeout): "Could not bind to 127.0.0.1:PORT"
                 if "Address already in use" in text or "Could not bind to" in text:
                     raise _PortTaken(name)
-                raise RuntimeError(
-                    f"{name} exited with status {proc.returncode} during "
-                    f"startup\n{self.log_tails()}"
-                )
+                raise RuntimeError(f"{name} exited with status {proc.returncode} during startup\n{self.log_tails()}")
 
     def stop(self) -> None:
         """SIGTERM everything (newest first), wait, SIGKILL stragglers."""
@@ -584,8 +573,19 @@ def _start_swift(
         env["FARM_S3_PARENT_PID"] = str(os.getpid())
 
     mc_argv = [
-        tools.memcached, "-l", "127.0.0.1", "-p", str(ports["memcached"]),
-        "-U", "0", "-m", "64", "-t", "1", "-c", "1024",
+        tools.memcached,
+        "-l",
+        "127.0.0.1",
+        "-p",
+        str(ports["memcached"]),
+        "-U",
+        "0",
+        "-m",
+        "64",
+        "-t",
+        "1",
+        "-c",
+        "1024",
     ]
     if os.geteuid() == 0:
         mc_argv += ["-u", user]  # memcached refuses to run as root otherwise
@@ -596,8 +596,7 @@ def _start_swift(
         procs.start(kind, _server_argv(tools, launcher, etc, kind), env)
     try:
         rings = subprocess.run(
-            [tools.python, str(launcher), "rings", str(etc),
-             *(f"{kind}={ports[kind]}" for kind in _BACKENDS)],
+            [tools.python, str(launcher), "rings", str(etc), *(f"{kind}={ports[kind]}" for kind in _BACKENDS)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -612,18 +611,12 @@ def _start_swift(
         ) from None
     procs.log_path("rings").write_bytes(rings.stdout)
     if rings.returncode != 0:
-        raise RuntimeError(
-            "building the Swift rings failed:\n"
-            + rings.stdout.decode("utf-8", "replace")
-        )
+        raise RuntimeError("building the Swift rings failed:\n" + rings.stdout.decode("utf-8", "replace"))
     procs.start("proxy", _server_argv(tools, launcher, etc, "proxy"), env)
 
     pending = {
         "memcached": lambda: _memcached_ready(ports["memcached"]),
-        **{
-            kind: functools.partial(_healthcheck_ok, ports[kind])
-            for kind in (*_BACKENDS, "proxy")
-        },
+        **{kind: functools.partial(_healthcheck_ok, ports[kind]) for kind in (*_BACKENDS, "proxy")},
     }
     while pending:
         procs.check_alive()
@@ -634,8 +627,7 @@ def _start_swift(
             break
         if time.monotonic() > deadline:
             raise RuntimeError(
-                f"Swift not ready after {timeout:.0f}s (waiting for "
-                f"{', '.join(sorted(pending))})\n{procs.log_tails()}"
+                f"Swift not ready after {timeout:.0f}s (waiting for {', '.join(sorted(pending))})\n{procs.log_tails()}"
             )
         time.sleep(0.1)
 
@@ -657,8 +649,12 @@ def _start_swift(
 
 def _server_argv(tools: _Toolchain, launcher: Path, etc: Path, kind: str) -> list[str]:
     return [
-        tools.python, str(launcher), "server", str(etc),
-        f"{kind}-server", str(etc / f"{kind}-server.conf"),
+        tools.python,
+        str(launcher),
+        "server",
+        str(etc),
+        f"{kind}-server",
+        str(etc / f"{kind}-server.conf"),
     ]
 
 
@@ -698,8 +694,7 @@ def _write_swift_configs(etc: Path, devices: Path, ports: dict[str, int], user: 
 
     for kind in _BACKENDS:
         (etc / f"{kind}-server.conf").write_text(
-            default_section(f"{kind}-server", ports[kind])
-            + "\n[pipeline:main]\n"
+            default_section(f"{kind}-server", ports[kind]) + "\n[pipeline:main]\n"
             f"pipeline = healthcheck {kind}-server\n"
             f"\n[app:{kind}-server]\n"
             f"use = egg:swift#{kind}\n"
@@ -721,10 +716,7 @@ def _write_swift_configs(etc: Path, devices: Path, ports: dict[str, int], user: 
             "min_segment_size = 5242880\n"
             "s3_acl = false\n"
         ),
-        "tempauth": (
-            f"user_{SWIFT_ACCESS_KEY.replace(':', '_')} = "
-            f"{SWIFT_SECRET_KEY} .admin\n"
-        ),
+        "tempauth": (f"user_{SWIFT_ACCESS_KEY.replace(':', '_')} = {SWIFT_SECRET_KEY} .admin\n"),
         "bulk": "",
         "copy": "",
         "slo": "",
@@ -740,11 +732,7 @@ def _write_swift_configs(etc: Path, devices: Path, ports: dict[str, int], user: 
     )
     text = default_section("proxy-server", ports["proxy"])
     text += f"\n[pipeline:main]\npipeline = {pipeline}\n"
-    text += (
-        "\n[app:proxy-server]\n"
-        "use = egg:swift#proxy\n"
-        "account_autocreate = true\n"
-    )
+    text += "\n[app:proxy-server]\nuse = egg:swift#proxy\naccount_autocreate = true\n"
     for name, options in filters.items():
         text += f"\n[filter:{name}]\nuse = egg:swift#{eggs.get(name, name)}\n{options}"
     (etc / "proxy-server.conf").write_text(text)
@@ -775,11 +763,7 @@ def _wait_s3_ready(server: S3Server, procs: _Processes, deadline: float, timeout
     """An authenticated S3 request must work (tempauth + memcache + account)."""
     import urllib3
 
-    client = server.client(
-        http_client=urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=2, read=10), retries=False
-        )
-    )
+    client = server.client(http_client=urllib3.PoolManager(timeout=urllib3.Timeout(connect=2, read=10), retries=False))
     from minio.error import S3Error
 
     last_error: Exception | None = None
@@ -794,15 +778,13 @@ def _wait_s3_ready(server: S3Server, procs: _Processes, deadline: float, timeout
             # waiting will not fix.
             if exc.response is not None and exc.response.status < 500:
                 raise RuntimeError(
-                    f"Swift's S3 API rejected {server.access_key!r}: {exc!r}\n"
-                    f"{procs.log_tails()}"
+                    f"Swift's S3 API rejected {server.access_key!r}: {exc!r}\n{procs.log_tails()}"
                 ) from exc
             last_error = exc
         except Exception as exc:  # noqa: BLE001 - reported below
             last_error = exc
         if time.monotonic() > deadline:
             raise RuntimeError(
-                f"Swift's S3 API did not answer within {timeout:.0f}s: "
-                f"{last_error!r}\n{procs.log_tails()}"
+                f"Swift's S3 API did not answer within {timeout:.0f}s: {last_error!r}\n{procs.log_tails()}"
             )
         time.sleep(0.2)

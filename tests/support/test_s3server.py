@@ -109,7 +109,10 @@ def test_put_get_roundtrip(s3: Minio, bucket: str) -> None:
 def test_stat_object_size_and_etag(s3: Minio, bucket: str) -> None:
     data = _payload(12_345, seed=1)
     result = s3.put_object(
-        bucket, "stat.bin", io.BytesIO(data), len(data),
+        bucket,
+        "stat.bin",
+        io.BytesIO(data),
+        len(data),
         content_type="application/octet-stream",
     )
     stat = s3.stat_object(bucket, "stat.bin")
@@ -147,9 +150,7 @@ def test_multipart_upload_roundtrip(s3: Minio, bucket: str, known_length: bool) 
     stat = s3.stat_object(bucket, "big.bin")
     assert stat.size == len(data)
     # An S3 multipart ETag is "<md5 of the part md5s>-<number of parts>".
-    part_md5s = b"".join(
-        hashlib.md5(data[i : i + PART_SIZE]).digest() for i in range(0, len(data), PART_SIZE)
-    )
+    part_md5s = b"".join(hashlib.md5(data[i : i + PART_SIZE]).digest() for i in range(0, len(data), PART_SIZE))
     assert stat.etag == f"{hashlib.md5(part_md5s).hexdigest()}-3"
     assert _get(s3, bucket, "big.bin") == data
 

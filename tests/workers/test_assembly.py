@@ -30,17 +30,24 @@ TITLE = '第一集: "Midnight" {\\an8} 100% C:\\tea\\n 🍵'
 # (id, camera, [(speaker, voice, text)]): every kind of hostile subtitle text, and a silent shot.
 SHOTS = [
     ("s01-01", "push_in", [("Ana", ANA, 'He said "no": 100% {\\an8} C:\\path\\n')]),
-    ("s01-02", "pan_left", [("Bo", BO, "<b>tags</b> --> 😀 مرحبا שלום"),
-                            ("Ana", ANA, "first line\n\n\nsecond line  ")]),
+    (
+        "s01-02",
+        "pan_left",
+        [("Bo", BO, "<b>tags</b> --> 😀 مرحبا שלום"), ("Ana", ANA, "first line\n\n\nsecond line  ")],
+    ),
     ("s01-03", "static", []),
-    ("s02-01", "pull_out", [("李", LI, "你好，今天天气很好。"),
-                            ("Bo", BO, "{\\b1}bold{\\b0} \\N 50%: {braces} 'quote' <i>x</i>")]),
+    (
+        "s02-01",
+        "pull_out",
+        [("李", LI, "你好，今天天气很好。"), ("Bo", BO, "{\\b1}bold{\\b0} \\N 50%: {braces} 'quote' <i>x</i>")],
+    ),
 ]
 
 
 def ffprobe(path: Path, *args: str) -> dict:
-    out = subprocess.run(["ffprobe", "-v", "error", *args, "-of", "json", str(path)],
-                         capture_output=True, check=True).stdout
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", *args, "-of", "json", str(path)], capture_output=True, check=True
+    ).stdout
     return json.loads(out)
 
 
@@ -62,29 +69,70 @@ def make_shot(root: Path, n: int, camera: str, lines: list) -> dict:
         lengths.append(result.meta["samples"])
         cursor += result.meta["samples"] + GAP
     frames = max(12, -(-(cursor + LEAD) // SPF))
-    clip = VIDEO.run("clip", {"keyframe": kf}, {"width": W, "height": H, "fps": FPS, "frames": frames,
-                                                "camera": camera}, root / f"clip{n}").files["clip"]
-    params = {"fps": FPS, "frames": frames, "sample_rate": SR, "total_samples": frames * SPF,
-              "lines": [{"input": f"line{i}", "offset_samples": o} for i, o in enumerate(offsets)]}
+    clip = VIDEO.run(
+        "clip",
+        {"keyframe": kf},
+        {"width": W, "height": H, "fps": FPS, "frames": frames, "camera": camera},
+        root / f"clip{n}",
+    ).files["clip"]
+    params = {
+        "fps": FPS,
+        "frames": frames,
+        "sample_rate": SR,
+        "total_samples": frames * SPF,
+        "lines": [{"input": f"line{i}", "offset_samples": o} for i, o in enumerate(offsets)],
+    }
     inputs = {"clip": clip} | {f"line{i}": w for i, w in enumerate(wavs)}
     mux = BACKEND.run("mux", inputs, params, root / f"mux{n}")
-    return {"frames": frames, "offsets": offsets, "lengths": lengths, "wavs": wavs, "keyframe": kf,
-            "mux": mux, "mux_params": params, "mux_inputs": inputs}
+    return {
+        "frames": frames,
+        "offsets": offsets,
+        "lengths": lengths,
+        "wavs": wavs,
+        "keyframe": kf,
+        "mux": mux,
+        "mux_params": params,
+        "mux_inputs": inputs,
+    }
 
 
 def episode_params(made: list[dict], shots=SHOTS, title=TITLE, language="en") -> tuple[dict, dict]:
     inputs, plan_shots, cues, start = {}, [], [], 0
     for n, ((shot_id, camera, lines), m) in enumerate(zip(shots, made)):
         inputs[f"shot{n}"], inputs[f"keyframe{n}"] = m["mux"].files["shot"], m["keyframe"]
-        plan_shots.append({"input": f"shot{n}", "keyframe": f"keyframe{n}", "id": shot_id, "frames": m["frames"],
-                           "camera": camera, "description": f"shot {shot_id}",
-                           "lines": [{"speaker": s, "text": t} for s, _, t in lines]})
+        plan_shots.append(
+            {
+                "input": f"shot{n}",
+                "keyframe": f"keyframe{n}",
+                "id": shot_id,
+                "frames": m["frames"],
+                "camera": camera,
+                "description": f"shot {shot_id}",
+                "lines": [{"speaker": s, "text": t} for s, _, t in lines],
+            }
+        )
         for (speaker, _, text), offset, length in zip(lines, m["offsets"], m["lengths"]):
-            cues.append({"start": (start + offset) / SR, "end": (start + offset + length) / SR,
-                         "speaker": speaker, "text": text})
+            cues.append(
+                {
+                    "start": (start + offset) / SR,
+                    "end": (start + offset + length) / SR,
+                    "speaker": speaker,
+                    "text": text,
+                }
+            )
         start += m["frames"] * SPF
-    params = {"title": title, "language": language, "width": W, "height": H, "fps": FPS, "sample_rate": SR,
-              "loudness_lufs": -14.0, "true_peak_db": -1.5, "shots": plan_shots, "cues": cues}
+    params = {
+        "title": title,
+        "language": language,
+        "width": W,
+        "height": H,
+        "fps": FPS,
+        "sample_rate": SR,
+        "loudness_lufs": -14.0,
+        "true_peak_db": -1.5,
+        "shots": plan_shots,
+        "cues": cues,
+    }
     return params, inputs
 
 
@@ -102,8 +150,9 @@ def episode(made, tmp_path_factory):
 
 
 def pcm(path: Path, stream: str = "0:a:0") -> bytes:
-    return subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-map", stream, "-f", "s16le", "-"],
-                          capture_output=True, check=True).stdout
+    return subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(path), "-map", stream, "-f", "s16le", "-"], capture_output=True, check=True
+    ).stdout
 
 
 def wav_pcm(path: Path) -> bytes:
@@ -113,6 +162,7 @@ def wav_pcm(path: Path) -> bytes:
 
 def parse_srt(text: str) -> list[tuple[int, int, str]]:
     """A strict SRT reader: number, timing line, text lines up to a blank line."""
+
     def ms(stamp: str) -> int:
         h, m, s, f = map(int, re.fullmatch(r"(\d\d):(\d\d):(\d\d),(\d\d\d)", stamp).groups())
         return ((h * 60 + m) * 60 + s) * 1000 + f
@@ -137,8 +187,9 @@ def parse_srt_loosely(text: str) -> list[tuple[int, int, str]]:
             if cues:
                 cues[-1][2].pop()  # the number line of this cue
             v = list(map(int, found.groups()))
-            cues.append([((v[0] * 60 + v[1]) * 60 + v[2]) * 1000 + v[3],
-                         ((v[4] * 60 + v[5]) * 60 + v[6]) * 1000 + v[7], []])
+            cues.append(
+                [((v[0] * 60 + v[1]) * 60 + v[2]) * 1000 + v[3], ((v[4] * 60 + v[5]) * 60 + v[6]) * 1000 + v[7], []]
+            )
         elif cues:
             cues[-1][2].append(line)
     return [(start, end, "\n".join(body).strip("\n")) for start, end, body in cues]
@@ -153,8 +204,9 @@ def mov_text_samples(path: Path) -> list[tuple[int, int, str]]:
     packets = ffprobe(path, "-select_streams", "s:0", "-show_packets", "-show_data")["packets"]
     samples = []
     for p in packets:
-        raw = bytes.fromhex("".join(line.split(":", 1)[1][:40].replace(" ", "")
-                                    for line in p["data"].strip().splitlines()))
+        raw = bytes.fromhex(
+            "".join(line.split(":", 1)[1][:40].replace(" ", "") for line in p["data"].strip().splitlines())
+        )
         text = raw[2 : 2 + int.from_bytes(raw[:2], "big")].decode("utf-8")
         if text:
             start = round(float(p["pts_time"]) * 1000)
@@ -253,9 +305,26 @@ def test_episode_video_is_the_shots_copied_in_order(episode, made):
 
     def packets(path: Path) -> list[str]:
         # framemd5 of each packet with parameter-set NAL units (types 7, 8) removed: size and hash.
-        out = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-map", "0:v:0", "-c", "copy",
-                              "-bsf:v", "filter_units=remove_types=7|8", "-f", "framemd5", "-"],
-                             capture_output=True, check=True).stdout.decode()
+        out = subprocess.run(
+            [
+                "ffmpeg",
+                "-v",
+                "error",
+                "-i",
+                str(path),
+                "-map",
+                "0:v:0",
+                "-c",
+                "copy",
+                "-bsf:v",
+                "filter_units=remove_types=7|8",
+                "-f",
+                "framemd5",
+                "-",
+            ],
+            capture_output=True,
+            check=True,
+        ).stdout.decode()
         return [line.split(",", 4)[4].strip() for line in out.splitlines() if not line.startswith("#")]
 
     assert packets(result.files["video"]) == [h for m in made for h in packets(m["mux"].files["shot"])]
@@ -265,8 +334,11 @@ def test_episode_video_is_the_shots_copied_in_order(episode, made):
 def test_episode_loudness_is_within_1_lu_of_the_target(episode):
     """ffmpeg's ebur128 meter reads the episode's integrated loudness within 1 LU of -14 LUFS."""
     result, _ = episode
-    log = subprocess.run(["ffmpeg", "-nostats", "-i", str(result.files["video"]), "-map", "0:a:0",
-                          "-af", "ebur128", "-f", "null", "-"], capture_output=True, check=True).stderr.decode()
+    log = subprocess.run(
+        ["ffmpeg", "-nostats", "-i", str(result.files["video"]), "-map", "0:a:0", "-af", "ebur128", "-f", "null", "-"],
+        capture_output=True,
+        check=True,
+    ).stderr.decode()
     integrated = float(re.findall(r"I:\s+(-?[\d.]+) LUFS", log)[-1])
     assert integrated == pytest.approx(-14.0, abs=1.0)
     assert result.meta["loudness_lufs"] == pytest.approx(integrated, abs=0.2)
@@ -295,8 +367,11 @@ def test_mov_text_extracted_as_srt_has_every_cue(episode):
     """ffmpeg's own extraction to SRT gives every cue, with identical text wherever the text has no
     ASS-like sequence ({\\...}, \\n, \\N) for ffmpeg's mov_text decoder to reinterpret."""
     result, params = episode
-    out = subprocess.run(["ffmpeg", "-v", "error", "-i", str(result.files["video"]), "-map", "0:s:0", "-f", "srt", "-"],
-                         capture_output=True, check=True).stdout.decode("utf-8")
+    out = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(result.files["video"]), "-map", "0:s:0", "-f", "srt", "-"],
+        capture_output=True,
+        check=True,
+    ).stdout.decode("utf-8")
     extracted, expected = parse_srt_loosely(out), expected_cues(params)
     assert len(extracted) == len(expected)
     plain = [(got, want) for got, want in zip(extracted, expected) if not re.search(r"\{\\|\\[nN]", want[2])]
@@ -400,11 +475,15 @@ def test_concat_list_quotes_paths(tmp_path):
     """A path with a quote is single-quoted with the quote escaped as '\\'' and its duration stated."""
     path = tmp_path / "it's.mov"
     assert concat_list([(path, 2.5)]).splitlines()[1:] == [
-        "file '" + str(path.resolve()).replace("'", "'\\''") + "'", "duration 2.500000"]
+        "file '" + str(path.resolve()).replace("'", "'\\''") + "'",
+        "duration 2.500000",
+    ]
 
 
-@pytest.mark.parametrize("tag, code", [("en", "eng"), ("en-US", "eng"), ("zh", "zho"), ("zh_CN", "zho"),
-                                       ("fra", "fra"), ("", "und"), ("x; rm", "und")])
+@pytest.mark.parametrize(
+    "tag, code",
+    [("en", "eng"), ("en-US", "eng"), ("zh", "zho"), ("zh_CN", "zho"), ("fra", "fra"), ("", "und"), ("x; rm", "und")],
+)
 def test_language_codes_are_iso_639_2(tag, code):
     """Language tags map to the ISO 639-2/T codes MP4 stores; unknown ones to "und"."""
     assert language_code(tag) == code

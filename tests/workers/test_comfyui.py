@@ -64,15 +64,28 @@ class FileJobRecord:
 
 # -- workflow templates (API format, as ComfyUI's "Export (API)" writes them) ---------------------
 
+
 def image_workflow(width: int = 512, height: int = 512, figure: bool = False) -> dict[str, Any]:
     wf = {
         "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sdxl.safetensors"}},
         "5": {"class_type": "EmptyLatentImage", "inputs": {"width": width, "height": height, "batch_size": 1}},
         "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a placeholder", "clip": ["4", 1]}},
         "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry, text", "clip": ["4", 1]}},
-        "3": {"class_type": "KSampler", "inputs": {
-            "model": ["4", 0], "seed": 1, "steps": 20, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal",
-            "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["5", 0], "denoise": 1.0}},
+        "3": {
+            "class_type": "KSampler",
+            "inputs": {
+                "model": ["4", 0],
+                "seed": 1,
+                "steps": 20,
+                "cfg": 7.0,
+                "sampler_name": "euler",
+                "scheduler": "normal",
+                "positive": ["6", 0],
+                "negative": ["7", 0],
+                "latent_image": ["5", 0],
+                "denoise": 1.0,
+            },
+        },
         "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
         "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "farm"}},
     }
@@ -84,23 +97,54 @@ def image_workflow(width: int = 512, height: int = 512, figure: bool = False) ->
 def clip_workflow(save: str = "SaveAnimatedWEBP", length: int = 81) -> dict[str, Any]:
     wf = image_workflow()
     del wf["5"], wf["9"]
-    wf.update({
-        "10": {"class_type": "LoadImage", "inputs": {"image": "start.png"}},
-        "11": {"class_type": "LoadImage", "inputs": {"image": "end.png"}},
-        "12": {"class_type": "WanFirstLastFrameToVideo", "inputs": {
-            "positive": ["6", 0], "negative": ["7", 0], "vae": ["4", 2], "width": 832, "height": 480,
-            "length": length, "batch_size": 1, "start_image": ["10", 0], "end_image": ["11", 0]}},
-    })
+    wf.update(
+        {
+            "10": {"class_type": "LoadImage", "inputs": {"image": "start.png"}},
+            "11": {"class_type": "LoadImage", "inputs": {"image": "end.png"}},
+            "12": {
+                "class_type": "WanFirstLastFrameToVideo",
+                "inputs": {
+                    "positive": ["6", 0],
+                    "negative": ["7", 0],
+                    "vae": ["4", 2],
+                    "width": 832,
+                    "height": 480,
+                    "length": length,
+                    "batch_size": 1,
+                    "start_image": ["10", 0],
+                    "end_image": ["11", 0],
+                },
+            },
+        }
+    )
     wf["3"]["inputs"].update(positive=["12", 0], negative=["12", 1], latent_image=["12", 2])
     if save == "SaveAnimatedWEBP":
-        wf["9"] = {"class_type": save, "inputs": {"images": ["8", 0], "filename_prefix": "clip", "fps": 16.0,
-                                                  "lossless": False, "quality": 90, "method": "default"}}
+        wf["9"] = {
+            "class_type": save,
+            "inputs": {
+                "images": ["8", 0],
+                "filename_prefix": "clip",
+                "fps": 16.0,
+                "lossless": False,
+                "quality": 90,
+                "method": "default",
+            },
+        }
     elif save == "SaveImage":
         wf["9"] = {"class_type": save, "inputs": {"images": ["8", 0], "filename_prefix": "frame"}}
     else:
-        wf["9"] = {"class_type": "VHS_VideoCombine", "inputs": {
-            "images": ["8", 0], "frame_rate": 16, "loop_count": 0, "filename_prefix": "clip",
-            "format": "video/h264-mp4", "pingpong": False, "save_output": True}}
+        wf["9"] = {
+            "class_type": "VHS_VideoCombine",
+            "inputs": {
+                "images": ["8", 0],
+                "frame_rate": 16,
+                "loop_count": 0,
+                "filename_prefix": "clip",
+                "format": "video/h264-mp4",
+                "pingpong": False,
+                "save_output": True,
+            },
+        }
     return wf
 
 
@@ -116,32 +160,66 @@ IMAGE_INPUTS = {"prompt": ["6", "text"], "seed": ["3", "seed"], "width": ["5", "
 
 def image_config(server: ComfyUIServer, folder: Path, **changes: Any) -> dict[str, Any]:
     config = {
-        "kind": "comfyui", "stage": "image", "base_url": server.base_url, "poll_interval_s": 0.02,
-        "workflows": {"sheet": write(folder, "sheet.json", image_workflow(768, 512)),
-                      "keyframe": write(folder, "keyframe.json", image_workflow(figure=True))},
-        "inputs": {"sheet": {"prompt": ["6", "text"], "seed": ["3", "seed"]},
-                   "keyframe": {**IMAGE_INPUTS, "figure1": ["10", "image"]}},
+        "kind": "comfyui",
+        "stage": "image",
+        "base_url": server.base_url,
+        "poll_interval_s": 0.02,
+        "workflows": {
+            "sheet": write(folder, "sheet.json", image_workflow(768, 512)),
+            "keyframe": write(folder, "keyframe.json", image_workflow(figure=True)),
+        },
+        "inputs": {
+            "sheet": {"prompt": ["6", "text"], "seed": ["3", "seed"]},
+            "keyframe": {**IMAGE_INPUTS, "figure1": ["10", "image"]},
+        },
         "outputs": {"sheet": {"sheet": "9"}, "keyframe": {"keyframe": "9"}},
     }
     config.update(changes)
     return config
 
 
-def clip_config(server: ComfyUIServer, folder: Path, save: str = "SaveAnimatedWEBP", frames_mapped: bool = True,
-                length: int = 81) -> dict[str, Any]:
-    inputs = {"prompt": ["6", "text"], "seed": ["3", "seed"], "width": ["12", "width"], "height": ["12", "height"],
-              "image": ["10", "image"], "last_image": ["11", "image"]}
+def clip_config(
+    server: ComfyUIServer, folder: Path, save: str = "SaveAnimatedWEBP", frames_mapped: bool = True, length: int = 81
+) -> dict[str, Any]:
+    inputs = {
+        "prompt": ["6", "text"],
+        "seed": ["3", "seed"],
+        "width": ["12", "width"],
+        "height": ["12", "height"],
+        "image": ["10", "image"],
+        "last_image": ["11", "image"],
+    }
     if frames_mapped:
         inputs["frames"] = ["12", "length"]
-    return {"kind": "comfyui", "stage": "video", "base_url": server.base_url, "poll_interval_s": 0.02,
-            "workflows": {"clip": write(folder, f"clip-{save}.json", clip_workflow(save, length))},
-            "inputs": {"clip": inputs}, "outputs": {"clip": {"clip": "9"}}}
+    return {
+        "kind": "comfyui",
+        "stage": "video",
+        "base_url": server.base_url,
+        "poll_interval_s": 0.02,
+        "workflows": {"clip": write(folder, f"clip-{save}.json", clip_workflow(save, length))},
+        "inputs": {"clip": inputs},
+        "outputs": {"clip": {"clip": "9"}},
+    }
 
 
-def keyframe_params(shot: str = "s01-01", description: str = "Ana at the window", width: int = W,
-                    height: int = H, characters: tuple[str, ...] = ("ana",)) -> dict[str, Any]:
-    return {"style": STYLE, "width": width, "height": height, "seed": [7, shot], "location": "kitchen",
-            "time_of_day": "night", "description": description, "framing": "medium", "characters": list(characters)}
+def keyframe_params(
+    shot: str = "s01-01",
+    description: str = "Ana at the window",
+    width: int = W,
+    height: int = H,
+    characters: tuple[str, ...] = ("ana",),
+) -> dict[str, Any]:
+    return {
+        "style": STYLE,
+        "width": width,
+        "height": height,
+        "seed": [7, shot],
+        "location": "kitchen",
+        "time_of_day": "night",
+        "description": description,
+        "framing": "medium",
+        "characters": list(characters),
+    }
 
 
 CLIP_PARAMS = {"width": W, "height": H, "fps": FPS, "frames": 20, "camera": "push_in"}
@@ -159,8 +237,9 @@ def digest(path: Path) -> str:
 
 
 def ffprobe(path: Path, *args: str) -> dict:
-    out = subprocess.run(["ffprobe", "-v", "error", *args, "-of", "json", str(path)], capture_output=True,
-                         check=True).stdout
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", *args, "-of", "json", str(path)], capture_output=True, check=True
+    ).stdout
     return json.loads(out)
 
 
@@ -191,13 +270,15 @@ def run_in_thread(fn) -> tuple[threading.Thread, dict[str, Any]]:
 
 # -- images ---------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("size", [(W, H), (181, 333)])
 def test_keyframe_is_exactly_the_asked_size(server, tmp_path, figure, size):
     """The latent is the size rounded up to a multiple of 8; the keyframe comes back exactly width x height."""
     server.delay_s = 0.2
     backend = ComfyUI("comfy", image_config(server, tmp_path / "wf"))
-    result = backend.run("keyframe", {"sheet:ana": figure}, keyframe_params(width=size[0], height=size[1]),
-                         tmp_path / "out")
+    result = backend.run(
+        "keyframe", {"sheet:ana": figure}, keyframe_params(width=size[0], height=size[1]), tmp_path / "out"
+    )
     with Image.open(result.files["keyframe"]) as im:
         assert (im.format, im.size) == ("PNG", size)
     sent = server.prompts[0]["prompt"]
@@ -245,6 +326,7 @@ def test_sheet_yields_sheet_and_a_figure_derived_from_it(server, tmp_path):
 
 # -- clips ----------------------------------------------------------------------------------------
 
+
 @pytest.mark.media
 @pytest.mark.parametrize("save", ["SaveAnimatedWEBP", "SaveImage", "VHS_VideoCombine"])
 def test_clip_has_exact_frames_fps_size_and_concatenates_with_motion(server, tmp_path, save):
@@ -253,8 +335,9 @@ def test_clip_has_exact_frames_fps_size_and_concatenates_with_motion(server, tmp
     backend = ComfyUI("comfy", clip_config(server, tmp_path / "wf", save))
     assert backend.features == ("last_frame",)
     kf = picture(tmp_path / "kf.png")
-    result = backend.run("clip", {"keyframe": kf, "last": picture(tmp_path / "next.png", (60, 160, 90))},
-                         CLIP_PARAMS, tmp_path / "out")
+    result = backend.run(
+        "clip", {"keyframe": kf, "last": picture(tmp_path / "next.png", (60, 160, 90))}, CLIP_PARAMS, tmp_path / "out"
+    )
     sent = server.prompts[0]["prompt"]
     assert (sent["12"]["inputs"]["width"], sent["12"]["inputs"]["length"]) == (184, 20)
     assert sent["11"]["inputs"]["image"] in server.uploads
@@ -267,13 +350,16 @@ def test_clip_has_exact_frames_fps_size_and_concatenates_with_motion(server, tmp
     assert float(info["format"]["duration"]) == pytest.approx(20 / FPS, abs=0.001)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["clip.mp4"]
 
-    motion = MOTION.run("clip", {"keyframe": kf}, {**CLIP_PARAMS, "frames": 13, "camera": "pan_left"},
-                        tmp_path / "motion").files["clip"]
+    motion = MOTION.run(
+        "clip", {"keyframe": kf}, {**CLIP_PARAMS, "frames": 13, "camera": "pan_left"}, tmp_path / "motion"
+    ).files["clip"]
     listing = tmp_path / "list.txt"
     listing.write_text(f"file '{clip}'\nfile '{motion}'\n")
     joined = tmp_path / "joined.mp4"
-    subprocess.run(["ffmpeg", "-v", "error", "-f", "concat", "-safe", "0", "-i", str(listing), "-c", "copy",
-                    str(joined)], check=True)
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-f", "concat", "-safe", "0", "-i", str(listing), "-c", "copy", str(joined)],
+        check=True,
+    )
     (video,) = ffprobe(joined, "-count_frames", "-show_streams")["streams"]
     assert int(video["nb_read_frames"]) == 33
     decode = subprocess.run(["ffmpeg", "-v", "error", "-i", str(joined), "-f", "null", "-"], capture_output=True)
@@ -295,15 +381,17 @@ def test_clip_of_another_length_is_retimed_and_last_frame_is_optional(server, tm
 
 # -- jobs that outlive the farm -------------------------------------------------------------------
 
+
 def test_prompt_id_is_saved_before_waiting(server, tmp_path, figure):
     """The job record holds the accepted prompt id before the first /history poll, and during the wait."""
     record = FileJobRecord(tmp_path / "job.json")
     backend = ComfyUI("comfy", image_config(server, tmp_path / "wf"))
     server.hold()
-    thread, outcome = run_in_thread(lambda: backend.run("keyframe", {"sheet:ana": figure}, keyframe_params(),
-                                                        tmp_path / "out", job=record))
+    thread, outcome = run_in_thread(
+        lambda: backend.run("keyframe", {"sheet:ana": figure}, keyframe_params(), tmp_path / "out", job=record)
+    )
     server.wait_for(lambda: server.first_poll)
-    (polled, first_poll), = server.first_poll.items()
+    ((polled, first_poll),) = server.first_poll.items()
     saved_at, state = next((t, s) for t, s in record.saves if s.get("submitted"))
     assert state["prompt_id"] == polled and saved_at < first_poll
     assert record.load()["prompt_id"] == polled  # durable while the job runs
@@ -331,9 +419,21 @@ def test_job_outlives_a_restart_of_the_farm(server, tmp_path, figure):
     config = image_config(server, tmp_path / "wf")
     record_path = tmp_path / "job.json"
     server.hold()
-    child = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(config), str(record_path),
-                              str(tmp_path / "dead"), json.dumps(keyframe_params()), str(figure)],
-                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            json.dumps(config),
+            str(record_path),
+            str(tmp_path / "dead"),
+            json.dumps(keyframe_params()),
+            str(figure),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         server.wait_for(lambda: server.first_poll or child.poll() is not None, timeout=60)
         assert child.poll() is None, child.communicate()[1].decode()
@@ -347,15 +447,21 @@ def test_job_outlives_a_restart_of_the_farm(server, tmp_path, figure):
 
     release = threading.Timer(0.3, server.release)  # the job finishes while the new farm waits
     release.start()
-    result = ComfyUI("comfy", config).run("keyframe", {"sheet:ana": figure}, keyframe_params(), tmp_path / "out",
-                                          job=FileJobRecord(record_path))
+    result = ComfyUI("comfy", config).run(
+        "keyframe", {"sheet:ana": figure}, keyframe_params(), tmp_path / "out", job=FileJobRecord(record_path)
+    )
     release.join()
     assert server.submits == 1
     assert result.usage.provider_job_id == state["prompt_id"]
     assert result.meta["resumed"] and "resubmitted" not in result.meta
 
-    fresh = ComfyUI("comfy", config).run("keyframe", {"sheet:ana": figure}, keyframe_params(), tmp_path / "fresh",
-                                         job=FileJobRecord(tmp_path / "other.json"))
+    fresh = ComfyUI("comfy", config).run(
+        "keyframe",
+        {"sheet:ana": figure},
+        keyframe_params(),
+        tmp_path / "fresh",
+        job=FileJobRecord(tmp_path / "other.json"),
+    )
     assert server.submits == 2
     assert digest(fresh.files["keyframe"]) == digest(result.files["keyframe"])
 
@@ -375,8 +481,9 @@ def test_server_forgetting_during_the_wait_resubmits(server, tmp_path, figure):
     """ComfyUI restarting while a job runs loses it; the waiting backend notices and submits again."""
     backend = ComfyUI("comfy", image_config(server, tmp_path / "wf"))
     server.hold()
-    thread, outcome = run_in_thread(lambda: backend.run("keyframe", {"sheet:ana": figure}, keyframe_params(),
-                                                        tmp_path / "out"))
+    thread, outcome = run_in_thread(
+        lambda: backend.run("keyframe", {"sheet:ana": figure}, keyframe_params(), tmp_path / "out")
+    )
     server.wait_for(lambda: server.first_poll)
     server.forget()
     server.release()
@@ -396,11 +503,13 @@ def test_timeout_is_retryable_and_the_next_attempt_resumes(server, tmp_path, fig
     pid = record.load()["prompt_id"]
     server.release()
     result = ComfyUI("comfy", image_config(server, tmp_path / "wf")).run(
-        "keyframe", {"sheet:ana": figure}, keyframe_params(), tmp_path / "b", job=record)
+        "keyframe", {"sheet:ana": figure}, keyframe_params(), tmp_path / "b", job=record
+    )
     assert server.submits == 1 and result.usage.provider_job_id == pid
 
 
 # -- errors ---------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("kind,retryable", [("RuntimeError", False), ("torch.OutOfMemoryError", True)])
 def test_node_execution_error_carries_the_node_message(server, tmp_path, figure, kind, retryable):
@@ -416,10 +525,13 @@ def test_node_execution_error_carries_the_node_message(server, tmp_path, figure,
     assert "prompt_id" not in record.load() and record.load()["failed_prompt_id"]
 
 
-@pytest.mark.parametrize("break_it,expected", [
-    (lambda wf: wf["3"]["inputs"].pop("steps"), "Required input is missing"),
-    (lambda wf: wf["8"].update(class_type="NoSuchNode"), "node NoSuchNode does not exist"),
-])
+@pytest.mark.parametrize(
+    "break_it,expected",
+    [
+        (lambda wf: wf["3"]["inputs"].pop("steps"), "Required input is missing"),
+        (lambda wf: wf["8"].update(class_type="NoSuchNode"), "node NoSuchNode does not exist"),
+    ],
+)
 def test_rejected_workflow_is_not_retryable(server, tmp_path, figure, break_it, expected):
     """ComfyUI's 400 (node_errors, unknown node types) fails the action for good, with its errors."""
     config = image_config(server, tmp_path / "wf")
@@ -460,8 +572,9 @@ def test_unreachable_server_is_retryable(tmp_path, figure):
 
 def test_check_describes_the_server_and_finds_missing_nodes(server, tmp_path):
     config = image_config(server, tmp_path / "wf")
-    assert ComfyUI("comfy", config).check() == ("ComfyUI 0.3.test at " + config["base_url"][7:]
-                                                + ": cuda:0 Fake GPU 24 GiB; ops sheet, keyframe")
+    assert ComfyUI("comfy", config).check() == (
+        "ComfyUI 0.3.test at " + config["base_url"][7:] + ": cuda:0 Fake GPU 24 GiB; ops sheet, keyframe"
+    )
     wf = image_workflow()
     wf["11"] = {"class_type": "IPAdapterAdvanced", "inputs": {}}
     config["workflows"]["sheet"] = write(tmp_path / "wf", "ip.json", wf)
@@ -471,19 +584,33 @@ def test_check_describes_the_server_and_finds_missing_nodes(server, tmp_path):
 
 # -- settings -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("change,field", [
-    (lambda c: c["workflows"].update(keyframe="/nonexistent/keyframe.json"), "backends.comfy.workflows.keyframe"),
-    (lambda c: c["inputs"]["keyframe"].update(seed=["99", "seed"]), "backends.comfy.inputs.keyframe.seed: node '99'"),
-    (lambda c: c["inputs"]["keyframe"].update(seed=["3", "noise"]),
-     "backends.comfy.inputs.keyframe.seed: node 3 (KSampler) has no input 'noise'"),
-    (lambda c: c["inputs"]["keyframe"].update(strength=["3", "cfg"]),
-     "backends.comfy.inputs.keyframe.strength: unknown input"),
-    (lambda c: c["outputs"].pop("keyframe"), "backends.comfy.outputs.keyframe.keyframe: missing"),
-    (lambda c: c["workflows"].pop("sheet"), "backends.comfy.workflows.sheet: missing"),
-    (lambda c: c["workflows"].update(clip=c["workflows"]["sheet"]), "backends.comfy.workflows.clip: a image backend"),
-    (lambda c: c.update(base_url="comfy:8188"), "backends.comfy.base_url"),
-    (lambda c: c.update(poll_interval_s=0), "backends.comfy.poll_interval_s"),
-])
+
+@pytest.mark.parametrize(
+    "change,field",
+    [
+        (lambda c: c["workflows"].update(keyframe="/nonexistent/keyframe.json"), "backends.comfy.workflows.keyframe"),
+        (
+            lambda c: c["inputs"]["keyframe"].update(seed=["99", "seed"]),
+            "backends.comfy.inputs.keyframe.seed: node '99'",
+        ),
+        (
+            lambda c: c["inputs"]["keyframe"].update(seed=["3", "noise"]),
+            "backends.comfy.inputs.keyframe.seed: node 3 (KSampler) has no input 'noise'",
+        ),
+        (
+            lambda c: c["inputs"]["keyframe"].update(strength=["3", "cfg"]),
+            "backends.comfy.inputs.keyframe.strength: unknown input",
+        ),
+        (lambda c: c["outputs"].pop("keyframe"), "backends.comfy.outputs.keyframe.keyframe: missing"),
+        (lambda c: c["workflows"].pop("sheet"), "backends.comfy.workflows.sheet: missing"),
+        (
+            lambda c: c["workflows"].update(clip=c["workflows"]["sheet"]),
+            "backends.comfy.workflows.clip: a image backend",
+        ),
+        (lambda c: c.update(base_url="comfy:8188"), "backends.comfy.base_url"),
+        (lambda c: c.update(poll_interval_s=0), "backends.comfy.poll_interval_s"),
+    ],
+)
 def test_config_errors_name_the_setting(server, tmp_path, change, field):
     config = image_config(server, tmp_path / "wf")
     change(config)
@@ -515,7 +642,7 @@ def test_version_follows_workflow_content_not_server(server, tmp_path):
 
 def test_hostile_text_reaches_the_server_only_inside_json_values(server, tmp_path, figure):
     """Quotes, newlines, paths and shell syntax from a script stay inside the prompt's JSON string."""
-    hostile = 'He said "run"\n../../etc/passwd $(rm -rf /) `id`; \'DROP\' %2e%2e/'
+    hostile = "He said \"run\"\n../../etc/passwd $(rm -rf /) `id`; 'DROP' %2e%2e/"
     backend = ComfyUI("comfy", image_config(server, tmp_path / "wf"))
     result = backend.run("keyframe", {"sheet:ana": figure}, keyframe_params(description=hostile), tmp_path / "out")
     character = {**ANA, "id": "../../x", "name": hostile, "look": {"description": hostile}}
@@ -531,9 +658,14 @@ def test_hostile_text_reaches_the_server_only_inside_json_values(server, tmp_pat
 
 
 def test_gpu_seconds_from_comfyui_status_messages():
-    status = {"status_str": "success", "completed": True, "messages": [
-        ["execution_start", {"prompt_id": "p", "timestamp": 1_700_000_000_000}],
-        ["execution_cached", {"nodes": [], "prompt_id": "p", "timestamp": 1_700_000_000_010}],
-        ["execution_success", {"prompt_id": "p", "timestamp": 1_700_000_012_500}]]}
+    status = {
+        "status_str": "success",
+        "completed": True,
+        "messages": [
+            ["execution_start", {"prompt_id": "p", "timestamp": 1_700_000_000_000}],
+            ["execution_cached", {"nodes": [], "prompt_id": "p", "timestamp": 1_700_000_000_010}],
+            ["execution_success", {"prompt_id": "p", "timestamp": 1_700_000_012_500}],
+        ],
+    }
     assert gpu_seconds(status) == 12.5
     assert gpu_seconds({"messages": []}) == 0.0

@@ -106,9 +106,17 @@ def _sheet_params(character, seed=0):
 
 
 def _kf_params(seed=(1, "s01-01"), characters=("ana",), framing="medium", width=W, height=H):
-    return {"style": STYLE, "width": width, "height": height, "seed": list(seed), "location": "kitchen",
-            "time_of_day": "night", "description": "Ana at the window", "framing": framing,
-            "characters": list(characters)}
+    return {
+        "style": STYLE,
+        "width": width,
+        "height": height,
+        "seed": list(seed),
+        "location": "kitchen",
+        "time_of_day": "night",
+        "description": "Ana at the window",
+        "framing": framing,
+        "characters": list(characters),
+    }
 
 
 def _pixels(path: Path):
@@ -132,14 +140,30 @@ def _keyframe(backend, tmp_path, name, params=None, inputs=None):
 
 
 def ffprobe(path: Path) -> dict:
-    out = subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries",
-                          "stream=codec_name,profile,pix_fmt,width,height,r_frame_rate,time_base,nb_read_frames,"
-                          "color_space,color_range", "-of", "json", str(path)],
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-count_frames",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=codec_name,profile,pix_fmt,width,height,r_frame_rate,time_base,nb_read_frames,"
+            "color_space,color_range",
+            "-of",
+            "json",
+            str(path),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return json.loads(out)["streams"][0]
 
 
 # --- images ---------------------------------------------------------------------------------
+
 
 def test_sheet_is_the_configured_size_with_a_transparent_edged_figure(images, tmp_path):
     result = images.run("sheet", {}, _sheet_params(ANA), _out(tmp_path, "sheet"))
@@ -171,7 +195,9 @@ def test_figure_keys_out_a_plain_background():
 
 def test_keyframe_is_exactly_the_requested_size(images, figures, tmp_path):
     for w, h in [(W, H), (90, 50), (64, 64)]:
-        result = _keyframe(images, tmp_path, f"kf-{w}x{h}", _kf_params(width=w, height=h), {"sheet:ana": figures["ana"]})
+        result = _keyframe(
+            images, tmp_path, f"kf-{w}x{h}", _kf_params(width=w, height=h), {"sheet:ana": figures["ana"]}
+        )
         assert _size(result.files["keyframe"]) == (w, h)
         assert result.meta["width"] == w and result.meta["height"] == h
         gw, gh = result.meta["generated"]
@@ -229,9 +255,11 @@ def test_batch_key_groups_by_op_and_size(images):
 
 
 def test_a_bad_item_fails_alone_in_its_batch(images, tmp_path):
-    items = [BatchItem({}, _kf_params(), _out(tmp_path, "good")),
-             BatchItem({}, _kf_params(width=3), _out(tmp_path, "bad")),
-             BatchItem({"sheet:ana": tmp_path / "nope.png"}, _kf_params(), _out(tmp_path, "unreadable"))]
+    items = [
+        BatchItem({}, _kf_params(), _out(tmp_path, "good")),
+        BatchItem({}, _kf_params(width=3), _out(tmp_path, "bad")),
+        BatchItem({"sheet:ana": tmp_path / "nope.png"}, _kf_params(), _out(tmp_path, "unreadable")),
+    ]
     good, bad, unreadable = images.run_batch("keyframe", items)
     assert isinstance(good, StageResult)
     assert isinstance(bad, StageError) and "params.width" in str(bad) and not bad.retryable
@@ -357,32 +385,55 @@ except ToolMissing as exc:
 
 # --- IP-adapter -------------------------------------------------------------------------------
 
+
 def test_ip_adapter_conditions_keyframes_on_the_figures(sd_dir, figures, tmp_path_factory, tmp_path):
     from farm.bench.tiny_pipelines import build_tiny_ip_adapter
     from workers.image.diffusers import DiffusersImages
 
     ip_dir = build_tiny_ip_adapter(tmp_path_factory.mktemp("tiny-ip"), sd_dir)
-    backend = DiffusersImages("ip", {**IMAGE_CONFIG, "model_path": str(sd_dir), "ip_adapter": {
-        "path": str(ip_dir), "subfolder": "models", "weight_name": "ip-adapter.safetensors", "scale": 1.0}})
+    backend = DiffusersImages(
+        "ip",
+        {
+            **IMAGE_CONFIG,
+            "model_path": str(sd_dir),
+            "ip_adapter": {
+                "path": str(ip_dir),
+                "subfolder": "models",
+                "weight_name": "ip-adapter.safetensors",
+                "scale": 1.0,
+            },
+        },
+    )
     assert "ip-adapter" in backend.check()
     with_figure = _keyframe(backend, tmp_path, "with", _kf_params(), {"sheet:ana": figures["ana"]})
     without = _keyframe(backend, tmp_path, "without", _kf_params(), {})
     assert with_figure.meta["conditioning"] == "ip_adapter"
     assert _size(with_figure.files["keyframe"]) == (W, H)
     assert np.abs(_pixels(with_figure.files["keyframe"]) - _pixels(without.files["keyframe"])).mean() > 1
-    items = [BatchItem({"sheet:ana": figures["ana"]}, _kf_params(), _out(tmp_path, "b0")),
-             BatchItem({}, _kf_params(), _out(tmp_path, "b1"))]
+    items = [
+        BatchItem({"sheet:ana": figures["ana"]}, _kf_params(), _out(tmp_path, "b0")),
+        BatchItem({}, _kf_params(), _out(tmp_path, "b1")),
+    ]
     batch = backend.run_batch("keyframe", items)
     assert np.array_equal(_pixels(batch[0].files["keyframe"]), _pixels(with_figure.files["keyframe"]))
     assert np.array_equal(_pixels(batch[1].files["keyframe"]), _pixels(without.files["keyframe"]))
     sheet = backend.run("sheet", {}, _sheet_params(ANA), _out(tmp_path, "sheet"))
     assert _size(sheet.files["sheet"]) == (96, 128)
-    with pytest.raises(StageError, match=r"no file .*models/missing\.safetensors on this machine.*backends\.ip\.ip_adapter"):
-        DiffusersImages("ip", {**IMAGE_CONFIG, "model_path": str(sd_dir), "ip_adapter": {
-            "path": str(ip_dir), "subfolder": "models", "weight_name": "missing.safetensors"}}).check()
+    with pytest.raises(
+        StageError, match=r"no file .*models/missing\.safetensors on this machine.*backends\.ip\.ip_adapter"
+    ):
+        DiffusersImages(
+            "ip",
+            {
+                **IMAGE_CONFIG,
+                "model_path": str(sd_dir),
+                "ip_adapter": {"path": str(ip_dir), "subfolder": "models", "weight_name": "missing.safetensors"},
+            },
+        ).check()
 
 
 # --- video ------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def svd(svd_dir):
@@ -421,16 +472,19 @@ def test_clip_concatenates_by_stream_copy_with_a_motion_clip(svd, keyframes, tmp
     from workers.video.motion import BACKEND as MOTION
 
     ours = svd.run("clip", {"keyframe": keyframes[0]}, _clip_params(frames=10), _out(tmp_path, "ours")).files["clip"]
-    theirs = MOTION.run("clip", {"keyframe": keyframes[1]}, _clip_params(frames=7, camera="pan_left"),
-                        _out(tmp_path, "motion")).files["clip"]
+    theirs = MOTION.run(
+        "clip", {"keyframe": keyframes[1]}, _clip_params(frames=7, camera="pan_left"), _out(tmp_path, "motion")
+    ).files["clip"]
     a, b = ffprobe(ours), ffprobe(theirs)
     for field in ("codec_name", "profile", "pix_fmt", "time_base", "r_frame_rate", "color_space", "color_range"):
         assert a[field] == b[field], field
     listing = tmp_path / "list.txt"
     listing.write_text(f"file '{ours}'\nfile '{theirs}'\nfile '{ours}'\n")
     joined = tmp_path / "joined.mp4"
-    subprocess.run(["ffmpeg", "-v", "error", "-f", "concat", "-safe", "0", "-i", str(listing), "-c", "copy",
-                    str(joined)], check=True)
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-f", "concat", "-safe", "0", "-i", str(listing), "-c", "copy", str(joined)],
+        check=True,
+    )
     assert int(ffprobe(joined)["nb_read_frames"]) == 27
     decode = subprocess.run(["ffmpeg", "-v", "error", "-i", str(joined), "-f", "null", "-"], capture_output=True)
     assert decode.returncode == 0 and decode.stderr == b""
@@ -476,7 +530,11 @@ def test_clip_is_deterministic_and_a_video_batch_matches_single_runs(svd, keyfra
     for i in range(2):
         assert len(batched[i]) == len(alone[i]) == 4
         assert max(np.abs(a - b).max() for a, b in zip(batched[i], alone[i])) <= 2
-        assert int(ffprobe(batch[i].files["clip"])["nb_read_frames"]) == int(ffprobe(singles[i].files["clip"])["nb_read_frames"]) == 8
+        assert (
+            int(ffprobe(batch[i].files["clip"])["nb_read_frames"])
+            == int(ffprobe(singles[i].files["clip"])["nb_read_frames"])
+            == 8
+        )
     assert not np.array_equal(alone[0][0], alone[1][0])
     again = svd.run("clip", items[0].inputs, items[0].params, _out(tmp_path, "again"))
     assert again.files["clip"].read_bytes() == singles[0].files["clip"].read_bytes()
@@ -494,9 +552,25 @@ def test_last_frame_reaches_a_first_last_frame_pipeline(wan, keyframes, tmp_path
     to_b = wan.run("clip", {"keyframe": keyframes[0], "last": keyframes[1]}, params, _out(tmp_path, "to-b"))
     to_self = wan.run("clip", {"keyframe": keyframes[0]}, params, _out(tmp_path, "to-self"))
     assert [sorted(k) for k in seen][0] == sorted(
-        ["image", "last_image", "prompt", "height", "width", "num_frames", "num_inference_steps", "generator", "output_type"])
-    assert seen[0]["num_frames"] == 5 and seen[0]["prompt"] == "cinematic shot, the camera slowly pushes in, natural motion"
-    assert seen[1]["last_image"] is seen[1]["image"] or np.array_equal(np.asarray(seen[1]["last_image"]), np.asarray(seen[1]["image"]))
+        [
+            "image",
+            "last_image",
+            "prompt",
+            "height",
+            "width",
+            "num_frames",
+            "num_inference_steps",
+            "generator",
+            "output_type",
+        ]
+    )
+    assert (
+        seen[0]["num_frames"] == 5
+        and seen[0]["prompt"] == "cinematic shot, the camera slowly pushes in, natural motion"
+    )
+    assert seen[1]["last_image"] is seen[1]["image"] or np.array_equal(
+        np.asarray(seen[1]["last_image"]), np.asarray(seen[1]["image"])
+    )
     assert int(ffprobe(to_b.files["clip"])["nb_read_frames"]) == 9
     assert to_b.files["clip"].read_bytes() != to_self.files["clip"].read_bytes()
 
@@ -512,10 +586,15 @@ def test_last_frame_needs_a_pipeline_that_takes_one(svd_dir, keyframes, tmp_path
 
 
 def test_bad_clip_params_fail_before_the_model_runs(svd, keyframes, tmp_path):
-    for params, message in [(_clip_params(width=71), "even sides"), (_clip_params(fps=7), "fps 7"),
-                            (_clip_params(camera="spin"), "camera 'spin'")]:
+    for params, message in [
+        (_clip_params(width=71), "even sides"),
+        (_clip_params(fps=7), "fps 7"),
+        (_clip_params(camera="spin"), "camera 'spin'"),
+    ]:
         with pytest.raises(StageError, match=message):
-            svd.run("clip", {"keyframe": keyframes[0]}, params, _out(tmp_path, message.replace(" ", "_").replace("'", "")))
+            svd.run(
+                "clip", {"keyframe": keyframes[0]}, params, _out(tmp_path, message.replace(" ", "_").replace("'", ""))
+            )
     with pytest.raises(StageError, match="input 'keyframe' is missing"):
         svd.run("clip", {}, _clip_params(), _out(tmp_path, "none"))
 
@@ -537,6 +616,7 @@ def test_retime_spreads_generated_frames_evenly():
 
 
 # --- GPU --------------------------------------------------------------------------------------
+
 
 @needs_gpu
 def test_gpu_runs_in_half_precision_and_reports_gpu_seconds(sd_dir, tmp_path):

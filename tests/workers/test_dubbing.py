@@ -67,16 +67,19 @@ def test_silence_is_trimmed_to_the_pad(tmp_path):
 
 
 @pytest.mark.media
-@pytest.mark.parametrize("text", [
-    "-v --help",
-    'He said "no": 100% {\\an8} C:\\path\\n',
-    "first line\nsecond line",
-    "<speak><prosody rate='x-slow'>markup</prosody></speak>",
-    "😀🎉",
-    "مرحبا",
-    "שלום",
-    "nul\x00and escape\x1b[31m",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "-v --help",
+        'He said "no": 100% {\\an8} C:\\path\\n',
+        "first line\nsecond line",
+        "<speak><prosody rate='x-slow'>markup</prosody></speak>",
+        "😀🎉",
+        "مرحبا",
+        "שלום",
+        "nul\x00and escape\x1b[31m",
+    ],
+)
 def test_hostile_text_is_spoken_not_obeyed(tmp_path, text):
     """Option-like, quoted, markup, emoji, RTL and control-character texts still give a valid WAV."""
     result = speak(tmp_path, text)
@@ -114,12 +117,15 @@ def test_same_input_gives_identical_bytes(tmp_path):
     assert a == b
 
 
-@pytest.mark.parametrize("voice", [
-    {"voice": "-x", "pitch": 50, "rate": 170},
-    {"voice": "en us", "pitch": 50, "rate": 170},
-    {"voice": "en-us", "pitch": 120, "rate": 170},
-    {"voice": "en-us", "pitch": 50, "rate": 20},
-])
+@pytest.mark.parametrize(
+    "voice",
+    [
+        {"voice": "-x", "pitch": 50, "rate": 170},
+        {"voice": "en us", "pitch": 50, "rate": 170},
+        {"voice": "en-us", "pitch": 120, "rate": 170},
+        {"voice": "en-us", "pitch": 50, "rate": 20},
+    ],
+)
 def test_invalid_voice_is_refused_before_running(tmp_path, voice):
     """An option-like or malformed voice name, or pitch/rate out of range, raises StageError."""
     with pytest.raises(StageError):

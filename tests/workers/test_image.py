@@ -9,7 +9,11 @@ from PIL import Image
 from workers.image.pillow import BACKEND, SHEET_SIZE
 
 STYLE = {"description": "flat", "palette": ["#102030", "#405060", "#f0a040"]}
-ANA = {"id": "ana", "name": "安娜 Ana", "look": {"description": "红色外套 red coat", "outfit": "#c03030", "hair": None, "skin": None}}
+ANA = {
+    "id": "ana",
+    "name": "安娜 Ana",
+    "look": {"description": "红色外套 red coat", "outfit": "#c03030", "hair": None, "skin": None},
+}
 
 
 def _sheet(tmp_path, character=ANA, seed=0):
@@ -21,8 +25,17 @@ def _sheet(tmp_path, character=ANA, seed=0):
 def _keyframe(tmp_path, figure, framing="medium", description="安娜站在窗边。Ana at the window."):
     out = tmp_path / f"kf-{framing}"
     out.mkdir()
-    params = {"style": STYLE, "width": 180, "height": 320, "seed": [1, "s01-01"], "location": "厨房",
-              "time_of_day": "night", "description": description, "framing": framing, "characters": ["ana"]}
+    params = {
+        "style": STYLE,
+        "width": 180,
+        "height": 320,
+        "seed": [1, "s01-01"],
+        "location": "厨房",
+        "time_of_day": "night",
+        "description": description,
+        "framing": framing,
+        "characters": ["ana"],
+    }
     return BACKEND.run("keyframe", {"sheet:ana": figure}, params, out)
 
 
@@ -69,14 +82,25 @@ def test_framing_changes_the_picture(tmp_path):
 def test_cjk_caption_draws_glyphs(tmp_path):
     """A Mandarin description draws visible glyphs (not tofu boxes): more ink than a blank caption."""
     figure = _sheet(tmp_path).files["figure"]
+
     def ink(desc, name):
         out = tmp_path / name
         out.mkdir()
-        params = {"style": STYLE, "width": 360, "height": 640, "seed": [1, "x"], "location": "l", "time_of_day": "day",
-                  "description": desc, "framing": "wide", "characters": []}
+        params = {
+            "style": STYLE,
+            "width": 360,
+            "height": 640,
+            "seed": [1, "x"],
+            "location": "l",
+            "time_of_day": "day",
+            "description": desc,
+            "framing": "wide",
+            "characters": [],
+        }
         img = Image.open(BACKEND.run("keyframe", {"sheet:ana": figure}, params, out).files["keyframe"]).convert("L")
         band = img.crop((0, 40, 360, 110))
         return sum(band.histogram()[201:])
+
     assert ink("梅在柜台下发现了一封信", "cjk") > ink("\u3000", "blank") + 200
 
 

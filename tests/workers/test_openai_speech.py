@@ -22,8 +22,17 @@ def server():
 
 
 def backend(server, **config) -> OpenAISpeech:
-    return OpenAISpeech("tts", {"kind": "openai-speech", "base_url": server.base_url, "model": "test-tts",
-                                       "api_key": KEY, "voices": VOICES, **config})
+    return OpenAISpeech(
+        "tts",
+        {
+            "kind": "openai-speech",
+            "base_url": server.base_url,
+            "model": "test-tts",
+            "api_key": KEY,
+            "voices": VOICES,
+            **config,
+        },
+    )
 
 
 def line(text: str, speaker: str = "ana", sample_rate: int = 48000) -> dict:
@@ -64,8 +73,9 @@ def test_voices_follow_the_speaker_with_a_default(server, tmp_path):
     b.run("line", {}, line("One.", speaker="ana"), tmp_path / "a")
     b.run("line", {}, line("Two.", speaker="bo"), tmp_path / "b")
     assert [r.body["voice"] for r in server.requests] == ["coral", "onyx"]
-    assert all(r.body["speed"] == 1.25 and r.body["instructions"] == "Speak softly, with suspense."
-               for r in server.requests)
+    assert all(
+        r.body["speed"] == 1.25 and r.body["instructions"] == "Speak softly, with suspense." for r in server.requests
+    )
 
 
 @pytest.mark.media
@@ -124,7 +134,13 @@ def test_a_wrong_key_is_final_and_never_repeated(server, tmp_path):
 def test_attributes_and_estimate(server):
     b = backend(server)
     assert (b.kind, b.stage, b.name, b.ops, b.tools, b.features) == (
-        "openai-speech", "dubbing", "tts", ("line",), ("ffmpeg",), ())
+        "openai-speech",
+        "dubbing",
+        "tts",
+        ("line",),
+        ("ffmpeg",),
+        (),
+    )
     assert b.resources == Resources(num_cpus=0.25)
     assert b.estimate("line", line("Hello there.")).tokens == len("Hello there.")
 
@@ -139,13 +155,16 @@ def test_version_follows_what_changes_the_voice():
         assert OpenAISpeech("tts", base | same).version == v
 
 
-@pytest.mark.parametrize("change, error", [
-    ({"voices": {}}, "backends.tts.voices: Dictionary should have at least 1 item"),
-    ({"voices": {"Ana!": "coral"}}, "backends.tts.voices: Value error, 'Ana!' is neither a character id"),
-    ({"voices": {"ana": " "}}, "backends.tts.voices: Value error, the voice for 'ana' is empty"),
-    ({"speed": 5}, "backends.tts.speed: Input should be less than or equal to 4"),
-    ({"base_url": "ftp://x"}, "backends.tts.base_url: Value error, must be an http(s) URL"),
-])
+@pytest.mark.parametrize(
+    "change, error",
+    [
+        ({"voices": {}}, "backends.tts.voices: Dictionary should have at least 1 item"),
+        ({"voices": {"Ana!": "coral"}}, "backends.tts.voices: Value error, 'Ana!' is neither a character id"),
+        ({"voices": {"ana": " "}}, "backends.tts.voices: Value error, the voice for 'ana' is empty"),
+        ({"speed": 5}, "backends.tts.speed: Input should be less than or equal to 4"),
+        ({"base_url": "ftp://x"}, "backends.tts.base_url: Value error, must be an http(s) URL"),
+    ],
+)
 def test_config_errors_name_the_setting(change, error):
     config = {"kind": "openai-speech", "base_url": "http://a:1/v1", "model": "tts-1", "voices": VOICES} | change
     with pytest.raises(ConfigError) as err:

@@ -11,16 +11,25 @@ from tests.conftest import SMALL_SERIES
 from workers.script.outline import BACKEND, write_script
 
 OUTLINE = [
-    {"beat": "Ana hears a knock", "location": "kitchen", "time_of_day": "night",
-     "lines": [{"speaker": "ana", "text": "Who's there?"}, {"speaker": "bo", "text": "It's me, open up."}]},
-    {"beat": "They talk in the hallway", "location": "hallway", "characters": ["bo"],
-     "lines": [{"speaker": "ana", "text": "你好，世界。"}]},
+    {
+        "beat": "Ana hears a knock",
+        "location": "kitchen",
+        "time_of_day": "night",
+        "lines": [{"speaker": "ana", "text": "Who's there?"}, {"speaker": "bo", "text": "It's me, open up."}],
+    },
+    {
+        "beat": "They talk in the hallway",
+        "location": "hallway",
+        "characters": ["bo"],
+        "lines": [{"speaker": "ana", "text": "你好，世界。"}],
+    },
 ]
 
 
 def _params(target=45, seed=3):
-    episode = Episode.model_validate({"series": "s.yaml", "number": 1, "title": "T", "target_seconds": target,
-                                      "seed": seed, "outline": OUTLINE})
+    episode = Episode.model_validate(
+        {"series": "s.yaml", "number": 1, "title": "T", "target_seconds": target, "seed": seed, "outline": OUTLINE}
+    )
     job = EpisodeJob("s", "s", Series.model_validate(SMALL_SERIES), episode, {"script": BackendChoice("outline", "1")})
     return script_params(job)
 

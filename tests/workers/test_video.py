@@ -33,15 +33,33 @@ def clip(tmp_path: Path, camera: str, frames: int, name: str = "c", colour=(200,
 
 
 def ffprobe(path: Path, *args: str) -> dict:
-    out = subprocess.run(["ffprobe", "-v", "error", *args, "-of", "json", str(path)],
-                         capture_output=True, check=True).stdout
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", *args, "-of", "json", str(path)], capture_output=True, check=True
+    ).stdout
     return json.loads(out)
 
 
 def frame_rgb(path: Path, index: int) -> bytes:
     return subprocess.run(
-        ["ffmpeg", "-v", "error", "-i", str(path), "-vf", f"select=eq(n\\,{index})", "-frames:v", "1",
-         "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], capture_output=True, check=True).stdout
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-i",
+            str(path),
+            "-vf",
+            f"select=eq(n\\,{index})",
+            "-frames:v",
+            "1",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-",
+        ],
+        capture_output=True,
+        check=True,
+    ).stdout
 
 
 def mean_abs_diff(a: bytes, b: bytes) -> float:
@@ -70,8 +88,10 @@ def test_clips_concatenate_by_stream_copy_into_one_valid_stream(tmp_path):
     listing = tmp_path / "list.txt"
     listing.write_text(f"file '{a}'\nfile '{b}'\n")
     joined = tmp_path / "joined.mp4"
-    subprocess.run(["ffmpeg", "-v", "error", "-f", "concat", "-safe", "0", "-i", str(listing), "-c", "copy",
-                    str(joined)], check=True)
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-f", "concat", "-safe", "0", "-i", str(listing), "-c", "copy", str(joined)],
+        check=True,
+    )
     (video,) = ffprobe(joined, "-count_frames", "-show_streams")["streams"]
     assert int(video["nb_read_frames"]) == 49
     decode = subprocess.run(["ffmpeg", "-v", "error", "-i", str(joined), "-f", "null", "-"], capture_output=True)
@@ -112,8 +132,9 @@ def test_same_params_give_identical_bytes(tmp_path):
 def test_meta_and_usage(tmp_path):
     """meta gives frames and duration; usage reports the CPU ffmpeg used."""
     kf = keyframe(tmp_path / "k.png")
-    result = BACKEND.run("clip", {"keyframe": kf}, {"width": W, "height": H, "fps": FPS, "frames": 6,
-                                                   "camera": "static"}, tmp_path / "o")
+    result = BACKEND.run(
+        "clip", {"keyframe": kf}, {"width": W, "height": H, "fps": FPS, "frames": 6, "camera": "static"}, tmp_path / "o"
+    )
     assert result.meta == {"frames": 6, "duration": 0.5}
     assert result.usage.cpu_seconds > 0
 
@@ -122,17 +143,24 @@ def test_keyframe_of_the_wrong_size_is_refused(tmp_path):
     """A keyframe that is not exactly width x height raises StageError."""
     Image.new("RGB", (100, 100)).save(tmp_path / "k.png")
     with pytest.raises(StageError, match="100x100"):
-        BACKEND.run("clip", {"keyframe": tmp_path / "k.png"},
-                    {"width": W, "height": H, "fps": FPS, "frames": 3, "camera": "static"}, tmp_path / "o")
+        BACKEND.run(
+            "clip",
+            {"keyframe": tmp_path / "k.png"},
+            {"width": W, "height": H, "fps": FPS, "frames": 3, "camera": "static"},
+            tmp_path / "o",
+        )
 
 
-@pytest.mark.parametrize("params", [
-    {"camera": "dolly_zoom"},
-    {"camera": "static'; rm -rf /"},
-    {"frames": 0},
-    {"fps": 7},
-    {"width": 181},
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"camera": "dolly_zoom"},
+        {"camera": "static'; rm -rf /"},
+        {"frames": 0},
+        {"fps": 7},
+        {"width": 181},
+    ],
+)
 def test_bad_params_are_refused(tmp_path, params):
     """An unknown camera, zero frames, an fps off the 90 kHz clock or an odd width raise StageError."""
     kf = keyframe(tmp_path / "k.png")

@@ -107,8 +107,22 @@ def measure(inputs: Sequence[str], chain: Sequence[str], target_i: float, target
     """Run ``chain`` + loudnorm in analysis mode over the first audio stream; its JSON, as floats."""
     graph = ",".join([*chain, _loudnorm(target_i, target_tp)])
     proc = run_tool(
-        ["ffmpeg", "-nostdin", "-hide_banner", "-nostats", "-v", "info", *inputs,
-         "-map", "0:a:0", "-af", graph, "-f", "null", "-"],
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-hide_banner",
+            "-nostats",
+            "-v",
+            "info",
+            *inputs,
+            "-map",
+            "0:a:0",
+            "-af",
+            graph,
+            "-f",
+            "null",
+            "-",
+        ],
         what="assembly: measure loudness",
     )
     log = proc.stderr.decode("utf-8", "replace")
@@ -137,11 +151,14 @@ def normalise_chain(source: Path, target_i: float, target_tp: float) -> tuple[li
         chain.append(_limiter(ceiling))
         raw = measure(inputs, chain, target_i, target_tp)
     final = _loudnorm(
-        target_i, target_tp,
-        measured_I=raw["input_i"], measured_TP=raw["input_tp"],
+        target_i,
+        target_tp,
+        measured_I=raw["input_i"],
+        measured_TP=raw["input_tp"],
         # loudnorm reads an LRA of exactly 0 (one short line) as "not measured" and goes dynamic.
         measured_LRA=max(raw["input_lra"], 0.01),
-        measured_thresh=raw["input_thresh"], offset=raw["target_offset"],
+        measured_thresh=raw["input_thresh"],
+        offset=raw["target_offset"],
     )
     return [*chain, final], True
 

@@ -83,8 +83,7 @@ def _srt_time(ms: int) -> str:
 def srt(cues: Sequence[Cue]) -> str:
     """SubRip text: cues numbered from 1, literal text, one blank line after each cue."""
     return "".join(
-        f"{n}\n{_srt_time(c.start_ms)} --> {_srt_time(c.end_ms)}\n{c.text}\n\n"
-        for n, c in enumerate(cues, start=1)
+        f"{n}\n{_srt_time(c.start_ms)} --> {_srt_time(c.end_ms)}\n{c.text}\n\n" for n, c in enumerate(cues, start=1)
     )
 
 
@@ -115,7 +114,12 @@ _ASS_HEADER = (
 # A minimal Matroska writer: EBML elements are (id, size, payload); sizes are written as 8-byte
 # variable-length integers, which every reader accepts.
 def _el(element_id: int, payload: bytes) -> bytes:
-    return element_id.to_bytes((element_id.bit_length() + 7) // 8, "big") + b"\x01" + len(payload).to_bytes(7, "big") + payload
+    return (
+        element_id.to_bytes((element_id.bit_length() + 7) // 8, "big")
+        + b"\x01"
+        + len(payload).to_bytes(7, "big")
+        + payload
+    )
 
 
 def _uint(element_id: int, value: int) -> bytes:
@@ -128,15 +132,31 @@ def _str(element_id: int, value: str) -> bytes:
 
 def ass_matroska(cues: Sequence[Cue]) -> bytes:
     """A Matroska file with one ASS subtitle track holding ``cues`` at millisecond precision."""
-    header = b"".join([
-        _uint(0x4286, 1), _uint(0x42F7, 1), _uint(0x42F2, 4), _uint(0x42F3, 8),
-        _str(0x4282, "matroska"), _uint(0x4287, 4), _uint(0x4285, 2),
-    ])
+    header = b"".join(
+        [
+            _uint(0x4286, 1),
+            _uint(0x42F7, 1),
+            _uint(0x42F2, 4),
+            _uint(0x42F3, 8),
+            _str(0x4282, "matroska"),
+            _uint(0x4287, 4),
+            _uint(0x4285, 2),
+        ]
+    )
     info = _el(0x1549A966, _uint(0x2AD7B1, 1_000_000) + _str(0x4D80, "farm") + _str(0x5741, "farm"))
-    track = _el(0xAE, b"".join([
-        _uint(0xD7, 1), _uint(0x73C5, 1), _uint(0x83, 0x11), _uint(0x9C, 0),
-        _str(0x86, "S_TEXT/ASS"), _el(0x63A2, _ASS_HEADER.encode("utf-8")),
-    ]))
+    track = _el(
+        0xAE,
+        b"".join(
+            [
+                _uint(0xD7, 1),
+                _uint(0x73C5, 1),
+                _uint(0x83, 0x11),
+                _uint(0x9C, 0),
+                _str(0x86, "S_TEXT/ASS"),
+                _el(0x63A2, _ASS_HEADER.encode("utf-8")),
+            ]
+        ),
+    )
     clusters = []
     for order, cue in enumerate(cues):
         # One cluster per cue: a block's time is a 16-bit offset from its cluster's.

@@ -22,14 +22,29 @@ from workers.video.motion import TIMESCALE_ARGS, VIDEO_TIMESCALE
 
 # ISO 639-1 -> ISO 639-2/T, the form MP4's mdhd box defines ("zho", not the bibliographic "chi").
 LANGUAGES = {
-    "ar": "ara", "de": "deu", "en": "eng", "es": "spa", "fr": "fra", "he": "heb", "hi": "hin",
-    "id": "ind", "it": "ita", "ja": "jpn", "ko": "kor", "pt": "por", "ru": "rus", "th": "tha",
-    "tr": "tur", "vi": "vie", "yue": "yue", "zh": "zho", "cmn": "zho",
+    "ar": "ara",
+    "de": "deu",
+    "en": "eng",
+    "es": "spa",
+    "fr": "fra",
+    "he": "heb",
+    "hi": "hin",
+    "id": "ind",
+    "it": "ita",
+    "ja": "jpn",
+    "ko": "kor",
+    "pt": "por",
+    "ru": "rus",
+    "th": "tha",
+    "tr": "tur",
+    "vi": "vie",
+    "yue": "yue",
+    "zh": "zho",
+    "cmn": "zho",
 }
 AAC_ARGS = ("-c:a", "aac", "-b:a", "128k", "-ar", "48000", "-ac", "2")
 # No encoder strings, creation times or copied tags: the same inputs give the same file.
 BITEXACT_ARGS = ("-map_metadata", "-1", "-map_chapters", "-1", "-fflags", "+bitexact", "-flags", "+bitexact")
-
 
 
 def language_code(language: str) -> str:
@@ -109,9 +124,7 @@ class FfmpegAssembly:
         # Four passes over the audio (two measurements, the encode, a check) and a remux.
         return Estimate(seconds=1.0 + 0.05 * seconds + 0.1 * len(params.get("shots", [])))
 
-    def run(
-        self, op: str, inputs: Mapping[str, Path], params: Mapping[str, Any], out_dir: Path
-    ) -> StageResult:
+    def run(self, op: str, inputs: Mapping[str, Path], params: Mapping[str, Any], out_dir: Path) -> StageResult:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         cpu0 = children_cpu()
@@ -150,9 +163,30 @@ class FfmpegAssembly:
         # QuickTime, not Matroska: Matroska stores times in whole milliseconds, which would turn
         # 1/12 s or 1/30 s frames into uneven 83/84 or 33/34 ms steps in the final MP4.
         run_tool(
-            ["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(clip), "-i", str(audio),
-             "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy", "-c:a", "pcm_s16le",
-             *TIMESCALE_ARGS, *BITEXACT_ARGS, "-f", "mov", str(out)],
+            [
+                "ffmpeg",
+                "-nostdin",
+                "-v",
+                "error",
+                "-y",
+                "-i",
+                str(clip),
+                "-i",
+                str(audio),
+                "-map",
+                "0:v:0",
+                "-map",
+                "1:a:0",
+                "-c:v",
+                "copy",
+                "-c:a",
+                "pcm_s16le",
+                *TIMESCALE_ARGS,
+                *BITEXACT_ARGS,
+                "-f",
+                "mov",
+                str(out),
+            ],
             what="assembly: mux shot",
         )
         return {"shot": out}, {"frames": frames, "duration": frames / fps}
@@ -190,8 +224,22 @@ class FfmpegAssembly:
         # The shots' PCM, copied end to end: the dialogue track, sample-exact, to measure and encode.
         dialogue = tmp / "dialogue.wav"
         run_tool(
-            ["ffmpeg", "-nostdin", "-v", "error", "-y", *concat, "-map", "0:a:0", "-c:a", "copy",
-             *BITEXACT_ARGS, "-f", "wav", str(dialogue)],
+            [
+                "ffmpeg",
+                "-nostdin",
+                "-v",
+                "error",
+                "-y",
+                *concat,
+                "-map",
+                "0:a:0",
+                "-c:a",
+                "copy",
+                *BITEXACT_ARGS,
+                "-f",
+                "wav",
+                str(dialogue),
+            ],
             what="assembly: join dialogue",
         )
         expected = total_frames * sample_rate / fps
@@ -205,8 +253,7 @@ class FfmpegAssembly:
         language = language_code(str(params.get("language", "")))
         # The title is one argv element; argv cannot hold NUL, so control characters go.
         title = _subtitles.without_controls(str(params.get("title", "")))
-        tags = ["-metadata", f"title={title}",
-                "-metadata:s:a:0", f"language={language}"]
+        tags = ["-metadata", f"title={title}", "-metadata:s:a:0", f"language={language}"]
         if cues:
             subs = tmp / "subtitles.mkv"
             subs.write_bytes(_subtitles.ass_matroska(cues))
@@ -215,9 +262,23 @@ class FfmpegAssembly:
             tags += ["-metadata:s:s:0", f"language={language}"]
         video = out_dir / "episode.mp4"
         run_tool(
-            [*args, "-filter_complex", "[1:a:0]" + ",".join(chain) + "[audio]", *maps,
-             "-c:v", "copy", *AAC_ARGS, *TIMESCALE_ARGS, *BITEXACT_ARGS, *tags,
-             "-movflags", "+faststart", "-f", "mp4", str(video)],
+            [
+                *args,
+                "-filter_complex",
+                "[1:a:0]" + ",".join(chain) + "[audio]",
+                *maps,
+                "-c:v",
+                "copy",
+                *AAC_ARGS,
+                *TIMESCALE_ARGS,
+                *BITEXACT_ARGS,
+                *tags,
+                "-movflags",
+                "+faststart",
+                "-f",
+                "mp4",
+                str(video),
+            ],
             what="assembly: episode",
         )
 

@@ -33,5 +33,14 @@ from workers.comfyui.backend import ComfyUI, gpu_seconds
 from workers.comfyui.figures import derive_figure, key_out_background
 from workers.comfyui.workflow import KIND, ComfyUISettings, action_seed, load_templates, prompt_text
 
-__all__ = ["KIND", "ComfyUI", "ComfyUISettings", "action_seed", "derive_figure", "gpu_seconds", "key_out_background",
-           "load_templates", "prompt_text"]
+__all__ = [
+    "KIND",
+    "ComfyUI",
+    "ComfyUISettings",
+    "action_seed",
+    "derive_figure",
+    "gpu_seconds",
+    "key_out_background",
+    "load_templates",
+    "prompt_text",
+]

@@ -16,11 +16,32 @@ from typing import Any, Mapping
 from PIL import Image, ImageOps, ImageSequence
 
 from workers._http import Response, call, join
-from workers.api import (Estimate, JobRecord, Resources, StageError, StageResult, Usage, children_cpu, config_version,
-                         run_tool, secret)
+from workers.api import (
+    Estimate,
+    JobRecord,
+    Resources,
+    StageError,
+    StageResult,
+    Usage,
+    children_cpu,
+    config_version,
+    run_tool,
+    secret,
+)
 from workers.comfyui.figures import derive_figure, key_out_background
-from workers.comfyui.workflow import (IMAGE_INPUT, KIND, KIND_VERSION, STAGE_OPS, ComfyUISettings, action_seed, canonical,
-                                      is_link, load_templates, prompt_text, round8)
+from workers.comfyui.workflow import (
+    IMAGE_INPUT,
+    KIND,
+    KIND_VERSION,
+    STAGE_OPS,
+    ComfyUISettings,
+    action_seed,
+    canonical,
+    is_link,
+    load_templates,
+    prompt_text,
+    round8,
+)
 from workers.configured import parse
 from workers.video.motion import ENCODER_ARGS, TIMESCALE_ARGS, clip_shape
 
@@ -34,8 +55,10 @@ def _multipart(fields: Mapping[str, str], file_field: str, filename: str, data: 
     out = io.BytesIO()
     for key, value in fields.items():
         out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n'.encode())
-    out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{file_field}"; filename="{filename}"\r\n'
-              f"Content-Type: {mime}\r\n\r\n".encode())
+    out.write(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{file_field}"; filename="{filename}"\r\n'
+        f"Content-Type: {mime}\r\n\r\n".encode()
+    )
     out.write(data)
     out.write(f"\r\n--{boundary}--\r\n".encode())
     return out.getvalue(), f"multipart/form-data; boundary={boundary}"
@@ -87,27 +110,48 @@ class ComfyUI:
         self.features: tuple[str, ...] = ("last_frame",) if "last_image" in s.inputs.get("clip", {}) else ()
         self.resources = s.resources_or(Resources(num_cpus=1))  # the GPU is the server's; here: waits and ffmpeg
         digests = {op: hashlib.sha256(canonical(t).encode()).hexdigest() for op, t in self._templates.items()}
-        self.version = config_version(KIND_VERSION, {
-            "stage": s.stage, "workflows": digests,
-            "inputs": {op: {k: list(v) for k, v in m.items()} for op, m in s.inputs.items()},
-            "outputs": s.outputs}, ("stage", "workflows", "inputs", "outputs"))
+        self.version = config_version(
+            KIND_VERSION,
+            {
+                "stage": s.stage,
+                "workflows": digests,
+                "inputs": {op: {k: list(v) for k, v in m.items()} for op, m in s.inputs.items()},
+                "outputs": s.outputs,
+            },
+            ("stage", "workflows", "inputs", "outputs"),
+        )
         self.host = urllib.parse.urlsplit(s.base_url).netloc
         self.what = f"{s.stage} ({name}, ComfyUI at {self.host})"
         self._client_id = f"farm-{uuid.uuid4().hex}"
 
     # -- the server ---------------------------------------------------------------------------
 
-    def _request(self, method: str, path: str, *, body: Any = None, query: Mapping[str, str] | None = None,
-                 headers: Mapping[str, str] | None = None) -> Response:
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        query: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Response:
         key = secret(self._config)
         hdrs = {**(headers or {}), **({"Authorization": f"Bearer {key}"} if key else {})}
         try:  # call() names the method and path in its errors
-            return call(method, join(self.settings.base_url, path), what=self.what, body=body, headers=hdrs,
-                        timeout=self.settings.request_timeout_s, query=query)
+            return call(
+                method,
+                join(self.settings.base_url, path),
+                what=self.what,
+                body=body,
+                headers=hdrs,
+                timeout=self.settings.request_timeout_s,
+                query=query,
+            )
         except StageError as exc:
             if key and key in str(exc):
-                raise StageError(str(exc).replace(key, "[api key]"), retryable=exc.retryable,
-                                 retry_after=exc.retry_after) from None
+                raise StageError(
+                    str(exc).replace(key, "[api key]"), retryable=exc.retryable, retry_after=exc.retry_after
+                ) from None
             raise
 
     def _json(self, method: str, path: str, **kw: Any) -> Any:
@@ -121,16 +165,25 @@ class ComfyUI:
         devices = []
         for d in (stats.get("devices") or []) if isinstance(stats, dict) else []:
             vram = d.get("vram_total")
-            devices.append(f"{d.get('name', d.get('type', '?'))}"
-                           + (f" {vram / 2**30:.0f} GiB" if isinstance(vram, (int, float)) and vram else ""))
+            devices.append(
+                f"{d.get('name', d.get('type', '?'))}"
+                + (f" {vram / 2**30:.0f} GiB" if isinstance(vram, (int, float)) and vram else "")
+            )
         info = self._json("GET", "object_info")
-        missing = sorted({node["class_type"] for t in self._templates.values() for node in t.values()}
-                         - set(info if isinstance(info, dict) else ()))
+        missing = sorted(
+            {node["class_type"] for t in self._templates.values() for node in t.values()}
+            - set(info if isinstance(info, dict) else ())
+        )
         if missing:
-            raise StageError(f"{self.what}: the server lacks node types {', '.join(missing)} used by the workflows "
-                             "of this backend: install the custom nodes that provide them", retryable=False)
-        return (f"ComfyUI {system.get('comfyui_version') or '(version not reported)'} at {self.host}: "
-                f"{', '.join(devices) or 'no devices reported'}; ops {', '.join(self.ops)}")
+            raise StageError(
+                f"{self.what}: the server lacks node types {', '.join(missing)} used by the workflows "
+                "of this backend: install the custom nodes that provide them",
+                retryable=False,
+            )
+        return (
+            f"ComfyUI {system.get('comfyui_version') or '(version not reported)'} at {self.host}: "
+            f"{', '.join(devices) or 'no devices reported'}; ops {', '.join(self.ops)}"
+        )
 
     def estimate(self, op: str, params: Mapping[str, Any]) -> Estimate:
         seconds = 30.0 + 0.5 * int(params.get("frames", 0)) if op == "clip" else 20.0
@@ -138,8 +191,14 @@ class ComfyUI:
 
     # -- one action ---------------------------------------------------------------------------
 
-    def run(self, op: str, inputs: Mapping[str, Path], params: Mapping[str, Any], out_dir: Path,
-            job: JobRecord | None = None) -> StageResult:
+    def run(
+        self,
+        op: str,
+        inputs: Mapping[str, Path],
+        params: Mapping[str, Any],
+        out_dir: Path,
+        job: JobRecord | None = None,
+    ) -> StageResult:
         if op not in self.ops:
             raise StageError(f"{self.what}: unknown op {op!r}; this backend does {', '.join(self.ops)}")
         out_dir = Path(out_dir)
@@ -156,14 +215,19 @@ class ComfyUI:
             entry = self._wait(prompt_id)
             if entry is not None:
                 break
-            why = ("the previous attempt stopped before ComfyUI accepted it" if saved.get("submitted") is False
-                   else "the server restarted or its history was cleared")
-            meta["resubmitted"] = (f"ComfyUI at {self.host} does not know prompt {prompt_id} ({why}): "
-                                   "the workflow was submitted anew")
+            why = (
+                "the previous attempt stopped before ComfyUI accepted it"
+                if saved.get("submitted") is False
+                else "the server restarted or its history was cleared"
+            )
+            meta["resubmitted"] = (
+                f"ComfyUI at {self.host} does not know prompt {prompt_id} ({why}): the workflow was submitted anew"
+            )
             prompt_id, saved = None, {}
         if entry is None:
-            raise StageError(f"{self.what}: the server lost the prompt twice in a row (is it restarting?)",
-                             retryable=True)
+            raise StageError(
+                f"{self.what}: the server lost the prompt twice in a row (is it restarting?)", retryable=True
+            )
         assert prompt_id is not None
         meta["prompt_id"] = prompt_id
         meta["resumed"] = resuming and "resubmitted" not in meta  # waited on a job an earlier attempt submitted
@@ -171,8 +235,9 @@ class ComfyUI:
         if status.get("status_str") == "error":
             self._failed(prompt_id, status, record)
         files = self._outputs(op, prompt_id, entry)
-        usage = Usage(provider_job_id=prompt_id, model=Path(self.settings.workflows[op]).name,
-                      gpu_seconds=gpu_seconds(status))
+        usage = Usage(
+            provider_job_id=prompt_id, model=Path(self.settings.workflows[op]).name, gpu_seconds=gpu_seconds(status)
+        )
         cpu0 = children_cpu()
         if op == "keyframe":
             result = {"keyframe": self._keyframe(files["keyframe"], params, out_dir, meta)}
@@ -183,8 +248,9 @@ class ComfyUI:
         usage.cpu_seconds = children_cpu() - cpu0
         return StageResult(files=result, meta=meta, usage=usage)
 
-    def _submit(self, op: str, inputs: Mapping[str, Path], params: Mapping[str, Any], record: JobRecord,
-                meta: dict[str, Any]) -> str:
+    def _submit(
+        self, op: str, inputs: Mapping[str, Path], params: Mapping[str, Any], record: JobRecord, meta: dict[str, Any]
+    ) -> str:
         images = self._images(op, inputs, params, meta)
         workflow, removed = self._fill(op, params, {k: self._upload(k, p) for k, p in images.items()})
         if removed:
@@ -195,17 +261,26 @@ class ComfyUI:
         record.save({**base, "prompt_id": prompt_id, "submitted": False, "saved_at": time.time()})
         what = f"{self.what}: POST /prompt"
         try:
-            answer = self._json("POST", "prompt",
-                                body={"prompt": workflow, "client_id": self._client_id, "prompt_id": prompt_id})
+            answer = self._json(
+                "POST", "prompt", body={"prompt": workflow, "client_id": self._client_id, "prompt_id": prompt_id}
+            )
         except StageError as exc:
             if exc.retryable:
                 raise
             record.save({**base, "failed_prompt_id": prompt_id, "error": str(exc)[:1000]})
-            hint = (f" (nodes removed because the action has no such image: {', '.join(removed)}; the inputs they "
-                    "fed must be optional)") if removed else ""
+            hint = (
+                (
+                    f" (nodes removed because the action has no such image: {', '.join(removed)}; the inputs they "
+                    "fed must be optional)"
+                )
+                if removed
+                else ""
+            )
             detail = str(exc).removeprefix(f"{self.what}: ")
-            raise StageError(f"{self.what}: ComfyUI rejected workflow {self.settings.workflows[op]} for {op}: "
-                             f"{detail}{hint}", retryable=False) from None
+            raise StageError(
+                f"{self.what}: ComfyUI rejected workflow {self.settings.workflows[op]} for {op}: {detail}{hint}",
+                retryable=False,
+            ) from None
         accepted = answer.get("prompt_id") if isinstance(answer, dict) else None
         if not isinstance(accepted, str) or not accepted:
             raise StageError(f"{what}: the answer has no prompt_id: {str(answer)[:300]}", retryable=True)
@@ -214,8 +289,9 @@ class ComfyUI:
         record.save({**base, "prompt_id": accepted, "submitted": True, "saved_at": time.time()})
         return accepted
 
-    def _images(self, op: str, inputs: Mapping[str, Path], params: Mapping[str, Any],
-                meta: dict[str, Any]) -> dict[str, Path]:
+    def _images(
+        self, op: str, inputs: Mapping[str, Path], params: Mapping[str, Any], meta: dict[str, Any]
+    ) -> dict[str, Path]:
         """Template input name -> local image, for the image inputs the template maps."""
         mapped = self.settings.inputs.get(op, {})
         found: dict[str, Path] = {}
@@ -255,8 +331,9 @@ class ComfyUI:
         sub = answer.get("subfolder") or ""
         return f"{sub}/{answer['name']}" if sub else answer["name"]
 
-    def _fill(self, op: str, params: Mapping[str, Any],
-              uploaded: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
+    def _fill(
+        self, op: str, params: Mapping[str, Any], uploaded: Mapping[str, str]
+    ) -> tuple[dict[str, Any], list[str]]:
         """The template with this action's values; removes nodes of image inputs the action lacks."""
         workflow = copy.deepcopy(self._templates[op])
         values: dict[str, Any] = {"prompt": prompt_text(op, params), "seed": action_seed(params), **uploaded}
@@ -314,15 +391,21 @@ class ComfyUI:
                 if not exc.retryable:
                     raise
                 if failures >= _POLL_FAILURES:
-                    raise StageError(f"{exc} (waiting on prompt {prompt_id}; the job record keeps it, so the next "
-                                     "attempt resumes waiting)", retryable=exc.retryable,
-                                     retry_after=exc.retry_after) from None
+                    raise StageError(
+                        f"{exc} (waiting on prompt {prompt_id}; the job record keeps it, so the next "
+                        "attempt resumes waiting)",
+                        retryable=exc.retryable,
+                        retry_after=exc.retry_after,
+                    ) from None
             polls += 1
             left = deadline - time.monotonic()
             if left <= 0:
-                raise StageError(f"{self.what}: prompt {prompt_id} has not finished after {s.timeout_s:g}s (setting "
-                                 "timeout_s); the job record keeps it, so the next attempt resumes waiting on it "
-                                 "instead of submitting again", retryable=True)
+                raise StageError(
+                    f"{self.what}: prompt {prompt_id} has not finished after {s.timeout_s:g}s (setting "
+                    "timeout_s); the job record keeps it, so the next attempt resumes waiting on it "
+                    "instead of submitting again",
+                    retryable=True,
+                )
             time.sleep(min(s.poll_interval_s, left))
 
     def _failed(self, prompt_id: str, status: Mapping[str, Any], record: JobRecord) -> None:
@@ -335,8 +418,10 @@ class ComfyUI:
                     interrupted = True
         if error is not None:
             kind = str(error.get("exception_type", ""))
-            text = (f"{self.what}: node {error.get('node_id')} ({error.get('node_type')}) of prompt {prompt_id} "
-                    f"failed: {str(error.get('exception_message', '')).strip()}" + (f" [{kind}]" if kind else ""))
+            text = (
+                f"{self.what}: node {error.get('node_id')} ({error.get('node_type')}) of prompt {prompt_id} "
+                f"failed: {str(error.get('exception_message', '')).strip()}" + (f" [{kind}]" if kind else "")
+            )
             retryable = "OutOfMemory" in kind  # the GPU was busy with something else; may fit next time
         elif interrupted:
             text, retryable = f"{self.what}: prompt {prompt_id} was interrupted on the server", True
@@ -352,20 +437,38 @@ class ComfyUI:
         found: dict[str, list[tuple[str, bytes]]] = {}
         for out, nid in self.settings.outputs.get(op, {}).items():
             node = produced.get(nid) if isinstance(produced, dict) else None
-            items = [f for key in ("videos", "gifs", "images", "video") for f in (node or {}).get(key) or []
-                     if isinstance(f, dict) and isinstance(f.get("filename"), str)]
+            items = [
+                f
+                for key in ("videos", "gifs", "images", "video")
+                for f in (node or {}).get(key) or []
+                if isinstance(f, dict) and isinstance(f.get("filename"), str)
+            ]
             if not items:
-                raise StageError(f"{self.what}: prompt {prompt_id} finished but node {nid} saved no file for {out} "
-                                 f"(nodes with files: {', '.join(map(str, produced)) or 'none'}); point backends."
-                                 f"{self.name}.outputs.{op}.{out} at a node that saves it", retryable=False)
+                raise StageError(
+                    f"{self.what}: prompt {prompt_id} finished but node {nid} saved no file for {out} "
+                    f"(nodes with files: {', '.join(map(str, produced)) or 'none'}); point backends."
+                    f"{self.name}.outputs.{op}.{out} at a node that saves it",
+                    retryable=False,
+                )
             if op != "clip":
                 items = items[:1]
             elif any(Path(f["filename"]).suffix.lower() in _VIDEO_SUFFIXES for f in items):
                 items = [f for f in items if Path(f["filename"]).suffix.lower() in _VIDEO_SUFFIXES][:1]
-            found[out] = [(f["filename"], self._request(
-                "GET", "view",
-                query={"filename": f["filename"], "subfolder": str(f.get("subfolder") or ""),
-                       "type": str(f.get("type") or "output")}).body) for f in items]
+            found[out] = [
+                (
+                    f["filename"],
+                    self._request(
+                        "GET",
+                        "view",
+                        query={
+                            "filename": f["filename"],
+                            "subfolder": str(f.get("subfolder") or ""),
+                            "type": str(f.get("type") or "output"),
+                        },
+                    ).body,
+                )
+                for f in items
+            ]
         return found
 
     # -- post-processing ----------------------------------------------------------------------
@@ -378,8 +481,9 @@ class ComfyUI:
         except OSError as exc:
             raise StageError(f"{self.what}: the server's {name} is not a readable image: {exc}") from None
 
-    def _keyframe(self, files: list[tuple[str, bytes]], params: Mapping[str, Any], out_dir: Path,
-                  meta: dict[str, Any]) -> Path:
+    def _keyframe(
+        self, files: list[tuple[str, bytes]], params: Mapping[str, Any], out_dir: Path, meta: dict[str, Any]
+    ) -> Path:
         width, height = int(params["width"]), int(params["height"])
         im = self._open(files[0][0], files[0][1])
         meta["source_size"] = list(im.size)
@@ -401,16 +505,19 @@ class ComfyUI:
                 meta["figure"] = "made by the workflow, background keyed out here" if keyed else "made by the workflow"
         else:
             figure, note = derive_figure(sheet)
-            meta["figure"] = (f"{note}; the workflow makes none (map a node that saves a transparent figure as "
-                              f"backends.{self.name}.outputs.sheet.figure)")
+            meta["figure"] = (
+                f"{note}; the workflow makes none (map a node that saves a transparent figure as "
+                f"backends.{self.name}.outputs.sheet.figure)"
+            )
         paths = {"sheet": out_dir / "sheet.png", "figure": out_dir / "figure.png"}
         sheet.save(paths["sheet"], optimize=False)
         figure.save(paths["figure"], optimize=False)
         meta.update(width=sheet.width, height=sheet.height)
         return paths
 
-    def _clip(self, files: list[tuple[str, bytes]], params: Mapping[str, Any], out_dir: Path,
-              meta: dict[str, Any]) -> Path:
+    def _clip(
+        self, files: list[tuple[str, bytes]], params: Mapping[str, Any], out_dir: Path, meta: dict[str, Any]
+    ) -> Path:
         width, height, fps, frames = clip_shape(params, self.what)
         work = out_dir / "comfyui-source"
         shutil.rmtree(work, ignore_errors=True)
@@ -436,24 +543,69 @@ class ComfyUI:
         # Source frame k is shown at k*frames/(count*fps) s, so the source spans exactly frames/fps s
         # whatever its own rate; fps= then picks the frame showing at each output tick (identity when
         # count == frames), tpad holds the last frame if rounding leaves one short, -frames:v cuts.
-        graph = ",".join([
-            f"settb=1/{count * fps}", f"setpts=N*{frames}", f"fps={fps}", "tpad=stop=-1:stop_mode=clone",
-            f"scale={width}:{height}:force_original_aspect_ratio=increase:flags=bicubic"
-            ":out_color_matrix=bt709:out_range=tv",
-            "format=yuv444p", f"crop={width}:{height}", "setsar=1", "format=yuv420p",
-        ])
+        graph = ",".join(
+            [
+                f"settb=1/{count * fps}",
+                f"setpts=N*{frames}",
+                f"fps={fps}",
+                "tpad=stop=-1:stop_mode=clone",
+                f"scale={width}:{height}:force_original_aspect_ratio=increase:flags=bicubic"
+                ":out_color_matrix=bt709:out_range=tv",
+                "format=yuv444p",
+                f"crop={width}:{height}",
+                "setsar=1",
+                "format=yuv420p",
+            ]
+        )
         out = out_dir / "clip.mp4"
-        run_tool(["ffmpeg", "-nostdin", "-v", "error", "-y", *input_args, "-vf", graph, "-frames:v", str(frames),
-                  "-an", *ENCODER_ARGS, *TIMESCALE_ARGS, "-map_metadata", "-1", "-fflags", "+bitexact",
-                  "-flags:v", "+bitexact", "-f", "mp4", str(out.resolve())], what=f"{self.what}: encode clip")
+        run_tool(
+            [
+                "ffmpeg",
+                "-nostdin",
+                "-v",
+                "error",
+                "-y",
+                *input_args,
+                "-vf",
+                graph,
+                "-frames:v",
+                str(frames),
+                "-an",
+                *ENCODER_ARGS,
+                *TIMESCALE_ARGS,
+                "-map_metadata",
+                "-1",
+                "-fflags",
+                "+bitexact",
+                "-flags:v",
+                "+bitexact",
+                "-f",
+                "mp4",
+                str(out.resolve()),
+            ],
+            what=f"{self.what}: encode clip",
+        )
         shutil.rmtree(work, ignore_errors=True)
         meta.update(frames=frames, duration=frames / fps, retimed=count != frames)
         return out
 
     def _count_frames(self, path: Path) -> int:
-        proc = run_tool(["ffprobe", "-v", "error", "-select_streams", "v:0", "-count_frames", "-show_entries",
-                         "stream=nb_read_frames", "-of", "csv=p=0", str(path.resolve())],
-                        what=f"{self.what}: read the server's clip")
+        proc = run_tool(
+            [
+                "ffprobe",
+                "-v",
+                "error",
+                "-select_streams",
+                "v:0",
+                "-count_frames",
+                "-show_entries",
+                "stream=nb_read_frames",
+                "-of",
+                "csv=p=0",
+                str(path.resolve()),
+            ],
+            what=f"{self.what}: read the server's clip",
+        )
         text = proc.stdout.decode().strip().split(",")[0]
         if not text.isdigit():
             raise StageError(f"{self.what}: the server's clip has no readable video stream")

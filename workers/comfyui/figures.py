@@ -12,9 +12,12 @@ def key_out_background(image: Image.Image) -> tuple[Image.Image, bool]:
     cropped to what is left; ``False`` when nothing stood out from the background (left opaque)."""
     rgb = image.convert("RGB")
     w, h = rgb.size
-    strips = [rgb.crop((0, 0, w, 1)), rgb.crop((0, h - 1, w, h)),
-              rgb.crop((0, 0, 1, h)).transpose(Image.Transpose.ROTATE_90),
-              rgb.crop((w - 1, 0, w, h)).transpose(Image.Transpose.ROTATE_90)]
+    strips = [
+        rgb.crop((0, 0, w, 1)),
+        rgb.crop((0, h - 1, w, h)),
+        rgb.crop((0, 0, 1, h)).transpose(Image.Transpose.ROTATE_90),
+        rgb.crop((w - 1, 0, w, h)).transpose(Image.Transpose.ROTATE_90),
+    ]
     border = Image.new("RGB", (2 * w + 2 * h, 1))
     x = 0
     for strip in strips:
@@ -40,6 +43,9 @@ def derive_figure(sheet: Image.Image) -> tuple[Image.Image, str]:
     panel = sheet.crop((0, 0, max(1, w // 3), h)) if w > h * 1.1 else sheet
     figure, keyed = key_out_background(panel)
     how = "the left third of the sheet (the front view)" if panel is not sheet else "the whole sheet"
-    note = (f"derived from the sheet: {how} with its background colour keyed out" if keyed else
-            f"derived from the sheet: {how}, left opaque (nothing stood out from the background)")
+    note = (
+        f"derived from the sheet: {how} with its background colour keyed out"
+        if keyed
+        else f"derived from the sheet: {how}, left opaque (nothing stood out from the background)"
+    )
     return figure, note

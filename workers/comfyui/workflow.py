@@ -31,12 +31,20 @@ INPUTS = {
 # inputs filled with an uploaded image; when the action has none, the node they name is removed
 IMAGE_INPUT = re.compile(r"^(image|last_image|figure\d+)$")
 
-_FRAMING = {"wide": "wide shot, full bodies within the surroundings", "medium": "medium shot, waist up",
-            "close": "close-up on the face"}
-_CAMERA = {"static": "static camera, locked-off shot", "push_in": "the camera slowly pushes in",
-           "pull_out": "the camera slowly pulls out", "pan_left": "the camera pans slowly to the left",
-           "pan_right": "the camera pans slowly to the right", "pan_up": "the camera tilts slowly up",
-           "pan_down": "the camera tilts slowly down"}
+_FRAMING = {
+    "wide": "wide shot, full bodies within the surroundings",
+    "medium": "medium shot, waist up",
+    "close": "close-up on the face",
+}
+_CAMERA = {
+    "static": "static camera, locked-off shot",
+    "push_in": "the camera slowly pushes in",
+    "pull_out": "the camera slowly pulls out",
+    "pan_left": "the camera pans slowly to the left",
+    "pan_right": "the camera pans slowly to the right",
+    "pan_up": "the camera tilts slowly up",
+    "pan_down": "the camera tilts slowly down",
+}
 
 
 class ComfyUISettings(BackendSettings):
@@ -45,10 +53,12 @@ class ComfyUISettings(BackendSettings):
     stage: Literal["image", "video"]
     base_url: str = Field(description="the ComfyUI server: http://comfy:8188")
     workflows: dict[str, str] = Field(description="op -> path of an API-format workflow JSON file")
-    inputs: dict[str, dict[str, tuple[str, str]]] = Field(default_factory=dict,
-                                                         description="op -> input name -> [node id, field]")
-    outputs: dict[str, dict[str, str]] = Field(default_factory=dict,
-                                               description="op -> output name -> id of the node saving it")
+    inputs: dict[str, dict[str, tuple[str, str]]] = Field(
+        default_factory=dict, description="op -> input name -> [node id, field]"
+    )
+    outputs: dict[str, dict[str, str]] = Field(
+        default_factory=dict, description="op -> output name -> id of the node saving it"
+    )
     poll_interval_s: float = Field(1.0, gt=0, le=60)
     timeout_s: float = Field(3600.0, gt=0, le=86_400)  # the longest a run waits on one job
     request_timeout_s: float = Field(30.0, gt=0, le=600)
@@ -68,8 +78,11 @@ def is_link(value: Any) -> bool:
 
 
 def _save_nodes(template: Mapping[str, Any]) -> str:
-    found = [f"{nid} ({node['class_type']})" for nid, node in template.items()
-             if any(w in node["class_type"] for w in ("Save", "Preview", "VideoCombine"))]
+    found = [
+        f"{nid} ({node['class_type']})"
+        for nid, node in template.items()
+        if any(w in node["class_type"] for w in ("Save", "Preview", "VideoCombine"))
+    ]
     return ", ".join(found) or "none found"
 
 
@@ -98,20 +111,31 @@ def load_templates(name: str, s: ComfyUISettings) -> dict[str, dict[str, Any]]:
             problems.append(f"{where}.workflows.{op}: {path} is not readable JSON ({exc})")
             continue
         if not isinstance(data, dict) or not data or "nodes" in data and isinstance(data.get("nodes"), list):
-            problems.append(f"{where}.workflows.{op}: {path} is not an API-format workflow (an object of node "
-                            "id -> {class_type, inputs}); export it from ComfyUI with 'Export (API)'")
+            problems.append(
+                f"{where}.workflows.{op}: {path} is not an API-format workflow (an object of node "
+                "id -> {class_type, inputs}); export it from ComfyUI with 'Export (API)'"
+            )
             continue
-        bad = [nid for nid, node in data.items() if not isinstance(node, dict)
-               or not isinstance(node.get("class_type"), str) or not isinstance(node.get("inputs"), dict)]
+        bad = [
+            nid
+            for nid, node in data.items()
+            if not isinstance(node, dict)
+            or not isinstance(node.get("class_type"), str)
+            or not isinstance(node.get("inputs"), dict)
+        ]
         if bad:
-            problems.append(f"{where}.workflows.{op}: in {path}, node(s) {', '.join(bad)} lack class_type or "
-                            "inputs; export the workflow with 'Export (API)'")
+            problems.append(
+                f"{where}.workflows.{op}: in {path}, node(s) {', '.join(bad)} lack class_type or "
+                "inputs; export the workflow with 'Export (API)'"
+            )
             continue
         for nid, node in data.items():
             for field, value in node["inputs"].items():
                 if is_link(value) and value[0] not in data:
-                    problems.append(f"{where}.workflows.{op}: in {path}, node {nid} input {field!r} links to "
-                                    f"node {value[0]!r}, which is not in the workflow")
+                    problems.append(
+                        f"{where}.workflows.{op}: in {path}, node {nid} input {field!r} links to "
+                        f"node {value[0]!r}, which is not in the workflow"
+                    )
         templates[op] = data
     for op, mapping in s.inputs.items():
         if op not in ops:
@@ -121,19 +145,26 @@ def load_templates(name: str, s: ComfyUISettings) -> dict[str, dict[str, Any]]:
         for input_name, (nid, field) in mapping.items():
             here = f"{where}.inputs.{op}.{input_name}"
             if input_name not in INPUTS[op]:
-                problems.append(f"{here}: unknown input; {op} fills {', '.join(INPUTS[op][:8])}"
-                                + (", ..." if len(INPUTS[op]) > 8 else ""))
+                problems.append(
+                    f"{here}: unknown input; {op} fills {', '.join(INPUTS[op][:8])}"
+                    + (", ..." if len(INPUTS[op]) > 8 else "")
+                )
             elif template is None:
                 continue
             elif nid not in template:
-                problems.append(f"{here}: node {nid!r} is not in {s.workflows[op]} (its nodes: "
-                                f"{', '.join(sorted(template, key=str))}); give [node id, field] of that workflow")
+                problems.append(
+                    f"{here}: node {nid!r} is not in {s.workflows[op]} (its nodes: "
+                    f"{', '.join(sorted(template, key=str))}); give [node id, field] of that workflow"
+                )
             elif field not in template[nid]["inputs"]:
-                problems.append(f"{here}: node {nid} ({template[nid]['class_type']}) has no input {field!r} "
-                                f"(it has: {', '.join(template[nid]['inputs'])})")
+                problems.append(
+                    f"{here}: node {nid} ({template[nid]['class_type']}) has no input {field!r} "
+                    f"(it has: {', '.join(template[nid]['inputs'])})"
+                )
             elif IMAGE_INPUT.match(input_name) and is_link(template[nid]["inputs"][field]):
-                problems.append(f"{here}: node {nid} input {field!r} is a link; name the file field of a "
-                                "LoadImage node")
+                problems.append(
+                    f"{here}: node {nid} input {field!r} is a link; name the file field of a LoadImage node"
+                )
     for op, saved in s.outputs.items():
         if op not in ops:
             problems.append(f"{where}.outputs.{op}: a {s.stage} backend does {', '.join(ops)}; remove {op!r}")
@@ -142,13 +173,17 @@ def load_templates(name: str, s: ComfyUISettings) -> dict[str, dict[str, Any]]:
             if out not in OUTPUTS[op]:
                 problems.append(f"{where}.outputs.{op}.{out}: {op} makes {', '.join(OUTPUTS[op])}")
             elif op in templates and nid not in templates[op]:
-                problems.append(f"{where}.outputs.{op}.{out}: node {nid!r} is not in {s.workflows[op]}; give the "
-                                f"id of the node saving it (saving nodes there: {_save_nodes(templates[op])})")
+                problems.append(
+                    f"{where}.outputs.{op}.{out}: node {nid!r} is not in {s.workflows[op]}; give the "
+                    f"id of the node saving it (saving nodes there: {_save_nodes(templates[op])})"
+                )
     for op in ops:
         for out, required in OUTPUTS[op].items():
             if required and out not in s.outputs.get(op, {}) and op in templates:
-                problems.append(f"{where}.outputs.{op}.{out}: missing; give the id of the node saving the {out} "
-                                f"(saving nodes in {s.workflows[op]}: {_save_nodes(templates[op])})")
+                problems.append(
+                    f"{where}.outputs.{op}.{out}: missing; give the id of the node saving the {out} "
+                    f"(saving nodes in {s.workflows[op]}: {_save_nodes(templates[op])})"
+                )
     if problems:
         raise ConfigError("; ".join(problems))
     return templates
@@ -170,16 +205,23 @@ def prompt_text(op: str, params: Mapping[str, Any]) -> str:
     if op == "sheet":
         c = params["character"]
         look = str((c.get("look") or {}).get("description") or "")
-        parts = [f"Character turnaround sheet of {c.get('name', '')}: {look}",
-                 "front view, three-quarter view and side view, full body, standing, plain flat background",
-                 f"Style: {style}"]
+        parts = [
+            f"Character turnaround sheet of {c.get('name', '')}: {look}",
+            "front view, three-quarter view and side view, full body, standing, plain flat background",
+            f"Style: {style}",
+        ]
     elif op == "keyframe":
-        parts = [str(params.get("description", "")),
-                 f"Location: {params.get('location', '')}, {params.get('time_of_day', '')}",
-                 _FRAMING.get(str(params.get("framing")), ""), f"Style: {style}"]
+        parts = [
+            str(params.get("description", "")),
+            f"Location: {params.get('location', '')}, {params.get('time_of_day', '')}",
+            _FRAMING.get(str(params.get("framing")), ""),
+            f"Style: {style}",
+        ]
     else:
-        parts = [_CAMERA.get(str(params.get("camera")), ""),
-                 "subtle natural motion, characters and lighting stay consistent"]
+        parts = [
+            _CAMERA.get(str(params.get("camera")), ""),
+            "subtle natural motion, characters and lighting stay consistent",
+        ]
     return ". ".join(p.strip().rstrip(".") for p in parts if p.strip()) + "."
 
 

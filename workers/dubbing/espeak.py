@@ -34,12 +34,9 @@ SILENT_LINE_SECONDS = 0.3
 _VOICE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(\+[A-Za-z0-9_-]+)?")
 
 
-
 def _clean_text(text: str) -> str:
     """Control characters (NUL, escape, ...) become spaces; newlines and tabs stay."""
-    return "".join(
-        " " if unicodedata.category(ch) == "Cc" and ch not in "\n\t" else ch for ch in text
-    )
+    return "".join(" " if unicodedata.category(ch) == "Cc" and ch not in "\n\t" else ch for ch in text)
 
 
 def _voice_args(voice: Any) -> list[str]:
@@ -66,7 +63,9 @@ def trim_silence(src: Path, dst: Path) -> None:
     except (wave.Error, EOFError) as exc:
         raise StageError(f"dubbing: unreadable WAV from the speech engine: {exc}") from exc
     if width != 2 or channels != 1:
-        raise StageError(f"dubbing: the speech engine wrote {channels} channel(s) of {8 * width}-bit audio, expected mono 16-bit")
+        raise StageError(
+            f"dubbing: the speech engine wrote {channels} channel(s) of {8 * width}-bit audio, expected mono 16-bit"
+        )
     samples = array.array("h")
     samples.frombytes(raw[: len(raw) - len(raw) % 2])
     if sys.byteorder == "big":
@@ -113,9 +112,7 @@ class EspeakDubbing:
     def estimate(self, op: str, params: Mapping[str, Any]) -> Estimate:
         return Estimate(seconds=0.2 + 0.01 * len(str(params.get("text", ""))))
 
-    def run(
-        self, op: str, inputs: Mapping[str, Path], params: Mapping[str, Any], out_dir: Path
-    ) -> StageResult:
+    def run(self, op: str, inputs: Mapping[str, Path], params: Mapping[str, Any], out_dir: Path) -> StageResult:
         if op not in self.ops:
             raise StageError(f"dubbing: unknown op {op!r}; espeak-ng does {self.ops}")
         text = params.get("text")
@@ -137,9 +134,28 @@ class EspeakDubbing:
             run_tool(["espeak-ng", *voice, "-b", "1", "-f", str(text_file), "-w", str(spoken)], what="dubbing")
             trim_silence(spoken, trimmed)
             run_tool(
-                ["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(trimmed),
-                 "-ar", str(sample_rate), "-ac", "1", "-c:a", "pcm_s16le",
-                 "-map_metadata", "-1", "-fflags", "+bitexact", "-f", "wav", str(out)],
+                [
+                    "ffmpeg",
+                    "-nostdin",
+                    "-v",
+                    "error",
+                    "-y",
+                    "-i",
+                    str(trimmed),
+                    "-ar",
+                    str(sample_rate),
+                    "-ac",
+                    "1",
+                    "-c:a",
+                    "pcm_s16le",
+                    "-map_metadata",
+                    "-1",
+                    "-fflags",
+                    "+bitexact",
+                    "-f",
+                    "wav",
+                    str(out),
+                ],
                 what="dubbing: resample",
             )
         cpu = children_cpu() - cpu0

@@ -46,7 +46,7 @@ class SpeechSettings(OpenAISettings):
             if not re.fullmatch(_SPEAKER, who):
                 raise ValueError(f'{who!r} is neither a character id (such as "ana") nor "*" (everyone else)')
             if not voice.strip():
-                raise ValueError(f"the voice for {who!r} is empty; name one of the API's voices, such as \"alloy\"")
+                raise ValueError(f'the voice for {who!r} is empty; name one of the API\'s voices, such as "alloy"')
         return voices
 
 
@@ -88,8 +88,9 @@ class OpenAISpeech:
     def __init__(self, name: str, config: Mapping[str, Any]):
         self.name = name
         self.settings = parse(SpeechSettings, name, config)
-        self.version = config_version(KIND_VERSION, self.settings.model_dump(mode="json"),
-                                      ("model", "voices", "speed", "instructions"))
+        self.version = config_version(
+            KIND_VERSION, self.settings.model_dump(mode="json"), ("model", "voices", "speed", "instructions")
+        )
         self.resources = self.settings.resources_or(Resources(num_cpus=0.25))
         self.client = OpenAIClient(name, self.settings, config, what=f"dubbing ({name})")
 
@@ -104,8 +105,11 @@ class OpenAISpeech:
         voices = self.settings.voices
         voice = voices.get(speaker) if isinstance(speaker, str) else None
         if voice is None and "*" not in voices:
-            raise StageError(f"{self.client.what}: no voice for speaker {speaker!r}: add it, or a \"*\" "
-                             f"default, to backends.{self.name}.voices", retryable=False)
+            raise StageError(
+                f'{self.client.what}: no voice for speaker {speaker!r}: add it, or a "*" '
+                f"default, to backends.{self.name}.voices",
+                retryable=False,
+            )
         return voice or voices["*"]
 
     def run(self, op: str, inputs: Mapping[str, Path], params: Mapping[str, Any], out_dir: Path) -> StageResult:
@@ -128,25 +132,56 @@ class OpenAISpeech:
             _silence(out, sample_rate)
             text = ""
         else:
-            body: dict[str, Any] = {"model": s.model, "input": text, "voice": voice,
-                                    "response_format": "wav", "speed": s.speed}
+            body: dict[str, Any] = {
+                "model": s.model,
+                "input": text,
+                "voice": voice,
+                "response_format": "wav",
+                "speed": s.speed,
+            }
             if s.instructions:
                 body["instructions"] = s.instructions
             reply = self.client.request("POST", "audio/speech", body)
             if not _is_wav(reply.body):
                 kind = next((v for k, v in reply.headers.items() if k.lower() == "content-type"), "no Content-Type")
-                raise StageError(f"{what}: POST /audio/speech answered {kind} that is not a WAV file "
-                                 f"({len(reply.body)} bytes): {excerpt(reply.body[:200])}", retryable=True)
+                raise StageError(
+                    f"{what}: POST /audio/speech answered {kind} that is not a WAV file "
+                    f"({len(reply.body)} bytes): {excerpt(reply.body[:200])}",
+                    retryable=True,
+                )
             with tempfile.TemporaryDirectory(prefix="speech-") as tmp:
                 got, mono = Path(tmp) / "reply.wav", Path(tmp) / "mono.wav"
                 got.write_bytes(reply.body)
-                run_tool(["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(got),
-                          "-ar", str(sample_rate), "-ac", "1", "-c:a", "pcm_s16le",
-                          "-map_metadata", "-1", "-fflags", "+bitexact", "-f", "wav", str(mono)],
-                         what=f"{what}: convert")
+                run_tool(
+                    [
+                        "ffmpeg",
+                        "-nostdin",
+                        "-v",
+                        "error",
+                        "-y",
+                        "-i",
+                        str(got),
+                        "-ar",
+                        str(sample_rate),
+                        "-ac",
+                        "1",
+                        "-c:a",
+                        "pcm_s16le",
+                        "-map_metadata",
+                        "-1",
+                        "-fflags",
+                        "+bitexact",
+                        "-f",
+                        "wav",
+                        str(mono),
+                    ],
+                    what=f"{what}: convert",
+                )
                 trim_silence(mono, out)
         with wave.open(str(out), "rb") as w:
             samples, rate = w.getnframes(), w.getframerate()
-        return StageResult(files={"audio": out},
-                           meta={"samples": samples, "sample_rate": rate, "duration": samples / rate},
-                           usage=Usage(tokens_in=len(text), model=s.model))
+        return StageResult(
+            files={"audio": out},
+            meta={"samples": samples, "sample_rate": rate, "duration": samples / rate},
+            usage=Usage(tokens_in=len(text), model=s.model),
+        )

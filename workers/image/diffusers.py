@@ -81,15 +81,27 @@ class DiffusersImageSettings(tt.TorchSettings):
     def _denoises(cls, strength: float, info: ValidationInfo) -> float:
         steps = info.data.get("steps")
         if steps is not None and int(steps * strength) < 1:
-            raise PydanticCustomError("strength", "steps x strength = {steps} x {strength} leaves img2img no "
-                                      "denoising step: raise steps or strength", {"steps": steps, "strength": strength})
+            raise PydanticCustomError(
+                "strength",
+                "steps x strength = {steps} x {strength} leaves img2img no denoising step: raise steps or strength",
+                {"steps": steps, "strength": strength},
+            )
         return strength
 
 
-
 # Settings that change what is drawn (not device, batch size, timeouts, resources).
-AFFECTS = ("model_path", "steps", "guidance", "strength", "negative_prompt", "dtype", "max_side",
-           "sheet_width", "sheet_height", "ip_adapter")
+AFFECTS = (
+    "model_path",
+    "steps",
+    "guidance",
+    "strength",
+    "negative_prompt",
+    "dtype",
+    "max_side",
+    "sheet_width",
+    "sheet_height",
+    "ip_adapter",
+)
 
 
 def prompt_for(op: str, params: Mapping[str, Any]) -> str:
@@ -98,15 +110,23 @@ def prompt_for(op: str, params: Mapping[str, Any]) -> str:
     if op == "sheet":
         character = params["character"]
         look = character.get("look") or {}
-        parts = [style, f"character design sheet of {character.get('name', character['id'])}",
-                 str(look.get("description") or ""), "one person, full body, standing, front view, centred",
-                 "plain light background"]
+        parts = [
+            style,
+            f"character design sheet of {character.get('name', character['id'])}",
+            str(look.get("description") or ""),
+            "one person, full body, standing, front view, centred",
+            "plain light background",
+        ]
     else:
         cast = len(params.get("characters") or [])
         people = {0: "no people", 1: "one person", 2: "two people"}.get(cast, f"{cast} people")
-        parts = [style, str(params.get("description", "")),
-                 f"{params.get('location', '')}, {params.get('time_of_day', '')}",
-                 FRAMING.get(str(params.get("framing")), ""), people]
+        parts = [
+            style,
+            str(params.get("description", "")),
+            f"{params.get('location', '')}, {params.get('time_of_day', '')}",
+            FRAMING.get(str(params.get("framing")), ""),
+            people,
+        ]
     return ", ".join(p.strip(" ,") for p in parts if p and p.strip(" ,"))
 
 
@@ -215,8 +235,9 @@ class DiffusersImages(tt.TorchBackend):
 
     def estimate(self, op: str, params: Mapping[str, Any]) -> Estimate:
         per_step = 0.15 if op == "keyframe" else 0.1
-        return self.settings.estimate_or(Estimate(seconds=2.0 + per_step * self.settings.steps,
-                                                  gpu_seconds=per_step * self.settings.steps))
+        return self.settings.estimate_or(
+            Estimate(seconds=2.0 + per_step * self.settings.steps, gpu_seconds=per_step * self.settings.steps)
+        )
 
     def batch_key(self, op: str, params: Mapping[str, Any]) -> tuple:
         """Actions with equal keys share a pipeline call: same op and output size (hence the same
@@ -240,8 +261,13 @@ class DiffusersImages(tt.TorchBackend):
         if s.ip_adapter is not None:
             ip = s.ip_adapter
             try:
-                text2img.load_ip_adapter(str(ip.path), subfolder=ip.subfolder, weight_name=ip.weight_name,
-                                         image_encoder_folder=ip.image_encoder_folder, local_files_only=True)
+                text2img.load_ip_adapter(
+                    str(ip.path),
+                    subfolder=ip.subfolder,
+                    weight_name=ip.weight_name,
+                    image_encoder_folder=ip.image_encoder_folder,
+                    local_files_only=True,
+                )
             except (OSError, ValueError, KeyError) as exc:
                 raise StageError(f"{self.what}: cannot load the IP-adapter {ip.path}: {exc}") from exc
             text2img.set_ip_adapter_scale(ip.scale)  # the adapter lands on the UNet's device and dtype
@@ -256,20 +282,26 @@ class DiffusersImages(tt.TorchBackend):
         cls, components = tt.describe_model_dir(s.model_path, self.what)
         ip = s.ip_adapter
         if ip is not None and not (ip.path / ip.subfolder / ip.weight_name).is_file():  # on the GPU nodes
-            raise StageError(f"{self.what}: no file {ip.path / ip.subfolder / ip.weight_name} on this machine: give the "
-                             "local folder, subfolder and weight_name of an IP-adapter (backends."
-                             f"{self.name}.ip_adapter)")
+            raise StageError(
+                f"{self.what}: no file {ip.path / ip.subfolder / ip.weight_name} on this machine: give the "
+                "local folder, subfolder and weight_name of an IP-adapter (backends."
+                f"{self.name}.ip_adapter)"
+            )
         try:
             from diffusers.pipelines.auto_pipeline import AUTO_TEXT2IMAGE_PIPELINES_MAPPING
         except ImportError:
             pass
         else:
             if cls not in {c.__name__ for c in AUTO_TEXT2IMAGE_PIPELINES_MAPPING.values()}:
-                raise StageError(f"{self.what}: {cls} at {s.model_path} is not a text-to-image pipeline "
-                                 "AutoPipelineForText2Image knows")
+                raise StageError(
+                    f"{self.what}: {cls} at {s.model_path} is not a text-to-image pipeline "
+                    "AutoPipelineForText2Image knows"
+                )
         mode = "ip-adapter " + s.ip_adapter.weight_name if s.ip_adapter else f"img2img strength {s.strength}"
-        return (f"{cls} at {s.model_path} ({', '.join(components)}); {s.steps} steps, guidance {s.guidance}, "
-                f"keyframes by {mode}")
+        return (
+            f"{cls} at {s.model_path} ({', '.join(components)}); {s.steps} steps, guidance {s.guidance}, "
+            f"keyframes by {mode}"
+        )
 
     # -- running ---------------------------------------------------------------------------
 
@@ -333,7 +365,7 @@ class DiffusersImages(tt.TorchBackend):
             if name.startswith("sheet:"):
                 try:
                     with Image.open(path) as im:
-                        found[name[len("sheet:"):]] = im.convert("RGBA")
+                        found[name[len("sheet:") :]] = im.convert("RGBA")
                 except OSError as exc:
                     raise StageError(f"{self.what}: input {name} is not a readable image: {exc}") from exc
         return [found[c] for c in item.params.get("characters") or [] if c in found]
@@ -345,9 +377,14 @@ class DiffusersImages(tt.TorchBackend):
         pipe = pipes.img2img if use_init else pipes.text2img
         assert pipe is not None, f"{self.what}: no pipeline loaded for {op}"
         kwargs: dict[str, Any] = dict(
-            prompt=[j.prompt for j in jobs], negative_prompt=[s.negative_prompt] * len(jobs) if s.negative_prompt else None,
-            height=gh, width=gw, num_inference_steps=s.steps, guidance_scale=s.guidance,
-            generator=tt.generators([j.seed for j in jobs], pipes.device, self.what), output_type="pil",
+            prompt=[j.prompt for j in jobs],
+            negative_prompt=[s.negative_prompt] * len(jobs) if s.negative_prompt else None,
+            height=gh,
+            width=gw,
+            num_inference_steps=s.steps,
+            guidance_scale=s.guidance,
+            generator=tt.generators([j.seed for j in jobs], pipes.device, self.what),
+            output_type="pil",
         )
         if use_init:
             kwargs.update(image=[j.init for j in jobs], strength=s.strength)
@@ -368,8 +405,12 @@ class DiffusersImages(tt.TorchBackend):
         blank = Image.new("RGB", (224, 224), REFERENCE_GREY)
         with torch.no_grad():
             [pair] = pipes.text2img.prepare_ip_adapter_image_embeds(
-                ip_adapter_image=[reference if reference is not None else blank], ip_adapter_image_embeds=None,
-                device=pipes.device, num_images_per_prompt=1, do_classifier_free_guidance=True)
+                ip_adapter_image=[reference if reference is not None else blank],
+                ip_adapter_image_embeds=None,
+                device=pipes.device,
+                num_images_per_prompt=1,
+                do_classifier_free_guidance=True,
+            )
         negative, positive = pair.chunk(2)
         if reference is None:
             positive = negative
@@ -387,12 +428,20 @@ class DiffusersImages(tt.TorchBackend):
         else:
             files = {"keyframe": out / "keyframe.png"}
             picture.save(files["keyframe"], optimize=False)
-        conditioning = ("text" if op == "sheet" else "ip_adapter" if self.settings.ip_adapter
-                        else "img2img")
+        conditioning = "text" if op == "sheet" else "ip_adapter" if self.settings.ip_adapter else "img2img"
         return StageResult(
             files=files,
-            meta={"width": picture.width, "height": picture.height, "seed": job.seed,
-                  "generated": list(job.gen), "conditioning": conditioning, "batch": share},
-            usage=Usage(gpu_seconds=timer.gpu_seconds / share,
-                        cpu_seconds=timer.cpu_seconds / share + time.process_time() - t0, model=self.model),
+            meta={
+                "width": picture.width,
+                "height": picture.height,
+                "seed": job.seed,
+                "generated": list(job.gen),
+                "conditioning": conditioning,
+                "batch": share,
+            },
+            usage=Usage(
+                gpu_seconds=timer.gpu_seconds / share,
+                cpu_seconds=timer.cpu_seconds / share + time.process_time() - t0,
+                model=self.model,
+            ),
         )

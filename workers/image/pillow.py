@@ -27,7 +27,7 @@ _HAIRSTYLES = ("bob", "long", "short", "bun")
 
 
 def _rgb(color: str) -> tuple[int, int, int]:
-    r, g, b = (int(color[i:i + 2], 16) for i in (1, 3, 5))
+    r, g, b = (int(color[i : i + 2], 16) for i in (1, 3, 5))
     return r, g, b
 
 
@@ -65,22 +65,42 @@ def draw_figure(character: Mapping[str, Any], palette: list[str], seed: int, pos
     for dx in (-0.35, 0.35):
         x = cx + dx * shoulder * (1 - 0.6 * turn)
         d.rounded_rectangle((x - h * 0.035, h * 0.66, x + h * 0.035, h * 0.98), radius=h * 0.02, fill=dark)
-    d.polygon([(cx - shoulder, h * 0.31), (cx + shoulder, h * 0.31),
-               (cx + shoulder * 0.8, h * 0.70), (cx - shoulder * 0.8, h * 0.70)], fill=c["outfit"])
+    d.polygon(
+        [
+            (cx - shoulder, h * 0.31),
+            (cx + shoulder, h * 0.31),
+            (cx + shoulder * 0.8, h * 0.70),
+            (cx - shoulder * 0.8, h * 0.70),
+        ],
+        fill=c["outfit"],
+    )
     for side in (-1, 1):
         x = cx + side * (shoulder + h * 0.02)
         if turn < 0.9 or side == 1:
-            d.rounded_rectangle((x - h * 0.03, h * 0.32, x + h * 0.03, h * 0.62), radius=h * 0.03, fill=_mix(c["outfit"], (255, 255, 255), 0.1))
+            d.rounded_rectangle(
+                (x - h * 0.03, h * 0.32, x + h * 0.03, h * 0.62),
+                radius=h * 0.03,
+                fill=_mix(c["outfit"], (255, 255, 255), 0.1),
+            )
     d.polygon([(cx - shoulder * 0.45, h * 0.31), (cx + shoulder * 0.45, h * 0.31), (cx, h * 0.40)], fill=c["accent"])
     d.rectangle((cx - h * 0.03, h * 0.25, cx + h * 0.03, h * 0.32), fill=_mix(c["skin"], (0, 0, 0), 0.1))
     hx, hy = cx + turn * head_r * 0.35, h * 0.19
     if hairstyle == "long":
-        d.rounded_rectangle((hx - head_r * 1.15, hy - head_r, hx + head_r * 1.15, hy + head_r * 2.1), radius=head_r * 0.6, fill=c["hair"])
+        d.rounded_rectangle(
+            (hx - head_r * 1.15, hy - head_r, hx + head_r * 1.15, hy + head_r * 2.1),
+            radius=head_r * 0.6,
+            fill=c["hair"],
+        )
     d.ellipse((hx - head_r, hy - head_r * 1.15, hx + head_r, hy + head_r * 1.15), fill=c["skin"])
     if hairstyle == "bun":
         d.ellipse((hx - head_r * 0.45, hy - head_r * 1.75, hx + head_r * 0.45, hy - head_r * 0.95), fill=c["hair"])
     cap = {"bob": 0.35, "long": 0.25, "short": -0.15, "bun": 0.0}[hairstyle]
-    d.chord((hx - head_r * 1.08, hy - head_r * 1.25, hx + head_r * 1.08, hy + head_r * (1.0 + cap)), 180, 360, fill=c["hair"])
+    d.chord(
+        (hx - head_r * 1.08, hy - head_r * 1.25, hx + head_r * 1.08, hy + head_r * (1.0 + cap)),
+        180,
+        360,
+        fill=c["hair"],
+    )
     if hairstyle == "bob":
         for x0, x1 in ((hx - head_r * 1.08, hx - head_r * 0.8), (hx + head_r * 0.8, hx + head_r * 1.08)):
             d.rectangle((x0, hy - head_r * 0.2, x1, hy + head_r * 0.75), fill=c["hair"])
@@ -89,7 +109,13 @@ def draw_figure(character: Mapping[str, Any], palette: list[str], seed: int, pos
         x = hx + ex * head_r
         d.ellipse((x - head_r * 0.09, hy - head_r * 0.05, x + head_r * 0.09, hy + head_r * 0.17), fill=(25, 25, 35))
     mx = hx + turn * head_r * 0.4
-    d.arc((mx - head_r * 0.25, hy + head_r * 0.3, mx + head_r * 0.25, hy + head_r * 0.6), 20, 160, fill=(120, 40, 40), width=max(1, int(h * 0.004)))
+    d.arc(
+        (mx - head_r * 0.25, hy + head_r * 0.3, mx + head_r * 0.25, hy + head_r * 0.6),
+        20,
+        160,
+        fill=(120, 40, 40),
+        width=max(1, int(h * 0.004)),
+    )
     return img
 
 
@@ -114,7 +140,9 @@ def draw_sheet(params: Mapping[str, Any]) -> tuple[Image.Image, Image.Image]:
         fig = draw_figure(character, palette, seed, pose, 640)
         x = 40 + i * 340
         sheet.alpha_composite(fig, (x, 180))
-        d.text((x + 110, 830), pose.replace("_", "/").replace("three/quarter", "3/4"), font=font(26), fill=(255, 255, 255))
+        d.text(
+            (x + 110, 830), pose.replace("_", "/").replace("three/quarter", "3/4"), font=font(26), fill=(255, 255, 255)
+        )
     for i, (name, rgb) in enumerate(_colors(character, palette).items()):
         d.rectangle((w - 95, 200 + i * 90, w - 40, 255 + i * 90), fill=rgb, outline=(255, 255, 255))
         d.text((w - 95, 258 + i * 90), name, font=font(16), fill=(255, 255, 255))
@@ -148,7 +176,9 @@ def draw_keyframe(params: Mapping[str, Any], figures: Mapping[str, Image.Image])
             d.rectangle((x, horizon - bh, x + bw, horizon), fill=color)
             for _ in range(int(bw * bh / (w * h) * 120)):
                 wx, wy = rng.uniform(x + 4, x + bw - 8), rng.uniform(horizon - bh + 6, horizon - 10)
-                d.rectangle((wx, wy, wx + w * 0.008, wy + w * 0.012), fill=(*palette[-1], 255) if rng.random() < 0.6 else color)
+                d.rectangle(
+                    (wx, wy, wx + w * 0.008, wy + w * 0.012), fill=(*palette[-1], 255) if rng.random() < 0.6 else color
+                )
             x += bw + rng.uniform(0, w * 0.04)
     d.rectangle((0, horizon, w, h), fill=_mix(palette[1], (0, 0, 0), 0.5 + dim / 3))
     cast = [c for c in params["characters"] if c in figures]
@@ -197,17 +227,23 @@ class PillowImages:
             files = {"sheet": out_dir / "sheet.png", "figure": out_dir / "figure.png"}
             sheet.save(files["sheet"], optimize=False)
             figure.save(files["figure"], optimize=False)
-            return StageResult(files=files, meta={"width": sheet.width, "height": sheet.height}, usage=Usage(model="pillow"))
+            return StageResult(
+                files=files, meta={"width": sheet.width, "height": sheet.height}, usage=Usage(model="pillow")
+            )
         if op == "keyframe":
             figures = {}
             for name, path in inputs.items():
                 if name.startswith("sheet:"):
                     with Image.open(path) as im:
-                        figures[name[len("sheet:"):]] = im.convert("RGBA")
+                        figures[name[len("sheet:") :]] = im.convert("RGBA")
             frame = draw_keyframe(params, figures)
             path = out_dir / "keyframe.png"
             frame.save(path, optimize=False)
-            return StageResult(files={"keyframe": path}, meta={"width": frame.width, "height": frame.height}, usage=Usage(model="pillow"))
+            return StageResult(
+                files={"keyframe": path},
+                meta={"width": frame.width, "height": frame.height},
+                usage=Usage(model="pillow"),
+            )
         raise StageError(f"{self.name} cannot do {op!r}")
 
 

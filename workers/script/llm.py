@@ -69,8 +69,10 @@ def _schema() -> dict[str, Any]:
 def _messages(params: Mapping[str, Any]) -> list[dict[str, str]]:
     schema = json.dumps(_schema(), ensure_ascii=False, separators=(",", ":"))
     episode = json.dumps(params, ensure_ascii=False, indent=1)
-    return [{"role": "system", "content": _SYSTEM + schema},
-            {"role": "user", "content": "Write the script of this episode.\n" + episode}]
+    return [
+        {"role": "system", "content": _SYSTEM + schema},
+        {"role": "user", "content": "Write the script of this episode.\n" + episode},
+    ]
 
 
 def _where(loc: tuple[Any, ...]) -> str:
@@ -89,12 +91,15 @@ def _unfence(content: str) -> str:
     return text
 
 
-def validate_answer(content: str | None, finish_reason: Any, characters: set[str],
-                    max_tokens: int) -> tuple[Script | None, list[str]]:
+def validate_answer(
+    content: str | None, finish_reason: Any, characters: set[str], max_tokens: int
+) -> tuple[Script | None, list[str]]:
     """The Script in a chat answer, or the problems to send back for repair."""
     if finish_reason == "length":
-        return None, [f"the answer was cut off at the token limit ({max_tokens}) before the JSON ended; "
-                      "write a shorter script (fewer or shorter descriptions) that fits"]
+        return None, [
+            f"the answer was cut off at the token limit ({max_tokens}) before the JSON ended; "
+            "write a shorter script (fewer or shorter descriptions) that fits"
+        ]
     if not content or not content.strip():
         return None, ["the answer was empty; answer with the script as a JSON object"]
     try:
@@ -116,9 +121,12 @@ def validate_answer(content: str | None, finish_reason: Any, characters: set[str
 def _repair_request(problems: list[str]) -> str:
     listed = problems[:_MAX_LISTED_ERRORS]
     more = len(problems) - len(listed)
-    return ("Your script cannot be used as it is:\n" + "\n".join(f"- {p}" for p in listed)
-            + (f"\n- ... and {more} more problems of the same kinds" if more > 0 else "")
-            + "\nAnswer again with the complete corrected script as one JSON object, and nothing else.")
+    return (
+        "Your script cannot be used as it is:\n"
+        + "\n".join(f"- {p}" for p in listed)
+        + (f"\n- ... and {more} more problems of the same kinds" if more > 0 else "")
+        + "\nAnswer again with the complete corrected script as one JSON object, and nothing else."
+    )
 
 
 class OpenAIChatScript:
@@ -148,8 +156,7 @@ class OpenAIChatScript:
     def __init__(self, name: str, config: Mapping[str, Any]):
         self.name = name
         self.settings = parse(ChatSettings, name, config)
-        self.version = config_version(KIND_VERSION, self.settings.model_dump(mode="json"),
-                                      ("model", "temperature"))
+        self.version = config_version(KIND_VERSION, self.settings.model_dump(mode="json"), ("model", "temperature"))
         self.resources = self.settings.resources_or(Resources(num_cpus=0.25))
         self.client = OpenAIClient(name, self.settings, config, what=f"script ({name})")
 
@@ -171,20 +178,33 @@ class OpenAIChatScript:
         usage = Usage(model=s.model)
         requests = 0
         while True:
-            body = {"model": s.model, "messages": messages, "temperature": s.temperature,
-                    "max_tokens": s.max_tokens, "seed": episode["seed"],
-                    "response_format": {"type": "json_schema", "json_schema": {
-                        "name": "script", "schema": _schema(), "strict": False}}}
+            body = {
+                "model": s.model,
+                "messages": messages,
+                "temperature": s.temperature,
+                "max_tokens": s.max_tokens,
+                "seed": episode["seed"],
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "script", "schema": _schema(), "strict": False},
+                },
+            }
             content, finish = self._complete(body, usage)
             requests += 1
             script, problems = validate_answer(content, finish, characters, s.max_tokens)
             if not problems:
                 break
             if requests > s.repair_attempts:
-                raise StageError(f"{self.client.what}: the model's script is still invalid after "
-                                 f"{s.repair_attempts} repair(s): " + "; ".join(problems[:10]), retryable=False)
-            messages = [*opening, {"role": "assistant", "content": content or ""},
-                        {"role": "user", "content": _repair_request(problems)}]
+                raise StageError(
+                    f"{self.client.what}: the model's script is still invalid after "
+                    f"{s.repair_attempts} repair(s): " + "; ".join(problems[:10]),
+                    retryable=False,
+                )
+            messages = [
+                *opening,
+                {"role": "assistant", "content": content or ""},
+                {"role": "user", "content": _repair_request(problems)},
+            ]
         assert script is not None
         script = script.model_copy(update={"title": episode["title"], "language": series["language"]})
         out_dir = Path(out_dir)
@@ -192,11 +212,17 @@ class OpenAIChatScript:
         path = out_dir / "script.json"
         path.write_text(json.dumps(script.model_dump(mode="json"), ensure_ascii=False, indent=1), encoding="utf-8")
         shots = script.shots()
-        return StageResult(files={"script": path},
-                           meta={"scenes": len(script.scenes), "shots": len(shots),
-                                 "seconds": round(sum(x.duration for x in shots), 2),
-                                 "requests": requests, "repairs": requests - 1},
-                           usage=usage)
+        return StageResult(
+            files={"script": path},
+            meta={
+                "scenes": len(script.scenes),
+                "shots": len(shots),
+                "seconds": round(sum(x.duration for x in shots), 2),
+                "requests": requests,
+                "repairs": requests - 1,
+            },
+            usage=usage,
+        )
 
     def _complete(self, body: dict[str, Any], usage: Usage) -> tuple[str | None, Any]:
         """One chat request: the answer's content and finish_reason; adds its usage to ``usage``."""
@@ -206,8 +232,10 @@ class OpenAIChatScript:
             choice = data["choices"][0]
             message = choice["message"]
         except (KeyError, IndexError, TypeError):
-            raise StageError(f"{what}: the answer is not a chat completion (no choices[0].message): "
-                             f"{json.dumps(data)[:300]}", retryable=True) from None
+            raise StageError(
+                f"{what}: the answer is not a chat completion (no choices[0].message): {json.dumps(data)[:300]}",
+                retryable=True,
+            ) from None
         counted = data.get("usage") or {}
         usage.tokens_in += int(counted.get("prompt_tokens") or 0)
         usage.tokens_out += int(counted.get("completion_tokens") or 0)

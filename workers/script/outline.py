@@ -35,23 +35,31 @@ def write_script(params: Mapping[str, Any]) -> Script:
         speakers = [line["speaker"] for line in beat["lines"]]
         present = list(dict.fromkeys([*beat.get("characters", []), *speakers]))
         sid = f"s{bi + 1:02d}"
-        shots = [Shot(
-            id=f"{sid}-01",
-            description=f"{beat['location']}, {beat['time_of_day']}. {beat['beat']} ({style})",
-            characters=present, framing=Framing.wide, camera=rng.choice(_MOVES_ESTABLISH),
-            duration=_MIN_ESTABLISH_S,
-        )]
+        shots = [
+            Shot(
+                id=f"{sid}-01",
+                description=f"{beat['location']}, {beat['time_of_day']}. {beat['beat']} ({style})",
+                characters=present,
+                framing=Framing.wide,
+                camera=rng.choice(_MOVES_ESTABLISH),
+                duration=_MIN_ESTABLISH_S,
+            )
+        ]
         for li, line in enumerate(beat["lines"]):
             who = line["speaker"]
             framing = Framing.close if li % 2 == 0 else Framing.medium
             others = [c for c in present if c != who][:1] if framing is Framing.medium else []
-            shots.append(Shot(
-                id=f"{sid}-{li + 2:02d}",
-                description=f"{names[who]} speaks. {beat['beat']}",
-                characters=[who, *others], framing=framing, camera=rng.choice(_MOVES_DIALOGUE),
-                duration=_DIALOGUE_MIN_S,
-                lines=[Line(speaker=who, text=line["text"])],
-            ))
+            shots.append(
+                Shot(
+                    id=f"{sid}-{li + 2:02d}",
+                    description=f"{names[who]} speaks. {beat['beat']}",
+                    characters=[who, *others],
+                    framing=framing,
+                    camera=rng.choice(_MOVES_DIALOGUE),
+                    duration=_DIALOGUE_MIN_S,
+                    lines=[Line(speaker=who, text=line["text"])],
+                )
+            )
         scenes.append(Scene(id=sid, location=beat["location"], time_of_day=beat["time_of_day"], shots=shots))
     return Script(title=episode["title"], language=series["language"], scenes=_fit(scenes, episode["target_seconds"]))
 
@@ -61,9 +69,17 @@ def _fit(scenes: list[Scene], target: float) -> list[Scene]:
     lines = sum(len(shot.lines) for scene in scenes for shot in scene.shots)
     spare = target - lines * _NOMINAL_LINE_S
     each = round(min(_MAX_SHOT_S, max(_MIN_ESTABLISH_S, spare / len(scenes))), 2)
-    return [scene.model_copy(update={"shots": [
-        shot.model_copy(update={"duration": each}) if shot.framing is Framing.wide else shot
-        for shot in scene.shots]}) for scene in scenes]
+    return [
+        scene.model_copy(
+            update={
+                "shots": [
+                    shot.model_copy(update={"duration": each}) if shot.framing is Framing.wide else shot
+                    for shot in scene.shots
+                ]
+            }
+        )
+        for scene in scenes
+    ]
 
 
 class OutlineWriter:
@@ -84,10 +100,15 @@ class OutlineWriter:
         path = out_dir / "script.json"
         path.write_text(json.dumps(script.model_dump(mode="json"), ensure_ascii=False, indent=1), encoding="utf-8")
         shots = script.shots()
-        return StageResult(files={"script": path},
-                           meta={"scenes": len(script.scenes), "shots": len(shots),
-                                 "seconds": round(sum(s.duration for s in shots), 2)},
-                           usage=Usage(model="outline"))
+        return StageResult(
+            files={"script": path},
+            meta={
+                "scenes": len(script.scenes),
+                "shots": len(shots),
+                "seconds": round(sum(s.duration for s in shots), 2),
+            },
+            usage=Usage(model="outline"),
+        )
 
 
 BACKEND = OutlineWriter()

@@ -43,17 +43,30 @@ from PIL import Image
 
 from workers import _torch as tt
 from workers.api import (
-    BatchItem, Estimate, StageError, StageResult, Usage, children_cpu, require_tool,
+    BatchItem,
+    Estimate,
+    StageError,
+    StageResult,
+    Usage,
+    children_cpu,
+    require_tool,
 )
 from workers.video.motion import (
-    CAMERAS, ENCODER_ARGS, TIMESCALE_ARGS, clip_shape,
+    CAMERAS,
+    ENCODER_ARGS,
+    TIMESCALE_ARGS,
+    clip_shape,
 )
 
 KIND = "diffusers-video"
 KIND_VERSION = "1"
 CAMERA_WORDS = {
-    "static": "static camera", "push_in": "the camera slowly pushes in", "pull_out": "the camera slowly pulls out",
-    "pan_left": "the camera pans left", "pan_right": "the camera pans right", "pan_up": "the camera tilts up",
+    "static": "static camera",
+    "push_in": "the camera slowly pushes in",
+    "pull_out": "the camera slowly pulls out",
+    "pan_left": "the camera pans left",
+    "pan_right": "the camera pans right",
+    "pan_up": "the camera tilts up",
     "pan_down": "the camera tilts down",
 }
 # Pipelines whose batches of different images we verified give each item what it gives alone. Wan
@@ -79,13 +92,26 @@ class DiffusersVideoSettings(tt.TorchSettings):
         try:
             value.format(camera="static camera")
         except (KeyError, IndexError, ValueError) as exc:
-            raise PydanticCustomError("prompt", "the prompt may use {camera} and no other field ({problem})",
-                                      {"problem": repr(exc)}) from None
+            raise PydanticCustomError(
+                "prompt", "the prompt may use {camera} and no other field ({problem})", {"problem": repr(exc)}
+            ) from None
         return value
 
 
-AFFECTS = ("model_path", "steps", "frames", "guidance", "motion_bucket_id", "noise_aug_strength",
-           "decode_chunk_size", "prompt", "negative_prompt", "last_frame", "dtype", "max_side")
+AFFECTS = (
+    "model_path",
+    "steps",
+    "frames",
+    "guidance",
+    "motion_bucket_id",
+    "noise_aug_strength",
+    "decode_chunk_size",
+    "prompt",
+    "negative_prompt",
+    "last_frame",
+    "dtype",
+    "max_side",
+)
 
 
 def retime(count: int, frames: int) -> list[int]:
@@ -114,11 +140,36 @@ def encode(frames: list[Image.Image], order: list[int], fps: int, out: Path, tim
     """Encode ``frames[i] for i in order`` (RGB, all one size) to ``out`` with ENCODER_ARGS."""
     width, height = frames[0].size
     args = [
-        require_tool("ffmpeg"), "-v", "error", "-y",
-        "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-framerate", str(fps), "-i", "pipe:0",
-        "-vf", "scale=out_color_matrix=bt709:out_range=tv,format=yuv420p", "-frames:v", str(len(order)), "-an",
-        *ENCODER_ARGS, *TIMESCALE_ARGS,
-        "-map_metadata", "-1", "-fflags", "+bitexact", "-flags:v", "+bitexact", "-f", "mp4", str(out),
+        require_tool("ffmpeg"),
+        "-v",
+        "error",
+        "-y",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        "-s",
+        f"{width}x{height}",
+        "-framerate",
+        str(fps),
+        "-i",
+        "pipe:0",
+        "-vf",
+        "scale=out_color_matrix=bt709:out_range=tv,format=yuv420p",
+        "-frames:v",
+        str(len(order)),
+        "-an",
+        *ENCODER_ARGS,
+        *TIMESCALE_ARGS,
+        "-map_metadata",
+        "-1",
+        "-fflags",
+        "+bitexact",
+        "-flags:v",
+        "+bitexact",
+        "-f",
+        "mp4",
+        str(out),
     ]
     raw = [f.convert("RGB").tobytes() for f in frames]
     with tempfile.TemporaryFile() as errors:
@@ -139,7 +190,9 @@ def encode(frames: list[Image.Image], order: list[int], fps: int, out: Path, tim
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-            raise StageError(f"{what}: ffmpeg timed out after {timeout:.0f}s encoding the clip", retryable=True) from None
+            raise StageError(
+                f"{what}: ffmpeg timed out after {timeout:.0f}s encoding the clip", retryable=True
+            ) from None
         finally:
             try:
                 stdin.close()
@@ -208,14 +261,18 @@ class DiffusersVideo(tt.TorchBackend):
 
     def _load(self, device: str, dtype: Any) -> _Pipe:
         diffusers = tt.import_diffusers(self.what)
-        return _Pipe(tt.from_pretrained(diffusers.DiffusionPipeline, self.settings.model_path, dtype, device, self.what), device)
+        return _Pipe(
+            tt.from_pretrained(diffusers.DiffusionPipeline, self.settings.model_path, dtype, device, self.what), device
+        )
 
     def _require(self, cls: str, call: Any) -> None:
         if not tt.takes(call, "image"):
             raise StageError(f"{self.what}: {cls} takes no image: not an image-to-video pipeline")
         if self.settings.last_frame and not tt.takes(call, "last_image"):
-            raise StageError(f"{self.what}: last_frame is true but {cls} takes no last_image "
-                             "(use a first/last-frame model such as Wan FLF2V, or set last_frame: false)")
+            raise StageError(
+                f"{self.what}: last_frame is true but {cls} takes no last_image "
+                "(use a first/last-frame model such as Wan FLF2V, or set last_frame: false)"
+            )
 
     def check(self) -> str:
         """The model directory's index and configs read, and the pipeline class able to do what
@@ -300,9 +357,14 @@ class DiffusersVideo(tt.TorchBackend):
             image=jobs[0].first if one else [j.first for j in jobs],
             prompt=prompts[0] if one else prompts,
             negative_prompt=s.negative_prompt if one else [s.negative_prompt] * len(jobs),
-            height=gh, width=gw, num_frames=count, num_inference_steps=s.steps,
+            height=gh,
+            width=gw,
+            num_frames=count,
+            num_inference_steps=s.steps,
             generator=tt.generators([j.seed for j in jobs], loaded.device, self.what),
-            output_type="pil", fps=gen_fps, decode_chunk_size=decode_chunk(count, s.decode_chunk_size),
+            output_type="pil",
+            fps=gen_fps,
+            decode_chunk_size=decode_chunk(count, s.decode_chunk_size),
         )
         if s.negative_prompt is None:
             del kwargs["negative_prompt"]
@@ -333,10 +395,19 @@ class DiffusersVideo(tt.TorchBackend):
         cpu = time.process_time() - t0 + children_cpu() - children0
         return StageResult(
             files={"clip": out},
-            meta={"frames": job.frames, "fps": job.fps, "width": job.width, "height": job.height,
-                  "duration": job.frames / job.fps, "generated_frames": len(frames), "seed": job.seed, "batch": share},
-            usage=Usage(gpu_seconds=timer.gpu_seconds / share, cpu_seconds=timer.cpu_seconds / share + cpu,
-                        model=self.model),
+            meta={
+                "frames": job.frames,
+                "fps": job.fps,
+                "width": job.width,
+                "height": job.height,
+                "duration": job.frames / job.fps,
+                "generated_frames": len(frames),
+                "seed": job.seed,
+                "batch": share,
+            },
+            usage=Usage(
+                gpu_seconds=timer.gpu_seconds / share, cpu_seconds=timer.cpu_seconds / share + cpu, model=self.model
+            ),
         )
 
 

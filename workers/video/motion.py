@@ -25,11 +25,36 @@ CAMERAS = ("static", "push_in", "pull_out", "pan_left", "pan_right", "pan_up", "
 # A fixed GOP without scene-cut keyframes keeps every clip's structure the same; stitchable=1 makes
 # the SPS/PPS independent of content, so clips from different shots concatenate by stream copy.
 ENCODER_ARGS: tuple[str, ...] = (
-    "-c:v", "libx264", "-profile:v", "high", "-pix_fmt", "yuv420p",
-    "-preset", "veryfast", "-crf", "20", "-threads", "1",
-    "-g", "60", "-keyint_min", "60", "-sc_threshold", "0", "-bf", "2",
-    "-x264-params", "stitchable=1",
-    "-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709", "-color_range", "tv",
+    "-c:v",
+    "libx264",
+    "-profile:v",
+    "high",
+    "-pix_fmt",
+    "yuv420p",
+    "-preset",
+    "veryfast",
+    "-crf",
+    "20",
+    "-threads",
+    "1",
+    "-g",
+    "60",
+    "-keyint_min",
+    "60",
+    "-sc_threshold",
+    "0",
+    "-bf",
+    "2",
+    "-x264-params",
+    "stitchable=1",
+    "-colorspace",
+    "bt709",
+    "-color_primaries",
+    "bt709",
+    "-color_trc",
+    "bt709",
+    "-color_range",
+    "tv",
 )
 # 90 kHz (the MPEG clock) holds a whole number of ticks per frame at 12, 15, 24, 25, 30, 50, 60 fps,
 # so frame times stay exact through every remux and concat.
@@ -37,7 +62,10 @@ VIDEO_TIMESCALE = 90000
 # The movie (mvhd) time scale defaults to 1000 and would round the file's duration to the
 # millisecond; the concat demuxer offsets each next file by that duration.
 TIMESCALE_ARGS: tuple[str, ...] = (
-    "-video_track_timescale", str(VIDEO_TIMESCALE), "-movie_timescale", str(VIDEO_TIMESCALE),
+    "-video_track_timescale",
+    str(VIDEO_TIMESCALE),
+    "-movie_timescale",
+    str(VIDEO_TIMESCALE),
 )
 
 # zoompan crops on whole pixels of its input, so slow moves advance in visible steps. On a 2x
@@ -51,7 +79,6 @@ PAN_ZOOM = 1.12  # pans travel across an image zoomed this much: ~11% of the fra
 # Measured: 1080x1920 push_in, 90 frames in 4.1-4.9 CPU-seconds on one thread (~20 frames/s, x264
 # two thirds of it), ~40 Mpixel/s. Static shots encode about 3x faster; the estimate stays cautious.
 PIXELS_PER_SECOND = 40e6
-
 
 
 def _int_param(params: Mapping[str, Any], name: str, low: int, high: int) -> int:
@@ -97,14 +124,16 @@ def motion_filter(camera: str, width: int, height: int, fps: int, frames: int) -
         else:
             x, y = center_x, f"(ih-ih/zoom)*{travel}"
     scale = 1 if camera == "static" else SUPERSAMPLE
-    return ",".join([
-        # Converted to YUV once, on the still: swscale uses BT.601 unless told, HD players assume
-        # BT.709. 4:4:4, because in 4:2:0 zoompan snaps the crop to even pixels, doubling the step.
-        f"scale={width * scale}:{height * scale}:flags=bicubic:out_color_matrix=bt709:out_range=tv",
-        "format=yuv444p",
-        f"zoompan=z='{zoom}':x='{x}':y='{y}':d={frames}:s={width}x{height}:fps={fps}",
-        "format=yuv420p",
-    ])
+    return ",".join(
+        [
+            # Converted to YUV once, on the still: swscale uses BT.601 unless told, HD players assume
+            # BT.709. 4:4:4, because in 4:2:0 zoompan snaps the crop to even pixels, doubling the step.
+            f"scale={width * scale}:{height * scale}:flags=bicubic:out_color_matrix=bt709:out_range=tv",
+            "format=yuv444p",
+            f"zoompan=z='{zoom}':x='{x}':y='{y}':d={frames}:s={width}x{height}:fps={fps}",
+            "format=yuv420p",
+        ]
+    )
 
 
 class MotionClip:
@@ -133,9 +162,7 @@ class MotionClip:
         pixels = int(params.get("frames", 1)) * int(params.get("width", 1)) * int(params.get("height", 1))
         return Estimate(seconds=0.3 + pixels / PIXELS_PER_SECOND)
 
-    def run(
-        self, op: str, inputs: Mapping[str, Path], params: Mapping[str, Any], out_dir: Path
-    ) -> StageResult:
+    def run(self, op: str, inputs: Mapping[str, Path], params: Mapping[str, Any], out_dir: Path) -> StageResult:
         if op not in self.ops:
             raise StageError(f"video: unknown op {op!r}; ffmpeg-motion does {self.ops}")
         width, height, fps, frames = clip_shape(params, "video")
@@ -156,11 +183,31 @@ class MotionClip:
         out = out_dir / "clip.mp4"
         cpu0 = children_cpu()
         run_tool(
-            ["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(keyframe),
-             "-vf", graph, "-frames:v", str(frames), "-an",
-             *ENCODER_ARGS, *TIMESCALE_ARGS,
-             "-map_metadata", "-1", "-fflags", "+bitexact", "-flags:v", "+bitexact",
-             "-f", "mp4", str(out)],
+            [
+                "ffmpeg",
+                "-nostdin",
+                "-v",
+                "error",
+                "-y",
+                "-i",
+                str(keyframe),
+                "-vf",
+                graph,
+                "-frames:v",
+                str(frames),
+                "-an",
+                *ENCODER_ARGS,
+                *TIMESCALE_ARGS,
+                "-map_metadata",
+                "-1",
+                "-fflags",
+                "+bitexact",
+                "-flags:v",
+                "+bitexact",
+                "-f",
+                "mp4",
+                str(out),
+            ],
             what="video: encode clip",
         )
         return StageResult(
