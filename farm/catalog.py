@@ -23,7 +23,8 @@ import hashlib
 import importlib
 import json
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from farm.core.controller import Controller
 from farm.core.plan import STAGES, Action, BackendChoice
@@ -226,7 +227,7 @@ def slots(backend: Any) -> int:
     return max(1, int(getattr(backend, "max_batch", 1))) if hasattr(backend, "run_batch") else 1
 
 
-def profiles_for(settings: "Settings", catalog: Catalog | None = None) -> dict[tuple[str, str], Profile]:
+def profiles_for(settings: Settings, catalog: Catalog | None = None) -> dict[tuple[str, str], Profile]:
     """What one action of each backend holds: its declared resources, with settings' per-stage
     overrides (``FARM_STAGE_RESOURCES``) for the default backends. A batching backend's GPUs are
     shared by the actions of a batch, so each holds its slice (the worker holds the whole)."""
@@ -260,7 +261,7 @@ def estimator(catalog: Catalog) -> Callable[[Action], tuple[float, int, float]]:
     return estimate
 
 
-def controller_for(settings: "Settings", catalog: Catalog | None = None) -> Controller:
+def controller_for(settings: Settings, catalog: Catalog | None = None) -> Controller:
     """The controller settings describe: the backends' estimates and resources, prices, shares, caps
     and the retry policy. ``farm render``, the batch controller and ``farm report`` all build theirs here."""
     catalog = catalog or settings.catalog()
@@ -274,7 +275,7 @@ def controller_for(settings: "Settings", catalog: Catalog | None = None) -> Cont
     )
 
 
-def preflight(settings: "Settings", episodes: Any = (), batch: Any = None) -> None:
+def preflight(settings: Settings, episodes: Any = (), batch: Any = None) -> None:
     """Fail before anything runs: a configured backend with bad settings, a spec naming a backend
     that does not exist (file and field named), a program a chosen backend needs that is missing.
     ``episodes`` are LoadedEpisodes; ``batch`` a LoadedBatch (whose ``backends`` win over the series')."""

@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import difflib
 import glob
-from importlib import resources
-from datetime import datetime
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
+from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from farm.errors import SpecError, SpecProblem
 from farm.core.spec import SPEC_FIELDS, BatchSpec, Episode, Series, check_episode
+from farm.errors import SpecError, SpecProblem
 
 
 @dataclass(frozen=True)

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from farm.core.plan import STAGES
-from farm.errors import UsageError
 from farm.core.script import Slug
+from farm.errors import UsageError
 
 
 class StoreSpec(BaseModel):
@@ -84,7 +85,7 @@ class Settings(BaseModel):
         return v
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> Settings:
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
         for name, info in cls.model_fields.items():

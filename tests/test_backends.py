@@ -13,15 +13,14 @@ from pathlib import Path
 import pytest
 
 from farm import catalog as backends
-from farm.catalog import Catalog, UnknownBackend, resolve
-from farm.runtime.batching import Batcher
-from farm.catalog import preflight
+from farm.catalog import Catalog, UnknownBackend, preflight, resolve
 from farm.cli.app import main as farm_main
-from farm.errors import SpecError
-from farm.loader import load_episode
 from farm.core.manifest import Manifest
 from farm.core.plan import Action
 from farm.core.state import Profile
+from farm.errors import SpecError
+from farm.loader import load_episode
+from farm.runtime.batching import Batcher
 from farm.settings import Settings
 from farm.store import ArtifactStore, LocalStore
 from tests.conftest import SMALL_SCRIPT, SMALL_SERIES, wait_until, write_specs

@@ -18,12 +18,12 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 import yaml
 
-from farm.store.journal import StoreJournal
 from farm.loader import load_batch
 from farm.service.host import batch_payload
+from farm.service.webhooks import verify
 from farm.settings import Settings
 from farm.store import LocalStore
-from farm.service.webhooks import verify
+from farm.store.journal import StoreJournal
 from tests.conftest import SMALL_SCRIPT, write_specs
 
 pytestmark = [pytest.mark.ray, pytest.mark.media, pytest.mark.e2e]
@@ -175,7 +175,7 @@ def test_controller_killed_mid_batch_resumes_without_rerunning(tmp_path, cluster
 class _Hook(BaseHTTPRequestHandler):
     posts: list = []
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         type(self).posts.append((dict(self.headers), self.rfile.read(int(self.headers["Content-Length"]))))
         self.send_response(204)
         self.end_headers()

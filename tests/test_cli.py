@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import ffmpeg
 import pytest
@@ -124,7 +125,7 @@ def test_shipped_mandarin_example_at_full_size(tmp_path):
     assert {s["codec_name"] for s in info["streams"]} == {"h264", "aac", "mov_text"}
     outline = yaml.safe_load(episode.read_text(encoding="utf-8"))["outline"]
     lines = [l["text"] for beat in outline for l in beat["lines"]]
-    srt = open(summary["subtitles"], encoding="utf-8").read().strip().split("\n\n")
+    srt = Path(summary["subtitles"]).read_text(encoding="utf-8").strip().split("\n\n")
     assert [b.split("\n", 2)[2] for b in srt] == lines
     assert abs(float(info["format"]["duration"]) - summary["duration_seconds"]) < 0.1
     assert 25 < summary["duration_seconds"] < 60

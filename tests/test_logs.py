@@ -3,6 +3,7 @@ credentials never appear, neither in the driver's output nor in Ray's worker log
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -18,10 +19,10 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from farm.observe import logs
 from farm.core.plan import STAGES, BackendChoice, EpisodeJob, plan_episode
-from farm.settings import StoreSpec
 from farm.core.spec import Episode, Series
+from farm.observe import logs
+from farm.settings import StoreSpec
 from tests.conftest import SMALL_SCRIPT, SMALL_SERIES, wait_until, write_specs
 
 CONTEXT = ("batch", "episode", "stage", "action")
@@ -112,10 +113,8 @@ def _json_lines(text: str) -> list[dict]:
     for line in re.sub(r"\x1b\[[0-9;]*m", "", text).splitlines():
         start, end = line.find("{"), line.rfind("}")
         if start >= 0:
-            try:
+            with contextlib.suppress(json.JSONDecodeError):
                 out.append(json.loads(line[start : end + 1]))
-            except json.JSONDecodeError:
-                pass
     return out
 
 

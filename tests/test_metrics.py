@@ -18,7 +18,6 @@ import urllib.request
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-
 from pydantic import TypeAdapter
 
 from farm.core.events import Event
@@ -379,7 +378,7 @@ def pushgateway(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    log = open(tmp_path / "pushgateway.log", "wb")
+    log = open(tmp_path / "pushgateway.log", "wb")  # noqa: SIM115 - open while the Pushgateway runs
     proc = subprocess.Popen(
         [
             "prometheus-pushgateway",

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from farm.store import models
 from farm.cli.app import main as farm_main
 from farm.errors import StoreError, UsageError
-from farm.store import LocalStore
+from farm.store import LocalStore, models
 
 
 def model_folder(root, extra=b""):
@@ -90,11 +89,11 @@ def test_a_stored_diffusers_model_runs_on_a_worker_with_the_controllers_version(
     need(_diffusers_missing())
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("FARM_MODEL_CACHE", str(tmp_path / "cache"))
+    from farm.bench.tiny_pipelines import build_tiny_sd
     from farm.catalog import Catalog
     from farm.core.manifest import Manifest
     from farm.runtime.execute import execute
     from farm.settings import StoreSpec
-    from farm.bench.tiny_pipelines import build_tiny_sd
 
     spec = StoreSpec(url=str(tmp_path / "store"))
     models.push(LocalStore(tmp_path / "store"), build_tiny_sd(tmp_path / "sd"), "tiny-sd-1")

@@ -183,14 +183,14 @@ def test_hostile_text_renders_exactly(tmp_path, ray_local):
 @pytest.mark.s3
 def test_render_on_s3(tmp_path, ray_local, s3_server):
     """With an s3:// store the episode renders, lands under its readable path, and a rerender is free."""
-    settings = dict(
-        store="s3://farm-e2e/run1",
-        s3_endpoint=s3_server.endpoint,
-        s3_access_key=s3_server.access_key,
-        s3_secret_key=s3_server.secret_key,
-        s3_secure=s3_server.secure,
-        s3_region=s3_server.region,
-    )
+    settings = {
+        "store": "s3://farm-e2e/run1",
+        "s3_endpoint": s3_server.endpoint,
+        "s3_access_key": s3_server.access_key,
+        "s3_secret_key": s3_server.secret_key,
+        "s3_secure": s3_server.secure,
+        "s3_region": s3_server.region,
+    }
     path = write_specs(tmp_path / "specs")
     cfg = Settings(studio="test-studio", **settings)
     first = render_episode(load_episode(path), cfg, RayRuntime(cfg.store_spec()), out_dir=tmp_path / "out")

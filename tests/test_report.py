@@ -9,8 +9,8 @@ from html.parser import HTMLParser
 
 import pytest
 
-from farm.observe._report_html import render
 from farm.core.plan import STAGES
+from farm.observe._report_html import render
 from farm.observe.report import Bar, Failure, ReportData, from_batch, write_report
 from farm.settings import Settings
 from tests.conftest import wait_until, write_specs

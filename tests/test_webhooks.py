@@ -15,7 +15,7 @@ class _Receiver(BaseHTTPRequestHandler):
     statuses: list[int] = []
     received: list[tuple[dict, bytes]] = []
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         body = self.rfile.read(int(self.headers["Content-Length"]))
         type(self).received.append((dict(self.headers), body))
         status = type(self).statuses.pop(0) if type(self).statuses else 200

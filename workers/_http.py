@@ -17,8 +17,9 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from workers.api import StageError
 
@@ -106,7 +107,7 @@ def call(
             retryable=retryable,
             retry_after=wait if retryable else None,
         ) from None
-    except (socket.timeout, TimeoutError) as exc:
+    except TimeoutError as exc:
         raise StageError(f"{what}: {where} timed out after {timeout:g}s", retryable=True) from exc
     except urllib.error.URLError as exc:
         reason = exc.reason

@@ -3,7 +3,8 @@ the requests, and ``check`` (does the server serve the model?)."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from pydantic import Field, field_validator
 

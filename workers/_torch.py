@@ -28,8 +28,9 @@ import json
 import threading
 import time
 import warnings
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Sequence, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import Field, field_validator
 
@@ -269,7 +270,7 @@ class DeviceTimer:
         self.gpu_seconds = 0.0
         self.cpu_seconds = 0.0
 
-    def __enter__(self) -> "DeviceTimer":
+    def __enter__(self) -> DeviceTimer:
         self._cpu0 = time.process_time()
         self._events = None
         if self.device == "cuda":
@@ -390,7 +391,7 @@ def split_on_oom(items: list[T], call: Callable[[list[T]], list[R]], what: str) 
         return results
     except StageError as exc:
         failure = exc
-    except Exception as exc:  # noqa: BLE001 - the pipeline's own errors become the items' errors
+    except Exception as exc:
         if not is_oom(exc):
             failure = StageError(f"{what}: {type(exc).__name__}: {exc}")
         elif len(items) == 1:

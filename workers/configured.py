@@ -12,7 +12,8 @@ Each kind subclasses ``BackendSettings`` with its own fields and parses its mapp
 
 from __future__ import annotations
 
-from typing import Any, Mapping, TypeVar
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 

@@ -19,7 +19,7 @@ _CANDIDATES = (
 )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def font_path() -> Path:
     for candidate in _CANDIDATES:
         if Path(candidate).is_file():

@@ -7,8 +7,9 @@ graph, keys, store, journal and Ray are all real, only the media is not. Never a
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from workers.api import Estimate, Resources, StageError, StageResult, Usage
 

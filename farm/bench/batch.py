@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from farm.core.controller import Controller
-from farm.policy import Capacity, Prices
 from farm.core.events import ActionCached, ActionCompleted, ActionResult, BatchSubmitted, Submission
 from farm.core.manifest import Blob
-from farm.store.journal import StoreJournal
 from farm.core.plan import OUTPUTS, STAGES, plan_episode
 from farm.core.spec import Episode, Series
+from farm.policy import Capacity, Prices
+from farm.store.journal import StoreJournal
 
 _SERIES = {
     "id": "bench",

@@ -14,8 +14,7 @@ import time
 from pathlib import Path
 
 from farm.catalog import preflight
-from farm.loader import write_examples
-from farm.loader import load_episode
+from farm.loader import load_episode, write_examples
 from farm.service.local import RenderResult, render_episode
 from farm.settings import Settings
 from farm.store import ArtifactStore, open_objects

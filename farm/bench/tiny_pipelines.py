@@ -241,7 +241,24 @@ def build_tiny_wan_flf2v(folder: Path, *, seed: int = 0) -> Path:
         "<pad>",
         "</s>",
         "<unk>",
-        *"a the camera slow push in pull out pan left right up down static shot motion".split(),
+        *[
+            "a",
+            "the",
+            "camera",
+            "slow",
+            "push",
+            "in",
+            "pull",
+            "out",
+            "pan",
+            "left",
+            "right",
+            "up",
+            "down",
+            "static",
+            "shot",
+            "motion",
+        ],
     ]
     backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()

@@ -13,11 +13,11 @@ import json
 import shutil
 from typing import Any
 
+from farm.cli.common import add_common, settings_from_args
 from farm.errors import UsageError
 from farm.observe import logs
-from farm.store import models
-from farm.cli.common import add_common, settings_from_args
 from farm.settings import Settings
+from farm.store import models
 from workers.api import ConfigError, StageError
 
 

@@ -14,8 +14,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from farm.errors import UsageError
 from farm.cli.common import add_common, settings_from_args
+from farm.errors import UsageError
 from farm.settings import Settings
 
 
@@ -86,10 +86,9 @@ def cmd_controller(args, settings: Settings) -> int:
 
 
 def cmd_batch(args, settings: Settings) -> int:
+    from farm.loader import load_batch
     from farm.runtime.cluster import call as _call
     from farm.runtime.cluster import connect
-
-    from farm.loader import load_batch
     from farm.service.host import batch_payload
 
     if args.action == "submit":

@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from farm.errors import UsageError
-from farm.store import models
 from farm.cli.common import add_common, settings_from_args
+from farm.errors import UsageError
 from farm.settings import Settings
-from farm.store import open_objects
+from farm.store import models, open_objects
 
 
 def cmd_models(args, settings: Settings) -> int:

@@ -14,9 +14,9 @@ import json
 import time
 
 from farm.errors import UsageError
+from farm.simulate.result import SimResult
 from farm.simulate.run import POLICIES, simulate
 from farm.simulate.runtime import Failures
-from farm.simulate.result import SimResult
 from farm.simulate.workload import synthetic_batch
 
 BENCH_EPISODES, BENCH_GPUS = 1000, 256

@@ -20,7 +20,8 @@ Three kinds of calls:
 from __future__ import annotations
 
 import heapq
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from pydantic import ValidationError
 

@@ -24,7 +24,8 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from farm.core.controller import Controller
 from farm.core.events import BatchCancelled, BatchSubmitted, Submission

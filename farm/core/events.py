@@ -16,7 +16,7 @@ Schema versions: 1 (the first journals: the same shapes, without ``batch.failed`
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -200,23 +200,21 @@ class Unreadable(_Event):
 
 
 Event = Annotated[
-    Union[
-        BatchSubmitted,
-        BatchCancelled,
-        BatchFinished,
-        BatchFailed,
-        BudgetExhausted,
-        ActionCached,
-        ActionCompleted,
-        ActionDispatched,
-        ActionFailed,
-        ActionRetry,
-        ActionQuarantined,
-        EpisodeDelivered,
-        EpisodeFailedEvent,
-        WebhookDelivered,
-        WebhookFailed,
-    ],
+    BatchSubmitted
+    | BatchCancelled
+    | BatchFinished
+    | BatchFailed
+    | BudgetExhausted
+    | ActionCached
+    | ActionCompleted
+    | ActionDispatched
+    | ActionFailed
+    | ActionRetry
+    | ActionQuarantined
+    | EpisodeDelivered
+    | EpisodeFailedEvent
+    | WebhookDelivered
+    | WebhookFailed,
     Field(discriminator="type"),
 ]
 

@@ -21,8 +21,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from farm.core.script import Framing, Line, Scene, Script, Shot
 from farm.core.spec import SAMPLE_RATE, Episode, Series
@@ -67,7 +68,7 @@ class BackendChoice:
         return [self.name, self.version, list(self.features)]
 
     @classmethod
-    def from_json(cls, data: Sequence[Any]) -> "BackendChoice":
+    def from_json(cls, data: Sequence[Any]) -> BackendChoice:
         return cls(data[0], data[1], tuple(data[2]) if len(data) > 2 else ())
 
 
@@ -97,7 +98,7 @@ class Action:
         }
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "Action":
+    def from_json(cls, data: Mapping[str, Any]) -> Action:
         return cls(
             key=data["key"],
             stage=data["stage"],

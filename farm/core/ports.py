@@ -12,8 +12,9 @@ Each port is a small protocol, and each ships with a real implementation that is
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Collection, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 from farm.core.events import Event
 from farm.core.manifest import Blob, Manifest

@@ -87,7 +87,7 @@ class Series(_Spec):
     backends: BackendNames = Field(default_factory=dict, description="stage -> backend name for this series")
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Series":
+    def _consistent(self) -> Series:
         if self.language not in LANGUAGES:
             raise ValueError(f"language {self.language!r} is not supported; use one of {', '.join(LANGUAGES)}")
         if self.fps not in FRAME_RATES:
@@ -135,7 +135,7 @@ class Episode(_Spec):
     script: Script | None = Field(None, description="a hand-written script; skips the script stage")
 
     @model_validator(mode="after")
-    def _one_source(self) -> "Episode":
+    def _one_source(self) -> Episode:
         if self.outline is None and self.script is None:
             raise ValueError("an episode needs an outline (beats with lines) or a hand-written script")
         return self

@@ -3,8 +3,9 @@ the engine, and its state per action, episode and batch (rebuilt from the journa
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from farm.core.events import ActionResult
 from farm.core.plan import Action, EpisodeJob, ScriptPlan

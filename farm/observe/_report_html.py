@@ -8,7 +8,8 @@ readable.
 from __future__ import annotations
 
 import re
-from typing import AbstractSet, Sequence
+from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from datetime import datetime, timezone
 from html import escape
 

@@ -21,7 +21,8 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from typing import Any, Iterable, Mapping, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
+from typing import Any
 
 import structlog
 

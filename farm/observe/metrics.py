@@ -41,9 +41,10 @@ import os
 import socket
 import tempfile
 import urllib.request
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -339,10 +340,8 @@ class Metrics:
         ]
         series += [(self.budget_used, (batch, studio, cap)) for cap in CAPS]
         for gauge, labels in series:
-            try:
+            with suppress(KeyError):
                 gauge.remove(*labels)
-            except KeyError:
-                pass
 
     # -- exposition ------------------------------------------------------------------------------
     def serve(self, port: int, addr: str = "0.0.0.0") -> int:

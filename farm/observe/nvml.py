@@ -8,8 +8,8 @@ GPU now. farm.observe.metrics turns the readings into gauges at scrape time.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import structlog
 

@@ -95,7 +95,7 @@ def _amounts(usage: Usage, prices: Prices) -> dict[str, float]:
 
 
 def _add(table: dict, key, amounts: dict[str, float], count: bool = False) -> None:
-    row = table.setdefault(key, {k: 0.0 for k in SPEND} | ({"actions": 0.0} if count else {}))
+    row = table.setdefault(key, dict.fromkeys(SPEND, 0.0) | ({"actions": 0.0} if count else {}))
     for k, v in amounts.items():
         row[k] += v
     if count:

@@ -7,7 +7,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from farm.policy.types import Task
 

@@ -24,7 +24,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from farm.policy.types import Share
 

@@ -31,8 +31,9 @@ Example::
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Hashable, Iterable, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from farm.policy.types import BatchTerms, Task
 

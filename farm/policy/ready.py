@@ -23,7 +23,8 @@ Example::
 from __future__ import annotations
 
 import heapq
-from typing import Any, Hashable, Iterator
+from collections.abc import Hashable, Iterator
+from typing import Any
 
 from farm.policy.budget import costs_on
 from farm.policy.types import Task
@@ -95,7 +96,7 @@ class ReadyQueue:
         """Studio -> GPUs its ready GPU actions ask for."""
         return {s: d for s, d in self._demand.items() if self._gpu_tasks.get(s)}
 
-    def walk(self) -> "Walk":
+    def walk(self) -> Walk:
         """Iterate ready tasks in order; call ``refuse()`` to skip the rest of the last task's lane."""
         return Walk(self)
 
@@ -127,7 +128,7 @@ class Walk:
         self._refused = False
         self._closed = False
 
-    def __iter__(self) -> "Walk":
+    def __iter__(self) -> Walk:
         return self
 
     def __next__(self) -> Task:

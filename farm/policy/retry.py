@@ -23,8 +23,8 @@ Example::
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Callable, Collection
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ Decision = Retry | Quarantine | GiveUp
 
 def jitter(key: str, attempt: int) -> float:
     """A number in [0, 1) that depends only on (key, attempt)."""
-    digest = hashlib.sha256(f"{key}:{attempt}".encode("utf-8")).digest()
+    digest = hashlib.sha256(f"{key}:{attempt}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 

@@ -24,7 +24,7 @@ which is simpler for small candidate sets and tests; both give the same answer.
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from farm.policy import budget as budget_policy
 from farm.policy import caps as caps_policy

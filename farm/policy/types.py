@@ -9,8 +9,8 @@ submitted a batch: a priority class, a deadline, a budget.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 # Higher is more urgent. Batch specs name a class; the policies compare the integers.
 PRIORITY_CLASSES: Mapping[str, int] = {"low": 0, "normal": 1, "high": 2, "urgent": 3}
@@ -32,10 +32,10 @@ class Spend:
     gpu_seconds: float = 0.0
     money: float = 0.0
 
-    def __add__(self, other: "Spend") -> "Spend":
+    def __add__(self, other: Spend) -> Spend:
         return Spend(self.tokens + other.tokens, self.gpu_seconds + other.gpu_seconds, self.money + other.money)
 
-    def __sub__(self, other: "Spend") -> "Spend":
+    def __sub__(self, other: Spend) -> Spend:
         return Spend(self.tokens - other.tokens, self.gpu_seconds - other.gpu_seconds, self.money - other.money)
 
     def to_json(self) -> dict[str, float]:

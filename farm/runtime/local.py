@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Collection, Mapping, Sequence
 
 from farm.catalog import Catalog
 from farm.core.manifest import Blob, Manifest

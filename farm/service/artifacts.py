@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from farm.core.manifest import Blob, Manifest
 from farm.core.plan import DELIVERABLES, Action, EpisodeJob

@@ -23,8 +23,8 @@ from pydantic import ValidationError
 
 from farm.catalog import Catalog, controller_for, profiles_for
 from farm.core.engine import Engine
-from farm.core.ports import Runtime
 from farm.core.events import Submission, WebhookDelivered, WebhookFailed, WebhookResult
+from farm.core.ports import Runtime
 from farm.core.spec import check_episode
 from farm.core.state import Notify
 from farm.errors import UsageError

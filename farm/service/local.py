@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from farm.catalog import controller_for
 from farm.core.engine import Engine
-from farm.core.events import ActionResult, SubmittedEpisode, Submission
+from farm.core.events import ActionResult, Submission, SubmittedEpisode
 from farm.core.plan import STAGES
 from farm.core.ports import Clock, Runtime
 from farm.errors import FarmError

@@ -18,11 +18,12 @@ Policies:
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from farm.core.controller import Controller
 from farm.core.engine import Engine
-from farm.core.events import SubmittedEpisode, Submission
+from farm.core.events import Submission, SubmittedEpisode
 from farm.core.ports import ManualClock, MemoryJournal
 from farm.core.spec import BudgetSpec
 from farm.policy.retry import RetryPolicy

@@ -12,8 +12,9 @@ from __future__ import annotations
 import heapq
 import random
 import zlib
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Collection, Mapping, Sequence
+from typing import Any
 
 from farm.core.manifest import Blob, Manifest
 from farm.core.plan import OUTPUTS, Action, EpisodeJob

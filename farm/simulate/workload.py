@@ -19,8 +19,9 @@ lasts as long as its text takes at the language's speaking rate.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from farm.core.plan import STAGES as PLAN_STAGES
 from farm.core.plan import Action, BackendChoice, EpisodeJob, plan_episode, sketch
@@ -88,7 +89,7 @@ class Workload:
     seed: int = 0
     _graph: Any = field(default=None, repr=False, compare=False)
 
-    def __add__(self, other: "Workload") -> "Workload":
+    def __add__(self, other: Workload) -> Workload:
         clash = self.batches.keys() & other.batches.keys()
         if clash:
             raise ValueError(f"workloads overlap: {sorted(clash)[:3]}")
@@ -141,7 +142,7 @@ class Workload:
             for series, episode in b.episodes
         ]
 
-    def graph(self) -> "Graph":
+    def graph(self) -> Graph:
         """Every action of every episode as the planner makes it once all is known (cached)."""
         if self._graph is None:
             self._graph = Graph.of(self)
@@ -162,7 +163,7 @@ class Graph:
     samples: dict[str, int]  # a line action's key -> how long its audio is
 
     @classmethod
-    def of(cls, workload: Workload) -> "Graph":
+    def of(cls, workload: Workload) -> Graph:
         actions: dict[str, Action] = {}
         batch_of: dict[str, str] = {}
         revealed: dict[str, set[str]] = {}

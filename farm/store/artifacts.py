@@ -19,8 +19,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from farm.errors import StoreError
 from farm.core.manifest import Blob, Manifest
+from farm.errors import StoreError
 from farm.store.base import ObjectStore, check_name
 
 
@@ -78,7 +78,7 @@ class ArtifactStore:
         except ValidationError as exc:
             raise StoreError(f"manifest {key} in {self.objects.describe()} is unreadable: {exc}") from exc
 
-    def job_record(self, key: str) -> "JobRecord":
+    def job_record(self, key: str) -> JobRecord:
         """Where a resumable backend keeps its provider job for action ``key`` (a ComfyUI prompt id)."""
         return JobRecord(self.objects, f"{self.studio}/jobs/{key[:2]}/{key}.json")
 

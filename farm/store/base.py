@@ -12,8 +12,9 @@ digests; ``check_name`` refuses anything that could leave the store's root.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Protocol
 
 from farm.errors import StoreError
 

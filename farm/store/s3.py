@@ -7,8 +7,8 @@ to StoreError here, once; connection failures and 5xx answers are retryable.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from minio import Minio
 from minio.commonconfig import CopySource

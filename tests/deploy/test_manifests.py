@@ -5,7 +5,7 @@ KubeRay's operator chart (../shared/kuberay-crds), with unknown fields refused a
 from __future__ import annotations
 
 import copy
-from functools import lru_cache
+from functools import cache
 
 import pytest
 import yaml
@@ -111,7 +111,7 @@ def test_core_objects_validate_against_kubernetes_schemas(renders):
     } <= checked
 
 
-@lru_cache(maxsize=None)
+@cache
 def _crd_schema(kind: str) -> dict:
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the CRDs are large: libyaml when there is one
     crd = yaml.load((CRDS / KUBERAY_KINDS[kind]).read_text(encoding="utf-8"), Loader=loader)

@@ -28,7 +28,7 @@ def test_upward_ranks_ignore_unknown_children_and_use_tails():
 def test_upward_ranks_deep_chain_without_recursion():
     """A 60,000-long chain is ranked iteratively."""
     n = 60_000
-    ranks = upward_ranks({i: 1.0 for i in range(n)}, {i: [i + 1] for i in range(n - 1)})
+    ranks = upward_ranks(dict.fromkeys(range(n), 1.0), {i: [i + 1] for i in range(n - 1)})
     assert ranks[0] == n and ranks[n - 1] == 1.0
 
 

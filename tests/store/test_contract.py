@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from farm.errors import StoreError
 from farm.core.manifest import Blob, Manifest
+from farm.errors import StoreError
 from farm.store import ArtifactStore, LocalStore, file_digest
 
 _prefixes = itertools.count()

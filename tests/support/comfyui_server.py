@@ -40,10 +40,11 @@ import time
 import urllib.parse
 import uuid
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from PIL import Image, ImageDraw, ImageOps
 
@@ -177,7 +178,7 @@ class ComfyUIServer:
         host, port = self._httpd.server_address[:2]
         return f"http://{host}:{port}"
 
-    def start(self) -> "ComfyUIServer":
+    def start(self) -> ComfyUIServer:
         server = self
 
         class Handler(_Handler):
@@ -203,7 +204,7 @@ class ComfyUIServer:
         for t in self._threads:
             t.join(timeout=5)
 
-    def __enter__(self) -> "ComfyUIServer":
+    def __enter__(self) -> ComfyUIServer:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
@@ -279,16 +280,20 @@ class ComfyUIServer:
                             "extra_info": {"input_name": name},
                         }
                     )
-            if node["class_type"] == "LoadImage" and isinstance(inputs.get("image"), str):
-                if not (self.dirs["input"] / inputs["image"]).is_file():
-                    errors.append(
-                        {
-                            "type": "custom_validation_failed",
-                            "message": "Custom validation failed for node",
-                            "details": f"image - Invalid image file: {inputs['image']}",
-                            "extra_info": {"input_name": "image"},
-                        }
-                    )
+            image = inputs.get("image")
+            if (
+                node["class_type"] == "LoadImage"
+                and isinstance(image, str)
+                and not (self.dirs["input"] / image).is_file()
+            ):
+                errors.append(
+                    {
+                        "type": "custom_validation_failed",
+                        "message": "Custom validation failed for node",
+                        "details": f"image - Invalid image file: {inputs['image']}",
+                        "extra_info": {"input_name": "image"},
+                    }
+                )
             if errors:
                 node_errors[nid] = {"errors": errors, "dependent_outputs": outputs, "class_type": node["class_type"]}
         if node_errors:

@@ -24,9 +24,10 @@ import threading
 import time
 import wave
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Iterator
+from typing import Any
 
 TONE_RATE = 24000
 PAD_SECONDS = 0.1  # silence the speech endpoint puts before and after its tone

@@ -270,7 +270,7 @@ def _script_interpreter(script: str) -> str | None:
     return parts[0] if os.access(parts[0], os.X_OK) else None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _swift_toolchain() -> _Toolchain | str:
     """The Swift toolchain, or the reason (with install hint) it is unusable."""
     if not hasattr(os, "setxattr"):
@@ -781,7 +781,7 @@ def _wait_s3_ready(server: S3Server, procs: _Processes, deadline: float, timeout
                     f"Swift's S3 API rejected {server.access_key!r}: {exc!r}\n{procs.log_tails()}"
                 ) from exc
             last_error = exc
-        except Exception as exc:  # noqa: BLE001 - reported below
+        except Exception as exc:
             last_error = exc
         if time.monotonic() > deadline:
             raise RuntimeError(

@@ -15,8 +15,9 @@ import json
 import math
 import re
 import wave
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from workers.api import StageError, run_tool
 

@@ -16,8 +16,9 @@ literally:
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from workers.api import StageError
 
@@ -160,7 +161,7 @@ def ass_matroska(cues: Sequence[Cue]) -> bytes:
     clusters = []
     for order, cue in enumerate(cues):
         # One cluster per cue: a block's time is a 16-bit offset from its cluster's.
-        event = f"{order},0,Default,,0,0,0,,{ass_text(cue.text)}".encode("utf-8")
+        event = f"{order},0,Default,,0,0,0,,{ass_text(cue.text)}".encode()
         block = b"\x81" + (0).to_bytes(2, "big") + b"\x00" + event
         group = _el(0xA0, _el(0xA1, block) + _uint(0x9B, cue.end_ms - cue.start_ms))
         clusters.append(_el(0x1F43B675, _uint(0xE7, cue.start_ms) + group))

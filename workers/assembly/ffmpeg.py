@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 import re
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from workers.api import Estimate, Resources, StageError, StageResult, Usage, children_cpu, run_tool
 from workers.assembly import _audio, _storyboard, _subtitles

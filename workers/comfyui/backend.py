@@ -10,8 +10,9 @@ import shutil
 import time
 import urllib.parse
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from PIL import Image, ImageOps, ImageSequence
 

@@ -14,8 +14,9 @@ import sys
 import tempfile
 import unicodedata
 import wave
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from workers.api import Estimate, Resources, StageError, StageResult, Usage, children_cpu, run_tool
 

@@ -19,16 +19,17 @@ from __future__ import annotations
 import re
 import tempfile
 import wave
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from pydantic import Field, field_validator
 
 from workers._http import excerpt
+from workers._openai import OpenAIClient, OpenAISettings
 from workers.api import Estimate, Resources, StageError, StageResult, Usage, config_version, run_tool
 from workers.configured import parse
 from workers.dubbing.espeak import SILENT_LINE_SECONDS, trim_silence
-from workers._openai import OpenAIClient, OpenAISettings
 
 KIND, KIND_VERSION = "openai-speech", "1"
 _SPEAKER = r"^(\*|[a-z0-9][a-z0-9_-]{0,62})$"  # a character id (farm.core.script.Slug) or "*"

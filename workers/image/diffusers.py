@@ -36,13 +36,14 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
+from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageStat
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
-from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageStat
 
 from workers import _torch as tt
 from workers.api import BatchItem, Estimate, StageError, StageResult, Usage
@@ -376,16 +377,16 @@ class DiffusersImages(tt.TorchBackend):
         use_init = op == "keyframe" and pipes.img2img is not None
         pipe = pipes.img2img if use_init else pipes.text2img
         assert pipe is not None, f"{self.what}: no pipeline loaded for {op}"
-        kwargs: dict[str, Any] = dict(
-            prompt=[j.prompt for j in jobs],
-            negative_prompt=[s.negative_prompt] * len(jobs) if s.negative_prompt else None,
-            height=gh,
-            width=gw,
-            num_inference_steps=s.steps,
-            guidance_scale=s.guidance,
-            generator=tt.generators([j.seed for j in jobs], pipes.device, self.what),
-            output_type="pil",
-        )
+        kwargs: dict[str, Any] = {
+            "prompt": [j.prompt for j in jobs],
+            "negative_prompt": [s.negative_prompt] * len(jobs) if s.negative_prompt else None,
+            "height": gh,
+            "width": gw,
+            "num_inference_steps": s.steps,
+            "guidance_scale": s.guidance,
+            "generator": tt.generators([j.seed for j in jobs], pipes.device, self.what),
+            "output_type": "pil",
+        }
         if use_init:
             kwargs.update(image=[j.init for j in jobs], strength=s.strength)
         with pipes.lock, tt.DeviceTimer(pipes.device) as timer:

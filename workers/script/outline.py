@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from farm.core.script import Camera, Framing, Line, Scene, Script, Shot
 from workers.api import Estimate, Resources, StageError, StageResult, Usage

@@ -29,17 +29,19 @@ by stream copy.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
+from PIL import Image
 from pydantic import Field, field_validator
 from pydantic_core import PydanticCustomError
-from PIL import Image
 
 from workers import _torch as tt
 from workers.api import (
@@ -194,10 +196,8 @@ def encode(frames: list[Image.Image], order: list[int], fps: int, out: Path, tim
                 f"{what}: ffmpeg timed out after {timeout:.0f}s encoding the clip", retryable=True
             ) from None
         finally:
-            try:
+            with contextlib.suppress(BrokenPipeError):
                 stdin.close()
-            except BrokenPipeError:
-                pass
         if code != 0:
             errors.seek(0)
             tail = errors.read().decode("utf-8", "replace").strip().splitlines()[-8:]
@@ -353,19 +353,19 @@ class DiffusersVideo(tt.TorchBackend):
         gw, gh = jobs[0].gen
         count, gen_fps, one = jobs[0].count, jobs[0].gen_fps, len(jobs) == 1
         prompts = [s.prompt.format(camera=CAMERA_WORDS[j.camera]) for j in jobs]
-        kwargs: dict[str, Any] = dict(
-            image=jobs[0].first if one else [j.first for j in jobs],
-            prompt=prompts[0] if one else prompts,
-            negative_prompt=s.negative_prompt if one else [s.negative_prompt] * len(jobs),
-            height=gh,
-            width=gw,
-            num_frames=count,
-            num_inference_steps=s.steps,
-            generator=tt.generators([j.seed for j in jobs], loaded.device, self.what),
-            output_type="pil",
-            fps=gen_fps,
-            decode_chunk_size=decode_chunk(count, s.decode_chunk_size),
-        )
+        kwargs: dict[str, Any] = {
+            "image": jobs[0].first if one else [j.first for j in jobs],
+            "prompt": prompts[0] if one else prompts,
+            "negative_prompt": s.negative_prompt if one else [s.negative_prompt] * len(jobs),
+            "height": gh,
+            "width": gw,
+            "num_frames": count,
+            "num_inference_steps": s.steps,
+            "generator": tt.generators([j.seed for j in jobs], loaded.device, self.what),
+            "output_type": "pil",
+            "fps": gen_fps,
+            "decode_chunk_size": decode_chunk(count, s.decode_chunk_size),
+        }
         if s.negative_prompt is None:
             del kwargs["negative_prompt"]
         if s.motion_bucket_id is not None:
