@@ -200,3 +200,95 @@ def test_render_on_s3(tmp_path, ray_local, s3_server):
     assert "run1/test-studio/episodes/test-series/ep001/episode.mp4" in keys
     again = render_episode(load_episode(path), cfg, RayRuntime(cfg.store_spec()), out_dir=tmp_path / "out2")
     assert again.ran == [] and again.video.read_bytes() == first.video.read_bytes()
+
+
+def test_render_and_batch_deliver_byte_identical_episodes(first, tmp_path, ray_local):
+    """farm render and a batch in the controller run one engine: the same episode and settings give the
+    same bytes, under the same readable paths."""
+    from farm.service.host import ControllerService
+    from tests.conftest import wait_until
+
+    folder, store, rendered = first
+    settings = Settings(store=str(tmp_path / "store"), studio="test-studio", metrics_port=0)
+    loaded = load_episode(folder / "specs" / "ep001.yaml")
+    service = ControllerService(settings.model_dump(mode="json"))
+    try:
+        item = {"series": loaded.series.model_dump(mode="json"), "episode": loaded.episode.model_dump(mode="json")}
+        batch = service.submit({"studio": "test-studio", "namespace": "test-studio", "episodes": [item]})
+        status = wait_until(
+            lambda: (s := service.status(batch))["status"] != "running" and s, timeout=300, what="the batch to finish"
+        )
+    finally:
+        service.stop()
+        service.runtime.shutdown()
+    assert status["episodes"]["delivered"] == 1
+    assert status["deliverables"]["test-series/ep001"] == rendered.store_paths
+    for path in rendered.store_paths.values():
+        assert (tmp_path / "store" / path).read_bytes() == (store / path).read_bytes(), path
+
+
+def _noop_settings(tmp_path, **settings):
+    return Settings(
+        store=str(tmp_path / "store"),
+        studio="acme",
+        **{f"backend_{s}": "noop" for s in ("image", "video", "assembly")} | settings,
+    )
+
+
+def test_render_retries_by_the_policy_and_gives_up_by_it(tmp_path, ray_local):
+    """Every line fails once, retryably: farm render retries each after the policy's backoff (its
+    journal says so) and delivers; with max_attempts 1 the render fails with the policy's reason."""
+    from farm.core.events import ActionDispatched, ActionFailed, ActionRetry
+    from farm.errors import FarmError
+    from farm.store import LocalStore
+    from farm.store.journal import StoreJournal, render_prefix
+
+    specs = write_specs(tmp_path / "specs")
+
+    def flaky(marks, retry):  # each in a store of its own: nothing is done before it starts
+        return _noop_settings(
+            tmp_path / marks,
+            backend_dubbing="flaky",
+            retry=retry,
+            backends={
+                "flaky": {
+                    "kind": "tests.support.fake_backends:Flaky",
+                    "stage": "dubbing",
+                    "marks": str(tmp_path / marks),
+                }
+            },
+        )
+
+    cfg = flaky("marks-a", {"base_s": 0.5, "max_delay_s": 0.5})
+    result = render_episode(load_episode(specs), cfg, RayRuntime(cfg.store_spec(), catalog=cfg.catalog()))
+    assert sorted(m.label for m in result.ran if m.op == "line") == ["line s01-02#0", "line s02-01#0", "line s02-01#1"]
+    events = list(
+        StoreJournal(
+            LocalStore(tmp_path / "marks-a" / "store"), render_prefix("acme", "test-series", "ep001", result.batch)
+        ).replay()
+    )
+    failed = {e.key: e for e in events if isinstance(e, ActionFailed)}
+    retries = {e.key: e for e in events if isinstance(e, ActionRetry)}
+    assert len(failed) == len(retries) == 3 and all(e.data.retryable for e in failed.values())
+    for key, retry in retries.items():
+        again = [e for e in events if isinstance(e, ActionDispatched) and e.key == key and e.seq > retry.seq]
+        assert retry.data.not_before >= failed[key].at and again[0].at >= retry.data.not_before
+
+    cfg = flaky("marks-b", {"max_attempts": 1})
+    with pytest.raises(FarmError, match="gave up after 1 failed attempts: line .*: the voice server hiccuped"):
+        render_episode(load_episode(specs), cfg, RayRuntime(cfg.store_spec(), catalog=cfg.catalog()))
+
+
+def test_render_holds_the_resources_settings_give_a_stage(tmp_path, ray_local):
+    """FARM_STAGE_RESOURCES reaches farm render: lines that must hold 3 CPUs never start on a 2-CPU Ray,
+    and the render says what it waits for instead of waiting for ever."""
+    from farm.errors import FarmError
+
+    cfg = _noop_settings(tmp_path, backend_dubbing="noop", stage_resources={"dubbing": {"num_cpus": 3}})
+    with pytest.raises(FarmError, match=r"3 action\(s\) need 3 CPUs at once"):
+        render_episode(
+            load_episode(write_specs(tmp_path / "specs")),
+            cfg,
+            RayRuntime(cfg.store_spec(), catalog=cfg.catalog()),
+            resource_wait_s=2.0,
+        )

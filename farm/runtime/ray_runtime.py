@@ -322,10 +322,12 @@ class RayRuntime:
         actor_lost = False
         try:
             return Finished(action, Manifest.model_validate(ray.get(ref)), None)
-        except ActionFailed as exc:
-            return Finished(action, None, exc)
         except ray.exceptions.RayTaskError as exc:
+            # Ray raises the task's exception as a RayTaskError subclass of its class, whose class
+            # attributes shadow the instance's (FarmError.retryable is False): read the cause itself
             cause = exc.cause if isinstance(exc.cause, Exception) else exc
+            if isinstance(cause, ActionFailed):
+                return Finished(action, None, cause)
             retryable = getattr(cause, "retryable", False) if isinstance(cause, FarmError) else True
             return Finished(
                 action,
