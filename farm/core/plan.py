@@ -177,10 +177,13 @@ class _Builder:
         self.actions: list[Action] = []
         self.context = {"studio": job.studio, "series": job.series.id, "episode": job.episode.slug}
 
-    def add(self, stage: str, op: str, params: dict[str, Any], inputs: dict[str, Ref], label: str) -> Action:
+    def make(self, stage: str, op: str, params: dict[str, Any], inputs: dict[str, Ref], label: str) -> Action:
         backend = self.job.backends[stage]
         key = action_key(stage, op, backend, params, inputs, self.job.namespace)
-        action = Action(key, stage, op, backend.name, backend.version, params, inputs, label, self.context)
+        return Action(key, stage, op, backend.name, backend.version, params, inputs, label, self.context)
+
+    def add(self, stage: str, op: str, params: dict[str, Any], inputs: dict[str, Ref], label: str) -> Action:
+        action = self.make(stage, op, params, inputs, label)
         self.actions.append(action)
         return action
 
@@ -229,6 +232,11 @@ class ScriptPlan:
     actions: tuple[Action, ...]  # dependencies before dependants
     script_key: str | None
     shots: tuple[ShotPlan, ...]
+    # each shot's clip and mux and its layout, once its lines' lengths are known: (shot index, the
+    # lengths) -> (clip, mux, layout); a cache, so planning again as each line is voiced is cheap
+    timed: dict[tuple[int, tuple[int, ...]], tuple[Action, Action, ShotLayout]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
 
 def plan_script(job: EpisodeJob, script: Script | None) -> ScriptPlan:
@@ -309,37 +317,44 @@ def plan_episode(
     # first/last-frame video backends end a shot's clip on the next shot's keyframe, within a scene
     # (a new scene is a cut, which the next clip's own first frame already makes)
     end_on_next = "last_frame" in job.backends["video"].features
-    for part in fixed.shots:
+    for index, part in enumerate(fixed.shots):
         shot, kf, lines = part.shot, part.keyframe, part.lines
         if any(l.key not in line_samples for l in lines):
             complete = False
             continue
-        samples = [line_samples[l.key] for l in lines]
-        layout = layout_shot(shot, samples, fps)
-        clip_inputs = {"keyframe": Ref(kf.key, "keyframe")}
-        if end_on_next and part.next_keyframe is not None:
-            clip_inputs["last"] = Ref(part.next_keyframe.key, "keyframe")
-        clip = b.add(
-            "video",
-            "clip",
-            {"width": width, "height": height, "fps": fps, "frames": layout.frames, "camera": shot.camera.value},
-            clip_inputs,
-            f"clip {shot.id}",
-        )
-        mux_inputs = {"clip": Ref(clip.key, "clip")} | {f"line{i}": Ref(l.key, "audio") for i, l in enumerate(lines)}
-        mux = b.add(
-            "assembly",
-            "mux",
-            {
-                "fps": fps,
-                "frames": layout.frames,
-                "sample_rate": SAMPLE_RATE,
-                "total_samples": layout.total_samples,
-                "lines": [{"input": f"line{i}", "offset_samples": o} for i, o in enumerate(layout.offsets)],
-            },
-            mux_inputs,
-            f"mux {shot.id}",
-        )
+        samples = tuple(line_samples[l.key] for l in lines)
+        made = fixed.timed.get((index, samples))
+        if made is None:
+            layout = layout_shot(shot, list(samples), fps)
+            clip_inputs = {"keyframe": Ref(kf.key, "keyframe")}
+            if end_on_next and part.next_keyframe is not None:
+                clip_inputs["last"] = Ref(part.next_keyframe.key, "keyframe")
+            clip = b.make(
+                "video",
+                "clip",
+                {"width": width, "height": height, "fps": fps, "frames": layout.frames, "camera": shot.camera.value},
+                clip_inputs,
+                f"clip {shot.id}",
+            )
+            mux_inputs = {"clip": Ref(clip.key, "clip")} | {
+                f"line{i}": Ref(l.key, "audio") for i, l in enumerate(lines)
+            }
+            mux = b.make(
+                "assembly",
+                "mux",
+                {
+                    "fps": fps,
+                    "frames": layout.frames,
+                    "sample_rate": SAMPLE_RATE,
+                    "total_samples": layout.total_samples,
+                    "lines": [{"input": f"line{i}", "offset_samples": o} for i, o in enumerate(layout.offsets)],
+                },
+                mux_inputs,
+                f"mux {shot.id}",
+            )
+            made = fixed.timed[(index, samples)] = (clip, mux, layout)
+        clip, mux, layout = made
+        b.actions += [clip, mux]
         n = len(shots)
         inputs_final[f"shot{n}"] = Ref(mux.key, "shot")
         inputs_final[f"keyframe{n}"] = Ref(kf.key, "keyframe")

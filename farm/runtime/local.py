@@ -19,7 +19,8 @@ from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 from farm.catalog import Catalog
-from farm.core.manifest import Blob, Manifest
+from farm.core.events import ActionResult
+from farm.core.manifest import Blob
 from farm.core.plan import Action
 from farm.core.ports import Finished
 from farm.core.state import Profile
@@ -82,7 +83,7 @@ class InProcessRuntime:
     def _finished(action: Action, future: Future) -> Finished:
         error = future.exception()
         if error is None:
-            return Finished(action, Manifest.model_validate(future.result()), None)
+            return Finished(action, ActionResult.model_validate(future.result()), None)
         if isinstance(error, ActionFailed):
             return Finished(action, None, error)
         retryable = error.retryable if isinstance(error, FarmError) else True  # the store, the disk: try again

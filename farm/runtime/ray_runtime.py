@@ -18,7 +18,8 @@ import ray
 import structlog
 
 from farm.catalog import Catalog, slots
-from farm.core.manifest import Blob, Manifest
+from farm.core.events import ActionResult
+from farm.core.manifest import Blob
 from farm.core.plan import Action
 from farm.core.ports import Finished
 from farm.core.state import Profile
@@ -321,7 +322,7 @@ class RayRuntime:
         action, _ = self._running.pop(ref)
         actor_lost = False
         try:
-            return Finished(action, Manifest.model_validate(ray.get(ref)), None)
+            return Finished(action, ActionResult.model_validate(ray.get(ref)), None)
         except ray.exceptions.RayTaskError as exc:
             # Ray raises the task's exception as a RayTaskError subclass of its class, whose class
             # attributes shadow the instance's (FarmError.retryable is False): read the cause itself

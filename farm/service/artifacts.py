@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from farm.core.events import ActionResult
 from farm.core.manifest import Blob, Manifest
 from farm.core.plan import DELIVERABLES, Action, EpisodeJob
 from farm.store import ArtifactStore, ObjectStore
@@ -40,11 +41,11 @@ class StoreArtifacts:
         return self._done[studio]
 
     def lookup(self, actions: Sequence[Action]) -> list[tuple[Action, Manifest]]:
-        found = []
+        found: list[tuple[Action, Manifest]] = []
         for action in actions:
             studio = action.context["studio"]
             if action.key in self._done_keys(studio):
-                manifest = self.store(studio).get_manifest(action.key)
+                manifest = self.store(studio).get_manifest(action.key, ActionResult)
                 if manifest is not None:
                     found.append((action, manifest))
         return found

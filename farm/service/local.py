@@ -134,8 +134,9 @@ def render_episode(
     now = clock.now()
     batch = f"render-{datetime.fromtimestamp(now, timezone.utc).strftime('%Y%m%d-%H%M%S-%f')}"
     series, slug = loaded.series.id, loaded.episode.slug
-    # nothing in a render's journal is promised to anyone before it is written: no flush to disk
-    journal = StoreJournal(objects, render_prefix(settings.studio, series, slug, batch), durable=())
+    # a render's journal is its record (farm report reads it), not a memory it recovers from: written
+    # at most a second late, and at the end, never flushed to disk on its own
+    journal = StoreJournal(objects, render_prefix(settings.studio, series, slug, batch), durable=(), buffer_s=1.0)
     engine = Engine(
         controller,
         journal,
@@ -144,10 +145,47 @@ def render_episode(
         StoreArtifacts(objects),
         observe=Accounting(metrics, controller) if metrics is not None else None,
     )
-    engine.submit(batch, sub)
     eid = f"{series}/{slug}"
+    try:
+        engine.submit(batch, sub)
+        _run(engine, controller, runtime, clock, batch, eid, on_progress or (lambda p: None), resource_wait_s)
+    finally:
+        journal.flush()
     episode = controller.episodes[(batch, eid)]
-    report = on_progress or (lambda p: None)
+    status = controller.batches[batch]
+    if episode.status != "delivered":
+        raise FarmError(f"{eid} failed: {episode.reason or status.reason or status.status}")
+    final = controller.actions[episode.final_key].manifest if episode.final_key else None
+    assert final is not None
+    done = [controller.actions[k] for k in episode.keys if controller.actions[k].status == "done"]
+    ran = [s.manifest for s in done if not s.cached and s.manifest is not None]
+    cached = [s.manifest for s in done if s.cached and s.manifest is not None]
+    local = _local_copies(objects, settings, episode.deliverables, final, series, slug, out_dir)
+    return RenderResult(
+        video=local["video"],
+        subtitles=local["subtitles"],
+        storyboard=local["storyboard"],
+        store_paths=dict(episode.deliverables),
+        ran=ran,
+        cached=cached,
+        wall_seconds=time.monotonic() - started,
+        duration_seconds=float(final.meta.get("duration", 0.0)),
+        batch=batch,
+    )
+
+
+def _run(
+    engine: Engine,
+    controller: Any,
+    runtime: Runtime,
+    clock: Clock,
+    batch: str,
+    eid: str,
+    report: Callable[[Progress], None],
+    resource_wait_s: float,
+) -> None:
+    """Step the engine until the batch of one is over; raise FarmError when nothing can run."""
+    episode = controller.episodes[(batch, eid)]
     stuck_since: float | None = None
     engine.decide()
     while controller.batches[batch].status == "running":
@@ -179,26 +217,6 @@ def render_episode(
         until = _until(wake, clock)
         time.sleep(min(0.5, until) if until is not None else 0.5)
         engine.decide()
-    status = controller.batches[batch]
-    if episode.status != "delivered":
-        raise FarmError(f"{eid} failed: {episode.reason or status.reason or status.status}")
-    final = controller.actions[episode.final_key].manifest if episode.final_key else None
-    assert final is not None
-    done = [controller.actions[k] for k in episode.keys if controller.actions[k].status == "done"]
-    ran = [s.manifest for s in done if not s.cached and s.manifest is not None]
-    cached = [s.manifest for s in done if s.cached and s.manifest is not None]
-    local = _local_copies(objects, settings, episode.deliverables, final, series, slug, out_dir)
-    return RenderResult(
-        video=local["video"],
-        subtitles=local["subtitles"],
-        storyboard=local["storyboard"],
-        store_paths=dict(episode.deliverables),
-        ran=ran,
-        cached=cached,
-        wall_seconds=time.monotonic() - started,
-        duration_seconds=float(final.meta.get("duration", 0.0)),
-        batch=batch,
-    )
 
 
 def _until(when: float | None, clock: Clock) -> float | None:

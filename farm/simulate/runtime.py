@@ -16,6 +16,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from farm.core.events import ActionResult
 from farm.core.manifest import Blob, Manifest
 from farm.core.plan import OUTPUTS, Action, EpisodeJob
 from farm.core.ports import Finished, ManualClock
@@ -177,7 +178,7 @@ class SimRuntime:
             gpu_seconds=(ended - started) * profile.gpus,
             model=action.backend,
         )
-        return Manifest.model_construct(
+        return ActionResult.model_construct(
             key=action.key,
             stage=action.stage,
             op=action.op,

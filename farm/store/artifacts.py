@@ -16,12 +16,15 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import TypeVar
 
 from pydantic import ValidationError
 
 from farm.core.manifest import Blob, Manifest
 from farm.errors import StoreError
 from farm.store.base import ObjectStore, check_name
+
+M = TypeVar("M", bound=Manifest)
 
 
 def file_digest(path: Path) -> tuple[str, int]:
@@ -69,12 +72,14 @@ class ArtifactStore:
             raise StoreError(f"manifest {manifest.key} names outputs not in the store: {', '.join(missing)}")
         self.objects.put_bytes(self._manifest_name(manifest.key), manifest.model_dump_json().encode())
 
-    def get_manifest(self, key: str) -> Manifest | None:
+    def get_manifest(self, key: str, model: type[M] = Manifest) -> M | None:  # type: ignore[assignment]
+        """The manifest of action ``key``, or None; read as ``model`` (a Manifest, or a subclass of it
+        such as the engine's ActionResult, so that it need not be copied into one)."""
         data = self.objects.get_bytes(self._manifest_name(key))
         if data is None:
             return None
         try:
-            return Manifest.model_validate_json(data)
+            return model.model_validate_json(data)
         except ValidationError as exc:
             raise StoreError(f"manifest {key} in {self.objects.describe()} is unreadable: {exc}") from exc
 

@@ -17,6 +17,7 @@ Example::
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
@@ -44,12 +45,24 @@ class StoreJournal:
     ``durable``: the event types whose segment is flushed to disk before ``append`` returns (the
     others only need to outlive the process: dispatches and completions are re-derived on replay
     from the manifests, which workers write durably).
+
+    ``buffer_s``: for a journal that is a record, not a memory to recover from (``farm render``'s):
+    groups are numbered at once but written together, at most this many seconds late, and by
+    ``flush``. None (the controller's journal): each group is written before ``append`` returns.
     """
 
-    def __init__(self, objects: ObjectStore, prefix: str = PREFIX, durable: Collection[str] = ACKNOWLEDGED):
-        self.objects, self.prefix, self.durable = objects, prefix, frozenset(durable)
+    def __init__(
+        self,
+        objects: ObjectStore,
+        prefix: str = PREFIX,
+        durable: Collection[str] = ACKNOWLEDGED,
+        buffer_s: float | None = None,
+    ):
+        self.objects, self.prefix, self.durable, self.buffer_s = objects, prefix, frozenset(durable), buffer_s
         self._segment: int | None = None
         self._seq = 0
+        self._pending: list[Any] = []
+        self._written_at = time.monotonic()
 
     def _segments(self) -> list[str]:
         return sorted(n for n in self.objects.list(self.prefix + "/") if n.endswith(".jsonl"))
@@ -82,12 +95,28 @@ class StoreJournal:
             if not isinstance(p, ev.JournaledEvent):
                 raise TypeError(f"only the farm's events are journaled, not {type(p).__name__}")
         out = [p.model_copy(update={"seq": self._seq + i, "at": now}) for i, p in enumerate(proposals)]
-        body = "".join(ev.dump(e) + "\n" for e in out)
+        if self.buffer_s is None:
+            self._write(out)  # raises before anything changes: the group is not applied
+        else:
+            if time.monotonic() - self._written_at >= self.buffer_s:
+                self.flush()  # earlier groups only: if this raises, this group is neither kept nor applied
+            self._pending += out
+        self._seq += len(out)
+        return out
+
+    def flush(self) -> None:
+        """Write the groups appended and not written yet (a buffered journal's), as one segment."""
+        if self._pending:
+            self._write(self._pending)
+            self._pending = []
+
+    def _write(self, events: Sequence[Any]) -> None:
+        assert self._segment is not None
+        body = "".join(ev.dump(e) + "\n" for e in events)
         self.objects.put_bytes(
             f"{self.prefix}/{self._segment:012d}.jsonl",
             body.encode("utf-8"),
-            durable=any(e.type in self.durable for e in out),
+            durable=any(e.type in self.durable for e in events),
         )
-        self._seq += len(out)
         self._segment += 1
-        return out
+        self._written_at = time.monotonic()

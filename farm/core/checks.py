@@ -1,0 +1,61 @@
+"""A result becomes a fact only after it is checked (DESIGN.md, invariant 10). Pure.
+
+What a worker answers (its manifest, and the facts its outputs carry) is checked against what the
+plan needs of it before the controller takes it in: every output the plan reads is there and not
+empty, a line has a positive whole number of samples, a script validates and names only the
+characters of each series that needs it. The answer is the ``ActionResult`` to journal, or why not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from farm.core.events import ActionResult, Facts
+from farm.core.manifest import Manifest
+from farm.core.plan import OUTPUTS, Action
+from farm.core.script import Script, check_against
+from farm.core.spec import Series
+
+
+def check_result(
+    action: Action, manifest: Manifest, facts: Mapping[str, Any] | None, series: Sequence[Series]
+) -> tuple[ActionResult | None, str]:
+    """The result ``action``'s manifest and facts make, or (None, what is wrong with them).
+    ``series``: those of the episodes that need the action (a script is checked against each)."""
+    if manifest.key != action.key:
+        return None, f"the manifest is for action {manifest.key[:12]}, not {action.key[:12]}"
+    missing = [o for o in OUTPUTS.get(action.op, ()) if o not in manifest.outputs]
+    if missing:
+        return None, f"no {', '.join(missing)} output"
+    empty = sorted(o for o in OUTPUTS.get(action.op, ()) if manifest.outputs[o].size <= 0)
+    if empty:
+        return None, f"the {', '.join(empty)} output is empty"
+    if action.op == "line":
+        samples = manifest.meta.get("samples")
+        if not isinstance(samples, int) or isinstance(samples, bool) or samples <= 0:
+            return None, f"the line has {samples!r} samples of audio, not a positive whole number"
+    script = None
+    if action.op == "script":
+        raw = (facts or {}).get("script")
+        if raw is None:
+            return None, "no script came with it"
+        try:
+            script = raw if isinstance(raw, Script) else Script.model_validate(raw)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            return None, f"the script does not validate ({exc.error_count()} problems; first: {where}: {err['msg']})"
+        for one in series:
+            problems = check_against(script, {c.id for c in one.characters})
+            if problems:
+                more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+                listed = "; ".join(f"{p}: {m}" for p, m in problems[:5])
+                return None, f"the script is not one for series {one.id}: {listed}{more}"
+    if isinstance(manifest, ActionResult):  # what the runtimes and the store hand over: no copy to make
+        result = manifest if manifest.facts is None else manifest.model_copy(update={"facts": None})
+    else:
+        result = ActionResult.model_construct(**{name: getattr(manifest, name) for name in Manifest.model_fields})
+    return (result.model_copy(update={"facts": Facts(script=script)}) if script else result), ""

@@ -1,0 +1,412 @@
+"""The controller's decisions: what runs next, and what the running hold. Pure: time is passed in.
+
+``Decisions`` owns the state the scheduler reads (every batch, episode and action, which are ready,
+which run) and decides with farm.policy: ``decide(now, capacity)`` proposes the dispatches, budget
+holds and finished batches; ``ranks`` are the remaining critical paths; an episode is paced through
+its batch by the work its sketch plans. ``Controller`` (farm.core.controller) adds applying events.
+
+Everything here is kept up to date as events arrive, so a decision costs O(ready + running), not
+O(graph): the ready queue is synced from the keys whose readiness changed, the running holdings
+are counted as actions start and end, and both are rebuilt only when the batches change.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from farm.core.events import (
+    ActionDispatched,
+    ActionFailed,
+    ActionQuarantined,
+    ActionRetry,
+    BatchFinished,
+    BudgetExhausted,
+    Dispatched,
+    EpisodeFailed,
+    EpisodeFailedEvent,
+    Failed,
+    Reason,
+    RetryAt,
+)
+from farm.core.plan import Action, EpisodeJob, plan_episode, sketch
+from farm.core.state import ActionState, BatchState, EpisodeState, Estimator, Profile
+from farm.policy import (
+    Capacity,
+    GiveUp,
+    Prices,
+    Quarantine,
+    ReadyQueue,
+    RetryPolicy,
+    RunState,
+    Share,
+    Spend,
+    Task,
+    select,
+    upward_ranks,
+)
+from farm.policy.ranking import NO_PACE, Pace, pace, sort_key
+
+# At most this many GPU bundles are asked of an autoscaler at once (see Decisions.wanted_capacity).
+MAX_CAPACITY_REQUEST = 512
+
+# Typical seconds still to come after an action whose dependants are not planned yet (a script's
+# shots, a line's clip): keeps the critical-path rank honest before the graph has grown.
+TAIL_SECONDS = {"script": 60.0, "sheet": 40.0, "keyframe": 30.0, "line": 30.0, "clip": 5.0, "mux": 2.0}
+
+ORDERS = ("farm", "fifo")
+_NO_RANKS: Mapping[str, float] = {}  # the "fifo" order ranks nothing (one object: the queue is not rebuilt)
+
+
+class Decisions:
+    """The scheduling half of the controller (see ``Controller`` for the arguments)."""
+
+    def __init__(
+        self,
+        estimator: Estimator,
+        profiles: Mapping[tuple[str, str], Profile],
+        *,
+        prices: Prices,
+        shares: Iterable[Share] | None,
+        caps: Mapping[str, int] | None,
+        retry: RetryPolicy,
+        order: str,
+        rank_refresh_s: float,
+    ):
+        if order not in ORDERS:
+            raise ValueError(f"unknown order {order!r} (known: {', '.join(ORDERS)})")
+        self.estimator, self.profiles, self.prices = estimator, dict(profiles), prices
+        self.shares = None if shares is None else list(shares)
+        self.caps, self.retry, self.order, self.rank_refresh_s = dict(caps or {}), retry, order, rank_refresh_s
+        self.batches: dict[str, BatchState] = {}
+        self.episodes: dict[tuple[str, str], EpisodeState] = {}
+        self.actions: dict[str, ActionState] = {}
+        self._ranks: dict[str, float] | None = None
+        self._ranks_at = float("-inf")
+        self._graph_changed = True
+        self._dependants: dict[str, list[str]] = {}
+        self._ready: set[str] = set()  # pending, every input done
+        self._ready_since: dict[str, int] = {}  # when each became ready (the "fifo" order)
+        self._ready_count = 0
+        self._running: set[str] = set()
+        # The ready actions the scheduler may start, in its order (farm.policy.ready), so a decision
+        # costs O((dispatched + lanes) log n) however many wait: synced in ``decide`` from the keys
+        # whose readiness changed, rebuilt when the order itself changes (new ranks, a batch or an
+        # episode starting or ending, which changes which batch an action counts for).
+        self._queue = ReadyQueue()
+        self._queue_ranks: Mapping[str, float] | None = None  # the ranks the queue was ordered with
+        self._queue_stale = True
+        self._changed: set[str] = set()  # keys whose readiness changed since the last sync
+        self._backoff: list[tuple[float, str]] = []  # (not_before, key): ready, but waiting out a retry
+        self._tasks: dict[str, Task] = {}  # what the scheduler sees of an action, until the batches change
+        # what the wanted running actions hold, kept as they start and end (rebuilt when the batches
+        # change): GPUs per studio, actions per backend, estimates per capped batch
+        self._run: dict[str, Task] = {}
+        self._use: dict[str, float] = {}
+        self._by_backend: dict[str, int] = {}
+        self._committed: dict[str, Spend] = {}
+        self._run_stale = True
+        # the GPU actions placed at the last decision (see wanted_capacity)
+        self._gpu_shapes: list[Task] = []
+        self._placed: set[str] = set()
+        self._paces: dict[str, dict[tuple[str, str], Pace]] = {}  # batch -> paces, fixed at its first decision
+        self._estimates: dict[str, tuple[float, int, float]] = {}
+        self._unestimated: dict[str, str] = {}  # key -> why its backend could not estimate it
+
+    def _reorder(self) -> None:
+        """Which batch each action counts for may have changed: order and attribute afresh."""
+        self._queue_stale = self._run_stale = True
+        self._tasks.clear()
+
+    def _failure_events(
+        self, key: str, error: str, retryable: bool, worker: str | None, now: float, retry_after: float | None = None
+    ) -> list[Any]:
+        state = self.actions[key]
+        batch = state.charged_to
+        events: list[Any] = [
+            ActionFailed(
+                batch=batch,
+                key=key,
+                data=Failed(error=error, retryable=retryable, worker=worker, attempt=state.attempts),
+            )
+        ]
+        workers = state.failed_workers | ({worker} if worker else set())
+        decision = self.retry.decide(key, state.attempts, retryable, workers)
+        if isinstance(decision, (Quarantine, GiveUp)):
+            if isinstance(decision, Quarantine):
+                events.append(ActionQuarantined(batch=batch, key=key, data=Reason(reason=decision.reason)))
+            reason = f"{state.action.label}: {decision.reason}: {error}"
+            for b, ep in sorted(state.episodes):
+                if self.batches[b].status == "running" and self.episodes[(b, ep)].status == "running":
+                    events.append(EpisodeFailedEvent(batch=b, data=EpisodeFailed(episode=ep, reason=reason)))
+        else:
+            delay = max(decision.not_before_delay_s, retry_after or 0.0)
+            events.append(
+                ActionRetry(batch=batch, key=key, data=RetryAt(not_before=now + delay, attempt=state.attempts))
+            )
+        return events
+
+    def _wanted(self, state: ActionState, ignore: str | None = None) -> bool:
+        """Does any live episode of a live batch (other than ``ignore``) still need this action?"""
+        return any(
+            b != ignore and self.batches[b].status == "running" and self.episodes[(b, ep)].status == "running"
+            for b, ep in state.episodes
+        )
+
+    def _hold(self, task: Task, sign: int) -> None:
+        """Count a running action's task in (``sign`` 1) or out (-1) of what the running hold."""
+        if sign > 0:
+            self._run[task.key] = task
+        else:
+            del self._run[task.key]
+        self._use[task.studio] = self._use.get(task.studio, 0.0) + sign * task.gpus
+        self._by_backend[task.backend] = self._by_backend.get(task.backend, 0) + sign
+        if self.batches[task.batch].terms.budget.capped:
+            estimate = task.estimate
+            self._committed[task.batch] = (
+                self._committed.get(task.batch, Spend()) + estimate
+                if sign > 0
+                else self._committed[task.batch] - estimate
+            )
+
+    def _held(self) -> list[Task]:
+        """The tasks of the wanted running actions (counted afresh when the batches have changed)."""
+        if self._run_stale:
+            self._run, self._use, self._by_backend, self._committed = {}, {}, {}, {}
+            self._run_stale = False
+            for key in sorted(self._running):
+                state = self.actions[key]
+                if self._wanted(state):
+                    self._hold(self._task(state), 1)
+        return list(self._run.values())
+
+    def ranks(self, now: float | None = None) -> dict[str, float]:
+        """Upward ranks (remaining critical path) of every known action.
+
+        Recomputed over the whole graph when it has grown, but at most every ``rank_refresh_s``
+        when ``now`` is given: between refreshes a new action is ranked from its own estimate and
+        tail (``_local_rank``), which is all a ranking heuristic needs while a big batch unfolds.
+        """
+        stale = self._ranks is None or (
+            self._graph_changed and (now is None or now - self._ranks_at >= self.rank_refresh_s)
+        )
+        if stale:
+            durations, children = {}, self._dependants
+            for key, state in self.actions.items():
+                own = 0.0 if state.status == "done" else self._estimate(state.action)[0]
+                tail = TAIL_SECONDS.get(state.action.op, 0.0) if key not in children else 0.0
+                durations[key] = own + tail
+            self._ranks = upward_ranks(durations, children)
+            self._ranks_at, self._graph_changed = (now if now is not None else float("-inf")), False
+        assert self._ranks is not None
+        return self._ranks
+
+    def _local_rank(self, key: str) -> float:
+        state = self.actions[key]
+        return self._estimate(state.action)[0] + TAIL_SECONDS.get(state.action.op, 0.0)
+
+    def _estimate(self, action: Action) -> tuple[float, int, float]:
+        """The backend's estimate, once per key (a key fixes every input of the estimate). A backend
+        whose estimate raises (a studio's own class may) fails that action at the next decision."""
+        est = self._estimates.get(action.key)
+        if est is None:
+            est = self._estimates[action.key] = self._guarded_estimate(action)
+        return est
+
+    def _guarded_estimate(self, action: Action, record: bool = True) -> tuple[float, int, float]:
+        try:
+            seconds, tokens, gpu_seconds = self.estimator(action)
+            return float(seconds), int(tokens), float(gpu_seconds)
+        except Exception as exc:
+            if record:
+                self._unestimated[action.key] = (
+                    f"its backend {action.backend} could not estimate it: {type(exc).__name__}: {exc}"
+                )
+            return 0.0, 0, 0.0
+
+    def _task(self, state: ActionState) -> Task:
+        task = self._tasks.get(state.action.key)
+        if task is None:
+            task = self._tasks[state.action.key] = self._make_task(state)
+        return task
+
+    def _make_task(self, state: ActionState) -> Task:
+        a = state.action
+        seconds, tokens, gpu_seconds = self._estimate(a)
+        profile = self.profiles.get((a.stage, a.backend), Profile())
+        live = sorted(
+            (self.batches[b].terms.priority, -self.batches[b].terms.order, b, ep)
+            for b, ep in state.episodes
+            if self.batches[b].status == "running" and self.episodes[(b, ep)].status == "running"
+        )
+        _, _, batch, episode = live[-1]
+        return Task(
+            key=a.key,
+            batch=batch,
+            studio=self.batches[batch].terms.studio,
+            episode=episode,
+            stage=a.stage,
+            backend=a.backend,
+            cpus=profile.cpus,
+            gpus=profile.gpus,
+            accelerator=profile.accelerator,
+            est_seconds=seconds,
+            est_tokens=tokens,
+            est_gpu_seconds=gpu_seconds,
+            est_money=self.prices.money(tokens, gpu_seconds),
+        )
+
+    def running(self) -> list[ActionState]:
+        return [self.actions[k] for k in sorted(self._running)]
+
+    def ready(self, now: float) -> list[ActionState]:
+        """Pending actions whose inputs are all done, past any retry backoff, still wanted."""
+        states = (self.actions[k] for k in sorted(self._ready))
+        return [s for s in states if s.not_before <= now and self._wanted(s)]
+
+    def queued(self) -> list[Task]:
+        """The actions waiting for room: ``ready`` as of the last decision, less what has started since."""
+        return [t for t in self._queue if self.actions[t.key].status == "pending"]
+
+    def next_wake(self) -> float | None:
+        """When the next retry's backoff ends (as of the last decision), if one is waiting."""
+        return self._backoff[0][0] if self._backoff else None
+
+    def decide(self, now: float, capacity: Capacity) -> list[Any]:
+        """Events the clock and free capacity call for: dispatches, budget holds, finished batches."""
+        events: list[Any] = self._unestimable()
+        run_tasks = self._held()
+        state = RunState(
+            gpus_by_studio=self._use,
+            running_by_backend=self._by_backend,
+            spent_by_batch={b: s.spent for b, s in self.batches.items()},
+            committed_by_batch=self._committed,
+        )
+        terms = {b: s.terms for b, s in self.batches.items()}
+        if self.order == "farm":
+            live = [b for b, batch in self.batches.items() if batch.status == "running"]
+            new = [b for b in live if b not in self._paces]
+            # one episode alone has nothing to be paced against (a render): weigh it once another arrives
+            if new and sum(len(self.batches[b].episodes) for b in live) > 1:
+                total_gpus = sum(capacity.gpus_by_accelerator.values()) + sum(t.gpus for t in run_tasks)
+                total_cpus = capacity.cpus + sum(t.cpus for t in run_tasks if not t.gpus)
+                for b in new:
+                    self._paces[b] = self._pace(b, total_gpus, total_cpus)
+            self._sync_queue(now, self.ranks(now))
+        else:
+            self._sync_queue(now, _NO_RANKS)
+        selection = select(self._queue, None, terms, capacity, state, self.shares, self.caps)
+        self._placed = {t.key for t in selection.dispatch}
+        self._gpu_shapes = [t for t in selection.dispatch if t.gpus > 0]
+        for task in selection.dispatch:
+            events.append(
+                ActionDispatched(
+                    batch=task.batch,
+                    key=task.key,
+                    data=Dispatched(label=self.actions[task.key].action.label, episode=task.episode),
+                )
+            )
+        for held, reason in sorted(selection.held.items()):
+            if self.batches[held].held != reason:
+                events.append(BudgetExhausted(batch=held, data=Reason(reason=reason)))
+        for batch_id, batch in self.batches.items():
+            if batch.status == "running" and batch.open <= 0:
+                events.append(BatchFinished(batch=batch_id))
+        return events
+
+    def _unestimable(self) -> list[Any]:
+        """Failures of the actions whose backend could not estimate them (once each, while wanted)."""
+        events: list[Any] = []
+        for key, reason in sorted(self._unestimated.items()):
+            state = self.actions.get(key)
+            if state is not None and state.status == "pending" and self._wanted(state):
+                events += self._failure_events(key, reason, False, None, 0.0)
+        self._unestimated.clear()
+        return events
+
+    def _sync_queue(self, now: float, ranks: Mapping[str, float]) -> None:
+        """Bring the ready queue up to date: exactly the wanted ready actions past their backoff, each
+        ordered by ``ranking.sort_key`` (a key not ranked yet by its own estimate and tail), or in
+        the "fifo" order by when it became ready."""
+        if self._queue_stale or ranks is not self._queue_ranks:
+            self._queue, self._backoff = ReadyQueue(), []
+            self._queue_stale, self._queue_ranks = False, ranks
+            keys = set(self._ready)
+        else:
+            keys = self._changed
+            while self._backoff and self._backoff[0][0] <= now:
+                keys.add(heapq.heappop(self._backoff)[1])
+        self._changed = set()
+        fifo = self.order == "fifo"
+        for key in sorted(keys):
+            state = self.actions[key]
+            if key not in self._ready or not self._wanted(state):
+                self._queue.discard(key)
+            elif state.not_before > now:
+                self._queue.discard(key)
+                heapq.heappush(self._backoff, (state.not_before, key))
+            elif key not in self._queue:
+                task = self._task(state)
+                if fifo:
+                    self._queue.push(task, (self._ready_since[key], key))
+                    continue
+                rank = ranks[key] if key in ranks else self._local_rank(key)
+                self._queue.push(
+                    task,
+                    sort_key(
+                        task,
+                        self.batches[task.batch].terms,
+                        rank,
+                        self._paces.get(task.batch, {}).get((task.batch, task.episode), NO_PACE),
+                    ),
+                )
+
+    def wanted_capacity(self) -> list[tuple[float, float, str | None]]:
+        """(cpus, gpus, accelerator) of every GPU action running or waiting for room as of the last
+        decision, most urgent first, at most MAX_CAPACITY_REQUEST: what an autoscaler should grow GPU
+        groups (even from zero) to fit."""
+        shapes = [t for t in self._held() if t.gpus > 0 and t.key not in self._placed] + self._gpu_shapes
+        shapes += self._waiting_gpu_tasks(self._placed, MAX_CAPACITY_REQUEST - len(shapes))
+        return [(t.cpus, t.gpus, t.accelerator) for t in shapes][:MAX_CAPACITY_REQUEST]
+
+    def _waiting_gpu_tasks(self, placed: set[str], limit: int) -> list[Task]:
+        """Up to ``limit`` queued GPU actions not placed this round, most urgent first."""
+        out: list[Task] = []
+        if limit <= 0:
+            return out
+        walk = self._queue.walk()
+        try:
+            for task in walk:
+                if task.gpus <= 0:
+                    walk.refuse()  # a CPU lane: skip all of it
+                elif task.key not in placed:
+                    out.append(task)
+                    if len(out) >= limit:
+                        break
+        finally:
+            walk.close()
+        return out
+
+    def _pace(self, batch_id: str, total_gpus: float, total_cpus: float) -> dict[tuple[str, str], Pace]:
+        """Each episode's place in its batch's pipeline (farm.policy.ranking.pace), so episodes finish
+        steadily in submission order instead of all together at the end. An episode is weighed by
+        the work its sketch plans (``plan.sketch``): its script and lines are not known yet."""
+        batch = self.batches[batch_id]
+        work = {}
+        for eid in batch.episodes:
+            estimates = self._expected_work(self.episodes[(batch_id, eid)].job)
+            gpu = sum(g for _, _, g in estimates)
+            # work on the bottleneck: GPU-seconds over GPUs, or for CPU-only episodes CPU time over CPUs
+            work[(batch_id, eid)] = (
+                gpu / total_gpus if total_gpus and gpu else sum(s for s, _, _ in estimates) / max(1.0, total_cpus)
+            )
+        return pace(list(work), work, start=batch.terms.submitted)
+
+    def _expected_work(self, job: EpisodeJob) -> Sequence[tuple[float, int, float]]:
+        try:
+            script, samples = sketch(job)
+            actions = plan_episode(job, script, samples).actions
+        except Exception:  # an episode that cannot even be sketched is weighed by what is planned
+            actions = []
+        return [self._guarded_estimate(a, record=False) for a in actions]
