@@ -30,7 +30,7 @@ from farm.core.events import (
     Reason,
     RetryAt,
 )
-from farm.core.plan import Action, EpisodeJob, plan_episode, sketch
+from farm.core.plan import Action, plan_episode, sketch
 from farm.core.state import ActionState, BatchState, EpisodeState, Estimator, Profile
 from farm.policy import (
     Capacity,
@@ -395,7 +395,7 @@ class Decisions:
         batch = self.batches[batch_id]
         work = {}
         for eid in batch.episodes:
-            estimates = self._expected_work(self.episodes[(batch_id, eid)].job)
+            estimates = self._expected_work(self.episodes[(batch_id, eid)])
             gpu = sum(g for _, _, g in estimates)
             # work on the bottleneck: GPU-seconds over GPUs, or for CPU-only episodes CPU time over CPUs
             work[(batch_id, eid)] = (
@@ -403,10 +403,10 @@ class Decisions:
             )
         return pace(list(work), work, start=batch.terms.submitted)
 
-    def _expected_work(self, job: EpisodeJob) -> Sequence[tuple[float, int, float]]:
+    def _expected_work(self, ep: EpisodeState) -> Sequence[tuple[float, int, float]]:
         try:
-            script, samples = sketch(job)
-            actions = plan_episode(job, script, samples).actions
+            script, samples, fixed = sketch(ep.job, ep.fixed, keyed=False)  # estimates need no keys
+            actions = plan_episode(ep.job, script, samples, fixed, keyed=False).actions
         except Exception:  # an episode that cannot even be sketched is weighed by what is planned
             actions = []
         return [self._guarded_estimate(a, record=False) for a in actions]

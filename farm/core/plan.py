@@ -22,7 +22,7 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from farm.core.script import Framing, Line, Scene, Script, Shot
@@ -172,14 +172,17 @@ class EpisodePlan:
 
 
 class _Builder:
-    def __init__(self, job: EpisodeJob):
-        self.job = job
+    """Makes an episode's actions; ``keyed`` False (a sketch, for estimates) names each by its label
+    instead of hashing what it depends on."""
+
+    def __init__(self, job: EpisodeJob, keyed: bool = True):
+        self.job, self.keyed = job, keyed
         self.actions: list[Action] = []
         self.context = {"studio": job.studio, "series": job.series.id, "episode": job.episode.slug}
 
     def make(self, stage: str, op: str, params: dict[str, Any], inputs: dict[str, Ref], label: str) -> Action:
         backend = self.job.backends[stage]
-        key = action_key(stage, op, backend, params, inputs, self.job.namespace)
+        key = action_key(stage, op, backend, params, inputs, self.job.namespace) if self.keyed else f"~{label}"
         return Action(key, stage, op, backend.name, backend.version, params, inputs, label, self.context)
 
     def add(self, stage: str, op: str, params: dict[str, Any], inputs: dict[str, Ref], label: str) -> Action:
@@ -239,9 +242,10 @@ class ScriptPlan:
     )
 
 
-def plan_script(job: EpisodeJob, script: Script | None) -> ScriptPlan:
-    """The actions ``script`` fixes (``script`` is ignored when the episode has its own)."""
-    b = _Builder(job)
+def plan_script(job: EpisodeJob, script: Script | None, keyed: bool = True) -> ScriptPlan:
+    """The actions ``script`` fixes (``script`` is ignored when the episode has its own). ``keyed``
+    False: actions named by their labels, not keyed (a sketch's, for estimates only)."""
+    b = _Builder(job, keyed)
     series, ep = job.series, job.episode
     script_key = None
     if ep.script is not None:
@@ -294,7 +298,11 @@ def plan_script(job: EpisodeJob, script: Script | None) -> ScriptPlan:
 
 
 def plan_episode(
-    job: EpisodeJob, script: Script | None, line_samples: Mapping[str, int], fixed: ScriptPlan | None = None
+    job: EpisodeJob,
+    script: Script | None,
+    line_samples: Mapping[str, int],
+    fixed: ScriptPlan | None = None,
+    keyed: bool = True,
 ) -> EpisodePlan:
     """Every action of ``job`` that can be determined from what is known.
 
@@ -302,10 +310,10 @@ def plan_episode(
     ``line_samples`` maps a line action's key to the length of its audio in samples; ``fixed`` is
     ``plan_script(job, script)`` when the caller kept it (made here otherwise).
     """
-    fixed = fixed if fixed is not None else plan_script(job, script)
+    fixed = fixed if fixed is not None else plan_script(job, script, keyed)
     if job.episode.script is None and script is None:
         return EpisodePlan(list(fixed.actions), fixed.script_key, None)
-    b = _Builder(job)
+    b = _Builder(job, keyed)
     b.actions = list(fixed.actions)
     series, ep = job.series, job.episode
     width, height, fps = series.resolution.width, series.resolution.height, series.fps
@@ -407,15 +415,19 @@ def plan_episode(
 _SKETCH_ESTABLISH_S, _SKETCH_LINE_S = 2.0, 2.8
 
 
-def sketch(job: EpisodeJob) -> tuple[Script, dict[str, int]]:
+def sketch(
+    job: EpisodeJob, fixed: ScriptPlan | None = None, keyed: bool = True
+) -> tuple[Script, dict[str, int], ScriptPlan]:
     """The script and line lengths an episode is expected to have, before they are known.
 
     A hand-written script is itself; an outline is sketched as the embedded writer expands one: a
     scene per beat, an establishing shot, a shot per line, the target length shared among the
-    establishing shots. Line lengths come from the text at the language's speaking rate. Planning
-    the sketch (``plan_episode(job, *sketch(job))`` with its line lengths keyed by the sketch's
-    line actions) gives the episode's expected actions, so a scheduler can weigh an episode by
-    its whole work while only its script is planned.
+    establishing shots. Line lengths come from the text at the language's speaking rate. Returns
+    the script, the lengths (by line action key) and its script plan; planning them
+    (``plan_episode(job, script, samples, fixed)``) gives the episode's expected actions, so a
+    scheduler can weigh an episode by its whole work while only its script is planned.
+    ``fixed``: the episode's own script plan, when it has a hand-written script (not planned again);
+    ``keyed`` False: actions named by their labels (cheaper, for estimates only).
     """
     series, ep = job.series, job.episode
     if ep.script is not None:
@@ -450,9 +462,10 @@ def sketch(job: EpisodeJob) -> tuple[Script, dict[str, int]]:
             ]
             scenes.append(Scene(id=sid, location=beat.location, time_of_day=beat.time_of_day, shots=shots))
         script = Script(title=ep.title, language=series.language, scenes=scenes)
-    plan = plan_episode(job, script, {})
-    samples = {a.key: spoken_samples(str(a.params["text"]), series) for a in plan.actions if a.op == "line"}
-    return script, samples
+    if fixed is None or not fixed.shots or ep.script is None:
+        fixed = plan_script(job, script, keyed)
+    samples = {a.key: spoken_samples(str(a.params["text"]), series) for a in fixed.actions if a.op == "line"}
+    return script, samples, replace(fixed, timed={})  # its own memo: sketched lengths are not real ones
 
 
 def spoken_samples(text: str, series: Series) -> int:

@@ -172,9 +172,9 @@ class Graph:
         scripts: dict[str, Script] = {}
         all_samples: dict[str, int] = {}
         for batch, job in workload.jobs():
-            script, samples = sketch(job)
+            script, samples, fixed = sketch(job)
             all_samples.update(samples)
-            plan = plan_episode(job, script, samples)
+            plan = plan_episode(job, script, samples, fixed)
             if plan.script_key is not None:
                 scripts[plan.script_key] = script
             labels = {a.label: a.key for a in plan.actions}
