@@ -25,11 +25,15 @@ def need(reason: str | None) -> None:
         pytest.skip(reason)
 
 
-def wait_until(done, *, timeout: float = 120.0, every: float = 0.05, what: str = "the condition"):
-    """Poll ``done()`` until it returns something true and return that; fail after ``timeout`` seconds."""
+def wait_until(done, *, timeout: float = 120.0, every: float = 0.05, what: str = "the condition", ignore=()):
+    """Poll ``done()`` until it returns something true and return that; fail after ``timeout`` seconds.
+    ``ignore``: exceptions that mean "not yet" (a controller that is restarting)."""
     deadline = time.monotonic() + timeout
     while True:
-        value = done()
+        try:
+            value = done()
+        except ignore:
+            value = None
         if value:
             return value
         if time.monotonic() > deadline:

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import pytest
 
 from farm.core.plan import STAGES
 from farm.core.spec import Episode, Series
 from farm.settings import Settings
-from tests.conftest import SMALL_SERIES
+from tests.conftest import SMALL_SERIES, wait_until
 
 pytestmark = [pytest.mark.ray]
 
@@ -42,22 +41,6 @@ def _payload(studio: str, titles: list[str]) -> dict:
     return {"studio": studio, "namespace": studio, "priority": "normal", "budget": {}, "episodes": episodes}
 
 
-def _until(call, done, timeout=180.0):
-    import ray
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = call()
-        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-            time.sleep(0.3)  # the controller is restarting
-            continue
-        if done(value):
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"not there in {timeout} s: {value}")
-
-
 def test_a_script_naming_an_unknown_speaker_fails_only_its_episode_and_replays_cleanly(tmp_path, ray_local):
     """A studio's own script backend (``package.module:Class``) answers one episode with a speaker the
     series lacks: that episode fails with the reason, its sister episode and a second batch in the same
@@ -79,8 +62,14 @@ def test_a_script_naming_an_unknown_speaker_fails_only_its_episode_and_replays_c
     try:
         first = ray.get(handle.submit.remote(_payload("acme", ["Rogue", "Calm"])))
         second = ray.get(handle.submit.remote(_payload("other", ["Quiet"])))
+        restarting = (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError)
         for batch in (first, second):
-            _until(lambda b=batch: ray.get(handle.status.remote(b), timeout=30), lambda s: s["status"] != "running")
+            wait_until(
+                lambda b=batch: ray.get(handle.status.remote(b), timeout=30)["status"] != "running",
+                timeout=180,
+                what=f"batch {batch} to finish",
+                ignore=restarting,
+            )
         before = {b: ray.get(handle.status.remote(b)) for b in (first, second)}
         assert before[first]["status"] == "finished" and before[first]["episodes"]["delivered"] == 1
         (failure,) = before[first]["failures"]
@@ -91,7 +80,12 @@ def test_a_script_naming_an_unknown_speaker_fails_only_its_episode_and_replays_c
 
         ping = ray.get(handle.ping.remote())
         os.kill(ping["pid"], signal.SIGKILL)
-        again = _until(lambda: ray.get(handle.ping.remote(), timeout=30), lambda p: p["pid"] != ping["pid"])
+        again = wait_until(
+            lambda: (p := ray.get(handle.ping.remote(), timeout=30))["pid"] != ping["pid"] and p,
+            timeout=180,
+            what="the controller to restart",
+            ignore=restarting,
+        )
         assert again["errors"] == [] and again["batches"] == 2 and again["last_seq"] >= ping["last_seq"]
         after = {b: ray.get(handle.status.remote(b)) for b in (first, second)}
         for b in (first, second):

@@ -11,17 +11,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from farm.core.plan import OUTPUTS  # every output the plan reads of each op
 from workers.api import Estimate, Resources, StageError, StageResult, Usage
-
-OUTPUTS = {
-    "script": ("script",),
-    "sheet": ("sheet", "figure"),
-    "keyframe": ("keyframe",),
-    "line": ("audio",),
-    "clip": ("clip",),
-    "mux": ("shot",),
-    "episode": ("video", "subtitles", "storyboard"),
-}
 
 
 class Noop:

@@ -55,13 +55,8 @@ class Engine:
         notify: Callable[[Notify], None] | None = None,
         observe: Callable[[Any], None] | None = None,
     ):
-        self.controller, self.journal, self.runtime, self.clock, self.artifacts = (
-            controller,
-            journal,
-            runtime,
-            clock,
-            artifacts,
-        )
+        self.controller, self.journal, self.runtime = controller, journal, runtime
+        self.clock, self.artifacts = clock, artifacts
         self.notify, self.observe = notify, observe
         self.sent: set[str] = set()  # webhook notifications already delivered (journaled)
 

@@ -235,7 +235,6 @@ JournaledEvent = (
     WebhookDelivered,
     WebhookFailed,
 )
-EVENT_TYPES = tuple(m.model_fields["type"].default for m in JournaledEvent)
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(Event)
 
 

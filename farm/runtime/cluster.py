@@ -64,11 +64,14 @@ def _secrets(settings: Settings) -> dict:
 
 
 def call(handle: Any, method: str, *args: Any) -> Any:
-    """Call an actor method and wait; a KeyError it raises (an unknown batch) becomes a FarmError."""
+    """Call an actor method and wait. The farm's own errors it raises (a batch that is not valid: a
+    UsageError) come back as themselves, a KeyError (an unknown batch) as a FarmError."""
     try:
         return ray.get(getattr(handle, method).remote(*args))
     except ray.exceptions.RayTaskError as exc:
         cause = exc.cause if isinstance(exc.cause, Exception) else exc
+        if isinstance(cause, FarmError):
+            raise cause from None  # Ray's copy of it is a traceback for a message
         if isinstance(cause, KeyError):
             raise FarmError(str(cause.args[0])) from None
         raise

@@ -26,6 +26,7 @@ from farm.core.ports import Finished
 from farm.core.state import Profile
 from farm.errors import ActionFailed, FarmError
 from farm.policy import Capacity
+from farm.runtime.capacity import left_over
 from farm.runtime.execute import execute
 from farm.settings import StoreSpec
 
@@ -93,19 +94,8 @@ class InProcessRuntime:
 
     def capacity(self) -> Capacity:
         with self._lock:
-            held = list(self._running.values())
-        cpus, gpus = self.cpus, dict(self.gpus)
-        for _, profile in held:
-            if profile.gpus:
-                kind = (
-                    profile.accelerator
-                    if profile.accelerator in gpus
-                    else next((k for k, n in gpus.items() if n >= profile.gpus), profile.accelerator)
-                )
-                gpus[kind] = gpus.get(kind, 0.0) - profile.gpus
-            else:
-                cpus -= profile.cpus
-        return Capacity(cpus=max(cpus, 0.0), gpus_by_accelerator={k: max(n, 0.0) for k, n in gpus.items()})
+            held = [profile for _, profile in self._running.values()]
+        return left_over(self.cpus, self.gpus, held)
 
     def request_capacity(self, shapes: Sequence[tuple[float, float, str | None]]) -> None:
         """One machine does not grow."""

@@ -25,8 +25,8 @@ from farm.core.ports import Finished
 from farm.core.state import Profile
 from farm.errors import ActionFailed, FarmError
 from farm.observe import logs
-from farm.policy import Capacity
 from farm.runtime.batching import Batcher
+from farm.runtime.capacity import left_over
 from farm.runtime.execute import execute
 from farm.settings import StoreSpec
 from farm.store import models, open_objects
@@ -249,20 +249,9 @@ class RayRuntime:
     def capacity(self):
         """What the controller may still start now: the live nodes' CPUs (times 1 + ``cpu_ahead``) and
         GPUs, less what our actions hold."""
-        now = time.monotonic()
         cpus, gpus = self._cluster()
-        cpus, gpus = cpus * (1 + self.cpu_ahead), dict(gpus)
-        for _, prof in self._running.values():
-            cpus -= prof.cpus if prof.gpus == 0 else 0.0
-            if prof.gpus:
-                acc = (
-                    prof.accelerator
-                    if prof.accelerator in gpus
-                    else next((a for a, n in gpus.items() if n >= prof.gpus), prof.accelerator)
-                )
-                gpus[acc] = gpus.get(acc, 0.0) - prof.gpus
-        self._retire_idle(now=now)
-        return Capacity(cpus=max(cpus, 0.0), gpus_by_accelerator={a: max(n, 0.0) for a, n in gpus.items()})
+        self._retire_idle(now=time.monotonic())
+        return left_over(cpus * (1 + self.cpu_ahead), gpus, [prof for _, prof in self._running.values()])
 
     def request_capacity(self, shapes) -> None:
         """Tell Ray's autoscaler (where the cluster has one) what the queue needs, as (cpus, gpus,
