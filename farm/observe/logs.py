@@ -87,6 +87,17 @@ def action_context(action, batch: str | None) -> dict[str, Any]:
     }
 
 
+class _CurrentStderr:
+    """Standard error as it is when a line is written, not when logging was configured (a host or a
+    test may replace it, and close the one it replaced)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure(
     level: str = "WARNING", json: bool | None = None, stream=None, secrets: Iterable[str | None] = ()
 ) -> None:
@@ -99,8 +110,8 @@ def configure(
         stream: where lines go (default: standard error).
         secrets: strings to mask wherever they appear (added to those already registered by ``hide``).
     """
-    stream = stream or sys.stderr
-    tty = bool(getattr(stream, "isatty", lambda: False)())
+    tty = bool(getattr(stream or sys.stderr, "isatty", lambda: False)())
+    stream = stream or _CurrentStderr()
     json = not tty if json is None else json
     hide(*secrets)
     renderer = (
