@@ -24,17 +24,11 @@ import importlib
 import json
 import threading
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from farm.core.controller import Controller
 from farm.core.plan import STAGES, Action, BackendChoice
-from farm.core.state import Profile
-from farm.errors import SpecError, SpecProblem, UsageError
-from farm.policy import Prices, RetryPolicy, Share
-from workers.api import Backend, ConfigError, require_tool
-
-if TYPE_CHECKING:
-    from farm.settings import Settings
+from farm.errors import UsageError
+from workers.api import Backend, ConfigError
 
 # (stage, name) -> "module:attribute"
 REGISTRY: dict[tuple[str, str], str] = {
@@ -178,7 +172,7 @@ class Catalog:
             out[stage] = BackendChoice(name, backend.version, tuple(getattr(backend, "features", ())))
         return out
 
-    def choose_for(self, defaults: Mapping[str, str], *overrides: Mapping[str, str] | None) -> dict[str, BackendChoice]:
+    def choose_for(self, defaults: Mapping[str, str], *overrides: Mapping[Any, str] | None) -> dict[str, BackendChoice]:
         """``choose`` for ``resolve(defaults, *overrides)``: settings' defaults, then a series', then
         a batch's choices."""
         return self.choose(resolve(defaults, *overrides))
@@ -212,7 +206,7 @@ class Catalog:
         return [str(c[k]) for c in self.configs.values() for k in c if k.endswith("api_key") and c[k]]
 
 
-def resolve(defaults: Mapping[str, str], *overrides: Mapping[str, str] | None) -> dict[str, str]:
+def resolve(defaults: Mapping[str, str], *overrides: Mapping[Any, str] | None) -> dict[str, str]:
     """Stage -> backend name: ``defaults`` (settings) overridden by each mapping in turn
     (the series', then the batch's)."""
     names = dict(defaults)
@@ -227,30 +221,6 @@ def slots(backend: Any) -> int:
     return max(1, int(getattr(backend, "max_batch", 1))) if hasattr(backend, "run_batch") else 1
 
 
-def profiles_for(settings: Settings, catalog: Catalog | None = None) -> dict[tuple[str, str], Profile]:
-    """What one action of each backend holds: its declared resources, with settings' per-stage
-    overrides (``FARM_STAGE_RESOURCES``) for the default backends. A batching backend's GPUs are
-    shared by the actions of a batch, so each holds its slice (the worker holds the whole)."""
-    catalog = catalog or settings.catalog()
-    defaults = settings.backend_names()
-    out = {}
-    for stage, name in catalog.all():
-        if stage not in defaults:
-            continue  # a configured backend that cannot be built: ``farm backends`` says why
-        backend = catalog.load(stage, name)
-        declared = backend.resources
-        override = (
-            settings.stage_resources.get(stage, {}) if defaults[stage] == name or name not in catalog.configs else {}
-        )
-        gpus = override.get("num_gpus", declared.num_gpus)
-        out[(stage, name)] = Profile(
-            cpus=override.get("num_cpus", declared.num_cpus),
-            gpus=gpus / slots(backend),
-            accelerator=override.get("accelerator", declared.accelerator),
-        )
-    return out
-
-
 def estimator(catalog: Catalog) -> Callable[[Action], tuple[float, int, float]]:
     """The controller's estimate function: (seconds, tokens, GPU-seconds) of one action."""
 
@@ -259,53 +229,3 @@ def estimator(catalog: Catalog) -> Callable[[Action], tuple[float, int, float]]:
         return est.seconds, est.tokens, est.gpu_seconds
 
     return estimate
-
-
-def controller_for(settings: Settings, catalog: Catalog | None = None) -> Controller:
-    """The controller settings describe: the backends' estimates and resources, prices, shares, caps
-    and the retry policy. ``farm render``, the batch controller and ``farm report`` all build theirs here."""
-    catalog = catalog or settings.catalog()
-    return Controller(
-        estimator(catalog),
-        profiles_for(settings, catalog),
-        prices=Prices(**settings.prices),
-        shares=[Share(**s) for s in settings.shares],
-        caps=settings.caps,
-        retry=RetryPolicy(**dict[str, Any](settings.retry)),
-    )
-
-
-def preflight(settings: Settings, episodes: Any = (), batch: Any = None) -> None:
-    """Fail before anything runs: a configured backend with bad settings, a spec naming a backend
-    that does not exist (file and field named), a program a chosen backend needs that is missing.
-    ``episodes`` are LoadedEpisodes; ``batch`` a LoadedBatch (whose ``backends`` win over the series')."""
-    catalog = settings.catalog()
-    broken = catalog.problems()
-    if broken:
-        raise ConfigError("invalid backend settings (FARM_BACKENDS): " + "; ".join(broken))
-    problems: list[SpecProblem] = []
-    wanted = [settings.backend_names()]
-    sources = [(str(e.series_path), e.series.backends) for e in episodes]
-    if batch is not None:
-        sources.append((str(batch.path), batch.spec.backends))
-    for path, names in sources:
-        for stage, name in names.items():
-            try:
-                catalog.load(stage, name)
-            except (UnknownBackend, ConfigError) as exc:
-                problems.append(
-                    SpecProblem(
-                        path,
-                        f"backends.{stage}",
-                        f"{exc}; configure it in FARM_BACKENDS or choose a known one (farm backends)",
-                    )
-                )
-    if problems:
-        raise SpecError(problems)
-    for e in episodes:
-        wanted.append(
-            resolve(settings.backend_names(), e.series.backends, batch.spec.backends if batch is not None else None)
-        )
-    for names in wanted:
-        for tool in catalog.required_tools(names):
-            require_tool(tool)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from farm import catalog as backends
-from farm.catalog import Catalog, UnknownBackend, preflight, resolve
+from farm.catalog import Catalog, UnknownBackend, resolve
 from farm.cli.app import main as farm_main
 from farm.core.manifest import Manifest
 from farm.core.plan import Action
@@ -21,7 +21,7 @@ from farm.core.state import Profile
 from farm.errors import SpecError
 from farm.loader import load_episode
 from farm.runtime.batching import Batcher
-from farm.settings import Settings
+from farm.settings import Settings, preflight
 from farm.store import ArtifactStore, LocalStore
 from tests.conftest import SMALL_SCRIPT, SMALL_SERIES, wait_until, write_specs
 from workers.api import BatchItem, ConfigError, StageError
@@ -536,7 +536,7 @@ def test_a_batch_submission_records_each_episodes_backends_and_the_controller_pl
 
 
 def test_each_action_of_a_batching_backend_holds_its_share_of_the_workers_gpu():
-    from farm.catalog import profiles_for
+    from farm.settings import profiles_for
 
     settings = Settings(
         backends={"fast": {"kind": BATCHING, "max_batch": 4, "num_gpus": 1}},

@@ -13,10 +13,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from farm.catalog import preflight
 from farm.loader import load_episode, write_examples
 from farm.service.local import RenderResult, render_episode
-from farm.settings import Settings
+from farm.settings import Settings, preflight
 from farm.store import ArtifactStore, open_objects
 from workers.api import run_tool
 

@@ -72,10 +72,11 @@ def describe(settings: Settings, check: bool = True) -> list[dict[str, Any]]:
             elif hasattr(backend, "check"):
                 status = backend.check()
             else:
-                missing = [t for t in getattr(backend, "tools", ()) if shutil.which(t) is None]
+                tools = tuple(getattr(backend, "tools", ()))
+                missing = [t for t in tools if shutil.which(t) is None]
                 if missing:
                     raise StageError(f"not on PATH: {', '.join(missing)}")
-                status = "ready" + (f" ({', '.join(backend.tools)} found)" if getattr(backend, "tools", ()) else "")
+                status = "ready" + (f" ({', '.join(tools)} found)" if tools else "")
             rows.append(row | {"ok": True, "status": logs.mask(status)})
         except Exception as exc:  # a check must report, never crash the listing
             rows.append(row | {"ok": False, "status": logs.mask(str(exc))})

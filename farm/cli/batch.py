@@ -92,7 +92,7 @@ def cmd_batch(args, settings: Settings) -> int:
     from farm.service.host import batch_payload
 
     if args.action == "submit":
-        from farm.catalog import preflight
+        from farm.settings import preflight
 
         loaded = load_batch(Path(args.target), datetime.now(timezone.utc))  # validate fully before connecting
         preflight(settings, loaded.episodes, loaded)

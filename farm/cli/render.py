@@ -14,10 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from farm.catalog import preflight
 from farm.cli.common import add_common, level, settings_from_args
 from farm.loader import load_episode, validate_files, write_examples
-from farm.settings import Settings
+from farm.settings import Settings, preflight
 
 
 def cmd_validate(args) -> int:
@@ -92,9 +91,9 @@ class _MetricsExport:
     journaled event in a fresh registry, exported after it; a failed export is reported, never hidden."""
 
     def __init__(self, settings: Settings, pushgateway: str | None, textfile: str | None):
-        from farm.catalog import profiles_for
         from farm.observe.metrics import Metrics, accelerator_label
         from farm.policy import Prices
+        from farm.settings import profiles_for
 
         self.pushgateway, self.textfile, self.failed = pushgateway, textfile, False
         self.metrics = Metrics(

@@ -27,11 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from farm.catalog import controller_for
 from farm.core.manifest import spend_of
 from farm.errors import FarmError, UsageError
 from farm.policy import Prices
-from farm.settings import Settings
+from farm.settings import Settings, controller_for
 from farm.store import open_objects
 from farm.store.journal import StoreJournal, render_prefix
 from workers.api import Usage

@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
-from farm.catalog import Catalog, controller_for, profiles_for
+from farm.catalog import Catalog
 from farm.core.engine import Engine
 from farm.core.events import Submission, WebhookDelivered, WebhookFailed, WebhookResult
 from farm.core.ports import Runtime
@@ -36,7 +36,7 @@ from farm.runtime.clock import SystemClock
 from farm.runtime.ray_runtime import RayRuntime
 from farm.service.artifacts import StoreArtifacts
 from farm.service.webhooks import Notification, deliver
-from farm.settings import Settings
+from farm.settings import Settings, controller_for, profiles_for
 from farm.store import open_objects
 from farm.store.journal import StoreJournal
 

@@ -21,7 +21,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from farm.catalog import controller_for
 from farm.core.engine import Engine
 from farm.core.events import ActionResult, Submission, SubmittedEpisode
 from farm.core.plan import STAGES
@@ -32,7 +31,7 @@ from farm.observe.accounting import Accounting
 from farm.observe.metrics import Metrics
 from farm.runtime.clock import SystemClock
 from farm.service.artifacts import StoreArtifacts
-from farm.settings import Settings
+from farm.settings import Settings, controller_for
 from farm.store import LocalStore, open_objects
 from farm.store.journal import StoreJournal, render_prefix
 

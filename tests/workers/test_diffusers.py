@@ -38,8 +38,16 @@ STYLE = {"description": "flat colours", "palette": ["#102030", "#405060", "#f0a0
 ANA = {"id": "ana", "name": "Ana", "look": {"description": "red coat", "outfit": "#c03030"}}
 BO = {"id": "bo", "name": "Bo", "look": {"description": "blue jacket"}}
 W, H = 72, 128  # not a multiple of the generation grid: the outputs are resized and cropped to it
-IMAGE_CONFIG = {"kind": "diffusers-image", "steps": 2, "max_side": 64, "sheet_width": 96, "sheet_height": 128}
-VIDEO_CONFIG = {"kind": "diffusers-video", "steps": 2, "max_side": 64, "frames": 4}
+# The CPU tests run on the CPU whatever the machine has (a GPU machine too); the GPU tests ask for "auto".
+IMAGE_CONFIG = {
+    "kind": "diffusers-image",
+    "steps": 2,
+    "max_side": 64,
+    "sheet_width": 96,
+    "sheet_height": 128,
+    "device": "cpu",
+}
+VIDEO_CONFIG = {"kind": "diffusers-video", "steps": 2, "max_side": 64, "frames": 4, "device": "cpu"}
 # diffusers' Euler scheduler builds an array in the way numpy 2 deprecates; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
 needs_gpu = pytest.mark.skipif(torch is None or not torch.cuda.is_available(), reason="needs a GPU")
@@ -585,6 +593,7 @@ def test_last_frame_needs_a_pipeline_that_takes_one(svd_dir, keyframes, tmp_path
         backend.run("clip", {"keyframe": keyframes[0]}, _clip_params(), _out(tmp_path, "c"))
 
 
+@pytest.mark.media  # the backend asks for ffmpeg before it reads the params
 def test_bad_clip_params_fail_before_the_model_runs(svd, keyframes, tmp_path):
     for params, message in [
         (_clip_params(width=71), "even sides"),
@@ -631,10 +640,11 @@ def test_gpu_runs_in_half_precision_and_reports_gpu_seconds(sd_dir, tmp_path):
 
 
 @needs_gpu
+@pytest.mark.media
 def test_gpu_video_clip(svd_dir, keyframes, tmp_path):
     from workers.video.diffusers_i2v import DiffusersVideo
 
-    backend = DiffusersVideo("gpu-v", {**VIDEO_CONFIG, "model_path": str(svd_dir)})
+    backend = DiffusersVideo("gpu-v", {**VIDEO_CONFIG, "model_path": str(svd_dir), "device": "auto"})
     assert backend.load().pipe.unet.dtype == torch.float16
     result = backend.run("clip", {"keyframe": keyframes[0]}, _clip_params(), _out(tmp_path, "c"))
     assert result.usage.gpu_seconds > 0 and result.meta["frames"] == 10

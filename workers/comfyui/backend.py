@@ -1,12 +1,11 @@
-"""The ComfyUI backend: uploads, submission with a durable job record, waiting, and turning what
-the server saved into exactly the files the embedded backends make."""
+"""The ComfyUI backend: uploads, submission with a durable job record, waiting, and fetching what
+the server saved (farm's files are made of it in workers.comfyui.outputs)."""
 
 from __future__ import annotations
 
 import copy
 import hashlib
 import io
-import shutil
 import time
 import urllib.parse
 import uuid
@@ -14,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageOps, ImageSequence
+from PIL import Image
 
 from workers._http import Response, call, join
 from workers.api import (
@@ -26,10 +25,9 @@ from workers.api import (
     Usage,
     children_cpu,
     config_version,
-    run_tool,
     secret,
 )
-from workers.comfyui.figures import derive_figure, key_out_background
+from workers.comfyui import outputs
 from workers.comfyui.workflow import (
     IMAGE_INPUT,
     KIND,
@@ -44,9 +42,7 @@ from workers.comfyui.workflow import (
     round8,
 )
 from workers.configured import parse
-from workers.video.motion import ENCODER_ARGS, TIMESCALE_ARGS, clip_shape
 
-_VIDEO_SUFFIXES = {".mp4", ".webm", ".mov", ".mkv", ".m4v", ".avi"}
 _POLL_FAILURES = 5  # consecutive failed polls (server restarting, network blip) before giving up
 _QUEUE_CHECK_EVERY = 10  # polls; /queue carries every queued workflow, so it is not asked each time
 
@@ -241,11 +237,11 @@ class ComfyUI:
         )
         cpu0 = children_cpu()
         if op == "keyframe":
-            result = {"keyframe": self._keyframe(files["keyframe"], params, out_dir, meta)}
+            result = {"keyframe": outputs.keyframe(self.what, files["keyframe"], params, out_dir, meta)}
         elif op == "sheet":
-            result = self._sheet(files, out_dir, meta)
+            result = outputs.sheet(self.what, self.name, files, out_dir, meta)
         else:
-            result = {"clip": self._clip(files["clip"], params, out_dir, meta)}
+            result = {"clip": outputs.clip(self.what, files["clip"], params, out_dir, meta)}
         usage.cpu_seconds = children_cpu() - cpu0
         return StageResult(files=result, meta=meta, usage=usage)
 
@@ -453,8 +449,8 @@ class ComfyUI:
                 )
             if op != "clip":
                 items = items[:1]
-            elif any(Path(f["filename"]).suffix.lower() in _VIDEO_SUFFIXES for f in items):
-                items = [f for f in items if Path(f["filename"]).suffix.lower() in _VIDEO_SUFFIXES][:1]
+            elif any(Path(f["filename"]).suffix.lower() in outputs.VIDEO_SUFFIXES for f in items):
+                items = [f for f in items if Path(f["filename"]).suffix.lower() in outputs.VIDEO_SUFFIXES][:1]
             found[out] = [
                 (
                     f["filename"],
@@ -471,146 +467,6 @@ class ComfyUI:
                 for f in items
             ]
         return found
-
-    # -- post-processing ----------------------------------------------------------------------
-
-    def _open(self, name: str, data: bytes) -> Image.Image:
-        try:
-            im = Image.open(io.BytesIO(data))
-            im.load()
-            return im
-        except OSError as exc:
-            raise StageError(f"{self.what}: the server's {name} is not a readable image: {exc}") from None
-
-    def _keyframe(
-        self, files: list[tuple[str, bytes]], params: Mapping[str, Any], out_dir: Path, meta: dict[str, Any]
-    ) -> Path:
-        width, height = int(params["width"]), int(params["height"])
-        im = self._open(files[0][0], files[0][1])
-        meta["source_size"] = list(im.size)
-        frame = ImageOps.fit(im.convert("RGB"), (width, height), Image.Resampling.LANCZOS)
-        path = out_dir / "keyframe.png"
-        frame.save(path, optimize=False)
-        meta.update(width=width, height=height)
-        return path
-
-    def _sheet(self, files: dict[str, list[tuple[str, bytes]]], out_dir: Path, meta: dict[str, Any]) -> dict[str, Path]:
-        sheet = self._open(*files["sheet"][0]).convert("RGB")
-        if "figure" in files:
-            source = self._open(*files["figure"][0])
-            if "A" in source.getbands():
-                figure = source.convert("RGBA")
-                meta["figure"] = "made by the workflow"
-            else:
-                figure, keyed = key_out_background(source)
-                meta["figure"] = "made by the workflow, background keyed out here" if keyed else "made by the workflow"
-        else:
-            figure, note = derive_figure(sheet)
-            meta["figure"] = (
-                f"{note}; the workflow makes none (map a node that saves a transparent figure as "
-                f"backends.{self.name}.outputs.sheet.figure)"
-            )
-        paths = {"sheet": out_dir / "sheet.png", "figure": out_dir / "figure.png"}
-        sheet.save(paths["sheet"], optimize=False)
-        figure.save(paths["figure"], optimize=False)
-        meta.update(width=sheet.width, height=sheet.height)
-        return paths
-
-    def _clip(
-        self, files: list[tuple[str, bytes]], params: Mapping[str, Any], out_dir: Path, meta: dict[str, Any]
-    ) -> Path:
-        width, height, fps, frames = clip_shape(params, self.what)
-        work = out_dir / "comfyui-source"
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir()
-        first = Path(files[0][0]).suffix.lower()
-        if first in _VIDEO_SUFFIXES:
-            source = work / f"source{first}"
-            source.write_bytes(files[0][1])
-            count = self._count_frames(source)
-            input_args = ["-i", str(source.resolve())]
-            meta["source"] = {"kind": first[1:], "frames": count}
-        else:
-            count = 0
-            for name, data in files:  # a list of frames, or animated WebP/GIF/PNG (ffmpeg 5 cannot read animated WebP)
-                for frame in ImageSequence.Iterator(self._open(name, data)):
-                    frame.convert("RGB").save(work / f"{count:06d}.png", compress_level=1)
-                    count += 1
-            pattern = str(work.resolve()).replace("%", "%%") + "/%06d.png"
-            input_args = ["-f", "image2", "-framerate", str(fps), "-start_number", "0", "-i", pattern]
-            meta["source"] = {"kind": "images", "files": len(files), "frames": count}
-        if count < 1:
-            raise StageError(f"{self.what}: the server's clip has no frames")
-        # Source frame k is shown at k*frames/(count*fps) s, so the source spans exactly frames/fps s
-        # whatever its own rate; fps= then picks the frame showing at each output tick (identity when
-        # count == frames), tpad holds the last frame if rounding leaves one short, -frames:v cuts.
-        graph = ",".join(
-            [
-                f"settb=1/{count * fps}",
-                f"setpts=N*{frames}",
-                f"fps={fps}",
-                "tpad=stop=-1:stop_mode=clone",
-                f"scale={width}:{height}:force_original_aspect_ratio=increase:flags=bicubic"
-                ":out_color_matrix=bt709:out_range=tv",
-                "format=yuv444p",
-                f"crop={width}:{height}",
-                "setsar=1",
-                "format=yuv420p",
-            ]
-        )
-        out = out_dir / "clip.mp4"
-        run_tool(
-            [
-                "ffmpeg",
-                "-nostdin",
-                "-v",
-                "error",
-                "-y",
-                *input_args,
-                "-vf",
-                graph,
-                "-frames:v",
-                str(frames),
-                "-an",
-                *ENCODER_ARGS,
-                *TIMESCALE_ARGS,
-                "-map_metadata",
-                "-1",
-                "-fflags",
-                "+bitexact",
-                "-flags:v",
-                "+bitexact",
-                "-f",
-                "mp4",
-                str(out.resolve()),
-            ],
-            what=f"{self.what}: encode clip",
-        )
-        shutil.rmtree(work, ignore_errors=True)
-        meta.update(frames=frames, duration=frames / fps, retimed=count != frames)
-        return out
-
-    def _count_frames(self, path: Path) -> int:
-        proc = run_tool(
-            [
-                "ffprobe",
-                "-v",
-                "error",
-                "-select_streams",
-                "v:0",
-                "-count_frames",
-                "-show_entries",
-                "stream=nb_read_frames",
-                "-of",
-                "csv=p=0",
-                str(path.resolve()),
-            ],
-            what=f"{self.what}: read the server's clip",
-        )
-        text = proc.stdout.decode().strip().split(",")[0]
-        if not text.isdigit():
-            raise StageError(f"{self.what}: the server's clip has no readable video stream")
-        return int(text)
 
 
 def gpu_seconds(status: Mapping[str, Any]) -> float:
