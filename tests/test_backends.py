@@ -163,7 +163,7 @@ def ray_gpu():
 
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
 

@@ -219,7 +219,7 @@ def test_queued_gpu_work_is_asked_of_the_autoscaler(tmp_path):
 
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=1, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level="WARNING")
     from ray.autoscaler._private.constants import AUTOSCALER_RESOURCE_REQUEST_CHANNEL
     from ray.experimental.internal_kv import _internal_kv_get
 

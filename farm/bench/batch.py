@@ -253,7 +253,9 @@ def bench_dispatch(
 
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=os.cpu_count() or 2, num_gpus=gpus, include_dashboard=False, logging_level="ERROR")
+    ray.init(
+        address="local", num_cpus=os.cpu_count() or 2, num_gpus=gpus, include_dashboard=False, logging_level="ERROR"
+    )
     try:
         backends = {s: ["noop", "1"] for s in STAGES}
         payload = synthetic_payload(episodes, backends)

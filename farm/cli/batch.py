@@ -1,7 +1,8 @@
 """``farm controller …`` and ``farm batch …``: talk to the controller actor on a Ray cluster.
 
-farm controller start [--address A]   start (or find) the controller; starts a local Ray head if none
-farm controller status | stop
+farm controller start [--address A]   start (or find) the controller; with no cluster given, starts a
+                                      local Ray head and records it (farm.runtime.cluster)
+farm controller status | stop [--ray]
 farm batch submit FILE                prints the batch id once the batch is in the journal
 farm batch list | status ID | watch ID | cancel ID | events ID     (each with --json)
 """
@@ -15,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from farm.cli.common import add_common, settings_from_args
-from farm.errors import UsageError
+from farm.errors import FarmError, UsageError
 from farm.settings import Settings
 
 
@@ -54,12 +55,21 @@ def format_status(s: dict) -> str:
     return "\n".join(lines)
 
 
+def _join(settings: Settings, *, start_head: bool = False) -> None:
+    """Join the cluster given or the one the farm started here, and say which (on stderr)."""
+    from farm.runtime.cluster import connect
+
+    where = connect(settings, start_head=start_head)
+    if where is not None:
+        print(f"farm: {where.describe()}", file=sys.stderr)
+
+
 def cmd_controller(args, settings: Settings) -> int:
     from farm.runtime.cluster import call as _call
-    from farm.runtime.cluster import connect, kill
+    from farm.runtime.cluster import kill, read_record, stop_local_head
 
     if args.action == "start":
-        connect(settings, start_head=True)
+        _join(settings, start_head=True)
         handle = controller(settings, create=True)
         info = _call(handle, "ping")
         print(
@@ -68,7 +78,23 @@ def cmd_controller(args, settings: Settings) -> int:
             else f"controller running; store {info['store']}; metrics on :{settings.metrics_port}/metrics"
         )
         return 0
-    connect(settings)
+    if args.action == "stop" and args.ray:
+        if settings.ray_address:
+            raise UsageError("--ray stops only the local Ray head `farm controller start` started: drop --address")
+        if read_record() is None:
+            print("farm: no local Ray head started by the farm here: nothing to stop", file=sys.stderr)
+            return 0
+        try:
+            _join(settings)
+            handle = controller(settings)
+            _call(handle, "stop")
+            kill(handle)
+            print("controller stopped")
+        except FarmError as exc:  # the controller (or the head) is gone already: stop what is left
+            print(f"farm: {exc}", file=sys.stderr)
+        print(f"Ray head at {stop_local_head()} stopped")
+        return 0
+    _join(settings)
     handle = controller(settings)
     if args.action == "status":
         info = _call(handle, "ping")
@@ -76,19 +102,25 @@ def cmd_controller(args, settings: Settings) -> int:
             json.dumps(info)
             if args.json
             else f"controller up since {_when(info['started_at'])}; "
-            f"{info['batches']} batches; journal at event {info['last_seq']}"
+            f"{info['batches']} batches; journal at event {info['last_seq']}; store {info['store']}"
         )
     elif args.action == "stop":
         _call(handle, "stop")
         kill(handle)
-        print("controller stopped")
+        print(
+            "controller stopped"
+            + (
+                "; `farm controller stop --ray` also stops the local Ray head"
+                if read_record() and not settings.ray_address
+                else ""
+            )
+        )
     return 0
 
 
 def cmd_batch(args, settings: Settings) -> int:
     from farm.loader import load_batch
     from farm.runtime.cluster import call as _call
-    from farm.runtime.cluster import connect
     from farm.service.host import batch_payload
 
     if args.action == "submit":
@@ -96,11 +128,11 @@ def cmd_batch(args, settings: Settings) -> int:
 
         loaded = load_batch(Path(args.target), datetime.now(timezone.utc))  # validate fully before connecting
         preflight(settings, loaded.episodes, loaded)
-        connect(settings)
+        _join(settings)
         batch_id = _call(controller(settings), "submit", batch_payload(loaded, settings))
         print(json.dumps({"batch": batch_id, "episodes": len(loaded.episodes)}) if args.json else batch_id)
         return 0
-    connect(settings)
+    _join(settings)
     handle = controller(settings)
     if args.action == "list":
         rows = _call(handle, "list")
@@ -140,18 +172,29 @@ def cmd_batch(args, settings: Settings) -> int:
 
 def add_parser(sub) -> None:
     c = sub.add_parser("controller", help="the long-running batch controller on a Ray cluster")
-    c.add_argument("action", choices=["start", "status", "stop"])
+    c.add_argument(
+        "action",
+        choices=["start", "status", "stop"],
+        help="start the controller (and a local Ray head when no cluster is given), show it, or stop it",
+    )
     add_common(c)
     c.add_argument("--metrics-port", type=int, help="port of /metrics (env FARM_METRICS_PORT)")
-    c.add_argument("--json", action="store_true")
+    c.add_argument(
+        "--ray", action="store_true", help="stop: also stop the local Ray head that `farm controller start` started"
+    )
+    c.add_argument("--json", action="store_true", help="print the answer as JSON")
     c.set_defaults(func=lambda a: cmd_controller(a, _settings(a)))
 
     b = sub.add_parser("batch", help="submit and follow nightly batches")
-    b.add_argument("action", choices=["submit", "list", "status", "watch", "cancel", "events"])
+    b.add_argument(
+        "action",
+        choices=["submit", "list", "status", "watch", "cancel", "events"],
+        help="submit a batch file; list batches; show, follow, cancel a batch or print its events",
+    )
     b.add_argument("target", nargs="?", help="batch file (submit) or batch id")
     add_common(b)
     b.add_argument("--interval", type=float, default=2.0, help="watch: seconds between refreshes")
-    b.add_argument("--json", action="store_true")
+    b.add_argument("--json", action="store_true", help="print the answer as JSON (watch: one object per refresh)")
     b.set_defaults(func=lambda a: cmd_batch(_require_target(a), _settings(a)))
 
 

@@ -27,6 +27,7 @@ from farm.errors import ActionFailed, FarmError
 from farm.observe import logs
 from farm.runtime.batching import Batcher
 from farm.runtime.capacity import left_over
+from farm.runtime.cluster import probe, use_token_auth
 from farm.runtime.execute import execute
 from farm.settings import StoreSpec
 from farm.store import models, open_objects
@@ -45,6 +46,19 @@ def _worker() -> dict[str, str]:
     if gpus:
         worker["gpus"] = ",".join(str(g) for g in gpus)
     return worker
+
+
+def _start_or_join(address: str | None, num_cpus: int | None) -> None:
+    """Join the cluster at ``address`` (probed first: a wrong address or a missing token is one line
+    within seconds), else start a Ray of this process's own: never one that happens to run here."""
+    kwargs: dict[str, Any] = {"logging_level": "WARNING", "include_dashboard": False, "log_to_driver": True}
+    if address:
+        probe(address)
+        ray.init(address=address, **kwargs)
+        return
+    if os.environ.get("RAY_AUTH_MODE") is None:
+        use_token_auth()  # Ray's default for a new local Ray, said here so that it does not warn each time
+    ray.init(address="local", num_cpus=num_cpus, **kwargs)
 
 
 @ray.remote(max_retries=2)  # system failures (a worker or node died); stage failures are retried by the caller
@@ -123,15 +137,7 @@ class RayRuntime:
         self.catalog = catalog or Catalog()
         self._owns = not ray.is_initialized()
         if self._owns:
-            kwargs: dict[str, Any] = {
-                "address": address,
-                "logging_level": "WARNING",
-                "include_dashboard": False,
-                "log_to_driver": True,
-            }
-            if address is None and num_cpus is not None:
-                kwargs["num_cpus"] = num_cpus
-            ray.init(**kwargs)
+            _start_or_join(address, num_cpus)
         self._running: dict[ray.ObjectRef, tuple[Action, Any]] = {}  # ref -> (action, profile)
         self._pools: dict[tuple, _Pool] = {}
         self._totals: tuple[float, Any] | None = None
