@@ -2,9 +2,9 @@
 batching off (one shot per pipeline call) and on (``--batch`` shots per call), in the same run.
 
 It drives the backends through ``run_batch``, the call a GPU worker makes, on this machine's device
-(a GPU when torch sees one, else the CPU). Each backend is warmed up first (weights loaded, kernels
-chosen) and the warm-up is not timed. While a measured phase runs, NVML is sampled every 0.1 s for
-the GPU's utilisation (where a GPU and pynvml are present).
+(a GPU when torch sees one, else the CPU). Each phase is warmed up first by one untimed call of its
+own size (weights loaded, kernels chosen for that batch shape). While a measured phase runs, NVML is
+sampled every 0.1 s for the GPU's utilisation (where a GPU and pynvml are present).
 
 Without ``--image-model`` / ``--video-model`` it builds tiny random pipelines of the same classes
 (farm.bench.tiny_pipelines): a smoke run of the real code path that says nothing about a real model's
@@ -104,8 +104,11 @@ def _phase(backend, op: str, items: list[BatchItem], per_call: int) -> dict[str,
 
 
 def _measure(backend, op: str, make_items, shots: int, batch: int) -> dict[str, Any]:
-    backend.run_batch(op, make_items(1, "warm"))  # load weights, pick kernels: not timed
+    # each phase first runs one untimed call of its own size: weights loaded, kernels chosen for that
+    # batch shape (untimed, a phase's first call cost ~10x the others and could reverse the ratio)
+    backend.run_batch(op, make_items(1, "warm-single"))
     single = _phase(backend, op, make_items(shots, "single"), 1)
+    backend.run_batch(op, make_items(batch, "warm-batched"))
     batched = _phase(backend, op, make_items(shots, "batched"), batch)
     return {"batching_off": single, "batching_on": batched, "speedup": round(single["seconds"] / batched["seconds"], 2)}
 
