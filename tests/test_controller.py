@@ -625,3 +625,169 @@ def test_an_event_naming_an_action_the_controller_never_planned_stops_only_its_b
     assert h.c.batch_status("b1", h.now)["status"] == "failed" and "KeyError" in h.c.batches["b1"].reason
     assert h.c.batch_status("b2", h.now)["episodes"]["delivered"] == 1
     assert len(h.c.errors) == 1 and "action.failed" in h.c.errors[0]
+
+
+# -- webhooks that finally fail are facts of their batch ----------------------------------------------
+def _give_up(h, note, **changes):
+    """What the host's sender hands back once it has given up on ``note`` (after its retries)."""
+    from farm.core.state import Notified
+
+    episode = note.payload.get("episode")
+    outcome = {
+        "batch": note.batch,
+        "id": f"{note.batch}:{note.kind}:{episode or ''}",
+        "kind": note.kind,
+        "ok": False,
+        "detail": "HTTP 500",
+        "episode": episode,
+        "host": "hooks.example.com",
+        "attempts": 5,
+    }
+    h.engine.notified(Notified(**(outcome | changes)))
+
+
+def test_a_webhook_that_finally_fails_is_journaled_counted_and_replayed():
+    """A notification its sender gave up on is a journaled ``webhook.failed`` (the event it told of, the
+    receiver's host, the attempts, the last error; nothing of the URL's query): the batch status counts
+    it, a replay of the journal counts the same, and a later delivery of it (a restarted controller
+    sends it again) counts it as sent."""
+    from farm.core.events import SCHEMA_VERSION, dump, parse
+
+    h = Harness()
+    h.submit(episodes=1, webhook={"url": "https://hooks.example.com/farm?token=t0ken"})
+    h.run()
+    assert [n.kind for n in h.notes] == ["episode.delivered", "batch.finished"]
+    assert h.c.batch_status("b1", h.now)["notifications"] == {"sent": 0, "failed": 0, "last_error": None}
+    for note in h.notes:
+        _give_up(h, note)
+    failed = [e for e in h.log if e.type == "webhook.failed"]
+    assert [(e.batch, e.data.kind, e.data.episode, e.data.host, e.data.attempts, e.data.detail) for e in failed] == [
+        ("b1", "episode.delivered", "test-series/ep001", "hooks.example.com", 5, "HTTP 500"),
+        ("b1", "batch.finished", None, "hooks.example.com", 5, "HTTP 500"),
+    ]
+    assert all(e.v == SCHEMA_VERSION for e in failed) and "t0ken" not in "".join(dump(e) for e in failed)
+    status = h.c.batch_status("b1", h.now)
+    assert status["notifications"] == {
+        "sent": 0,
+        "failed": 2,
+        "last_error": "batch.finished to hooks.example.com: HTTP 500 after 5 attempts",
+    }
+
+    again = Harness()
+    again.journal.events = [parse(dump(e)) for e in h.log]
+    again.engine.recover()
+    assert again.c.batch_status("b1", h.now) == status
+    assert sorted(n.kind for n in again.notes) == ["batch.finished", "episode.delivered"]  # to be sent again
+    delivered = next(n for n in again.notes if n.kind == "episode.delivered")
+    _give_up(again, delivered, ok=True, detail="HTTP 200", attempts=1)
+    assert again.c.batch_status("b1", again.now)["notifications"] == {
+        "sent": 1,
+        "failed": 1,
+        "last_error": "batch.finished to hooks.example.com: HTTP 500 after 5 attempts",
+    }
+
+
+def test_webhook_outcomes_of_older_journals_and_unknown_batches_never_stop_a_batch():
+    """A schema-2 ``webhook.failed`` line (id, kind, detail only) reads and counts; an outcome naming a
+    batch this controller does not know is ignored: no fault, no error, nothing else changes."""
+    from farm.core.events import WebhookFailed, parse
+
+    h = Harness()
+    h.submit(episodes=1)
+    old = parse(
+        '{"v":2,"seq":5,"at":1000.0,"type":"webhook.failed","batch":"b1","key":null,'
+        '"data":{"id":"b1:episode.delivered:test-series/ep001","kind":"episode.delivered","detail":"HTTP 503"}}'
+    )
+    assert isinstance(old, WebhookFailed) and old.data.host is None and old.data.attempts == 0
+    assert h.c.apply(old) == []
+    stranger = old.model_copy(update={"batch": "nobody", "seq": 6})
+    assert h.c.apply(stranger) == []
+    status = h.c.batch_status("b1", h.now)
+    assert status["notifications"] == {"sent": 0, "failed": 1, "last_error": "episode.delivered: HTTP 503"}
+    assert status["status"] == "running" and h.c.errors == []
+    h.run()
+    assert h.c.batch_status("b1", h.now)["episodes"]["delivered"] == 1
+
+
+# -- the projected finish: remaining work over the capacity in use, converging on the true finish -----
+SECONDS = {"script": 6.0, "sheet": 4.0, "keyframe": 3.0, "line": 1.5, "clip": 8.0, "mux": 1.0, "episode": 2.5}
+
+
+def _estimated(action):
+    return (SECONDS[action.op], 0, SECONDS[action.op] if action.stage == "video" else 0.0)
+
+
+def _play(episodes=3, slower=1.0, outline=False, tick=0.5):
+    """Run a batch on a ManualClock with 4 CPUs and 2 GPUs: each action takes ``slower`` times its
+    estimate, the free capacity is what the running leave. Every ``tick`` seconds, and at each decision,
+    record (now, projected finish). Returns the batch's true finish and the samples."""
+    h = Harness(controller=Controller(_estimated, PROFILES))
+    h.submit(episodes=episodes, unique=True, outline=outline)
+    ends: dict[str, float] = {}
+    samples: list[tuple[float, float]] = []
+    while True:
+        held = [PROFILES.get((s.action.stage, s.action.backend), Profile()) for s in h.c.running()]
+        free = Capacity(cpus=4 - sum(p.cpus for p in held), gpus_by_accelerator={None: 2 - sum(p.gpus for p in held)})
+        h.commit(h.c.decide(h.now, free))
+        if h.c.batches["b1"].status != "running":
+            break
+        for s in h.c.running():
+            ends.setdefault(s.action.key, h.now + SECONDS[s.action.op] * slower)
+        due = min(ends.values())
+        while True:
+            samples.append((h.now, h.c.batch_status("b1", h.now)["projected_finish"]))
+            if h.now + tick >= due:
+                break
+            h.now += tick
+        h.now = due
+        for key in [k for k, end in ends.items() if end <= due]:
+            h.changes[key] = {"started_at": due - SECONDS[h.c.actions[key].action.op] * slower, "finished_at": due}
+            del ends[key]
+            h.finish(key)
+    finish = h.c.batches["b1"].finished_at
+    assert h.c.batch_status("b1", h.now + 100)["projected_finish"] == finish == h.now
+    return finish, samples
+
+
+def test_projected_finish_converges_on_the_true_finish():
+    """As actions finish on time, the projection stays within a few seconds of the true finish (3
+    episodes, 50 s on 4 CPUs and 2 GPUs), never ahead of it, and from the last actions on it is the true
+    finish itself, not "now plus something"."""
+    finish, samples = _play()
+    start = samples[0][0]
+    assert finish - start == pytest.approx(50.5)
+    errors = [projected - finish for _, projected in samples]
+    assert max(errors) <= 1e-6, "the projection ran ahead of the true finish"
+    assert min(errors) >= -0.1 * (finish - start)
+    late = [e for (now, _), e in zip(samples, errors) if now >= finish - 10.0]
+    assert late and all(abs(e) < 1e-6 for e in late)
+
+
+def test_projected_finish_of_one_episode():
+    """A batch of one (``farm render``): the projection is there from the start and ends on the finish."""
+    finish, samples = _play(episodes=1)
+    errors = [projected - finish for _, projected in samples]
+    assert max(errors) <= 1e-6 and min(errors) >= -0.2 * (finish - samples[0][0])
+    assert abs(errors[-1]) < 1e-6
+
+
+def test_projected_finish_learns_how_long_actions_take():
+    """Actions taking half as long again as estimated: once some of each kind have run, the projection
+    uses what they took (within 10% of the true finish, never ahead), and converges on it."""
+    finish, samples = _play(slower=1.5)
+    start = samples[0][0]
+    errors = [(now, projected - finish) for now, projected in samples]
+    assert max(e for _, e in errors) <= 1e-6
+    assert all(abs(e) <= 0.1 * (finish - start) for now, e in errors if now >= start + 0.4 * (finish - start))
+    assert abs(errors[-1][1]) < 1e-6
+
+
+def test_projected_finish_of_outlines_counts_the_work_their_scripts_will_plan():
+    """Before an outline's script is written, its sketched shots count: the projection is not just
+    the scripts' own seconds, and it converges on the finish."""
+    finish, samples = _play(outline=True)
+    start = samples[0][0]
+    assert samples[0][1] - start > 3 * SECONDS["script"]
+    errors = [projected - finish for _, projected in samples]
+    assert all(abs(e) <= 0.3 * (finish - start) for e in errors)
+    assert abs(errors[-1]) < 1e-6

@@ -185,3 +185,23 @@ def test_episode_report_after_a_render(tmp_path, capsys):
     check_self_contained(page)
     assert "Episode test-series/ep001" in page and "15 of 15 planned are done" in page
     assert len(re.findall(r'<rect [^>]*height="16" fill="#[0-9a-f]{6}"', page)) == 15
+
+
+def test_webhooks_never_delivered_are_among_the_failures():
+    """A report whose only failures are webhooks its controller gave up on says so (not "no failures"):
+    the event, the episode, the receiver's host, the attempts and the last error, escaped."""
+    from farm.observe.report import NotificationFailure
+
+    data = ReportData(
+        title="b",
+        kind="batch",
+        notification_failures=[
+            NotificationFailure(100.0, "episode.delivered", "s/ep001", "hooks.example.com:8443", 5, HOSTILE),
+            NotificationFailure(101.0, "batch.finished", None, "hooks.example.com:8443", 5, "HTTP 500"),
+        ],
+    )
+    page = render(data)
+    check_self_contained(page)
+    assert "no failures" not in page and "Webhooks never delivered" in page and "Failed attempts" not in page
+    assert "hooks.example.com:8443" in page and "HTTP 500" in page and "s/ep001" in page and HOSTILE not in page
+    assert "no failures" in render(ReportData(title="b", kind="batch"))

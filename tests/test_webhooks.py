@@ -81,3 +81,91 @@ def test_client_errors_are_not_retried(receiver):
     rec.statuses = [410]
     ok, detail = deliver(Notification("n", url, None, "batch.finished", {"batch": "b"}), sleep=lambda s: None)
     assert not ok and detail == "HTTP 410" and len(rec.received) == 1
+
+
+def test_what_is_journaled_names_the_receivers_host_alone(receiver):
+    """A delivery that finally fails says how many attempts it made and the last error, and names the
+    receiver by host[:port]: never the URL's userinfo, path or query, nor the secret."""
+    from farm.service.webhooks import host_of, send
+
+    url, rec = receiver
+    rec.statuses = [500] * 3
+    port = url.split(":")[2].split("/")[0]
+    note = Notification("n", url + "?token=t0k", "hush", "batch.finished", {})
+    outcome = send(note, attempts=3, sleep=lambda s: None)
+    assert (outcome.ok, outcome.detail, outcome.attempts, outcome.host) == (False, "HTTP 500", 3, f"127.0.0.1:{port}")
+    assert (
+        host_of("https://a:b@hooks.example.com/x?y=z") == "hooks.example.com"
+        and host_of("http://[::1]:81/") == "[::1]:81"
+    )
+    refused = send(
+        Notification("n", "http://127.0.0.1:1/p?token=t0k", "hush", "k", {}), attempts=2, sleep=lambda s: None
+    )
+    assert not refused.ok and refused.attempts == 2 and refused.host == "127.0.0.1:1" and "t0k" not in refused.detail
+    odd = send(Notification("n", "hooks.example.com/t0k", "hush", "k", {}), sleep=lambda s: None)  # final, not raised
+    assert not odd.ok and odd.attempts == 1 and odd.detail.startswith("ValueError") and "t0k" not in odd.detail
+
+
+def test_a_controller_counts_webhooks_that_finally_fail(receiver, tmp_path, monkeypatch):
+    """The batch controller (no-op backends, in-process runtime) notifies a receiver that answers 500:
+    after its retries each delivery is a journaled ``webhook.failed``; ``farm batch status`` and the
+    report show them, and a restarted controller (replaying the journal) shows the same."""
+    from farm.bench.batch import synthetic_payload, tiny_episode
+    from farm.cli.batch import format_status
+    from farm.core.plan import STAGES
+    from farm.observe.report import from_batch
+    from farm.runtime.local import InProcessRuntime
+    from farm.service.host import ControllerService
+    from farm.settings import Settings
+    from tests.conftest import wait_until
+
+    url, rec = receiver
+    rec.statuses = [500] * 100
+    monkeypatch.setenv("FARM_TEST_HOOK_SECRET", "hush-hush")
+    settings = Settings(store=str(tmp_path / "store"), metrics_port=0, **{f"backend_{s}": "noop" for s in STAGES})
+
+    def service(**kw):
+        runtime = InProcessRuntime(settings.store_spec(), settings.catalog(), cpus=2)
+        return ControllerService(
+            settings.model_dump(mode="json"), runtime=runtime, webhook_attempts=2, webhook_backoff_s=0.01, **kw
+        )
+
+    first = service()
+    try:
+        payload = synthetic_payload(1, {s: ["noop", "1"] for s in STAGES}, studio="acme", make=tiny_episode)
+        payload = {k: v for k, v in payload.items() if k != "backends"}
+        hook = {"url": url + "?token=t0ken", "secret_env": "FARM_TEST_HOOK_SECRET"}
+        batch = first.submit(payload | {"webhook": hook})
+        status = wait_until(
+            lambda: (s := first.status(batch))["status"] != "running" and s["notifications"]["failed"] == 2 and s,
+            what="both notifications to fail",
+        )
+        events = first.events(batch)
+    finally:
+        first.stop()
+        first.runtime.shutdown()
+    assert status["episodes"]["delivered"] == 1 and len(rec.received) == 4  # two notifications, two attempts each
+    host = url.split("/")[2]
+    assert status["notifications"] == {
+        "sent": 0,
+        "failed": 2,
+        "last_error": f"batch.finished to {host}: HTTP 500 after 2 attempts",
+    }
+    assert "webhooks  2 FAILED, 0 sent; last: batch.finished to" in format_status(status)
+    failed = [e for e in events if e["type"] == "webhook.failed"]
+    assert sorted(e["data"]["kind"] for e in failed) == ["batch.finished", "episode.delivered"]
+    assert all(e["data"]["host"] == host and e["data"]["attempts"] == 2 for e in failed)
+    assert not any(word in str(failed) for word in ("t0ken", "hush-hush", "/hook"))
+
+    again = service(start_loop=False)  # a restarted controller replays the journal
+    try:
+        assert again.status(batch)["notifications"] == status["notifications"]
+    finally:
+        again.stop()
+        again.runtime.shutdown()
+    report = from_batch(settings, batch)
+    assert sorted((n.kind, n.host, n.attempts, n.error) for n in report.notification_failures) == [
+        ("batch.finished", host, 2, "HTTP 500"),
+        ("episode.delivered", host, 2, "HTTP 500"),
+    ]
+    assert ("webhooks", "0 delivered, 2 failed") in report.facts

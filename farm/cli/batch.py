@@ -52,6 +52,11 @@ def format_status(s: dict) -> str:
     lines.append(f"  deadline  {_when(s['deadline'])}   projected finish {_when(s['projected_finish'])}{track}")
     for failure in s["failures"]:
         lines.append(f"  failed    {failure['episode']}: {failure['reason']}")
+    notes = s.get("notifications") or {}  # (a controller older than this CLI says nothing of them)
+    if notes.get("failed"):
+        lines.append(
+            f"  webhooks  {notes['failed']} FAILED, {notes.get('sent', 0)} sent; last: {notes.get('last_error') or '?'}"
+        )
     return "\n".join(lines)
 
 
@@ -69,6 +74,8 @@ def cmd_controller(args, settings: Settings) -> int:
     from farm.runtime.cluster import kill, read_record, stop_local_head
 
     if args.action == "start":
+        if not settings.store.startswith("s3://"):  # a folder: the one the user means, not the actor's cwd
+            settings = settings.model_copy(update={"store": str(Path(settings.store).resolve())})
         _join(settings, start_head=True)
         handle = controller(settings, create=True)
         info = _call(handle, "ping")
@@ -138,6 +145,8 @@ def cmd_batch(args, settings: Settings) -> int:
         rows = _call(handle, "list")
         if args.json:
             print(json.dumps(rows))
+        elif not rows:
+            print("no batches yet: submit one with `farm batch submit FILE`")
         for r in [] if args.json else rows:
             e = r["episodes"]
             print(

@@ -14,7 +14,10 @@ Three kinds of calls:
   quarantines, budget holds, finished batches). A result becomes a fact only after it is checked
   here: one that is unusable (a missing or empty output, a line without samples, a script that
   names characters the series does not have) fails its action and its episodes instead.
-* read-only views: ``batch_status``, ``projected_finish``, ``running``, ``queued``, ``next_wake``.
+* ``notified(outcome)``: the record of how a notification (a ``Notify`` the host carried out)
+  ended, ``webhook.delivered`` or ``webhook.failed``; its batch counts them.
+* read-only views: ``batch_status``, ``projected_finish`` (and ``remaining_seconds``), ``running``,
+  ``queued``, ``next_wake``.
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ from farm.core.events import (
     Delivered,
     EpisodeDelivered,
     Reason,
+    WebhookDelivered,
+    WebhookFailed,
+    WebhookResult,
 )
 from farm.core.manifest import Manifest, spend_of
 from farm.core.plan import STAGES, BackendChoice, EpisodeJob, plan_episode, plan_script
@@ -47,6 +53,7 @@ from farm.core.state import (
     Estimator,
     Fault,
     Lookup,
+    Notified,
     Notify,
     Profile,
 )
@@ -116,8 +123,8 @@ class Controller(Decisions):
             "action.quarantined": self._on_action_quarantined,
             "episode.delivered": self._on_episode_delivered,
             "episode.failed": self._on_episode_failed,
-            "webhook.delivered": _nothing,
-            "webhook.failed": _nothing,
+            "webhook.delivered": self._on_webhook,
+            "webhook.failed": self._on_webhook,
             "journal.unreadable": self._on_journal_unreadable,
         }
 
@@ -155,6 +162,7 @@ class Controller(Decisions):
         if batch.status != "running":
             return []
         batch.status, batch.reason, batch.finished_at = "failed", reason, at
+        self._forget_expected(batch_id)
         for eid in batch.episodes:
             ep = self.episodes[(batch_id, eid)]
             if ep.status in ("running", "delivering"):
@@ -309,6 +317,8 @@ class Controller(Decisions):
                 self.batches[batch_id].saved = self.batches[batch_id].saved + spend
         elif state.charged_to in self.batches:
             self.batches[state.charged_to].spent = self.batches[state.charged_to].spent + spend
+        if not cached:
+            self._learn(state.action, e.data)
         fresh: list[str] = []
         for key in sorted(state.episodes):
             ep = self.episodes[key]
@@ -337,7 +347,7 @@ class Controller(Decisions):
 
     def _on_action_dispatched(self, e: Any) -> list[Command]:
         state = self.actions[e.key]
-        state.attempts, state.charged_to = state.attempts + 1, e.batch
+        state.attempts, state.charged_to, state.started_at = state.attempts + 1, e.batch, e.at
         self._set_status(e.key, "running")
         return [Dispatch(e.key, e.batch)]
 
@@ -358,6 +368,7 @@ class Controller(Decisions):
         if ep.status in ("running", "delivering"):
             self.batches[ep.batch].open -= 1
         ep.status = status
+        self._expected.pop((ep.batch, ep.id), None)
 
     def _on_episode_failed(self, e: Any) -> list[Command]:
         ep = self.episodes[(e.batch, e.data.episode)]
@@ -375,12 +386,29 @@ class Controller(Decisions):
         ep.deliverables = dict(e.data.deliverables)
         return [Notify(e.batch, "episode.delivered", {"episode": ep.id, "deliverables": ep.deliverables})]
 
+    def _on_webhook(self, e: Any) -> None:
+        """Count how a notification ended. Nothing about a notification stops a batch: one of a batch
+        this controller does not know is ignored, and this handler cannot raise."""
+        batch = self.batches.get(e.batch or "")
+        if batch is None:
+            return
+        d = e.data
+        batch.notifications.pop(d.id, None)  # its latest outcome counts, and comes last
+        if e.type == "webhook.delivered":
+            batch.notifications[d.id] = None
+            return
+        about = " ".join(p for p in (d.kind, d.episode) if p)
+        to = f" to {d.host}" if d.host else ""
+        tries = f" after {d.attempts} attempt{'s' if d.attempts != 1 else ''}" if d.attempts else ""
+        batch.notifications[d.id] = f"{about}{to}: {d.detail or 'failed'}{tries}"
+
     def _on_budget_exhausted(self, e: Any) -> None:
         self.batches[e.batch].held = e.data.reason
 
     def _on_batch_finished(self, e: Any) -> list[Command]:
         batch = self.batches[e.batch]
         batch.status, batch.finished_at = "finished", e.at
+        self._forget_expected(e.batch)
         return [Notify(e.batch, "batch.finished", self.batch_status(e.batch, e.at))]
 
     def _on_batch_failed(self, e: Any) -> list[Command]:
@@ -394,6 +422,7 @@ class Controller(Decisions):
     def _on_batch_cancelled(self, e: Any) -> list[Command]:
         batch = self.batches[e.batch]
         batch.status, batch.finished_at = "cancelled", e.at
+        self._forget_expected(e.batch)
         running = [k for k in sorted(self._running) if not self._wanted(self.actions[k], e.batch)]
         return [Cancel(tuple(running))] if running else []
 
@@ -437,6 +466,20 @@ class Controller(Decisions):
     def delivered(self, batch: str, episode: str, deliverables: Mapping[str, str]) -> list[Any]:
         return [EpisodeDelivered(batch=batch, data=Delivered(episode=episode, deliverables=dict(deliverables)))]
 
+    def notified(self, outcome: Notified) -> list[Any]:
+        """The record of how a notification ended: ``webhook.delivered``, or ``webhook.failed`` once its
+        sender has given up (after its retries)."""
+        event = WebhookDelivered if outcome.ok else WebhookFailed
+        data = WebhookResult(
+            id=outcome.id,
+            kind=outcome.kind,
+            detail=outcome.detail[:500],
+            episode=outcome.episode,
+            host=outcome.host,
+            attempts=max(0, outcome.attempts),
+        )
+        return [event(batch=outcome.batch, data=data)]
+
     def batch_failed(self, batch: str, reason: str) -> list[Any]:
         """The record of a batch the controller stopped while applying one of its events (``Fault``)."""
         if batch not in self.batches or self.batches[batch].failure_journaled:
@@ -445,14 +488,12 @@ class Controller(Decisions):
 
     # -- views ----------------------------------------------------------------------------------
     def projected_finish(self, batch_id: str, now: float) -> float:
-        """Now plus the longest remaining critical path among the batch's live episodes."""
-        ranks = self.ranks(now)
-        remaining = 0.0
-        for eid in self.batches[batch_id].episodes:
-            ep = self.episodes[(batch_id, eid)]
-            if ep.status == "running":
-                remaining = max([remaining] + [ranks.get(k, 0.0) for k in ep.keys if self.actions[k].status != "done"])
-        return now + remaining
+        """When the batch is projected to finish: ``now`` plus ``remaining_seconds`` while it runs, else
+        when it ended (finished, failed or cancelled)."""
+        batch = self.batches[batch_id]
+        if batch.status != "running":
+            return batch.finished_at if batch.finished_at is not None else now
+        return now + self.remaining_seconds(batch_id, now)
 
     def batch_status(self, batch_id: str, now: float) -> dict[str, Any]:
         batch = self.batches[batch_id]
@@ -466,6 +507,8 @@ class Controller(Decisions):
             row[status] = row.get(status, 0) + 1
         budget = batch.terms.budget
         projected = self.projected_finish(batch_id, now) if batch.status == "running" else batch.finished_at
+        notes = batch.notifications
+        failed_notes = [why for why in notes.values() if why is not None]
         return {
             "batch": batch_id,
             "name": batch.name,
@@ -491,8 +534,10 @@ class Controller(Decisions):
             if batch.terms.deadline is None or projected is None
             else projected <= batch.terms.deadline,
             "deliverables": {e.id: e.deliverables for e in eps if e.deliverables},
+            # webhooks: delivered, and failed after their retries (the last such failure, said in full)
+            "notifications": {
+                "sent": len(notes) - len(failed_notes),
+                "failed": len(failed_notes),
+                "last_error": failed_notes[-1] if failed_notes else None,
+            },
         }
-
-
-def _nothing(event: Any) -> None:
-    return None

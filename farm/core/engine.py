@@ -30,7 +30,7 @@ from typing import Any
 from farm.core.controller import Controller
 from farm.core.events import BatchCancelled, BatchSubmitted, Submission
 from farm.core.ports import Artifacts, Clock, Finished, Journal, Runtime
-from farm.core.state import Cancel, Command, Deliver, Dispatch, Fault, Lookup, Notify, Profile
+from farm.core.state import Cancel, Command, Deliver, Dispatch, Fault, Lookup, Notified, Notify, Profile
 from farm.errors import FarmError
 
 INTERRUPTED = "interrupted: the controller restarted while it ran"
@@ -40,7 +40,8 @@ class Engine:
     """Args:
     controller: the pure core it drives.
     journal, runtime, clock, artifacts: its ports.
-    notify: called with each ``Notify`` command (webhooks), if given.
+    notify: called with each ``Notify`` command (webhooks), if given. The host carries it out (on a
+        thread of its own, say) and hands back how it ended with ``notified``.
     observe: called with each committed event after its group is applied (metrics, logs), if given.
     """
 
@@ -156,6 +157,12 @@ class Engine:
                 proposals += self.controller.on_failure(key, str(err), err.retryable, err.worker, now, err.retry_after)
         self.commit(proposals)
         self.decide()
+
+    def notified(self, outcome: Notified) -> None:
+        """Journal how a notification ended, once its sender is done retrying (``webhook.delivered`` or
+        ``webhook.failed``): a fact its batch counts, which survives a restart. A host on another
+        thread calls it holding the lock it steps the engine under, as with every other call."""
+        self.commit(self.controller.notified(outcome))
 
     def decide(self) -> None:
         self.commit(self.controller.decide(self.clock.now(), self.runtime.capacity()))

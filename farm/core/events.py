@@ -10,7 +10,9 @@ them as it writes them, and gives them back in that order on replay::
 schema, a torn write) is not an exception on replay: it becomes ``Unreadable``, which the controller
 judges against the batch it names (DESIGN.md, invariant 10).
 
-Schema versions: 1 (the first journals: the same shapes, without ``batch.failed``); 2 (this one).
+Schema versions: 1 (the first journals: the same shapes, without ``batch.failed``); 2 (``webhook.*``
+say only the notification's id, kind and detail); 3 (this one: ``webhook.*`` also name the episode, the
+receiver's host and the attempts made). Older lines read as this version's models, the new fields unset.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from farm.core.manifest import Manifest
 from farm.core.script import Script
 from farm.core.spec import BudgetSpec, Episode, Series, Webhook
 
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 
 
 class _Data(BaseModel):
@@ -101,9 +103,16 @@ class Delivered(_Data):
 
 
 class WebhookResult(_Data):
-    id: str
-    kind: str
-    detail: str = ""
+    """How a notification ended: delivered, or failed after every retry of its sender.
+
+    Never the receiver's full URL (its path, query or userinfo may hold a token) nor the secret."""
+
+    id: str  # "<batch>:<kind>:<episode>"
+    kind: str  # what it told: episode.delivered | episode.failed | batch.finished | batch.failed
+    detail: str = ""  # the receiver's last answer ("HTTP 200", "HTTP 500") or the last error
+    episode: str | None = None  # the episode it was about, if one (schema 3)
+    host: str | None = None  # the receiver's host[:port] only (schema 3)
+    attempts: int = 0  # how many times it was sent (schema 3; 0: not recorded)
 
 
 class _Event(BaseModel):

@@ -51,6 +51,24 @@ class Notify:
 
 
 @dataclass(frozen=True)
+class Notified:
+    """How carrying out a ``Notify`` ended, after every retry of the host's sender: what it hands back
+    to the engine (``Engine.notified``), as a runtime hands back a finished action.
+
+    ``host`` is the receiver's host[:port] alone and ``detail`` says nothing of its URL's path, query
+    or userinfo, nor of the secret: the sender reduces them before they reach the journal."""
+
+    batch: str
+    id: str  # "<batch>:<kind>:<episode>"
+    kind: str  # the Notify's kind
+    ok: bool
+    detail: str = ""  # the receiver's last answer, or the last error
+    episode: str | None = None
+    host: str | None = None
+    attempts: int = 0
+
+
+@dataclass(frozen=True)
 class Cancel:
     keys: tuple[str, ...]
 
@@ -78,6 +96,7 @@ class ActionState:
     failed_workers: set[str] = field(default_factory=set)
     not_before: float = 0.0
     charged_to: str | None = None
+    started_at: float | None = None  # when its latest attempt was dispatched (journal time)
 
 
 @dataclass
@@ -109,3 +128,6 @@ class BatchState:
     reason: str | None = None  # why it failed (status "failed")
     failure_journaled: bool = False  # a batch.failed event says so (it may have failed while applying one)
     open: int = 0  # episodes neither delivered nor failed
+    # notification id -> None once delivered, else why its last delivery failed (after its retries);
+    # in the order of their latest outcome (a restarted controller sends a failed one again)
+    notifications: dict[str, str | None] = field(default_factory=dict)

@@ -290,7 +290,8 @@ def _slowest(data) -> str:
 
 
 def _failures(data) -> str:
-    if not data.failures and not data.episode_failures:
+    notes = getattr(data, "notification_failures", [])
+    if not data.failures and not data.episode_failures and not notes:
         return '<p class="muted">no failures</p>'
     counts = {s: sum(f.stage == s for f in data.failures) for s in STAGES}
     chart = hbars([(s, n, str(n), FAILED) for s, n in counts.items() if n], 460, 90)
@@ -308,10 +309,31 @@ def _failures(data) -> str:
         for f in sorted(data.failures, key=lambda f: f.at)
     ]
     eps = [[e(ep), reason_html(reason)] for ep, reason in data.episode_failures]
+    hooks = [
+        [
+            e(when(n.at)),
+            e(n.kind),
+            e(n.episode or "—"),
+            e(n.host or "—"),
+            e(n.attempts or "—"),
+            reason_html(n.error),
+        ]
+        for n in sorted(notes, key=lambda n: n.at)
+    ]
     return (
-        f"<h3>Failed attempts by stage</h3>{chart}"
-        + _table(["when", "episode", "action", "stage", "worker", "attempt", "reason"], rows, {5})
+        (
+            f"<h3>Failed attempts by stage</h3>{chart}"
+            + _table(["when", "episode", "action", "stage", "worker", "attempt", "reason"], rows, {5})
+            if data.failures
+            else ""
+        )
         + ("<h3>Failed episodes</h3>" + _table(["episode", "reason"], eps) if eps else "")
+        + (
+            "<h3>Webhooks never delivered</h3>"
+            + _table(["when", "event", "episode", "receiver", "attempts", "last error"], hooks, {4})
+            if hooks
+            else ""
+        )
     )
 
 

@@ -26,6 +26,8 @@ _LEVELS = {
     "action.quarantined": logging.WARNING,
     "episode.failed": logging.WARNING,
     "batch.failed": logging.ERROR,
+    "webhook.delivered": logging.DEBUG,
+    "webhook.failed": logging.WARNING,
 }
 
 
@@ -44,6 +46,18 @@ class Accounting:
             self._episode(event)
         elif event.type == "batch.failed":
             log.error("batch.failed", batch=event.batch, reason=event.data.reason)
+        elif event.type in ("webhook.delivered", "webhook.failed"):
+            d = event.data  # the receiver's host only: the journal holds nothing more of its URL
+            log.log(
+                _LEVELS[event.type],
+                event.type,
+                batch=event.batch,
+                kind=d.kind,
+                episode=d.episode,
+                host=d.host,
+                attempts=d.attempts,
+                detail=d.detail,
+            )
 
     def _episode(self, event: Any) -> None:
         ep = self.controller.episodes[(event.batch, event.data.episode)]

@@ -185,7 +185,8 @@ class Metrics:
         )
         self.projected = Gauge(
             "farm_batch_projected_finish_timestamp_seconds",
-            "When a running batch is projected to finish (now plus its remaining critical path), Unix time.",
+            "When a running batch is projected to finish (now plus the work left over the lanes it holds, "
+            "or its remaining critical path if longer; estimates corrected by what actions took), Unix time.",
             bs,
             registry=r,
         )

@@ -4,15 +4,16 @@ Everything comes from the store, nothing from a running farm:
 
 * a batch id: the journal is replayed into a pure Controller (as the controller does when it
   starts); the batch's ``action.completed`` events carry each manifest (start, finish, worker,
-  usage), ``action.failed`` / ``episode.failed`` the reasons, and what the batch found already done
-  is its cache saving;
+  usage), ``action.failed`` / ``episode.failed`` the reasons, ``webhook.failed`` the notifications
+  that were never delivered, and what the batch found already done is its cache saving;
 * an episode YAML file: the journals of its ``farm render`` runs (each render is a batch of one,
   journaled in the studio's tree) are replayed in order, the same way: every completed action is
   a run, every cache hit a saving, every failed attempt a failure with its reason.
 
 The picture (farm.observe._report_html): a Gantt chart of every attempt on its worker lane (a worker process
 on a node; GPU lanes marked), spend by stage and studio, the slowest actions, failures with their
-reasons, cache savings. Inline SVG and CSS only: it opens offline.
+reasons (failed attempts, failed episodes, webhooks never delivered), cache savings. Inline SVG
+and CSS only: it opens offline.
 
 Example::
 
@@ -66,6 +67,18 @@ class Failure:
 
 
 @dataclass
+class NotificationFailure:
+    """A webhook its sender gave up on (after its retries), and not delivered since."""
+
+    at: float
+    kind: str  # what it told: episode.delivered, batch.finished, ...
+    episode: str | None
+    host: str | None  # the receiver's host only
+    attempts: int
+    error: str
+
+
+@dataclass
 class ReportData:
     """What the HTML shows; built by ``from_batch`` or ``from_episode``."""
 
@@ -77,6 +90,7 @@ class ReportData:
     saved: dict[str, dict[str, float]] = field(default_factory=dict)  # stage -> SPEND + "actions"
     failures: list[Failure] = field(default_factory=list)
     episode_failures: list[tuple[str, str]] = field(default_factory=list)  # (episode, reason)
+    notification_failures: list[NotificationFailure] = field(default_factory=list)
     budget: dict[str, tuple[float, float]] = field(default_factory=dict)  # cap -> (spent, cap)
     deadline: float | None = None
     submitted: float | None = None
@@ -180,6 +194,22 @@ def _runs(data: ReportData, controller: Any, events: list[Any], studio: str, pri
             data.episode_failures.append((e.data.episode, e.data.reason))
         elif e.type == "batch.failed":
             data.episode_failures.append(("(the whole batch)", e.data.reason))
+    _notifications(data, events)
+
+
+def _notifications(data: ReportData, events: list[Any]) -> None:
+    """The webhooks whose last outcome is a failure (a restarted controller sends a failed one again)."""
+    last: dict[str, Any] = {}
+    for e in events:
+        if e.type in ("webhook.delivered", "webhook.failed"):
+            last.pop(e.data.id, None)
+            last[e.data.id] = e
+    for e in last.values():
+        if e.type == "webhook.failed":
+            d = e.data
+            data.notification_failures.append(
+                NotificationFailure(e.at, d.kind, d.episode, d.host, d.attempts, d.detail or "failed")
+            )
 
 
 def from_batch(settings: Settings, batch_id: str) -> ReportData:
@@ -218,6 +248,9 @@ def from_batch(settings: Settings, batch_id: str) -> ReportData:
         data.facts.append(("wall time", _duration(batch.finished_at - batch.terms.submitted)))
     if batch.held:
         data.facts.append(("held by budget", batch.held))
+    notes = status["notifications"]
+    if notes["sent"] or notes["failed"]:
+        data.facts.append(("webhooks", f"{notes['sent']} delivered, {notes['failed']} failed"))
     return data
 
 
@@ -281,8 +314,13 @@ def write_report(target: str, settings: Settings, out: Path | None = None) -> Pa
     path = Path(target)
     is_episode = path.suffix in (".yaml", ".yml") or path.is_file()
     data = from_episode(settings, path) if is_episode else from_batch(settings, target)
-    name = path.stem if is_episode else target
-    out = out or Path(f"{re.sub(r'[^A-Za-z0-9._-]+', '-', name)}.report.html")
+    if out is None:  # every series has an ep001: an episode's report is named by its series too
+        if is_episode:
+            from farm.loader import load_episode
+
+            loaded = load_episode(path)
+            target = f"{loaded.series.id}-{loaded.episode.slug}"
+        out = Path(f"{re.sub(r'[^A-Za-z0-9._-]+', '-', target)}.report.html")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render(data), encoding="utf-8")
     return out

@@ -3,7 +3,9 @@
 It runs as a named, detached Ray actor (``farm-controller`` in namespace ``farm``, see
 farm.runtime.cluster) that Ray restarts when it dies. On start the engine replays the journal
 and settles what the last incarnation left. A loop thread steps the engine; a second thread
-delivers webhooks. RPCs (submit, cancel, status, ...) and the loop share one lock.
+delivers webhooks and hands each one's outcome back to the engine (``Engine.notified``: journaled as
+``webhook.delivered`` or, after its retries, ``webhook.failed``). RPCs (submit, cancel, status, ...),
+the loop and the webhook thread share one lock.
 """
 
 from __future__ import annotations
@@ -23,10 +25,10 @@ from pydantic import ValidationError
 
 from farm.catalog import Catalog
 from farm.core.engine import Engine
-from farm.core.events import Submission, WebhookDelivered, WebhookFailed, WebhookResult
+from farm.core.events import Submission
 from farm.core.ports import Runtime
 from farm.core.spec import check_episode
-from farm.core.state import Notify
+from farm.core.state import Notified, Notify
 from farm.errors import UsageError
 from farm.observe import logs
 from farm.observe.accounting import Accounting
@@ -35,7 +37,7 @@ from farm.policy import Prices
 from farm.runtime.clock import SystemClock
 from farm.runtime.ray_runtime import RayRuntime
 from farm.service.artifacts import StoreArtifacts
-from farm.service.webhooks import Notification, deliver
+from farm.service.webhooks import Notification, send
 from farm.settings import Settings, controller_for, profiles_for
 from farm.store import open_objects
 from farm.store.journal import StoreJournal
@@ -104,8 +106,19 @@ def batch_id(studio: str, payload: Any, now: float, taken: Any) -> str:
 class ControllerService:
     """Owns every batch on the cluster. Thread-safe: RPCs and the scheduling loop share one lock."""
 
-    def __init__(self, settings_json: dict[str, Any], *, start_loop: bool = True, runtime: Runtime | None = None):
-        """``runtime``: where actions run (default: Ray, the cluster this process is on)."""
+    def __init__(
+        self,
+        settings_json: dict[str, Any],
+        *,
+        start_loop: bool = True,
+        runtime: Runtime | None = None,
+        webhook_attempts: int = 5,
+        webhook_backoff_s: float = 1.0,
+    ):
+        """``runtime``: where actions run (default: Ray, the cluster this process is on).
+        ``webhook_attempts``, ``webhook_backoff_s``: how often a webhook is sent before it has failed,
+        and the first wait between two tries (doubling after each)."""
+        self.webhook_attempts, self.webhook_backoff_s = webhook_attempts, webhook_backoff_s
         self.settings = Settings.model_validate(settings_json)
         logs.configure(
             level=self.settings.log_level,
@@ -216,13 +229,29 @@ class ControllerService:
                 note = self._webhooks.get(timeout=0.2)
             except queue.Empty:
                 continue
-            ok, detail = deliver(note)
-            event = WebhookDelivered if ok else WebhookFailed
-            with self.lock:
-                self.engine.sent.add(note.id)
-                self.engine.commit(
-                    [event(batch=note.payload["batch"], data=WebhookResult(id=note.id, kind=note.kind, detail=detail))]
-                )
+            try:
+                self._send(note)
+            except Exception:  # keep delivering the others; the error is in the log with its traceback
+                log.exception("controller.webhook_error", batch=note.payload.get("batch"), kind=note.kind)
+
+    def _send(self, note: Notification) -> None:
+        """Send one notification (with its retries, outside the lock), then hand how it ended to the
+        engine under the lock, as the loop hands it finished actions: a fact of its batch."""
+        sent = send(note, attempts=self.webhook_attempts, base_delay_s=self.webhook_backoff_s)
+        episode = note.payload.get("episode")
+        outcome = Notified(
+            batch=note.payload["batch"],
+            id=note.id,
+            kind=note.kind,
+            ok=sent.ok,
+            detail=sent.detail,
+            episode=episode if isinstance(episode, str) else None,
+            host=sent.host,
+            attempts=sent.attempts,
+        )
+        with self.lock:
+            self.engine.sent.add(note.id)  # this incarnation does not send it again (a restart retries a failure)
+            self.engine.notified(outcome)
 
     # -- the API (Ray actor methods) ----------------------------------------------------------------
     def submit(self, payload: dict[str, Any]) -> str:

@@ -2,17 +2,22 @@
 
 The body is signed with HMAC-SHA256 over ``"<timestamp>.<body>"`` using the batch's secret; the
 receiver checks ``X-Farm-Signature: sha256=<hex>`` and rejects stale ``X-Farm-Timestamp`` values.
-Delivery is retried with exponential backoff; the outcome is journaled by the caller so a restarted
-controller neither loses nor repeats a delivered notification.
+Delivery is retried with exponential backoff (``send``); the outcome is journaled by the caller
+(``webhook.delivered`` or ``webhook.failed``) so a restarted controller neither loses nor repeats a
+delivered notification, and a failed one is counted in its batch's status. What is journaled names the
+receiver by its host alone (``host_of``) and its errors never hold the URL's path, query or userinfo,
+nor the secret (``Delivery.detail``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
@@ -24,6 +29,40 @@ class Notification:
     secret: str | None
     kind: str
     payload: dict
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """How sending one notification ended."""
+
+    ok: bool
+    detail: str  # the receiver's last answer ("HTTP 200", "HTTP 500"), or the last error
+    attempts: int  # how many times it was sent
+    host: str  # the receiver's host[:port], nothing else of its URL
+
+
+def host_of(url: str) -> str:
+    """The host (and port, if the URL names one) of ``url``: never its userinfo, path or query."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host, port = parts.hostname or "", parts.port
+    except ValueError:
+        return "?"
+    host = f"[{host}]" if ":" in host else host
+    return f"{host}:{port}" if port else host or "?"
+
+
+def _scrubbed(text: str, note: Notification, host: str) -> str:
+    """An error's text with the URL reduced to its host and nothing of the URL's secrets or the secret."""
+    text = text.replace(note.url, host)
+    try:
+        parts = urllib.parse.urlsplit(note.url)
+        hidden = [note.secret, parts.username, parts.password, parts.query, parts.path, parts.fragment]
+    except ValueError:
+        hidden = [note.secret]
+    for value in sorted((v for v in hidden if v and len(v) > 1), key=len, reverse=True):
+        text = text.replace(value, "***")
+    return text[:300]
 
 
 def sign(body: bytes, secret: str, timestamp: int) -> str:
@@ -40,7 +79,13 @@ def verify(body: bytes, secret: str, timestamp: str, signature: str, now: float,
     return abs(now - ts) <= tolerance_s and hmac.compare_digest(sign(body, secret, ts), signature)
 
 
-def deliver(
+def deliver(note: Notification, **options) -> tuple[bool, str]:
+    """``send`` the notification; return (ok, detail)."""
+    outcome = send(note, **options)
+    return outcome.ok, outcome.detail
+
+
+def send(
     note: Notification,
     *,
     attempts: int = 5,
@@ -48,8 +93,10 @@ def deliver(
     timeout_s: float = 10.0,
     sleep=time.sleep,
     clock=time.time,
-) -> tuple[bool, str]:
-    """POST the notification, retrying 5xx, 429 and network errors with backoff. Returns (ok, detail)."""
+) -> Delivery:
+    """POST the notification, retrying 5xx, 429 and network errors with backoff; a 4xx answer or a URL
+    that cannot be sent to is final. Never raises: how it ended is the returned ``Delivery``."""
+    host = host_of(note.url)
     body = json.dumps({"event": note.kind, **note.payload}, ensure_ascii=False, sort_keys=True).encode("utf-8")
     detail = ""
     for attempt in range(attempts):
@@ -62,16 +109,18 @@ def deliver(
         }
         if note.secret:
             headers["X-Farm-Signature"] = sign(body, note.secret, ts)
-        request = urllib.request.Request(note.url, data=body, headers=headers, method="POST")
         try:
+            request = urllib.request.Request(note.url, data=body, headers=headers, method="POST")
             with urllib.request.urlopen(request, timeout=timeout_s) as response:
-                return True, f"HTTP {response.status}"
+                return Delivery(True, f"HTTP {response.status}", attempt + 1, host)
         except urllib.error.HTTPError as exc:
             detail = f"HTTP {exc.code}"
             if exc.code < 500 and exc.code != 429:
-                return False, detail
-        except (urllib.error.URLError, OSError) as exc:
-            detail = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
+                return Delivery(False, detail, attempt + 1, host)
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            detail = _scrubbed(f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}", note, host)
+        except Exception as exc:  # a URL it cannot send to (unknown scheme, say): trying again gives the same
+            return Delivery(False, _scrubbed(f"{type(exc).__name__}: {exc}", note, host), attempt + 1, host)
         if attempt + 1 < attempts:
             sleep(base_delay_s * 2**attempt)
-    return False, detail
+    return Delivery(False, detail, attempts, host)
