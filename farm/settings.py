@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
@@ -85,9 +87,36 @@ class Settings(BaseModel):
     @field_validator("store")
     @classmethod
     def _store(cls, v: str) -> str:
-        if v.startswith("s3://") and not v[5:].split("/")[0]:
-            raise ValueError("an s3:// store needs a bucket: s3://bucket/prefix")
-        return v
+        """A directory, or exactly ``s3://BUCKET[/PREFIX]``. Anything else that looks like a URL
+        (``s3:/b``, ``http://host:9000/b``, ``minio://b``, ``s3://``) is refused with the fix, never
+        taken for a folder named ``s3:`` or ``http:`` in the current directory."""
+        fix = "use s3://BUCKET/PREFIX (with FARM_S3_ENDPOINT=host:port), or a directory"
+        if v.startswith("s3://"):
+            if not v[len("s3://") :].split("/")[0]:
+                raise ValueError(f"{v!r} names no bucket: {fix}")
+            return v
+        if not v.strip():
+            raise ValueError(f"the store is empty: {fix} (default ./farm-store)")
+        scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]*):", v)
+        if scheme is None or (os.name == "nt" and len(scheme[1]) == 1):  # a path (or a Windows drive)
+            return v
+        name, rest = scheme[1].lower(), v[scheme.end() :]
+        url = urlsplit(v)
+        if "@" in url.netloc:  # never echo user:password@
+            v = url._replace(netloc=url.netloc.rpartition("@")[2]).geturl()
+        if name == "s3":  # s3:/b, s3:b, S3://b
+            bucket = rest.lstrip("/")
+            fix = f"use s3://{bucket}" if bucket.split("/")[0] else fix
+        elif name in ("http", "https") and url.hostname:  # the endpoint is a setting of its own
+            endpoint = f"{url.hostname}:{url.port}" if url.port else url.hostname
+            insecure = " FARM_S3_SECURE=false" if name == "http" else ""
+            bucket = url.path.strip("/") or "BUCKET/PREFIX"
+            fix = f"use s3://{bucket} with FARM_S3_ENDPOINT={endpoint}{insecure}, or a directory"
+        elif name == "file" and url.path:
+            fix = f"use the directory {url.path}"
+        elif not rest.startswith("//"):
+            fix += f" (a directory named so: ./{v})"
+        raise ValueError(f"{v!r} is not a store: {fix}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> Settings:

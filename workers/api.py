@@ -67,7 +67,12 @@ class Estimate:
 
 @dataclass
 class Usage:
-    """What a run actually consumed; reported with every result and accounted by the farm."""
+    """What a run actually consumed; reported with every result and accounted by the farm.
+
+    ``cpu_seconds``: the farm charges at least the CPU it measures around ``run`` (the calling
+    thread's and its finished child programs'), so a backend that works in that thread, or runs
+    programs, may leave it 0; one that works on other threads or processes (torch) reports its own
+    measure, and the larger of the two is kept (a batched call's backend divides its own)."""
 
     tokens_in: int = 0
     tokens_out: int = 0

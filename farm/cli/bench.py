@@ -36,16 +36,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     bsub = b.add_subparsers(dest="bench", required=True)
     be = bsub.add_parser("episode", help="cold vs warm render of an example; assembly vs bare ffmpeg concat")
     add_common(be)
-    be.add_argument("--example", default="midnight-tea/ep001.yaml")
+    be.add_argument(
+        "--example",
+        default="midnight-tea/ep001.yaml",
+        help="the shipped example episode to render (SERIES/EPISODE.yaml)",
+    )
     be.add_argument("--workdir", help="keep the bench's files here (default: a temporary directory)")
-    be.add_argument("--json", action="store_true")
+    be.add_argument("--json", action="store_true", help="print the report as one JSON object")
     be.set_defaults(func=cmd_bench)
     bc = bsub.add_parser("controller", help="plan an N-episode batch in the controller: time and memory")
-    bc.add_argument("--episodes", type=int, default=1000)
-    bc.add_argument("--json", action="store_true")
+    bc.add_argument("--episodes", type=int, default=1000, help="episodes in the synthetic batch (default 1000)")
+    bc.add_argument("--json", action="store_true", help="print the report as one JSON object")
     bc.set_defaults(func=lambda a: print_report(_bench_batch().bench_controller(a.episodes), a))
     bd = bsub.add_parser("dispatch", help="no-op actions through the controller vs bare Ray, on a local Ray")
-    bd.add_argument("--episodes", type=int, default=10)
+    bd.add_argument("--episodes", type=int, default=10, help="no-op episodes in the batch (default 10)")
     bd.add_argument("--gpus", type=int, default=4, help="GPUs to declare to the local Ray")
     bd.add_argument(
         "--dispatch-ahead",
@@ -53,7 +57,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="the controller's FARM_DISPATCH_AHEAD for this run (default: the setting's default)",
     )
-    bd.add_argument("--json", action="store_true")
+    bd.add_argument("--json", action="store_true", help="print the report as one JSON object")
     bd.set_defaults(
         func=lambda a: print_report(
             _bench_batch().bench_dispatch(a.episodes, a.gpus, dispatch_ahead=a.dispatch_ahead), a
@@ -63,12 +67,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     bk = bsub.add_parser("backends", help="diffusers image and video backends: shots per minute, batching off vs on")
     bk.add_argument("--image-model", help="a diffusers text-to-image pipeline folder (default: a tiny random one)")
     bk.add_argument("--video-model", help="a diffusers image-to-video pipeline folder (default: a tiny random one)")
-    bk.add_argument("--shots", type=int, default=8)
+    bk.add_argument("--shots", type=int, default=8, help="shots to draw and animate (default 8)")
     bk.add_argument("--batch", type=int, default=4, help="shots per pipeline call with batching on")
-    bk.add_argument("--width", type=int, default=576)
-    bk.add_argument("--height", type=int, default=1024)
-    bk.add_argument("--steps", type=int, default=20)
-    bk.add_argument("--json", action="store_true")
+    bk.add_argument("--width", type=int, default=576, help="frame width in pixels (default 576)")
+    bk.add_argument("--height", type=int, default=1024, help="frame height in pixels (default 1024)")
+    bk.add_argument("--steps", type=int, default=20, help="denoising steps per pipeline call (default 20)")
+    bk.add_argument("--json", action="store_true", help="print the report as one JSON object")
     bk.set_defaults(
         func=lambda a: print_report(
             _bench_backends().bench_backends(

@@ -26,6 +26,30 @@ def level(args: argparse.Namespace) -> str:
     return ["WARNING", "INFO", "DEBUG"][min(getattr(args, "verbose", 0), 2)]
 
 
+# setting -> (the option's dest, the option): settings_from_args lets these options override them
+_OPTIONS = {
+    "store": ("store", "--store"),
+    "studio": ("studio", "--studio"),
+    "ray_address": ("address", "--address"),
+    "num_cpus": ("num_cpus", "--num-cpus"),
+    "metrics_port": ("metrics_port", "--metrics-port"),
+}
+
+
+def settings_problems(exc: ValidationError, args: argparse.Namespace | None = None) -> str:
+    """One line per problem, ``FARM_<NAME> (--option): message`` (the option where this command has
+    it): never pydantic's dump with its links."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        name, *inner = [str(part) for part in err["loc"]] or ["settings"]
+        dest, option = _OPTIONS.get(name, ("", ""))
+        where = f"FARM_{name.upper()}" + (f" ({option})" if option and hasattr(args, dest) else "")
+        error = (err.get("ctx") or {}).get("error")
+        message = str(error) if err["type"] == "value_error" and error is not None else err["msg"]
+        lines.append(": ".join([where, *inner, message]))
+    return "\n".join(lines)
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Settings from FARM_* variables, overridden by whichever options this command has.
     Raises UsageError when they are not valid."""
@@ -39,7 +63,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             log_level=level(args) if getattr(args, "verbose", 0) else None,
         )
     except ValidationError as exc:
-        raise UsageError(logs.mask(f"invalid settings: {exc}")) from None
+        raise UsageError(logs.mask(settings_problems(exc, args))) from None
     logs.hide(
         settings.s3_access_key.get_secret_value(),
         settings.s3_secret_key.get_secret_value(),

@@ -32,9 +32,9 @@ def cmd_models(args, settings: Settings) -> int:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("models", help='model weights in the artifact store, for backends\' "store:NAME" model paths')
-    p.add_argument("action", choices=("push", "list"))
+    p.add_argument("action", choices=("push", "list"), help="push: upload a model folder; list: the stored models")
     p.add_argument("folder", nargs="?", help="push: a folder written by save_pretrained")
     p.add_argument("name", nargs="?", help="push: the name to store it under (immutable: add a version)")
     add_common(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=lambda a: cmd_models(a, settings_from_args(a)))

@@ -7,6 +7,8 @@ exists is not run again. Knows nothing of Ray: the caller says where it runs (``
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import socket
 import tempfile
@@ -25,7 +27,7 @@ from farm.observe import logs
 from farm.runtime.batching import Batcher
 from farm.settings import StoreSpec
 from farm.store import ArtifactStore, models, open_objects
-from workers.api import BatchItem, StageError, StageResult
+from workers.api import BatchItem, StageError, StageResult, Usage, children_cpu
 
 log = structlog.get_logger("farm.runtime")
 
@@ -34,6 +36,26 @@ def this_process() -> dict[str, str]:
     """Where an action runs when no cluster says more: this host and process."""
     host = socket.gethostname()
     return {"node": host, "host": host, "pid": str(os.getpid())}
+
+
+def _cpu_now() -> float:
+    """CPU-seconds of this thread so far plus those of this process's finished child programs."""
+    return time.thread_time() + children_cpu()
+
+
+def _charge_cpu(result: Any, measured: float) -> None:
+    """Charge an action at least the CPU its backend call was measured to use here: this thread's
+    in-process work (Pillow, the outline writer, any backend that reports none) and the programs it
+    ran. A backend that measures itself (ffmpeg's children, torch's whole process) and reported more
+    keeps its figure: the larger of the two, never their sum, so nothing is counted twice. (Threads
+    of one process that run actions side by side share the children's count, as backends that
+    measure children themselves already do.)"""
+    usage = getattr(result, "usage", None)
+    if not isinstance(usage, Usage):
+        return  # not a StageResult, or usage the manifest refuses: said below
+    reported = usage.cpu_seconds
+    if not (isinstance(reported, (int, float)) and math.isfinite(reported) and reported >= measured):
+        result.usage = dataclasses.replace(usage, cpu_seconds=round(max(measured, 0.0), 6))
 
 
 def execute(
@@ -89,6 +111,7 @@ def execute(
             local[name] = store.get_blob(blob, out_dir / f"in-{i:04d}{suffix}")
         bound.info("action.started")
         started = time.time()
+        cpu0 = _cpu_now()
         try:
             if batcher is not None:
                 result = batcher.run(act.op, BatchItem(local, act.params, out_dir))
@@ -115,6 +138,8 @@ def execute(
                 retryable=False,
                 worker=node,
             )
+        if batcher is None:  # a batched call's CPU is shared by its actions: its backend divides it
+            _charge_cpu(result, _cpu_now() - cpu0)
         missing = sorted(n for n, path in result.files.items() if not Path(path).is_file())
         if missing:
             raise ActionFailed(

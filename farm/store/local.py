@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from farm.errors import StoreError
 from farm.store.base import check_name
+
+
+def _create_temp(folder: Path) -> tuple[int, Path]:
+    """A new, uniquely named temporary file in ``folder``, opened for writing. Unlike ``mkstemp``
+    (always 0600) it gets the mode the process umask gives (0644 under 022), as any file a program
+    writes: the store's files, a delivered episode.mp4 among them, are as readable as their folders."""
+    for _ in range(100):
+        tmp = folder / f".tmp-{secrets.token_hex(8)}"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name in {folder}")
 
 
 class LocalStore:
@@ -24,10 +37,10 @@ class LocalStore:
     def _atomic(self, name: str, write, durable: bool = True) -> None:
         target = self.path(name)
         try:
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+            fd, tmp = _create_temp(target.parent)
         except FileNotFoundError:  # the folder is new: make it only then (a mkdir per write is costly)
             target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+            fd, tmp = _create_temp(target.parent)
         try:
             with os.fdopen(fd, "wb") as out:
                 write(out)
