@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import difflib
 import glob
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone, tzinfo
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -58,6 +60,11 @@ def _line_of(node: yaml.Node | None, loc: tuple) -> int | None:
     return line
 
 
+def _loc(field: str) -> tuple:
+    """``outline[0].lines[1].speaker`` -> ("outline", 0, "lines", 1, "speaker")."""
+    return tuple(int(p) if p.isdigit() else p for p in re.findall(r"[^.\[\]]+", field))
+
+
 def _message(err: Any) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
@@ -86,7 +93,9 @@ def _message(err: Any) -> str:
 M = TypeVar("M", bound=BaseModel)
 
 
-def _validate(model: type[M], path: Path, problems: list[SpecProblem]) -> M | None:
+def _validate(model: type[M], path: Path, problems: list[SpecProblem], prepare: Any = None) -> M | None:
+    """The model in ``path``, or None with its problems added. ``prepare(data)`` may rewrite the
+    parsed mapping first, returning (field, message) problems of its own."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -109,6 +118,8 @@ def _validate(model: type[M], path: Path, problems: list[SpecProblem]) -> M | No
     if not isinstance(data, dict):
         problems.append(SpecProblem(str(path), "", f"must be a YAML mapping of fields, not {type(data).__name__}"))
         return None
+    for field, message in prepare(data) if prepare is not None else ():
+        problems.append(SpecProblem(str(path), field, message, _line_of(node, (field,))))
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -140,8 +151,11 @@ def _load_episode(path: Path, problems: list[SpecProblem]) -> LoadedEpisode | No
                 str(path), "series", f"names {episode.series!r}, but {series_path} does not exist"
             )
         return None
-    for field, message in check_episode(series, episode):
-        problems.append(SpecProblem(str(path), field, message))
+    checked = check_episode(series, episode)
+    if checked:
+        node = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)  # parsed once already
+        for field, message in checked:
+            problems.append(SpecProblem(str(path), field, message, _line_of(node, _loc(field))))
     if len(problems) > before:
         return None
     return LoadedEpisode(path=path, series_path=series_path, series=series, episode=episode)
@@ -163,9 +177,80 @@ class LoadedBatch:
     episodes: list[LoadedEpisode]
 
 
+_RELATIVE = re.compile(r"^\+(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?$")
+_CLOCK = re.compile(r"^(\d{1,2}):(\d{2})(?:\s+(today|tomorrow))?\s+(\S+)$")
+DEADLINE_FORMS = (
+    'an ISO time with its zone (2026-11-21T06:00:00+08:00), a time from now ("+8h", "+1d6h", "+90m"), '
+    'or a clock time in a zone ("06:00 Asia/Shanghai": the next 06:00 there; "06:00 tomorrow UTC")'
+)
+
+
+def _zone(name: str) -> tzinfo | None:
+    if re.fullmatch(r"[+-]\d{2}:\d{2}", name):
+        sign = 1 if name[0] == "+" else -1
+        return timezone(sign * timedelta(hours=int(name[1:3]), minutes=int(name[4:6])))
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
+
+
+def resolve_deadline(text: str, now: datetime) -> datetime | None:
+    """A relative deadline (see DEADLINE_FORMS) as an aware time after ``now``; None if ``text`` is
+    not one of the relative forms."""
+    text = " ".join(text.split())
+    rel = _RELATIVE.match(text)
+    if rel and any(rel.groups()):
+        days, hours, minutes = (int(g or 0) for g in rel.groups())
+        return now + timedelta(days=days, hours=hours, minutes=minutes)
+    clock = _CLOCK.match(text)
+    if not clock:
+        return None
+    hour, minute, day, zone_name = int(clock[1]), int(clock[2]), clock[3], clock[4]
+    zone = _zone("UTC" if zone_name in ("Z", "UTC") else zone_name)
+    if zone is None or hour > 23 or minute > 59:
+        return None
+    local_now = now.astimezone(zone)
+    at = local_now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    if day == "tomorrow" or day is None and at <= local_now:
+        at = (local_now + timedelta(days=1)).replace(hour=hour, minute=minute, second=0, microsecond=0)
+    return at
+
+
+def _deadline_of(now: datetime) -> Any:
+    """Rewrites a batch's relative deadline as the time it means now (``_validate``'s prepare)."""
+
+    def prepare(data: dict) -> list[tuple[str, str]]:
+        raw = data.get("deadline")
+        if not isinstance(raw, str):
+            return []  # a time YAML parsed already, or none: the model checks it
+        resolved = resolve_deadline(raw, now)
+        if resolved is not None:
+            data["deadline"] = resolved
+            return []
+        try:
+            datetime.fromisoformat(raw.strip())
+        except ValueError:
+            data.pop("deadline")
+            return [("deadline", f"{raw!r} is not a deadline: write {DEADLINE_FORMS}")]
+        return []  # an ISO time in quotes: the model checks it has a zone
+
+    return prepare
+
+
+def _is_series(path: Path) -> bool:
+    """Whether a file looks like a series spec (characters, no episode number): a glob of a batch's
+    episodes may match the series file beside them."""
+    try:
+        head = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except Exception:  # not readable or not YAML: validated (and reported) as an episode
+        return False
+    return isinstance(head, dict) and "characters" in head and "number" not in head
+
+
 def _load_batch(path: Path, now: datetime, problems: list[SpecProblem]) -> LoadedBatch | None:
     before = len(problems)
-    spec = _validate(BatchSpec, path, problems)
+    spec = _validate(BatchSpec, path, problems, prepare=_deadline_of(now))
     if spec is None:
         return None
     if spec.deadline is not None and spec.deadline <= now:
@@ -174,21 +259,24 @@ def _load_batch(path: Path, now: datetime, problems: list[SpecProblem]) -> Loade
                 str(path),
                 "deadline",
                 f"{spec.deadline.isoformat()} is already past "
-                f"(now {now.isoformat(timespec='seconds')}); give a future time with its zone",
+                f"(now {now.isoformat(timespec='seconds')}); give a future time with its zone, "
+                'or a relative one ("+8h", "06:00 Asia/Shanghai")',
             )
         )
     files: list[Path] = []
     for i, pattern in enumerate(spec.episodes):
-        matches = sorted(glob.glob(str(path.parent / pattern), recursive=True))
+        matches = [Path(m).resolve() for m in sorted(glob.glob(str(path.parent / pattern), recursive=True))]
+        if glob.has_magic(pattern):  # a pattern's series files are not episodes; a file named alone is
+            matches = [m for m in matches if not _is_series(m)]
         if not matches:
             problems.append(
                 SpecProblem(
                     str(path),
                     f"episodes[{i}]",
-                    f"{pattern!r} matches no file (relative to {path.parent}); check the path or the pattern",
+                    f"{pattern!r} matches no episode file (relative to {path.parent}); check the path or the pattern",
                 )
             )
-        files += [Path(m).resolve() for m in matches if Path(m).resolve() not in files]
+        files += [m for m in matches if m not in files]
     episodes: list[LoadedEpisode] = []
     seen: dict[tuple[str, str], Path] = {}
     for file in files:
@@ -241,17 +329,28 @@ def validate_files(paths: Iterable[Path], now: datetime | None = None) -> list[S
     return problems
 
 
-def write_examples(dest: Path) -> list[Path]:
-    """Write the shipped example series and episodes under ``dest``; return the files written."""
+def write_examples(dest: Path, force: bool = False) -> tuple[list[Path], list[Path]]:
+    """Write the shipped example series and episodes under ``dest`` that are missing there; return
+    ``(written, kept)``. A file identical to the shipped one is left alone; one that differs (the user
+    edited it) is kept and listed in ``kept``, unless ``force``, which writes the shipped one over it."""
     root = resources.files("farm") / "examples"
-    written = []
+    written, kept = [], []
     for series in root.iterdir():
         if not series.is_dir():
             continue
         for f in series.iterdir():
             if f.name.endswith(".yaml"):
-                target = dest / series.name / f.name
+                target, shipped = dest / series.name / f.name, f.read_bytes()
+                try:
+                    current: bytes | None = target.read_bytes()
+                except FileNotFoundError:
+                    current = None
+                if current == shipped:
+                    continue
+                if current is not None and not force:
+                    kept.append(target)
+                    continue
                 target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(f.read_bytes())
+                target.write_bytes(shipped)
                 written.append(target)
-    return sorted(written)
+    return sorted(written), sorted(kept)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
@@ -71,7 +72,43 @@ def test_negative_budget(tmp_path):
 def test_empty_glob(tmp_path):
     """A glob that matches nothing is named, with the folder it looked in."""
     [p] = _problems(_batch(tmp_path, episodes=["eps/ep*.yaml", "nothing/*.yaml"]))
-    assert p.field == "episodes[1]" and "matches no file" in p.message
+    assert p.field == "episodes[1]" and "matches no episode file" in p.message
+
+
+def test_a_glob_takes_episodes_not_the_series_beside_them(tmp_path):
+    """``eps/*.yaml`` also matches eps/series.yaml: a glob skips series files; a series file named on
+    its own is still refused (validated as the episode it is not)."""
+    loaded = load_batch(_batch(tmp_path, episodes=["eps/*.yaml"]), NOW)
+    assert [e.episode.number for e in loaded.episodes] == [1, 2]
+    problems = _problems(_batch(tmp_path, episodes=["eps/series.yaml"]))
+    assert problems and all(p.file.endswith("series.yaml") for p in problems)
+
+
+@pytest.mark.parametrize(
+    ("written", "meant"),
+    [
+        ("+8h", datetime(2026, 11, 21, 6, 0, tzinfo=timezone.utc)),
+        ("+1d2h30m", datetime(2026, 11, 22, 0, 30, tzinfo=timezone.utc)),
+        ("07:00 Asia/Shanghai", datetime(2026, 11, 21, 7, 0, tzinfo=ZoneInfo("Asia/Shanghai"))),  # 06:00 there now
+        ("23:00 UTC", datetime(2026, 11, 20, 23, 0, tzinfo=timezone.utc)),  # today still
+        ("21:00 UTC", datetime(2026, 11, 21, 21, 0, tzinfo=timezone.utc)),  # past today: tomorrow's
+        ("23:00 tomorrow UTC", datetime(2026, 11, 21, 23, 0, tzinfo=timezone.utc)),
+        ("07:00 today +08:00", datetime(2026, 11, 21, 7, 0, tzinfo=timezone(timedelta(hours=8)))),
+    ],
+)
+def test_relative_deadlines_mean_a_time_after_submission(tmp_path, written, meant):
+    """A scheduled batch file cannot carry a fixed date: "+8h" and "06:00 <zone>" are resolved when it is
+    loaded (NOW is 22:00 UTC, 06:00 of the next day in Shanghai)."""
+    loaded = load_batch(_batch(tmp_path, deadline=written), NOW)
+    assert loaded.spec.deadline == meant
+
+
+@pytest.mark.parametrize("written", ["tomorrow", "+8 hours", "06:00 Mars/Olympus", "25:00 UTC", "06:00"])
+def test_a_deadline_that_is_no_form_says_the_forms(tmp_path, written):
+    path = _batch(tmp_path, deadline=written)
+    line = next(n for n, text in enumerate(path.read_text().splitlines(), 1) if text.startswith("deadline:"))
+    [p] = _problems(path)
+    assert p.field == "deadline" and p.line == line and '"+8h"' in p.message and "06:00 Asia/Shanghai" in p.message
 
 
 def test_bad_episode_inside_a_batch(tmp_path):

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,6 +24,10 @@ from farm.settings import Settings, preflight
 
 def cmd_validate(args) -> int:
     problems = validate_files(args.files)
+    if args.json:
+        found = [{"file": p.file, "line": p.line, "field": p.field, "message": p.message} for p in problems]
+        print(json.dumps({"files": len(args.files), "problems": found}, ensure_ascii=False))
+        return 2 if problems else 0
     for p in problems:
         print(p, file=sys.stderr)
     if not problems:
@@ -50,10 +57,12 @@ class ProgressPrinter:
         print(self.text, file=self.stream, flush=True)
 
     def close(self) -> None:
+        """End the progress display (the line stays); closing again does nothing."""
         if self.tty and self.text:
             self.stream.write("\n")
         elif self.text != self.printed:
             self._print()
+        self.text = self.printed = ""
 
 
 def render_one(
@@ -63,9 +72,11 @@ def render_one(
     on_progress=None,
     log_level: str = "WARNING",
     metrics=None,
+    stop=None,
 ):
     """Render one episode as a batch of one on a (local) Ray (farm.service.local); ``metrics`` (a
-    farm.observe.metrics.Metrics) accounts every journaled event, whether the render succeeds or not."""
+    farm.observe.metrics.Metrics) accounts every journaled event, whether the render succeeds or not;
+    ``stop()`` true interrupts it (farm.service.local.Interrupted)."""
     from farm.runtime.ray_runtime import RayRuntime
     from farm.service.local import render_episode
 
@@ -81,9 +92,46 @@ def render_one(
         cpu_ahead=settings.dispatch_ahead,
     )
     try:
-        return render_episode(loaded, settings, runtime, out_dir=out, on_progress=on_progress, metrics=metrics)
+        return render_episode(
+            loaded, settings, runtime, out_dir=out, on_progress=on_progress, metrics=metrics, stop=stop
+        )
     finally:
         runtime.shutdown()
+
+
+def _command_seconds() -> float:
+    """How long this command has run, from its process's start (imports and Ray's start included)."""
+    try:
+        with open("/proc/self/stat") as f:
+            started_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - started_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return time.monotonic() - _IMPORTED
+
+
+_IMPORTED = time.monotonic()
+
+
+class _CtrlC:
+    """Ctrl-C during a render: the first asks the render to stop between steps (it cancels what runs,
+    keeps what finished and says so); a second one stops at once."""
+
+    def __init__(self):
+        self.asked = threading.Event()
+
+    def __call__(self, signum, frame) -> None:
+        if self.asked.is_set():
+            raise KeyboardInterrupt
+        self.asked.set()
+
+    def __enter__(self):
+        self.previous = signal.signal(signal.SIGINT, self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        signal.signal(signal.SIGINT, self.previous)
 
 
 class _MetricsExport:
@@ -123,20 +171,28 @@ def cmd_render(args) -> int:
         if args.pushgateway or args.metrics_textfile
         else None
     )
+    from farm.service.local import Interrupted
+
     try:
-        result = render_one(
-            Path(args.episode),
-            settings,
-            Path(args.out) if args.out else None,
-            None if args.quiet else printer,
-            level(args),
-            metrics=export.metrics if export is not None else None,
-        )
+        with _CtrlC() as ctrl_c:
+            result = render_one(
+                Path(args.episode),
+                settings,
+                Path(args.out) if args.out else None,
+                None if args.quiet else printer,
+                level(args),
+                metrics=export.metrics if export is not None else None,
+                stop=ctrl_c.asked.is_set,
+            )
+    except Interrupted as exc:
+        printer.close()
+        print(f"farm: {exc}", file=sys.stderr)
+        return 130
     finally:
         printer.close()
         if export is not None:
             export.export()
-    summary = result.summary()
+    summary = result.summary() | {"wall_seconds": round(_command_seconds(), 3)}
     status = 1 if export is not None and export.failed else 0
     if args.json:
         print(json.dumps(summary, ensure_ascii=False))
@@ -158,23 +214,55 @@ def cmd_render(args) -> int:
 def cmd_report(args) -> int:
     from farm.observe.report import write_report
 
-    print(write_report(args.target, settings_from_args(args), Path(args.out) if args.out else None))
+    settings = settings_from_args(args)
+    is_batch = not (args.target.endswith((".yaml", ".yml")) or Path(args.target).is_file())
+    if is_batch and not args.store and not os.environ.get("FARM_STORE"):
+        store = _controller_store(settings)  # the batch is in the controller's store, wherever we are
+        if store is not None:
+            settings = settings.model_copy(update={"store": store})
+    print(write_report(args.target, settings, Path(args.out) if args.out else None))
     return 0
 
 
+def _controller_store(settings: Settings) -> str | None:
+    """The store of the controller this command would talk to (``farm batch``'s), or None when no
+    controller is given, started here or running."""
+    from farm.cli.batch import controller
+    from farm.errors import FarmError
+    from farm.runtime.cluster import call, connect, resolve
+
+    if resolve(settings) is None:
+        return None
+    try:
+        connect(settings)
+        store = str(call(controller(settings), "ping")["store"])
+    except FarmError:
+        return None
+    print(f"farm: the controller's store: {store}", file=sys.stderr)
+    return store
+
+
 def cmd_examples(args) -> int:
-    for path in write_examples(Path(args.dir)):
+    written, kept = write_examples(Path(args.dir), force=args.force)
+    for path in written:
         print(path)
+    for path in kept:
+        print(f"kept {path}: it differs from the shipped example; --force overwrites it", file=sys.stderr)
     return 0
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     v = sub.add_parser("validate", help="check specs without rendering")
-    v.add_argument("files", nargs="+")
+    v.add_argument("files", nargs="+", help="series, episode or batch YAML files")
+    v.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"files": N, "problems": [{"file", "line", "field", "message"}, ...]} on stdout',
+    )
     v.set_defaults(func=cmd_validate)
 
     r = sub.add_parser("render", help="render one episode")
-    r.add_argument("episode")
+    r.add_argument("episode", help="the episode YAML file (its series file is found from it)")
     add_common(r)
     r.add_argument("--out", help="where to put the deliverables of an S3 store locally (default ./farm-out)")
     r.add_argument("--json", action="store_true", help="print the summary as one JSON object")
@@ -195,11 +283,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     rp = sub.add_parser("report", help="write a self-contained HTML report of a batch or an episode")
     rp.add_argument("target", help="a batch id (read from the store's journal) or an episode YAML file")
-    rp.add_argument("--out", help="the HTML file to write (default: ./<target>.report.html)")
-    rp.add_argument("--store", help="artifact store: a directory or s3://bucket/prefix (env FARM_STORE)")
+    rp.add_argument(
+        "--out",
+        help="the HTML file to write (default: ./<batch-id>.report.html, or ./<series>-<episode>.report.html)",
+    )
+    rp.add_argument(
+        "--store",
+        help="artifact store: a directory or s3://bucket/prefix (env FARM_STORE); for a batch, by default "
+        "the running controller's",
+    )
     rp.add_argument("--studio", help="for an episode: the studio whose store prefix to read (env FARM_STUDIO)")
+    rp.add_argument("--address", help="for a batch: the Ray cluster of the controller to ask for its store")
     rp.set_defaults(func=cmd_report)
 
-    e = sub.add_parser("examples", help="write the shipped example series and episodes")
-    e.add_argument("dir")
+    e = sub.add_parser("examples", help="write the shipped example series and episodes (those missing)")
+    e.add_argument("dir", help="the folder to write them to, one subfolder per series")
+    e.add_argument(
+        "--force", action="store_true", help="also overwrite example files that differ from the shipped ones"
+    )
     e.set_defaults(func=cmd_examples)

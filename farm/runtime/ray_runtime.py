@@ -61,6 +61,16 @@ def _start_or_join(address: str | None, num_cpus: int | None) -> None:
     ray.init(address="local", num_cpus=num_cpus, **kwargs)
 
 
+def _local_cpus() -> int:
+    """The CPUs a local ``ray.init()`` would offer here (cgroup limits included)."""
+    try:
+        from ray._private.utils import get_num_cpus
+
+        return int(get_num_cpus())
+    except (ImportError, AttributeError):
+        return os.cpu_count() or 1
+
+
 @ray.remote(max_retries=2)  # system failures (a worker or node died); stage failures are retried by the caller
 def _execute_task(action, inputs, spec, studio, log_level, batch=None, configs=None):
     logs.configure(level=log_level, json=True)
@@ -136,13 +146,17 @@ class RayRuntime:
         self.log_level, self.idle_actor_s, self.cpu_ahead = log_level, idle_actor_s, cpu_ahead
         self.catalog = catalog or Catalog()
         self._owns = not ray.is_initialized()
-        if self._owns:
-            _start_or_join(address, num_cpus)
+        self._address, self._num_cpus, self._store_spec = address, num_cpus, spec
         self._running: dict[ray.ObjectRef, tuple[Action, Any]] = {}  # ref -> (action, profile)
         self._pools: dict[tuple, _Pool] = {}
         self._totals: tuple[float, Any] | None = None
-        self._spec = ray.put(spec)  # put once, passed by reference to every task
-        self._configs = ray.put(self.catalog.configs) if self.catalog.configs else None
+        self._spec: Any = None
+        self._configs: Any = None
+        # A local Ray of our own starts with the first action: a render whose actions are all in the
+        # store already never waits for one. A cluster given by address is joined now (a wrong one
+        # fails at once).
+        if not self._owns or address:
+            self._start()
         self._task_fns: dict[float, Any] = {}
         self._requested: list[dict] = []  # what the autoscaler was last sent
         self._wanted: list[dict] = []  # what the queue needs now
@@ -150,9 +164,18 @@ class RayRuntime:
         self._request_stop = threading.Event()
         self._requester: threading.Thread | None = None
 
+    def _start(self) -> None:
+        if self._spec is not None:
+            return
+        if self._owns and not ray.is_initialized():
+            _start_or_join(self._address, self._num_cpus)
+        self._spec = ray.put(self._store_spec)  # put once, passed by reference to every task
+        self._configs = ray.put(self.catalog.configs) if self.catalog.configs else None
+
     def submit(self, action: Action, inputs: Mapping[str, Blob], profile: Profile, batch: str | None) -> None:
         """Start ``action`` on the cluster holding ``profile``'s resources; ``batch`` (the batch charged
         for it) goes into its logs."""
+        self._start()
         prof = profile
         args = (action.to_json(), {k: b.model_dump() for k, b in inputs.items()}, self._spec, action.context["studio"])
         if prof.gpus > 0:
@@ -239,6 +262,8 @@ class RayRuntime:
     def _cluster(self) -> tuple[float, dict]:
         """The live nodes' CPUs and GPUs by accelerator, read at most once a second."""
         now = time.monotonic()
+        if self._spec is None:  # our local Ray, not started yet: what it will have
+            return float(self._num_cpus or _local_cpus()), {}
         if self._totals is None or now - self._totals[0] > 1.0:
             cpus, gpus = 0.0, dict[str | None, float]()
             for node in ray.nodes():
@@ -276,6 +301,8 @@ class RayRuntime:
             if bundles == self._wanted:
                 return
             self._wanted = bundles
+        if self._spec is None:
+            return  # a local Ray of our own has no autoscaler (and has not started)
         if self._requester is None:
             self._requester = threading.Thread(target=self._send_requests, daemon=True, name="autoscaler-request")
             self._requester.start()
@@ -374,5 +401,5 @@ class RayRuntime:
             for actor in pool.actors.values():
                 ray.kill(actor)
         self._pools.clear()
-        if self._owns and ray.is_initialized():
+        if self._owns and self._spec is not None and ray.is_initialized():
             ray.shutdown()

@@ -45,20 +45,44 @@ DECIDE_EVERY_S = 0.1
 
 @dataclass
 class Progress:
-    """Actions done / known, per stage, as the plan grows."""
+    """Actions done / known, per stage, as the plan grows; time since the render started and the time
+    still to go by the controller's projection (from the same estimates the scheduler plans with)."""
 
     done: Counter = field(default_factory=Counter)
     total: Counter = field(default_factory=Counter)
     running: int = 0
     waiting: str = ""  # what the queue waits for, when nothing can run
+    elapsed: float = 0.0
+    eta: float | None = None  # seconds to go
+    growing: bool = False  # the plan grows still (the script has not run): more actions will come
 
     def line(self) -> str:
         parts = [f"{s} {self.done[s]}/{self.total[s]}" for s in STAGES if self.total[s]]
+        known = f"{sum(self.done.values())}/{sum(self.total.values())}{'+' if self.growing else ''}"
         return (
-            "  ".join(parts)
+            f"{_clock(self.elapsed)}  {known} actions  "
+            + "  ".join(parts)
             + (f"  (running {self.running})" if self.running else "")
             + (f"  (waiting for {self.waiting})" if self.waiting else "")
+            + (f"  about {_clock(self.eta)} to go" if self.eta is not None else "")
         )
+
+
+def _clock(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    return (
+        f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+        if seconds >= 3600
+        else f"{seconds // 60}:{seconds % 60:02d}"
+    )
+
+
+class Interrupted(FarmError):
+    """The render was asked to stop (Ctrl-C); what finished is in the store, and a rerun resumes."""
+
+    def __init__(self, finished: int):
+        self.finished = finished
+        super().__init__(f"interrupted; {finished} actions finished are kept; run again to resume")
 
 
 @dataclass
@@ -109,12 +133,14 @@ def render_episode(
     metrics: Metrics | None = None,
     clock: Clock | None = None,
     resource_wait_s: float = RESOURCE_WAIT_S,
+    stop: Callable[[], bool] | None = None,
 ) -> RenderResult:
     """Render one episode as a batch of one on ``runtime``; return where its deliverables are.
 
     ``metrics`` (if given) accounts every journaled event, as the batch controller does.
     Raises FarmError with the reason when the episode fails, and when nothing can run: the plan
-    is stuck, or no worker offers the resources its actions need for ``resource_wait_s``.
+    is stuck, or no worker offers the resources its actions need for ``resource_wait_s``; raises
+    Interrupted as soon as ``stop()`` says so (what finished is kept: a rerun resumes from it).
     """
     started = time.monotonic()
     clock = clock or SystemClock()
@@ -147,7 +173,17 @@ def render_episode(
     eid = f"{series}/{slug}"
     try:
         engine.submit(batch, sub)
-        _run(engine, controller, runtime, clock, batch, eid, on_progress or (lambda p: None), resource_wait_s)
+        _run(
+            engine,
+            controller,
+            runtime,
+            clock,
+            batch,
+            eid,
+            on_progress or (lambda p: None),
+            resource_wait_s,
+            stop or (lambda: False),
+        )
     finally:
         journal.flush()
     episode = controller.episodes[(batch, eid)]
@@ -182,17 +218,26 @@ def _run(
     eid: str,
     report: Callable[[Progress], None],
     resource_wait_s: float,
+    stop: Callable[[], bool],
 ) -> None:
-    """Step the engine until the batch of one is over; raise FarmError when nothing can run."""
+    """Step the engine until the batch of one is over; raise FarmError when nothing can run, and
+    Interrupted when ``stop()`` says so."""
     episode = controller.episodes[(batch, eid)]
     stuck_since: float | None = None
+    started, projected = time.monotonic(), (0.0, None)
     engine.decide()
     while controller.batches[batch].status == "running":
-        progress = Progress(running=runtime.running)
+        progress = Progress(running=runtime.running, elapsed=time.monotonic() - started)
         for key in episode.keys:
             state = controller.actions[key]
             progress.total[state.action.stage] += 1
             progress.done[state.action.stage] += state.status == "done"
+            progress.growing |= state.action.stage == "script" and state.status != "done"
+        if stop():
+            raise Interrupted(sum(progress.done.values()))
+        if time.monotonic() - projected[0] >= 1.0:  # O(actions): once a second is plenty
+            projected = (time.monotonic(), controller.projected_finish(batch, clock.now()))
+        progress.eta = None if projected[1] is None else max(0.0, projected[1] - clock.now())
         if runtime.running:
             stuck_since = None
             report(progress)

@@ -140,7 +140,10 @@ def _closed(schema: dict) -> dict:
 def test_kuberay_objects_validate_against_kuberays_crds(renders):
     """RayCluster and RayCronJob objects match KubeRay's CRD schemas (ray.io/v1), unknown fields refused."""
     if not CRDS.is_dir():
-        pytest.skip(f"KubeRay CRD schemas not found at {CRDS} (reference data next to this checkout)")
+        pytest.skip(
+            f"KubeRay CRD schemas not found at {CRDS}: put KubeRay's CRDs (its operator chart's crds/ folder) "
+            "there, or name their folder in FARM_TEST_KUBERAY_CRDS"
+        )
     import jsonschema
 
     checked = set()
@@ -162,7 +165,10 @@ def test_kuberay_objects_validate_against_kuberays_crds(renders):
 def test_crd_check_would_catch_a_misspelt_field():
     """The strict CRD check is not vacuous: a misspelt worker group field is an error."""
     if not CRDS.is_dir():
-        pytest.skip(f"KubeRay CRD schemas not found at {CRDS} (reference data next to this checkout)")
+        pytest.skip(
+            f"KubeRay CRD schemas not found at {CRDS}: put KubeRay's CRDs (its operator chart's crds/ folder) "
+            "there, or name their folder in FARM_TEST_KUBERAY_CRDS"
+        )
     import jsonschema
 
     bad = {

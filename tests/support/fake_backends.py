@@ -174,3 +174,27 @@ class Scripted:
         path = Path(out_dir) / "script.json"
         path.write_text(json.dumps({"title": episode["title"], "language": series["language"], "scenes": scenes}))
         return StageResult(files={"script": path}, usage=Usage(tokens_in=60, tokens_out=40, model="scripted"))
+
+
+class Sleepy:
+    """A video backend that takes ``seconds`` per clip and writes a placeholder (noop's files): a render
+    that is still running when a test interrupts it."""
+
+    stage, kind = "video", "tests.support.fake_backends:Sleepy"
+    ops = ("clip",)
+    features: tuple[str, ...] = ()
+    tools: tuple[str, ...] = ()
+    resources = Resources(num_cpus=0.5)
+
+    def __init__(self, name: str, config: Mapping[str, Any]):
+        self.name, self.seconds = name, float(config.get("seconds", 1.0))
+        self.version = config_version("1", config, ())
+
+    def estimate(self, op, params) -> Estimate:
+        return Estimate(seconds=self.seconds)
+
+    def run(self, op, inputs, params, out_dir) -> StageResult:
+        time.sleep(self.seconds)
+        path = Path(out_dir) / "clip.bin"
+        path.write_bytes(b"clip")
+        return StageResult(files={"clip": path}, usage=Usage(cpu_seconds=0.0, model="sleepy"))
