@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from farm.runtime.cluster import _pids_of, _signal_all
+from tests.conftest import write_specs
 
 FARM = str(Path(sys.executable).with_name("farm"))
 
@@ -47,6 +48,12 @@ def test_a_wrong_address_fails_in_seconds_with_one_line(tmp_path):
     assert time.monotonic() - started < 10
     assert proc.returncode == 1
     assert proc.stderr.count("\n") == 1 and "no Ray cluster answers at 127.0.0.1:" in proc.stderr
+    episode = write_specs(tmp_path / "specs")
+    started = time.monotonic()
+    render = _farm(env, "render", str(episode), "--address", f"127.0.0.1:{_closed_port()}")
+    assert time.monotonic() - started < 10
+    assert render.returncode == 1 and "no Ray cluster answers at 127.0.0.1:" in render.stderr.splitlines()[-1]
+    assert "Traceback" not in render.stderr
     bad = _farm(env, "batch", "list", "--address", "http://127.0.0.1:8265")
     assert bad.returncode == 2 and "is not a Ray address" in bad.stderr and bad.stderr.count("\n") == 1
 

@@ -275,7 +275,10 @@ def stop_local_head() -> str | None:
     temp = record.get("temp_dir") or ""
     if temp:
         _signal_all(temp, signal.SIGTERM)
-        deadline = time.monotonic() + 15
+        # the raylet and workers end at once; the GCS and a helper ignore SIGTERM for long (as with
+        # `ray stop`): nothing of the head's is kept (the farm's state is its journal), so a moment's
+        # grace, then SIGKILL
+        deadline = time.monotonic() + 3
         while _pids_of(temp) and time.monotonic() < deadline:
             time.sleep(0.2)
         _signal_all(temp, signal.SIGKILL)

@@ -225,14 +225,20 @@ def _run(
     episode = controller.episodes[(batch, eid)]
     stuck_since: float | None = None
     started, projected = time.monotonic(), (0.0, None)
-    engine.decide()
-    while controller.batches[batch].status == "running":
+
+    def measure() -> Progress:
         progress = Progress(running=runtime.running, elapsed=time.monotonic() - started)
         for key in episode.keys:
             state = controller.actions[key]
             progress.total[state.action.stage] += 1
             progress.done[state.action.stage] += state.status == "done"
             progress.growing |= state.action.stage == "script" and state.status != "done"
+        return progress
+
+    report(measure())  # before the first decision, which may wait for a local Ray to start
+    engine.decide()
+    while controller.batches[batch].status == "running":
+        progress = measure()
         if stop():
             raise Interrupted(sum(progress.done.values()))
         if time.monotonic() - projected[0] >= 1.0:  # O(actions): once a second is plenty
