@@ -71,7 +71,6 @@ def _join(settings: Settings, *, start_head: bool = False) -> None:
 
 def cmd_controller(args, settings: Settings) -> int:
     from farm.runtime.cluster import call as _call
-    from farm.runtime.cluster import kill, read_record, stop_local_head
 
     if args.action == "start":
         if not settings.store.startswith("s3://"):  # a folder: the one the user means, not the actor's cwd
@@ -85,43 +84,44 @@ def cmd_controller(args, settings: Settings) -> int:
             else f"controller running; store {info['store']}; metrics on :{settings.metrics_port}/metrics"
         )
         return 0
-    if args.action == "stop" and args.ray:
-        if settings.ray_address:
-            raise UsageError("--ray stops only the local Ray head `farm controller start` started: drop --address")
-        if read_record() is None:
-            print("farm: no local Ray head started by the farm here: nothing to stop", file=sys.stderr)
-            return 0
-        try:
-            _join(settings)
-            handle = controller(settings)
-            _call(handle, "stop")
-            kill(handle)
-            print("controller stopped")
-        except FarmError as exc:  # the controller (or the head) is gone already: stop what is left
-            print(f"farm: {exc}", file=sys.stderr)
-        print(f"Ray head at {stop_local_head()} stopped")
-        return 0
+    if args.action == "stop":
+        return _stop(settings, with_ray=args.ray)
     _join(settings)
-    handle = controller(settings)
-    if args.action == "status":
-        info = _call(handle, "ping")
-        print(
-            json.dumps(info)
-            if args.json
-            else f"controller up since {_when(info['started_at'])}; "
-            f"{info['batches']} batches; journal at event {info['last_seq']}; store {info['store']}"
-        )
-    elif args.action == "stop":
-        _call(handle, "stop")
+    info = _call(controller(settings), "ping")
+    print(
+        json.dumps(info)
+        if args.json
+        else f"controller up since {_when(info['started_at'])}; "
+        f"{info['batches']} batches; journal at event {info['last_seq']}; store {info['store']}"
+    )
+    return 0
+
+
+def _stop(settings: Settings, *, with_ray: bool) -> int:
+    """Stop the controller (for good: Ray does not restart it); ``with_ray``, the local Ray head the
+    farm started too, even when the controller is gone already."""
+    from farm.runtime.cluster import call, kill, read_record, stop_local_head
+
+    local = read_record() is not None and not settings.ray_address
+    if with_ray and settings.ray_address:
+        raise UsageError("--ray stops only the local Ray head `farm controller start` started: drop --address")
+    if with_ray and not local:
+        print("farm: no local Ray head started by the farm here: nothing to stop", file=sys.stderr)
+        return 0
+    try:
+        _join(settings)
+        handle = controller(settings)
+        call(handle, "stop")
         kill(handle)
-        print(
-            "controller stopped"
-            + (
-                "; `farm controller stop --ray` also stops the local Ray head"
-                if read_record() and not settings.ray_address
-                else ""
-            )
-        )
+        print("controller stopped")
+    except FarmError as exc:
+        if not with_ray:
+            raise
+        print(f"farm: {exc}", file=sys.stderr)  # gone already: stop the head all the same
+    if with_ray:
+        print(f"Ray head at {stop_local_head()} stopped")
+    elif local:
+        print("farm: the local Ray head runs on; `farm controller stop --ray` stops it too", file=sys.stderr)
     return 0
 
 
