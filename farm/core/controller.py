@@ -368,7 +368,7 @@ class Controller(Decisions):
         if ep.status in ("running", "delivering"):
             self.batches[ep.batch].open -= 1
         ep.status = status
-        self._expected.pop((ep.batch, ep.id), None)
+        self.projection.forget(ep.batch, ep.id)
 
     def _on_episode_failed(self, e: Any) -> list[Command]:
         ep = self.episodes[(e.batch, e.data.episode)]

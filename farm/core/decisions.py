@@ -4,8 +4,7 @@
 which run) and decides with farm.policy: ``decide(now, capacity)`` proposes the dispatches, budget
 holds and finished batches; ``ranks`` are the remaining critical paths; an episode is paced through
 its batch by the work its sketch plans; ``remaining_seconds`` projects how long a batch still takes
-(its remaining work by the estimates, corrected by what actions took, over the room it can use, and
-its remaining critical path). ``Controller`` (farm.core.controller) adds applying events.
+(farm.core.projection). ``Controller`` (farm.core.controller) adds applying events.
 
 Everything here is kept up to date as events arrive, so a decision costs O(ready + running), not
 O(graph): the ready queue is synced from the keys whose readiness changed, the running holdings
@@ -15,9 +14,7 @@ are counted as actions start and end, and both are rebuilt only when the batches
 from __future__ import annotations
 
 import heapq
-import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from farm.core.events import (
@@ -35,7 +32,8 @@ from farm.core.events import (
     RetryAt,
 )
 from farm.core.manifest import Manifest
-from farm.core.plan import Action, plan_episode, plan_script, sketch, spoken_samples
+from farm.core.plan import Action, plan_episode, sketch
+from farm.core.projection import Projection
 from farm.core.state import ActionState, BatchState, EpisodeState, Estimator, Profile
 from farm.policy import (
     Capacity,
@@ -61,8 +59,6 @@ MAX_CAPACITY_REQUEST = 512
 TAIL_SECONDS = {"script": 60.0, "sheet": 40.0, "keyframe": 30.0, "line": 30.0, "clip": 5.0, "mux": 2.0}
 
 ORDERS = ("farm", "fifo")
-_DEFAULT_PROFILE = Profile()
-_NO_KEYS: list[str] = []  # no dependants (never added to)
 _NO_RANKS: Mapping[str, float] = {}  # the "fifo" order ranks nothing (one object: the queue is not rebuilt)
 
 
@@ -120,13 +116,7 @@ class Decisions:
         self._paces: dict[str, dict[tuple[str, str], Pace]] = {}  # batch -> paces, fixed at its first decision
         self._estimates: dict[str, tuple[float, int, float]] = {}
         self._unestimated: dict[str, str] = {}  # key -> why its backend could not estimate it
-        # what the projection (remaining_seconds) reads: per (stage, backend), the seconds its actions
-        # took and the seconds they were estimated to take, and how many ran; each episode's expected
-        # plan (with whether its script was known); and the room at the last decision (free CPUs and
-        # GPUs, then all of them: free plus what the running hold)
-        self._took: dict[tuple[str, str], tuple[float, float, int]] = {}
-        self._expected: dict[tuple[str, str], tuple[bool, list[_Expected]]] = {}
-        self._room: tuple[float, float, float, float] | None = None
+        self.projection = Projection()  # how long each batch still takes (remaining_seconds)
 
     def _reorder(self) -> None:
         """Which batch each action counts for may have changed: order and attribute afresh."""
@@ -313,7 +303,7 @@ class Decisions:
         selection = select(self._queue, None, terms, capacity, state, self.shares, self.caps)
         self._placed = {t.key for t in selection.dispatch}
         free_gpus = sum(capacity.gpus_by_accelerator.values())
-        self._room = (
+        self.projection.room = (
             max(0.0, capacity.cpus - sum(t.cpus for t in selection.dispatch)),
             max(0.0, free_gpus - sum(t.gpus for t in selection.dispatch)),
             capacity.cpus + sum(t.cpus for t in run_tasks if not t.gpus),
@@ -424,6 +414,19 @@ class Decisions:
             )
         return pace(list(work), work, start=batch.terms.submitted)
 
+    def remaining_seconds(self, batch_id: str, now: float) -> float:
+        """How long the batch's live episodes should still take from ``now`` (farm.core.projection)."""
+        return self.projection.remaining_seconds(self, batch_id, now)
+
+    def _learn(self, action: Action, result: Manifest) -> None:
+        """Count how long a finished action took (its worker's own timings) against its estimate."""
+        self.projection.learn(action, result.finished_at - result.started_at, self._estimate(action)[0])
+
+    def _forget_expected(self, batch_id: str) -> None:
+        """Drop the expected plans of a batch that has stopped."""
+        for eid in self.batches[batch_id].episodes:
+            self.projection.forget(batch_id, eid)
+
     def _expected_work(self, ep: EpisodeState) -> Sequence[tuple[float, int, float]]:
         try:
             script, samples, fixed = sketch(ep.job, ep.fixed, keyed=False)  # estimates need no keys
@@ -431,190 +434,3 @@ class Decisions:
         except Exception:  # an episode that cannot even be sketched is weighed by what is planned
             actions = []
         return [self._guarded_estimate(a, record=False) for a in actions]
-
-    # -- the projection ------------------------------------------------------------------------------
-    def _learn(self, action: Action, result: Manifest) -> None:
-        """Count how long a finished action took (its worker's own timings) against its estimate."""
-        took = result.finished_at - result.started_at
-        if not math.isfinite(took) or took < 0:
-            return
-        seconds, estimated, count = self._took.get((action.stage, action.backend), (0.0, 0.0, 0))
-        self._took[(action.stage, action.backend)] = (seconds + took, estimated + self._estimate(action)[0], count + 1)
-
-    def remaining_seconds(self, batch_id: str, now: float) -> float:
-        """How long the batch's live episodes should still take from ``now``: the longest of
-
-        * the remaining critical path of their actions;
-        * for their CPU work and for their GPU work: the work (seconds times the CPUs or GPUs an
-          action holds) over the CPUs or GPUs the batch can use, after the soonest any of it can
-          start (the longest path to it) and before the least that must follow it (the path after it).
-
-        Each is a lower bound on what is left, and it is exact at the end. An action takes its
-        expected seconds: its backend's estimate, scaled by how long that backend's actions took so
-        far against their estimates (their mean, if every estimate was 0); a running one only what
-        is left of that since it was dispatched (never below 0), one waiting out a retry its wait
-        too; an action shared by episodes counts once; the actions not planned yet (an outline's
-        shots before the script is written, a shot's clip before its lines are voiced) count as the
-        episode's expected plan (``_expected_plan``) has them. The CPUs (GPUs) the batch can use:
-        what its running actions hold plus what was free at the last decision; when that is none,
-        all those seen then; else one. 0 when nothing is left. O(actions of the batch)."""
-        batch = self.batches[batch_id]
-        # node (an action's key, or "~<episode>/<label>" for one not planned yet) -> its seconds on a
-        # path (with any retry wait). Nodes are added inputs first (as a plan lists its actions),
-        # the order the longest paths are worked out in below.
-        path: dict[str, float] = {}
-        spans: dict[str, tuple[int, float]] = {}  # node -> (1 on a GPU else 0, its seconds of work)
-        extra: dict[str, list[str]] = {}  # node -> the nodes not planned yet that wait for it
-        kinds: dict[tuple[str, str], tuple[int, float, float, float]] = {}
-
-        def kind(stage: str, backend: str) -> tuple[int, float, float, float]:
-            """(1 on a GPU else 0, CPUs or GPUs held, scale of an estimate, seconds when estimates are 0)."""
-            profile = self.profiles.get((stage, backend)) or _DEFAULT_PROFILE
-            took, estimated, count = self._took.get((stage, backend), (0.0, 0.0, 0))
-            k = kinds[(stage, backend)] = (
-                1 if profile.gpus > 0 else 0,
-                profile.gpus if profile.gpus > 0 else profile.cpus,
-                took / estimated if estimated > 0 else (1.0 if count == 0 else 0.0),
-                took / count if count and estimated <= 0 else 0.0,
-            )
-            return k
-
-        def add(node: str, stage: str, backend: str, seconds: float, state: Any) -> None:
-            gpu, units, scale, mean = kinds.get((stage, backend)) or kind(stage, backend)
-            seconds = seconds * scale + mean
-            wait = 0.0
-            if state is not None:
-                if state.status == "running":
-                    since = state.started_at if state.started_at is not None else now
-                    seconds = max(0.0, seconds - (now - since))
-                elif state.not_before > now:
-                    wait = state.not_before - now
-            path[node], spans[node] = seconds + wait, (gpu, seconds * units)
-
-        def add_action(key: str) -> None:
-            state = actions[key]
-            a = state.action
-            add(key, a.stage, a.backend, (estimates.get(key) or self._estimate(a))[0], state)
-
-        actions, closed, estimates = self.actions, ("done", "quarantined"), self._estimates
-        for eid in batch.episodes:
-            ep = self.episodes[(batch_id, eid)]
-            if ep.status != "running":
-                continue
-            if ep.final_key is None:  # not planned to the end yet: follow its expected plan
-                real = {actions[k].action.label: k for k in ep.keys}
-                for x in self._expected_plan(ep):  # inputs first, as a plan lists them
-                    key = real.get(x.label)
-                    if key is None:  # not planned yet (a key is hex)
-                        node = f"~{eid}/{x.label}"
-                        for i in x.inputs + x.planned_by:
-                            extra.setdefault(real.get(i) or f"~{eid}/{i}", []).append(node)
-                        add(node, x.stage, x.backend, x.seconds, None)
-                    elif key not in path and actions[key].status not in closed:
-                        add_action(key)
-            for key in ep.keys:  # (the rest, if its expected plan missed any)
-                if key not in path and actions[key].status not in closed:
-                    add_action(key)
-        if not path:
-            return 0.0
-        # the soonest each node can start (inputs first), then the longest path from its start
-        # (dependants first): along the plan's edges, and to the nodes not planned yet
-        dependants, none = self._dependants, _NO_KEYS
-        children = {node: [*dependants.get(node, none), *kids] for node, kids in extra.items()}
-        start = dict.fromkeys(path, 0.0)
-        for node, seconds in path.items():
-            done_at = start[node] + seconds
-            for kid in children.get(node) or dependants.get(node, none):
-                if kid in start and start[kid] < done_at:
-                    start[kid] = done_at
-        through: dict[str, float] = {}
-        work, first, least = [0.0, 0.0], [math.inf, math.inf], [math.inf, math.inf]
-        for node in reversed(path):
-            rest = 0.0
-            for kid in children.get(node) or dependants.get(node, none):
-                t = through.get(kid)
-                if t is not None and t > rest:
-                    rest = t
-            through[node] = path[node] + rest
-            gpu, span = spans[node]
-            work[gpu] += span
-            first[gpu] = min(first[gpu], start[node])
-            least[gpu] = min(least[gpu], rest)
-        bounds = [max(through.values())]
-        for gpu, lanes in enumerate(self._lanes(batch_id)):
-            if work[gpu] > 0:
-                bounds.append(first[gpu] + work[gpu] / lanes + least[gpu])
-        return max(bounds)
-
-    def _lanes(self, batch_id: str) -> tuple[float, float]:
-        """The CPUs and GPUs a batch can use now (see ``remaining_seconds``)."""
-        held = [0.0, 0.0]
-        for key in self._running:
-            state = self.actions[key]
-            if any(b == batch_id and self.episodes[(b, ep)].status == "running" for b, ep in state.episodes):
-                profile = self.profiles.get((state.action.stage, state.action.backend), _DEFAULT_PROFILE)
-                if profile.gpus > 0:
-                    held[1] += profile.gpus
-                else:
-                    held[0] += profile.cpus
-        free_cpus, free_gpus, all_cpus, all_gpus = self._room or (0.0, 0.0, 0.0, 0.0)
-        return (held[0] + free_cpus or all_cpus or 1.0), (held[1] + free_gpus or all_gpus or 1.0)
-
-    def _forget_expected(self, batch_id: str) -> None:
-        """Drop the expected plans of a batch that has stopped."""
-        for eid in self.batches[batch_id].episodes:
-            self._expected.pop((batch_id, eid), None)
-
-    def _expected_plan(self, ep: EpisodeState) -> list[_Expected]:
-        """The actions an episode is expected to have in the end, named by label: planned (without keys)
-        from its script, or its outline's sketch before the script is written, with every line's
-        length from its text. Kept until its script becomes known."""
-        script = ep.script or ep.job.episode.script
-        kept = self._expected.get((ep.batch, ep.id))
-        if kept is not None and kept[0] == (script is not None):
-            return kept[1]
-        try:
-            if script is None:
-                script, samples, fixed = sketch(ep.job, None, keyed=False)
-            else:
-                fixed = plan_script(ep.job, script, keyed=False)
-                samples = {
-                    a.key: spoken_samples(str(a.params["text"]), ep.job.series) for a in fixed.actions if a.op == "line"
-                }
-            actions = plan_episode(ep.job, script, samples, fixed, keyed=False).actions
-        except Exception:  # an episode that cannot even be sketched is projected by what is planned
-            actions = []
-        labels = {a.key: a.label for a in actions}
-        # what plans an action, beyond what it reads: the script plans the rest of the episode, and a
-        # shot's lines (their lengths) its clip
-        script_label = next((a.label for a in actions if a.op == "script"), None)
-        voiced: dict[str, tuple[str, ...]] = {}
-        for a in actions:
-            if a.op == "mux" and "clip" in a.inputs:
-                lines = tuple(labels[r.key] for n, r in a.inputs.items() if n.startswith("line") and r.key in labels)
-                voiced[labels.get(a.inputs["clip"].key, "")] = lines
-        plan = [
-            _Expected(
-                a.label,
-                a.stage,
-                a.backend,
-                self._guarded_estimate(a, record=False)[0],
-                tuple(labels[r.key] for r in a.inputs.values() if r.key in labels),
-                (() if script_label is None or a.op == "script" else (script_label,)) + voiced.get(a.label, ()),
-            )
-            for a in actions
-        ]
-        self._expected[(ep.batch, ep.id)] = (script is not None, plan)
-        return plan
-
-
-@dataclass(frozen=True)
-class _Expected:
-    """One action of an episode's expected plan (``Decisions._expected_plan``)."""
-
-    label: str
-    stage: str
-    backend: str
-    seconds: float  # its backend's estimate
-    inputs: tuple[str, ...]  # the labels of the actions it reads
-    planned_by: tuple[str, ...]  # and of those whose facts plan it (it waits for them until it is planned)
