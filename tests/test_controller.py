@@ -791,3 +791,57 @@ def test_projected_finish_of_outlines_counts_the_work_their_scripts_will_plan():
     errors = [projected - finish for _, projected in samples]
     assert all(abs(e) <= 0.3 * (finish - start) for e in errors)
     assert abs(errors[-1]) < 1e-6
+
+
+def _restart(h: Harness) -> Harness:
+    """A new controller incarnation on the same journal and store: it replays and settles what ran."""
+    restarted = Harness()
+    restarted.stored, restarted.journal = h.stored, h.journal
+    restarted.engine.journal = h.journal
+    restarted.now = h.now + 5
+    restarted.engine.recover()
+    return restarted
+
+
+def test_restarts_of_the_controller_are_not_attempts_of_the_actions_in_flight():
+    """More restarts than the retry policy allows attempts, each while the same actions run: none is
+    given up, no episode fails, the interruptions are journaled as such (and counted as no failure)
+    and the batch is delivered."""
+    h = Harness()
+    h.submit(episodes=1)
+    h.commit(h.c.decide(h.now, CAPACITY))
+    running = {k for k, s in h.c.actions.items() if s.status == "running"}
+    assert running
+    for _ in range(h.c.retry.max_attempts + 2):
+        h = _restart(h)
+        assert all(h.c.actions[k].attempts == 0 for k in running)
+        h.commit(h.c.decide(h.now, CAPACITY))
+        assert {k for k, s in h.c.actions.items() if s.status == "running"} >= running
+    interruptions = [e for e in h.log if e.type == "action.failed"]
+    assert interruptions and all(e.data.interrupted for e in interruptions)
+    assert not [e for e in h.log if e.type in ("action.retry", "action.quarantined", "episode.failed")]
+    h.run()
+    assert h.c.batch_status("b1", h.now)["episodes"]["delivered"] == 1
+
+
+def test_a_resubmitted_batch_gives_an_action_given_up_on_a_fresh_count():
+    """An action that failed its every attempt failed its episode; the same episode in a new batch gets
+    the retry policy's whole count again, not one last try."""
+    h = Harness()
+    h.submit(episodes=1)
+    h.commit(h.c.decide(h.now, CAPACITY))
+    key = sorted(k for k, s in h.c.actions.items() if s.status == "running")[0]
+    for attempt in range(h.c.retry.max_attempts):
+        h.commit(h.c.on_failure(key, "boom", True, None, h.now))  # one worker: given up, not quarantined
+        h.now += 10_000
+        h.commit(h.c.decide(h.now, CAPACITY))
+        if h.c.batch_status("b1", h.now)["episodes"]["failed"]:
+            break
+    assert h.c.batch_status("b1", h.now)["episodes"]["failed"] == 1
+    assert h.c.actions[key].attempts >= h.c.retry.max_attempts
+    h.submit(batch="b2", episodes=1)
+    assert h.c.actions[key].attempts == 0
+    h.commit(h.c.decide(h.now, CAPACITY))
+    assert h.c.actions[key].status == "running"
+    h.commit(h.c.on_failure(key, "boom again", True, None, h.now))
+    assert h.c.batch_status("b2", h.now)["episodes"]["failed"] == 0  # one failure: a retry, not the end

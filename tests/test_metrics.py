@@ -119,6 +119,13 @@ def test_failures_and_retries_are_outcomes():
     assert value(m, "farm_delivered_video_seconds_total", studio="acme") == 41.5
 
 
+def test_an_interruption_by_the_farm_is_no_failure():
+    """An action a controller restart interrupted is not counted as failed."""
+    m = Metrics(nvml=False)
+    m.observe(event("action.failed", {"error": "interrupted", "interrupted": True}), action())
+    assert value(m, "farm_actions_total", studio="acme", stage="video", outcome="failed") == 0
+
+
 def test_submitted_batch_creates_its_studios_series_at_zero():
     """batch.submitted creates the studio's series at 0, so a first failure shows in rate()."""
     m = Metrics(nvml=False)

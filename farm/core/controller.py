@@ -30,10 +30,12 @@ from farm.core.decisions import Decisions
 from farm.core.events import (
     ActionCached,
     ActionCompleted,
+    ActionFailed,
     ActionResult,
     BatchFailed,
     Delivered,
     EpisodeDelivered,
+    Failed,
     Reason,
     WebhookDelivered,
     WebhookFailed,
@@ -212,6 +214,10 @@ class Controller(Decisions):
                 # quarantined for an earlier batch: a new batch gives it a fresh start
                 state.attempts, state.failed_workers, state.not_before = 0, set(), 0.0
                 self._set_status(key, "pending")
+            elif state.status == "pending" and state.attempts and not self._wanted(state, ignore=e.batch):
+                # given up on for an earlier batch (its episode failed): a fresh count, not one last try
+                state.attempts, state.failed_workers, state.not_before = 0, set(), 0.0
+                self._changed.add(key)
         commands: list[Command] = [Lookup(tuple(fresh))] if fresh else []
         return commands + [c for eid in batch.episodes for c in self._progress(self.episodes[(e.batch, eid)])]
 
@@ -354,6 +360,8 @@ class Controller(Decisions):
     def _on_action_failed(self, e: Any) -> None:
         state = self.actions[e.key]
         self._set_status(e.key, "pending")
+        if e.data.interrupted:  # the farm stopped it, not the action's failure: its dispatch is not counted
+            state.attempts = max(0, state.attempts - 1)
         if e.data.worker:
             state.failed_workers.add(e.data.worker)
 
@@ -462,6 +470,13 @@ class Controller(Decisions):
         """The events that follow a failed attempt: the failure, then a retry, a quarantine or a give-up.
         A retry waits for the policy's backoff, or longer when the provider asked (``retry_after``)."""
         return self._failure_events(key, error, retryable, worker, now, retry_after)
+
+    def interrupted(self, key: str, why: str) -> list[Any]:
+        """The record of an action the farm itself stopped (a controller restart found it running and
+        no manifest): it is ready again at once, and the attempt is not counted against it."""
+        state = self.actions[key]
+        data = Failed(error=why, retryable=True, worker=None, attempt=state.attempts, interrupted=True)
+        return [ActionFailed(batch=state.charged_to, key=key, data=data)]
 
     def delivered(self, batch: str, episode: str, deliverables: Mapping[str, str]) -> list[Any]:
         return [EpisodeDelivered(batch=batch, data=Delivered(episode=episode, deliverables=dict(deliverables)))]

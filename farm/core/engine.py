@@ -204,7 +204,7 @@ class Engine:
             if manifest is not None:
                 self.commit(self.controller.on_result(action.key, manifest, self.artifacts.facts(action, manifest)))
             else:
-                self.commit(self.controller.on_failure(action.key, INTERRUPTED, True, None, self.clock.now()))
+                self.commit(self.controller.interrupted(action.key, INTERRUPTED))
         self._lookup([k for k, s in self.controller.actions.items() if s.status == "pending"])
         for d in deliveries:
             if self.controller.episodes[(d.batch, d.episode)].status == "delivering":

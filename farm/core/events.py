@@ -85,6 +85,9 @@ class Failed(_Data):
     retryable: bool
     worker: str | None = None
     attempt: int = 0
+    # the farm itself stopped it (its controller restarted): not an attempt of the action's, it runs
+    # again at once (schema 3; older lines: False)
+    interrupted: bool = False
 
 
 class RetryAt(_Data):

@@ -293,7 +293,7 @@ class Metrics:
             self.completed(studio, stage, action.backend, data.usage, data.finished_at - data.started_at)
         elif event.type == "action.cached":
             self.cached(studio, stage, data.usage)
-        elif event.type == "action.failed":
+        elif event.type == "action.failed" and not data.interrupted:  # the farm's own stop is no failure
             self.failed(studio, stage)
         elif event.type == "action.retry":
             self.retried(studio, stage)

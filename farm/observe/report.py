@@ -166,6 +166,8 @@ def _runs(data: ReportData, controller: Any, events: list[Any], studio: str, pri
         elif e.type == "action.failed" and state is not None:
             worker = e.data.worker or "unknown node"
             lane = f"node {worker[:6]} failed attempts" if e.data.worker else "failed attempts (worker lost)"
+            if e.data.interrupted:
+                lane = "interrupted by a controller restart"
             data.bars.append(
                 Bar(
                     lane=lane,
@@ -179,6 +181,8 @@ def _runs(data: ReportData, controller: Any, events: list[Any], studio: str, pri
                     error=e.data.error,
                 )
             )
+            if e.data.interrupted:  # not a failure of the action's: shown as a bar only
+                continue
             data.failures.append(
                 Failure(
                     e.at,
