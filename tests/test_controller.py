@@ -845,3 +845,38 @@ def test_a_resubmitted_batch_gives_an_action_given_up_on_a_fresh_count():
     assert h.c.actions[key].status == "running"
     h.commit(h.c.on_failure(key, "boom again", True, None, h.now))
     assert h.c.batch_status("b2", h.now)["episodes"]["failed"] == 0  # one failure: a retry, not the end
+
+
+class _LostBlobArtifacts(DictArtifacts):
+    """A store that cannot publish one episode: its final blob is not where the studio reads (a batch
+    submitted with another studio's cache namespace, as a raw client could)."""
+
+    def deliver(self, job, outputs):
+        if job.episode.number == 1:
+            raise FileNotFoundError(2, "No such file or directory", "acme/blobs/ab/abcdef")
+        return super().deliver(job, outputs)
+
+
+def test_an_episode_the_store_cannot_publish_fails_alone_and_replays_cleanly():
+    """A delivery the store refuses for good fails that episode with the reason; the batch goes on and
+    finishes; a new incarnation replaying the journal (where that episode was still to be delivered)
+    neither raises nor delivers it, and reports the same."""
+    h = Harness()
+    h.artifacts = h.engine.artifacts = _LostBlobArtifacts()
+    h.submit(episodes=2, unique=True)
+    h.run()
+    status = h.c.batch_status("b1", h.now)
+    assert status["status"] == "finished" and status["episodes"]["delivered"] == 1
+    (failure,) = status["failures"]
+    assert "could not be published: FileNotFoundError" in failure["reason"]
+
+    cut = next(i for i, e in enumerate(h.log) if e.type == "episode.failed")
+    again = Harness()
+    again.artifacts = again.engine.artifacts = _LostBlobArtifacts()
+    again.stored = dict(h.stored)
+    again.journal.events = list(h.log[:cut])  # the crash came before the delivery's record
+    again.now = h.now
+    again.engine.recover()
+    again.run()
+    replayed = again.c.batch_status("b1", again.now)
+    assert replayed["episodes"] == status["episodes"] and replayed["failures"] == status["failures"]

@@ -35,6 +35,8 @@ from farm.core.events import (
     BatchFailed,
     Delivered,
     EpisodeDelivered,
+    EpisodeFailed,
+    EpisodeFailedEvent,
     Failed,
     Reason,
     WebhookDelivered,
@@ -494,6 +496,11 @@ class Controller(Decisions):
             attempts=max(0, outcome.attempts),
         )
         return [event(batch=outcome.batch, data=data)]
+
+    def undeliverable(self, batch: str, episode: str, error: str) -> list[Any]:
+        """The record of an episode whose deliverables could not be published: it fails."""
+        reason = f"its deliverables could not be published: {error[:500]}"
+        return [EpisodeFailedEvent(batch=batch, data=EpisodeFailed(episode=episode, reason=reason))]
 
     def batch_failed(self, batch: str, reason: str) -> list[Any]:
         """The record of a batch the controller stopped while applying one of its events (``Fault``)."""

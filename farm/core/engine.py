@@ -117,7 +117,15 @@ class Engine:
         assert ep.final_key is not None
         final = self.controller.actions[ep.final_key].manifest
         assert final is not None
-        paths = self.artifacts.deliver(ep.job, final.outputs)
+        try:
+            paths = self.artifacts.deliver(ep.job, final.outputs)
+        except (FarmError, OSError) as exc:
+            if getattr(exc, "retryable", False):
+                raise  # the store is down: the episode is still delivering, and is delivered again later
+            # what the store will never give (a blob of another studio's cache, a refused write): this
+            # episode fails with the reason, never the engine, and a replay does the same
+            self.commit(self.controller.undeliverable(batch, episode, f"{type(exc).__name__}: {exc}"))
+            return
         self.commit(self.controller.delivered(batch, episode, paths))
 
     # -- what hosts call ------------------------------------------------------------------------------
