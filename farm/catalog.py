@@ -23,6 +23,7 @@ import hashlib
 import importlib
 import json
 import threading
+import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -202,8 +203,16 @@ class Catalog:
         return out
 
     def secrets(self) -> list[str]:
-        """Inline secrets in the configuration, so that logs can mask them."""
-        return [str(c[k]) for c in self.configs.values() for k in c if k.endswith("api_key") and c[k]]
+        """Inline secrets in the configuration, so that logs can mask them: keys, and the userinfo
+        (``user:password``, and the password alone) of any URL in it (``http://u:p@vllm:8000/v1``)."""
+        out = [str(c[k]) for c in self.configs.values() for k in c if k.endswith("api_key") and c[k]]
+        for config in self.configs.values():
+            for value in config.values():
+                if isinstance(value, str) and "@" in value and "://" in value:
+                    userinfo = urllib.parse.urlsplit(value).netloc.rpartition("@")[0]
+                    if userinfo:
+                        out += [userinfo, userinfo.partition(":")[2]]
+        return [s for s in out if s]
 
 
 def resolve(defaults: Mapping[str, str], *overrides: Mapping[Any, str] | None) -> dict[str, str]:

@@ -69,6 +69,10 @@ class Settings(BaseModel):
     shares: list[dict[str, Any]] = Field(default_factory=list, description='[{"studio", "weight", "floor_gpus"}]')
     caps: dict[str, int] = Field(default_factory=dict, description="concurrency cap per backend name")
     retry: dict[str, float] = Field(default_factory=dict, description="RetryPolicy fields")
+    webhook_allow_link_local: bool = Field(
+        False,
+        description="send webhooks to link-local and cloud metadata addresses too (refused by default)",
+    )
     dispatch_ahead: int = Field(
         1,
         ge=0,
@@ -129,8 +133,15 @@ class Settings(BaseModel):
             structured = getattr(info.annotation, "__origin__", None) in (dict, list)
             try:
                 values[name] = json.loads(raw) if structured else raw
-            except json.JSONDecodeError as exc:
-                raise UsageError(f"FARM_{name.upper()} must be JSON: {exc}") from None
+            except json.JSONDecodeError as exc:  # where and what was expected, never the text: it may hold keys
+                raise UsageError(
+                    f"FARM_{name.upper()} must be JSON: {exc.msg} at line {exc.lineno} column {exc.colno} "
+                    f"(character {exc.pos + 1} of {len(raw)})"
+                ) from None
+            except (ValueError, RecursionError):  # a number too long to read, nesting too deep
+                raise UsageError(
+                    f"FARM_{name.upper()} must be JSON that Python can read (a number too long, or nested too deep)"
+                ) from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls.model_validate(values)
 

@@ -831,7 +831,7 @@ def test_a_resubmitted_batch_gives_an_action_given_up_on_a_fresh_count():
     h.submit(episodes=1)
     h.commit(h.c.decide(h.now, CAPACITY))
     key = sorted(k for k, s in h.c.actions.items() if s.status == "running")[0]
-    for attempt in range(h.c.retry.max_attempts):
+    for _ in range(h.c.retry.max_attempts):
         h.commit(h.c.on_failure(key, "boom", True, None, h.now))  # one worker: given up, not quarantined
         h.now += 10_000
         h.commit(h.c.decide(h.now, CAPACITY))

@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from farm.service.webhooks import Notification, deliver, sign, verify
+from farm.service.webhooks import Notification, deliver, send, sign, verify
 
 
 class _Receiver(BaseHTTPRequestHandler):
@@ -169,3 +169,42 @@ def test_a_controller_counts_webhooks_that_finally_fail(receiver, tmp_path, monk
         ("episode.delivered", host, 2, "HTTP 500"),
     ]
     assert ("webhooks", "0 delivered, 2 failed") in report.facts
+
+
+class _Redirector(BaseHTTPRequestHandler):
+    target = ""
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(307)  # 307 keeps the method and body: a follower would re-POST the signed event
+        self.send_header("Location", type(self).target)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_redirect_is_not_followed(receiver):
+    """A receiver answering 307 elsewhere: the signed event goes nowhere else, and it is a final failure."""
+    url, rec = receiver
+    _Redirector.target = url
+    server = HTTPServer(("127.0.0.1", 0), _Redirector)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        note = Notification("b:batch.finished:", f"http://127.0.0.1:{server.server_port}/h", "s", "batch.finished", {})
+        outcome = send(note, attempts=3, sleep=lambda s: None)
+    finally:
+        server.shutdown()
+    assert not outcome.ok and outcome.attempts == 1 and "redirects are not followed" in outcome.detail
+    assert rec.received == []
+
+
+@pytest.mark.parametrize("url", ["http://169.254.169.254/latest/meta-data/", "http://[fe80::1]:8080/h"])
+def test_link_local_and_metadata_receivers_are_refused(url):
+    """The cloud's metadata service and other link-local addresses are never sent to, unless allowed."""
+    note = Notification("b:batch.finished:", url, "s", "batch.finished", {})
+    outcome = send(note, attempts=3, sleep=lambda s: None, timeout_s=0.5)
+    assert not outcome.ok and outcome.attempts == 1 and outcome.detail.startswith("refused: ")
+    assert "FARM_WEBHOOK_ALLOW_LINK_LOCAL" in outcome.detail
+    allowed = send(note, attempts=1, sleep=lambda s: None, timeout_s=0.5, allow_link_local=True)
+    assert not allowed.detail.startswith("refused")  # tried (and failed to connect, here)

@@ -114,7 +114,7 @@ def call(
         if isinstance(reason, (socket.timeout, TimeoutError)):
             raise StageError(f"{what}: {where} timed out after {timeout:g}s", retryable=True) from None
         raise StageError(
-            f"{what}: cannot reach {urllib.parse.urlsplit(url).netloc}: {reason}", retryable=True
+            f"{what}: cannot reach {urllib.parse.urlsplit(url).netloc.rpartition('@')[2]}: {reason}", retryable=True
         ) from None
     except (ConnectionError, OSError) as exc:
         raise StageError(f"{what}: {where} failed: {exc}", retryable=True) from None

@@ -7,7 +7,7 @@ key travel with the action and are bound where the work runs (``action_context``
 Credentials are kept out in two ways: values of keys that name a secret (``secret``, ``password``,
 ``token``, ``access_key``...) are masked, and every known secret string registered with ``hide``
 (the S3 keys, webhook secrets) is masked wherever it appears, in any value, nested structure or
-formatted traceback.
+formatted traceback. The userinfo of any URL (``http://user:password@host``) is masked too.
 
 Example::
 
@@ -29,6 +29,8 @@ import structlog
 MASK = "**********"
 _SECRET_KEYS = re.compile(r"(secret|password|passwd|token|access_key|credential|authorization|api_key)", re.I)
 _NOT_SECRET = frozenset({"tokens_in", "tokens_out", "tokens", "est_tokens"})
+# the userinfo of a URL (``http://user:password@host/``), masked wherever a URL is printed
+_USERINFO = re.compile(r"((?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]{0,31}://)[^/?#\s@]+@")
 _MIN_SECRET = 4  # shorter strings would mask ordinary words; real credentials are far longer
 _secrets: set[str] = set()
 
@@ -47,6 +49,8 @@ def mask(text: Any) -> str:
 
 def _scrub(value: Any) -> Any:
     if isinstance(value, str):
+        if "@" in value:
+            value = _USERINFO.sub(r"\1***@", value)
         for secret in _secrets:
             if secret in value:
                 value = value.replace(secret, MASK)

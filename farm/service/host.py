@@ -18,16 +18,17 @@ import queue
 import threading
 import time
 from datetime import datetime, timezone
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import structlog
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from farm.catalog import Catalog
 from farm.core.engine import Engine
 from farm.core.events import Submission
 from farm.core.ports import Runtime
-from farm.core.spec import check_episode
+from farm.core.script import Slug
+from farm.core.spec import BackendNames, BudgetSpec, Episode, Series, Webhook, check_episode
 from farm.core.state import Notified, Notify
 from farm.errors import UsageError
 from farm.observe import logs
@@ -64,10 +65,54 @@ def batch_payload(loaded_batch: Any, settings: Settings) -> dict[str, Any]:
     }
 
 
+class _PayloadEpisode(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    series: Series
+    episode: Episode
+
+
+class _Payload(BaseModel):
+    """What ``batch_payload`` sends, as the controller accepts it from any Ray client: ``studio`` and
+    ``namespace`` are slugs (no '/', no leading '_': ``_farm`` is the farm's own tree in the store)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    studio: Slug
+    namespace: Slug
+    name: Annotated[str, StringConstraints(min_length=1, max_length=120)] | None = None
+    priority: Literal["low", "normal", "high", "urgent"] = "normal"
+    deadline: float | None = None
+    budget: BudgetSpec = BudgetSpec()
+    webhook: Webhook | None = None
+    backends: BackendNames = Field(default_factory=dict)
+    episodes: list[_PayloadEpisode] = Field(min_length=1)
+
+
+def check_payload(payload: Any) -> None:
+    """Raise UsageError naming each field of a raw batch payload that is not valid (checked before
+    anything reads it: its studio and namespace become store paths and batch ids)."""
+    if not isinstance(payload, dict):
+        raise UsageError(f"the batch is not valid: the payload is a {type(payload).__name__}, not a mapping")
+    try:
+        _Payload.model_validate(payload)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False, include_input=False):
+            field = ".".join(str(part) for part in err["loc"]) or "payload"
+            if err["loc"] and err["loc"][0] in ("studio", "namespace") and err["type"] == "string_pattern_mismatch":
+                message = "must be a slug: lowercase letters, digits, '-' and '_', not starting with '_' (e.g. acme)"
+            else:
+                message = err["msg"]
+            problems.append(f"{field}: {message}")
+        raise UsageError("the batch is not valid: " + "; ".join(problems)) from None
+
+
 def submission(payload: dict[str, Any], settings: Settings, catalog: Catalog) -> Submission:
     """A batch payload as the controller journals it: each episode's backends chosen (the batch's
     choice, else its series', else settings') and every spec checked again, since any Ray client
     may send one. Raises UsageError naming each problem."""
+    check_payload(payload)
     try:
         episodes = []
         for item in payload["episodes"]:
@@ -237,7 +282,12 @@ class ControllerService:
     def _send(self, note: Notification) -> None:
         """Send one notification (with its retries, outside the lock), then hand how it ended to the
         engine under the lock, as the loop hands it finished actions: a fact of its batch."""
-        sent = send(note, attempts=self.webhook_attempts, base_delay_s=self.webhook_backoff_s)
+        sent = send(
+            note,
+            attempts=self.webhook_attempts,
+            base_delay_s=self.webhook_backoff_s,
+            allow_link_local=self.settings.webhook_allow_link_local,
+        )
         episode = note.payload.get("episode")
         outcome = Notified(
             batch=note.payload["batch"],

@@ -14,7 +14,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import http.client
+import ipaddress
 import json
+import socket
 import time
 import urllib.error
 import urllib.parse
@@ -65,6 +67,63 @@ def _scrubbed(text: str, note: Notification, host: str) -> str:
     return text[:300]
 
 
+# cloud metadata services that are not link-local addresses (169.254.169.254 is)
+_METADATA = {ipaddress.ip_address("fd00:ec2::254"), ipaddress.ip_address("100.100.100.200")}
+
+
+class Refused(Exception):
+    """A receiver's address the controller does not send to (link-local, a metadata service)."""
+
+
+def _check_address(address: str, allow_link_local: bool) -> None:
+    try:
+        ip = ipaddress.ip_address(address.split("%")[0])
+    except ValueError:
+        return
+    if not allow_link_local and (ip.is_link_local or ip in _METADATA):
+        raise Refused(f"{ip} is a link-local or metadata address (allowed only by FARM_WEBHOOK_ALLOW_LINK_LOCAL)")
+
+
+def _check_host(url: str, allow_link_local: bool) -> None:
+    """Every address the URL's host resolves to, before connecting."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        infos = socket.getaddrinfo(parts.hostname or "", parts.port or 443, proto=socket.IPPROTO_TCP)
+    except OSError:
+        return  # not resolvable: the request itself fails, retryably
+    for *_, sockaddr in infos:
+        _check_address(str(sockaddr[0]), allow_link_local)
+
+
+def _opener(allow_link_local: bool) -> urllib.request.OpenerDirector:
+    """urllib without redirects (a receiver cannot send the signed event elsewhere), whose connections
+    check the address they reached (a name that resolved anew to a forbidden address)."""
+
+    class _NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, req, fp, code, msg, headers, newurl):
+            return None  # urllib then raises HTTPError with the 3xx code
+
+    class _Checked(http.client.HTTPConnection):
+        def connect(self) -> None:
+            super().connect()
+            _check_address(self.sock.getpeername()[0], allow_link_local)
+
+    class _CheckedTLS(http.client.HTTPSConnection):
+        def connect(self) -> None:
+            super().connect()
+            _check_address(self.sock.getpeername()[0], allow_link_local)
+
+    class _HTTP(urllib.request.HTTPHandler):
+        def http_open(self, req):
+            return self.do_open(_Checked, req)
+
+    class _HTTPS(urllib.request.HTTPSHandler):
+        def https_open(self, req):
+            return self.do_open(_CheckedTLS, req, context=self._context)
+
+    return urllib.request.build_opener(_NoRedirect, _HTTP, _HTTPS)
+
+
 def sign(body: bytes, secret: str, timestamp: int) -> str:
     mac = hmac.new(secret.encode("utf-8"), f"{timestamp}.".encode() + body, hashlib.sha256)
     return "sha256=" + mac.hexdigest()
@@ -93,10 +152,14 @@ def send(
     timeout_s: float = 10.0,
     sleep=time.sleep,
     clock=time.time,
+    allow_link_local: bool = False,
 ) -> Delivery:
-    """POST the notification, retrying 5xx, 429 and network errors with backoff; a 4xx answer or a URL
-    that cannot be sent to is final. Never raises: how it ended is the returned ``Delivery``."""
+    """POST the notification, retrying 5xx, 429 and network errors with backoff; a 4xx or 3xx answer
+    (redirects are not followed), a URL that cannot be sent to, or a receiver at a link-local or
+    metadata address (unless ``allow_link_local``) is final. Never raises: how it ended is the
+    returned ``Delivery``."""
     host = host_of(note.url)
+    opener = _opener(allow_link_local)
     body = json.dumps({"event": note.kind, **note.payload}, ensure_ascii=False, sort_keys=True).encode("utf-8")
     detail = ""
     for attempt in range(attempts):
@@ -110,14 +173,21 @@ def send(
         if note.secret:
             headers["X-Farm-Signature"] = sign(body, note.secret, ts)
         try:
+            _check_host(note.url, allow_link_local)
             request = urllib.request.Request(note.url, data=body, headers=headers, method="POST")
-            with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            with opener.open(request, timeout=timeout_s) as response:
                 return Delivery(True, f"HTTP {response.status}", attempt + 1, host)
+        except Refused as exc:
+            return Delivery(False, f"refused: {exc}", attempt + 1, host)
         except urllib.error.HTTPError as exc:
-            detail = f"HTTP {exc.code}"
+            detail = f"HTTP {exc.code}" + (" (redirects are not followed)" if 300 <= exc.code < 400 else "")
             if exc.code < 500 and exc.code != 429:
                 return Delivery(False, detail, attempt + 1, host)
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+        except urllib.error.URLError as exc:
+            if isinstance(exc.reason, Refused):  # the name resolved anew to a forbidden address
+                return Delivery(False, f"refused: {exc.reason}", attempt + 1, host)
+            detail = _scrubbed(f"{type(exc).__name__}: {exc.reason}", note, host)
+        except (OSError, http.client.HTTPException) as exc:
             detail = _scrubbed(f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}", note, host)
         except Exception as exc:  # a URL it cannot send to (unknown scheme, say): trying again gives the same
             return Delivery(False, _scrubbed(f"{type(exc).__name__}: {exc}", note, host), attempt + 1, host)

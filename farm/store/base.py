@@ -19,13 +19,14 @@ from typing import Protocol
 from farm.errors import StoreError
 
 # A leading '_' is allowed for the farm's own trees (``_farm/``): studio slugs cannot start with one.
-_SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
+# Matched with fullmatch: ``$`` would also match before a final newline ("acme\n").
+_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 
 
 def check_name(name: str) -> str:
     """Return ``name`` if it is a safe object name, else raise StoreError."""
     parts = name.split("/")
-    if not name or any(not _SEGMENT.match(p) or p in (".", "..") or ".." in p for p in parts):
+    if not name or any(not _SEGMENT.fullmatch(p) or p in (".", "..") or ".." in p for p in parts):
         raise StoreError(f"refusing unsafe object name {name!r}")
     return name
 

@@ -41,7 +41,7 @@ def _blob(digest: str) -> str:
 
 
 def _index(name: str) -> str:
-    if not _NAME.match(name) or ".." in name:
+    if not _NAME.fullmatch(name) or ".." in name:
         raise UsageError(f"model name {name!r}: use lowercase letters, digits, '.', '_' and '-' (e.g. sdxl-1.0)")
     return f"{PREFIX}/{name}/index.json"
 

@@ -15,6 +15,7 @@ literally:
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,15 +36,31 @@ def without_controls(text: str) -> str:
     return "".join(" " if unicodedata.category(ch) == "Cc" and ch not in "\n\t" else ch for ch in text)
 
 
+# A line an SRT reader could take for a cue's timing line: ffmpeg's (sscanf "%d:%d:%d,%d --> ...",
+# after any whitespace, with a sign) and PyPI srt's (digits, ``-->``, ``- >`` or ``-- >``; an index
+# line before it starts a new cue even without a blank line): it starts with a digit and, spaces
+# aside, holds "->". Loose on purpose: what it catches only gains an invisible character.
+_STARTS_LIKE_TIME = re.compile(r"\s*[-+]?\d")
+ZWSP = "\u200b"  # zero-width space: invisible, and no reader's digit or whitespace
+
+
+def _timing_like(line: str) -> bool:
+    return bool(_STARTS_LIKE_TIME.match(line)) and "->" in line.replace(" ", "")
+
+
 def cue_text(text: str) -> str:
     """The text a cue shows for a line: what the SRT and the soft track carry.
 
     SRT ends a cue at a blank line, so blank lines inside a text are dropped; single line breaks
-    stay; the whole is trimmed; control characters other than newline and tab become spaces.
-    Every other character (quotes, backslashes, braces, tags, "-->", emoji, RTL) is kept as is.
+    stay; the whole is trimmed; control characters other than newline and tab become spaces. A
+    line that looks like a timing line (``00:00:05,000 --> 00:00:06,000``) would start a cue of
+    its own in ffmpeg's and other readers of the SRT: it starts with a zero-width space instead,
+    so it shows as written. Every other character (quotes, backslashes, braces, tags, "-->",
+    emoji, RTL) is kept as is.
     """
     text = without_controls(text.replace("\r\n", "\n").replace("\r", "\n"))
-    return "\n".join(line for line in text.strip().split("\n") if line.strip())
+    lines = [line for line in text.strip().split("\n") if line.strip()]
+    return "\n".join(ZWSP + line if _timing_like(line) else line for line in lines)
 
 
 def build_cues(raw: Iterable[Mapping[str, Any]], duration_ms: int) -> list[Cue]:
