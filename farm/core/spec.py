@@ -6,11 +6,55 @@ the file, the line, the field path and the fix is ``farm.loader``'s job.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from farm.core.script import Line, Script, Slug, Text
+
+# Bounds on what one spec may ask for, so that what validates also renders (and in a bounded time).
+MAX_CHARACTERS = 50  # characters of a series
+MAX_SCENES = 100  # beats of an outline, scenes of a hand-written script
+MAX_SHOTS = 360  # shots of a hand-written script (180 s of 0.5 s shots)
+MAX_LINES = 360  # dialogue lines of an episode
+MAX_EPISODE_SECONDS = 180.0  # the longest target_seconds; bounds a script's shots and an episode's speech
+MAX_BATCH_EPISODES = 500  # episode files (or globs) of one batch
+TEXT_MAX = 2000  # farm.core.script.Text: what a Shot's description may hold
+
+
+def _not_bool(value: Any) -> Any:
+    """YAML reads yes/no/true/false as booleans, and a bool is an int to Python: refuse it where a number
+    is expected rather than read ``number: true`` as 1."""
+    if isinstance(value, bool):
+        raise ValueError(f"is {str(value).lower()} (a yes/no value) but must be a number; write a number")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_not_bool)]
+Float = Annotated[float, BeforeValidator(_not_bool)]
+
+
+def _no_control(value: Any) -> Any:
+    if isinstance(value, str) and any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError(
+            f"{value[:80]!r} contains a control character (NUL, tab, newline...); write a plain relative path"
+        )
+    return value
+
+
+# a file name or glob in a spec, relative to that spec's folder
+SpecPath = Annotated[str, StringConstraints(min_length=1, max_length=1024), BeforeValidator(_no_control)]
 
 Color = Annotated[str, StringConstraints(pattern=r"^#[0-9a-fA-F]{6}$")]
 VoiceName = Annotated[str, StringConstraints(pattern=r"^[a-z]{2,3}(-[a-z0-9]{1,8})*(\+[a-z0-9]{1,12})?$")]
@@ -47,8 +91,8 @@ class _Spec(BaseModel):
 
 class Voice(_Spec):
     voice: VoiceName = Field(description="espeak-ng voice, optionally with a variant: en-us+f3, cmn+m2")
-    pitch: int = Field(50, ge=0, le=99)
-    rate: int = Field(175, ge=80, le=450, description="words per minute")
+    pitch: Int = Field(50, ge=0, le=99)
+    rate: Int = Field(175, ge=80, le=450, description="words per minute")
 
 
 class Look(_Spec):
@@ -56,6 +100,18 @@ class Look(_Spec):
     hair: Color | None = None
     outfit: Color | None = None
     skin: Color | None = None
+
+    @field_validator("hair", "outfit", "skin", mode="before")
+    @classmethod
+    def _not_empty(cls, value: Any, info: ValidationInfo) -> Any:
+        # given but empty in a spec file: most often an unquoted colour, which YAML reads as a comment
+        # (a model dumped and read back has None for a colour not given: that stays valid)
+        if value is None and isinstance(info.context, dict) and info.context.get("yaml"):
+            raise ValueError(
+                f'is empty (YAML reads an unquoted #... as a comment); quote it: {info.field_name}: "#111111", '
+                "or leave the field out"
+            )
+        return value
 
 
 class Character(_Spec):
@@ -69,10 +125,19 @@ class Style(_Spec):
     description: Text = Field(description="the series' visual style, in words")
     palette: list[Color] = Field(min_length=2, max_length=6, description="background to accent colours")
 
+    @field_validator("palette", mode="before")
+    @classmethod
+    def _no_empty_colour(cls, value: Any) -> Any:
+        if isinstance(value, list) and any(c is None for c in value):
+            raise ValueError(
+                'has an empty colour (YAML reads an unquoted #... as a comment); quote each one: - "#0b1030"'
+            )
+        return value
+
 
 class Resolution(_Spec):
-    width: int = Field(1080, ge=144, le=4096, multiple_of=2)
-    height: int = Field(1920, ge=144, le=4096, multiple_of=2)
+    width: Int = Field(1080, ge=144, le=4096, multiple_of=2)
+    height: Int = Field(1920, ge=144, le=4096, multiple_of=2)
 
 
 class Series(_Spec):
@@ -81,9 +146,9 @@ class Series(_Spec):
     language: str = "en"
     style: Style
     resolution: Resolution = Resolution()
-    fps: int = 30
-    seed: int = Field(0, ge=0)
-    characters: list[Character] = Field(min_length=1)
+    fps: Int = 30
+    seed: Int = Field(0, ge=0)
+    characters: list[Character] = Field(min_length=1, max_length=MAX_CHARACTERS)
     backends: BackendNames = Field(default_factory=dict, description="stage -> backend name for this series")
 
     @model_validator(mode="after")
@@ -119,20 +184,74 @@ class Beat(_Spec):
     beat: Text = Field(description="what happens, in a sentence")
     location: Text = "unspecified"
     time_of_day: Annotated[str, StringConstraints(max_length=40)] = "day"
-    characters: list[Slug] = Field(default_factory=list, description="who is present besides the speakers")
-    lines: list[Line] = Field(default_factory=list)
+    characters: list[Slug] = Field(
+        default_factory=list, max_length=MAX_CHARACTERS, description="who is present besides the speakers"
+    )
+    lines: list[Line] = Field(default_factory=list, max_length=MAX_LINES)
+
+
+def _split(what: str) -> str:
+    return f"{what}; split the story into more episodes"
+
+
+def _bounded_outline(outline: list[Beat] | None) -> list[Beat] | None:
+    lines = sum(len(beat.lines) for beat in outline or [])
+    if lines > MAX_LINES:
+        raise ValueError(_split(f"has {lines} lines; an episode may have at most {MAX_LINES}"))
+    return outline
+
+
+def _script_numbers(value: Any) -> Any:
+    """A hand-written script's numbers (its model lives in farm.core.script) are not yes/no values either."""
+    if not isinstance(value, dict):
+        return value
+    _not_bool(value.get("schema_version"))
+    scenes = value.get("scenes")
+    for si, scene in enumerate(scenes if isinstance(scenes, list) else []):
+        shots = scene.get("shots") if isinstance(scene, dict) else None
+        for hi, shot in enumerate(shots if isinstance(shots, list) else []):
+            if isinstance(shot, dict) and isinstance(shot.get("duration"), bool):
+                raise ValueError(
+                    f"scenes[{si}].shots[{hi}].duration is {str(shot['duration']).lower()} (a yes/no value) "
+                    "but must be a number of seconds; write a number"
+                )
+    return value
+
+
+def _bounded_script(script: Script | None) -> Script | None:
+    if script is None:
+        return None
+    shots = script.shots()
+    lines = sum(len(shot.lines) for shot in shots)
+    seconds = sum(shot.duration for shot in shots)
+    if len(script.scenes) > MAX_SCENES:
+        raise ValueError(_split(f"has {len(script.scenes)} scenes; an episode may have at most {MAX_SCENES}"))
+    if len(shots) > MAX_SHOTS:
+        raise ValueError(_split(f"has {len(shots)} shots; an episode may have at most {MAX_SHOTS}"))
+    if lines > MAX_LINES:
+        raise ValueError(_split(f"has {lines} lines; an episode may have at most {MAX_LINES}"))
+    if seconds > MAX_EPISODE_SECONDS:
+        raise ValueError(
+            _split(
+                f"its shots last {seconds:.1f} s together; an episode lasts at most {MAX_EPISODE_SECONDS:.0f} s: "
+                "shorten the shots' durations"
+            )
+        )
+    return script
 
 
 class Episode(_Spec):
-    series: Annotated[str, StringConstraints(min_length=1)] = Field(
-        description="path of the series YAML, relative to this file"
-    )
-    number: int = Field(ge=1, le=9999)
+    series: SpecPath = Field(description="path of the series YAML, relative to this file")
+    number: Int = Field(ge=1, le=9999)
     title: Name
-    target_seconds: float = Field(60, ge=30, le=180)
-    seed: int = Field(0, ge=0)
-    outline: list[Beat] | None = Field(None, min_length=1)
-    script: Script | None = Field(None, description="a hand-written script; skips the script stage")
+    target_seconds: Float = Field(60, ge=30, le=MAX_EPISODE_SECONDS)
+    seed: Int = Field(0, ge=0)
+    outline: Annotated[list[Beat] | None, AfterValidator(_bounded_outline)] = Field(
+        None, min_length=1, max_length=MAX_SCENES
+    )
+    script: Annotated[Script | None, BeforeValidator(_script_numbers), AfterValidator(_bounded_script)] = Field(
+        None, description="a hand-written script; skips the script stage"
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> Episode:
@@ -152,6 +271,17 @@ def check_episode(series: Series, episode: Episode) -> list[tuple[str, str]]:
     known = {c.id for c in series.characters}
     names = ", ".join(sorted(known))
     problems: list[tuple[str, str]] = []
+    if episode.outline is not None and episode.script is not None:  # refused here: plans may carry both
+        problems.append(
+            (
+                "outline",
+                "is given together with a hand-written script, and would be ignored; keep one: remove outline: to "
+                "render the script as written, or remove script: to have one written from the outline",
+            )
+        )
+    problems += _silent_lines(episode)
+    problems += _outline_fits(series, episode)
+    problems += _spoken_length(series, episode)
     if episode.script is not None:
         if episode.script.language != series.language:
             problems.append(
@@ -175,13 +305,78 @@ def check_episode(series: Series, episode: Episode) -> list[tuple[str, str]]:
     return problems
 
 
+def _lines(episode: Episode) -> list[tuple[str, Line]]:
+    """Every dialogue line of an episode with its field path."""
+    out = [
+        (f"outline[{bi}].lines[{li}]", line)
+        for bi, beat in enumerate(episode.outline or [])
+        for li, line in enumerate(beat.lines)
+    ]
+    for si, scene in enumerate(episode.script.scenes if episode.script else []):
+        for hi, shot in enumerate(scene.shots):
+            out += [(f"script.scenes[{si}].shots[{hi}].lines[{li}]", line) for li, line in enumerate(shot.lines)]
+    return out
+
+
+def _silent_lines(episode: Episode) -> list[tuple[str, str]]:
+    return [
+        (f"{where}.text", "is only whitespace, which would be a moment of silence; write the words, or remove the line")
+        for where, line in _lines(episode)
+        if not line.text.strip()
+    ]
+
+
+def spoken_seconds(text: str, lang: Language) -> float:
+    """About how long a line takes to say (as farm.core.plan.spoken_samples estimates it)."""
+    units = len(text) if lang.cjk else max(1, len(text.split()))
+    return 0.3 + units / lang.units_per_second
+
+
+def _spoken_length(series: Series, episode: Episode) -> list[tuple[str, str]]:
+    lines = _lines(episode)
+    seconds = sum(spoken_seconds(line.text, series.lang) for _, line in lines)
+    if seconds <= MAX_EPISODE_SECONDS:
+        return []
+    field = "script" if episode.script is not None else "outline"
+    return [
+        (
+            field,
+            _split(
+                f"its {len(lines)} lines take about {seconds:.0f} s to say; an episode lasts at most "
+                f"{MAX_EPISODE_SECONDS:.0f} s: cut or shorten lines"
+            ),
+        )
+    ]
+
+
+def _outline_fits(series: Series, episode: Episode) -> list[tuple[str, str]]:
+    """The embedded script writer (workers/script/outline.py) composes shot descriptions from a beat, its
+    location and time of day and the series' style; each must fit a Shot's description."""
+    problems: list[tuple[str, str]] = []
+    names = {c.id: c.name for c in series.characters}
+    style = series.style.description
+    for bi, beat in enumerate(episode.outline or []):
+        wide = len(f"{beat.location}, {beat.time_of_day}. {beat.beat} ({style})")
+        close = max((len(f"{names.get(line.speaker, '')} speaks. {beat.beat}") for line in beat.lines), default=0)
+        if max(wide, close) > TEXT_MAX:
+            problems.append(
+                (
+                    f"outline[{bi}].beat",
+                    f"together with its location, time of day and the series' style description it makes a shot "
+                    f"description of {max(wide, close)} characters, over the {TEXT_MAX} a shot may have; shorten "
+                    f"the beat ({len(beat.beat)}) or the location ({len(beat.location)})",
+                )
+            )
+    return problems
+
+
 PRIORITY_CLASSES = {"low": 0, "normal": 1, "high": 2, "urgent": 3}
 
 
 class BudgetSpec(_Spec):
-    tokens: int | None = Field(None, ge=0)
-    gpu_seconds: float | None = Field(None, ge=0)
-    money: float | None = Field(None, ge=0, description="in the price table's currency (settings)")
+    tokens: Int | None = Field(None, ge=0)
+    gpu_seconds: Float | None = Field(None, ge=0)
+    money: Float | None = Field(None, ge=0, description="in the price table's currency (settings)")
 
 
 class Webhook(_Spec):
@@ -199,8 +394,8 @@ class BatchSpec(_Spec):
     priority: Literal["low", "normal", "high", "urgent"] = "normal"
     deadline: AwareDatetime | None = None
     budget: BudgetSpec = BudgetSpec()
-    episodes: list[Annotated[str, StringConstraints(min_length=1)]] = Field(
-        min_length=1, description="episode files or globs, relative to the batch file"
+    episodes: list[SpecPath] = Field(
+        min_length=1, max_length=MAX_BATCH_EPISODES, description="episode files or globs, relative to the batch file"
     )
     webhook: Webhook | None = None
     backends: BackendNames = Field(default_factory=dict, description="stage -> backend name; wins over the series'")
