@@ -69,6 +69,11 @@ class Settings(BaseModel):
     shares: list[dict[str, Any]] = Field(default_factory=list, description='[{"studio", "weight", "floor_gpus"}]')
     caps: dict[str, int] = Field(default_factory=dict, description="concurrency cap per backend name")
     retry: dict[str, float] = Field(default_factory=dict, description="RetryPolicy fields")
+    cache_namespaces: dict[str, Slug] = Field(
+        default_factory=dict,
+        description="the controller's: studio -> the cache namespace its batches use (default: the studio's "
+        "own). Studios given the same namespace share finished work",
+    )
     webhook_allow_link_local: bool = Field(
         False,
         description="send webhooks to link-local and cloud metadata addresses too (refused by default)",

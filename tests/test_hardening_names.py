@@ -177,3 +177,20 @@ def test_a_model_name_with_a_trailing_newline_is_refused():
 
     with pytest.raises(UsageError):
         _index("sdxl-1.0\n")
+
+
+def test_the_cache_namespace_is_the_controllers_to_say():
+    """A client's FARM_CACHE_NAMESPACE naming another studio's cache (which bricked delivery) is refused
+    with the fix; the controller's FARM_CACHE_NAMESPACES may give studios a shared one."""
+    from farm.catalog import Catalog
+    from farm.service.host import submission
+    from farm.settings import Settings
+
+    settings = Settings(**{f"backend_{s}": "noop" for s in ("script", "image", "video", "dubbing", "assembly")})
+    assert submission(_payload(namespace="acme"), settings, Catalog()).namespace == "acme"
+    with pytest.raises(UsageError, match=r"namespace: studio 'acme' uses the cache namespace 'acme'.*not 'other'"):
+        submission(_payload(namespace="other"), settings, Catalog())
+    shared = settings.model_copy(update={"cache_namespaces": {"acme": "group"}})
+    assert submission(_payload(namespace="group"), shared, Catalog()).namespace == "group"
+    with pytest.raises(UsageError, match="FARM_CACHE_NAMESPACES"):
+        submission(_payload(namespace="acme"), shared, Catalog())

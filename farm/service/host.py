@@ -113,6 +113,13 @@ def submission(payload: dict[str, Any], settings: Settings, catalog: Catalog) ->
     choice, else its series', else settings') and every spec checked again, since any Ray client
     may send one. Raises UsageError naming each problem."""
     check_payload(payload)
+    namespace = settings.cache_namespaces.get(payload["studio"], payload["studio"])
+    if payload["namespace"] != namespace:  # which cache a studio reads is the farm's to say, not a client's
+        raise UsageError(
+            f"the batch is not valid: namespace: studio {payload['studio']!r} uses the cache namespace "
+            f"{namespace!r} (set on the controller: FARM_CACHE_NAMESPACES), not {payload['namespace']!r}: "
+            "unset FARM_CACHE_NAMESPACE where you submit"
+        )
     try:
         episodes = []
         for item in payload["episodes"]:
