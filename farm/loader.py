@@ -10,7 +10,6 @@ import difflib
 import glob
 import os
 import re
-import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone, tzinfo
@@ -24,101 +23,12 @@ from pydantic import BaseModel, ValidationError
 
 from farm.core.spec import MAX_BATCH_EPISODES, SPEC_FIELDS, BatchSpec, Episode, Series, check_episode
 from farm.errors import SpecError, SpecProblem
-
-# What one spec file may be. The size limit can be raised with FARM_SPEC_MAX_BYTES; a spec may name files
-# (its series, a batch's episodes) in its own folder or below it, or under FARM_SPEC_ROOT (os.pathsep-separated).
-MAX_SPEC_BYTES = 1 << 20
-MAX_DEPTH = 50  # nesting of mappings and lists; a script needs 6
-MAX_NODES = 100_000  # values in one document, aliases expanded; a 360-shot script has about 10,000
-MAX_GLOB_MATCHES = 2 * MAX_BATCH_EPISODES  # files a batch's patterns may match, series files included
-SPEC_MAX_BYTES_ENV, SPEC_ROOT_ENV = "FARM_SPEC_MAX_BYTES", "FARM_SPEC_ROOT"
-
-
-def spec_max_bytes() -> int:
-    raw = os.environ.get(SPEC_MAX_BYTES_ENV, "")
-    return int(raw) if raw.isdigit() and int(raw) > 0 else MAX_SPEC_BYTES
+from farm.specfile import MAX_GLOB_MATCHES, SPEC_ROOT_ENV, Docs
 
 
 def _roots() -> list[Path]:
     """Folders, besides a spec's own, that it may name files in (FARM_SPEC_ROOT)."""
     return [Path(r).resolve() for r in os.environ.get(SPEC_ROOT_ENV, "").split(os.pathsep) if r]
-
-
-class _PyParser(yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser):
-    def __init__(self, text: str):
-        yaml.reader.Reader.__init__(self, text)
-        yaml.scanner.Scanner.__init__(self)
-        yaml.parser.Parser.__init__(self)
-
-
-_Base: Any = getattr(yaml, "cyaml", None) and getattr(yaml.cyaml, "CParser", None) or _PyParser  # libyaml's if built
-
-
-class _SpecLoader(yaml.composer.Composer, _Base, yaml.constructor.SafeConstructor, yaml.resolver.Resolver):
-    """A safe loader that composes the C parser's events itself, to refuse what YAML would otherwise take
-    quietly or crash on: nesting beyond MAX_DEPTH, documents over MAX_NODES values once aliases are expanded
-    (10 KB of aliases can stand for a million lines), duplicate keys (the last one would win, the other lines
-    vanish: collected in ``duplicates``), and explicit tags whose values Python cannot convert."""
-
-    def __init__(self, text: str):
-        _Base.__init__(self, text)
-        yaml.composer.Composer.__init__(self)
-        yaml.constructor.SafeConstructor.__init__(self)
-        yaml.resolver.Resolver.__init__(self)
-        self.depth = 0
-        self.sizes: dict[int, int] = {}
-        self.duplicates: list[tuple[str, int, int]] = []  # (key, first line, second line)
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        alias = self.check_event(yaml.AliasEvent)
-        mark = self.peek_event().start_mark
-        self.depth += 1
-        if self.depth > MAX_DEPTH:
-            raise yaml.composer.ComposerError(
-                None, None, f"nests deeper than {MAX_DEPTH} levels; a spec needs far fewer", mark
-            )
-        node = super().compose_node(parent, index)
-        self.depth -= 1
-        if alias and id(node) not in self.sizes:
-            raise yaml.composer.ComposerError(None, None, "an alias refers to the node that holds it", mark)
-        if not alias:
-            children = node.value if isinstance(node, yaml.SequenceNode) else []
-            if isinstance(node, yaml.MappingNode):
-                children = [n for pair in node.value for n in pair]
-            self.sizes[id(node)] = 1 + sum(self.sizes[id(child)] for child in children)
-        if self.sizes[id(node)] > MAX_NODES:
-            raise yaml.composer.ComposerError(
-                None,
-                None,
-                f"holds more than {MAX_NODES} values (aliases expanded); a spec needs far fewer: "
-                "write it out without aliases (*name) that repeat large parts",
-                mark,
-            )
-        return node
-
-    def compose_mapping_node(self, anchor: Any) -> Any:
-        node = super().compose_mapping_node(anchor)
-        seen: dict[tuple[str, str], yaml.Node] = {}
-        for key, _ in node.value:
-            if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
-                continue
-            first = seen.setdefault((key.tag, key.value), key)
-            if first is not key:
-                self.duplicates.append((key.value, first.start_mark.line + 1, key.start_mark.line + 1))
-        return node
-
-    def construct_object(self, node: Any, deep: bool = False) -> Any:
-        try:
-            return super().construct_object(node, deep)
-        except (ValueError, IndexError, KeyError, AttributeError, TypeError, OverflowError) as exc:
-            what = node.tag.rsplit(":", 1)[-1]
-            if "digits" in str(exc) and what == "int":
-                why = f"is a number of {len(str(node.value))} digits; a spec's numbers have at most 4300"
-            else:
-                why = f"cannot be read as {what}; write a plain value, without the !!{what} tag"
-            raise yaml.constructor.ConstructorError(
-                None, None, f"{str(node.value)[:60]!r} {why}", node.start_mark
-            ) from None
 
 
 @dataclass(frozen=True)
@@ -190,88 +100,7 @@ def _message(err: Any) -> str:
 M = TypeVar("M", bound=BaseModel)
 
 
-@dataclass(frozen=True)
-class _Doc:
-    """A spec file parsed once: its YAML node tree (for lines), its data, and what stopped or marred reading it."""
-
-    node: yaml.Node | None = None
-    data: Any = None
-    problems: tuple[SpecProblem, ...] = ()
-    duplicates: tuple[SpecProblem, ...] = ()
-
-
-def _read_bytes(path: Path) -> bytes | str:
-    """The file's bytes, or why not: only a regular file, at most spec_max_bytes(), is read."""
-    limit = spec_max_bytes()
-    too_big = (
-        f"is %d bytes, over the {limit} a spec file may have; split it, or raise the limit with {SPEC_MAX_BYTES_ENV}"
-    )
-    try:
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode):
-            return "is not a regular file (a folder, device or pipe); name a spec file"
-        if st.st_size > limit:
-            return too_big % st.st_size
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # never blocks on a FIFO swapped in
-        with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                return "is not a regular file (a folder, device or pipe); name a spec file"
-            data = f.read(limit + 1)
-    except FileNotFoundError:
-        return "file not found; check the path"
-    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
-        return f"cannot be read: {exc}"
-    return too_big % len(data) if len(data) > limit else data
-
-
-def _parse(path: Path) -> _Doc:
-    data = _read_bytes(path)
-    if isinstance(data, str):
-        return _Doc(problems=(SpecProblem(str(path), "", data),))
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return _Doc(problems=(SpecProblem(str(path), "", f"cannot be read: {exc}; save it as UTF-8"),))
-    loader = _SpecLoader(text)
-    try:
-        node = loader.get_single_node()
-        value = loader.construct_document(node) if node is not None else None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        message = str(getattr(exc, "problem", None) or exc)
-        if getattr(exc, "context", None):
-            message += f" ({exc.context})"
-        return _Doc(
-            problems=(SpecProblem(str(path), "", f"is not valid YAML: {message}", mark.line + 1 if mark else None),)
-        )
-    finally:
-        loader.dispose()
-    duplicates = tuple(
-        SpecProblem(
-            str(path),
-            "",
-            f"{key!r} is given twice in one mapping (lines {first} and {second}) and YAML would keep only the "
-            "last; keep one of them",
-            second,
-        )
-        for key, first, second in loader.duplicates
-    )
-    return _Doc(node=node, data=value, duplicates=duplicates)
-
-
-class _Docs:
-    """Each file parsed once per load or validate call."""
-
-    def __init__(self) -> None:
-        self._docs: dict[Path, _Doc] = {}
-
-    def __call__(self, path: Path) -> _Doc:
-        if path not in self._docs:
-            self._docs[path] = _parse(path)
-        return self._docs[path]
-
-
-def _validate(model: type[M], path: Path, problems: list[SpecProblem], docs: _Docs, prepare: Any = None) -> M | None:
+def _validate(model: type[M], path: Path, problems: list[SpecProblem], docs: Docs, prepare: Any = None) -> M | None:
     """The model in ``path``, or None with its problems added. ``prepare(data)`` may rewrite the
     parsed mapping first, returning (field, message) problems of its own."""
     doc = docs(path)
@@ -316,14 +145,14 @@ def _inside(base: Path, written: str, field: str, spec: Path) -> Path | SpecProb
 
 def load_series(path: Path) -> Series:
     problems: list[SpecProblem] = []
-    series = _validate(Series, Path(path), problems, _Docs())
+    series = _validate(Series, Path(path), problems, Docs())
     if problems:
         raise SpecError(problems)
     assert series is not None
     return series
 
 
-def _load_episode(path: Path, problems: list[SpecProblem], docs: _Docs) -> LoadedEpisode | None:
+def _load_episode(path: Path, problems: list[SpecProblem], docs: Docs) -> LoadedEpisode | None:
     before = len(problems)
     episode = _validate(Episode, path, problems, docs)
     if episode is None:
@@ -352,7 +181,7 @@ def _load_episode(path: Path, problems: list[SpecProblem], docs: _Docs) -> Loade
 def load_episode(path: Path) -> LoadedEpisode:
     """Load and fully validate an episode and its series; raises SpecError listing every problem."""
     problems: list[SpecProblem] = []
-    loaded = _load_episode(Path(path), problems, _Docs())
+    loaded = _load_episode(Path(path), problems, Docs())
     if problems or loaded is None:
         raise SpecError(problems)
     return loaded
@@ -433,7 +262,7 @@ def _is_series(head: Any) -> bool:
     return isinstance(head, dict) and "characters" in head and "number" not in head
 
 
-def _load_batch(path: Path, now: datetime, problems: list[SpecProblem], docs: _Docs) -> LoadedBatch | None:
+def _load_batch(path: Path, now: datetime, problems: list[SpecProblem], docs: Docs) -> LoadedBatch | None:
     before = len(problems)
     spec = _validate(BatchSpec, path, problems, docs, prepare=_deadline_of(now))
     if spec is None:
@@ -533,7 +362,7 @@ def load_batch(path: Path, now: datetime) -> LoadedBatch:
     ``now`` (timezone-aware) is passed in so that "deadline in the past" is decided by the caller's clock.
     """
     problems: list[SpecProblem] = []
-    loaded = _load_batch(Path(path), now, problems, _Docs())
+    loaded = _load_batch(Path(path), now, problems, Docs())
     if problems or loaded is None:
         raise SpecError(problems)
     return loaded
@@ -542,7 +371,7 @@ def load_batch(path: Path, now: datetime) -> LoadedBatch:
 def validate_files(paths: Iterable[Path], now: datetime | None = None) -> list[SpecProblem]:
     """Every problem in these files (episodes or series, told apart by their fields)."""
     problems: list[SpecProblem] = []
-    docs = _Docs()
+    docs = Docs()
     for path in map(Path, paths):
         head = docs(path).data  # a file that cannot be read or parsed is reported by _validate below
         if _is_series(head):

@@ -1,6 +1,6 @@
 """The folders are the layers (DESIGN.md, "Where things live"): what each may import, and what stays pure.
 
-    errors < policy < core < simulate < store, catalog, settings, loader < observe < runtime < service < bench, cli
+    errors < policy < core < simulate < store, catalog, settings, specfile, loader < observe < runtime < service < bench, cli
 
 A module imports only from its own layer or the ones below it, never in a circle; only farm/runtime
 (and the benchmarks that measure bare Ray) import Ray; workers/ know nothing of Ray, S3 or Prometheus;
@@ -22,7 +22,7 @@ LAYERS = [
     ("farm.policy",),
     ("farm.core",),
     ("farm.simulate",),
-    ("farm.store", "farm.catalog", "farm.settings", "farm.loader"),
+    ("farm.store", "farm.catalog", "farm.settings", "farm.specfile", "farm.loader"),
     ("farm.observe",),
     ("farm.runtime",),
     ("farm.service",),

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from farm.core.spec import MAX_CHARACTERS, MAX_LINES, MAX_SHOTS, SPEC_FIELDS
 from farm.errors import SpecError
-from farm.loader import MAX_DEPTH, MAX_NODES, load_batch, load_episode, validate_files
+from farm.loader import load_batch, load_episode, validate_files
+from farm.specfile import MAX_DEPTH, MAX_NODES
 from tests.conftest import SMALL_SCRIPT, SMALL_SERIES, write_specs
 
 NOW = datetime(2026, 11, 20, 22, 0, tzinfo=timezone.utc)
