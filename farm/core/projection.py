@@ -12,13 +12,28 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from farm.core.plan import Action, plan_episode, plan_script, sketch, spoken_samples
-from farm.core.state import EpisodeState, Profile
+from farm.core.state import ActionState, BatchState, EpisodeState, Profile
 
-if TYPE_CHECKING:
-    from farm.core.decisions import Decisions
+
+class Scheduler(Protocol):
+    """What the projection reads of ``farm.core.decisions.Decisions`` (named here, so that module and
+    this one do not import each other)."""
+
+    batches: dict[str, BatchState]
+    episodes: dict[tuple[str, str], EpisodeState]
+    actions: dict[str, ActionState]
+    profiles: dict[tuple[str, str], Profile]
+    _estimates: dict[str, tuple[float, int, float]]
+    _dependants: dict[str, list[str]]
+    _running: set[str]
+
+    def _estimate(self, action: Action) -> tuple[float, int, float]: ...
+
+    def _guarded_estimate(self, action: Action, record: bool = True) -> tuple[float, int, float]: ...
+
 
 _DEFAULT_PROFILE = Profile()
 _NO_KEYS: list[str] = []  # no dependants (never added to)
@@ -46,7 +61,7 @@ class Projection:
         """An episode stopped: its expected plan is no longer needed."""
         self.expected.pop((batch_id, episode), None)
 
-    def remaining_seconds(self, d: Decisions, batch_id: str, now: float) -> float:
+    def remaining_seconds(self, d: Scheduler, batch_id: str, now: float) -> float:
         """How long the batch's live episodes should still take from ``now``: the longest of
 
         * the remaining critical path of their actions;
@@ -151,7 +166,7 @@ class Projection:
                 bounds.append(first[gpu] + work[gpu] / lanes + least[gpu])
         return max(bounds)
 
-    def _lanes(self, d: Decisions, batch_id: str) -> tuple[float, float]:
+    def _lanes(self, d: Scheduler, batch_id: str) -> tuple[float, float]:
         """The CPUs and GPUs a batch can use now (see ``remaining_seconds``)."""
         held = [0.0, 0.0]
         for key in d._running:
@@ -165,7 +180,7 @@ class Projection:
         free_cpus, free_gpus, all_cpus, all_gpus = self.room or (0.0, 0.0, 0.0, 0.0)
         return (held[0] + free_cpus or all_cpus or 1.0), (held[1] + free_gpus or all_gpus or 1.0)
 
-    def _expected_plan(self, d: Decisions, ep: EpisodeState) -> list[_Expected]:
+    def _expected_plan(self, d: Scheduler, ep: EpisodeState) -> list[_Expected]:
         """The actions an episode is expected to have in the end, named by label: planned (without keys)
         from its script, or its outline's sketch before the script is written, with every line's
         length from its text. Kept until its script becomes known."""
@@ -210,7 +225,7 @@ class Projection:
 
 @dataclass(frozen=True)
 class _Expected:
-    """One action of an episode's expected plan (``Decisions._expected_plan``)."""
+    """One action of an episode's expected plan (``Projection._expected_plan``)."""
 
     label: str
     stage: str
