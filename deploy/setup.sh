@@ -26,7 +26,7 @@ case "${1:-}" in
 esac
 step() { echo "setup: $*" >&2; }
 
-packages=(ffmpeg espeak-ng fonts-noto-cjk python3-venv)
+packages=(ffmpeg espeak-ng fonts-noto-cjk fonts-noto-core fonts-symbola python3-venv)
 extras=""
 if [ -n "$testing" ]; then
   packages+=(swift swift-proxy swift-account swift-container swift-object memcached prometheus prometheus-pushgateway)

@@ -8,27 +8,27 @@ from __future__ import annotations
 
 import difflib
 import glob
-import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone, tzinfo
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from farm.core.spec import MAX_BATCH_EPISODES, SPEC_FIELDS, BatchSpec, Episode, Series, check_episode
+from farm.core.spec import MAX_BATCH_EPISODES, BatchSpec, Episode, Series, check_episode
 from farm.errors import SpecError, SpecProblem
-from farm.specfile import MAX_GLOB_MATCHES, SPEC_ROOT_ENV, Docs
+from farm.specfile import MAX_GLOB_MATCHES, SPEC_ROOT_ENV, Docs, SpecLimits
 
 
-def _roots() -> list[Path]:
-    """Folders, besides a spec's own, that it may name files in (FARM_SPEC_ROOT)."""
-    return [Path(r).resolve() for r in os.environ.get(SPEC_ROOT_ENV, "").split(os.pathsep) if r]
+def _docs(limits: SpecLimits | None) -> Docs:
+    """The files of one call, read within ``limits`` (until every caller passes its settings' limits: the
+    FARM_SPEC_* variables)."""
+    return Docs(limits if limits is not None else SpecLimits.from_env())
 
 
 @dataclass(frozen=True)
@@ -50,20 +50,19 @@ def _field_path(loc: Iterable[Any]) -> str:
 
 
 def _line_of(node: yaml.Node | None, loc: tuple) -> int | None:
-    """The 1-based line of the deepest YAML node that ``loc`` reaches."""
+    """The 1-based line of the deepest YAML node that ``loc`` reaches: a field's key, a list's item."""
     line = node.start_mark.line + 1 if node is not None else None
     for part in loc:
         if isinstance(node, yaml.MappingNode):
-            match = next((v for k, v in node.value if getattr(k, "value", None) == part), None)
-            if match is None:
-                key = next((k for k, _ in node.value if getattr(k, "value", None) == part), None)
-                return key.start_mark.line + 1 if key is not None else line
-            node = match
+            pair = next(((k, v) for k, v in node.value if getattr(k, "value", None) == part), None)
+            if pair is None:
+                break
+            line, node = pair[0].start_mark.line + 1, pair[1]
         elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
             node = node.value[part]
+            line = node.start_mark.line + 1
         else:
             break
-        line = node.start_mark.line + 1
     return line
 
 
@@ -72,15 +71,51 @@ def _loc(field: str) -> tuple:
     return tuple(int(p) if p.isdigit() else p for p in re.findall(r"[^.\[\]]+", field))
 
 
-def _message(err: Any) -> str:
-    kind = err["type"]
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The fields of the model that holds the last part of ``loc``: where an unknown field was written."""
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            continue  # a list index, or a dict key
+        nested = [field.annotation]
+        while nested:
+            kind = nested.pop()
+            if isinstance(kind, type) and issubclass(kind, BaseModel):
+                model = kind
+                break
+            nested += [arg for arg in get_args(kind) if arg is not type(None)]
+    return sorted(model.model_fields)
+
+
+def _scalar(node: yaml.Node | None, loc: tuple) -> str | None:
+    """The text of the unquoted YAML scalar at ``loc``, if that is what was written there."""
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if getattr(k, "value", None) == part), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            return None
+    return node.value if isinstance(node, yaml.ScalarNode) and not node.style else None
+
+
+def _message(err: Any, model: type[BaseModel] = BaseModel, node: yaml.Node | None = None) -> str:
+    kind, loc = err["type"], tuple(err["loc"])
     if kind == "extra_forbidden":
-        name = str(err["loc"][-1])
-        close = difflib.get_close_matches(name, SPEC_FIELDS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else "; remove it or check its spelling"
+        name, fields = str(loc[-1]), _fields_at(model, loc)
+        close = difflib.get_close_matches(name, fields, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; remove it or check its spelling ({', '.join(fields)})"
         return f"unknown field {name!r}{hint}"
     if kind == "missing":
         return "is required but missing; add it"
+    written = _scalar(node, loc)
+    if kind == "string_type" and written is not None:  # YAML 1.1 reads no, on, 12.5, 2026-01-01 as non-text
+        name = next((str(p) for p in reversed(loc) if isinstance(p, str)), "value")
+        value = err["input"]
+        what = f"the yes/no value {str(value).lower()}" if isinstance(value, bool) else repr(value)
+        return f'{written} is read by YAML as {what}, not as text; quote it: {name}: "{written}"'
+    if kind in ("int_parsing", "float_parsing") and written is not None:
+        return f"{written!r} is not a number; write a number"
     if kind == "string_pattern_mismatch":
         pattern = err.get("ctx", {}).get("pattern", "")
         if "a-z0-9_-" in pattern:
@@ -122,15 +157,32 @@ def _validate(model: type[M], path: Path, problems: list[SpecProblem], docs: Doc
     except ValidationError as exc:
         for err in exc.errors():
             loc = tuple(err["loc"])
-            problems.append(SpecProblem(str(path), _field_path(loc), _message(err), _line_of(node, loc)))
+            if not loc and model is Series:  # a check across fields: say which field it is about
+                loc = _series_field(data, _message(err))
+            problems.append(SpecProblem(str(path), _field_path(loc), _message(err, model, node), _line_of(node, loc)))
         return None
     return spec if len(problems) == before else None
 
 
-def _inside(base: Path, written: str, field: str, spec: Path) -> Path | SpecProblem:
+def _series_field(data: dict, message: str) -> tuple:
+    """The field a series check across fields is about (its message names it), for its line."""
+    chars = data.get("characters")
+    ids = [c.get("id") if isinstance(c, dict) else None for c in chars] if isinstance(chars, list) else []
+    if message.startswith(("language ", "fps ")):
+        return (message.split()[0],)
+    dupe = re.match(r"character ids must be unique; (\S+?)[,\s]", message)
+    if dupe and ids.count(dupe[1]) > 1:
+        return ("characters", len(ids) - 1 - ids[::-1].index(dupe[1]), "id")
+    voice = re.match(r"characters '.*' and '(.*)' have the same voice", message)
+    if voice and voice[1] in ids:
+        return ("characters", ids.index(voice[1]), "voice")
+    return ()
+
+
+def _inside(base: Path, written: str, field: str, spec: Path, docs: Docs) -> Path | SpecProblem:
     """``written`` (a path in the spec at ``spec``) resolved against ``base``, if it stays in that folder's
-    tree or under FARM_SPEC_ROOT; else the problem, naming ``field``."""
-    roots = [base.resolve(), *_roots()]
+    tree or under one of the limits' roots (FARM_SPEC_ROOT); else the problem, naming ``field``."""
+    roots = [base.resolve(), *docs.limits.roots]
     target = (base / written).resolve()
     escapes = Path(written).is_absolute() or ".." in Path(written).parts
     if any(target.is_relative_to(r) for r in roots[0 if not escapes else 1 :]):
@@ -143,9 +195,9 @@ def _inside(base: Path, written: str, field: str, spec: Path) -> Path | SpecProb
     )
 
 
-def load_series(path: Path) -> Series:
+def load_series(path: Path, limits: SpecLimits | None = None) -> Series:
     problems: list[SpecProblem] = []
-    series = _validate(Series, Path(path), problems, Docs())
+    series = _validate(Series, Path(path), problems, _docs(limits))
     if problems:
         raise SpecError(problems)
     assert series is not None
@@ -157,7 +209,7 @@ def _load_episode(path: Path, problems: list[SpecProblem], docs: Docs) -> Loaded
     episode = _validate(Episode, path, problems, docs)
     if episode is None:
         return None
-    series_path = _inside(path.parent, episode.series, "series", path)
+    series_path = _inside(path.parent, episode.series, "series", path, docs)
     if isinstance(series_path, SpecProblem):
         problems.append(replace(series_path, line=_line_of(docs(path).node, ("series",))))
         return None
@@ -178,10 +230,10 @@ def _load_episode(path: Path, problems: list[SpecProblem], docs: Docs) -> Loaded
     return LoadedEpisode(path=path, series_path=series_path, series=series, episode=episode)
 
 
-def load_episode(path: Path) -> LoadedEpisode:
+def load_episode(path: Path, limits: SpecLimits | None = None) -> LoadedEpisode:
     """Load and fully validate an episode and its series; raises SpecError listing every problem."""
     problems: list[SpecProblem] = []
-    loaded = _load_episode(Path(path), problems, Docs())
+    loaded = _load_episode(Path(path), problems, _docs(limits))
     if problems or loaded is None:
         raise SpecError(problems)
     return loaded
@@ -255,11 +307,18 @@ def _deadline_of(now: datetime) -> Any:
     return prepare
 
 
+_SERIES_ONLY = set(Series.model_fields) - set(Episode.model_fields)
+_EPISODE_ONLY = set(Episode.model_fields) - set(Series.model_fields)
+
+
 def _is_series(head: Any) -> bool:
-    """Whether a parsed file looks like a series spec (characters, no episode number): a glob of a batch's
-    episodes may match the series file beside them. Not readable or not YAML: validated (and reported) as an
-    episode."""
-    return isinstance(head, dict) and "characters" in head and "number" not in head
+    """Whether a parsed file is a series spec: no episode's ``series`` or ``number``, and more fields only a
+    series has than fields only an episode has (so a series with a misspelled ``characters:`` is still one).
+    A glob of a batch's episodes may match the series file beside them. Not readable or not YAML: validated
+    (and reported) as an episode."""
+    if not isinstance(head, dict) or "series" in head or "number" in head:
+        return False
+    return "characters" in head or len(_SERIES_ONLY & set(head)) > len(_EPISODE_ONLY & set(head))
 
 
 def _load_batch(path: Path, now: datetime, problems: list[SpecProblem], docs: Docs) -> LoadedBatch | None:
@@ -281,7 +340,7 @@ def _load_batch(path: Path, now: datetime, problems: list[SpecProblem], docs: Do
     found = 0
     for i, pattern in enumerate(spec.episodes):
         line = _line_of(docs(path).node, ("episodes", i))
-        where = _inside(path.parent, pattern, f"episodes[{i}]", path)
+        where = _inside(path.parent, pattern, f"episodes[{i}]", path, docs)
         if isinstance(where, SpecProblem):
             problems.append(replace(where, line=line))
             continue
@@ -307,7 +366,7 @@ def _load_batch(path: Path, now: datetime, problems: list[SpecProblem], docs: Do
             break
         matches = []
         for name in sorted(names):
-            match = _inside(path.parent, name, f"episodes[{i}]", path)
+            match = _inside(path.parent, name, f"episodes[{i}]", path, docs)
             if isinstance(match, SpecProblem):  # a link out of the batch's folder
                 problems.append(replace(match, line=line))
             elif match.is_file() or not match.exists():
@@ -320,6 +379,7 @@ def _load_batch(path: Path, now: datetime, problems: list[SpecProblem], docs: Do
                     str(path),
                     f"episodes[{i}]",
                     f"{pattern!r} matches no episode file (relative to {path.parent}); check the path or the pattern",
+                    line,
                 )
             )
         files += [m for m in matches if m not in files]
@@ -347,6 +407,7 @@ def _load_batch(path: Path, now: datetime, problems: list[SpecProblem], docs: Do
                     "number",
                     f"episode {ident[1]} of series {ident[0]} is also "
                     f"{seen[ident]}; each episode may appear once in a batch",
+                    _line_of(docs(file).node, ("number",)),
                 )
             )
         seen[ident] = file
@@ -356,22 +417,24 @@ def _load_batch(path: Path, now: datetime, problems: list[SpecProblem], docs: Do
     return LoadedBatch(path=path, spec=spec, episodes=episodes)
 
 
-def load_batch(path: Path, now: datetime) -> LoadedBatch:
+def load_batch(path: Path, now: datetime, limits: SpecLimits | None = None) -> LoadedBatch:
     """Load a batch and every episode it names, fully validated; raises SpecError listing every problem.
 
     ``now`` (timezone-aware) is passed in so that "deadline in the past" is decided by the caller's clock.
     """
     problems: list[SpecProblem] = []
-    loaded = _load_batch(Path(path), now, problems, Docs())
+    loaded = _load_batch(Path(path), now, problems, _docs(limits))
     if problems or loaded is None:
         raise SpecError(problems)
     return loaded
 
 
-def validate_files(paths: Iterable[Path], now: datetime | None = None) -> list[SpecProblem]:
-    """Every problem in these files (episodes or series, told apart by their fields)."""
+def validate_files(
+    paths: Iterable[Path], now: datetime | None = None, limits: SpecLimits | None = None
+) -> list[SpecProblem]:
+    """Every problem in these files (episodes, series or batches, told apart by their fields)."""
     problems: list[SpecProblem] = []
-    docs = Docs()
+    docs = _docs(limits)
     for path in map(Path, paths):
         head = docs(path).data  # a file that cannot be read or parsed is reported by _validate below
         if _is_series(head):

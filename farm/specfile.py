@@ -1,4 +1,4 @@
-"""Reading one spec file safely, once: a regular file of at most FARM_SPEC_MAX_BYTES, parsed by a YAML
+"""Reading one spec file safely, once: a regular file of at most ``SpecLimits.max_bytes``, parsed by a YAML
 loader that refuses what YAML would otherwise take quietly or crash on (deep nesting, alias bombs,
 duplicate keys, values it cannot convert), each problem located. ``farm.loader`` validates what it reads.
 """
@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
 from farm.core.spec import MAX_BATCH_EPISODES
-from farm.errors import SpecProblem
+from farm.errors import SpecProblem, UsageError
 
-# What one spec file may be. The size limit can be raised with FARM_SPEC_MAX_BYTES; a spec may name files
-# (its series, a batch's episodes) in its own folder or below it, or under FARM_SPEC_ROOT (os.pathsep-separated).
+# What one spec file may be. The size limit and the folders a spec may name files in besides its own are
+# settings (spec_max_bytes, spec_root: FARM_SPEC_MAX_BYTES, FARM_SPEC_ROOT), handed down as SpecLimits.
 MAX_SPEC_BYTES = 1 << 20
 MAX_DEPTH = 50  # nesting of mappings and lists; a script needs 6
 MAX_NODES = 100_000  # values in one document, aliases expanded; a 360-shot script has about 10,000
@@ -25,9 +26,33 @@ MAX_GLOB_MATCHES = 2 * MAX_BATCH_EPISODES  # files a batch's patterns may match,
 SPEC_MAX_BYTES_ENV, SPEC_ROOT_ENV = "FARM_SPEC_MAX_BYTES", "FARM_SPEC_ROOT"
 
 
-def spec_max_bytes() -> int:
-    raw = os.environ.get(SPEC_MAX_BYTES_ENV, "")
-    return int(raw) if raw.isdigit() and int(raw) > 0 else MAX_SPEC_BYTES
+@dataclass(frozen=True)
+class SpecLimits:
+    """How big one spec file may be, and the folders (``roots``) besides a spec's own folder whose files it
+    may name. Built from the settings with ``of``."""
+
+    max_bytes: int = MAX_SPEC_BYTES
+    roots: tuple[Path, ...] = ()
+
+    @classmethod
+    def of(cls, settings: Any) -> SpecLimits:
+        """The limits in ``settings`` (a farm.settings.Settings: ``spec_max_bytes``, ``spec_root``)."""
+        roots = tuple(Path(r).resolve() for r in settings.spec_root.split(os.pathsep) if r)
+        return cls(max_bytes=settings.spec_max_bytes, roots=roots)
+
+    @classmethod
+    def from_env(cls) -> SpecLimits:
+        """The limits from FARM_SPEC_MAX_BYTES and FARM_SPEC_ROOT alone, read by Settings: for callers that
+        do not pass their settings' limits yet. Raises UsageError when they are not valid."""
+        from farm.settings import Settings  # only this fallback needs it
+
+        env = {name: os.environ[name] for name in (SPEC_MAX_BYTES_ENV, SPEC_ROOT_ENV) if name in os.environ}
+        try:
+            return cls.of(Settings.from_env(env))
+        except ValidationError as exc:
+            raise UsageError(
+                "; ".join(f"FARM_{str(e['loc'][0]).upper()}: {e['msg']}" for e in exc.errors(include_url=False))
+            ) from None
 
 
 class _PyParser(yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser):
@@ -82,6 +107,13 @@ class _SpecLoader(yaml.composer.Composer, _Base, yaml.constructor.SafeConstructo
             )
         return node
 
+    def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
+        """As YAML 1.2: ``12:30`` is text, never the base-60 number 750 that YAML 1.1 makes of it."""
+        tag = super().resolve(kind, value, implicit)
+        if kind is yaml.ScalarNode and implicit[0] and ":" in value and tag.endswith((":int", ":float")):
+            return "tag:yaml.org,2002:str"
+        return tag
+
     def compose_mapping_node(self, anchor: Any) -> Any:
         node = super().compose_mapping_node(anchor)
         seen: dict[tuple[str, str], yaml.Node] = {}
@@ -117,9 +149,8 @@ class Doc:
     duplicates: tuple[SpecProblem, ...] = ()
 
 
-def _read_bytes(path: Path) -> bytes | str:
-    """The file's bytes, or why not: only a regular file, at most spec_max_bytes(), is read."""
-    limit = spec_max_bytes()
+def _read_bytes(path: Path, limit: int) -> bytes | str:
+    """The file's bytes, or why not: only a regular file, at most ``limit`` bytes, is read."""
     too_big = (
         f"is %d bytes, over the {limit} a spec file may have; split it, or raise the limit with {SPEC_MAX_BYTES_ENV}"
     )
@@ -141,8 +172,8 @@ def _read_bytes(path: Path) -> bytes | str:
     return too_big % len(data) if len(data) > limit else data
 
 
-def parse(path: Path) -> Doc:
-    data = _read_bytes(path)
+def parse(path: Path, max_bytes: int = MAX_SPEC_BYTES) -> Doc:
+    data = _read_bytes(path, max_bytes)
     if isinstance(data, str):
         return Doc(problems=(SpecProblem(str(path), "", data),))
     try:
@@ -177,12 +208,13 @@ def parse(path: Path) -> Doc:
 
 
 class Docs:
-    """Each file parsed once per load or validate call."""
+    """Each file parsed once per load or validate call, within ``limits``."""
 
-    def __init__(self) -> None:
+    def __init__(self, limits: SpecLimits) -> None:
+        self.limits = limits
         self._docs: dict[Path, Doc] = {}
 
     def __call__(self, path: Path) -> Doc:
         if path not in self._docs:
-            self._docs[path] = parse(path)
+            self._docs[path] = parse(path, self.limits.max_bytes)
         return self._docs[path]

@@ -122,7 +122,7 @@ def _action(key: str, stage: str, op: str, backend: str, params: Mapping[str, An
         "stage": stage,
         "op": op,
         "backend": backend,
-        "version": "1",
+        "version": {"pillow": "2"}.get(backend, "1"),  # the backend's version: its actions' keys name it
         "params": params,
         "label": f"{op} {key[-1]}",
         "inputs": {name: [f"{9:064x}", name] for name in inputs},

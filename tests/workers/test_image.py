@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from PIL import Image
+from PIL import Image, ImageChops
 
 from workers.image.pillow import BACKEND, SHEET_SIZE
 
@@ -115,3 +115,45 @@ def test_every_hairstyle_and_pose_draws():
         for pose in ("front", "three_quarter", "side"):
             assert draw_figure(character, STYLE["palette"], i, pose, 120).size == (66, 120)
     assert styles == set(_HAIRSTYLES)
+
+
+def _band(tmp_path, name, description, width=360, height=640):
+    """The keyframe for ``description`` with nobody in it."""
+    out = tmp_path / name
+    out.mkdir()
+    params = {
+        "style": STYLE,
+        "width": width,
+        "height": height,
+        "seed": [1, "x"],
+        "location": "l",
+        "time_of_day": "day",
+        "description": description,
+        "framing": "wide",
+        "characters": [],
+    }
+    return Image.open(BACKEND.run("keyframe", {}, params, out).files["keyframe"]).convert("RGB")
+
+
+def _text_ink(frame):
+    """The caption band's text: its near-white pixels (the scene under the band is darkened, never that light)."""
+    r, g, b = frame.crop((0, 0, frame.width, frame.height // 4)).split()
+    return ImageChops.darker(ImageChops.darker(r, g), b).point(lambda v: 255 if v > 150 else 0).tobytes()
+
+
+def test_arabic_hebrew_and_emoji_captions_draw_glyphs(tmp_path):
+    """Captions in Arabic, Hebrew and emoji draw their letters: two different letters, repeated as often, never
+    draw alike (missing glyphs draw the same boxes), and draw more than a blank caption."""
+    pairs = {"arabic": ("بببب", "سسسس"), "hebrew": ("אאאא", "שששש"), "emoji": ("😀😀", "🎬🎬")}
+    blank = _text_ink(_band(tmp_path, "blank", "\u3000")).count(255)
+    for script, (a, b) in pairs.items():
+        first, second = _text_ink(_band(tmp_path, f"{script}-a", a)), _text_ink(_band(tmp_path, f"{script}-b", b))
+        assert first != second, f"{script}: {a} and {b} draw alike"
+        assert first.count(255) > blank + 20, script
+
+
+def test_long_cjk_caption_stays_inside_its_box(tmp_path):
+    """A long CJK description after a spaced name wraps inside the band's margins: no text in the right margin."""
+    frame = _band(tmp_path, "long", "Ana: " + "小雨在断桥边捡到一封被雨打湿的信" * 12, width=180, height=320)
+    margin = frame.crop((int(180 * 0.95), 0, 180, 320))
+    assert not [c for _, c in margin.getcolors(1 << 16) if min(c) > 225]

@@ -14,7 +14,8 @@ from typing import Any
 from PIL import Image, ImageDraw
 
 from workers.api import StageError
-from workers.fonts import font, wrap
+from workers.fonts import draw as draw_text
+from workers.fonts import ellipsize, font, wrap
 
 THUMB_WIDTH = 240
 MARGIN = 16
@@ -66,8 +67,8 @@ def render(
     total = sum(int(s["frames"]) for s in shots) / fps
     title_font, caption_font = font(30), font(CAPTION_SIZE)
     heading = wrap(title or "Untitled", title_font, size[0] - 2 * MARGIN, max_lines=1)[0]
-    draw.text((MARGIN, 12), heading, font=title_font, fill=TEXT)
-    draw.text((MARGIN, 50), f"{len(shots)} shots · {_clock(total)}", font=font(14), fill=DIM)
+    draw_text(draw, (MARGIN, 12), heading, 30, TEXT)
+    draw_text(draw, (MARGIN, 50), f"{len(shots)} shots · {_clock(total)}", 14, DIM)
 
     start_frame = 0
     for i, (shot, keyframe) in enumerate(zip(shots, keyframes)):
@@ -90,7 +91,8 @@ def render(
             said = f"{first.get('speaker', '')}: {first.get('text', '')}"
             lines += [(text, TEXT) for text in wrap(said, caption_font, THUMB_WIDTH, max_lines=CAPTION_LINES - 2)]
         for n, (text, colour) in enumerate(lines[:CAPTION_LINES]):
-            draw.text((x, y + thumb_h + 6 + n * LINE_HEIGHT), text, font=caption_font, fill=colour)
+            text = ellipsize(text, CAPTION_SIZE, THUMB_WIDTH)  # never over the next column
+            draw_text(draw, (x, y + thumb_h + 6 + n * LINE_HEIGHT), text, CAPTION_SIZE, colour)
         start_frame += frames
     # No text chunks or timestamps: the PNG is a function of its pixels.
     sheet.save(path, format="PNG", optimize=False)

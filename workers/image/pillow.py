@@ -17,8 +17,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFilter
 
+from workers import fonts
 from workers.api import Estimate, Resources, StageError, StageResult, Usage
-from workers.fonts import font, wrap
 
 SHEET_SIZE = (1200, 900)
 FIGURE_HEIGHT = 800
@@ -133,20 +133,19 @@ def draw_sheet(params: Mapping[str, Any]) -> tuple[Image.Image, Image.Image]:
     w, h = SHEET_SIZE
     sheet = _gradient((w, h), _mix(_rgb(palette[0]), (255, 255, 255), 0.15), _rgb(palette[0])).convert("RGBA")
     d = ImageDraw.Draw(sheet)
-    d.text((40, 28), f"{character['name']} — character sheet", font=font(44), fill=(255, 255, 255))
-    for i, line in enumerate(wrap(character["look"]["description"], font(24), w - 80, max_lines=2)):
-        d.text((40, 90 + i * 32), line, font=font(24), fill=(230, 230, 230))
+    title_size, [title] = fonts.fit(f"{character['name']} — character sheet", 44, w - 80, max_lines=1, min_size=24)
+    fonts.draw(d, (40, 28 + (44 - title_size) // 2), title, title_size, (255, 255, 255))
+    description = fonts.wrap(character["look"]["description"], 24, w - 80, max_lines=2)
+    fonts.draw_lines(d, (40, 90), description, 24, 32, (230, 230, 230))
     poses = ("front", "three_quarter", "side")
     for i, pose in enumerate(poses):
         fig = draw_figure(character, palette, seed, pose, 640)
         x = 40 + i * 340
         sheet.alpha_composite(fig, (x, 180))
-        d.text(
-            (x + 110, 830), pose.replace("_", "/").replace("three/quarter", "3/4"), font=font(26), fill=(255, 255, 255)
-        )
+        fonts.draw(d, (x + 110, 830), pose.replace("_", "/").replace("three/quarter", "3/4"), 26, (255, 255, 255))
     for i, (name, rgb) in enumerate(_colors(character, palette).items()):
         d.rectangle((w - 95, 200 + i * 90, w - 40, 255 + i * 90), fill=rgb, outline=(255, 255, 255))
-        d.text((w - 95, 258 + i * 90), name, font=font(16), fill=(255, 255, 255))
+        fonts.draw(d, (w - 95, 258 + i * 90), name, 16, (255, 255, 255))
     figure = draw_figure(character, palette, seed, "front", FIGURE_HEIGHT)
     return sheet.convert("RGB"), figure
 
@@ -196,25 +195,27 @@ def draw_keyframe(params: Mapping[str, Any], figures: Mapping[str, Image.Image])
         img.alpha_composite(fig, (x, y))
     tint = Image.new("RGBA", (w, h), (*palette[-1], 18))
     img.alpha_composite(tint)
+    # the caption band: place and time on one line, the description in at most 4 lines, shrunk to fit
     fsize = max(12, w // 30)
-    caption = wrap(params["description"], font(fsize), int(w * 0.88), max_lines=4)
-    head = f"{params['location']} · {params['time_of_day']}"
-    box_h = int(fsize * 1.45 * (len(caption) + 1) + fsize)
+    text_w = int(w * 0.88)
+    fsize, caption = fonts.fit(params["description"], fsize, text_w, max_lines=4, min_size=max(10, fsize * 2 // 3))
+    head_size = max(8, int(fsize * 0.8))
+    head = fonts.ellipsize(f"{params['location']} · {params['time_of_day']}", head_size, text_w)
+    leading = int(fsize * 1.45)
+    box_h = int(leading * (len(caption) + 1) + fsize)
     band = Image.new("RGBA", (w, box_h), (0, 0, 0, 140))
     img.alpha_composite(band, (0, int(h * 0.04)))
     d = ImageDraw.Draw(img)
     y = int(h * 0.04 + fsize * 0.5)
-    d.text((int(w * 0.06), y), head, font=font(int(fsize * 0.8)), fill=_mix(palette[-1], (255, 255, 255), 0.5))
-    for line in caption:
-        y += int(fsize * 1.45)
-        d.text((int(w * 0.06), y), line, font=font(fsize), fill=(255, 255, 255))
+    fonts.draw(d, (int(w * 0.06), y), head, head_size, _mix(palette[-1], (255, 255, 255), 0.5))
+    fonts.draw_lines(d, (int(w * 0.06), y + leading), caption, fsize, leading, (255, 255, 255))
     return img.convert("RGB")
 
 
 class PillowImages:
     """Image stage, embedded default: ``sheet`` (a character turnaround) and ``keyframe`` (one per shot)."""
 
-    stage, name, version = "image", "pillow", "1"
+    stage, name, version = "image", "pillow", "2"  # 2: text in every script (fallback fonts, bidi, wrapping)
     ops = ("sheet", "keyframe")
     resources = Resources(num_cpus=1)
     tools: tuple[str, ...] = ()
