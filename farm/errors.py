@@ -6,6 +6,8 @@
       ├── UsageError        the user's mistake: an option, a setting, a backend name; says the fix (exit 2)
       │     └── SpecError   a spec (YAML) is invalid; names the file, the line, the field path and the fix
       ├── StoreError        the artifact store failed (S3 errors are mapped here once)
+      │     ├── Fenced      a newer controller opened the journal: this one may no longer write
+      │     └── StoreUnwritable  a disk refused a write: full, over quota, read-only, no permission
       └── ActionFailed      a stage's backend failed; keeps the backend's message and retryability
 
 Stage backends raise ``workers.api.StageError``; the runtime maps it to ``ActionFailed`` at one place.
@@ -51,6 +53,23 @@ class SpecError(UsageError):
 
 class StoreError(FarmError):
     pass
+
+
+class Fenced(StoreError):
+    """A newer controller has opened the journal for writing, so this one may no longer write to it.
+    Never retryable: the controller that gets it must stop (its successor holds the batches now)."""
+
+    retryable = False
+
+
+class StoreUnwritable(StoreError):
+    """A file system refused a write (ENOSPC, EDQUOT, EROFS, EACCES): one line says what, where, how
+    much space is free there and the fix. Not retryable: a full or read-only disk does not clear in the
+    seconds a retry waits, and every retry would run the stage again (GPU time and paid calls) only to
+    fail at the same write. The action fails for good and its episode fails with this line; what
+    finished is kept, so once ops has freed space, submitting the batch again reruns only the rest."""
+
+    retryable = False
 
 
 class ActionFailed(FarmError):

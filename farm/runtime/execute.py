@@ -3,6 +3,12 @@
 Fetch the input blobs, run the backend in a scratch folder, store the output blobs, then the
 manifest, in that order (DESIGN.md, invariant 2). Idempotent: an action whose manifest already
 exists is not run again. Knows nothing of Ray: the caller says where it runs (``where``).
+
+The scratch folder lies under this process's scratch root (``workers.scratch``): removed when the
+action ends, and swept by the next worker on the machine if this one is killed. A disk that refuses
+a write (the store's or the scratch's: full, read-only) fails the action for good with one line
+that says where and the fix (``farm.errors.StoreUnwritable``): running the stage again would only
+fail at the same write.
 """
 
 from __future__ import annotations
@@ -11,7 +17,6 @@ import dataclasses
 import math
 import os
 import socket
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -22,11 +27,13 @@ import structlog
 from farm.catalog import Catalog
 from farm.core.manifest import Blob, Manifest
 from farm.core.plan import Action
-from farm.errors import ActionFailed, FarmError
+from farm.errors import ActionFailed, FarmError, StoreUnwritable
 from farm.observe import logs
 from farm.runtime.batching import Batcher
 from farm.settings import StoreSpec
 from farm.store import ArtifactStore, models, open_objects
+from farm.store.base import refused_write
+from workers import scratch
 from workers.api import BatchItem, StageError, StageResult, Usage, children_cpu
 
 log = structlog.get_logger("farm.runtime")
@@ -101,7 +108,31 @@ def execute(
             f"the plan wants {act.version}: deploy the same code and settings everywhere",
             retryable=False,
         )
-    with tempfile.TemporaryDirectory(prefix="farm-") as tmp:
+    try:
+        manifest = _run(act, inputs, store, backend, batcher, where, bound)
+        store.put_manifest(manifest)
+    except (StoreUnwritable, OSError) as exc:  # OSError: making or clearing the scratch folder
+        refused = exc if isinstance(exc, StoreUnwritable) else refused_write(exc, "scratch", scratch.base(), "TMPDIR")
+        if refused is None:
+            raise
+        bound.warning("action.failed", error=str(refused), retryable=False)
+        raise ActionFailed(act.key, act.label, str(refused), retryable=False, worker=node) from exc
+    bound.info("action.finished", seconds=round(manifest.finished_at - manifest.started_at, 3))
+    return manifest.model_dump(mode="json")
+
+
+def _run(
+    act: Action,
+    inputs: Mapping[str, Mapping[str, Any]],
+    store: ArtifactStore,
+    backend: Any,
+    batcher: Batcher | None,
+    where: Callable[[], dict[str, str]],
+    bound: Any,
+) -> Manifest:
+    """Fetch the inputs, run the backend and store its outputs, in a scratch folder; the manifest to record."""
+    node = where().get("node")
+    with scratch.scratch_dir("farm-") as tmp:
         # one scratch folder: inputs are named "in-NNNN.ext" by the farm, outputs by the backend
         out_dir = Path(tmp)
         local: dict[str, Path] = {}
@@ -116,7 +147,7 @@ def execute(
             if batcher is not None:
                 result = batcher.run(act.op, BatchItem(local, act.params, out_dir))
             elif getattr(backend, "resumable", False):
-                result = backend.run(act.op, local, act.params, out_dir, job=store.job_record(act.key))  # type: ignore[call-arg]
+                result = backend.run(act.op, local, act.params, out_dir, job=store.job_record(act.key))
             else:
                 result = backend.run(act.op, local, act.params, out_dir)
         except StageError as exc:
@@ -124,6 +155,18 @@ def execute(
             raise ActionFailed(
                 act.key, act.label, str(exc), retryable=exc.retryable, worker=node, retry_after=exc.retry_after
             ) from exc
+        except OSError as exc:  # a full or read-only scratch disk is not a bug in the backend
+            refused = refused_write(exc, f"{act.backend}'s files", out_dir, "TMPDIR")
+            if refused is None:
+                bound.exception("action.crashed")
+                raise ActionFailed(
+                    act.key,
+                    act.label,
+                    f"{act.backend} crashed: {type(exc).__name__}: {exc}",
+                    retryable=False,
+                    worker=node,
+                ) from exc
+            raise refused from exc
         except Exception as exc:  # a bug in the backend: running it again will not help
             bound.exception("action.crashed")
             raise ActionFailed(
@@ -173,6 +216,4 @@ def execute(
                 retryable=False,
                 worker=node,
             ) from exc
-    store.put_manifest(manifest)
-    bound.info("action.finished", seconds=round(finished - started, 3))
-    return manifest.model_dump(mode="json")
+    return manifest

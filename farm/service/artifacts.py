@@ -7,7 +7,6 @@ of that studio), and a lookup reads only the manifests of keys in that listing.
 from __future__ import annotations
 
 import json
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from farm.core.events import ActionResult
 from farm.core.manifest import Blob, Manifest
 from farm.core.plan import DELIVERABLES, Action, EpisodeJob
 from farm.store import ArtifactStore, ObjectStore
+from workers import scratch
 
 # the largest script a script action may write that the controller will read (a few hundred shots)
 MAX_SCRIPT_BYTES = 4 << 20
@@ -58,7 +58,7 @@ class StoreArtifacts:
         blob = manifest.outputs["script"]
         if blob.size > MAX_SCRIPT_BYTES:
             return {"script": f"a script of {blob.size} bytes (at most {MAX_SCRIPT_BYTES})"}
-        with tempfile.TemporaryDirectory(prefix="farm-facts-") as tmp:
+        with scratch.scratch_dir("farm-facts-") as tmp:
             path = self.store(action.context["studio"]).get_blob(blob, Path(tmp, "script.json"))
             text = path.read_text(encoding="utf-8", errors="replace")
         try:
@@ -67,6 +67,9 @@ class StoreArtifacts:
             return {"script": text[:200]}
 
     def deliver(self, job: EpisodeJob, outputs: Mapping[str, Blob]) -> dict[str, str]:
+        """Publish an episode's deliverables under its readable path; returns output -> object name.
+        No byte is written again: a hard link to each blob on a local store (a copy only where the
+        episode's folder is on another file system), a server-side copy on S3."""
         store = self.store(job.studio)
         return {
             out: store.publish(outputs[out], job.series.id, job.episode.slug, name)

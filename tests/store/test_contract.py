@@ -101,6 +101,12 @@ def test_copy(objects):
     assert objects.get_bytes("dst/y.bin") == b"payload"
 
 
+def test_copy_of_a_missing_object_raises(objects):
+    """copy of a missing object is a StoreError naming it."""
+    with pytest.raises(StoreError, match="nope.bin"):
+        objects.copy("src/nope.bin", "dst/y.bin")
+
+
 @pytest.mark.parametrize("name", ["../x", "a/../../x", "/abs", "a//b", "", "a/./b", "spaced name"])
 def test_unsafe_names_are_refused(objects, name):
     """Names that could leave the store's root are refused before any I/O."""

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import json
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from workers import scratch
 from workers.api import Estimate, Resources, StageError, StageResult, Usage, children_cpu, run_tool
 from workers.assembly import _audio, _storyboard, _subtitles
 from workers.video.motion import TIMESCALE_ARGS, VIDEO_TIMESCALE
@@ -112,7 +112,7 @@ class FfmpegAssembly:
     cues, a clip with the wrong frame count) or when ffmpeg fails; ToolMissing without ffmpeg.
     """
 
-    stage, name, version = "assembly", "ffmpeg", "1"
+    stage, name, version = "assembly", "ffmpeg", "2"  # 2: the storyboard draws every script
     ops = ("mux", "episode")
     tools = ("ffmpeg", "ffprobe")
     resources = Resources(num_cpus=1)
@@ -129,7 +129,7 @@ class FfmpegAssembly:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         cpu0 = children_cpu()
-        with tempfile.TemporaryDirectory(prefix="assembly-") as tmp:
+        with scratch.scratch_dir("assembly-") as tmp:
             if op == "mux":
                 files, meta = self._mux(inputs, params, out_dir, Path(tmp))
             elif op == "episode":

@@ -11,13 +11,13 @@ from __future__ import annotations
 import array
 import re
 import sys
-import tempfile
 import unicodedata
 import wave
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from workers import scratch
 from workers.api import Estimate, Resources, StageError, StageResult, Usage, children_cpu, run_tool
 
 # A sample counts as speech when its magnitude reaches -50 dBFS (32768 * 10^(-50/20) ~ 104).
@@ -128,7 +128,7 @@ class EspeakDubbing:
         out_dir.mkdir(parents=True, exist_ok=True)
         out = out_dir / "line.wav"
         cpu0 = children_cpu()
-        with tempfile.TemporaryDirectory(prefix="espeak-") as tmp:
+        with scratch.scratch_dir("espeak-") as tmp:
             text_file, spoken, trimmed = Path(tmp) / "line.txt", Path(tmp) / "espeak.wav", Path(tmp) / "trim.wav"
             text_file.write_text(_clean_text(text), encoding="utf-8")
             # -b 1: the file is UTF-8. No -m, so markup is spoken (or skipped), never obeyed.

@@ -17,7 +17,6 @@ characters of the text sent (``len(text)``) and ``tokens_out`` stays 0.
 from __future__ import annotations
 
 import re
-import tempfile
 import wave
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
+from workers import scratch
 from workers._http import excerpt
 from workers._openai import OpenAIClient, OpenAISettings
 from workers.api import Estimate, Resources, StageError, StageResult, Usage, config_version, run_tool
@@ -150,7 +150,7 @@ class OpenAISpeech:
                     f"({len(reply.body)} bytes): {excerpt(reply.body[:200])}",
                     retryable=True,
                 )
-            with tempfile.TemporaryDirectory(prefix="speech-") as tmp:
+            with scratch.scratch_dir("speech-") as tmp:
                 got, mono = Path(tmp) / "reply.wav", Path(tmp) / "mono.wav"
                 got.write_bytes(reply.body)
                 run_tool(
