@@ -1,4 +1,4 @@
-"""``farm bench episode|controller|dispatch|backends``: benchmarks, each against a baseline measured in the same run."""
+"""``farm bench episode|controller|dispatch|backends|restart``: benchmarks, each against a baseline measured in the same run."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from farm.cli.common import add_common, print_report, settings_from_args
+from farm.errors import UsageError
 
 
 def cmd_bench(args) -> int:
@@ -29,6 +30,23 @@ def _bench_backends():
     from farm.bench import backends
 
     return backends
+
+
+def cmd_restart(args) -> int:
+    from farm.bench.restart import bench_restart
+    from farm.store import open_objects
+
+    if args.episodes < 1 or args.batches < 1 or args.group_s < 0:
+        raise UsageError("farm bench restart: --episodes and --batches must be 1 or more, --group-s 0 or more")
+    store = None
+    if args.store:
+        if not args.store.startswith("s3://"):
+            raise UsageError(
+                f"--store {args.store}: the night is journaled locally; give s3://BUCKET/PREFIX or nothing"
+            )
+        store = open_objects(settings_from_args(args).store_spec())
+    report = bench_restart(args.episodes, args.batches, store, args.group_s)
+    return print_report(report, args)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -81,3 +99,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             a,
         )
     )
+    br = bsub.add_parser("restart", help="a controller's restart after an N-episode night, before and after compaction")
+    br.add_argument("--episodes", type=int, default=1000, help="episodes in the night (default 1000)")
+    br.add_argument("--batches", type=int, default=20, help="batches they come in; all but the last finish")
+    br.add_argument("--group-s", type=float, default=0.1, help="the journal's group commit window, simulated seconds")
+    br.add_argument("--store", help="s3://BUCKET/PREFIX (with FARM_S3_*): restart from a copy of the journal there")
+    br.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    br.set_defaults(func=cmd_restart)

@@ -113,6 +113,8 @@ class Controller(Decisions):
         )
         self.last_seq = -1
         self.errors: list[str] = []  # events that could not be applied and named no known batch
+        # finished batches whose events the journal compacted: their last status, as ``batch.archived`` said
+        self.archives: dict[str, dict[str, Any]] = {}
         self._handlers: dict[str, Callable[[Any], list[Command] | None]] = {
             "batch.submitted": self._on_batch_submitted,
             "batch.cancelled": self._on_batch_cancelled,
@@ -130,6 +132,7 @@ class Controller(Decisions):
             "webhook.delivered": self._on_webhook,
             "webhook.failed": self._on_webhook,
             "journal.unreadable": self._on_journal_unreadable,
+            "batch.archived": self._on_batch_archived,
         }
 
     # -- applying events ------------------------------------------------------------------------
@@ -348,6 +351,8 @@ class Controller(Decisions):
         return commands
 
     def _on_action_cached(self, e: Any) -> list[Command]:
+        if e.key not in self.actions:  # a compacted journal's hit, before any batch's plan reached it:
+            return []  # nothing to apply; a lookup finds it in the store once one does
         return self._finished_action(e, cached=True)
 
     def _on_action_completed(self, e: Any) -> list[Command]:
@@ -428,6 +433,26 @@ class Controller(Decisions):
         ]
         batch.failure_journaled = True
         return commands
+
+    def _on_batch_archived(self, e: Any) -> None:
+        """A finished batch known by its summary only: listed, with its last status, and never run."""
+        if e.batch in self.batches:
+            self.errors.append(f"journal event {e.seq}: batch {e.batch} is archived and also live; kept live")
+            return
+        s, d = e.data.status, e.data
+        terms = BatchTerms(
+            id=e.batch,
+            studio=s["studio"],
+            priority=PRIORITY_CLASSES[s["priority"]],
+            deadline=s["deadline"],
+            budget=Budget(**s["budget"]),
+            submitted=d.submitted,
+            order=len(self.batches),
+        )
+        batch = BatchState(terms=terms, name=s["name"], episodes=[], webhook=None, status=s["status"])
+        batch.finished_at, batch.reason, batch.failure_journaled = d.finished_at, s["reason"], True
+        self.batches[e.batch] = batch
+        self.archives[e.batch] = dict(s)
 
     def _on_batch_cancelled(self, e: Any) -> list[Command]:
         batch = self.batches[e.batch]
@@ -518,6 +543,8 @@ class Controller(Decisions):
         return now + self.remaining_seconds(batch_id, now)
 
     def batch_status(self, batch_id: str, now: float) -> dict[str, Any]:
+        if batch_id in self.archives:
+            return dict(self.archives[batch_id])
         batch = self.batches[batch_id]
         eps = [self.episodes[(batch_id, e)] for e in batch.episodes]
         stages: dict[str, dict[str, int]] = {}

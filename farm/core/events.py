@@ -11,8 +11,10 @@ schema, a torn write) is not an exception on replay: it becomes ``Unreadable``, 
 judges against the batch it names (DESIGN.md, invariant 10).
 
 Schema versions: 1 (the first journals: the same shapes, without ``batch.failed``); 2 (``webhook.*``
-say only the notification's id, kind and detail); 3 (this one: ``webhook.*`` also name the episode, the
-receiver's host and the attempts made). Older lines read as this version's models, the new fields unset.
+say only the notification's id, kind and detail); 3 (``webhook.*`` also name the episode, the
+receiver's host and the attempts made); 4 (this one: ``batch.archived``, a finished batch's summary, which
+the journal's compaction writes in place of the batch's events). Older lines read as this version's models,
+the new fields unset.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ from farm.core.manifest import Manifest
 from farm.core.script import Script
 from farm.core.spec import BudgetSpec, Episode, Series, Webhook
 
-SCHEMA_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+SCHEMA_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 
 
 class _Data(BaseModel):
@@ -61,6 +63,9 @@ class Submission(_Data):
     webhook: Webhook | None = None
     backends: dict[str, list[Any]] = Field(default_factory=dict)  # the settings' defaults, per stage
     episodes: list[SubmittedEpisode] = Field(min_length=1)
+    # the client's name for this submission (``farm batch submit --idempotency-key``): a second
+    # submission by the same studio with the same key is answered with the first one's batch
+    idempotency_key: str | None = Field(default=None, max_length=200)
 
 
 class Facts(_Data):
@@ -116,6 +121,17 @@ class WebhookResult(_Data):
     episode: str | None = None  # the episode it was about, if one (schema 3)
     host: str | None = None  # the receiver's host[:port] only (schema 3)
     attempts: int = 0  # how many times it was sent (schema 3; 0: not recorded)
+
+
+class Archive(_Data):
+    """A finished batch as a restarted controller keeps it once the journal has compacted its events:
+    when it was submitted and ended, and what ``farm batch status`` said of it when it was archived
+    (the view ``Controller.batch_status`` returns; its events are in the batch's archive object)."""
+
+    submitted: float
+    finished_at: float | None = None
+    status: dict[str, Any]
+    idempotency_key: str | None = Field(default=None, max_length=200)  # its submission's, if it had one
 
 
 class _Event(BaseModel):
@@ -204,6 +220,13 @@ class WebhookFailed(_Event):
     data: WebhookResult
 
 
+class BatchArchived(_Event):
+    """A finished batch's summary, in place of its events (written by the journal's compaction only)."""
+
+    type: Literal["batch.archived"] = "batch.archived"
+    data: Archive
+
+
 class Unreadable(_Event):
     """Not a journaled type: what replay yields for a line it cannot read. Never written."""
 
@@ -226,7 +249,8 @@ Event = Annotated[
     | EpisodeDelivered
     | EpisodeFailedEvent
     | WebhookDelivered
-    | WebhookFailed,
+    | WebhookFailed
+    | BatchArchived,
     Field(discriminator="type"),
 ]
 
@@ -246,6 +270,7 @@ JournaledEvent = (
     EpisodeFailedEvent,
     WebhookDelivered,
     WebhookFailed,
+    BatchArchived,
 )
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(Event)
 

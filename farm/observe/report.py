@@ -222,9 +222,16 @@ def from_batch(settings: Settings, batch_id: str) -> ReportData:
     Raises FarmError when the journal knows no such batch.
     """
     prices = Prices(**settings.prices)
-    controller, events = _replay(
-        settings, [StoreJournal(open_objects(settings.store_spec()))], lambda e: e.batch == batch_id
-    )
+    journal = StoreJournal(open_objects(settings.store_spec()))
+    controller, events = _replay(settings, [journal], lambda e: e.batch == batch_id)
+    if batch_id not in controller.batches and batch_id in controller.archives:
+        # compacted: the live journal keeps its summary; its archive (and its actions' events charged
+        # to other batches) rebuild it
+        controller = controller_for(settings)
+        related = journal.events_of(batch_id, related=True)
+        for event in related:
+            controller.apply(event)
+        events = [e for e in related if e.batch == batch_id]
     if batch_id not in controller.batches:
         known = ", ".join(sorted(controller.batches)[-5:]) or "none"
         raise FarmError(f"no batch {batch_id!r} in the journal of {settings.store} (latest: {known})")
