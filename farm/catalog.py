@@ -155,6 +155,19 @@ class Catalog:
             raise ConfigError(f"backends.{name}.stage: give the stage it serves ({', '.join(STAGES)})")
         return stage
 
+    def outlives(self, name: str) -> bool:
+        """Does backend ``name`` do paid or model work (an API or model server, a model it loads)? Its
+        actions then run on workers that outlive the controller, so that a restart neither pays for a
+        call again nor loads a model again. The farm's own kinds do; a studio's own class says so with
+        ``"outlives": true`` in its settings or an ``outlives`` attribute; embedded backends do not."""
+        config = self.configs.get(name)
+        if config is None:
+            return False
+        if "outlives" in config:
+            return bool(config["outlives"])
+        kind = config.get("kind")
+        return kind in KINDS or bool(getattr(kind_class(name, kind), "outlives", False))
+
     def all(self) -> list[tuple[str, str]]:
         """(stage, name) of every backend: embedded first, then configured."""
         out = [(s, n) for s, n in REGISTRY]

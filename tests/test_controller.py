@@ -88,6 +88,9 @@ class HandRuntime:
     def cancel(self, keys):
         pass
 
+    def adopt(self, actions):
+        return set()
+
     def shutdown(self):
         pass
 

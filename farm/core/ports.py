@@ -58,6 +58,13 @@ class Runtime(Protocol):
 
     def cancel(self, keys: Collection[str]) -> None: ...
 
+    def adopt(self, actions: Sequence[Action]) -> set[str]:
+        """After a controller restart: re-attach to those of ``actions`` (running when the last
+        incarnation stopped, no manifest yet) that a worker which outlived it still runs or has
+        finished; they come back through ``wait``. Returns their keys (the rest were interrupted).
+        A runtime whose workers die with the controller returns an empty set."""
+        ...
+
     def shutdown(self) -> None:
         """Stop what still runs and let go of the workers."""
         ...
@@ -76,6 +83,10 @@ class Journal(Protocol):
 
     def replay(self) -> Iterator[Any]:
         """Every event written, in order (an unreadable one as ``events.Unreadable``)."""
+        ...
+
+    def step_ended(self) -> None:
+        """The engine's step ended: a journal that groups its writes may write what waits."""
         ...
 
 
@@ -131,3 +142,6 @@ class MemoryJournal:
 
     def replay(self) -> Iterator[Event]:
         return iter(list(self.events))
+
+    def step_ended(self) -> None:
+        pass  # written at once

@@ -103,6 +103,10 @@ class InProcessRuntime:
     def cancel(self, keys: Collection[str]) -> None:
         """Threads cannot be stopped: a cancelled action runs to its end and its result is kept."""
 
+    def adopt(self, actions: Sequence[Action]) -> set[str]:
+        """Threads die with the process that hosts the engine: nothing outlives it."""
+        return set()
+
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._running.clear()

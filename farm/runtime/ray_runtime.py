@@ -1,16 +1,18 @@
-"""The Ray runtime: actions become Ray tasks (CPU stages) or calls on warm GPU worker actors.
+"""The Ray runtime: actions become Ray tasks (CPU stages) or calls on warm worker actors (GPU stages,
+and backends that do paid or model work: farm.runtime.workers).
 
 Each runs ``farm.runtime.execute.execute``; a finished one comes back as its manifest, a failed one
-as ``ActionFailed`` with the backend's retryability (a lost worker, actor or node: retryable).
+as ``ActionFailed`` with the backend's retryability. Ray retries nothing: a lost worker, actor or node
+comes back as a retryable failure, so every attempt is the farm's, journaled and accounted.
 """
 
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
-from collections.abc import Mapping
+import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,27 +27,13 @@ from farm.core.ports import Finished
 from farm.core.state import Profile
 from farm.errors import ActionFailed, FarmError
 from farm.observe import logs
-from farm.runtime.batching import Batcher
 from farm.runtime.capacity import left_over
-from farm.runtime.cluster import probe, use_token_auth
+from farm.runtime.cluster import NAMESPACE, probe, use_token_auth
 from farm.runtime.execute import execute
+from farm.runtime.workers import StageWorker, actor_node, describe_all, find_workers, where, worker_name
 from farm.settings import StoreSpec
-from farm.store import models, open_objects
 
 log = structlog.get_logger("farm.runtime")
-
-
-def _node() -> str:
-    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else socket.gethostname()
-
-
-def _worker() -> dict[str, str]:
-    """Where an action ran: node, host, process and the GPUs Ray gave it (the report's lanes)."""
-    worker = {"node": _node(), "host": socket.gethostname(), "pid": str(os.getpid())}
-    gpus = ray.get_gpu_ids() if ray.is_initialized() else []
-    if gpus:
-        worker["gpus"] = ",".join(str(g) for g in gpus)
-    return worker
 
 
 def _start_or_join(address: str | None, num_cpus: int | None) -> None:
@@ -71,29 +59,21 @@ def _local_cpus() -> int:
         return os.cpu_count() or 1
 
 
-@ray.remote(max_retries=2)  # system failures (a worker or node died); stage failures are retried by the caller
+# Ray retries nothing: a worker or node that dies is a failed attempt the farm journals and retries
+@ray.remote(max_retries=0)
 def _execute_task(action, inputs, spec, studio, log_level, batch=None, configs=None):
     logs.configure(level=log_level, json=True)
-    return execute(action, inputs, spec, studio, batch, configs, where=_worker)
+    return execute(action, inputs, spec, studio, batch, configs, where=where)
 
 
-@ray.remote(max_restarts=0)
-class StageWorker:
-    """A long-lived worker for one GPU backend: loads the backend (and its model) once, stays warm.
-    A batching backend's worker takes ``max_batch`` actions at once and runs them together."""
-
-    def __init__(self, stage: str, backend: str, log_level: str, configs=None, spec: StoreSpec | None = None):
-        logs.configure(level=log_level, json=True)
-        if spec is not None:  # models named "store:NAME" are fetched to this node's cache, once
-            configs = models.localize(configs, open_objects(spec))
-        self.backend = Catalog(configs).load(stage, backend)
-        self.batcher = (
-            Batcher(self.backend, getattr(self.backend, "batch_wait_s", 0.02)) if slots(self.backend) > 1 else None
-        )
-
-    def run(self, action, inputs, spec, studio, batch=None, configs=None):
-        # execute builds the backend from the same settings: the instance built above, model loaded
-        return execute(action, inputs, spec, studio, batch, configs, self.batcher, where=_worker)
+def _controller() -> tuple[str, str] | None:
+    """(name, namespace) of the named actor this process is, if it is one (the farm's controller)."""
+    try:
+        context = ray.get_runtime_context()
+        name = context.get_actor_name()
+        return (name, context.namespace) if name else None
+    except Exception:  # a driver, or a Ray that cannot say
+        return None
 
 
 @dataclass
@@ -116,7 +96,10 @@ class _Pool:
 
 
 class RayRuntime:
-    """Runs actions on Ray: CPU stages as tasks, GPU stages on pools of warm ``StageWorker`` actors.
+    """Runs actions on Ray: CPU stages as tasks; GPU stages, and backends that do paid or model work
+    (``Catalog.outlives``), on pools of warm ``StageWorker`` actors. Hosted in the farm's controller
+    actor, those workers are detached and named after it: they outlive it, and its next incarnation
+    adopts them (``adopt``).
 
     Connects to ``address`` when given (or to the cluster this process already joined), else starts
     a local Ray. Actions read and write the store ``spec`` describes; each holds the resources of the
@@ -152,6 +135,8 @@ class RayRuntime:
         self._totals: tuple[float, Any] | None = None
         self._spec: Any = None
         self._configs: Any = None
+        self._owner: tuple[str, str] | None = None  # the controller actor this runs in, if any
+        self._outlives: dict[str, bool] = {}
         # A local Ray of our own starts with the first action: a render whose actions are all in the
         # store already never waits for one. A cluster given by address is joined now (a wrong one
         # fails at once).
@@ -169,6 +154,7 @@ class RayRuntime:
             return
         if self._owns and not ray.is_initialized():
             _start_or_join(self._address, self._num_cpus)
+        self._owner = _controller()
         self._spec = ray.put(self._store_spec)  # put once, passed by reference to every task
         self._configs = ray.put(self.catalog.configs) if self.catalog.configs else None
 
@@ -178,13 +164,18 @@ class RayRuntime:
         self._start()
         prof = profile
         args = (action.to_json(), {k: b.model_dump() for k, b in inputs.items()}, self._spec, action.context["studio"])
-        if prof.gpus > 0:
+        if prof.gpus > 0 or self._on_worker(action.backend):
             ref = self._pool_submit(action, prof, args + (batch, self._configs))
         else:
             if prof.cpus not in self._task_fns:
                 self._task_fns[prof.cpus] = _execute_task.options(num_cpus=prof.cpus)
             ref = self._task_fns[prof.cpus].remote(*args, self.log_level, batch, self._configs)
         self._running[ref] = (action, prof)
+
+    def _on_worker(self, backend: str) -> bool:
+        if backend not in self._outlives:
+            self._outlives[backend] = self.catalog.outlives(backend)
+        return self._outlives[backend]
 
     def _pool_submit(self, action: Action, prof, args):
         key = (action.stage, action.backend, prof.accelerator, prof.gpus, prof.cpus)
@@ -198,22 +189,27 @@ class RayRuntime:
             actor_id = min(pool.load, key=lambda a: pool.load[a])
         if actor_id is None:
             self._retire_idle(exclude=key, now=None)
-            # the actor holds the whole of what its slots' actions hold between them
+            # the actor holds the whole of what its slots' actions hold between them; one without a
+            # GPU waits on a server and holds no CPU while idle (the controller counts its actions'
+            # CPUs); its threads: one per slot, one per collecting call after a restart, and describe
             options: dict[str, Any] = {
                 "num_gpus": prof.gpus * pool.slots,
-                "num_cpus": prof.cpus,
-                "max_concurrency": pool.slots,
+                "num_cpus": prof.cpus if prof.gpus > 0 else 0,
+                "max_concurrency": 2 * pool.slots + 2,
             }
             if prof.accelerator:
                 options["accelerator_type"] = prof.accelerator
+            if self._owner is not None:  # outlives the controller, which finds it again by its name
+                name = worker_name(self._owner[0], uuid.uuid4().hex[:12])
+                options |= {"name": name, "namespace": NAMESPACE, "lifetime": "detached"}
             worker_cls: Any = StageWorker  # a Ray actor class
             actor = worker_cls.options(**options).remote(
-                action.stage, action.backend, self.log_level, self._configs, args[2]
+                action.stage, action.backend, self.log_level, self._configs, args[2], key, self._owner
             )
             actor_id = actor._actor_id.hex()
             pool.actors[actor_id], pool.load[actor_id] = actor, 0
             pool.starting.add(actor_id)
-        ref = pool.actors[actor_id].run.remote(*args)
+        ref = pool.actors[actor_id].run.remote(action.key, *args)
         pool.load[actor_id] += 1
         pool.busy[ref] = actor_id
         return ref
@@ -254,7 +250,10 @@ class RayRuntime:
 
     def _seats(self, prof, slots: int) -> int:
         """How many workers of this shape the live nodes' GPUs can hold at once (at least one, so a
-        cluster with an autoscaler sees the demand and grows a GPU group from zero)."""
+        cluster with an autoscaler sees the demand and grows a GPU group from zero). Workers without
+        a GPU: as many as the controller starts actions for."""
+        if prof.gpus <= 0:
+            return 1 << 30
         _, gpus = self._cluster()
         matching = sum(n for acc, n in gpus.items() if prof.accelerator is None or acc == prof.accelerator)
         return max(1, int(matching // max(prof.gpus * slots, 1e-9)))
@@ -364,10 +363,21 @@ class RayRuntime:
                     retry_after=getattr(cause, "retry_after", None),
                 ),
             )
-        except ray.exceptions.RayError as exc:  # a worker, actor or node died: try elsewhere
+        except ray.exceptions.RayError as exc:  # a worker, actor or node died: a failed attempt, try elsewhere
             actor_lost = True
+            actor_id = next((p.busy[ref] for p in self._pools.values() if ref in p.busy), None)
+            node = actor_node(actor_id) if actor_id else None
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             return Finished(
-                action, None, ActionFailed(action.key, action.label, f"{type(exc).__name__}: {exc}", retryable=True)
+                action,
+                None,
+                ActionFailed(
+                    action.key,
+                    action.label,
+                    f"its worker was lost: {type(exc).__name__}: {first}",
+                    retryable=True,
+                    worker=node,
+                ),
             )
         finally:
             for pool in self._pools.values():
@@ -390,6 +400,52 @@ class RayRuntime:
         for ref, (action, _) in list(self._running.items()):
             if action.key in wanted:
                 ray.cancel(ref, force=False)
+
+    def adopt(self, actions: Sequence[Action]) -> set[str]:
+        """Re-attach to the workers a previous incarnation of this controller left running: each of
+        ``actions`` one of them still runs (or has finished, its outcome kept) is tracked again and
+        comes back through ``wait``; idle workers of a backend as configured now join its pool warm.
+        Workers holding none of ``actions`` and running something, or built from other settings, are
+        killed. Returns the keys tracked again. Outside the controller actor nothing outlives it."""
+        self._start()
+        if self._owner is None:
+            return set()
+        wanted = {a.key: a for a in actions}
+        adopted: set[str] = set()
+        for name, handle, info in describe_all(find_workers(*self._owner)):
+            pool_key = tuple(info["pool"]) if info is not None and info.get("pool") else None
+            if info is None or pool_key is None:
+                self._sweep(name, handle)  # does not answer: dead, or stuck
+                continue
+            held = [k for k in info["running"] + info["finished"] if k in wanted]
+            if not held and (info["running"] or self._version(pool_key[0], pool_key[1]) != info["version"]):
+                self._sweep(name, handle)  # runs what nobody wants now, or another configuration's backend
+                continue
+            prof = Profile(cpus=pool_key[4], gpus=pool_key[3], accelerator=pool_key[2])
+            pool = self._pools.setdefault(pool_key, _Pool(slots=int(info["slots"])))
+            actor_id = handle._actor_id.hex()
+            pool.actors[actor_id], pool.load[actor_id] = handle, 0
+            for key in held:
+                ref = handle.result.remote(key)
+                self._running[ref] = (wanted[key], prof)
+                pool.busy[ref] = actor_id
+                pool.load[actor_id] += 1
+                adopted.add(key)
+            if not held:
+                pool.last_used[actor_id] = time.monotonic()
+            log.info("worker.adopted", worker=name, actions=len(held))
+        return adopted
+
+    @staticmethod
+    def _sweep(name: str, handle: Any) -> None:
+        log.info("worker.swept", worker=name)
+        ray.kill(handle)
+
+    def _version(self, stage: str, backend: str) -> str | None:
+        try:
+            return self.catalog.load(stage, backend).version
+        except Exception:  # a backend no longer configured: its workers are swept
+            return None
 
     def shutdown(self) -> None:
         self._request_stop.set()

@@ -205,6 +205,10 @@ class SimRuntime:
     def cancel(self, keys: Collection[str]) -> None:
         """Cancelled work runs to its end, as on a real farm whose workers finish what they hold."""
 
+    def adopt(self, actions: Sequence[Action]) -> set[str]:
+        """A simulated night has no controller restart: nothing to re-attach to."""
+        return set()
+
     def shutdown(self) -> None:
         """Nothing to let go of."""
 

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -178,7 +180,8 @@ class Scripted:
 
 class Sleepy:
     """A video backend that takes ``seconds`` per clip and writes a placeholder (noop's files): a render
-    that is still running when a test interrupts it."""
+    that is still running when a test interrupts it. With ``pids`` (a folder), each clip first writes
+    a file named after the process running it (its content: the shot), so a test can kill that process."""
 
     stage, kind = "video", "tests.support.fake_backends:Sleepy"
     ops = ("clip",)
@@ -188,13 +191,51 @@ class Sleepy:
 
     def __init__(self, name: str, config: Mapping[str, Any]):
         self.name, self.seconds = name, float(config.get("seconds", 1.0))
+        self.pids = Path(config["pids"]) if config.get("pids") else None
         self.version = config_version("1", config, ())
 
     def estimate(self, op, params) -> Estimate:
         return Estimate(seconds=self.seconds)
 
     def run(self, op, inputs, params, out_dir) -> StageResult:
+        if self.pids is not None:
+            (self.pids / str(os.getpid())).write_text(str(params.get("shot", "")))
         time.sleep(self.seconds)
         path = Path(out_dir) / "clip.bin"
         path.write_bytes(b"clip")
         return StageResult(files={"clip": path}, usage=Usage(cpu_seconds=0.0, model="sleepy"))
+
+
+class Loader:
+    """A GPU video backend with a model to load: its first clip in a process sleeps ``load_s`` (the
+    load) and leaves a file in ``loads`` (shared by every process of a test), then each clip takes
+    ``seconds`` and leaves a file in ``loads``/clips. A test counts the loads."""
+
+    stage, kind = "video", "tests.support.fake_backends:Loader"
+    ops = ("clip",)
+    features: tuple[str, ...] = ()
+    tools: tuple[str, ...] = ()
+    resources = Resources(num_cpus=0, num_gpus=1)
+
+    def __init__(self, name: str, config: Mapping[str, Any]):
+        self.name, self.loads = name, Path(config["loads"])
+        self.load_s, self.seconds = float(config.get("load_s", 1.0)), float(config.get("seconds", 0.5))
+        self.version = config_version("1", config, ())
+        self.loaded = False
+        self._lock = threading.Lock()
+
+    def estimate(self, op, params) -> Estimate:
+        return Estimate(seconds=self.seconds, gpu_seconds=self.seconds)
+
+    def run(self, op, inputs, params, out_dir) -> StageResult:
+        with self._lock:  # the model is loaded once per process, on its first clip
+            if not self.loaded:
+                time.sleep(self.load_s)
+                (self.loads / f"load-{os.getpid()}-{time.monotonic_ns()}").write_text("loaded")
+                self.loaded = True
+        (self.loads / "clips").mkdir(exist_ok=True)
+        (self.loads / "clips" / f"{os.getpid()}-{time.monotonic_ns()}").write_text(json.dumps(params, sort_keys=True))
+        time.sleep(self.seconds)
+        path = Path(out_dir) / "clip.bin"
+        path.write_bytes(b"clip")
+        return StageResult(files={"clip": path}, usage=Usage(gpu_seconds=self.seconds, model="loader"))
