@@ -10,10 +10,10 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, field_validator
 
 from farm.catalog import Catalog, UnknownBackend, estimator, resolve, slots
 from farm.core.controller import Controller
@@ -74,6 +74,20 @@ class Settings(BaseModel):
         description="the controller's: studio -> the cache namespace its batches use (default: the studio's "
         "own). Studios given the same namespace share finished work",
     )
+    admin_token: SecretStr = Field(
+        SecretStr(""),
+        description="the controller's admin credential (manages studios, sees every batch, stops the controller); "
+        "`farm controller start` makes one in the state dir when it is not set",
+    )
+    token: SecretStr = Field(
+        SecretStr(""),
+        description="the credential this client sends the controller: a studio's (`farm studio add`) or the admin's",
+    )
+    webhook_secrets: dict[Slug, Annotated[str, StringConstraints(pattern=r"^[A-Z_][A-Z0-9_]{0,63}$")]] = Field(
+        default_factory=dict,
+        description="the controller's: studio -> the environment variable holding the secret its webhooks are "
+        'signed with, e.g. {"acme": "ACME_WEBHOOK_SECRET"}. A studio not named here gets unsigned webhooks',
+    )
     webhook_allow_link_local: bool = Field(
         False,
         description="send webhooks to link-local and cloud metadata addresses too (refused by default)",
@@ -91,6 +105,13 @@ class Settings(BaseModel):
         default_factory=dict,
         description='configured backends by name: {"qwen": {"kind": "openai-chat", '
         '"base_url": ..., "model": ..., "api_key_env": "QWEN_KEY"}}',
+    )
+    # reading spec files (farm.specfile, farm.loader)
+    spec_max_bytes: int = Field(1 << 20, gt=0, description="the most bytes one spec file may have")
+    spec_root: str = Field(
+        "",
+        description="folders (separated by the path separator, ':' on Linux) whose files any spec may name, "
+        "besides the files in the spec's own folder and below it",
     )
 
     @field_validator("store")

@@ -24,12 +24,13 @@ from farm.service.webhooks import verify
 from farm.settings import Settings
 from farm.store import LocalStore
 from farm.store.journal import StoreJournal
-from tests.conftest import SMALL_SCRIPT, write_specs
+from tests.conftest import write_episode_variants, write_specs
 
 pytestmark = [pytest.mark.ray, pytest.mark.media, pytest.mark.e2e]
 
 
 HOOK_SECRET = "hook-secret-for-tests"
+ADMIN = "admin-token-for-tests"
 
 
 @pytest.fixture
@@ -52,12 +53,7 @@ def cluster(monkeypatch):
 def _batch_file(tmp_path, episodes=3, **fields):
     folder = tmp_path / "specs"
     write_specs(folder)
-    for n in range(2, episodes + 1):
-        script = yaml.safe_load(yaml.safe_dump(SMALL_SCRIPT))
-        script["scenes"][1]["shots"][0]["lines"][0]["text"] = f"Only me, the {n}th time."
-        (folder / f"ep{n:03d}.yaml").write_text(
-            yaml.safe_dump({"series": "series.yaml", "number": n, "title": f"Episode {n}", "script": script})
-        )
+    write_episode_variants(folder, episodes)
     path = tmp_path / "batch.yaml"
     path.write_text(
         yaml.safe_dump(
@@ -76,6 +72,8 @@ def _start(tmp_path):
         metrics_port=0,
         stage_resources={"video": {"num_gpus": 1}},
         retry={"base_s": 0.2, "max_delay_s": 1.0},
+        admin_token=ADMIN,
+        webhook_secrets={"acme": "FARM_TEST_HOOK_SECRET"},
     )
     return settings, controller(settings, create=True)
 
@@ -86,7 +84,7 @@ def _wait(handle, batch_id, until, timeout=420):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            status = ray.get(handle.status.remote(batch_id), timeout=30)
+            status = ray.get(handle.status.remote(batch_id, token=ADMIN), timeout=30)
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
             time.sleep(0.5)  # the controller is restarting
             continue
@@ -120,7 +118,9 @@ def test_batch_runs_across_nodes_and_survives_losing_one(tmp_path, cluster, rece
     settings, handle = _start(tmp_path)
     hook = {"url": receiver.url, "secret_env": "FARM_TEST_HOOK_SECRET"}
     batch_id = ray.get(
-        handle.submit.remote(batch_payload(load_batch(_batch_file(tmp_path, webhook=hook), _now()), settings))
+        handle.submit.remote(
+            batch_payload(load_batch(_batch_file(tmp_path, webhook=hook), _now()), settings), token=ADMIN
+        )
     )
     _wait(handle, batch_id, lambda s: s["actions"].get("video", {}).get("done", 0) >= 1)
     c.remove_node(gpu_nodes[0])
@@ -144,16 +144,18 @@ def test_cancel_stops_the_batch_and_leaves_nothing_half_written(tmp_path, cluste
     import ray
 
     settings, handle = _start(tmp_path)
-    batch_id = ray.get(handle.submit.remote(batch_payload(load_batch(_batch_file(tmp_path), _now()), settings)))
+    batch_id = ray.get(
+        handle.submit.remote(batch_payload(load_batch(_batch_file(tmp_path), _now()), settings), token=ADMIN)
+    )
     _wait(handle, batch_id, lambda s: sum(r.get("done", 0) for r in s["actions"].values()) >= 3)
-    status = ray.get(handle.cancel.remote(batch_id))
+    status = ray.get(handle.cancel.remote(batch_id, token=ADMIN))
     assert status["status"] == "cancelled"
     time.sleep(3)  # let what was running stop or finish
     events = _journal(tmp_path, batch_id)
     cancelled = next(e.seq for e in events if e.type == "batch.cancelled")
     assert not [e for e in events if e.type == "action.dispatched" and e.seq > cancelled]
     assert not list((tmp_path / "store").rglob(".tmp-*"))
-    assert ray.get(handle.status.remote(batch_id))["episodes"]["delivered"] < 3
+    assert ray.get(handle.status.remote(batch_id, token=ADMIN))["episodes"]["delivered"] < 3
 
 
 def test_controller_killed_mid_batch_resumes_without_rerunning(tmp_path, cluster):
@@ -162,13 +164,15 @@ def test_controller_killed_mid_batch_resumes_without_rerunning(tmp_path, cluster
     import ray
 
     settings, handle = _start(tmp_path)
-    batch_id = ray.get(handle.submit.remote(batch_payload(load_batch(_batch_file(tmp_path), _now()), settings)))
+    batch_id = ray.get(
+        handle.submit.remote(batch_payload(load_batch(_batch_file(tmp_path), _now()), settings), token=ADMIN)
+    )
     _wait(handle, batch_id, lambda s: sum(r.get("done", 0) for r in s["actions"].values()) >= 8)
-    pid = ray.get(handle.ping.remote())["pid"]
+    pid = ray.get(handle.ping.remote(token=ADMIN))["pid"]
     os.kill(pid, signal.SIGKILL)
     status = _wait(handle, batch_id, lambda s: s["status"] != "running")
     assert status["status"] == "finished" and status["episodes"]["delivered"] == 3, status
-    assert ray.get(handle.ping.remote())["pid"] != pid
+    assert ray.get(handle.ping.remote(token=ADMIN))["pid"] != pid
     _no_finished_action_ran_twice(_journal(tmp_path, batch_id))
 
 

@@ -41,6 +41,9 @@ def _payload(studio: str, titles: list[str]) -> dict:
     return {"studio": studio, "namespace": studio, "priority": "normal", "budget": {}, "episodes": episodes}
 
 
+ADMIN = "admin-token-for-tests"
+
+
 def test_a_script_naming_an_unknown_speaker_fails_only_its_episode_and_replays_cleanly(tmp_path, ray_local):
     """A studio's own script backend (``package.module:Class``) answers one episode with a speaker the
     series lacks: that episode fails with the reason, its sister episode and a second batch in the same
@@ -54,23 +57,24 @@ def test_a_script_naming_an_unknown_speaker_fails_only_its_episode_and_replays_c
     settings = Settings(
         store=str(tmp_path / "store"),
         metrics_port=0,
+        admin_token=ADMIN,
         backend_script="scripted",
         backends={"scripted": {"kind": "tests.support.fake_backends:Scripted", "rogue_speaker": "zed"}},
         **{f"backend_{s}": "noop" for s in STAGES if s != "script"},
     )
     handle = controller(settings, create=True)
     try:
-        first = ray.get(handle.submit.remote(_payload("acme", ["Rogue", "Calm"])))
-        second = ray.get(handle.submit.remote(_payload("other", ["Quiet"])))
+        first = ray.get(handle.submit.remote(_payload("acme", ["Rogue", "Calm"]), token=ADMIN))
+        second = ray.get(handle.submit.remote(_payload("other", ["Quiet"]), token=ADMIN))
         restarting = (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError)
         for batch in (first, second):
             wait_until(
-                lambda b=batch: ray.get(handle.status.remote(b), timeout=30)["status"] != "running",
+                lambda b=batch: ray.get(handle.status.remote(b, token=ADMIN), timeout=30)["status"] != "running",
                 timeout=180,
                 what=f"batch {batch} to finish",
                 ignore=restarting,
             )
-        before = {b: ray.get(handle.status.remote(b)) for b in (first, second)}
+        before = {b: ray.get(handle.status.remote(b, token=ADMIN)) for b in (first, second)}
         assert before[first]["status"] == "finished" and before[first]["episodes"]["delivered"] == 1
         (failure,) = before[first]["failures"]
         assert (
@@ -78,23 +82,23 @@ def test_a_script_naming_an_unknown_speaker_fails_only_its_episode_and_replays_c
         )
         assert before[second]["episodes"] == {"total": 1, "delivered": 1, "failed": 0, "running": 0}
 
-        ping = ray.get(handle.ping.remote())
+        ping = ray.get(handle.ping.remote(token=ADMIN))
         os.kill(ping["pid"], signal.SIGKILL)
         again = wait_until(
-            lambda: (p := ray.get(handle.ping.remote(), timeout=30))["pid"] != ping["pid"] and p,
+            lambda: (p := ray.get(handle.ping.remote(token=ADMIN), timeout=30))["pid"] != ping["pid"] and p,
             timeout=180,
             what="the controller to restart",
             ignore=restarting,
         )
         assert again["errors"] == [] and again["batches"] == 2 and again["last_seq"] >= ping["last_seq"]
-        after = {b: ray.get(handle.status.remote(b)) for b in (first, second)}
+        after = {b: ray.get(handle.status.remote(b, token=ADMIN)) for b in (first, second)}
         for b in (first, second):
             assert {k: after[b][k] for k in ("status", "episodes", "failures")} == {
                 k: before[b][k] for k in ("status", "episodes", "failures")
             }
-        assert not [e for e in ray.get(handle.events.remote(first)) if e["type"] == "batch.failed"]
+        assert not [e for e in ray.get(handle.events.remote(first, token=ADMIN)) if e["type"] == "batch.failed"]
     finally:
         try:
-            ray.get(handle.stop.remote(), timeout=30)
+            ray.get(handle.stop.remote(token=ADMIN), timeout=30)
         finally:
             kill(handle)

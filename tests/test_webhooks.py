@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from farm.service.webhooks import Notification, deliver, send, sign, verify
+from farm.service.webhooks import Notification, deliver, event_id, send, sign, verify
 
 
 class _Receiver(BaseHTTPRequestHandler):
@@ -57,7 +57,12 @@ def test_delivery_is_signed(receiver):
     )
     assert ok
     [(headers, body)] = rec.received
-    assert json.loads(body) == {"event": "episode.delivered", "batch": "b", "episode": "s/ep001"}
+    assert json.loads(body) == {
+        "event": "episode.delivered",
+        "event_id": event_id("b:episode.delivered:s/ep001"),
+        "batch": "b",
+        "episode": "s/ep001",
+    }
     assert headers["X-Farm-Event"] == "episode.delivered"
     assert verify(
         body, "s3cret", headers["X-Farm-Timestamp"], headers["X-Farm-Signature"], now=int(headers["X-Farm-Timestamp"])
@@ -122,7 +127,12 @@ def test_a_controller_counts_webhooks_that_finally_fail(receiver, tmp_path, monk
     url, rec = receiver
     rec.statuses = [500] * 100
     monkeypatch.setenv("FARM_TEST_HOOK_SECRET", "hush-hush")
-    settings = Settings(store=str(tmp_path / "store"), metrics_port=0, **{f"backend_{s}": "noop" for s in STAGES})
+    settings = Settings(
+        store=str(tmp_path / "store"),
+        metrics_port=0,
+        webhook_secrets={"acme": "FARM_TEST_HOOK_SECRET"},
+        **{f"backend_{s}": "noop" for s in STAGES},
+    )
 
     def service(**kw):
         runtime = InProcessRuntime(settings.store_spec(), settings.catalog(), cpus=2)
@@ -208,3 +218,88 @@ def test_link_local_and_metadata_receivers_are_refused(url):
     assert "FARM_WEBHOOK_ALLOW_LINK_LOCAL" in outcome.detail
     allowed = send(note, attempts=1, sleep=lambda s: None, timeout_s=0.5, allow_link_local=True)
     assert not allowed.detail.startswith("refused")  # tried (and failed to connect, here)
+
+
+def _acme_payload() -> dict:
+    from farm.bench.batch import synthetic_payload, tiny_episode
+
+    payload = synthetic_payload(1, {}, studio="acme", make=tiny_episode)
+    return {k: v for k, v in payload.items() if k != "backends"}
+
+
+def _noop_settings(tmp_path, **fields):
+    from farm.core.plan import STAGES
+    from farm.settings import Settings
+
+    return Settings(store=str(tmp_path / "store"), metrics_port=0, **fields, **{f"backend_{s}": "noop" for s in STAGES})
+
+
+def test_a_batch_cannot_name_another_variable_as_its_webhook_secret(tmp_path, monkeypatch):
+    """``webhook.secret_env`` naming any variable but the one bound to its studio (FARM_WEBHOOK_SECRETS) is
+    refused in the same words whether the variable exists on the controller or not; the studio's own
+    name, or none, is accepted."""
+    from farm.errors import UsageError
+    from farm.service.host import submission
+
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "the-clusters-token")
+    monkeypatch.setenv("BOLT_HOOK_SECRET", "bolts-secret")
+    monkeypatch.delenv("NO_SUCH_VARIABLE", raising=False)
+    settings = _noop_settings(tmp_path, webhook_secrets={"acme": "ACME_HOOK_SECRET", "bolt": "BOLT_HOOK_SECRET"})
+    hook = {"url": "https://hooks.example.com/farm"}
+    said = set()
+    for name in ("RAY_AUTH_TOKEN", "BOLT_HOOK_SECRET", "NO_SUCH_VARIABLE"):
+        with pytest.raises(UsageError) as caught:
+            submission(_acme_payload() | {"webhook": hook | {"secret_env": name}}, settings, settings.catalog())
+        said.add(str(caught.value).replace(name, "<name>"))
+    (message,) = said
+    assert "webhook.secret_env" in message and message.endswith("drop webhook.secret_env")
+    assert "<name>" not in message  # nor does it echo the name asked for
+    for own in ({"secret_env": "ACME_HOOK_SECRET"}, {}):
+        submission(_acme_payload() | {"webhook": hook | own}, settings, settings.catalog())
+
+
+def test_webhooks_are_signed_with_the_studios_secret_with_an_event_id_stable_across_retries_and_restarts(
+    receiver, tmp_path, monkeypatch
+):
+    """A batch naming no secret gets its studio's (bound on the controller). Each notification carries one
+    event id, in ``X-Farm-Event-Id`` and in the body: the same on every retry and when a restarted
+    controller sends it again, and different for different events."""
+    from farm.runtime.local import InProcessRuntime
+    from farm.service.host import ControllerService
+    from tests.conftest import wait_until
+
+    url, rec = receiver
+    rec.statuses = [500] * 4  # the first controller's two notifications fail, twice each
+    monkeypatch.setenv("ACME_HOOK_SECRET", "acmes-own-secret")
+    monkeypatch.setenv("FARM_TEST_HOOK_SECRET", "not-acmes")
+    settings = _noop_settings(tmp_path, webhook_secrets={"acme": "ACME_HOOK_SECRET"})
+
+    def service(**kw):
+        runtime = InProcessRuntime(settings.store_spec(), settings.catalog(), cpus=2)
+        return ControllerService(
+            settings.model_dump(mode="json"), runtime=runtime, webhook_attempts=2, webhook_backoff_s=0.01, **kw
+        )
+
+    first = service()
+    try:
+        batch = first.submit(_acme_payload() | {"webhook": {"url": url}})
+        wait_until(lambda: first.status(batch)["notifications"]["failed"] == 2, what="both notifications to fail")
+    finally:
+        first.stop()
+        first.runtime.shutdown()
+    again = service()  # replays the journal and sends the failed notifications again (the receiver now says 200)
+    try:
+        wait_until(lambda: again.status(batch)["notifications"]["sent"] == 2, what="both notifications to be sent")
+    finally:
+        again.stop()
+        again.runtime.shutdown()
+    assert len(rec.received) == 6
+    ids: dict[str, set[str]] = {}
+    for headers, body in rec.received:
+        assert verify(body, "acmes-own-secret", headers["X-Farm-Timestamp"], headers["X-Farm-Signature"], now=1e18) or (
+            headers["X-Farm-Signature"] == sign(body, "acmes-own-secret", int(headers["X-Farm-Timestamp"]))
+        )
+        assert json.loads(body)["event_id"] == headers["X-Farm-Event-Id"]
+        ids.setdefault(json.loads(body)["event"], set()).add(headers["X-Farm-Event-Id"])
+    assert sorted(ids) == ["batch.finished", "episode.delivered"]
+    assert all(len(v) == 1 for v in ids.values()) and ids["batch.finished"] != ids["episode.delivered"]

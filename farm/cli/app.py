@@ -6,6 +6,7 @@
     farm batch submit|list|status|watch|cancel|events
     farm backends                                   farm.cli.backends
     farm models push|list                           farm.cli.models
+    farm studio add|list|revoke                     farm.cli.studio
     farm simulate [--bench]                         farm.cli.simulate
 
 Settings come from FARM_* environment variables (see farm.settings); options override them.
@@ -24,13 +25,13 @@ import sys
 import traceback
 from pathlib import Path
 
-from farm.cli import backends, batch, bench, models, render, simulate
+from farm.cli import backends, batch, bench, models, render, simulate, studio
 from farm.cli.common import level
 from farm.errors import FarmError, SpecError, UsageError
 from farm.observe import logs
 from workers.api import ConfigError, ToolMissing
 
-GROUPS = (render, bench, batch, backends, models, simulate)
+GROUPS = (render, bench, batch, backends, models, simulate, studio)
 
 
 SIGPIPE_EXIT = 128 + 13  # what a shell reports for a program killed by SIGPIPE

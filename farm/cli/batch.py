@@ -3,8 +3,12 @@
 farm controller start [--address A]   start (or find) the controller; with no cluster given, starts a
                                       local Ray head and records it (farm.runtime.cluster)
 farm controller status | stop [--ray]
-farm batch submit FILE                prints the batch id once the batch is in the journal
+farm batch submit FILE [--idempotency-key K]   prints the batch id once the batch is in the journal;
+                                      with a key the studio used before, the id of that batch
 farm batch list | status ID | watch ID | cancel ID | events ID     (each with --json)
+
+Every call carries a token (--token / FARM_TOKEN: a studio's, from `farm studio add`; else the admin
+credential `farm controller start` keeps in this machine's state dir): a studio sees its own batches only.
 """
 
 from __future__ import annotations
@@ -22,10 +26,11 @@ from farm.settings import Settings
 
 def controller(settings: Settings, *, create: bool = False):
     """The controller actor's handle; with ``create``, start it if it is not running."""
-    from farm.runtime.cluster import controller_actor
+    from farm.runtime.cluster import controller_actor, ensure_admin_token
     from farm.service.host import ControllerService
 
-    return controller_actor(settings, ControllerService, create=create)
+    # the controller it starts is guarded by an admin credential: FARM_ADMIN_TOKEN, or one in the state dir
+    return controller_actor(ensure_admin_token(settings) if create else settings, ControllerService, create=create)
 
 
 def _when(ts: float | None) -> str:
@@ -70,14 +75,15 @@ def _join(settings: Settings, *, start_head: bool = False) -> None:
 
 
 def cmd_controller(args, settings: Settings) -> int:
-    from farm.runtime.cluster import call as _call
+    from farm.runtime.cluster import call, credential, ensure_admin_token
 
     if args.action == "start":
         if not settings.store.startswith("s3://"):  # a folder: the one the user means, not the actor's cwd
             settings = settings.model_copy(update={"store": str(Path(settings.store).resolve())})
+        settings = ensure_admin_token(settings)  # so that this command's own calls carry it
         _join(settings, start_head=True)
         handle = controller(settings, create=True)
-        info = _call(handle, "ping")
+        info = call(handle, "ping", token=credential(settings))
         print(
             json.dumps(info)
             if args.json
@@ -87,12 +93,13 @@ def cmd_controller(args, settings: Settings) -> int:
     if args.action == "stop":
         return _stop(settings, with_ray=args.ray)
     _join(settings)
-    info = _call(controller(settings), "ping")
+    info = call(controller(settings), "ping", token=credential(settings))
     print(
         json.dumps(info)
         if args.json
-        else f"controller up since {_when(info['started_at'])}; "
-        f"{info['batches']} batches; journal at event {info['last_seq']}; store {info['store']}"
+        else f"controller up since {_when(info['started_at'])}; {info['batches']} batches"
+        + (f"; journal at event {info['last_seq']}" if "last_seq" in info else "")  # (the admin's view)
+        + f"; store {info['store']}"
     )
     return 0
 
@@ -100,7 +107,7 @@ def cmd_controller(args, settings: Settings) -> int:
 def _stop(settings: Settings, *, with_ray: bool) -> int:
     """Stop the controller (for good: Ray does not restart it); ``with_ray``, the local Ray head the
     farm started too, even when the controller is gone already."""
-    from farm.runtime.cluster import call, kill, read_record, stop_local_head
+    from farm.runtime.cluster import call, credential, kill, read_record, stop_local_head
 
     local = read_record() is not None and not settings.ray_address
     if with_ray and settings.ray_address:
@@ -111,7 +118,7 @@ def _stop(settings: Settings, *, with_ray: bool) -> int:
     try:
         _join(settings)
         handle = controller(settings)
-        call(handle, "stop")
+        call(handle, "stop", token=credential(settings))
         kill(handle)
         print("controller stopped")
     except FarmError as exc:
@@ -126,17 +133,24 @@ def _stop(settings: Settings, *, with_ray: bool) -> int:
 
 
 def cmd_batch(args, settings: Settings) -> int:
-    from farm.loader import load_batch
-    from farm.runtime.cluster import call as _call
-    from farm.service.host import batch_payload
+    from functools import partial
 
+    from farm.loader import load_batch
+    from farm.runtime.cluster import call, credential
+    from farm.service.host import batch_payload
+    from farm.service.tenants import check_idempotency_key
+
+    _call = partial(call, token=credential(settings))
     if args.action == "submit":
+        key = getattr(args, "idempotency_key", None)
+        if key is not None:
+            check_idempotency_key(key)
         from farm.settings import preflight
 
         loaded = load_batch(Path(args.target), datetime.now(timezone.utc))  # validate fully before connecting
         preflight(settings, loaded.episodes, loaded)
         _join(settings)
-        batch_id = _call(controller(settings), "submit", batch_payload(loaded, settings))
+        batch_id = _call(controller(settings), "submit", batch_payload(loaded, settings), key)
         print(json.dumps({"batch": batch_id, "episodes": len(loaded.episodes)}) if args.json else batch_id)
         return 0
     _join(settings)
@@ -192,6 +206,7 @@ def add_parser(sub) -> None:
         "--ray", action="store_true", help="stop: also stop the local Ray head that `farm controller start` started"
     )
     c.add_argument("--json", action="store_true", help="print the answer as JSON")
+    add_token(c)
     c.set_defaults(func=lambda a: cmd_controller(a, _settings(a)))
 
     b = sub.add_parser("batch", help="submit and follow nightly batches")
@@ -203,6 +218,12 @@ def add_parser(sub) -> None:
     b.add_argument("target", nargs="?", help="batch file (submit) or batch id")
     add_common(b)
     b.add_argument("--interval", type=float, default=2.0, help="watch: seconds between refreshes")
+    b.add_argument(
+        "--idempotency-key",
+        metavar="K",
+        help="submit: your name for this submission; submitting it again (a retried job) returns the same batch",
+    )
+    add_token(b)
     b.add_argument("--json", action="store_true", help="print the answer as JSON (watch: one object per refresh)")
     b.set_defaults(func=lambda a: cmd_batch(_require_target(a), _settings(a)))
 
@@ -213,5 +234,22 @@ def _require_target(args):
     return args
 
 
+def add_token(parser) -> None:
+    parser.add_argument(
+        "--token",
+        help="your credential for the controller (env FARM_TOKEN): your studio's, from `farm studio add`; "
+        "default: the admin credential `farm controller start` left on this machine",
+    )
+
+
 def _settings(args) -> Settings:
-    return settings_from_args(args)
+    """Settings from the environment and options, with --token over FARM_TOKEN."""
+    from pydantic import SecretStr
+
+    from farm.observe import logs
+
+    settings = settings_from_args(args)
+    if getattr(args, "token", None):
+        settings = settings.model_copy(update={"token": SecretStr(args.token)})
+    logs.hide(settings.token.get_secret_value(), settings.admin_token.get_secret_value())
+    return settings

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from pydantic import SecretStr
 
 from farm.errors import FarmError, UsageError
 from farm.settings import Settings
@@ -60,6 +61,59 @@ def state_dir() -> Path:
 
 def record_path() -> Path:
     return state_dir() / "ray.json"
+
+
+def admin_path() -> Path:
+    return state_dir() / "admin_token"
+
+
+def ensure_admin_token(settings: Settings) -> Settings:
+    """``settings`` with the controller's admin credential: FARM_ADMIN_TOKEN when set (a Secret on a
+    cluster), else the one in the state dir of this machine, made now (mode 0600) when there is none."""
+    if settings.admin_token.get_secret_value():
+        return settings
+    path = admin_path()
+    token = _read_secret(path)
+    if token is None:
+        from secrets import token_urlsafe
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another start made it a moment ago: use that one
+            token = _read_secret(path)
+        else:
+            token = "farm_admin_" + token_urlsafe(32)
+            with os.fdopen(fd, "w") as out:
+                out.write(token + "\n")
+    if token is None:
+        raise FarmError(f"the admin credential {path} is empty or unreadable: remove it, then start the controller")
+    return settings.model_copy(update={"admin_token": SecretStr(token)})
+
+
+def _read_secret(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise FarmError(f"cannot read the admin credential {path}: {exc.strerror}") from None
+
+
+def credential(settings: Settings | None = None) -> str | None:
+    """The token this client sends the controller: FARM_TOKEN / --token, else FARM_ADMIN_TOKEN, else the
+    admin credential `farm controller start` left in this machine's state dir, else None."""
+    for secret in (settings.token, settings.admin_token) if settings is not None else ():
+        if secret.get_secret_value():
+            return secret.get_secret_value()
+    if settings is None:
+        for name in ("FARM_TOKEN", "FARM_ADMIN_TOKEN"):
+            if os.environ.get(name, "").strip():
+                return os.environ[name].strip()
+    try:
+        return _read_secret(admin_path())
+    except FarmError:
+        return None
 
 
 def read_record() -> dict | None:
@@ -332,19 +386,25 @@ def controller_actor(settings: Settings, service: type, *, create: bool = False)
         num_cpus=0,
         resources=settings.controller_resources or None,
     ).remote(settings.model_dump(mode="json") | _secrets(settings))
-    ray.get(handle.ping.remote())
+    call(handle, "ping", token=credential(settings))
     return handle
 
 
 def _secrets(settings: Settings) -> dict:
-    return {k: getattr(settings, k).get_secret_value() for k in ("s3_access_key", "s3_secret_key")}
+    if not settings.admin_token.get_secret_value():  # a controller on a cluster never runs unguarded
+        raise UsageError(
+            "the controller needs an admin credential: set FARM_ADMIN_TOKEN, or start it with `farm controller start`"
+        )
+    return {k: getattr(settings, k).get_secret_value() for k in ("s3_access_key", "s3_secret_key", "admin_token")}
 
 
-def call(handle: Any, method: str, *args: Any) -> Any:
-    """Call an actor method and wait. The farm's own errors it raises (a batch that is not valid: a
-    UsageError) come back as themselves, a KeyError (an unknown batch) as a FarmError."""
+def call(handle: Any, method: str, *args: Any, token: str | None = None, **options: Any) -> Any:
+    """Call an actor method with this client's ``token`` (default: ``credential()``) and wait. The farm's
+    own errors it raises (a batch that is not valid, a token that may not: a UsageError) come back as
+    themselves, a KeyError (an unknown batch) as a FarmError."""
+    token = token if token is not None else credential()
     try:
-        return ray.get(getattr(handle, method).remote(*args))
+        return ray.get(getattr(handle, method).remote(*args, token=token, **options))
     except ray.exceptions.RayTaskError as exc:
         cause = exc.cause if isinstance(exc.cause, Exception) else exc
         if isinstance(cause, FarmError):

@@ -7,6 +7,11 @@ Delivery is retried with exponential backoff (``send``); the outcome is journale
 delivered notification, and a failed one is counted in its batch's status. What is journaled names the
 receiver by its host alone (``host_of``) and its errors never hold the URL's path, query or userinfo,
 nor the secret (``Delivery.detail``).
+
+Each notification has a stable event id (``event_id``: from its batch, kind and episode), the same on
+every retry and after a controller restart, sent as ``X-Farm-Event-Id`` and as ``event_id`` in the body:
+a receiver that saw it already drops it. The secret is the studio's, bound on the controller
+(FARM_WEBHOOK_SECRETS); a batch cannot name another (``check_secret_env``).
 """
 
 from __future__ import annotations
@@ -21,7 +26,11 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
+
+from farm.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -31,6 +40,27 @@ class Notification:
     secret: str | None
     kind: str
     payload: dict
+    problem: str | None = None  # why it cannot be sent at all (its studio's secret has no value): final
+
+
+def event_id(note_id: str) -> str:
+    """The notification's stable id for receivers to dedupe on: a digest of ``<batch>:<kind>:<episode>``,
+    so the same event has the same id on every retry and restart, and different events differ."""
+    return "evt_" + hashlib.sha256(note_id.encode("utf-8")).hexdigest()[:32]
+
+
+def check_secret_env(studio: str, hook: Mapping[str, Any] | None, bound: Mapping[str, str]) -> None:
+    """A batch's ``webhook.secret_env`` may only repeat the variable the controller binds to its studio
+    (``bound``: FARM_WEBHOOK_SECRETS), never name another of the controller's variables. The answer says
+    nothing of which variables exist. Raises UsageError with the fix."""
+    named = (hook or {}).get("secret_env")
+    if named is None or named == bound.get(studio):
+        return
+    raise UsageError(
+        "the batch is not valid: webhook.secret_env: a batch cannot choose its webhook secret: studio "
+        f"{studio!r}'s webhooks are signed with the secret the controller binds to it (FARM_WEBHOOK_SECRETS): "
+        "drop webhook.secret_env"
+    )
 
 
 @dataclass(frozen=True)
@@ -159,8 +189,13 @@ def send(
     metadata address (unless ``allow_link_local``) is final. Never raises: how it ended is the
     returned ``Delivery``."""
     host = host_of(note.url)
+    if note.problem:
+        return Delivery(False, note.problem, 0, host)
     opener = _opener(allow_link_local)
-    body = json.dumps({"event": note.kind, **note.payload}, ensure_ascii=False, sort_keys=True).encode("utf-8")
+    stable = event_id(note.id)
+    body = json.dumps(
+        {"event": note.kind, "event_id": stable, **note.payload}, ensure_ascii=False, sort_keys=True
+    ).encode("utf-8")
     detail = ""
     for attempt in range(attempts):
         ts = int(clock())
@@ -169,6 +204,7 @@ def send(
             "X-Farm-Event": note.kind,
             "X-Farm-Timestamp": str(ts),
             "X-Farm-Delivery": note.id,
+            "X-Farm-Event-Id": stable,
         }
         if note.secret:
             headers["X-Farm-Signature"] = sign(body, note.secret, ts)

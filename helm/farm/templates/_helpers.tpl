@@ -205,3 +205,30 @@ items:
 {{- end }}
 {{- end -}}
 {{- end -}}
+
+{{/* The Secret holding the controller's admin credential: the one named, or the chart's. */}}
+{{- define "farm.adminSecret" -}}
+{{- default (printf "%s-admin" (include "farm.fullname" .)) .Values.controller.adminToken.existingSecret -}}
+{{- end -}}
+
+{{/* FARM_ADMIN_TOKEN, from its Secret only. */}}
+{{- define "farm.adminTokenEnv" -}}
+- name: FARM_ADMIN_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "farm.adminSecret" . }}
+      key: {{ .Values.controller.adminToken.key }}
+{{- end -}}
+
+{{/* What a nightly submission sends the controller: the studio's token (nightly.tokenSecret), else the admin's. */}}
+{{- define "farm.nightlyTokenEnv" -}}
+{{- with .Values.nightly.tokenSecret }}{{ if .name -}}
+- name: FARM_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ .name }}
+      key: {{ .key }}
+{{- else -}}
+{{- include "farm.adminTokenEnv" $ -}}
+{{- end }}{{ end -}}
+{{- end -}}
