@@ -6,6 +6,7 @@ fails instead, so a green CI never hides a missing server or tool.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -159,3 +160,82 @@ def write_specs(folder: Path, series: dict | None = None, episode: dict | None =
     path = folder / "ep001.yaml"
     path.write_text(yaml.safe_dump(ep, allow_unicode=True, sort_keys=False), encoding="utf-8")
     return path
+
+
+def write_episode_variants(folder: Path, episodes: int) -> None:
+    """Beside ``write_specs``' ep001: episodes 2..``episodes``, each with its own second-scene line."""
+    for n in range(2, episodes + 1):
+        script = yaml.safe_load(yaml.safe_dump(SMALL_SCRIPT))
+        script["scenes"][1]["shots"][0]["lines"][0]["text"] = f"Only me, the {n}th time."
+        (folder / f"ep{n:03d}.yaml").write_text(
+            yaml.safe_dump({"series": "series.yaml", "number": n, "title": f"Episode {n}", "script": script})
+        )
+
+
+def s3_settings(server, endpoint: str | None = None) -> dict:
+    """The settings that put a store on ``server`` (through ``endpoint`` when a proxy stands between)."""
+    return {
+        "s3_endpoint": endpoint or server.endpoint,
+        "s3_access_key": server.access_key,
+        "s3_secret_key": server.secret_key,
+        "s3_secure": server.secure,
+        "s3_region": server.region,
+    }
+
+
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
+def objects(request, tmp_path):
+    """An empty object store: a local folder, and a prefix of its own on the real S3 server."""
+    from farm.store import LocalStore
+
+    if request.param == "local":
+        return LocalStore(tmp_path / "store")
+    from farm.store.s3 import S3Store
+
+    server = request.getfixturevalue("s3_server")
+    return S3Store(
+        server.endpoint,
+        server.access_key,
+        server.secret_key,
+        "farm-objects",
+        f"o-{tmp_path.name}",
+        secure=server.secure,
+        region=server.region,
+    )
+
+
+@pytest.fixture
+def gpu_ray():
+    """A local Ray of the test's own with one declared GPU, joined in the farm's namespace."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(
+        address="local", num_cpus=3, num_gpus=1, namespace="farm", include_dashboard=False, logging_level="WARNING"
+    )
+    yield ray
+    ray.shutdown()
+
+
+@contextlib.contextmanager
+def controller_services(settings, admin: str, cpus: int):
+    """A factory of in-process controllers (no Ray) on ``settings``' store, guarded by ``admin``; each
+    stopped after: ``start(loop=False)``."""
+    from farm.runtime.local import InProcessRuntime
+    from farm.service.host import ControllerService
+
+    made = []
+
+    def start(loop: bool = False):
+        runtime = InProcessRuntime(settings.store_spec(), settings.catalog(), cpus=cpus)
+        service = ControllerService(
+            settings.model_dump(mode="json") | {"admin_token": admin}, runtime=runtime, start_loop=loop
+        )
+        made.append(service)
+        return service
+
+    yield start
+    for service in made:
+        service.stop(token=admin)
+        service.runtime.shutdown()

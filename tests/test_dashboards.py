@@ -129,14 +129,15 @@ def test_every_metric_named_exists():
     assert named - exported == set()
 
 
-def test_rules_cover_the_four_alerts():
-    """A batch missing its deadline, a budget 90% used, a high failure rate, the controller down."""
+def test_rules_cover_the_five_alerts():
+    """A batch missing its deadline, a budget 90% used, a high failure rate, the controller down, its store down."""
     alerts = {r["alert"]: r for r in rules()}
     assert set(alerts) == {
         "FarmBatchProjectedToMissDeadline",
         "FarmBatchBudgetNearlySpent",
         "FarmActionFailureRateHigh",
         "FarmControllerDown",
+        "FarmStoreDown",
     }
     for rule in alerts.values():
         assert rule["labels"]["severity"] in ("warning", "critical") and rule["annotations"]["summary"] and rule["for"]
@@ -171,6 +172,12 @@ ANNOTATIONS = {
         "description": "No batch is being scheduled. Ray restarts the controller actor on failure; check `farm "
         "controller status` and the Ray head, and that Prometheus scrapes the controller's /metrics.",
     },
+    "FarmStoreDown": {
+        "summary": "The farm controller cannot write to its store",
+        "description": "Nothing new is dispatched until the store answers again; finished work is kept and journaled "
+        "then. Check the S3 endpoint or the store's disk (full or read-only); `farm controller status` shows the "
+        "last error.",
+    },
 }
 
 
@@ -188,12 +195,14 @@ def test_promtool_unit_tests_every_alert(tmp_path):
         'farm_actions_total{studio="acme",stage="video",outcome="failed"}': "0x30",
         'farm_actions_total{studio="acme",stage="video",outcome="ok"}': "0+5x30",
         'farm_controller_up{job="farm"}': "1x5 stale",
+        'farm_store_up{job="farm"}': "1x10 0x15",
     }
     expected = {
         "FarmBatchProjectedToMissDeadline": {"severity": "warning", "batch": "late", "studio": "acme"},
         "FarmBatchBudgetNearlySpent": {"severity": "warning", "batch": "late", "studio": "acme", "cap": "money"},
         "FarmActionFailureRateHigh": {"severity": "warning", "studio": "acme", "stage": "dubbing"},
         "FarmControllerDown": {"severity": "critical"},
+        "FarmStoreDown": {"severity": "critical", "job": "farm"},
     }
     alert_tests = [
         {
@@ -205,6 +214,8 @@ def test_promtool_unit_tests_every_alert(tmp_path):
     ]
     alert_tests += [
         {"eval_time": "3m", "alertname": "FarmControllerDown", "exp_alerts": []},
+        {"eval_time": "10m", "alertname": "FarmStoreDown", "exp_alerts": []},
+        {"eval_time": "11m", "alertname": "FarmStoreDown", "exp_alerts": []},  # down for less than a minute
         {"eval_time": "1m", "alertname": "FarmBatchBudgetNearlySpent", "exp_alerts": []},
     ]
     unit = {

@@ -14,6 +14,12 @@ deliveries, notifications), which may commit more groups. A result becomes a fac
 controller has checked it; an event that cannot be applied stops its own batch (``batch.failed``)
 and never the engine.
 
+The store can be down (a journal write or a lookup fails with a retryable ``StoreError`` or an
+``OSError``). Then nothing is lost: finished attempts taken from the runtime are *held* until their
+group is journaled, and the commands a failure stopped stay in a *backlog*, carried out first by the
+next ``advance``. The error reaches the host as ``StoreDown``; it calls ``advance`` again (with
+backoff) until the store answers. Nothing is dispatched meanwhile: a dispatch is journaled first.
+
 Example::
 
     engine = Engine(controller, MemoryJournal(), runtime, ManualClock(), artifacts)
@@ -24,6 +30,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -31,9 +38,30 @@ from farm.core.controller import Controller
 from farm.core.events import BatchCancelled, BatchSubmitted, Submission
 from farm.core.ports import Artifacts, Clock, Finished, Journal, Runtime
 from farm.core.state import Cancel, Command, Deliver, Dispatch, Fault, Lookup, Notified, Notify, Profile
-from farm.errors import FarmError
+from farm.errors import FarmError, StoreError, StoreUnwritable
 
 INTERRUPTED = "interrupted: the controller restarted while it ran"
+ORPHANED = "interrupted: nothing was running it (its worker was never started or its result was lost)"
+
+
+class StoreDown(StoreError):
+    """The store failed while the engine journaled or carried out a command: what it was doing is
+    kept (held results, the backlog) and done by the next ``advance``. ``cause`` is the store's error."""
+
+    retryable = True
+
+    def __init__(self, cause: BaseException):
+        super().__init__(f"the store is unavailable: {type(cause).__name__}: {cause}")
+        self.cause = cause
+
+
+def _store_down(exc: BaseException) -> bool:
+    """Is ``exc`` the store being unavailable (worth holding on to the work and trying again)?"""
+    if isinstance(exc, StoreDown):
+        return True
+    if isinstance(exc, (OSError, StoreUnwritable)):  # a local store: disk full, read-only, a vanished mount
+        return True
+    return isinstance(exc, StoreError) and bool(getattr(exc, "retryable", False))
 
 
 class Engine:
@@ -60,13 +88,28 @@ class Engine:
         self.clock, self.artifacts = clock, artifacts
         self.notify, self.observe = notify, observe
         self.sent: set[str] = set()  # webhook notifications already delivered (journaled)
+        self.held: list[Finished] = []  # attempts taken from the runtime whose group is not journaled yet
+        self.backlog: list[Command] = []  # commands a store failure stopped, carried out first next time
+        self.submitted: set[str] = set()  # keys handed to the runtime and not back yet (``reconcile``)
 
     # -- the one way state changes ------------------------------------------------------------------
     def commit(self, proposals: Sequence[Any]) -> list[Any]:
         """Journal ``proposals`` as one group, apply the whole group, then carry out what it calls for."""
+        events, commands = self._record(proposals)
+        self.carry_out(commands)
+        return events
+
+    def _record(self, proposals: Sequence[Any]) -> tuple[list[Any], list[Command]]:
+        """Journal and apply one group; its commands, not carried out yet. When the journal write fails
+        nothing is applied (the exception is the store's, as ``StoreDown`` where it is one)."""
         if not proposals:
-            return []
-        events = self.journal.append(proposals, self.clock.now())
+            return [], []
+        try:
+            events = self.journal.append(proposals, self.clock.now())
+        except Exception as exc:
+            if _store_down(exc) and not isinstance(exc, StoreDown):
+                raise StoreDown(exc) from exc
+            raise
         commands: list[Command] = []
         for event in events:
             if event.type == "webhook.delivered":
@@ -75,24 +118,38 @@ class Engine:
         if self.observe is not None:
             for event in events:
                 self.observe(event)
-        self.carry_out(commands)
-        return events
+        return events, commands
 
     def carry_out(self, commands: Iterable[Command]) -> None:
-        for command in commands:
-            if isinstance(command, Lookup):
-                self._lookup(command.keys)
-            elif isinstance(command, Dispatch):
-                self._dispatch(command.key)
-            elif isinstance(command, Deliver):
-                self._deliver(command.batch, command.episode)
-            elif isinstance(command, Notify):
-                if self.notify is not None:
-                    self.notify(command)
-            elif isinstance(command, Cancel):
-                self.runtime.cancel(command.keys)
-            elif isinstance(command, Fault):
-                self.commit(self.controller.batch_failed(command.batch, command.reason))
+        """Carry out ``commands`` in order. When the store fails, the command it stopped and those after
+        it go to the backlog (after those of the inner commit that failed, so the order holds)."""
+        todo = list(commands)
+        for i, command in enumerate(todo):
+            try:
+                self._carry_out_one(command)
+            except StoreDown:
+                self.backlog += todo[i + 1 :]  # this command's own group was journaled; an inner one stopped
+                raise
+            except Exception as exc:
+                if not _store_down(exc):
+                    raise
+                self.backlog += todo[i:]
+                raise StoreDown(exc) from exc
+
+    def _carry_out_one(self, command: Command) -> None:
+        if isinstance(command, Lookup):
+            self._lookup(command.keys)
+        elif isinstance(command, Dispatch):
+            self._dispatch(command.key)
+        elif isinstance(command, Deliver):
+            self._deliver(command.batch, command.episode)
+        elif isinstance(command, Notify):
+            if self.notify is not None:
+                self.notify(command)
+        elif isinstance(command, Cancel):
+            self.runtime.cancel(command.keys)
+        elif isinstance(command, Fault):
+            self.commit(self.controller.batch_failed(command.batch, command.reason))
 
     def _lookup(self, keys: Sequence[str]) -> None:
         actions = [self.controller.actions[k].action for k in keys]
@@ -111,6 +168,7 @@ class Engine:
             inputs[name] = result.outputs[ref.output]
         profile = self.controller.profiles.get((action.stage, action.backend), Profile())
         self.runtime.submit(action, inputs, profile, state.charged_to)
+        self.submitted.add(key)
 
     def _deliver(self, batch: str, episode: str) -> None:
         ep = self.controller.episodes[(batch, episode)]
@@ -132,11 +190,19 @@ class Engine:
     def submit(self, batch_id: str, submission: Submission) -> None:
         """Record a batch (it is durable once this returns) and plan it."""
         self.artifacts.refresh(submission.studio)
-        self.commit([BatchSubmitted(batch=batch_id, data=submission)])
+        self._answer([BatchSubmitted(batch=batch_id, data=submission)])
 
     def cancel(self, batch_id: str) -> None:
         if self.controller.batches[batch_id].status == "running":
-            self.commit([BatchCancelled(batch=batch_id)])
+            self._answer([BatchCancelled(batch=batch_id)])
+
+    def _answer(self, proposals: Sequence[Any]) -> None:
+        """Commit what a caller is waiting for: it raises only when the group itself was not journaled.
+        Once it is, what follows (planning, lookups) goes to the backlog if the store fails meanwhile:
+        the caller is told of its batch, and the next ``advance`` carries on."""
+        _, commands = self._record(proposals)
+        with contextlib.suppress(StoreDown):  # kept in the backlog
+            self.carry_out(commands)
 
     def step(self, timeout: float | None = None) -> list[Finished]:
         """Wait up to ``timeout`` for finished attempts, take them in, decide what runs next."""
@@ -145,7 +211,33 @@ class Engine:
         return finished
 
     def advance(self, finished: Sequence[Finished]) -> None:
-        """Take in finished attempts (one journal group for all), then decide and dispatch."""
+        """Take in finished attempts (one journal group for all), then decide and dispatch. What a store
+        failure stopped last time (the backlog, held attempts) goes first; if the store fails again,
+        ``StoreDown`` is raised and everything is kept for the next call."""
+        self.held += finished
+        for f in finished:
+            self.submitted.discard(f.action.key)
+        if self.backlog:
+            backlog, self.backlog = self.backlog, []
+            self.carry_out(backlog)
+        if self.held:
+            held, self.held = self.held, []
+            try:
+                _, commands = self._record(self._take_in(held))
+            except Exception:
+                self.held = held + self.held  # not journaled: nothing of it was applied
+                raise
+            self.carry_out(commands)
+        self.decide()
+        try:
+            self.journal.step_ended()  # a grouping journal writes what waits
+        except Exception as exc:
+            if _store_down(exc) and not isinstance(exc, StoreDown):
+                raise StoreDown(exc) from exc
+            raise
+
+    def _take_in(self, finished: Sequence[Finished]) -> list[Any]:
+        """The events that finished attempts call for (pure: nothing changes until they are applied)."""
         now = self.clock.now()
         proposals: list[Any] = []
         for f in finished:
@@ -163,14 +255,31 @@ class Engine:
                 err = f.error
                 assert err is not None
                 proposals += self.controller.on_failure(key, str(err), err.retryable, err.worker, now, err.retry_after)
-        self.commit(proposals)
-        self.decide()
+        return proposals
+
+    def reconcile(self) -> int:
+        """Settle actions the controller holds running that nothing runs (not handed to the runtime, or
+        its answer lost): from their manifest where it exists, else as interrupted (not an attempt) so
+        they run again. Returns how many were settled. Hosts call it now and then."""
+        if self.backlog or self.held:
+            return 0  # a dispatch or a result is still on its way: not orphans
+        orphans = [s.action for s in self.controller.running() if s.action.key not in self.submitted]
+        if not orphans:
+            return 0
+        found = {action.key: manifest for action, manifest in self.artifacts.lookup(orphans)}
+        for action in orphans:
+            manifest = found.get(action.key)
+            if manifest is not None:
+                self.commit(self.controller.on_result(action.key, manifest, self.artifacts.facts(action, manifest)))
+            else:
+                self.commit(self.controller.interrupted(action.key, ORPHANED))
+        return len(orphans)
 
     def notified(self, outcome: Notified) -> None:
         """Journal how a notification ended, once its sender is done retrying (``webhook.delivered`` or
         ``webhook.failed``): a fact its batch counts, which survives a restart. A host on another
         thread calls it holding the lock it steps the engine under, as with every other call."""
-        self.commit(self.controller.notified(outcome))
+        self._answer(self.controller.notified(outcome))
 
     def decide(self) -> None:
         self.commit(self.controller.decide(self.clock.now(), self.runtime.capacity()))
@@ -183,9 +292,9 @@ class Engine:
 
     def recover(self) -> int:
         """Replay the journal into the controller, then settle what the last incarnation left: actions
-        it thought running (their manifest, or an interrupted attempt), lookups, deliveries,
-        ``batch.failed`` records of batches that stopped while replaying, notifications. Returns the
-        number of events replayed."""
+        it thought running (their manifest, else the worker the runtime re-attached to, else an
+        interrupted attempt), lookups, deliveries, ``batch.failed`` records of batches that stopped
+        while replaying, notifications. Returns the number of events replayed."""
         deliveries: list[Deliver] = []
         notes: list[Notify] = []
         faults: list[Fault] = []
@@ -207,11 +316,15 @@ class Engine:
         for studio in sorted({a.context.get("studio", "") for a in orphans}):
             self.artifacts.refresh(studio)
         found = {action.key: manifest for action, manifest in self.artifacts.lookup(orphans)}
+        # work that outlived the last incarnation is re-attached (its outcome comes back through
+        # ``wait``); the runtime is asked even with none, to sweep workers it cannot adopt
+        adopted = self.runtime.adopt([a for a in orphans if a.key not in found])
+        self.submitted.update(adopted)  # the runtime runs them again: not orphans for ``reconcile``
         for action in orphans:
             manifest = found.get(action.key)
             if manifest is not None:
                 self.commit(self.controller.on_result(action.key, manifest, self.artifacts.facts(action, manifest)))
-            else:
+            elif action.key not in adopted:
                 self.commit(self.controller.interrupted(action.key, INTERRUPTED))
         self._lookup([k for k, s in self.controller.actions.items() if s.status == "pending"])
         for d in deliveries:

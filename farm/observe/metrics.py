@@ -27,6 +27,7 @@ farm_batch_projected_finish_timestamp_seconds, farm_batch_deadline_timestamp_sec
 farm_batch_deadline_slack_seconds {batch,studio}      projected finish against the deadline
 farm_batch_budget_used_ratio {batch,studio,cap}       spent over the cap, per capped dimension
 farm_controller_up                                    1 while the controller serves /metrics
+farm_store_up, farm_store_errors_total                1 while the controller's store answers; its failed tries
 farm_gpu_utilization_ratio, farm_gpu_memory_{used,total}_bytes {gpu,gpu_model}  NVML, where a GPU is
 ===================================================  =============================================
 """
@@ -214,6 +215,15 @@ class Metrics:
                 "farm_controller_up", "1 while the farm controller runs and serves these metrics.", registry=r
             )
             self.up.set(1)
+            self.store_up = Gauge(
+                "farm_store_up", "1 while the controller's journal and store answer, 0 while it retries.", registry=r
+            )
+            self.store_up.set(1)
+            self.store_errors = Counter(
+                "farm_store_errors",
+                "Tries of the controller's journal or store that failed because the store was unavailable.",
+                registry=r,
+            )
         reader = open_nvml() if nvml else None
         if reader is not None:
             r.register(_GpuCollector(reader))

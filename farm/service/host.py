@@ -11,6 +11,7 @@ the loop and the webhook thread share one lock.
 from __future__ import annotations
 
 import builtins
+import functools
 import hashlib
 import json
 import os
@@ -24,13 +25,13 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from farm.catalog import Catalog
-from farm.core.engine import Engine
+from farm.core.engine import Engine, StoreDown
 from farm.core.events import Submission
 from farm.core.ports import Runtime
 from farm.core.script import Slug
 from farm.core.spec import BackendNames, BudgetSpec, Episode, Series, Webhook, check_episode
 from farm.core.state import Notified, Notify
-from farm.errors import UsageError
+from farm.errors import Fenced, UsageError
 from farm.observe import logs
 from farm.observe.accounting import Accounting
 from farm.observe.metrics import Metrics, accelerator_label
@@ -38,7 +39,9 @@ from farm.policy import Prices
 from farm.runtime.clock import SystemClock
 from farm.runtime.ray_runtime import RayRuntime
 from farm.service.artifacts import StoreArtifacts
-from farm.service.webhooks import Notification, send
+from farm.service.health import StoreHealth
+from farm.service.tenants import Caller, NotAllowed, Tenants, check_idempotency_key
+from farm.service.webhooks import Notification, check_secret_env, send
 from farm.settings import Settings, controller_for, profiles_for
 from farm.store import open_objects
 from farm.store.journal import StoreJournal
@@ -120,6 +123,7 @@ def submission(payload: dict[str, Any], settings: Settings, catalog: Catalog) ->
             f"{namespace!r} (set on the controller: FARM_CACHE_NAMESPACES), not {payload['namespace']!r}: "
             "unset FARM_CACHE_NAMESPACE where you submit"
         )
+    check_secret_env(payload["studio"], payload.get("webhook"), settings.webhook_secrets)
     try:
         episodes = []
         for item in payload["episodes"]:
@@ -200,9 +204,10 @@ class ControllerService:
             prices=Prices(**self.settings.prices),
             accelerators={k: accelerator_label(p) for k, p in self.profiles.items()},
         )
+        self.journal = StoreJournal(self.objects, writer=True)  # claims the next epoch before it replays
         self.engine = Engine(
             self.controller,
-            StoreJournal(self.objects),
+            self.journal,
             self.runtime,
             SystemClock(),
             StoreArtifacts(self.objects),
@@ -217,6 +222,12 @@ class ControllerService:
         if self.settings.metrics_port:
             self.metrics.serve(self.settings.metrics_port)
         self._gauges_at, self._gauges_every = 0.0, 1.0
+        self.store = StoreHealth(self.metrics)
+        self.fenced: str | None = None  # why this incarnation stopped: a newer one holds the journal
+        self.reconcile_every_s = 30.0  # how often running actions are checked for a worker behind them
+        self.compact_after_s = 600.0  # a batch finished this long ago is compacted into its archive
+        self._compacting: threading.Thread | None = None
+        self._outcomes: list[Notified] = []  # webhook outcomes not journaled yet (the store was down)
         with self.lock:
             count = self.engine.recover()
         log.info("controller.replayed", events=count, batches=len(self.controller.batches))
@@ -229,18 +240,58 @@ class ControllerService:
 
     # -- the loop ---------------------------------------------------------------------------------
     def _loop(self) -> None:
+        reconciled = time.monotonic()
         while not self._stop.is_set():
             try:
+                # while the store is down the engine holds what comes back; keep taking it in
                 finished = self.runtime.wait(timeout=0.05)
                 with self.lock:
+                    self._journal_outcomes()
                     self.engine.advance(finished)
+                    if time.monotonic() - reconciled > self.reconcile_every_s:
+                        reconciled = time.monotonic()
+                        if settled := self.engine.reconcile():
+                            log.warning("controller.reconciled", actions=settled)
+                        self._maybe_compact()
+                    self.store.ok(time.time())
                     self._refresh_gauges()
                 if not finished and self.runtime.running == 0:
                     self._wake.wait(0.05)
                     self._wake.clear()
+            except StoreDown as exc:  # kept by the engine: try again after a backoff
+                self._stop.wait(self.store.failed(exc, time.time()))
+            except Fenced as exc:  # a newer controller writes the journal now: this one must not act
+                log.error("controller.fenced", error=str(exc))
+                self.fenced = str(exc)
+                return
             except Exception:  # keep scheduling; the error is in the log with its traceback
                 log.exception("controller.loop_error")
                 self._stop.wait(1.0)
+
+    def _maybe_compact(self) -> None:
+        """Under the lock: plan a compaction of batches finished over ``compact_after_s`` ago, and write
+        it on a thread of its own (it is fenced like a write, and safe beside appends)."""
+        if self._compacting is not None and self._compacting.is_alive():
+            return
+        journal = self.journal
+        plan = journal.plan_compaction(self.controller, time.time(), older_than=self.compact_after_s)
+        if plan is None:
+            return
+
+        def compact() -> None:
+            try:
+                log.info("controller.compacted", **journal.compact(plan))
+            except Exception:  # the next round tries again; replay is correct either way
+                log.exception("controller.compaction_failed")
+
+        self._compacting = threading.Thread(target=compact, daemon=True, name="compaction")
+        self._compacting.start()
+
+    def _journal_outcomes(self) -> None:
+        """Journal the webhook outcomes a store failure kept back (under the lock)."""
+        while self._outcomes:
+            self.engine.notified(self._outcomes[0])
+            self._outcomes.pop(0)
 
     def _refresh_gauges(self) -> None:
         """The stage and batch gauges, every second, or less often when the batches are so big that
@@ -268,12 +319,17 @@ class ControllerService:
         note_id = f"{command.batch}:{command.kind}:{command.payload.get('episode', '')}"
         if note_id in self.engine.sent:
             return
-        # The secret stays in the controller's environment (a Kubernetes Secret, say), never in the journal.
-        secret = os.environ.get(hook["secret_env"]) if hook.get("secret_env") else None
+        # The secret is the studio's, bound by the controller's settings (FARM_WEBHOOK_SECRETS), whatever a
+        # journaled batch named; it stays in the controller's environment (a Secret), never in the journal.
+        studio = self.controller.batches[command.batch].terms.studio
+        variable = self.settings.webhook_secrets.get(studio)
+        secret = os.environ.get(variable) if variable else None
+        problem = None
+        if variable and not secret:
+            problem = f"the controller has no value for studio {studio!r}'s webhook secret (FARM_WEBHOOK_SECRETS)"
         logs.hide(secret)
-        self._webhooks.put(
-            Notification(note_id, hook["url"], secret, command.kind, {"batch": command.batch, **command.payload})
-        )
+        body = {"batch": command.batch, **command.payload}
+        self._webhooks.put(Notification(note_id, hook["url"], secret, command.kind, body, problem=problem))
 
     def _webhook_loop(self) -> None:
         while not self._stop.is_set():
@@ -308,56 +364,128 @@ class ControllerService:
         )
         with self.lock:
             self.engine.sent.add(note.id)  # this incarnation does not send it again (a restart retries a failure)
-            self.engine.notified(outcome)
+            try:
+                self.engine.notified(outcome)
+            except StoreDown:
+                self._outcomes.append(outcome)  # the loop journals it once the store is back
 
     # -- the API (Ray actor methods) ----------------------------------------------------------------
-    def submit(self, payload: dict[str, Any]) -> str:
-        """Record a batch durably and return its id (only after the journal holds it).
-        Raises UsageError when the batch is not valid."""
-        sub = submission(payload, self.settings, self.catalog)
+    # Each takes the caller's ``token`` (farm.service.tenants): a studio sees and acts on its own batches
+    # only, and another studio's batch is answered exactly as one that does not exist.
+    @functools.cached_property
+    def tenants(self) -> Tenants:
+        return Tenants(self.objects, self.settings.admin_token.get_secret_value())
+
+    def _caller(self, token: str | None) -> Caller:
         with self.lock:
+            return self.tenants.resolve(token)
+
+    def submit(self, payload: dict[str, Any], idempotency_key: str | None = None, *, token: str | None = None) -> str:
+        """Record a batch durably and return its id (only after the journal holds it). With an
+        ``idempotency_key`` its studio used before (journaled, so across restarts too), return that
+        batch's id and record nothing. Raises UsageError when the batch is not valid, NotAllowed when
+        the token may not submit for the batch's studio."""
+        caller = self._caller(token)
+        if idempotency_key is not None:
+            check_idempotency_key(idempotency_key)
+        if isinstance(payload, dict) and not caller.sees(str(payload.get("studio"))):
+            raise NotAllowed(
+                f"studio: this token is studio {caller.studio!r}'s, and a studio submits only its own batches: "
+                f"set studio: {caller.studio} in the batch file, or use studio {payload.get('studio')!r}'s token"
+            )
+        sub = submission(payload, self.settings, self.catalog)
+        if idempotency_key is not None:
+            sub = sub.model_copy(update={"idempotency_key": idempotency_key})
+        with self.lock:
+            if idempotency_key is not None and (sub.studio, idempotency_key) in self._keyed():
+                return self._keyed()[(sub.studio, idempotency_key)]
             new_id = batch_id(sub.studio, payload, time.time(), self.controller.batches)
             self.engine.submit(new_id, sub)
+            if idempotency_key is not None:
+                self._keyed()[(sub.studio, idempotency_key)] = new_id
         self._wake.set()
         return new_id
 
-    def cancel(self, batch_id: str) -> dict[str, Any]:
+    def _keyed(self) -> dict[tuple[str, str], str]:
+        """(studio, idempotency key) -> the batch submitted with it, from the journal (read once)."""
+        if not hasattr(self, "_keys"):
+            self._keys = {}
+            for e in StoreJournal(self.objects).replay():
+                if e.type == "batch.submitted" and e.data.idempotency_key is not None:
+                    self._keys[(e.data.studio, e.data.idempotency_key)] = e.batch
+                elif e.type == "batch.archived" and getattr(e.data, "idempotency_key", None) is not None:
+                    self._keys[(e.data.status["studio"], e.data.idempotency_key)] = str(e.batch)
+        return self._keys
+
+    def cancel(self, batch_id: str, *, token: str | None = None) -> dict[str, Any]:
+        caller = self._caller(token)
         with self.lock:
-            self._known(batch_id)
+            self._known(batch_id, caller)
             self.engine.cancel(batch_id)
             return self.controller.batch_status(batch_id, time.time())
 
-    def _known(self, batch_id: str) -> None:
-        if batch_id not in self.controller.batches:
+    def _known(self, batch_id: str, caller: Caller) -> None:
+        batch = self.controller.batches.get(batch_id)
+        if batch is None or not caller.sees(batch.terms.studio):  # another studio's: as if there were none
             raise KeyError(f"no batch {batch_id!r}; `farm batch list` shows the known ones")
 
-    def status(self, batch_id: str) -> dict[str, Any]:
+    def status(self, batch_id: str, *, token: str | None = None) -> dict[str, Any]:
+        caller = self._caller(token)
         with self.lock:
-            self._known(batch_id)
+            self._known(batch_id, caller)
             return self.controller.batch_status(batch_id, time.time())
 
-    def list(self) -> list[dict[str, Any]]:
+    def list(self, *, token: str | None = None) -> list[dict[str, Any]]:
+        caller = self._caller(token)
         with self.lock:
             now = time.time()
-            return [self.controller.batch_status(b, now) for b in self.controller.batches]
+            return [
+                self.controller.batch_status(b, now)
+                for b, batch in self.controller.batches.items()
+                if caller.sees(batch.terms.studio)
+            ]
 
-    def events(self, batch_id: str) -> builtins.list[dict[str, Any]]:
-        self._known(batch_id)
-        return [e.model_dump(mode="json") for e in StoreJournal(self.objects).replay() if e.batch == batch_id]
+    def events(self, batch_id: str, *, token: str | None = None) -> builtins.list[dict[str, Any]]:
+        caller = self._caller(token)
+        with self.lock:
+            self._known(batch_id, caller)
+            getattr(self.engine.journal, "flush", lambda: None)()  # what a grouping journal holds back is history too
+        return [e.model_dump(mode="json") for e in StoreJournal(self.objects).events_of(batch_id)]
 
-    def ping(self) -> dict[str, Any]:
+    def studio(self, action: str, name: str = "", *, token: str | None = None) -> Any:
+        """Manage the studios' credentials (admin only): ``add`` NAME returns its new token (the store
+        keeps only its hash), ``revoke`` NAME whether it had one, ``list`` the studios known."""
+        self._caller(token).require_admin(f"`farm studio {action}`")
+        with self.lock:
+            if action == "add":
+                answer: Any = self.tenants.add(name)
+            elif action == "revoke":
+                answer = self.tenants.revoke(name)
+            else:
+                return self.tenants.studios()
+        log.info(f"studio.{action}", studio=name)
+        return answer
+
+    def ping(self, *, token: str | None = None) -> dict[str, Any]:
+        caller = self._caller(token)
+        if not caller.admin:  # a studio learns of its own batches only
+            own = [b for b in self.controller.batches.values() if caller.sees(b.terms.studio)]
+            return {"started_at": self.started_at, "batches": len(own), "store": self.objects.describe()}
         return {
             "started_at": self.started_at,
             "pid": os.getpid(),
             "batches": len(self.controller.batches),
             "last_seq": self.controller.last_seq,
             "store": self.objects.describe(),
+            "store_health": self.store.describe(),
             "errors": self.controller.errors[-10:],
         }
 
-    def stop(self) -> None:
+    def stop(self, *, token: str | None = None) -> None:
+        self._caller(token).require_admin("stopping the controller")
         self._stop.set()
         self._wake.set()
         for thread in self._threads:
             thread.join(timeout=5)
+        self.runtime.shutdown()  # its workers outlive a crash, not a stop
         self.metrics.close()
