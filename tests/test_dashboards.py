@@ -463,8 +463,9 @@ def test_alerts_fire_on_the_run(scraped):
     used = _check(prom, alerts["FarmBatchBudgetNearlySpent"].replace(">=", ">= bool"), at, "budget quantity")
     assert {r["metric"]["cap"] for r in used} == {"tokens", "gpu_seconds", "money"}
     assert _check(prom, alerts["FarmControllerDown"], at, "controller", require_data=False) == []
+    assert _check(prom, alerts["FarmStoreDown"], at, "store", require_data=False) == []  # it answered all along
     groups = prom.api("rules")["data"]["groups"]
-    assert [r["health"] for g in groups for r in g["rules"]] == ["ok"] * 4, groups
+    assert [r["health"] for g in groups for r in g["rules"]] == ["ok"] * 5, groups
     active = {a["labels"]["alertname"] for a in prom.api("alerts")["data"]["alerts"]}
     assert {"FarmBatchProjectedToMissDeadline", "FarmActionFailureRateHigh"} <= active
 

@@ -20,14 +20,14 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
 from farm.catalog import Catalog
 from farm.core.manifest import Blob, Manifest
 from farm.core.plan import Action
-from farm.errors import ActionFailed, FarmError, StoreUnwritable
+from farm.errors import ActionFailed, FarmError, StoreError, StoreUnwritable
 from farm.observe import logs
 from farm.runtime.batching import Batcher
 from farm.settings import StoreSpec
@@ -110,7 +110,7 @@ def execute(
         )
     try:
         manifest = _run(act, inputs, store, backend, batcher, where, bound)
-        store.put_manifest(manifest)
+        _patiently(lambda: store.put_manifest(manifest), bound)
     except (StoreUnwritable, OSError) as exc:  # OSError: making or clearing the scratch folder
         refused = exc if isinstance(exc, StoreUnwritable) else refused_write(exc, "scratch", scratch.base(), "TMPDIR")
         if refused is None:
@@ -119,6 +119,32 @@ def execute(
         raise ActionFailed(act.key, act.label, str(refused), retryable=False, worker=node) from exc
     bound.info("action.finished", seconds=round(manifest.finished_at - manifest.started_at, 3))
     return manifest.model_dump(mode="json")
+
+
+T = TypeVar("T")
+
+# How long a worker whose stage has run keeps trying to publish its result while the store is
+# unavailable. The work is done (GPU time spent, a provider paid): failing now would pay for it again.
+PUBLISH_PATIENCE_S = 900.0
+
+
+def _patiently(publish: Callable[[], T], bound: Any, patience_s: float | None = None) -> T:
+    """Run ``publish`` (writes of a finished action's outputs), trying again with backoff (1 s doubling
+    to 15 s) for up to ``patience_s`` while the store answers with a retryable error (S3 down). A
+    store that refuses for good (full, read-only, a denied write) is raised at once."""
+    patience = PUBLISH_PATIENCE_S if patience_s is None else patience_s
+    deadline, wait, tries = time.monotonic() + patience, 1.0, 0
+    while True:
+        try:
+            return publish()
+        except StoreError as exc:
+            tries += 1
+            if not exc.retryable or time.monotonic() + wait > deadline:
+                raise
+            if tries == 1:
+                bound.warning("action.publish_waits", error=str(exc)[:300])
+            time.sleep(wait)
+            wait = min(15.0, wait * 2)
 
 
 def _run(
@@ -192,7 +218,10 @@ def _run(
                 retryable=False,
                 worker=node,
             )
-        outputs = {name: store.put_blob(Path(path), name=Path(path).name) for name, path in result.files.items()}
+        outputs = _patiently(
+            lambda: {name: store.put_blob(Path(path), name=Path(path).name) for name, path in result.files.items()},
+            bound,
+        )
         try:
             manifest = Manifest(
                 key=act.key,
