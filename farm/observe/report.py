@@ -224,7 +224,7 @@ def from_batch(settings: Settings, batch_id: str) -> ReportData:
     prices = Prices(**settings.prices)
     journal = StoreJournal(open_objects(settings.store_spec()))
     controller, events = _replay(settings, [journal], lambda e: e.batch == batch_id)
-    if batch_id not in controller.batches and batch_id in controller.archives:
+    if batch_id in controller.archives:
         # compacted: the live journal keeps its summary; its archive (and its actions' events charged
         # to other batches) rebuild it
         controller = controller_for(settings)
