@@ -70,6 +70,8 @@ def _controller() -> tuple[str, str] | None:
     """(name, namespace) of the named actor this process is, if it is one (the farm's controller)."""
     try:
         context = ray.get_runtime_context()
+        if context.get_actor_id() is None:  # a driver (farm render, a test): asking its name only warns
+            return None
         name = context.get_actor_name()
         return (name, context.namespace) if name else None
     except Exception:  # a driver, or a Ray that cannot say
