@@ -46,18 +46,29 @@ import random
 import secrets
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from farm.core import events as ev
 from farm.errors import Fenced, StoreError
-from farm.store.base import ObjectStore, check_name, refused_write
-from farm.store.local import LocalStore, fsync_dir
+from farm.store.base import ObjectStore, check_name
+from farm.store.local import LocalStore
+from farm.store.segments import (
+    CHUNK,
+    Seg,
+    create_local,
+    epoch_limits,
+    epoch_of,
+    log_name,
+    parse_events,
+    s3_put_if_absent,
+    seg_of,
+    segment_body,
+)
 
 PREFIX = "_farm/journal"
-CHUNK = 1000  # segments per log folder: replay lists only the folders from its snapshot on
 
 
 def render_prefix(studio: str, series: str, episode: str, render: str | None = None) -> str:
@@ -73,15 +84,6 @@ ACKNOWLEDGED = frozenset(
     ("batch.submitted", "batch.cancelled", "batch.finished", "batch.failed")
     + ("episode.delivered", "episode.failed", "webhook.delivered", "webhook.failed")
 )
-
-
-@dataclass(frozen=True)
-class _Seg:
-    """A segment (or a snapshot of the segments before ``n``) written in ``epoch``."""
-
-    n: int
-    epoch: int
-    name: str
 
 
 @dataclass(frozen=True)
@@ -157,7 +159,7 @@ class StoreJournal:
         compacted) and what the live part holds of it. ``related``: also the events of its actions
         charged to other batches or to none (cache hits), which a report needs to rebuild it."""
         name = f"{self.prefix}/batches/{check_name(batch_id)}.jsonl"
-        archived = _parse(self.objects.get_bytes(name) or b"")
+        archived = parse_events(self.objects.get_bytes(name) or b"")
         seen = {e.seq for e in archived}
         if not related:
             archived = [e for e in archived if e.batch == batch_id]
@@ -169,9 +171,9 @@ class StoreJournal:
         ]
         return archived + live
 
-    def _history(self) -> tuple[_Seg | None, list[_Seg]]:
+    def _history(self) -> tuple[Seg | None, list[Seg]]:
         """The latest valid snapshot and the valid segments after it, in order."""
-        snaps = [s for s in (_seg(self.prefix, n) for n in self.objects.list(f"{self.prefix}/snap/")) if s]
+        snaps = [s for s in (seg_of(self.prefix, n) for n in self.objects.list(f"{self.prefix}/snap/")) if s]
         base = max((s.n for s in snaps), default=0)
         if snaps:
             names: list[str] = []
@@ -184,19 +186,19 @@ class StoreJournal:
                 chunk += 1
         else:  # never compacted: everything (and the first journals' segments at the top)
             names = list(self.objects.list(self.prefix + "/"))
-        segments = [s for s in (_seg(self.prefix, n, log=True) for n in names) if s]
-        limit = _limits(segments)
+        segments = [s for s in (seg_of(self.prefix, n, log=True) for n in names) if s]
+        limit = epoch_limits(segments)
         valid = sorted((s for s in segments if s.n < limit(s.epoch)), key=lambda s: s.n)
         snap = max((s for s in snaps if s.n <= limit(s.epoch)), key=lambda s: s.n, default=None)
         start = snap.n if snap else 0
         return snap, [s for s in valid if s.n >= start]
 
-    def _read(self, segments: Sequence[_Seg]) -> Iterator[Any]:
+    def _read(self, segments: Sequence[Seg]) -> Iterator[Any]:
         """The events of ``segments`` in order; several are fetched at once (a store round trip each)."""
         if not segments:
             return
 
-        def get(seg: _Seg) -> bytes:
+        def get(seg: Seg) -> bytes:
             data = self.objects.get_bytes(seg.name)
             if data is None:
                 raise StoreError(f"journal segment {seg.name} vanished during replay")
@@ -204,11 +206,11 @@ class StoreJournal:
 
         if len(segments) == 1 or isinstance(self.objects, LocalStore):
             for seg in segments:
-                yield from _parse(get(seg))
+                yield from parse_events(get(seg))
             return
         with ThreadPoolExecutor(8) as pool:
             for data in pool.map(get, segments):
-                yield from _parse(data)
+                yield from parse_events(data)
 
     # -- writing ------------------------------------------------------------------------------------
     def append(self, proposals: Sequence[Any], now: float) -> list[Any]:
@@ -259,7 +261,7 @@ class StoreJournal:
             assert self.epoch is not None
             body = "".join(ev.dump(e) + "\n" for e in events)
             self.objects.put_bytes(
-                _log_name(self.prefix, self._segment, self.epoch),
+                log_name(self.prefix, self._segment, self.epoch),
                 body.encode("utf-8"),
                 durable=any(e.type in self.durable for e in events),
             )
@@ -310,15 +312,15 @@ class StoreJournal:
         body = f'{{"epoch": {epoch}, "at": {time.time()}, "pid": {os.getpid()}}}\n'.encode()
         name = f"{self.prefix}/epoch/{epoch:012d}.json"
         if isinstance(self.objects, LocalStore):
-            return _create_local(self.objects, name, body)
+            return create_local(self.objects, name, body)
         if self._conditional:
-            answer = _s3_put_if_absent(self.objects, name, body)
+            answer = s3_put_if_absent(self.objects, name, body)
             if answer is not None:
                 return answer
             self._conditional = False
         mine = f"{self.prefix}/epoch/{epoch:012d}-{secrets.token_hex(6)}.json"
         self.objects.put_bytes(mine, body)
-        return not [n for n in self.objects.list(f"{self.prefix}/epoch/") if n != mine and _epoch_of(n) >= epoch]
+        return not [n for n in self.objects.list(f"{self.prefix}/epoch/") if n != mine and epoch_of(n) >= epoch]
 
     # -- compaction ---------------------------------------------------------------------------------
     def plan_compaction(self, controller: Any, now: float, older_than: float = 600.0) -> Compaction | None:
@@ -362,13 +364,13 @@ class StoreJournal:
             if not any(e.batch == summary.batch for e in mine):  # archived before: never overwrite it
                 continue
             self._check_fence()
-            self.objects.put_bytes(f"{self.prefix}/batches/{check_name(summary.batch)}.jsonl", _body(mine))
+            self.objects.put_bytes(f"{self.prefix}/batches/{check_name(summary.batch)}.jsonl", segment_body(mine))
         gone = {s.batch for s, _ in plan.archives} | {e.batch for e in events if e.type == "batch.archived"}
         idem = {e.batch: e.data.idempotency_key for e in events if e.type == "batch.submitted" and e.batch in gone}
         summaries = [_keyed(s, idem.get(s.batch)) for s, _ in plan.archives]
         kept = [e for e in events if e.type == "batch.archived"] + summaries
         kept += _live(events, gone, plan.needs)
-        body = _body(kept)
+        body = segment_body(kept)
         self._check_fence()
         assert self.epoch is not None
         self.objects.put_bytes(f"{self.prefix}/snap/{plan.upto:012d}-{self.epoch:08d}.jsonl", body)
@@ -415,95 +417,3 @@ def _live(events: Sequence[Any], gone: set[str | None], needs: Mapping[str, froz
             hit = ev.ActionCached(key=e.key, seq=e.seq, at=e.at, data=e.data)
             carried.setdefault(first[e.key], {})[e.key] = hit
     return out
-
-
-def _body(events: Iterable[Any]) -> bytes:
-    return "".join(ev.dump(e) + "\n" for e in events).encode("utf-8")
-
-
-def _parse(data: bytes) -> list[Any]:
-    return [ev.parse(line) for line in data.decode("utf-8", "replace").splitlines() if line.strip()]
-
-
-def _log_name(prefix: str, n: int, epoch: int) -> str:
-    return f"{prefix}/log/{n // CHUNK:06d}/{n:012d}-{epoch:08d}.jsonl"
-
-
-def _seg(prefix: str, name: str, log: bool = False) -> _Seg | None:
-    """A segment (``log``) or snapshot name as (number, epoch); None for anything else under ``prefix``
-    (claims, archives). Segments are under ``log/``, or at the top for the first journals (epoch 0)."""
-    rel = name[len(prefix) + 1 :] if name.startswith(prefix + "/") else ""
-    parts = rel.split("/")
-    wanted = (len(parts) == 3 and parts[0] == "log") or len(parts) == 1 if log else len(parts) == 2
-    if not wanted or (not log and parts[0] != "snap") or not rel.endswith(".jsonl"):
-        return None
-    number, _, epoch = parts[-1][:-6].partition("-")
-    if not number.isdigit() or not (epoch.isdigit() or not epoch):
-        return None
-    return _Seg(int(number), int(epoch or 0), name)
-
-
-def _epoch_of(name: str) -> int:
-    stem = name.rsplit("/", 1)[-1][:12]
-    return int(stem) if stem.isdigit() else -1
-
-
-def _limits(segments: Sequence[_Seg]) -> Any:
-    """epoch -> the first segment number a later epoch wrote (what epoch e wrote from there on is stale)."""
-    start: dict[int, int] = {}
-    for s in segments:
-        start[s.epoch] = min(start.get(s.epoch, s.n), s.n)
-    bound: dict[int, float] = {}
-    lowest = float("inf")
-    for epoch in sorted(start, reverse=True):
-        bound[epoch] = lowest
-        lowest = min(lowest, start[epoch])
-
-    def limit(epoch: int) -> float:
-        if epoch in bound:
-            return bound[epoch]
-        return min((n for e, n in start.items() if e > epoch), default=float("inf"))
-
-    return limit
-
-
-def _create_local(objects: LocalStore, name: str, body: bytes) -> bool:
-    """Create ``name`` with ``body`` unless it exists, atomically (a hard link does not replace)."""
-    target = objects.path(name)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".tmp-{secrets.token_hex(8)}"
-    with open(tmp, "wb") as out:
-        out.write(body)
-        out.flush()
-        os.fsync(out.fileno())
-    try:
-        os.link(tmp, target)
-        fsync_dir(target.parent)  # the claim outlives a power loss once it is acknowledged
-        return True
-    except FileExistsError:
-        return False
-    except OSError as exc:
-        raise refused_write(exc, f"{name} to the store", target) or exc from exc
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _s3_put_if_absent(objects: Any, name: str, body: bytes) -> bool | None:
-    """A conditional put on S3: True if created, False if it existed, None if the server has no
-    conditional puts (then the caller claims by listing)."""
-    from minio.error import S3Error
-
-    from farm.store.s3 import S3Store
-
-    if not isinstance(objects, S3Store):
-        return None
-    headers: dict[str, Any] = {"If-None-Match": "*", "Content-Length": str(len(body))}
-    try:
-        objects._client._execute("PUT", objects.bucket, objects._key(name), body=body, headers=headers)
-        return True
-    except S3Error as exc:
-        if exc.code in ("PreconditionFailed", "ConditionalRequestConflict"):
-            return False
-        if exc.code in ("NotImplemented", "InvalidArgument", "InvalidRequest"):
-            return None
-        raise StoreError(f"S3 claiming {name}: {exc.code}: {exc.message}") from exc
