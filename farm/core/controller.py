@@ -115,6 +115,8 @@ class Controller(Decisions):
         self.errors: list[str] = []  # events that could not be applied and named no known batch
         # finished batches whose events the journal compacted: their last status, as ``batch.archived`` said
         self.archives: dict[str, dict[str, Any]] = {}
+        # (studio, idempotency key) -> the batch submitted with it (``farm batch submit --idempotency-key``)
+        self.keyed: dict[tuple[str, str], str] = {}
         self._handlers: dict[str, Callable[[Any], list[Command] | None]] = {
             "batch.submitted": self._on_batch_submitted,
             "batch.cancelled": self._on_batch_cancelled,
@@ -189,6 +191,8 @@ class Controller(Decisions):
         if e.batch in self.batches:  # the batch that has this id is not this event's to stop
             self.errors.append(f"journal event {e.seq}: batch {e.batch} was submitted again; the second is ignored")
             return []
+        if d.idempotency_key is not None:
+            self.keyed.setdefault((d.studio, d.idempotency_key), e.batch)
         budget = Budget(tokens=d.budget.tokens, gpu_seconds=d.budget.gpu_seconds, money=d.budget.money)
         terms = BatchTerms(
             id=e.batch,
@@ -453,6 +457,8 @@ class Controller(Decisions):
         batch.finished_at, batch.reason, batch.failure_journaled = d.finished_at, s["reason"], True
         self.batches[e.batch] = batch
         self.archives[e.batch] = dict(s)
+        if d.idempotency_key is not None:
+            self.keyed.setdefault((s["studio"], d.idempotency_key), str(e.batch))
 
     def _on_batch_cancelled(self, e: Any) -> list[Command]:
         batch = self.batches[e.batch]

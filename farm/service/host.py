@@ -397,25 +397,12 @@ class ControllerService:
         if idempotency_key is not None:
             sub = sub.model_copy(update={"idempotency_key": idempotency_key})
         with self.lock:
-            if idempotency_key is not None and (sub.studio, idempotency_key) in self._keyed():
-                return self._keyed()[(sub.studio, idempotency_key)]
+            if idempotency_key is not None and (sub.studio, idempotency_key) in self.controller.keyed:
+                return self.controller.keyed[(sub.studio, idempotency_key)]  # journaled: known after a restart
             new_id = batch_id(sub.studio, payload, time.time(), self.controller.batches)
             self.engine.submit(new_id, sub)
-            if idempotency_key is not None:
-                self._keyed()[(sub.studio, idempotency_key)] = new_id
         self._wake.set()
         return new_id
-
-    def _keyed(self) -> dict[tuple[str, str], str]:
-        """(studio, idempotency key) -> the batch submitted with it, from the journal (read once)."""
-        if not hasattr(self, "_keys"):
-            self._keys = {}
-            for e in StoreJournal(self.objects).replay():
-                if e.type == "batch.submitted" and e.data.idempotency_key is not None:
-                    self._keys[(e.data.studio, e.data.idempotency_key)] = e.batch
-                elif e.type == "batch.archived" and getattr(e.data, "idempotency_key", None) is not None:
-                    self._keys[(e.data.status["studio"], e.data.idempotency_key)] = str(e.batch)
-        return self._keys
 
     def cancel(self, batch_id: str, *, token: str | None = None) -> dict[str, Any]:
         caller = self._caller(token)
