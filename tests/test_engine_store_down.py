@@ -105,3 +105,28 @@ def test_an_action_nothing_runs_is_settled_by_the_reconciler():
     h.run()
     assert h.c.batch_status("b1", h.now)["episodes"]["delivered"] == 1
     assert key in h.dispatched
+
+
+def test_a_result_whose_outputs_cannot_be_read_while_the_store_is_down_is_held_not_failed():
+    """A finished script (paid for) whose script cannot be read back now: held, not a failed attempt."""
+    from farm.errors import StoreError
+
+    h = _harness()
+    h.submit(outline=True)
+    h.engine.decide()
+    (key,) = [k for k, s in h.c.actions.items() if s.status == "running"]
+    action = h.c.actions[key].action
+    real = h.artifacts.facts
+    down = StoreError("S3 get acme/blobs/...: connection refused")
+    down.retryable = True
+
+    def unreadable(action, manifest):
+        raise down
+
+    h.artifacts.facts = unreadable
+    with pytest.raises(StoreDown):
+        h.engine.advance([Finished(action, manifest(action), None)])
+    assert len(h.engine.held) == 1 and not [e for e in h.log if e.type == "action.failed"]
+    h.artifacts.facts = real
+    h.engine.advance([])
+    assert h.c.actions[key].status == "done" and not [e for e in h.log if e.type == "action.failed"]

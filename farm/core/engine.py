@@ -247,8 +247,11 @@ class Engine:
             if f.manifest is not None:
                 try:
                     facts = self.artifacts.facts(f.action, f.manifest)
-                except FarmError as exc:  # its outputs cannot be read now (the store): try it again
-                    proposals += self.controller.on_failure(key, f"reading its result: {exc}", exc.retryable, None, now)
+                except (FarmError, OSError) as exc:
+                    if _store_down(exc):  # the result is done and may be paid for: keep it until the store is back
+                        raise StoreDown(exc) from exc
+                    retryable = bool(getattr(exc, "retryable", False))
+                    proposals += self.controller.on_failure(key, f"reading its result: {exc}", retryable, None, now)
                     continue
                 proposals += self.controller.on_result(key, f.manifest, facts)
             else:
