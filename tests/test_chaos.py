@@ -28,6 +28,7 @@ from farm.core.plan import STAGES, BackendChoice, EpisodeJob, script_params
 from farm.core.spec import Episode, Series
 from farm.settings import Settings
 from tests.conftest import SMALL_SCRIPT, SMALL_SERIES, s3_settings, wait_until
+from tests.support.fake_backends import chat_and_loader
 from tests.support.openai_server import Answer, openai_server
 from tests.support.tcp_gate import TcpGate
 from workers.script.outline import write_script
@@ -79,13 +80,7 @@ def test_a_batch_survives_kills_and_a_store_outage_with_nothing_run_or_paid_twic
             metrics_port=0,
             admin_token=ADMIN,
             retry={"base_s": 0.5, "max_delay_s": 4.0},
-            backends={
-                "llm": {"kind": "openai-chat", "base_url": server.base_url, "model": "test-chat", "api_key": KEY},
-                "loader": {"kind": "tests.support.fake_backends:Loader", "loads": str(loads), "load_s": 2.0},
-            },
-            **{f"backend_{s}": "noop" for s in STAGES if s not in ("script", "video")},
-            backend_script="llm",
-            backend_video="loader",
+            **chat_and_loader(server.base_url, KEY, loads, STAGES),
         )
         handle = controller(settings, create=True)
         restarting = (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError)

@@ -36,6 +36,17 @@ def receiver():
     server.shutdown()
 
 
+def _quick_service(settings, **kw):
+    """A controller on the in-process runtime whose webhooks give up after two quick tries."""
+    from farm.runtime.local import InProcessRuntime
+    from farm.service.host import ControllerService
+
+    runtime = InProcessRuntime(settings.store_spec(), settings.catalog(), cpus=2)
+    return ControllerService(
+        settings.model_dump(mode="json"), runtime=runtime, webhook_attempts=2, webhook_backoff_s=0.01, **kw
+    )
+
+
 def test_signature_verifies_and_rejects_tampering():
     """A receiver accepts the signed body and rejects a changed body, a wrong secret or a stale timestamp."""
     body = b'{"event":"batch.finished"}'
@@ -119,8 +130,6 @@ def test_a_controller_counts_webhooks_that_finally_fail(receiver, tmp_path, monk
     from farm.cli.batch import format_status
     from farm.core.plan import STAGES
     from farm.observe.report import from_batch
-    from farm.runtime.local import InProcessRuntime
-    from farm.service.host import ControllerService
     from farm.settings import Settings
     from tests.conftest import wait_until
 
@@ -135,10 +144,7 @@ def test_a_controller_counts_webhooks_that_finally_fail(receiver, tmp_path, monk
     )
 
     def service(**kw):
-        runtime = InProcessRuntime(settings.store_spec(), settings.catalog(), cpus=2)
-        return ControllerService(
-            settings.model_dump(mode="json"), runtime=runtime, webhook_attempts=2, webhook_backoff_s=0.01, **kw
-        )
+        return _quick_service(settings, **kw)
 
     first = service()
     try:
@@ -264,8 +270,6 @@ def test_webhooks_are_signed_with_the_studios_secret_with_an_event_id_stable_acr
     """A batch naming no secret gets its studio's (bound on the controller). Each notification carries one
     event id, in ``X-Farm-Event-Id`` and in the body: the same on every retry and when a restarted
     controller sends it again, and different for different events."""
-    from farm.runtime.local import InProcessRuntime
-    from farm.service.host import ControllerService
     from tests.conftest import wait_until
 
     url, rec = receiver
@@ -275,10 +279,7 @@ def test_webhooks_are_signed_with_the_studios_secret_with_an_event_id_stable_acr
     settings = _noop_settings(tmp_path, webhook_secrets={"acme": "ACME_HOOK_SECRET"})
 
     def service(**kw):
-        runtime = InProcessRuntime(settings.store_spec(), settings.catalog(), cpus=2)
-        return ControllerService(
-            settings.model_dump(mode="json"), runtime=runtime, webhook_attempts=2, webhook_backoff_s=0.01, **kw
-        )
+        return _quick_service(settings, **kw)
 
     first = service()
     try:

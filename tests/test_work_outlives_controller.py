@@ -21,6 +21,7 @@ from farm.settings import Settings
 from farm.store import ArtifactStore, LocalStore
 from farm.store.journal import StoreJournal
 from tests.conftest import SMALL_SCRIPT, SMALL_SERIES, wait_until
+from tests.support.fake_backends import chat_and_loader
 from tests.support.openai_server import Answer, openai_server
 from workers.script.outline import write_script
 
@@ -64,13 +65,7 @@ def test_controller_killed_while_a_paid_call_and_a_gpu_pool_run_pays_once_and_lo
             metrics_port=0,
             admin_token=ADMIN,
             retry={"base_s": 0.2, "max_delay_s": 1.0},
-            backends={
-                "llm": {"kind": "openai-chat", "base_url": server.base_url, "model": "test-chat", "api_key": KEY},
-                "loader": {"kind": "tests.support.fake_backends:Loader", "loads": str(loads), "load_s": 2.0},
-            },
-            **{f"backend_{s}": "noop" for s in STAGES if s not in ("script", "video")},
-            backend_script="llm",
-            backend_video="loader",
+            **chat_and_loader(server.base_url, KEY, loads, STAGES),
         )
         handle = controller(settings, create=True)
         try:

@@ -7,7 +7,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -239,3 +239,17 @@ class Loader:
         path = Path(out_dir) / "clip.bin"
         path.write_bytes(b"clip")
         return StageResult(files={"clip": path}, usage=Usage(gpu_seconds=self.seconds, model="loader"))
+
+
+def chat_and_loader(base_url: str, api_key: str, loads: Path, stages: Sequence[str]) -> dict[str, Any]:
+    """Settings for a batch whose script is a paid chat call (``base_url``: an OpenAI-compatible server)
+    and whose clips run on a ``Loader`` GPU pool that counts its loads in ``loads``; the rest noop."""
+    return {
+        "backends": {
+            "llm": {"kind": "openai-chat", "base_url": base_url, "model": "test-chat", "api_key": api_key},
+            "loader": {"kind": "tests.support.fake_backends:Loader", "loads": str(loads), "load_s": 2.0},
+        },
+        **{f"backend_{s}": "noop" for s in stages if s not in ("script", "video")},
+        "backend_script": "llm",
+        "backend_video": "loader",
+    }
