@@ -3,6 +3,7 @@ the requests, and ``check`` (does the server serve the model?)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,7 +38,8 @@ class OpenAIClient:
         self.name, self.settings, self.what = name, settings, what
         self._config = dict(config)
 
-    def request(self, method: str, path: str, body: Any = None) -> Response:
+    def request(self, method: str, path: str, body: Any = None, content_type: str | None = None) -> Response:
+        """One request with the key; ``body`` is JSON, or bytes sent as ``content_type`` (a multipart form)."""
         key = secret(self._config).strip()  # a key file's or secret's trailing newline
         if not (key.isascii() and key.isprintable()):
             raise StageError(
@@ -46,6 +48,8 @@ class OpenAIClient:
                 retryable=False,
             )
         headers = {"Authorization": f"Bearer {key}"} if key else {}
+        if content_type:
+            headers["Content-Type"] = content_type
         try:
             return call(
                 method,
@@ -62,6 +66,21 @@ class OpenAIClient:
             raise StageError(
                 message.replace(key, "[api key]"), retryable=exc.retryable, retry_after=exc.retry_after
             ) from None
+
+    def chat(self, body: Any) -> tuple[dict[str, Any], dict[str, Any], str]:
+        """``POST /chat/completions``: (its first choice, the whole answer, what to call it in errors).
+        An answer without ``choices[0].message`` is a retryable StageError."""
+        what = f"{self.what}: POST /chat/completions"
+        data = self.request("POST", "chat/completions", body).json(what)
+        try:
+            choice = data["choices"][0]
+            choice["message"]
+        except (KeyError, IndexError, TypeError):
+            raise StageError(
+                f"{what}: the answer is not a chat completion (no choices[0].message): {json.dumps(data)[:300]}",
+                retryable=True,
+            ) from None
+        return choice, data, what
 
     def check_model(self) -> str:
         """``GET /models``: is the server there, does it take the key, does it serve the model?"""

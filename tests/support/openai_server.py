@@ -1,9 +1,15 @@
 """A real HTTP server speaking the parts of the OpenAI API the farm's backends use.
 
 Backends are tested over real sockets against real request and response formats, with the
-server's behaviour scripted per test: ``server.plan(...)`` queues answers (a chat content, an
-error status with headers, a delay past the client's timeout, a raw body) taken one per request;
-with none queued, speech answers with a tone and chat with a 500 that says nothing was planned.
+server's behaviour scripted per test: ``server.plan(...)`` queues answers (a chat content, a
+transcript, an error status with headers, a delay past the client's timeout, a raw body) taken one
+per request; with none queued, speech answers with a tone, and chat and transcription with a 500
+that says nothing was planned.
+
+Endpoints: ``GET /v1/models``, ``POST /v1/chat/completions`` (text or image content parts; images
+must be base64 data URLs, ``response_format`` json_schema must carry a name and a schema),
+``POST /v1/audio/speech`` and ``POST /v1/audio/transcriptions`` (multipart/form-data, parsed here
+byte for byte: ``request.form`` holds each part). Malformed requests get OpenAI's 400 error JSON.
 
     with openai_server() as server:
         server.plan(Answer(content='{"title": ...}'), Answer(status=429, headers={"Retry-After": "2"}))
@@ -16,10 +22,15 @@ do, so tests can prove a client never repeats it.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
+import email.message
+import email.utils
 import io
 import json
 import math
+import re
 import threading
 import time
 import wave
@@ -69,6 +80,21 @@ class Answer:
     content_type: str = "application/json"  # of ``raw``
     error: str | None = None
     delay: float = 0.0
+    text: str | None = None  # a transcription's text (its usage: ``usage`` as input/output tokens)
+
+
+@dataclass
+class FormPart:
+    """One part of a multipart/form-data body: its field name, bytes, and file name and type if any."""
+
+    name: str
+    data: bytes
+    filename: str | None = None
+    content_type: str | None = None
+
+    @property
+    def value(self) -> str:
+        return self.data.decode("utf-8")
 
 
 @dataclass
@@ -77,6 +103,85 @@ class Request:
     path: str
     headers: dict[str, str]  # names in lower case
     body: Any  # parsed JSON, or None
+    form: dict[str, FormPart] | None = None  # a multipart/form-data body, by field name
+    raw: bytes = b""
+
+    def images(self) -> list[tuple[str, bytes]]:
+        """The images of a chat request's messages, in order: (media type, decoded bytes)."""
+        out = []
+        for message in (self.body or {}).get("messages", []):
+            content = message.get("content")
+            for part in content if isinstance(content, list) else []:
+                if part.get("type") == "image_url":
+                    kind, data = _data_url(part["image_url"]["url"])
+                    out.append((kind, data))
+        return out
+
+    def texts(self) -> list[str]:
+        """Every text of a chat request's messages, in order (string contents and text parts)."""
+        out = []
+        for message in (self.body or {}).get("messages", []):
+            content = message.get("content")
+            if isinstance(content, str):
+                out.append(content)
+            for part in content if isinstance(content, list) else []:
+                if part.get("type") == "text":
+                    out.append(part["text"])
+        return out
+
+
+def _data_url(url: Any) -> tuple[str, bytes]:
+    """``data:image/png;base64,...`` as (media type, bytes); ValueError if it is not one."""
+    match = re.fullmatch(r"data:(image/[a-z0-9.+-]+);base64,([A-Za-z0-9+/=]+)", url if isinstance(url, str) else "")
+    if not match:
+        raise ValueError("image_url.url must be a URL or a base64 data URL of an image")
+    try:
+        return match.group(1), base64.b64decode(match.group(2), validate=True)
+    except binascii.Error as exc:
+        raise ValueError(f"image_url.url: invalid base64 data: {exc}") from None
+
+
+def _param(header: str, name: str, value: str) -> str | None:
+    """A parameter of a header value (``boundary``, ``name``, ``filename``), unquoted."""
+    message = email.message.Message()
+    message[header] = value
+    got = message.get_param(name, header=header)
+    return email.utils.collapse_rfc2231_value(got) if got is not None else None
+
+
+def parse_multipart(body: bytes, content_type: str) -> dict[str, FormPart]:
+    """A multipart/form-data body (RFC 7578) by field name; ValueError where it is malformed.
+    The bytes of each part are kept exactly: only the CRLF before each delimiter belongs to it."""
+    if not content_type.lower().startswith("multipart/form-data"):
+        raise ValueError(f"Content-Type must be multipart/form-data, not {content_type!r}")
+    boundary = _param("content-type", "boundary", content_type)
+    if not boundary:
+        raise ValueError("multipart/form-data without a boundary")
+    delimiter = b"\r\n--" + boundary.encode("ascii")
+    sections = (b"\r\n" + body).split(delimiter)
+    if len(sections) < 2 or not sections[-1].startswith(b"--"):
+        raise ValueError("the multipart body does not end with its closing delimiter")
+    parts: dict[str, FormPart] = {}
+    for section in sections[1:-1]:
+        line_end, _, rest = section.partition(b"\r\n")
+        if line_end.strip(b" \t"):
+            raise ValueError("a multipart delimiter is followed by more than whitespace")
+        head, sep, data = rest.partition(b"\r\n\r\n")
+        if not sep:
+            raise ValueError("a multipart part has no blank line after its headers")
+        headers: dict[str, str] = {}
+        for line in head.decode("utf-8").split("\r\n"):
+            key, colon, value = line.partition(":")
+            if not colon:
+                raise ValueError(f"a multipart part header is malformed: {line!r}")
+            headers[key.strip().lower()] = value.strip()
+        disposition = headers.get("content-disposition", "")
+        name = _param("content-disposition", "name", disposition)
+        if not disposition.lower().startswith("form-data") or not name:
+            raise ValueError("a multipart part lacks Content-Disposition: form-data with a name")
+        filename = _param("content-disposition", "filename", disposition)
+        parts[name] = FormPart(name, data, filename, headers.get("content-type"))
+    return parts
 
 
 class OpenAIServer:
@@ -122,7 +227,14 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(raw) if raw else None
         except ValueError:
             body = None
-        request = Request(method, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+        form, form_error = None, None
+        content_type = self.headers.get("Content-Type", "")
+        if content_type.lower().startswith("multipart/"):
+            try:
+                form = parse_multipart(raw, content_type)
+            except (ValueError, UnicodeDecodeError) as exc:
+                form_error = str(exc)
+        request = Request(method, self.path, {k.lower(): v for k, v in self.headers.items()}, body, form, raw)
         answer = self.farm._next(request) or Answer()
         if answer.delay and self.farm.closing.wait(answer.delay):
             return
@@ -138,6 +250,8 @@ class _Handler(BaseHTTPRequestHandler):
                 _error(answer.error or "planned failure", "server_error", None),
                 answer.headers,
             )
+        if (method, self.path) == ("POST", "/v1/audio/transcriptions"):
+            return self._transcription(form, form_error or "", answer)
         route = {
             ("GET", "/v1/models"): self._models,
             ("POST", "/v1/chat/completions"): self._chat,
@@ -159,6 +273,9 @@ class _Handler(BaseHTTPRequestHandler):
         )
 
     def _chat(self, body: dict[str, Any], answer: Answer) -> None:
+        problem = _chat_problem(body)
+        if problem:
+            return self._json(400, _error(problem, "invalid_request_error", None))
         if answer.content is None:
             return self._json(500, _error("test server: no chat answer was planned", "server_error", None))
         prompt, completion = answer.usage
@@ -191,6 +308,23 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json(400, _error("this test server only speaks wav", "invalid_request_error", None))
         self._send(200, tone_wav(tone_seconds(str(body.get("input", "")))), "audio/wav", answer.headers)
 
+    def _transcription(self, form: dict[str, FormPart] | None, problem: str, answer: Answer) -> None:
+        if form is None:
+            problem = problem or "the request must be multipart/form-data with a file and a model"
+        elif "file" not in form or not form["file"].filename:
+            problem = "'file' is a required form field: the audio, with a file name"
+        elif "model" not in form or not form["model"].data:
+            problem = "'model' is a required form field"
+        elif "response_format" in form and form["response_format"].value != "json":
+            problem = "this test server only answers response_format json"
+        if problem:
+            return self._json(400, _error(problem, "invalid_request_error", None))
+        if answer.text is None:
+            return self._json(500, _error("test server: no transcription was planned", "server_error", None))
+        heard, said = answer.usage
+        usage = {"type": "tokens", "input_tokens": heard, "output_tokens": said, "total_tokens": heard + said}
+        self._json(200, {"text": answer.text, "usage": usage}, answer.headers)
+
     def _json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
         self._send(status, json.dumps(payload).encode(), "application/json", headers or {})
 
@@ -203,6 +337,32 @@ class _Handler(BaseHTTPRequestHandler):
                 self.send_header(name, value)
             self.end_headers()
             self.wfile.write(data)
+
+
+def _chat_problem(body: dict[str, Any]) -> str | None:
+    """What OpenAI would refuse with a 400 in a chat request's images or response_format, if anything."""
+    for i, message in enumerate(body.get("messages") or []):
+        content = message.get("content") if isinstance(message, dict) else None
+        for j, part in enumerate(content if isinstance(content, list) else []):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text" and isinstance(part.get("text"), str):
+                continue
+            if kind != "image_url":
+                return f"messages[{i}].content[{j}]: unknown content part {kind!r}"
+            try:
+                _data_url((part.get("image_url") or {}).get("url"))
+            except ValueError as exc:
+                return f"messages[{i}].content[{j}].{exc}"
+    response_format = body.get("response_format")
+    if response_format is not None:
+        kind = response_format.get("type") if isinstance(response_format, dict) else None
+        if kind == "json_schema":
+            spec = response_format.get("json_schema")
+            if not isinstance(spec, dict) or not spec.get("name") or not isinstance(spec.get("schema"), dict):
+                return "response_format.json_schema must have a name and a schema object"
+        elif kind not in ("text", "json_object"):
+            return f"response_format.type {kind!r} is not one of text, json_object, json_schema"
+    return None
 
 
 @contextlib.contextmanager

@@ -227,16 +227,8 @@ class OpenAIChatScript:
 
     def _complete(self, body: dict[str, Any], usage: Usage) -> tuple[str | None, Any]:
         """One chat request: the answer's content and finish_reason; adds its usage to ``usage``."""
-        what = f"{self.client.what}: POST /chat/completions"
-        data = self.client.request("POST", "chat/completions", body).json(what)
-        try:
-            choice = data["choices"][0]
-            message = choice["message"]
-        except (KeyError, IndexError, TypeError):
-            raise StageError(
-                f"{what}: the answer is not a chat completion (no choices[0].message): {json.dumps(data)[:300]}",
-                retryable=True,
-            ) from None
+        choice, data, what = self.client.chat(body)
+        message = choice["message"]
         counted = data.get("usage") or {}
         usage.tokens_in += int(counted.get("prompt_tokens") or 0)
         usage.tokens_out += int(counted.get("completion_tokens") or 0)
