@@ -14,8 +14,8 @@ from PIL import Image, ImageDraw
 
 from workers.api import StageError
 from workers.assembly import _storyboard
-from workers.assembly._subtitles import ass_text, build_cues, cue_text
-from workers.assembly.ffmpeg import BACKEND, concat_list, language_code
+from workers.assembly._subtitles import build_cues
+from workers.assembly.ffmpeg import BACKEND
 from workers.dubbing.espeak import BACKEND as DUBBING
 from workers.video.motion import BACKEND as VIDEO
 
@@ -196,7 +196,10 @@ def parse_srt_loosely(text: str) -> list[tuple[int, int, str]]:
 
 
 def expected_cues(params: dict) -> list[tuple[int, int, str]]:
-    return [(round(c["start"] * 1000), round(c["end"] * 1000), cue_text(c["text"])) for c in params["cues"]]
+    """The cues the writer makes of the planner's: ms-rounded, wrapped and timed by the conventions
+    (tested on their own below), as (start ms, end ms, text)."""
+    duration = round(sum(s["frames"] for s in params["shots"]) * 1000 / params["fps"])
+    return [(c.start_ms, c.end_ms, c.text) for c in build_cues(params["cues"], duration)]
 
 
 def mov_text_samples(path: Path) -> list[tuple[int, int, str]]:
@@ -350,8 +353,12 @@ def test_srt_holds_every_cue_exactly(episode):
     result, params = episode
     parsed = parse_srt(result.files["subtitles"].read_text(encoding="utf-8"))
     assert parsed == expected_cues(params)
+    assert [(s, e) for s, e, _ in parsed] == [
+        (round(c["start"] * 1000), round(c["end"] * 1000)) for c in params["cues"]
+    ]
     assert parsed[0][2] == 'He said "no": 100% {\\an8} C:\\path\\n'
     assert parsed[2][2] == "first line\nsecond line"
+    assert parsed[4][2] == "{\\b1}bold{\\b0} \\N 50%:\n{braces} 'quote' <i>x</i>"  # 48 characters: wrapped
     assert result.meta["cues"] == len(params["cues"])
 
 
@@ -443,121 +450,3 @@ def test_silent_mandarin_episode_renders(made, tmp_path):
     header = sheet.crop((0, 0, sheet.width, _storyboard.HEADER_HEIGHT))
     for area in (caption, header):
         assert any(colour != _storyboard.BACKGROUND for _, colour in area.getcolors(1 << 20))
-
-
-# --- the pieces, without media ----------------------------------------------------------------
-
-
-def test_cue_text_drops_blank_lines_and_keeps_everything_else():
-    """cue_text trims, drops blank lines (SRT ends cues there) and keeps every other character."""
-    assert cue_text("  a\r\n\r\n \n{\\an8} <b>b</b> --> \\n 😀\n") == "a\n{\\an8} <b>b</b> --> \\n 😀"
-
-
-def test_overlapping_cues_are_refused():
-    """A cue starting before the previous one ends raises StageError."""
-    with pytest.raises(StageError, match="before"):
-        build_cues([{"start": 0, "end": 2, "text": "a"}, {"start": 1.5, "end": 3, "text": "b"}], 10_000)
-
-
-def test_cue_past_the_end_is_clamped_and_one_after_it_refused():
-    """A cue ending after the video is cut at its end; one starting after it raises StageError."""
-    assert build_cues([{"start": 1, "end": 12, "text": "a"}], 10_000)[0].end_ms == 10_000
-    with pytest.raises(StageError):
-        build_cues([{"start": 11, "end": 12, "text": "a"}], 10_000)
-
-
-def test_ass_text_breaks_up_only_what_ffmpeg_would_interpret():
-    """Override openers and \\n/\\N get an empty {\\} block; real newlines become \\N; the rest is untouched."""
-    assert ass_text("{\\an8}a\\nb\\Nc\nd {x} \\h \\") == "{{\\}\\an8}a\\{\\}nb\\{\\}Nc\\Nd {x} \\h \\"
-
-
-def test_concat_list_quotes_paths(tmp_path):
-    """A path with a quote is single-quoted with the quote escaped as '\\'' and its duration stated."""
-    path = tmp_path / "it's.mov"
-    assert concat_list([(path, 2.5)]).splitlines()[1:] == [
-        "file '" + str(path.resolve()).replace("'", "'\\''") + "'",
-        "duration 2.500000",
-    ]
-
-
-@pytest.mark.parametrize(
-    "tag, code",
-    [("en", "eng"), ("en-US", "eng"), ("zh", "zho"), ("zh_CN", "zho"), ("fra", "fra"), ("", "und"), ("x; rm", "und")],
-)
-def test_language_codes_are_iso_639_2(tag, code):
-    """Language tags map to the ISO 639-2/T codes MP4 stores; unknown ones to "und"."""
-    assert language_code(tag) == code
-
-
-# --- SRT cue injection: a line's text must never start a cue of its own -----------------------------
-
-INJECTION = "Para one\n\n2\n00:00:05,000 --> 00:00:06,000\nInjected cue"
-INJECTIONS = [
-    INJECTION,
-    "Para one\n2\n00:00:05,000 --> 00:00:06,000\nInjected cue",  # no blank line to drop
-    "Para one\r\n\r\n2\r\n00:00:05,000 --> 00:00:06,000\r\nInjected cue",
-    "Para one\n\n2\n   00:00:05,000-->00:00:06,000\nInjected cue",  # whitespace, no spaces at the arrow
-    "Para one\n\n2\n+0:0:5.000 --> 0:0:6.000\nInjected cue",  # ffmpeg reads %d: a sign, short fields
-    "Para one\n\n2\n00:00:05,000 - > 00:00:06,000\nInjected cue",  # PyPI srt's "- >" arrow
-    "Para one\n\n2\n00:00:05,000 --> 00:00:06,000 X1:0 X2:1 Y1:0 Y2:1\nInjected cue",
-    "00:00:05,000 --> 00:00:06,000\nInjected cue",  # the whole text is a timing line
-]
-
-
-def _injected_srt(text: str) -> tuple[list, str]:
-    from workers.assembly._subtitles import srt
-
-    cues = build_cues([{"start": 0, "end": 4, "text": text}, {"start": 7, "end": 8.25, "text": "later"}], 10_000)
-    return cues, srt(cues)
-
-
-@pytest.mark.parametrize("text", INJECTIONS)
-def test_a_line_that_looks_like_a_cue_stays_in_its_own_cue(text):
-    """Blank lines are dropped and a timing-like line starts with a zero-width space: the strict
-    reader and a reader that starts a cue at every timing line both see exactly the two cues,
-    with the first cue's visible text as written (blank lines aside)."""
-    cues, body = _injected_srt(text)
-    visible = "\n".join(line for line in text.replace("\r\n", "\n").strip().split("\n") if line.strip())
-    assert [(c.start_ms, c.end_ms) for c in cues] == [(0, 4000), (7000, 8250)]
-    assert cues[0].text.replace("\u200b", "") == visible
-    assert parse_srt(body) == [(0, 4000, cues[0].text), (7000, 8250, "later")]
-    assert [(s, e) for s, e, _ in parse_srt_loosely(body)] == [(0, 4000), (7000, 8250)]
-    for block in body.split("\n\n")[:-1]:
-        assert "" not in block.split("\n")  # no empty line within a cue
-        for line in block.split("\n")[2:]:
-            assert not re.match(r"\s*[-+]?\d+\s*:.*-[ -]*>", line)  # no text line reads as timing
-
-
-def test_cue_text_is_idempotent_and_leaves_ordinary_arrows_alone():
-    once = cue_text(INJECTION)
-    assert cue_text(once) == once
-    assert once.count("\u200b") == 1
-    assert cue_text("10 apples --> 12 apples") == "\u200b10 apples --> 12 apples"  # harmless, invisible
-    assert cue_text("He said --> go\n2 cups") == "He said --> go\n2 cups"
-
-
-@pytest.mark.media
-@pytest.mark.parametrize("text", INJECTIONS)
-def test_ffmpeg_reads_the_srt_with_the_injection_as_one_cue(text, tmp_path):
-    """``ffmpeg -i episode.srt -f srt -`` round-trips the sidecar to the same two cues."""
-    cues, body = _injected_srt(text)
-    path = tmp_path / "episode.srt"
-    path.write_text(body, encoding="utf-8", newline="\n")
-    out = subprocess.run(
-        ["ffmpeg", "-v", "error", "-i", str(path), "-f", "srt", "-"], capture_output=True, check=True
-    ).stdout.decode("utf-8")
-    assert parse_srt_loosely(out) == [(0, 4000, cues[0].text), (7000, 8250, "later")]
-
-
-@pytest.mark.media
-def test_the_soft_track_carries_the_same_text_as_the_srt(tmp_path):
-    """The mov_text track is made from the cues (not from the SRT): its samples hold the SRT's texts."""
-    from workers.assembly._subtitles import ass_matroska
-
-    cues, body = _injected_srt(INJECTION)
-    subs, mp4 = tmp_path / "subs.mkv", tmp_path / "subs.mp4"
-    subs.write_bytes(ass_matroska(cues))
-    subprocess.run(
-        ["ffmpeg", "-v", "error", "-y", "-i", str(subs), "-map", "0:s:0", "-c:s", "mov_text", str(mp4)], check=True
-    )
-    assert mov_text_samples(mp4) == parse_srt(body)

@@ -63,14 +63,198 @@ def cue_text(text: str) -> str:
     return "\n".join(ZWSP + line if _timing_like(line) else line for line in lines)
 
 
+# The conventions every cue keeps (what subtitle style guides ask of a cue): characters a line
+# (Latin scripts and CJK), lines a cue, and the shortest time a cue stays on screen (5/6 s,
+# rounded up to the millisecond).
+LATIN_LINE, CJK_LINE, MAX_LINES, MIN_CUE_MS = 42, 16, 2, 834
+
+# Han, kana, hangul, bopomofo, CJK punctuation and fullwidth forms: scripts written without spaces,
+# whose lines may break between any two characters.
+_CJK_RANGES = (
+    (0x1100, 0x11FF),
+    (0x2E80, 0x2FDF),
+    (0x3000, 0x4DBF),
+    (0x4E00, 0x9FFF),
+    (0xA960, 0xA97F),
+    (0xAC00, 0xD7AF),
+    (0xF900, 0xFAFF),
+    (0xFE30, 0xFE4F),
+    (0xFF00, 0xFFEF),
+    (0x20000, 0x3FFFF),
+)
+# Closing punctuation that never starts a line: it stays with the character before it.
+_CLOSING = set("、。，．！？：；）」』】〉》〕］｝〙〗…‥・ー～!?,.:;)]}%")
+_ZWJ = "\u200d"
+# Punctuation a line had best end at: where a reader pauses.
+_PAUSES = set(".,!?;:…，。！？、；：")
+
+
+def _is_cjk_char(ch: str) -> bool:
+    return any(lo <= ord(ch) <= hi for lo, hi in _CJK_RANGES)
+
+
+def is_cjk(text: str) -> bool:
+    """Whether ``text`` holds CJK characters: its lines then hold at most CJK_LINE characters."""
+    return any(_is_cjk_char(ch) for ch in text)
+
+
+def line_limit(text: str) -> int:
+    """The most characters a line of ``text`` may hold: CJK_LINE for CJK text, else LATIN_LINE."""
+    return CJK_LINE if is_cjk(text) else LATIN_LINE
+
+
+def clusters(text: str) -> list[str]:
+    """``text`` as the characters people see: each base character with the combining marks,
+    variation selectors, emoji modifiers and zero-width-joined characters that follow it, so a
+    line never breaks inside one."""
+    out: list[str] = []
+    for ch in text:
+        joins = (
+            unicodedata.category(ch).startswith("M")
+            or ch == _ZWJ
+            or 0xFE00 <= ord(ch) <= 0xFE0F
+            or 0x1F3FB <= ord(ch) <= 0x1F3FF
+            or 0xE0100 <= ord(ch) <= 0xE01EF
+            or 0xDC00 <= ord(ch) <= 0xDFFF  # a lone low surrogate stays with its high one
+        )
+        if out and (joins or out[-1].endswith(_ZWJ)):
+            out[-1] += ch
+        else:
+            out.append(ch)
+    return out
+
+
+def line_length(line: str) -> int:
+    """Characters in a subtitle line as people count them: clusters, invisible format characters
+    (the zero-width space cue_text adds) not counted."""
+    return sum(1 for c in clusters(line) if not all(unicodedata.category(ch) == "Cf" for ch in c))
+
+
+def _atoms(line: str) -> list[tuple[str, bool]]:
+    """``line`` as unbreakable pieces, each with whether a space stood before it: words, and
+    each CJK character on its own (closing punctuation kept with the piece before it)."""
+    atoms: list[tuple[str, bool]] = []
+    word, space = "", False
+    for c in clusters(line):
+        if c.isspace():
+            if word:
+                atoms.append((word, space))
+            word, space = "", True
+        elif atoms and not word and not space and c in _CLOSING:
+            atoms[-1] = (atoms[-1][0] + c, atoms[-1][1])
+        elif _is_cjk_char(c[0]):
+            if word and c in _CLOSING:
+                word += c
+                continue
+            if word:
+                atoms.append((word, space))
+                space = False
+            word = ""
+            atoms.append((c, space))
+            space = False
+        else:
+            word += c
+    if word:
+        atoms.append((word, space))
+    return atoms
+
+
+def wrap(line: str, limit: int) -> list[str]:
+    """One line of text as lines of at most ``limit`` characters: broken at spaces (which go), or
+    between CJK characters; a word longer than a line is broken between its characters. It takes
+    as few lines as a greedy fill would, with the breaks chosen so the lines are as even as they
+    can be (no one-word last line under a full one)."""
+    if line_length(line) <= limit:
+        return [line]
+    atoms: list[tuple[str, int, bool]] = []  # (text, characters, a space before it)
+    for atom, space in _atoms(line):
+        parts = clusters(atom) if line_length(atom) > limit else [atom]
+        step = limit if len(parts) > 1 else 1
+        for i in range(0, len(parts), step):
+            piece = "".join(parts[i : i + step])
+            atoms.append((piece, line_length(piece), space and i == 0))
+    m = len(atoms)
+
+    def width(i: int, j: int) -> int:  # atoms i..j-1 on one line
+        return sum(a[1] for a in atoms[i:j]) + sum(1 for a in atoms[i + 1 : j] if a[2])
+
+    count, i = 0, 0
+    while i < m:  # the fewest lines: a greedy fill
+        j = i + 1
+        while j < m and width(i, j + 1) <= limit:
+            j += 1
+        count, i = count + 1, j
+    # best[k][j]: (the least cost, the break before j) for atoms 0..j-1 in k lines; the cost of a
+    # line is its squared slack, less a bonus where it ends at a pause (a comma, a full stop)
+    bonus = limit * limit / 8
+    inf = (float("inf"), 0)
+    best = [[inf] * (m + 1) for _ in range(count + 1)]
+    best[0][0] = (0.0, 0)
+    for k in range(1, count + 1):
+        for j in range(1, m + 1):
+            w = 0
+            for i in range(j - 1, -1, -1):  # atoms i..j-1 on the k-th line
+                w += atoms[i][1] + (1 if i + 1 < j and atoms[i + 1][2] else 0)
+                if w > limit:
+                    break
+                cost = best[k - 1][i][0] + (limit - w) ** 2 - (bonus if atoms[j - 1][0][-1] in _PAUSES else 0)
+                if cost < best[k][j][0]:
+                    best[k][j] = (cost, i)
+    lines, j = [], m
+    for k in range(count, 0, -1):
+        i = best[k][j][1]
+        lines.append("".join((" " if a[2] and t > i else "") + a[0] for t, a in enumerate(atoms[i:j], start=i)))
+        j = i
+    return lines[::-1]
+
+
+def _protect(line: str) -> str:
+    return ZWSP + line if _timing_like(line) else line
+
+
+def _pieces(text: str) -> list[str]:
+    """A cue text as the texts of consecutive cues: each line wrapped to its limit, at most
+    MAX_LINES lines a cue."""
+    limit = line_limit(text)
+    lines = [_protect(w) for line in text.split("\n") for w in wrap(line, limit)]
+    return ["\n".join(lines[i : i + MAX_LINES]) for i in range(0, len(lines), MAX_LINES)]
+
+
+def _timed(start_ms: int, end_ms: int, bound_ms: int, texts: Sequence[str]) -> list[Cue]:
+    """Cues for one line's texts over its window ``start_ms..end_ms``, sharing the time by
+    characters. Each cue gets MIN_CUE_MS first where the window holds that much; a window too
+    short for it ends later, up to ``bound_ms`` (the next cue's start or the video's end)."""
+    n = len(texts)
+    if end_ms - start_ms < n * MIN_CUE_MS:
+        end_ms = max(end_ms, min(start_ms + n * MIN_CUE_MS, bound_ms))
+    span = end_ms - start_ms
+    if span < n:
+        raise StageError(f"assembly: a {span} ms line cannot hold {n} cues")
+    weights = [max(1, line_length(t.replace("\n", ""))) for t in texts]
+    floor = MIN_CUE_MS if span >= n * MIN_CUE_MS else 0
+    extra, total = span - n * floor, sum(weights)
+    cues, begin, done = [], start_ms, 0
+    for k, (text, weight) in enumerate(zip(texts, weights), start=1):
+        done += weight
+        end = end_ms if k == n else start_ms + k * floor + (extra * done + total // 2) // total
+        end = min(max(end, begin + 1), end_ms - (n - k))
+        cues.append(Cue(begin, end, text))
+        begin = end
+    return cues
+
+
 def build_cues(raw: Iterable[Mapping[str, Any]], duration_ms: int) -> list[Cue]:
-    """Validate the planner's cues and round them to milliseconds.
+    """Validate the planner's cues, round them to milliseconds and make them keep the conventions.
 
     Cues must be in order and must not overlap (mov_text shows one sample at a time). An end past
-    the video is clamped to it. Cues whose text is empty after cue_text() are dropped.
+    the video is clamped to it. Cues whose text is empty after cue_text() are dropped. A line's
+    text is wrapped to LATIN_LINE or CJK_LINE characters a line and, past MAX_LINES lines, split
+    into consecutive cues that share its window by characters; nothing is cut. A cue shorter than
+    MIN_CUE_MS keeps its start and ends later, but never after the next cue starts.
     Raises StageError naming the offending cue.
     """
-    cues: list[Cue] = []
+    lines: list[Cue] = []
+    previous_end = 0
     for i, c in enumerate(raw):
         try:
             start_ms, end_ms = round(float(c["start"]) * 1000), round(float(c["end"]) * 1000)
@@ -82,12 +266,17 @@ def build_cues(raw: Iterable[Mapping[str, Any]], duration_ms: int) -> list[Cue]:
             raise StageError(
                 f"assembly: cues[{i}] spans {start_ms}..{end_ms} ms, outside the video's 0..{duration_ms} ms"
             )
-        if cues and start_ms < cues[-1].end_ms:
+        if i and start_ms < previous_end:
             raise StageError(
-                f"assembly: cues[{i}] starts at {start_ms} ms, before cues[{i - 1}] ends ({cues[-1].end_ms} ms)"
+                f"assembly: cues[{i}] starts at {start_ms} ms, before cues[{i - 1}] ends ({previous_end} ms)"
             )
+        previous_end = end_ms
         if text:
-            cues.append(Cue(start_ms, end_ms, text))
+            lines.append(Cue(start_ms, end_ms, text))
+    cues: list[Cue] = []
+    for i, line in enumerate(lines):
+        bound = lines[i + 1].start_ms if i + 1 < len(lines) else duration_ms
+        cues += _timed(line.start_ms, line.end_ms, bound, _pieces(line.text))
     return cues
 
 

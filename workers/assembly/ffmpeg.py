@@ -112,7 +112,8 @@ class FfmpegAssembly:
     cues, a clip with the wrong frame count) or when ffmpeg fails; ToolMissing without ffmpeg.
     """
 
-    stage, name, version = "assembly", "ffmpeg", "2"  # 2: the storyboard draws every script
+    # 2: the storyboard draws every script; 3: subtitles keep the conventions (wrapped, split, 5/6 s minimum)
+    stage, name, version = "assembly", "ffmpeg", "3"
     ops = ("mux", "episode")
     tools = ("ffmpeg", "ffprobe")
     resources = Resources(num_cpus=1)
