@@ -27,7 +27,10 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from farm.core.plan import STAGES, Action, BackendChoice
+from farm.core.events import JudgingData
+from farm.core.plan import JUDGE, STAGES, Action, BackendChoice
+from farm.core.spec import Judge, Judges, Takes
+from farm.core.takes import JUDGED_OPS
 from farm.errors import UsageError
 from workers.api import Backend, ConfigError
 
@@ -38,8 +41,21 @@ REGISTRY: dict[tuple[str, str], str] = {
     ("video", "ffmpeg-motion"): "workers.video.motion:BACKEND",
     ("dubbing", "espeak-ng"): "workers.dubbing.espeak:BACKEND",
     ("assembly", "ffmpeg"): "workers.assembly.ffmpeg:BACKEND",
+    # judges (workers/judge/): measurements of keyframes and clips, dubbed lines, the finished episode
+    ("judge", "frames"): "workers.judge.frames:BACKEND",
+    ("judge", "audio"): "workers.judge.audio:BACKEND",
+    ("judge", "delivery"): "workers.judge.delivery:BACKEND",
     # no work at all: for measuring the farm's own overhead and testing scheduling
-    **{(stage, "noop"): f"workers.noop:BACKENDS.{stage}" for stage in STAGES},
+    **{(stage, "noop"): f"workers.noop:BACKENDS.{stage}" for stage in (*STAGES, JUDGE)},
+}
+# The judges of each judged op unless settings (FARM_JUDGES), a series or a batch say otherwise.
+# the stages whose outputs each op's default judges read: a clip is compared with the character sheets
+READ_STAGES = {"keyframe": ("image",), "clip": ("video", "image"), "line": ("dubbing",), "episode": ("assembly",)}
+DEFAULT_JUDGES: dict[str, list[str]] = {
+    "keyframe": ["frames"],
+    "clip": ["frames"],
+    "line": ["audio"],
+    "episode": ["delivery"],
 }
 
 # kind -> "module:class" of configured backends
@@ -49,6 +65,8 @@ KINDS: dict[str, str] = {
     "diffusers-image": "workers.image.diffusers:DiffusersImages",
     "diffusers-video": "workers.video.diffusers_i2v:DiffusersVideo",
     "comfyui": "workers.comfyui:ComfyUI",
+    "openai-vision": "workers.judge.openai_vision:OpenAIVisionJudge",
+    "openai-transcribe": "workers.judge.openai_transcribe:OpenAITranscribeJudge",
 }
 
 
@@ -59,6 +77,8 @@ KIND_STAGES: dict[str, str | None] = {
     "diffusers-image": "image",
     "diffusers-video": "video",
     "comfyui": None,
+    "openai-vision": JUDGE,
+    "openai-transcribe": JUDGE,
 }
 
 
@@ -151,8 +171,8 @@ class Catalog:
             stage = KIND_STAGES[kind] or config.get("stage")
         else:  # a studio's own class says which stage it serves
             stage = config.get("stage") or getattr(kind_class(name, kind), "stage", None)
-        if stage not in STAGES:
-            raise ConfigError(f"backends.{name}.stage: give the stage it serves ({', '.join(STAGES)})")
+        if stage not in (*STAGES, JUDGE):
+            raise ConfigError(f"backends.{name}.stage: give the stage it serves ({', '.join((*STAGES, JUDGE))})")
         return stage
 
     def outlives(self, name: str) -> bool:
@@ -190,6 +210,71 @@ class Catalog:
         """``choose`` for ``resolve(defaults, *overrides)``: settings' defaults, then a series', then
         a batch's choices."""
         return self.choose(resolve(defaults, *overrides))
+
+    def judge_problems(self, judges: Judges) -> list[tuple[str, str]]:
+        """(field, what is wrong) of every judge a spec (or settings) names: an unknown judge, one that
+        cannot judge the op it is named for, a threshold it does not have or out of its range."""
+        problems: list[tuple[str, str]] = []
+        for op, entries in judges.items():
+            for i, entry in enumerate(entries):
+                where = f"judges.{op}[{i}]"
+                try:
+                    judge = self.load(JUDGE, entry.name)
+                except (UnknownBackend, ConfigError) as exc:
+                    problems.append((where, f"{exc}; configure it in FARM_BACKENDS or choose a known one"))
+                    continue
+                can = tuple(getattr(judge, "judges", ()))
+                if op not in can:
+                    problems.append((where, f"judge {entry.name!r} judges {', '.join(can) or 'nothing'}, not {op}"))
+                known: Mapping[str, tuple[float, float, float]] = getattr(judge, "thresholds", {})
+                for name, value in entry.thresholds.items():
+                    if name not in known:
+                        problems.append(
+                            (
+                                f"{where}.thresholds.{name}",
+                                f"judge {entry.name!r} has no threshold {name!r} "
+                                f"(it has: {', '.join(sorted(known)) or 'none'})",
+                            )
+                        )
+                    elif not known[name][1] <= value <= known[name][2]:
+                        _, lo, hi = known[name]
+                        problems.append(
+                            (f"{where}.thresholds.{name}", f"is {value:g}; it must be from {lo:g} to {hi:g}")
+                        )
+        return problems
+
+    def judging_for(
+        self,
+        defaults: Judges,
+        takes: int,
+        *specs: tuple[Judges, Takes | None] | None,
+        strict: bool = False,
+        backends: Mapping[str, str] | None = None,
+    ) -> JudgingData:
+        """Which judges run on which op (settings' ``defaults``, then each spec's choice per op: a
+        series', then a batch's), each with its version and threshold overrides; the takes allowed
+        (the last spec that says, else ``takes``); ``strict``: the batch's. ``backends`` (stage ->
+        name): the episode's; an op whose backend, or the backend of what its judges compare it with (a
+        clip's sheets), says its output is no media (``judged = False``, the noop backends) keeps no
+        default judges, only those a spec names."""
+        chosen: dict[str, list[Judge]] = {}
+        for op in JUDGED_OPS:
+            names = [(stage, (backends or {}).get(stage)) for stage in READ_STAGES[op]]
+            if all(name is None or getattr(self.load(stage, name), "judged", True) for stage, name in names):
+                chosen[op] = list(defaults.get(op, []))  # type: ignore[call-overload]
+        for spec in specs:
+            if spec is None:
+                continue
+            judges, spec_takes = spec
+            chosen.update({op: list(entries) for op, entries in judges.items()})
+            if spec_takes is not None:
+                takes = spec_takes.max
+        resolved = {
+            op: [[j.name, self.load(JUDGE, j.name).version, dict(j.thresholds)] for j in entries]
+            for op, entries in chosen.items()
+            if entries
+        }
+        return JudgingData(judges=resolved, takes=takes, strict=strict)
 
     def required_tools(self, names: Mapping[str, str]) -> list[str]:
         """Programs the chosen backends need on PATH (checked before anything runs)."""

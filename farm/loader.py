@@ -66,6 +66,14 @@ def _line_of(node: yaml.Node | None, loc: tuple) -> int | None:
     return line
 
 
+def field_line(path: Path, field: str) -> int | None:
+    """The line of ``field`` (``judges.clip[0].thresholds.x``) in the spec file at ``path``, if it can be read."""
+    try:
+        return _line_of(_docs(None)(Path(path)).node, _loc(field))
+    except Exception:  # a problem found elsewhere is still reported, without its line
+        return None
+
+
 def _loc(field: str) -> tuple:
     """``outline[0].lines[1].speaker`` -> ("outline", 0, "lines", 1, "speaker")."""
     return tuple(int(p) if p.isdigit() else p for p in re.findall(r"[^.\[\]]+", field))

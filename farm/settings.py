@@ -9,16 +9,19 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, field_validator
 
-from farm.catalog import Catalog, UnknownBackend, estimator, resolve, slots
+from farm.catalog import DEFAULT_JUDGES, Catalog, UnknownBackend, estimator, resolve, slots
 from farm.core.controller import Controller
-from farm.core.plan import STAGES
+from farm.core.events import JudgingData
+from farm.core.plan import JUDGE, STAGES
 from farm.core.script import Slug
+from farm.core.spec import MAX_TAKES, Judge, Judges, Series
 from farm.core.state import Profile
 from farm.errors import SpecError, SpecProblem, UsageError
 from farm.policy import Prices, RetryPolicy, Share
@@ -54,6 +57,11 @@ class Settings(BaseModel):
     backend_video: str = "ffmpeg-motion"
     backend_dubbing: str = "espeak-ng"
     backend_assembly: str = "ffmpeg"
+    judges: Judges = Field(
+        default_factory=lambda: {op: [Judge(name=n) for n in names] for op, names in DEFAULT_JUDGES.items()},  # type: ignore[arg-type]
+        description='judged op -> judges, e.g. {"clip": ["frames"], "line": []}; a series or batch may choose others',
+    )
+    takes: int = Field(3, ge=1, le=MAX_TAKES, description="takes of a judged action unless a series or batch says")
     log_level: str = Field("WARNING", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
     # the batch controller
     metrics_port: int = Field(9108, ge=0, le=65535)
@@ -194,6 +202,17 @@ class Settings(BaseModel):
     def catalog(self) -> Catalog:
         return Catalog(self.backends)
 
+    def judging(self, catalog: Catalog, series: Series, batch: Any = None) -> JudgingData:
+        """Which judges run on an episode of ``series`` (settings', then the series', then ``batch``'s: a
+        BatchSpec, or a validated batch payload), how many takes, and whether it is strict."""
+        specs: list[Any] = [(series.judges, series.takes)]
+        strict, chosen = False, None
+        if batch is not None:
+            specs.append((batch.judges, batch.takes))
+            strict, chosen = batch.strict, batch.backends
+        backends = resolve(self.backend_names(), series.backends, chosen)
+        return catalog.judging_for(self.judges, self.takes, *specs, strict=strict, backends=backends)
+
 
 # -- what settings make ----------------------------------------------------------------------------
 def profiles_for(settings: Settings, catalog: Catalog | None = None) -> dict[tuple[str, str], Profile]:
@@ -204,12 +223,14 @@ def profiles_for(settings: Settings, catalog: Catalog | None = None) -> dict[tup
     defaults = settings.backend_names()
     out = {}
     for stage, name in catalog.all():
-        if stage not in defaults:
+        if stage not in defaults and stage != JUDGE:
             continue  # a configured backend that cannot be built: ``farm backends`` says why
         backend = catalog.load(stage, name)
         declared = backend.resources
         override = (
-            settings.stage_resources.get(stage, {}) if defaults[stage] == name or name not in catalog.configs else {}
+            settings.stage_resources.get(stage, {})
+            if defaults.get(stage) == name or name not in catalog.configs
+            else {}
         )
         gpus = override.get("num_gpus", declared.num_gpus)
         out[(stage, name)] = Profile(
@@ -234,10 +255,13 @@ def controller_for(settings: Settings, catalog: Catalog | None = None) -> Contro
     )
 
 
-def preflight(settings: Settings, episodes: Any = (), batch: Any = None) -> None:
+def preflight(
+    settings: Settings, episodes: Any = (), batch: Any = None, line_of: Callable[[Path, str], int | None] | None = None
+) -> None:
     """Fail before anything runs: a configured backend with bad settings, a spec naming a backend
     that does not exist (file and field named), a program a chosen backend needs that is missing.
-    ``episodes`` are LoadedEpisodes; ``batch`` a LoadedBatch (whose ``backends`` win over the series')."""
+    ``episodes`` are LoadedEpisodes; ``batch`` a LoadedBatch (whose ``backends`` win over the series');
+    ``line_of(file, field)``: where a field is in its file (farm.loader.field_line), for the messages."""
     catalog = settings.catalog()
     broken = catalog.problems()
     if broken:
@@ -259,6 +283,17 @@ def preflight(settings: Settings, episodes: Any = (), batch: Any = None) -> None
                         f"{exc}; configure it in FARM_BACKENDS or choose a known one (farm backends)",
                     )
                 )
+    judged = [(str(e.series_path), e.series.judges) for e in episodes]
+    if batch is not None:
+        judged.append((str(batch.path), batch.spec.judges))
+    for path, judges in judged:
+        problems += [
+            SpecProblem(path, field, message, line=line_of(Path(path), field) if line_of else None)
+            for field, message in catalog.judge_problems(judges)
+        ]
+    defaults = catalog.judge_problems(settings.judges)
+    if defaults:
+        raise ConfigError("invalid judges (FARM_JUDGES): " + "; ".join(f"{f}: {m}" for f, m in defaults))
     if problems:
         raise SpecError(problems)
     for e in episodes:

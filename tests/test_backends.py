@@ -295,7 +295,10 @@ def test_episode_renders_with_diffusers_on_gpu_workers(ray_gpu, tmp_path, monkey
             "max_side": 64,
         },
     }
-    settings = Settings(store=str(tmp_path / "store"), backends=configs, backend_image="sd", backend_video="svd")
+    # tiny random pipelines draw noise: there is nothing for a judge to judge (judges={})
+    settings = Settings(
+        store=str(tmp_path / "store"), backends=configs, backend_image="sd", backend_video="svd", judges={}
+    )
     catalog = settings.catalog()
     assert catalog.load("image", "sd").resources.num_gpus == 1
     runtime = RayRuntime(settings.store_spec(), catalog=catalog)

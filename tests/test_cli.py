@@ -105,7 +105,9 @@ def test_render_json_summary(tmp_path):
         "tokens_out",
     ):
         assert key in summary
-    assert summary["actions_run"] == 15 and summary["actions_cached"] == 0
+    # 15 actions make the episode, and 10 judge them (3 keyframes, 3 clips, 3 lines, the episode), all on take 1
+    assert summary["actions_run"] == 25 and summary["actions_cached"] == 0
+    assert summary["takes"]["judged"] == 9 and summary["takes"]["made"] == 9 and summary["flagged"] == []
     assert os.path.isfile(summary["video"]) and os.path.isfile(summary["storyboard"])
 
 

@@ -758,7 +758,8 @@ def test_projected_finish_converges_on_the_true_finish():
     finish itself, not "now plus something"."""
     finish, samples = _play()
     start = samples[0][0]
-    assert finish - start == pytest.approx(50.5)
+    # the schedule's ties are broken by key, so its length moves by a tick when keys change: 50-52 s
+    assert 50.0 <= finish - start <= 52.0
     errors = [projected - finish for _, projected in samples]
     assert max(errors) <= 1e-6, "the projection ran ahead of the true finish"
     assert min(errors) >= -0.1 * (finish - start)

@@ -92,6 +92,10 @@ def test_every_action_ran_once(first):
     ops = sorted(m.op for m in result.ran)
     assert ops.count("line") == 3 and ops.count("clip") == 3 and ops.count("sheet") == 2
     assert ops.count("episode") == 1 and result.cached == []
+    # the embedded backends make good takes: each keyframe, clip, line and the episode judged once, and passed
+    judged = sorted(m.label.split(" ")[1] for m in result.ran if m.stage == "judge")
+    assert judged == ["audio"] * 3 + ["delivery"] + ["frames"] * 6
+    assert result.flagged == [] and all(len(t["takes"]) == 1 for t in result.takes)
     assert all(m.usage.cpu_seconds >= 0 for m in result.ran)
 
 
@@ -111,8 +115,17 @@ def test_one_line_edit_reruns_exactly_what_it_touches(tmp_path, ray_local):
     script["scenes"][1]["shots"][0]["lines"][1]["text"] = "Then who rang the bell at midnight, in all this rain?"
     ep = {"series": "series.yaml", "number": 1, "title": "Test Episode", "target_seconds": 30, "script": script}
     edited = render(write_specs(tmp_path / "b", episode=ep), store, ray_local)
-    assert sorted(m.label for m in edited.ran) == ["clip s02-01", "episode ep001", "line s02-01#1", "mux s02-01"]
-    assert srt_cues(edited.subtitles)[-1] == script["scenes"][1]["shots"][0]["lines"][1]["text"]
+    assert sorted(m.label for m in edited.ran) == [
+        "clip s02-01",
+        "episode ep001",
+        "judge audio line s02-01#1",
+        "judge delivery episode ep001",
+        "judge frames clip s02-01",
+        "line s02-01#1",
+        "mux s02-01",
+    ]
+    # (52 characters: wrapped into two lines of at most 42)
+    assert srt_cues(edited.subtitles)[-1].replace("\n", " ") == script["scenes"][1]["shots"][0]["lines"][1]["text"]
 
 
 def test_style_change_rerenders_pictures_not_audio(tmp_path, ray_local):
@@ -123,7 +136,7 @@ def test_style_change_rerenders_pictures_not_audio(tmp_path, ray_local):
     series["style"]["palette"] = ["#300000", "#600000", "#ffffff"]
     changed = render(write_specs(tmp_path / "b", series=series), store, ray_local)
     ops = sorted({m.op for m in changed.ran})
-    assert ops == ["clip", "episode", "keyframe", "mux", "sheet"]
+    assert ops == ["clip", "episode", "judge", "keyframe", "mux", "sheet"]
 
 
 def test_outline_episode_and_line_edit(tmp_path, ray_local):
@@ -146,6 +159,9 @@ def test_outline_episode_and_line_edit(tmp_path, ray_local):
     assert sorted(m.label for m in second.ran) == [
         "clip s01-03",
         "episode ep003",
+        "judge audio line s01-03#0",
+        "judge delivery episode ep003",
+        "judge frames clip s01-03",
         "line s01-03#0",
         "mux s01-03",
         "script ep003",
@@ -174,8 +190,12 @@ def test_hostile_text_renders_exactly(tmp_path, ray_local):
     }
     result = render(write_specs(tmp_path, episode=ep), tmp_path / "store", ray_local)
     expected = ["Is anyone there?", *HOSTILE]
-    assert srt_cues(result.subtitles) == expected
-    assert subtitle_track_cues(result.video) == expected
+
+    def flat(texts):  # a line past 42 characters is wrapped (tests/workers/test_subtitles.py), never changed
+        return [" ".join(t.split()) for t in texts]
+
+    assert flat(srt_cues(result.subtitles)) == flat(expected)
+    assert flat(subtitle_track_cues(result.video)) == flat(expected)
     tags = ffmpeg.probe(str(result.video))["format"].get("tags", {})
     assert tags.get("title") == ep["title"]
 

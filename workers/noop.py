@@ -20,6 +20,7 @@ class Noop:
 
     name, version = "noop", "1"
     ops = tuple(OUTPUTS)
+    judged = False  # placeholders, not media: no default judge measures them (farm.catalog.judging_for)
     resources = Resources(num_cpus=0.25)
     tools: tuple[str, ...] = ()
 
@@ -42,4 +43,24 @@ class Noop:
         return StageResult(files=files, meta=meta, usage=Usage(model="noop"))
 
 
+class NoopJudge(Noop):
+    """Judges nothing: a take passes from take ``pass_from_take`` on (threshold, default 1), so tests of
+    takes can script which takes fail without rendering media."""
+
+    ops = ("judge",)
+    judges = ("keyframe", "clip", "line", "episode")
+    thresholds = {"pass_from_take": (1.0, 1.0, 10.0)}
+
+    def run(self, op: str, inputs: Mapping[str, Path], params: Mapping[str, Any], out_dir: Path) -> StageResult:
+        from workers.judge.common import Check, thresholds, verdict
+
+        limit = thresholds(self.thresholds, params, "noop")["pass_from_take"]
+        take = int(params.get("target", {}).get("take", 1))
+        check = Check("take", take, limit, take >= limit, f"take {take}; passes from take {limit:g}", take / 10)
+        result = verdict([check], out_dir)
+        result.usage = Usage(model="noop")
+        return result
+
+
 BACKENDS = {stage: Noop(stage) for stage in ("script", "image", "video", "dubbing", "assembly")}
+BACKENDS["judge"] = NoopJudge("judge")

@@ -25,13 +25,13 @@ import sys
 import traceback
 from pathlib import Path
 
-from farm.cli import backends, batch, bench, models, render, simulate, studio
+from farm.cli import backends, batch, bench, models, render, review, simulate, studio
 from farm.cli.common import level
 from farm.errors import FarmError, SpecError, UsageError
 from farm.observe import logs
 from workers.api import ConfigError, ToolMissing
 
-GROUPS = (render, bench, batch, backends, models, simulate, studio)
+GROUPS = (render, review, bench, batch, backends, models, simulate, studio)
 
 
 SIGPIPE_EXIT = 128 + 13  # what a shell reports for a program killed by SIGPIPE

@@ -135,7 +135,7 @@ def _stop(settings: Settings, *, with_ray: bool) -> int:
 def cmd_batch(args, settings: Settings) -> int:
     from functools import partial
 
-    from farm.loader import load_batch
+    from farm.loader import field_line, load_batch
     from farm.runtime.cluster import call, credential
     from farm.service.host import batch_payload
     from farm.service.tenants import check_idempotency_key
@@ -148,7 +148,7 @@ def cmd_batch(args, settings: Settings) -> int:
         from farm.settings import preflight
 
         loaded = load_batch(Path(args.target), datetime.now(timezone.utc))  # validate fully before connecting
-        preflight(settings, loaded.episodes, loaded)
+        preflight(settings, loaded.episodes, loaded, line_of=field_line)
         _join(settings)
         batch_id = _call(controller(settings), "submit", batch_payload(loaded, settings), key)
         print(json.dumps({"batch": batch_id, "episodes": len(loaded.episodes)}) if args.json else batch_id)

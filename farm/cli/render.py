@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from farm.cli.common import add_common, level, settings_from_args
-from farm.loader import load_episode, validate_files, write_examples
+from farm.loader import field_line, load_episode, validate_files, write_examples
 from farm.settings import Settings, preflight
 
 
@@ -82,7 +82,7 @@ def render_one(
 
     loaded = load_episode(episode)
     spec = settings.store_spec()  # a bad store setting fails here, before Ray starts
-    preflight(settings, [loaded])
+    preflight(settings, [loaded], line_of=field_line)
     runtime = RayRuntime(
         spec,
         settings.ray_address,

@@ -37,6 +37,10 @@ def check_result(
         samples = manifest.meta.get("samples")
         if not isinstance(samples, int) or isinstance(samples, bool) or samples <= 0:
             return None, f"the line has {samples!r} samples of audio, not a positive whole number"
+    if action.op == "judge":
+        problem = _judge_problem(manifest.meta)
+        if problem:
+            return None, f"the judge's answer is not a verdict: {problem}"
     script = None
     if action.op == "script":
         raw = (facts or {}).get("script")
@@ -59,3 +63,24 @@ def check_result(
     else:
         result = ActionResult.model_construct(**{name: getattr(manifest, name) for name in Manifest.model_fields})
     return (result.model_copy(update={"facts": Facts(script=script)}) if script else result), ""
+
+
+def _judge_problem(meta: Mapping[str, Any]) -> str:
+    """What is wrong with a judge's meta (``{verdict, score, checks}``, workers/judge/common.py), or ""."""
+    verdict, score, checks = meta.get("verdict"), meta.get("score"), meta.get("checks")
+    if verdict not in ("pass", "fail"):
+        return f"verdict {verdict!r} is neither 'pass' nor 'fail'"
+    if isinstance(score, bool) or not isinstance(score, (int, float)) or not 0.0 <= float(score) <= 1.0:
+        return f"score {score!r} is not a number from 0 to 1"
+    if not isinstance(checks, list) or not checks:
+        return "it names no checks"
+    for check in checks:
+        if (
+            not isinstance(check, dict)
+            or not isinstance(check.get("name"), str)
+            or not isinstance(check.get("passed"), bool)
+        ):
+            return f"check {str(check)[:80]} has no name and passed"
+    if (verdict == "pass") != all(c["passed"] for c in checks):
+        return f"verdict {verdict!r} disagrees with its checks"
+    return ""

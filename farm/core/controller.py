@@ -25,42 +25,28 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from farm.core.checks import check_result
-from farm.core.decisions import Decisions
 from farm.core.events import (
-    ActionCached,
-    ActionCompleted,
-    ActionFailed,
     ActionResult,
-    BatchFailed,
-    Delivered,
-    EpisodeDelivered,
-    EpisodeFailed,
-    EpisodeFailedEvent,
-    Failed,
-    Reason,
-    WebhookDelivered,
-    WebhookFailed,
-    WebhookResult,
 )
-from farm.core.manifest import Manifest, spend_of
-from farm.core.plan import STAGES, BackendChoice, EpisodeJob, plan_episode, plan_script
-from farm.core.spec import PRIORITY_CLASSES, Series
+from farm.core.manifest import spend_of
+from farm.core.plan import STAGES, BackendChoice, EpisodeJob
+from farm.core.planning import Planning, judging_of, review_of
+from farm.core.spec import PRIORITY_CLASSES
 from farm.core.state import (
     ActionState,
     BatchState,
     Cancel,
     Command,
-    Deliver,
     Dispatch,
     EpisodeState,
     Estimator,
     Fault,
     Lookup,
-    Notified,
     Notify,
     Profile,
 )
+from farm.core.takes import Verdict
+from farm.core.views import batch_status
 from farm.policy import (
     BatchTerms,
     Budget,
@@ -75,7 +61,7 @@ from farm.policy import (
 _REORDERING = frozenset({"batch.submitted", "batch.cancelled", "batch.finished", "batch.failed", "episode.failed"})
 
 
-class Controller(Decisions):
+class Controller(Planning):
     """Every batch's state, and the scheduling decisions over all of them.
 
     Args:
@@ -117,6 +103,8 @@ class Controller(Decisions):
         self.archives: dict[str, dict[str, Any]] = {}
         # (studio, idempotency key) -> the batch submitted with it (``farm batch submit --idempotency-key``)
         self.keyed: dict[tuple[str, str], str] = {}
+        # what every judge action said (by its key): a fact each episode's plan reads (farm.core.takes)
+        self.verdicts: dict[str, Verdict] = {}
         self._handlers: dict[str, Callable[[Any], list[Command] | None]] = {
             "batch.submitted": self._on_batch_submitted,
             "batch.cancelled": self._on_batch_cancelled,
@@ -135,6 +123,8 @@ class Controller(Decisions):
             "webhook.failed": self._on_webhook,
             "journal.unreadable": self._on_journal_unreadable,
             "batch.archived": self._on_batch_archived,
+            "review.recorded": self._on_review_recorded,
+            "take.declined": self._on_take_declined,
         }
 
     # -- applying events ------------------------------------------------------------------------
@@ -210,8 +200,9 @@ class Controller(Decisions):
         for item in d.episodes:
             eid = f"{item.series.id}/{item.episode.slug}"
             backends = {s: BackendChoice.from_json(item.backends[s]) for s in STAGES} if item.backends else defaults
-            job = EpisodeJob(d.studio, d.namespace, item.series, item.episode, backends)
+            job = EpisodeJob(d.studio, d.namespace, item.series, item.episode, backends, judging_of(item.judging))
             ep = self.episodes[(e.batch, eid)] = EpisodeState(id=eid, batch=e.batch, job=job)
+            ep.reviews = {r.key: review_of(r) for r in item.reviews if r.episode == eid}
             batch.episodes.append(eid)
             batch.open += 1
             fresh += self._replan(ep)
@@ -240,86 +231,8 @@ class Controller(Decisions):
             if self.actions[k].status == "done" and self.actions[k].manifest is not None
         ]
 
-    def _progress(self, ep: EpisodeState) -> list[Command]:
-        """Deliver an episode whose final action is done."""
-        if ep.status == "running" and ep.final_key is not None and self.actions[ep.final_key].status == "done":
-            ep.status = "delivering"
-            return [Deliver(ep.batch, ep.id)]
-        return []
-
     def _spend(self, result: ActionResult | None) -> Spend:
         return spend_of(result.usage, self.prices) if result is not None else Spend()
-
-    def _replan(self, ep: EpisodeState) -> list[str]:
-        """Plan ``ep`` again with what is known; return keys the controller has never seen."""
-        script = ep.script or ep.job.episode.script
-        if ep.fixed is None or (script is not None and not ep.fixed.shots):
-            ep.fixed = plan_script(ep.job, ep.script)  # what the script fixes, planned once
-        plan = plan_episode(ep.job, ep.script, ep.line_samples, ep.fixed)
-        fresh = []
-        for action in plan.actions:
-            state = self.actions.get(action.key)
-            if state is None:
-                state = self.actions[action.key] = ActionState(action)
-                fresh.append(action.key)
-                for ref in action.inputs.values():
-                    self._dependants.setdefault(ref.key, []).append(action.key)
-                self._check_ready(action.key)
-            elif (ep.batch, ep.id) not in state.episodes:  # shared with another episode now: it may
-                self._tasks.pop(action.key, None)  # count for another batch
-                self._queue.discard(action.key)
-                self._changed.add(action.key)
-            state.episodes.add((ep.batch, ep.id))
-        ep.keys = [a.key for a in plan.actions]
-        ep.final_key = plan.final_key
-        self._graph_changed = bool(fresh) or self._graph_changed
-        # facts already known for actions shared with other episodes
-        learned = [k for k in ep.keys if self.actions[k].status == "done" and self._teach(ep, self.actions[k])]
-        return fresh + (self._replan(ep) if learned else [])
-
-    def _check_ready(self, key: str) -> None:
-        state = self.actions[key]
-        self._changed.add(key)
-        if state.status == "pending" and all(
-            self.actions[r.key].status == "done" for r in state.action.inputs.values()
-        ):
-            if key not in self._ready:
-                self._ready.add(key)
-                self._ready_count += 1
-                self._ready_since[key] = self._ready_count
-        else:
-            self._ready.discard(key)
-
-    def _set_status(self, key: str, status: str) -> None:
-        state = self.actions[key]
-        if status == "running" and key not in self._running:
-            self._running.add(key)
-            if not self._run_stale and self._wanted(state):
-                self._hold(self._task(state), 1)
-        elif status != "running" and key in self._running:
-            self._running.discard(key)
-            if not self._run_stale and key in self._run:
-                self._hold(self._run[key], -1)
-        state.status = status
-        self._check_ready(key)
-        if status == "done":
-            for dependant in self._dependants.get(key, ()):
-                self._check_ready(dependant)
-
-    def _teach(self, ep: EpisodeState, state: ActionState) -> bool:
-        """Give ``ep`` the facts a finished action carries; True if they are new to it."""
-        action, result = state.action, state.manifest
-        if result is None:
-            return False
-        if action.op == "line" and action.key not in ep.line_samples:
-            ep.line_samples[action.key] = int(result.meta["samples"])
-            return True
-        if action.op == "script" and ep.script is None and ep.job.episode.script is None:
-            if result.facts is None or result.facts.script is None:
-                raise ValueError(f"{action.label} finished without a script")
-            ep.script = result.facts.script
-            return True
-        return False
 
     def _finished_action(self, e: Any, cached: bool) -> list[Command]:
         state = self.actions[e.key]
@@ -334,6 +247,7 @@ class Controller(Decisions):
             self.batches[state.charged_to].spent = self.batches[state.charged_to].spent + spend
         if not cached:
             self._learn(state.action, e.data)
+            self._count_take(state.action, e.data)
         fresh: list[str] = []
         for key in sorted(state.episodes):
             ep = self.episodes[key]
@@ -467,78 +381,6 @@ class Controller(Decisions):
         running = [k for k in sorted(self._running) if not self._wanted(self.actions[k], e.batch)]
         return [Cancel(tuple(running))] if running else []
 
-    # -- proposing events -----------------------------------------------------------------------
-
-    def on_result(self, key: str, manifest: Manifest, facts: Mapping[str, Any] | None = None) -> list[Any]:
-        """The events that follow a finished attempt: its completion, or, if its result is unusable,
-        a failure that no retry can mend (the same inputs give the same result) and its episodes'."""
-        state = self.actions[key]
-        result, problem = check_result(state.action, manifest, facts, self._series_of(state))
-        if result is None:
-            return self._failure_events(key, f"unusable result: {problem}", False, manifest.worker.get("node"), 0.0)
-        return [ActionCompleted(batch=state.charged_to, key=key, data=result)]
-
-    def on_cached(self, key: str, manifest: Manifest, facts: Mapping[str, Any] | None = None) -> list[Any]:
-        """The events that follow finding an action done in the store: a cache hit, or, if the stored
-        result is unusable, the failure of its episodes (running it again would find the same)."""
-        state = self.actions[key]
-        result, problem = check_result(state.action, manifest, facts, self._series_of(state))
-        if result is None:
-            return self._failure_events(
-                key,
-                f"the stored result is unusable: {problem} (delete its manifest, "
-                f"actions/{key[:2]}/{key}.json in the studio's store, to make it again)",
-                False,
-                None,
-                0.0,
-            )
-        return [ActionCached(key=key, data=result)]
-
-    def _series_of(self, state: ActionState) -> list[Series]:
-        return [self.episodes[key].job.series for key in sorted(state.episodes)]
-
-    def on_failure(
-        self, key: str, error: str, retryable: bool, worker: str | None, now: float, retry_after: float | None = None
-    ) -> list[Any]:
-        """The events that follow a failed attempt: the failure, then a retry, a quarantine or a give-up.
-        A retry waits for the policy's backoff, or longer when the provider asked (``retry_after``)."""
-        return self._failure_events(key, error, retryable, worker, now, retry_after)
-
-    def interrupted(self, key: str, why: str) -> list[Any]:
-        """The record of an action the farm itself stopped (a controller restart found it running and
-        no manifest): it is ready again at once, and the attempt is not counted against it."""
-        state = self.actions[key]
-        data = Failed(error=why, retryable=True, worker=None, attempt=state.attempts, interrupted=True)
-        return [ActionFailed(batch=state.charged_to, key=key, data=data)]
-
-    def delivered(self, batch: str, episode: str, deliverables: Mapping[str, str]) -> list[Any]:
-        return [EpisodeDelivered(batch=batch, data=Delivered(episode=episode, deliverables=dict(deliverables)))]
-
-    def notified(self, outcome: Notified) -> list[Any]:
-        """The record of how a notification ended: ``webhook.delivered``, or ``webhook.failed`` once its
-        sender has given up (after its retries)."""
-        event = WebhookDelivered if outcome.ok else WebhookFailed
-        data = WebhookResult(
-            id=outcome.id,
-            kind=outcome.kind,
-            detail=outcome.detail[:500],
-            episode=outcome.episode,
-            host=outcome.host,
-            attempts=max(0, outcome.attempts),
-        )
-        return [event(batch=outcome.batch, data=data)]
-
-    def undeliverable(self, batch: str, episode: str, error: str) -> list[Any]:
-        """The record of an episode whose deliverables could not be published: it fails."""
-        reason = f"its deliverables could not be published: {error[:500]}"
-        return [EpisodeFailedEvent(batch=batch, data=EpisodeFailed(episode=episode, reason=reason))]
-
-    def batch_failed(self, batch: str, reason: str) -> list[Any]:
-        """The record of a batch the controller stopped while applying one of its events (``Fault``)."""
-        if batch not in self.batches or self.batches[batch].failure_journaled:
-            return []
-        return [BatchFailed(batch=batch, data=Reason(reason=reason))]
-
     # -- views ----------------------------------------------------------------------------------
     def projected_finish(self, batch_id: str, now: float) -> float:
         """When the batch is projected to finish: ``now`` plus ``remaining_seconds`` while it runs, else
@@ -549,50 +391,5 @@ class Controller(Decisions):
         return now + self.remaining_seconds(batch_id, now)
 
     def batch_status(self, batch_id: str, now: float) -> dict[str, Any]:
-        if batch_id in self.archives:
-            return dict(self.archives[batch_id])
-        batch = self.batches[batch_id]
-        eps = [self.episodes[(batch_id, e)] for e in batch.episodes]
-        stages: dict[str, dict[str, int]] = {}
-        for key in {k for ep in eps for k in ep.keys}:
-            s = self.actions[key]
-            row = stages.setdefault(s.action.stage, {"done": 0, "cached": 0, "running": 0, "pending": 0, "failed": 0})
-            reused = s.cached or (s.status == "done" and s.charged_to != batch_id)
-            status = "cached" if reused else "failed" if s.status == "quarantined" else s.status
-            row[status] = row.get(status, 0) + 1
-        budget = batch.terms.budget
-        projected = self.projected_finish(batch_id, now) if batch.status == "running" else batch.finished_at
-        notes = batch.notifications
-        failed_notes = [why for why in notes.values() if why is not None]
-        return {
-            "batch": batch_id,
-            "name": batch.name,
-            "studio": batch.terms.studio,
-            "status": batch.status,
-            "reason": batch.reason,
-            "priority": next(k for k, v in PRIORITY_CLASSES.items() if v == batch.terms.priority),
-            "episodes": {
-                "total": len(eps),
-                "delivered": sum(e.status == "delivered" for e in eps),
-                "failed": sum(e.status == "failed" for e in eps),
-                "running": sum(e.status in ("running", "delivering") for e in eps),
-            },
-            "failures": [{"episode": e.id, "reason": e.reason} for e in eps if e.status == "failed"],
-            "actions": {s: stages[s] for s in STAGES if s in stages},
-            "spent": batch.spent.to_json(),
-            "saved": batch.saved.to_json(),
-            "budget": {"tokens": budget.tokens, "gpu_seconds": budget.gpu_seconds, "money": budget.money},
-            "held": batch.held,
-            "deadline": batch.terms.deadline,
-            "projected_finish": projected,
-            "on_track": None
-            if batch.terms.deadline is None or projected is None
-            else projected <= batch.terms.deadline,
-            "deliverables": {e.id: e.deliverables for e in eps if e.deliverables},
-            # webhooks: delivered, and failed after their retries (the last such failure, said in full)
-            "notifications": {
-                "sent": len(notes) - len(failed_notes),
-                "failed": len(failed_notes),
-                "last_error": failed_notes[-1] if failed_notes else None,
-            },
-        }
+        """What ``farm batch status`` shows of a batch (farm.core.views)."""
+        return batch_status(self, batch_id, now)

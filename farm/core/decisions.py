@@ -30,11 +30,14 @@ from farm.core.events import (
     Failed,
     Reason,
     RetryAt,
+    TakeDeclined,
 )
 from farm.core.manifest import Manifest
 from farm.core.plan import Action, plan_episode, sketch
 from farm.core.projection import Projection
 from farm.core.state import ActionState, BatchState, EpisodeState, Estimator, Profile
+from farm.core.takes import TAKEN_OPS
+from farm.core.yields import Yields
 from farm.policy import (
     Capacity,
     GiveUp,
@@ -46,6 +49,7 @@ from farm.policy import (
     Share,
     Spend,
     Task,
+    budget_admits,
     select,
     upward_ranks,
 )
@@ -117,6 +121,9 @@ class Decisions:
         self._estimates: dict[str, tuple[float, int, float]] = {}
         self._unestimated: dict[str, str] = {}  # key -> why its backend could not estimate it
         self.projection = Projection()  # how long each batch still takes (remaining_seconds)
+        self.yields = Yields()  # each backend's share of judged takes that passed
+        # episodes to fail at the next decision, with why: a strict batch's flagged shot, failed delivery checks
+        self._failing: dict[tuple[str, str], str] = {}
 
     def _reorder(self) -> None:
         """Which batch each action counts for may have changed: order and attribute afresh."""
@@ -215,8 +222,30 @@ class Decisions:
         whose estimate raises (a studio's own class may) fails that action at the next decision."""
         est = self._estimates.get(action.key)
         if est is None:
-            est = self._estimates[action.key] = self._guarded_estimate(action)
+            seconds, tokens, gpu_seconds = self._guarded_estimate(action)
+            takes = self._expected_takes(action)
+            est = self._estimates[action.key] = (seconds * takes, round(tokens * takes), gpu_seconds * takes)
         return est
+
+    def _expected_takes(self, action: Action) -> float:
+        """How many takes a judged keyframe, clip or line is expected to need from this one on (its
+        backend's yield, farm.core.yields); 1 for everything else."""
+        take = action.params.get("take") if action.op in TAKEN_OPS else None
+        state = self.actions.get(action.key)
+        if not isinstance(take, int) or state is None:
+            return 1.0
+        allowed = 0
+        for b, eid in state.episodes:
+            judging = self.episodes[(b, eid)].job.judging
+            if judging is not None and judging.judges.get(action.op):
+                allowed = max(allowed, judging.takes)
+        return self.yields.expected_takes(action.backend, action.op, allowed - take + 1) if allowed else 1.0
+
+    def _count_take(self, action: Action, result: Manifest) -> None:
+        """A judge's fresh verdict on a take counts towards the judged backend's yield."""
+        target = action.params.get("target") if action.op == "judge" else None
+        if isinstance(target, dict) and target.get("op") in TAKEN_OPS:
+            self.yields.count(str(target.get("backend")), str(target["op"]), result.meta.get("verdict") == "pass")
 
     def _guarded_estimate(self, action: Action, record: bool = True) -> tuple[float, int, float]:
         try:
@@ -278,7 +307,11 @@ class Decisions:
         return self._backoff[0][0] if self._backoff else None
 
     def decide(self, now: float, capacity: Capacity) -> list[Any]:
-        """Events the clock and free capacity call for: dispatches, budget holds, finished batches."""
+        """Events the clock and free capacity call for: episodes that fail (a strict batch's flagged shot,
+        failed delivery checks), dispatches, budget holds and the takes they decline, finished batches."""
+        failing = self._episodes_failing()
+        if failing:  # first: what they no longer need must not be dispatched
+            return failing
         events: list[Any] = self._unestimable()
         run_tasks = self._held()
         state = RunState(
@@ -321,9 +354,39 @@ class Decisions:
         for held, reason in sorted(selection.held.items()):
             if self.batches[held].held != reason:
                 events.append(BudgetExhausted(batch=held, data=Reason(reason=reason)))
+        if selection.held:
+            events += self._declined(selection.held, state)
         for batch_id, batch in self.batches.items():
             if batch.status == "running" and batch.open <= 0:
                 events.append(BatchFinished(batch=batch_id))
+        return events
+
+    def _episodes_failing(self) -> list[Any]:
+        events: list[Any] = []
+        for (batch, eid), reason in sorted(self._failing.items()):
+            ep = self.episodes[(batch, eid)]
+            if ep.status == "running" and self.batches[batch].status == "running":
+                events.append(EpisodeFailedEvent(batch=batch, data=EpisodeFailed(episode=eid, reason=reason)))
+            else:
+                del self._failing[(batch, eid)]
+        return events
+
+    def _declined(self, held: Mapping[str, str], state: RunState) -> list[Any]:
+        """The next takes (take 2 on) of batches their budget holds, which it would not pay for: declined,
+        so their shots use their best take so far instead of waiting for money that is not coming."""
+        events: list[Any] = []
+        for task in self.queued():
+            action = self.actions[task.key].action
+            take = action.params.get("take")
+            if task.batch not in held or action.op not in TAKEN_OPS or not isinstance(take, int) or take < 2:
+                continue
+            terms = self.batches[task.batch].terms
+            why = budget_admits(
+                terms, state.spent_by_batch.get(task.batch), state.committed_by_batch.get(task.batch), task
+            )
+            if why is not None:
+                reason = f"{action.label}: the budget would not pay for it ({why})"
+                events.append(TakeDeclined(batch=task.batch, key=task.key, data=Reason(reason=reason)))
         return events
 
     def _unestimable(self) -> list[Any]:
@@ -420,7 +483,8 @@ class Decisions:
 
     def _learn(self, action: Action, result: Manifest) -> None:
         """Count how long a finished action took (its worker's own timings) against its estimate."""
-        self.projection.learn(action, result.finished_at - result.started_at, self._estimate(action)[0])
+        estimated = self._guarded_estimate(action, record=False)[0]  # one take's, as the backend said
+        self.projection.learn(action, result.finished_at - result.started_at, estimated)
 
     def _forget_expected(self, batch_id: str) -> None:
         """Drop the expected plans of a batch that has stopped."""

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from farm.core.controller import Controller
-from farm.core.events import BatchCancelled, BatchSubmitted, Submission
+from farm.core.events import BatchCancelled, BatchSubmitted, ReviewData, ReviewRecorded, Submission
 from farm.core.ports import Artifacts, Clock, Finished, Journal, Runtime
 from farm.core.state import Cancel, Command, Deliver, Dispatch, Fault, Lookup, Notified, Notify, Profile
 from farm.errors import FarmError, StoreError, StoreUnwritable
@@ -195,6 +195,10 @@ class Engine:
     def cancel(self, batch_id: str) -> None:
         if self.controller.batches[batch_id].status == "running":
             self._answer([BatchCancelled(batch=batch_id)])
+
+    def review(self, batch_id: str, review: ReviewData) -> None:
+        """Record a person's verdict on a take of one of the batch's episodes (durable once this returns)."""
+        self._answer([ReviewRecorded(batch=batch_id, data=review)])
 
     def _answer(self, proposals: Sequence[Any]) -> None:
         """Commit what a caller is waiting for: it raises only when the group itself was not journaled.

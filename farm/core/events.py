@@ -12,9 +12,10 @@ judges against the batch it names (DESIGN.md, invariant 10).
 
 Schema versions: 1 (the first journals: the same shapes, without ``batch.failed``); 2 (``webhook.*``
 say only the notification's id, kind and detail); 3 (``webhook.*`` also name the episode, the
-receiver's host and the attempts made); 4 (this one: ``batch.archived``, a finished batch's summary, which
-the journal's compaction writes in place of the batch's events). Older lines read as this version's models,
-the new fields unset.
+receiver's host and the attempts made); 4 (``batch.archived``, a finished batch's summary, which
+the journal's compaction writes in place of the batch's events); 5 (this one: each submitted episode's
+``judging`` and ``reviews``, ``review.recorded`` and ``take.declined``). Older lines read as this version's
+models, the new fields unset (a batch from before judges judges nothing).
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from farm.core.manifest import Manifest
 from farm.core.script import Script
 from farm.core.spec import BudgetSpec, Episode, Series, Webhook
 
-SCHEMA_VERSION = 4
-READABLE_VERSIONS = (1, 2, 3, 4)
+SCHEMA_VERSION = 5
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
+MAX_REVIEWS = 2000  # reviews one submitted episode may carry
 
 
 class _Data(BaseModel):
@@ -44,11 +46,35 @@ class Reason(_Data):
     reason: str
 
 
+class JudgingData(_Data):
+    """Which judges run on which op (op -> [[name, version, {threshold: value}], ...]: the batch's choice,
+    else its series', else settings'), how many takes an action may have, and whether an episode with a
+    flagged shot fails."""
+
+    judges: dict[str, list[list[Any]]] = Field(default_factory=dict)
+    takes: int = Field(3, ge=1, le=10)
+    strict: bool = False
+
+
+class ReviewData(_Data):
+    """A person's verdict on the take of a shot that was used: approve, or reject (make the next take)."""
+
+    episode: str  # "<series>/<episode slug>"
+    shot: str
+    key: str = Field(pattern=r"^[0-9a-f]{64}$")  # the reviewed take's action key
+    verdict: Literal["approve", "reject"]
+    reason: str = Field("", max_length=2000)
+    at: float = 0.0
+    by: str = Field("", max_length=200)
+
+
 class SubmittedEpisode(_Data):
     series: Series
     episode: Episode
     # stage -> [name, version, features]: the batch's choice, else its series', else settings'
     backends: dict[str, list[Any]] | None = None
+    judging: JudgingData | None = None  # None: nothing is judged (schema 4 and older)
+    reviews: list[ReviewData] = Field(default_factory=list, max_length=MAX_REVIEWS)  # the episode's, when submitted
 
 
 class Submission(_Data):
@@ -227,6 +253,20 @@ class BatchArchived(_Event):
     data: Archive
 
 
+class ReviewRecorded(_Event):
+    """A person approved or rejected the take of a shot an episode of this batch uses."""
+
+    type: Literal["review.recorded"] = "review.recorded"
+    data: ReviewData
+
+
+class TakeDeclined(_Event):
+    """The batch's budget would not pay for this take (``key``): the shot uses its best take so far."""
+
+    type: Literal["take.declined"] = "take.declined"
+    data: Reason
+
+
 class Unreadable(_Event):
     """Not a journaled type: what replay yields for a line it cannot read. Never written."""
 
@@ -250,7 +290,9 @@ Event = Annotated[
     | EpisodeFailedEvent
     | WebhookDelivered
     | WebhookFailed
-    | BatchArchived,
+    | BatchArchived
+    | ReviewRecorded
+    | TakeDeclined,
     Field(discriminator="type"),
 ]
 
@@ -271,6 +313,8 @@ JournaledEvent = (
     WebhookDelivered,
     WebhookFailed,
     BatchArchived,
+    ReviewRecorded,
+    TakeDeclined,
 )
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(Event)
 

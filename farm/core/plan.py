@@ -18,21 +18,41 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from farm.core.actions import Action, BackendChoice, EpisodeJob, Ref, _Builder, action_key, canonical
+from farm.core.judged import Judged
 from farm.core.script import Framing, Line, Scene, Script, Shot
-from farm.core.spec import SAMPLE_RATE, Episode, Series
+from farm.core.spec import SAMPLE_RATE, Series
+from farm.core.takes import NO_FACTS, Facts, Takes, Verdict, combine
+
+__all__ = [  # the actions and their keys live in farm.core.actions; the planner is where callers find them
+    "Action",
+    "BackendChoice",
+    "EpisodeJob",
+    "EpisodePlan",
+    "Ref",
+    "ScriptPlan",
+    "ShotLayout",
+    "action_key",
+    "canonical",
+    "layout_shot",
+    "plan_episode",
+    "plan_script",
+    "script_params",
+    "sketch",
+    "spoken_samples",
+]
 
 # Where the dialogue sits inside a shot: a breath before the first line, between lines, after the last.
 LEAD_S, GAP_S, TAIL_S = 0.25, 0.30, 0.45
 LOUDNESS_LUFS, TRUE_PEAK_DB = -14.0, -1.5
 
 STAGES = ("script", "image", "video", "dubbing", "assembly")
+JUDGE = "judge"  # the stage (and op) of judge actions (farm.core.takes), which no backend choice of a stage makes
 
 # The outputs a finished action of each op must carry: what its dependants and the deliverables read.
 OUTPUTS: Mapping[str, tuple[str, ...]] = {
@@ -43,103 +63,10 @@ OUTPUTS: Mapping[str, tuple[str, ...]] = {
     "clip": ("clip",),
     "mux": ("shot",),
     "episode": ("video", "subtitles", "storyboard"),
+    "judge": ("verdict",),
 }
 # The episode action's outputs that are delivered, and the file names people find them under.
 DELIVERABLES: Mapping[str, str] = {"video": "episode.mp4", "subtitles": "episode.srt", "storyboard": "storyboard.png"}
-
-
-@dataclass(frozen=True)
-class Ref:
-    """One named output of another action."""
-
-    key: str
-    output: str
-
-
-@dataclass(frozen=True)
-class BackendChoice:
-    name: str
-    version: str
-    # what the backend can take beyond the common params: "last_frame" (a clip may end on the next
-    # shot's keyframe). Derived from the backend's settings, which its version already digests.
-    features: tuple[str, ...] = ()
-
-    def to_json(self) -> list[Any]:
-        return [self.name, self.version, list(self.features)]
-
-    @classmethod
-    def from_json(cls, data: Sequence[Any]) -> BackendChoice:
-        return cls(data[0], data[1], tuple(data[2]) if len(data) > 2 else ())
-
-
-@dataclass(frozen=True)
-class Action:
-    key: str
-    stage: str
-    op: str
-    backend: str
-    version: str
-    params: Mapping[str, Any]
-    inputs: Mapping[str, Ref]
-    label: str  # for people and logs: "line s01-02#1"; not part of the key
-    context: Mapping[str, str] = field(default_factory=dict)  # studio, series, episode: logs only
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "key": self.key,
-            "stage": self.stage,
-            "op": self.op,
-            "backend": self.backend,
-            "version": self.version,
-            "params": self.params,
-            "label": self.label,
-            "inputs": {k: [r.key, r.output] for k, r in self.inputs.items()},
-            "context": dict(self.context),
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Action:
-        return cls(
-            key=data["key"],
-            stage=data["stage"],
-            op=data["op"],
-            backend=data["backend"],
-            version=data["version"],
-            params=data["params"],
-            label=data["label"],
-            inputs={k: Ref(*v) for k, v in data["inputs"].items()},
-            context=data.get("context", {}),
-        )
-
-
-def canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def action_key(
-    stage: str, op: str, backend: BackendChoice, params: Mapping[str, Any], inputs: Mapping[str, Ref], namespace: str
-) -> str:
-    body = {
-        "stage": stage,
-        "op": op,
-        "backend": backend.name,
-        "version": backend.version,
-        "params": params,
-        "inputs": {k: f"{r.key}:{r.output}" for k, r in inputs.items()},
-        "namespace": namespace,
-    }
-    return hashlib.sha256(canonical(body).encode("utf-8")).hexdigest()
-
-
-@dataclass(frozen=True)
-class EpisodeJob:
-    """Everything the planner needs to know about one episode, as values."""
-
-    studio: str
-    namespace: str
-    series: Series
-    episode: Episode
-    backends: Mapping[str, BackendChoice]
 
 
 @dataclass(frozen=True)
@@ -166,29 +93,17 @@ class EpisodePlan:
     actions: list[Action]  # dependencies before dependants
     script_key: str | None  # None when the episode carries a hand-written script
     final_key: str | None  # the assembly action, once every shot's length is known
+    takes: list[Takes] = field(default_factory=list)  # every judged keyframe, clip and line, with its takes
+    final_judges: tuple[str, ...] = ()  # the judges of the assembled episode (its delivery checks)
+    delivery: Verdict | None = None  # what they said, once every one has
 
     def by_key(self) -> dict[str, Action]:
         return {a.key: a for a in self.actions}
 
-
-class _Builder:
-    """Makes an episode's actions; ``keyed`` False (a sketch, for estimates) names each by its label
-    instead of hashing what it depends on."""
-
-    def __init__(self, job: EpisodeJob, keyed: bool = True):
-        self.job, self.keyed = job, keyed
-        self.actions: list[Action] = []
-        self.context = {"studio": job.studio, "series": job.series.id, "episode": job.episode.slug}
-
-    def make(self, stage: str, op: str, params: dict[str, Any], inputs: dict[str, Ref], label: str) -> Action:
-        backend = self.job.backends[stage]
-        key = action_key(stage, op, backend, params, inputs, self.job.namespace) if self.keyed else f"~{label}"
-        return Action(key, stage, op, backend.name, backend.version, params, inputs, label, self.context)
-
-    def add(self, stage: str, op: str, params: dict[str, Any], inputs: dict[str, Ref], label: str) -> Action:
-        action = self.make(stage, op, params, inputs, label)
-        self.actions.append(action)
-        return action
+    @property
+    def flagged(self) -> list[str]:
+        """Why each shot that wants a person's look does (every take failed, or the budget stopped them)."""
+        return [t.flagged for t in self.takes if t.flagged]
 
 
 def _bible(series: Series) -> dict[str, Any]:
@@ -237,9 +152,7 @@ class ScriptPlan:
     shots: tuple[ShotPlan, ...]
     # each shot's clip and mux and its layout, once its lines' lengths are known: (shot index, the
     # lengths) -> (clip, mux, layout); a cache, so planning again as each line is voiced is cheap
-    timed: dict[tuple[int, tuple[int, ...]], tuple[Action, Action, ShotLayout]] = field(
-        default_factory=dict, compare=False, repr=False
-    )
+    timed: dict[tuple[Any, ...], Action] = field(default_factory=dict, compare=False, repr=False)
 
 
 def plan_script(job: EpisodeJob, script: Script | None, keyed: bool = True) -> ScriptPlan:
@@ -281,6 +194,7 @@ def plan_script(job: EpisodeJob, script: Script | None, keyed: bool = True) -> S
                 "description": shot.description,
                 "framing": shot.framing.value,
                 "characters": in_frame,
+                "take": 1,
             }
             keyframes.append(
                 b.add(
@@ -291,7 +205,13 @@ def plan_script(job: EpisodeJob, script: Script | None, keyed: bool = True) -> S
             lines = []
             for i, line in enumerate(shot.lines):
                 voice = series.character(line.speaker).voice.model_dump(mode="json")
-                params = {"text": line.text, "voice": voice, "speaker": line.speaker, "sample_rate": SAMPLE_RATE}
+                params = {
+                    "text": line.text,
+                    "voice": voice,
+                    "speaker": line.speaker,
+                    "sample_rate": SAMPLE_RATE,
+                    "take": 1,
+                }
                 lines.append(b.add("dubbing", "line", params, {}, f"line {shot.id}#{i}"))
             shots.append(ShotPlan(shot, kf, keyframes[si + 1] if si + 1 < len(keyframes) else None, tuple(lines)))
     return ScriptPlan(tuple(b.actions), script_key, tuple(shots))
@@ -303,20 +223,26 @@ def plan_episode(
     line_samples: Mapping[str, int],
     fixed: ScriptPlan | None = None,
     keyed: bool = True,
+    facts: Facts = NO_FACTS,
 ) -> EpisodePlan:
     """Every action of ``job`` that can be determined from what is known.
 
     ``script`` is the script action's output once it exists (ignored when the episode has its own);
     ``line_samples`` maps a line action's key to the length of its audio in samples; ``fixed`` is
-    ``plan_script(job, script)`` when the caller kept it (made here otherwise).
+    ``plan_script(job, script)`` when the caller kept it (made here otherwise); ``facts`` what the
+    judges and reviewers said of takes (farm.core.takes): a judged keyframe, clip or line is used
+    once a take of it has passed (or every take allowed has failed), so what reads it waits till then.
+    Unkeyed (a sketch): every take is taken to pass.
     """
     fixed = fixed if fixed is not None else plan_script(job, script, keyed)
     if job.episode.script is None and script is None:
         return EpisodePlan(list(fixed.actions), fixed.script_key, None)
     b = _Builder(job, keyed)
     b.actions = list(fixed.actions)
+    judged = Judged(b, job.judging, facts if keyed else replace(facts, assume_pass=True), fixed.timed)
     series, ep = job.series, job.episode
     width, height, fps = series.resolution.width, series.resolution.height, series.fps
+    lang = series.lang
     shots: list[dict[str, Any]] = []
     cues: list[dict[str, Any]] = []
     inputs_final: dict[str, Ref] = {}
@@ -325,29 +251,55 @@ def plan_episode(
     # first/last-frame video backends end a shot's clip on the next shot's keyframe, within a scene
     # (a new scene is a cut, which the next clip's own first frame already makes)
     end_on_next = "last_frame" in job.backends["video"].features
+    keyframes: dict[str, str | None] = {}  # take 1's key -> the take used (None: not known yet)
+    for part in fixed.shots:
+        first = part.keyframe
+        expect = {"width": width, "height": height, "characters": _visible(first)}
+        keyframes[first.key] = judged.take(first, "keyframe", "keyframe", expect, _sheets(first), part.shot.id).chosen
     for index, part in enumerate(fixed.shots):
-        shot, kf, lines = part.shot, part.keyframe, part.lines
-        if any(l.key not in line_samples for l in lines):
+        shot, kf = part.shot, keyframes[part.keyframe.key]
+        lines: list[str | None] = []
+        for said in part.lines:
+            expect = {
+                "text": said.params["text"],
+                "language": series.language,
+                "cjk": lang.cjk,
+                "units_per_second": lang.units_per_second,
+                "rate": int(said.params["voice"].get("rate", 175)),
+                "sample_rate": SAMPLE_RATE,
+            }
+            lines.append(judged.take(said, "line", "audio", expect, {}, shot.id).chosen)
+        last = keyframes[part.next_keyframe.key] if end_on_next and part.next_keyframe is not None else ""
+        if kf is None or last is None or any(k is None or k not in line_samples for k in lines):
             complete = False
             continue
-        samples = tuple(line_samples[l.key] for l in lines)
-        made = fixed.timed.get((index, samples))
-        if made is None:
-            layout = layout_shot(shot, list(samples), fps)
-            clip_inputs = {"keyframe": Ref(kf.key, "keyframe")}
-            if end_on_next and part.next_keyframe is not None:
-                clip_inputs["last"] = Ref(part.next_keyframe.key, "keyframe")
-            clip = b.make(
-                "video",
-                "clip",
-                {"width": width, "height": height, "fps": fps, "frames": layout.frames, "camera": shot.camera.value},
-                clip_inputs,
-                f"clip {shot.id}",
+        voiced = [str(k) for k in lines]
+        samples = tuple(line_samples[k] for k in voiced)
+        layout = layout_shot(shot, list(samples), fps)
+        clip_params = {
+            "width": width,
+            "height": height,
+            "fps": fps,
+            "frames": layout.frames,
+            "camera": shot.camera.value,
+            "take": 1,
+        }
+        clip_inputs = {"keyframe": Ref(kf, "keyframe")} | ({"last": Ref(last, "keyframe")} if last else {})
+        clip = fixed.timed.get(("clip", index, kf, last, layout.frames))
+        if clip is None:
+            clip = fixed.timed[("clip", index, kf, last, layout.frames)] = b.make(
+                "video", "clip", clip_params, clip_inputs, f"clip {shot.id}"
             )
-            mux_inputs = {"clip": Ref(clip.key, "clip")} | {
-                f"line{i}": Ref(l.key, "audio") for i, l in enumerate(lines)
-            }
-            mux = b.make(
+        b.actions.append(clip)
+        expect = {k: clip_params[k] for k in ("width", "height", "fps", "frames", "camera")}
+        expect["characters"] = _visible(part.keyframe)
+        chosen = judged.take(clip, "clip", "clip", expect, _sheets(part.keyframe), shot.id).chosen
+        if chosen is None:
+            complete = False
+            continue
+        mux = fixed.timed.get(("mux", chosen, tuple(voiced), samples))
+        if mux is None:
+            mux = fixed.timed[("mux", chosen, tuple(voiced), samples)] = b.make(
                 "assembly",
                 "mux",
                 {
@@ -357,15 +309,13 @@ def plan_episode(
                     "total_samples": layout.total_samples,
                     "lines": [{"input": f"line{i}", "offset_samples": o} for i, o in enumerate(layout.offsets)],
                 },
-                mux_inputs,
+                {"clip": Ref(chosen, "clip")} | {f"line{i}": Ref(k, "audio") for i, k in enumerate(voiced)},
                 f"mux {shot.id}",
             )
-            made = fixed.timed[(index, samples)] = (clip, mux, layout)
-        clip, mux, layout = made
-        b.actions += [clip, mux]
+        b.actions.append(mux)
         n = len(shots)
         inputs_final[f"shot{n}"] = Ref(mux.key, "shot")
-        inputs_final[f"keyframe{n}"] = Ref(kf.key, "keyframe")
+        inputs_final[f"keyframe{n}"] = Ref(kf, "keyframe")
         shots.append(
             {
                 "input": f"shot{n}",
@@ -389,7 +339,7 @@ def plan_episode(
             )
         start += layout.total_samples
     if not complete:
-        return EpisodePlan(b.actions, fixed.script_key, None)
+        return EpisodePlan(b.actions, fixed.script_key, None, judged.takes)
     final = b.add(
         "assembly",
         "episode",
@@ -408,7 +358,24 @@ def plan_episode(
         inputs_final,
         f"episode {ep.slug}",
     )
-    return EpisodePlan(b.actions, fixed.script_key, final.key)
+    expect = {k: final.params[k] for k in ("width", "height", "fps", "sample_rate", "loudness_lufs", "true_peak_db")}
+    expect |= {"language": series.language, "cjk": lang.cjk, "cues": cues}
+    checks = judged.judges_of(final, "episode", "video", expect, {"subtitles": Ref(final.key, "subtitles")})
+    b.actions += checks
+    verdicts = [facts.verdicts.get(j.key) for j in checks]
+    delivery = combine([v for v in verdicts if v is not None]) if checks and None not in verdicts else None
+    return EpisodePlan(b.actions, fixed.script_key, final.key, judged.takes, tuple(j.key for j in checks), delivery)
+
+
+def _visible(keyframe: Action) -> list[str]:
+    """The characters a keyframe shows, whom its judges look for: a close shot is of its first character."""
+    cast = list(keyframe.params["characters"])
+    return cast[:1] if keyframe.params.get("framing") == "close" else cast
+
+
+def _sheets(keyframe: Action) -> dict[str, Ref]:
+    """The character sheets a keyframe composes (its judges compare each character with its own)."""
+    return {name: ref for name, ref in keyframe.inputs.items() if name.startswith("sheet:")}
 
 
 # A sketch of an outline episode before its script exists, for estimates only (never for keys).

@@ -64,6 +64,12 @@ BackendName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,
 # stage -> backend name (embedded, or configured in settings); names only: URLs and keys live in settings
 BackendNames = dict[Stage, BackendName]
 
+# What a judge may judge (farm.core.plan): a take of a keyframe, a clip or a line, or the finished episode.
+JudgedOp = Literal["keyframe", "clip", "line", "episode"]
+MAX_TAKES = 10  # takes of one keyframe, clip or line a spec may allow
+MAX_JUDGES = 4  # judges of one op
+ThresholdName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
+
 # fps values that divide 48 kHz exactly, so every shot's audio is a whole number of samples.
 FRAME_RATES = (12, 15, 24, 25, 30, 48, 50, 60)
 SAMPLE_RATE = 48_000
@@ -140,6 +146,30 @@ class Resolution(_Spec):
     height: Int = Field(1920, ge=144, le=4096, multiple_of=2)
 
 
+class Takes(_Spec):
+    max: Int = Field(
+        3, ge=1, le=MAX_TAKES, description="takes of a judged keyframe, clip or line before the best one is used"
+    )
+
+
+class Judge(_Spec):
+    """One judge of an op, with threshold overrides (a bare name in a spec means no overrides)."""
+
+    name: BackendName
+    thresholds: dict[ThresholdName, Float] = Field(
+        default_factory=dict, description="threshold name -> value, e.g. {max_black_ratio: 0.05}"
+    )
+
+
+def _judge_entry(value: Any) -> Any:
+    return {"name": value} if isinstance(value, str) else value
+
+
+JudgeEntry = Annotated[Judge, BeforeValidator(_judge_entry)]
+# judged op -> its judges; an op not named keeps the default, [] judges nothing
+Judges = dict[JudgedOp, Annotated[list[JudgeEntry], Field(max_length=MAX_JUDGES)]]
+
+
 class Series(_Spec):
     id: Slug
     title: Name
@@ -150,6 +180,10 @@ class Series(_Spec):
     seed: Int = Field(0, ge=0)
     characters: list[Character] = Field(min_length=1, max_length=MAX_CHARACTERS)
     backends: BackendNames = Field(default_factory=dict, description="stage -> backend name for this series")
+    judges: Judges = Field(
+        default_factory=dict, description="judged op -> judges, e.g. {clip: [frames], line: [audio]}; [] judges none"
+    )
+    takes: Takes | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Series:
@@ -399,6 +433,11 @@ class BatchSpec(_Spec):
     )
     webhook: Webhook | None = None
     backends: BackendNames = Field(default_factory=dict, description="stage -> backend name; wins over the series'")
+    judges: Judges = Field(default_factory=dict, description="judged op -> judges; wins over the series'")
+    takes: Takes | None = None
+    strict: bool = Field(
+        False, description="an episode with a shot whose every take failed fails, instead of delivering for review"
+    )
 
 
 SPEC_FIELDS = sorted(
@@ -417,6 +456,8 @@ SPEC_FIELDS = sorted(
             BatchSpec,
             BudgetSpec,
             Webhook,
+            Judge,
+            Takes,
         )
         for name in model.model_fields
     }

@@ -10,6 +10,7 @@ from typing import Any
 from farm.core.events import ActionResult
 from farm.core.plan import Action, EpisodeJob, ScriptPlan
 from farm.core.script import Script
+from farm.core.takes import Review, Takes, Verdict
 from farm.policy import BatchTerms, Spend
 
 
@@ -112,6 +113,16 @@ class EpisodeState:
     status: str = "running"  # running | delivering | delivered | failed
     reason: str | None = None
     deliverables: dict[str, str] = field(default_factory=dict)
+    # takes (farm.core.takes): people's reviews by the reviewed take's key, the takes its batch's budget
+    # declined, the judge actions whose verdicts it has learned; and as last planned: every judged
+    # action's takes, the judges of the assembled episode and what they said, the shots flagged for review
+    reviews: dict[str, Review] = field(default_factory=dict)
+    declined: set[str] = field(default_factory=set)
+    judged: set[str] = field(default_factory=set)
+    takes: list[Takes] = field(default_factory=list)
+    final_judges: tuple[str, ...] = ()
+    delivery: Verdict | None = None
+    flagged: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -26,7 +26,7 @@ import structlog
 
 from farm.catalog import Catalog
 from farm.core.manifest import Blob, Manifest
-from farm.core.plan import Action
+from farm.core.plan import JUDGE, Action
 from farm.errors import ActionFailed, FarmError, StoreError, StoreUnwritable
 from farm.observe import logs
 from farm.runtime.batching import Batcher
@@ -195,8 +195,13 @@ def _run(
             raise refused from exc
         except Exception as exc:  # a bug in the backend: running it again will not help
             bound.exception("action.crashed")
+            # ... except a judge's: a crash says nothing of the take, which is judged again (and never passed)
             raise ActionFailed(
-                act.key, act.label, f"{act.backend} crashed: {type(exc).__name__}: {exc}", retryable=False, worker=node
+                act.key,
+                act.label,
+                f"{act.backend} crashed: {type(exc).__name__}: {exc}",
+                retryable=act.stage == JUDGE,
+                worker=node,
             ) from exc
         finished = time.time()
         if not isinstance(result, StageResult):

@@ -12,151 +12,37 @@ from __future__ import annotations
 
 import builtins
 import functools
-import hashlib
-import json
 import os
 import queue
 import threading
 import time
-from datetime import datetime, timezone
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from farm.catalog import Catalog
 from farm.core.engine import Engine, StoreDown
-from farm.core.events import Submission
 from farm.core.ports import Runtime
-from farm.core.script import Slug
-from farm.core.spec import BackendNames, BudgetSpec, Episode, Series, Webhook, check_episode
 from farm.core.state import Notified, Notify
-from farm.errors import Fenced, UsageError
+from farm.errors import FarmError, Fenced, UsageError
 from farm.observe import logs
 from farm.observe.accounting import Accounting
 from farm.observe.metrics import Metrics, accelerator_label
 from farm.policy import Prices
 from farm.runtime.clock import SystemClock
 from farm.runtime.ray_runtime import RayRuntime
+from farm.service import submissions
 from farm.service.artifacts import StoreArtifacts
 from farm.service.health import StoreHealth
+from farm.service.submissions import batch_payload, check_payload, submission  # noqa: F401 (the API)
 from farm.service.tenants import Caller, NotAllowed, Tenants, check_idempotency_key
-from farm.service.webhooks import Notification, check_secret_env, send
+from farm.service.webhooks import Notification, send
 from farm.settings import Settings, controller_for, profiles_for
 from farm.store import open_objects
 from farm.store.journal import StoreJournal
+from farm.store.reviews import add_review, load_reviews
+from farm.store.yields import add_yields, load_yields
 
 log = structlog.get_logger("farm.controller")
-
-
-def batch_payload(loaded_batch: Any, settings: Settings) -> dict[str, Any]:
-    """What ``farm batch submit`` sends: the validated specs as values (the controller reads no user files)."""
-    spec = loaded_batch.spec
-    return {
-        "studio": spec.studio,
-        "name": spec.name,
-        "priority": spec.priority,
-        "namespace": spec.studio if settings.cache_namespace is None else settings.cache_namespace,
-        "deadline": spec.deadline.timestamp() if spec.deadline else None,
-        "budget": spec.budget.model_dump(),
-        "webhook": spec.webhook.model_dump() if spec.webhook else None,
-        "backends": dict(spec.backends),
-        "episodes": [
-            {"series": e.series.model_dump(mode="json"), "episode": e.episode.model_dump(mode="json")}
-            for e in loaded_batch.episodes
-        ],
-    }
-
-
-class _PayloadEpisode(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    series: Series
-    episode: Episode
-
-
-class _Payload(BaseModel):
-    """What ``batch_payload`` sends, as the controller accepts it from any Ray client: ``studio`` and
-    ``namespace`` are slugs (no '/', no leading '_': ``_farm`` is the farm's own tree in the store)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    studio: Slug
-    namespace: Slug
-    name: Annotated[str, StringConstraints(min_length=1, max_length=120)] | None = None
-    priority: Literal["low", "normal", "high", "urgent"] = "normal"
-    deadline: float | None = None
-    budget: BudgetSpec = BudgetSpec()
-    webhook: Webhook | None = None
-    backends: BackendNames = Field(default_factory=dict)
-    episodes: list[_PayloadEpisode] = Field(min_length=1)
-
-
-def check_payload(payload: Any) -> None:
-    """Raise UsageError naming each field of a raw batch payload that is not valid (checked before
-    anything reads it: its studio and namespace become store paths and batch ids)."""
-    if not isinstance(payload, dict):
-        raise UsageError(f"the batch is not valid: the payload is a {type(payload).__name__}, not a mapping")
-    try:
-        _Payload.model_validate(payload)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors(include_url=False, include_input=False):
-            field = ".".join(str(part) for part in err["loc"]) or "payload"
-            if err["loc"] and err["loc"][0] in ("studio", "namespace") and err["type"] == "string_pattern_mismatch":
-                message = "must be a slug: lowercase letters, digits, '-' and '_', not starting with '_' (e.g. acme)"
-            else:
-                message = err["msg"]
-            problems.append(f"{field}: {message}")
-        raise UsageError("the batch is not valid: " + "; ".join(problems)) from None
-
-
-def submission(payload: dict[str, Any], settings: Settings, catalog: Catalog) -> Submission:
-    """A batch payload as the controller journals it: each episode's backends chosen (the batch's
-    choice, else its series', else settings') and every spec checked again, since any Ray client
-    may send one. Raises UsageError naming each problem."""
-    check_payload(payload)
-    namespace = settings.cache_namespaces.get(payload["studio"], payload["studio"])
-    if payload["namespace"] != namespace:  # which cache a studio reads is the farm's to say, not a client's
-        raise UsageError(
-            f"the batch is not valid: namespace: studio {payload['studio']!r} uses the cache namespace "
-            f"{namespace!r} (set on the controller: FARM_CACHE_NAMESPACES), not {payload['namespace']!r}: "
-            "unset FARM_CACHE_NAMESPACE where you submit"
-        )
-    check_secret_env(payload["studio"], payload.get("webhook"), settings.webhook_secrets)
-    try:
-        episodes = []
-        for item in payload["episodes"]:
-            chosen = catalog.choose_for(
-                settings.backend_names(), item["series"].get("backends"), payload.get("backends")
-            )
-            episodes.append(dict(item, backends={stage: c.to_json() for stage, c in chosen.items()}))
-        defaults = {s: c.to_json() for s, c in catalog.choose(settings.backend_names()).items()}
-        sub = Submission.model_validate(dict(payload, episodes=episodes, backends=defaults))
-    except ValidationError as exc:
-        raise UsageError(f"the batch is not valid: {exc}") from exc
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise UsageError(f"the batch is not valid: it has no {exc}") from exc
-    problems = [
-        f"{e.series.id}/{e.episode.slug}: {field}: {message}"
-        for e in sub.episodes
-        for field, message in check_episode(e.series, e.episode)
-    ]
-    if problems:
-        raise UsageError("the batch is not valid: " + "; ".join(problems))
-    return sub
-
-
-def batch_id(studio: str, payload: Any, now: float, taken: Any) -> str:
-    """``<studio>-<UTC time>-<digest of the payload>``, unique among ``taken``."""
-    digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:8]
-    stamp = datetime.fromtimestamp(now, timezone.utc).strftime("%Y%m%d-%H%M%S")
-    base = candidate = f"{studio}-{stamp}-{digest}"
-    n = 1
-    while candidate in taken:
-        n += 1
-        candidate = f"{base}-{n}"
-    return candidate
 
 
 class ControllerService:
@@ -230,6 +116,7 @@ class ControllerService:
         self._outcomes: list[Notified] = []  # webhook outcomes not journaled yet (the store was down)
         with self.lock:
             count = self.engine.recover()
+            self.controller.yields.load(load_yields(self.objects))  # (what replay counted is in the store's)
         log.info("controller.replayed", events=count, batches=len(self.controller.batches))
         self._threads = []
         if start_loop:
@@ -253,6 +140,7 @@ class ControllerService:
                         if settled := self.engine.reconcile():
                             log.warning("controller.reconciled", actions=settled)
                         self._maybe_compact()
+                        self._save_yields()
                     self.store.ok(time.time())
                     self._refresh_gauges()
                 if not finished and self.runtime.running == 0:
@@ -267,6 +155,15 @@ class ControllerService:
             except Exception:  # keep scheduling; the error is in the log with its traceback
                 log.exception("controller.loop_error")
                 self._stop.wait(1.0)
+
+    def _save_yields(self) -> None:
+        """Under the lock: add what the judges said since the last save to the yields the store keeps."""
+        new = self.controller.yields.new()
+        if new:
+            try:
+                self.controller.yields.load(add_yields(self.objects, new))
+            except FarmError as exc:  # a statistic: tried again at the next round
+                log.warning("controller.yields_unsaved", error=str(exc))
 
     def _maybe_compact(self) -> None:
         """Under the lock: plan a compaction of batches finished over ``compact_after_s`` ago, and write
@@ -393,13 +290,13 @@ class ControllerService:
                 f"studio: this token is studio {caller.studio!r}'s, and a studio submits only its own batches: "
                 f"set studio: {caller.studio} in the batch file, or use studio {payload.get('studio')!r}'s token"
             )
-        sub = submission(payload, self.settings, self.catalog)
+        sub = submission(payload, self.settings, self.catalog, functools.partial(load_reviews, self.objects))
         if idempotency_key is not None:
             sub = sub.model_copy(update={"idempotency_key": idempotency_key})
         with self.lock:
             if idempotency_key is not None and (sub.studio, idempotency_key) in self.controller.keyed:
                 return self.controller.keyed[(sub.studio, idempotency_key)]  # journaled: known after a restart
-            new_id = batch_id(sub.studio, payload, time.time(), self.controller.batches)
+            new_id = submissions.batch_id(sub.studio, payload, time.time(), self.controller.batches)
             self.engine.submit(new_id, sub)
         self._wake.set()
         return new_id
@@ -410,6 +307,31 @@ class ControllerService:
             self._known(batch_id, caller)
             self.engine.cancel(batch_id)
             return self.controller.batch_status(batch_id, time.time())
+
+    def review(
+        self, batch_id: str, episode: str, shot: str, verdict: str, reason: str = "", *, token: str | None = None
+    ) -> list[dict[str, Any]]:
+        """A person's ``approve`` or ``reject`` of a shot of one of the batch's episodes: journaled (a running
+        episode is planned again with it) and kept in the studio's store for its next submissions.
+        Returns the reviews recorded. Raises UsageError naming the episodes or shots that exist."""
+        from farm.observe.review import episode_review, reviews_for
+
+        caller = self._caller(token)
+        if verdict not in ("approve", "reject"):
+            raise UsageError(f"a review is approve or reject, not {verdict!r}")
+        with self.lock:
+            self._known(batch_id, caller)
+            batch = self.controller.batches[batch_id]
+            if episode not in batch.episodes:
+                raise UsageError(f"batch {batch_id} has no episode {episode!r}; it has: {', '.join(batch.episodes)}")
+            view = episode_review(self.controller, batch_id, episode, self.objects, batch.terms.studio)
+            by = caller.studio or "admin"
+            reviews = reviews_for(view, shot, verdict == "approve", reason[:2000], time.time(), by)
+            for item in reviews:
+                add_review(self.objects, batch.terms.studio, episode.split("/")[0], item)
+                self.engine.review(batch_id, item)
+        self._wake.set()
+        return [r.model_dump(mode="json") for r in reviews]
 
     def _known(self, batch_id: str, caller: Caller) -> None:
         batch = self.controller.batches.get(batch_id)
@@ -474,5 +396,7 @@ class ControllerService:
         self._wake.set()
         for thread in self._threads:
             thread.join(timeout=5)
+        with self.lock:
+            self._save_yields()
         self.runtime.shutdown()  # its workers outlive a crash, not a stop
         self.metrics.close()

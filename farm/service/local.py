@@ -13,6 +13,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from typing import Any
 
 from farm.core.engine import Engine
 from farm.core.events import ActionResult, Submission, SubmittedEpisode
-from farm.core.plan import STAGES
+from farm.core.plan import JUDGE, STAGES
 from farm.core.ports import Clock, Runtime
 from farm.errors import FarmError
 from farm.loader import LoadedEpisode
@@ -34,6 +35,8 @@ from farm.service.artifacts import StoreArtifacts
 from farm.settings import Settings, controller_for
 from farm.store import LocalStore, open_objects
 from farm.store.journal import StoreJournal, render_prefix
+from farm.store.reviews import load_reviews
+from farm.store.yields import add_yields, load_yields
 
 # How long a render waits for resources no worker offers (GPUs an autoscaler may still bring up)
 # before it says which are missing.
@@ -57,7 +60,7 @@ class Progress:
     growing: bool = False  # the plan grows still (the script has not run): more actions will come
 
     def line(self) -> str:
-        parts = [f"{s} {self.done[s]}/{self.total[s]}" for s in STAGES if self.total[s]]
+        parts = [f"{s} {self.done[s]}/{self.total[s]}" for s in (*STAGES, JUDGE) if self.total[s]]
         known = f"{sum(self.done.values())}/{sum(self.total.values())}{'+' if self.growing else ''}"
         return (
             f"{_clock(self.elapsed)}  {known} actions  "
@@ -96,6 +99,8 @@ class RenderResult:
     wall_seconds: float
     duration_seconds: float
     batch: str = ""
+    takes: list[dict[str, Any]] = field(default_factory=list)  # each judged keyframe, clip and line
+    flagged: list[str] = field(default_factory=list)  # the shots whose every take failed, and why
 
     def summary(self) -> dict[str, Any]:
         def usage(attr: str, ms: list[ActionResult]) -> float:
@@ -118,6 +123,12 @@ class RenderResult:
                 "tokens": sum(m.usage.tokens_in + m.usage.tokens_out for m in self.cached),
             },
             "wall_seconds": round(self.wall_seconds, 3),
+            "takes": {
+                "judged": len(self.takes),
+                "made": sum(len(t["takes"]) for t in self.takes),
+                "retaken": [t for t in self.takes if len(t["takes"]) > 1],
+            },
+            "flagged": self.flagged,
             "duration_seconds": self.duration_seconds,
             "run": sorted(m.label for m in self.ran),
         }
@@ -149,16 +160,24 @@ def render_episode(
     controller = controller_for(settings, catalog)
     chosen = catalog.choose_for(settings.backend_names(), loaded.series.backends)
     backends = {stage: c.to_json() for stage, c in chosen.items()}
+    series, slug = loaded.series.id, loaded.episode.slug
+    item = SubmittedEpisode(
+        series=loaded.series,
+        episode=loaded.episode,
+        backends=backends,
+        judging=settings.judging(catalog, loaded.series),
+        reviews=load_reviews(objects, settings.studio, series, slug),
+    )
     sub = Submission(
         studio=settings.studio,
         namespace=settings.namespace,
         name=f"render {loaded.path.name}",
         backends=backends,
-        episodes=[SubmittedEpisode(series=loaded.series, episode=loaded.episode, backends=backends)],
+        episodes=[item],
     )
+    controller.yields.load(load_yields(objects))
     now = clock.now()
     batch = f"render-{datetime.fromtimestamp(now, timezone.utc).strftime('%Y%m%d-%H%M%S-%f')}"
-    series, slug = loaded.series.id, loaded.episode.slug
     # a render's journal is its record (farm report reads it), not a memory it recovers from: written
     # at most a second late, and at the end, never flushed to disk on its own
     journal = StoreJournal(objects, render_prefix(settings.studio, series, slug, batch), durable=(), buffer_s=1.0)
@@ -186,6 +205,7 @@ def render_episode(
         )
     finally:
         journal.flush()
+        _save_yields(objects, controller)
     episode = controller.episodes[(batch, eid)]
     status = controller.batches[batch]
     if episode.status != "delivered":
@@ -206,7 +226,36 @@ def render_episode(
         wall_seconds=time.monotonic() - started,
         duration_seconds=float(final.meta.get("duration", 0.0)),
         batch=batch,
+        takes=[_takes_json(t) for t in episode.takes],
+        flagged=list(episode.flagged),
     )
+
+
+def _takes_json(takes: Any) -> dict[str, Any]:
+    """One judged action's takes as ``farm render --json`` prints them."""
+    return {
+        "label": takes.label,
+        "shot": takes.shot,
+        "used": takes.used.number if takes.used else None,
+        "takes": [
+            {
+                "take": t.number,
+                "verdict": None if t.verdict is None else ("pass" if t.verdict.passed else "fail"),
+                "score": None if t.verdict is None else t.verdict.score,
+                "failing": [] if t.verdict is None else list(t.verdict.failing),
+                "review": None if t.review is None else ("approve" if t.review.approve else "reject"),
+            }
+            for t in takes.takes
+        ],
+    }
+
+
+def _save_yields(objects: Any, controller: Any) -> None:
+    """Add what this render's judges said of its backends' takes to the yields the store keeps."""
+    new = controller.yields.new()
+    if new:
+        with contextlib.suppress(FarmError):  # a statistic: the render's own result is what matters
+            controller.yields.load(add_yields(objects, new))
 
 
 def _run(

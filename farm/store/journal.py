@@ -82,7 +82,7 @@ def render_prefix(studio: str, series: str, episode: str, render: str | None = N
 # written (and fsynced), with everything waiting before them, before the answer.
 ACKNOWLEDGED = frozenset(
     ("batch.submitted", "batch.cancelled", "batch.finished", "batch.failed")
-    + ("episode.delivered", "episode.failed", "webhook.delivered", "webhook.failed")
+    + ("episode.delivered", "episode.failed", "webhook.delivered", "webhook.failed", "review.recorded")
 )
 
 

@@ -21,6 +21,7 @@ class Batching:
     ops = ("sheet", "keyframe")
     features: tuple[str, ...] = ()
     tools: tuple[str, ...] = ()
+    judged = False  # writes text files, not pictures: no default judge measures them
 
     def __init__(self, name: str, config: Mapping[str, Any]):
         self.name, self.max_batch = name, int(config.get("max_batch", 4))
@@ -66,6 +67,7 @@ class Resumable:
     """Submits a "job" once (a file in ``jobs_dir``) and waits for ``done`` to appear beside it."""
 
     stage, kind = "image", "tests.support.fake_backends:Resumable"
+    judged = False  # writes placeholders, not media: no default judge measures them
     ops = ("sheet", "keyframe")
     resumable = True
     features: tuple[str, ...] = ()
@@ -106,6 +108,7 @@ class Flaky:
     ops = ("line",)
     features: tuple[str, ...] = ()
     tools: tuple[str, ...] = ()
+    judged = False  # writes a placeholder, not a WAV: no default judge measures it (farm.catalog.judging_for)
     resources = Resources(num_cpus=0.25)
 
     def __init__(self, name: str, config: Mapping[str, Any]):
@@ -184,6 +187,7 @@ class Sleepy:
     a file named after the process running it (its content: the shot), so a test can kill that process."""
 
     stage, kind = "video", "tests.support.fake_backends:Sleepy"
+    judged = False  # writes placeholders, not media: no default judge measures them
     ops = ("clip",)
     features: tuple[str, ...] = ()
     tools: tuple[str, ...] = ()
@@ -212,6 +216,7 @@ class Loader:
     ``seconds`` and leaves a file in ``loads``/clips. A test counts the loads."""
 
     stage, kind = "video", "tests.support.fake_backends:Loader"
+    judged = False  # writes placeholders, not media: no default judge measures them
     ops = ("clip",)
     features: tuple[str, ...] = ()
     tools: tuple[str, ...] = ()
