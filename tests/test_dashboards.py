@@ -32,6 +32,7 @@ ALERTS = ROOT / "dashboards" / "alerts.yaml"
 # Grafana's variables, as a 24-hour view with every studio selected would send them
 VARIABLES = {"$studio": ".*", "${studio}": ".*", "$__rate_interval": "5m", "$__range": "1h", "$__interval": "1m"}
 NVML_ONLY = re.compile(r"farm_gpu_(utilization_ratio|memory_\w+_bytes)")
+JUDGES_ONLY = re.compile(r"farm_judge_\w+|farm_takes_total\{[^}]*verdict=")  # data once a judge has judged
 
 
 def prometheus_missing() -> str | None:
@@ -103,7 +104,7 @@ def test_every_metric_named_exists():
     from farm.observe.metrics import Metrics
 
     m = Metrics(nvml=False)
-    m.prepare("s", {})
+    m.prepare("s", {"video": "ffmpeg-motion", "judge": "frames"})
     m.stages({}, {})
     m.batch(
         {
@@ -129,13 +130,15 @@ def test_every_metric_named_exists():
     assert named - exported == set()
 
 
-def test_rules_cover_the_five_alerts():
-    """A batch missing its deadline, a budget 90% used, a high failure rate, the controller down, its store down."""
+def test_rules_cover_the_six_alerts():
+    """A batch missing its deadline, a budget 90% used, a high failure rate, a backend's low yield of judged takes,
+    the controller down, its store down."""
     alerts = {r["alert"]: r for r in rules()}
     assert set(alerts) == {
         "FarmBatchProjectedToMissDeadline",
         "FarmBatchBudgetNearlySpent",
         "FarmActionFailureRateHigh",
+        "FarmBackendYieldLow",
         "FarmControllerDown",
         "FarmStoreDown",
     }
@@ -167,6 +170,12 @@ ANNOTATIONS = {
         "description": "More than 10% of the dubbing stage's attempts failed in the last 15 minutes. The reasons are in "
         "the controller's logs (event action.failed) and in `farm report BATCH`.",
     },
+    "FarmBackendYieldLow": {
+        "summary": "Only 25% of wan's video takes pass their judges",
+        "description": "Fewer than half of the takes judged in the last hour passed. Each failed take is made again (up "
+        "to the series' takes.max), so the stage costs more and takes longer. Check the backend (its model, its "
+        'settings) and the judges\' thresholds; "Yield by backend" on the "Farm stages" dashboard shows when it began.',
+    },
     "FarmControllerDown": {
         "summary": "The farm controller is down or not scraped",
         "description": "No batch is being scheduled. Ray restarts the controller actor on failure; check `farm "
@@ -194,6 +203,10 @@ def test_promtool_unit_tests_every_alert(tmp_path):
         'farm_actions_total{studio="acme",stage="dubbing",outcome="ok"}': "0+3x30",
         'farm_actions_total{studio="acme",stage="video",outcome="failed"}': "0x30",
         'farm_actions_total{studio="acme",stage="video",outcome="ok"}': "0+5x30",
+        # yield 1/4 over 40 takes an hour: low; 3/4: fine; 0/6 an hour: low, but too few takes to say
+        **_takes("video", "wan", passed=1, failed=3),
+        **_takes("dubbing", "espeak", passed=3, failed=1),
+        **_takes("image", "quiet", passed=0, failed=0.1),
         'farm_controller_up{job="farm"}': "1x5 stale",
         'farm_store_up{job="farm"}': "1x10 0x15",
     }
@@ -201,6 +214,7 @@ def test_promtool_unit_tests_every_alert(tmp_path):
         "FarmBatchProjectedToMissDeadline": {"severity": "warning", "batch": "late", "studio": "acme"},
         "FarmBatchBudgetNearlySpent": {"severity": "warning", "batch": "late", "studio": "acme", "cap": "money"},
         "FarmActionFailureRateHigh": {"severity": "warning", "studio": "acme", "stage": "dubbing"},
+        "FarmBackendYieldLow": {"severity": "warning", "stage": "video", "backend": "wan"},
         "FarmControllerDown": {"severity": "critical"},
         "FarmStoreDown": {"severity": "critical", "job": "farm"},
     }
@@ -217,6 +231,14 @@ def test_promtool_unit_tests_every_alert(tmp_path):
         {"eval_time": "10m", "alertname": "FarmStoreDown", "exp_alerts": []},
         {"eval_time": "11m", "alertname": "FarmStoreDown", "exp_alerts": []},  # down for less than a minute
         {"eval_time": "1m", "alertname": "FarmBatchBudgetNearlySpent", "exp_alerts": []},
+        {"eval_time": "8m", "alertname": "FarmBackendYieldLow", "exp_alerts": []},  # low for less than 10 minutes
+        {  # an hour later, still only wan: the quiet backend's 6 takes an hour are too few to judge it by
+            "eval_time": "80m",
+            "alertname": "FarmBackendYieldLow",
+            "exp_alerts": [
+                {"exp_labels": expected["FarmBackendYieldLow"], "exp_annotations": ANNOTATIONS["FarmBackendYieldLow"]}
+            ],
+        },
     ]
     unit = {
         "rule_files": [str(ALERTS)],
@@ -230,6 +252,49 @@ def test_promtool_unit_tests_every_alert(tmp_path):
         ],
     }
     path = tmp_path / "alerts_test.yaml"
+    path.write_text(yaml.safe_dump(unit, sort_keys=False))
+    proc = subprocess.run(["promtool", "test", "rules", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _takes(stage: str, backend: str, passed: float, failed: float, studio: str = "acme") -> dict[str, str]:
+    """Input series of farm_takes_total for promtool: ``passed`` and ``failed`` takes a minute, for 90 minutes."""
+    base = f'farm_takes_total{{studio="{studio}",stage="{stage}",backend="{backend}",verdict='
+    return {base + '"pass"}': f"0+{passed}x90", base + '"fail"}': f"0+{failed}x90"}
+
+
+@pytest.mark.prometheus
+def test_yield_panel_is_the_pass_share_per_backend(tmp_path):
+    """The "Yield by backend" panel's PromQL, evaluated by promtool on takes of two studios: passed over judged
+    takes per stage and backend in the last hour, and no series for a backend that judged nothing."""
+    stages = json.loads((ROOT / "dashboards" / "farm-stages.json").read_text(encoding="utf-8"))
+    expr = next(e for title, e in expressions(stages) if title == "Yield by backend")
+    series = {
+        **_takes("video", "wan", passed=1, failed=3),
+        **_takes("video", "wan", passed=2, failed=2, studio="zen"),  # 3 of 8 a minute over both studios
+        **_takes("dubbing", "espeak", passed=3, failed=1),
+        **_takes("image", "idle", passed=0, failed=0),
+    }
+    unit = {
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [{"series": s, "values": v} for s, v in series.items()],
+                "promql_expr_test": [
+                    {
+                        "expr": substitute(expr),
+                        "eval_time": "80m",
+                        "exp_samples": [
+                            {"labels": '{stage="video", backend="wan"}', "value": 0.375},
+                            {"labels": '{stage="dubbing", backend="espeak"}', "value": 0.75},
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "yield_test.yaml"
     path.write_text(yaml.safe_dump(unit, sort_keys=False))
     proc = subprocess.run(["promtool", "test", "rules", str(path)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -419,14 +484,16 @@ def _check(prom, expr, at, name, require_data=True):
 @pytest.mark.e2e
 def test_every_panel_expression_parses_and_returns_data(scraped):
     """Each PromQL expression of each dashboard panel returns data from the scraped run (GPU panels
-    only where NVML exported GPU gauges: this machine's farm has no GPU)."""
+    only where NVML exported GPU gauges: this machine's farm has no GPU; yield and judging spend only
+    where a judge judged a take in the run)."""
     prom, _, at, _ = scraped
     has_gpu = bool(prom.query("farm_gpu_utilization_ratio", at)["data"]["result"])
+    judged = bool(prom.query("sum(farm_takes_total) > 0", at)["data"]["result"])
     checked = 0
     for path in DASHBOARDS:
         for title, expr in expressions(json.loads(path.read_text(encoding="utf-8"))):
-            needs_gpu = bool(NVML_ONLY.search(expr))
-            _check(prom, expr, at, f"{path.name}: {title}", require_data=has_gpu or not needs_gpu)
+            optional = (NVML_ONLY.search(expr) and not has_gpu) or (JUDGES_ONLY.search(expr) and not judged)
+            _check(prom, expr, at, f"{path.name}: {title}", require_data=not optional)
             checked += 1
     assert checked >= 50
 
@@ -464,8 +531,9 @@ def test_alerts_fire_on_the_run(scraped):
     assert {r["metric"]["cap"] for r in used} == {"tokens", "gpu_seconds", "money"}
     assert _check(prom, alerts["FarmControllerDown"], at, "controller", require_data=False) == []
     assert _check(prom, alerts["FarmStoreDown"], at, "store", require_data=False) == []  # it answered all along
+    _check(prom, alerts["FarmBackendYieldLow"], at, "yield", require_data=False)  # fires or not as the judges found
     groups = prom.api("rules")["data"]["groups"]
-    assert [r["health"] for g in groups for r in g["rules"]] == ["ok"] * 5, groups
+    assert [r["health"] for g in groups for r in g["rules"]] == ["ok"] * len(rules()), groups
     active = {a["labels"]["alertname"] for a in prom.api("alerts")["data"]["alerts"]}
     assert {"FarmBatchProjectedToMissDeadline", "FarmActionFailureRateHigh"} <= active
 
@@ -485,6 +553,8 @@ def test_live_metrics_pass_promtool_and_stay_bounded(scraped):
     assert labels <= {
         "studio",
         "stage",
+        "backend",
+        "verdict",
         "outcome",
         "model",
         "direction",

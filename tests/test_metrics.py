@@ -217,12 +217,15 @@ def test_labels_never_carry_ids():
     result = {"usage": {"model": "wan"}, "started_at": 0.0, "finished_at": 1.0}
     for type_ in ("action.completed", "action.cached", "action.failed", "action.retry"):
         m.observe(event(type_, result if type_ in ("action.completed", "action.cached") else {}), action())
+    m.observe(judge_event("action.completed", "fail"), judge())
     m.stages({"video": 3}, {"video": 1})
-    m.batch(_status())
+    m.batch(_status(held_for_review=1))
     out = text(m)
     assert set(re.findall(r"[{,](\w+)=", out)) <= {
         "studio",
         "stage",
+        "backend",
+        "verdict",
         "outcome",
         "model",
         "direction",
@@ -232,6 +235,126 @@ def test_labels_never_carry_ids():
         "le",
     }
     assert KEY not in out and KEY[:12] not in out and "ep001" not in out
+
+
+JUDGE_KEY = "cd" * 32
+
+
+def judge(backend="frames", target_stage="video", target_backend="ffmpeg-motion"):
+    """A judge action of take 1 of a clip (the judged action's op, stage and backend are in its params)."""
+    target = {"op": "clip", "stage": target_stage, "backend": target_backend, "take": 1}
+    return Action(
+        key=JUDGE_KEY,
+        stage="judge",
+        op="judge",
+        backend=backend,
+        version="1",
+        params={"target": target, "thresholds": {}, "expect": {}},
+        inputs={},
+        label="judge clip s01-01",
+        context={"studio": "acme", "series": "s", "episode": "ep001"},
+    )
+
+
+def judge_event(type_, verdict, usage=None, backend="frames", checks=()):
+    """A judge action's action.completed or action.cached event: its manifest's meta carries the verdict."""
+    meta = {"verdict": verdict, "score": 1.0 if verdict == "pass" else 0.3, "checks": list(checks)}
+    result = {"stage": "judge", "op": "judge", "backend": backend, "label": "judge clip s01-01", "meta": meta}
+    return event(type_, result | {"usage": usage or {}, "started_at": 5.0, "finished_at": 6.0}, key=JUDGE_KEY)
+
+
+def test_each_fresh_judge_verdict_is_a_take_of_the_judged_stage_and_backend():
+    """A completed judge action counts one take, labelled with the judged action's stage and backend and the
+    verdict; a cached verdict is no new take, and a verdict-like meta of another stage counts nowhere."""
+    m = Metrics(nvml=False)
+    for verdict in ("fail", "fail", "pass"):
+        m.observe(judge_event("action.completed", verdict), judge())
+    m.observe(judge_event("action.completed", "pass"), judge("audio", "dubbing", "espeak"))
+    m.observe(judge_event("action.cached", "pass"), judge())
+    m.observe(event("action.completed", {"meta": {"verdict": "pass"}}), action())
+    clip = {"studio": "acme", "stage": "video", "backend": "ffmpeg-motion"}
+    assert value(m, "farm_takes_total", **clip, verdict="fail") == 2
+    assert value(m, "farm_takes_total", **clip, verdict="pass") == 1
+    assert value(m, "farm_takes_total", studio="acme", stage="dubbing", backend="espeak", verdict="pass") == 1
+    assert value(m, "farm_takes_total", studio="acme", stage="video", backend="wan", verdict="pass") == 0
+    assert value(m, "farm_actions_total", studio="acme", stage="judge", outcome="ok") == 4
+    assert value(m, "farm_actions_total", studio="acme", stage="judge", outcome="cached") == 1
+
+
+def test_judging_spend_by_judge_as_well_as_in_the_judge_stage():
+    """A judge's usage adds to farm_judge_* by studio and judge (money at the price table) and to the stage
+    "judge" of the per-stage counters; a cached verdict and other stages' work add nothing to farm_judge_*."""
+    m = Metrics(prices=PRICES, accelerators={("judge", "vision-qwen"): "L4"}, nvml=False)
+    usage = {"tokens_in": 1000, "tokens_out": 500, "gpu_seconds": 4.0, "cpu_seconds": 1.5, "model": "qwen2.5-vl"}
+    m.observe(judge_event("action.completed", "fail", usage, backend="vision-qwen"), judge("vision-qwen"))
+    m.observe(judge_event("action.cached", "fail", usage, backend="vision-qwen"), judge("vision-qwen"))
+    m.observe(event("action.completed", {"usage": usage, "started_at": 0.0, "finished_at": 1.0}), action())
+    by_judge = {"studio": "acme", "backend": "vision-qwen"}
+    assert value(m, "farm_judge_tokens_total", **by_judge) == 1500
+    assert value(m, "farm_judge_gpu_seconds_total", **by_judge) == 4
+    assert value(m, "farm_judge_cpu_seconds_total", **by_judge) == 1.5
+    assert value(m, "farm_judge_money_total", **by_judge) == pytest.approx(3.0 + 4.0)
+    stage = {"studio": "acme", "stage": "judge"}
+    assert value(m, "farm_money_total", **stage, model="qwen2.5-vl") == pytest.approx(7.0)
+    assert value(m, "farm_gpu_seconds_total", **stage, model="qwen2.5-vl", accelerator="L4") == 4
+    assert value(m, "farm_action_duration_seconds_sum", stage="judge") == 1.0
+    assert value(m, "farm_cache_saved_money_total", **stage) == pytest.approx(7.0)
+    assert 'farm_judge_money_total{backend="wan"' not in text(m)
+
+
+def test_the_judge_stage_and_takes_are_declared_at_zero():
+    """The judge stage has its histogram, queue and per-studio series at 0 like the plan's stages; a studio's
+    takes of its judged stages' backends and its judge's spend start at 0, so their first increase shows."""
+    m = Metrics(nvml=False)
+    m.prepare("acme", {"video": "ffmpeg-motion", "script": "outline", "judge": "frames"})
+    m.stages({}, {})
+    get = m.registry.get_sample_value
+    assert get("farm_action_duration_seconds_count", {"stage": "judge"}) == 0
+    assert get("farm_queue_depth", {"stage": "judge"}) == 0
+    assert get("farm_actions_total", {"studio": "acme", "stage": "judge", "outcome": "failed"}) == 0
+    clip = {"studio": "acme", "stage": "video", "backend": "ffmpeg-motion"}
+    assert (
+        get("farm_takes_total", clip | {"verdict": "pass"}) == get("farm_takes_total", clip | {"verdict": "fail"}) == 0
+    )
+    assert (
+        get("farm_takes_total", {"studio": "acme", "stage": "script", "backend": "outline", "verdict": "pass"}) is None
+    )
+    assert get("farm_judge_money_total", {"studio": "acme", "backend": "frames"}) == 0
+
+
+def test_episodes_held_for_review_per_running_batch():
+    """held_for_review of a running batch's status is a gauge (0 when the status has none); it goes when the
+    batch ends, with the batch's other gauges."""
+    m = Metrics(nvml=False)
+    b = {"batch": "acme-1", "studio": "acme"}
+    m.batch(_status(held_for_review=2))
+    assert m.registry.get_sample_value("farm_batch_held_for_review_episodes", b) == 2
+    m.batch(_status())
+    assert m.registry.get_sample_value("farm_batch_held_for_review_episodes", b) == 0
+    m.batch(_status(status="finished", held_for_review=2))
+    assert "farm_batch_held_for_review_episodes{" not in text(m)
+
+
+def test_accounting_counts_a_judges_take_and_logs_its_verdict():
+    """Accounting hands a judge's completed event to the metrics (a take of the judged backend) and logs the
+    verdict, its score, the take and the names of the checks that failed."""
+    from structlog.testing import capture_logs
+
+    from farm.observe import logs as farm_logs
+    from farm.observe.accounting import Accounting
+
+    farm_logs.configure(level="DEBUG")  # an earlier render may have left WARNING, which drops info lines
+    m = Metrics(nvml=False)
+    state = types.SimpleNamespace(action=judge(), charged_to="b1", episodes=set())
+    accounting = Accounting(m, types.SimpleNamespace(actions={JUDGE_KEY: state}))  # the controller's action states
+    checks = [{"name": "black_frames", "passed": False}, {"name": "frozen_frames", "passed": True}]
+    with capture_logs() as logs:
+        accounting(judge_event("action.completed", "fail", checks=checks))
+    line = next(e for e in logs if e["event"] == "action.completed")
+    assert (line["stage"], line["verdict"], line["score"], line["take"]) == ("judge", "fail", 0.3, 1)
+    assert line["failed"] == ["black_frames"]
+    takes = {"studio": "acme", "stage": "video", "backend": "ffmpeg-motion", "verdict": "fail"}
+    assert value(m, "farm_takes_total", **takes) == 1
 
 
 def test_accelerator_label_of_a_profile():
@@ -371,8 +494,9 @@ def test_promtool_accepts_the_output(tmp_path):
         ),
         action(),
     )
+    m.observe(judge_event("action.completed", "pass", {"gpu_seconds": 1.0}), judge())
     m.stages({"video": 2}, {})
-    m.batch(_status())
+    m.batch(_status(held_for_review=1))
     m.write_textfile(tmp_path / "farm.prom")
     for exposition in (text(m), (tmp_path / "farm.prom").read_text()):
         proc = subprocess.run(["promtool", "check", "metrics"], input=exposition, capture_output=True, text=True)
@@ -423,8 +547,9 @@ def _pushed(url: str) -> dict:
 @pytest.mark.media
 @pytest.mark.e2e
 def test_render_pushes_to_a_pushgateway_and_writes_a_textfile(tmp_path, pushgateway):
-    """`farm render --pushgateway --metrics-textfile`: a cold render's 15 actions, then a warm one's 15 cache
-    hits, add up in the Pushgateway's group (job farm-render, this host) and in the textfile."""
+    """`farm render --pushgateway --metrics-textfile`: a cold render's 15 actions (with its judges and any
+    retakes), then a warm one's cache hits of each of them, add up in the Pushgateway's group (job farm-render,
+    this host) and in the textfile; each fresh verdict is one take, and the warm render's reused ones are none."""
     need(media_missing())
     episode = write_specs(tmp_path / "specs")
     textfile = tmp_path / "textfile" / "farm.prom"
@@ -456,17 +581,19 @@ def test_render_pushes_to_a_pushgateway_and_writes_a_textfile(tmp_path, pushgate
         want = set(labels.items()) | set(group)
         return sum(v for (n, lab), v in pushed.items() if n == name and want <= set(lab))
 
-    assert total("farm_actions_total", outcome="ok") == 15
-    assert total("farm_actions_total", outcome="cached") == 15
+    ran = total("farm_actions_total", outcome="ok")
+    judged = total("farm_actions_total", stage="judge", outcome="ok")  # the default judges of the embedded media
+    assert ran - judged >= 15 and total("farm_actions_total", outcome="cached") == ran
+    assert total("farm_takes_total") == judged
     assert total("farm_episodes_total", studio="acme", outcome="delivered") == 2
-    assert total("farm_action_duration_seconds_count") == 15
+    assert total("farm_action_duration_seconds_count") == ran
     assert total("farm_cpu_seconds_total") > 0
     written = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for f in text_string_to_metric_families(textfile.read_text())
         for s in f.samples
     }
-    assert sum(v for (n, lab), v in written.items() if n == "farm_cache_hits_total") == 15
+    assert sum(v for (n, lab), v in written.items() if n == "farm_cache_hits_total") == ran
     check = subprocess.run(["promtool", "check", "metrics"], input=textfile.read_text(), capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
 

@@ -1,6 +1,7 @@
 """HTML and inline SVG for farm.observe.report: no JavaScript, no fonts or images to fetch, every string escaped.
 
-``render(data)`` returns the whole page. The Gantt chart maps time to x piecewise: long idle gaps
+``render(data)`` returns the whole page; the only images are the takes' thumbnails, embedded as data URIs.
+The Gantt chart maps time to x piecewise: long idle gaps
 (an episode whose sheets were drawn days before its clips) are cut out and marked, so the work stays
 readable.
 """
@@ -13,7 +14,7 @@ from collections.abc import Set as AbstractSet
 from datetime import datetime, timezone
 from html import escape
 
-from farm.core.plan import STAGES
+from farm.core.plan import JUDGE
 
 STAGE_COLOURS = {
     "script": "#7b61c9",
@@ -21,7 +22,8 @@ STAGE_COLOURS = {
     "video": "#2f74c0",
     "dubbing": "#e0a526",
     "assembly": "#d9653b",
-}
+    JUDGE: "#8c8c2e",  # the judges' measurements of takes
+}  # every stage, in order: the charts by stage read this
 FAILED = "#c62828"
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -39,6 +41,11 @@ th{color:#5b6475;font-weight:600}table.grid td,table.grid th{border-bottom:1px s
 summary{cursor:pointer;color:#6b7385;font-family:system-ui,sans-serif}svg text{font-family:inherit}
 .legend span{display:inline-block;margin-right:14px}
 .swatch{display:inline-block;width:11px;height:11px;border-radius:2px;margin-right:4px;vertical-align:-1px}
+.shot{margin:6px 0 10px;padding:4px 8px;border-left:3px solid #dde1e8}.shot.flagged{border-color:#c62828;background:#fdf3f3}
+.flag{color:#c62828}.takes{display:flex;flex-wrap:wrap;gap:8px}.take img{display:block;max-width:240px;max-height:90px}
+.take{border:1px solid #dde1e8;border-radius:4px;padding:4px 6px;font-size:12px;max-width:250px;background:#fff}
+.take.used{border:2px solid #2e8b57}.pass{color:#2e8b57;font-weight:600}.fail{color:#c62828;font-weight:600}
+.small{color:#6b7385}.said{font-style:italic}.take div{word-break:break-word}
 """
 
 
@@ -255,8 +262,8 @@ def _spend(data) -> str:
     charts = []
     titles = {"cpu_seconds": "CPU time", "gpu_seconds": "GPU time", "tokens": "Tokens", "money": "Money"}
     for kind, title in titles.items():
-        by_stage = {s: sum(v[kind] for (_, st), v in data.spend.items() if st == s) for s in STAGES}
-        rows = [(s, by_stage[s], fmt_amount(kind, by_stage[s]), STAGE_COLOURS[s]) for s in STAGES]
+        by_stage = {s: sum(v[kind] for (_, st), v in data.spend.items() if st == s) for s in STAGE_COLOURS}
+        rows = [(s, by_stage[s], fmt_amount(kind, by_stage[s]), STAGE_COLOURS[s]) for s in STAGE_COLOURS]
         charts.append(f'<div class="chart"><h3>{e(title)} by stage</h3>{hbars(rows, 460, 90)}</div>')
     studios = sorted({studio for studio, _ in data.spend})
     for kind in ("money", "gpu_seconds"):
@@ -293,7 +300,7 @@ def _failures(data) -> str:
     notes = getattr(data, "notification_failures", [])
     if not data.failures and not data.episode_failures and not notes:
         return '<p class="muted">no failures</p>'
-    counts = {s: sum(f.stage == s for f in data.failures) for s in STAGES}
+    counts = {s: sum(f.stage == s for f in data.failures) for s in STAGE_COLOURS}
     chart = hbars([(s, n, str(n), FAILED) for s, n in counts.items() if n], 460, 90)
     t0 = min((b.start for b in data.bars), default=0.0)
     rows = [
@@ -361,10 +368,83 @@ def _cache(data) -> str:
                 fmt_amount(kind, data.saved.get(s, {}).get(kind, 0.0)),
                 STAGE_COLOURS[s],
             )
-            for s in STAGES
+            for s in STAGE_COLOURS
         ]
         charts.append(f'<div class="chart"><h3>{e(title)} by stage</h3>{hbars(rows, 460, 90)}</div>')
     return f'<p>{e(line)}</p><div class="charts">{"".join(charts)}</div>'
+
+
+VERDICTS = {"pass": '<span class="pass">pass</span>', "fail": '<span class="fail">FAIL</span>'}
+REVIEWED = {"approve": "approved", "reject": "rejected"}
+
+
+def _failing(checks) -> list[str]:
+    return [
+        f"{c.get('judge')}: {c.get('name')}: {c.get('detail') or c.get('value')}" for c in checks if not c["passed"]
+    ]
+
+
+def _take(row, takes) -> str:
+    """One take's cell: its evidence's thumbnail (or why there is none), verdict, score, whether it is
+    used, its failing checks (in full in the tooltip) and what a person said of it."""
+    failing = _failing(row.checks)
+    verdict = VERDICTS.get(row.verdict or "", '<span class="muted">not judged</span>')
+    score = "" if row.score is None else f" {row.score:.2f}"
+    pic = f'<div class="small">{e(takes.notes[row.key])}</div>' if row.key in takes.notes else ""
+    if row.key in takes.thumbs:
+        pic = f'<img src="{e(takes.thumbs[row.key])}" alt="evidence of take {row.take}">'
+    short = "; ".join(failing)
+    checks = f'<div class="small">{e(short if len(short) <= 240 else short[:239] + "…")}</div>' if failing else ""
+    said = f"{REVIEWED.get(row.review, row.review)} by a person" + (f": {row.reason}" if row.reason else "")
+    said = f'<div class="said">{e(said)}</div>' if row.review else ""
+    tip, used = "\n".join(failing) or f"take {row.take}: {row.verdict or 'not judged'}", " used" if row.used else ""
+    return (
+        f'<div class="take{used}" title="{e(tip)}">{pic}<div>take {row.take} {verdict}{e(score)}'
+        f"{' · <b>used</b>' if used else ''}</div>{checks}{said}</div>"
+    )
+
+
+def _takes(data) -> str:
+    """Per shot, each judged action's takes side by side; flagged shots marked with why; a summary."""
+    takes = data.takes
+    eps = [ep for ep in takes.episodes if ep.shots]
+    if not eps:
+        return '<p class="muted">nothing was judged</p>'
+    rows = [(j.op, r) for ep in eps for s in ep.shots for j in s.judged for r in j.takes]
+    made = [r for _, r in rows if r.status == "done"]
+    yields: dict[str, list[int]] = {}
+    for op, r in rows:
+        if r.verdict is not None:
+            counts = yields.setdefault(f"{takes.made_by.get(r.key, '?')} {op}", [0, 0])
+            counts[0], counts[1] = counts[0] + (r.verdict == "pass"), counts[1] + 1
+    held = sum(s.flagged for ep in eps for s in ep.shots)
+    rates = ", ".join(f"{b} {p} of {n} passed ({p / n:.0%})" for b, (p, n) in sorted(yields.items())) or "—"
+    line = f"{len(made)} takes made, {sum(r.take > 1 for r in made)} retakes, {held} shots held for review"
+    line += f"; yield: {rates}"
+    if takes.left_out:
+        line += f"; {takes.left_out} thumbnails left out to keep the page small"
+    out = [f"<p>{e(line)}</p>"]
+    for ep in eps:
+        failed = _failing(ep.delivery)
+        checks = (
+            f" · delivery checks: {len(ep.delivery) - len(failed)} of {len(ep.delivery)} passed" if ep.delivery else ""
+        )
+        out.append(
+            f'<h3>{e(ep.episode)} <span class="muted">{e(ep.status)} · from {e(ep.source)}{e(checks)}</span></h3>'
+        )
+        out += [f'<div class="flag">delivery check failed: {e(f)}</div>' for f in failed]
+        for shot in ep.shots:
+            flags = "".join(
+                f'<div class="flag">held for review: {e(j.flagged)}</div>' for j in shot.judged if j.flagged
+            )
+            judged = "".join(
+                f'<tr><th>{e(j.label)}</th><td><div class="takes">{"".join(_take(r, takes) for r in j.takes)}</div></td></tr>'
+                for j in shot.judged
+            )
+            out.append(
+                f'<div class="shot{" flagged" if flags else ""}"><b>shot {e(shot.shot)}</b>{flags}<table>{judged}</table></div>'
+            )
+    return "".join(out)
 
 
 def _summary(data) -> str:
@@ -411,7 +491,7 @@ def render(data) -> str:
         f'<h1>{e(data.title)}</h1><p class="muted">farm report, generated {e(when(_now()))}</p>'
         f"{_summary(data)}<h2>Timeline: actions on worker lanes</h2>{gantt(data.bars, data.submitted, data.deadline)}"
         f"<h2>Spend</h2>{_spend(data)}<h2>Slowest actions</h2>{_slowest(data)}"
-        f"<h2>Failures</h2>{_failures(data)}<h2>Cache savings</h2>{_cache(data)}</body></html>\n"
+        f"<h2>Failures</h2>{_failures(data)}<h2>Takes and judges</h2>{_takes(data)}<h2>Cache savings</h2>{_cache(data)}</body></html>\n"
     )
 
 

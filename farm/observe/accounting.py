@@ -15,7 +15,7 @@ import structlog
 from farm.core.controller import Controller
 from farm.core.state import ActionState
 from farm.observe import logs
-from farm.observe.metrics import Metrics
+from farm.observe.metrics import JUDGE, Metrics
 
 log = structlog.get_logger("farm.controller")
 
@@ -95,6 +95,16 @@ class Accounting:
             extra = {"reason": d.reason}
         elif event.type == "action.completed":
             extra = {"seconds": round(d.finished_at - d.started_at, 3)}
+            if state.action.stage == JUDGE:  # what it decided on which take, and the checks that failed
+                extra |= _verdict(d.meta, state.action.params.get("target") or {})
         # a lookup (action.cached) is charged to no batch: name one that needs it
         batch = event.batch or state.charged_to or min((b for b, _ in state.episodes), default=None)
         log.log(_LEVELS.get(event.type, logging.INFO), event.type, **logs.action_context(state.action, batch), **extra)
+
+
+def _verdict(meta: dict[str, Any], target: dict[str, Any]) -> dict[str, Any]:
+    """A judge's verdict for its log line: pass/fail, score, the judged take and the names of the failed checks."""
+    checks = meta.get("checks")
+    checks = checks if isinstance(checks, list) else []
+    failed = [c.get("name") for c in checks if isinstance(c, dict) and not c.get("passed")]
+    return {"verdict": meta.get("verdict"), "score": meta.get("score"), "take": target.get("take"), "failed": failed}

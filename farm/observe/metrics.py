@@ -5,8 +5,11 @@ each journaled event to ``Metrics.observe`` (through farm.observe.accounting). T
 serves ``/metrics``; ``farm render`` pushes its registry to a Pushgateway (``push``) or writes it for
 node_exporter's textfile collector (``write_textfile``). Workers never touch Prometheus.
 
-Labels are bounded: studio, stage, model, accelerator, outcome, direction, cap, and the id of a batch
-while it runs (its series are removed when it ends). Never an episode or action id.
+Labels are bounded: studio, stage, backend, model, accelerator, outcome, verdict, direction, cap, and the id
+of a batch while it runs (its series are removed when it ends). Never an episode or action id.
+
+A judge (stage ``judge``) counts like any stage, plus a take per fresh verdict and its cost by judge. Yield is PromQL
+over farm_takes_total, not a gauge: one process's ratio would forget restarts and other renders and have no window.
 
 ===================================================  =============================================
 metric {labels}                                       meaning
@@ -21,11 +24,14 @@ farm_cache_hits_total {studio,stage}                  actions served from the st
 farm_cache_saved_{gpu_seconds,tokens,cpu_seconds,money}_total {studio,stage}  what those hits saved
 farm_episodes_total {studio,outcome}                  episodes delivered / failed
 farm_delivered_video_seconds_total {studio}           seconds of finished video delivered
+farm_takes_total {studio,stage,backend,verdict}       judged takes by verdict (pass, fail): the judged stage, backend
+farm_judge_{cpu_seconds,gpu_seconds,tokens,money}_total {studio,backend}  what judging cost, by judge
 farm_queue_depth {stage}, farm_running_actions {stage}  ready and running actions (controller)
 farm_batch_progress_ratio {batch,studio}              finished episodes over the batch's episodes
 farm_batch_projected_finish_timestamp_seconds, farm_batch_deadline_timestamp_seconds,
 farm_batch_deadline_slack_seconds {batch,studio}      projected finish against the deadline
 farm_batch_budget_used_ratio {batch,studio,cap}       spent over the cap, per capped dimension
+farm_batch_held_for_review_episodes {batch,studio}    episodes with a shot whose every take failed
 farm_controller_up                                    1 while the controller serves /metrics
 farm_store_up, farm_store_errors_total                1 while the controller's store answers; its failed tries
 farm_gpu_utilization_ratio, farm_gpu_memory_{used,total}_bytes {gpu,gpu_model}  NVML, where a GPU is
@@ -67,6 +73,10 @@ from farm.policy.types import Prices, Spend
 from workers.api import Usage
 
 OUTCOMES = ("ok", "cached", "failed", "retried")
+JUDGE, VERDICTS = "judge", ("pass", "fail")
+STAGES_ = tuple(dict.fromkeys((*STAGES, JUDGE)))  # the plan's stages and the judge's, pre-declared alike
+JUDGED = ("image", "video", "dubbing", "assembly")  # whose ops a judge judges: keyframe, clip, line, episode
+JUDGE_SPEND = {"cpu_seconds": "CPU-seconds", "gpu_seconds": "GPU-seconds", "tokens": "Tokens", "money": "Money"}
 CAPS = ("tokens", "gpu_seconds", "money")
 _ACTION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
@@ -94,8 +104,9 @@ def _amount(usage: Mapping[str, Any], name: str) -> float:
     return value if math.isfinite(value) and value > 0 else 0.0  # counters only go up
 
 
-def _model(usage: Mapping[str, Any], backend: str) -> str:
-    return (str(usage.get("model") or "") or backend or "unknown")[:64]
+def _label(*values: Any) -> str:
+    """The first value given (a usage's model, a backend's name), or "unknown"; never longer than 64."""
+    return next((str(v) for v in values if v), "unknown")[:64]
 
 
 class Metrics:
@@ -173,6 +184,13 @@ class Metrics:
         self.video_seconds = Counter(
             "farm_delivered_video_seconds", "Seconds of finished video delivered.", ["studio"], registry=r
         )
+        self.takes = Counter(  # stage and backend: the judged action's
+            "farm_takes", "Judged takes by verdict (pass, fail).", ss + ["backend", "verdict"], registry=r
+        )
+        self.judge_spend = {  # money at the price table, as farm_money_total
+            k: Counter(f"farm_judge_{k}", f"{what} the judges used, by judge.", ["studio", "backend"], registry=r)
+            for k, what in JUDGE_SPEND.items()
+        }
         self.queue = Gauge(
             "farm_queue_depth", "Actions ready to run and waiting for capacity, by stage.", ["stage"], registry=r
         )
@@ -206,9 +224,12 @@ class Metrics:
             bs + ["cap"],
             registry=r,
         )
+        self.held = Gauge(  # an episode with a shot whose every take failed, delivered or not
+            "farm_batch_held_for_review_episodes", "Episodes of a running batch held for review.", bs, registry=r
+        )
         self._batches: dict[str, str] = {}  # batch -> studio, for the batches whose series exist
         self._server: Any = None
-        for stage in STAGES:
+        for stage in STAGES_:
             self.duration.labels(stage)
         if controller:
             self.up = Gauge(
@@ -231,8 +252,8 @@ class Metrics:
     # -- accounting ------------------------------------------------------------------------------
     def prepare(self, studio: str, backends: Mapping[str, str]) -> None:
         """Create a studio's series at zero (stage -> backend name as the model), so that its first
-        failure, delivery or spend shows in ``rate()`` and ``increase()``."""
-        for stage in STAGES:
+        failure, delivery, take or spend shows in ``rate()`` and ``increase()``."""
+        for stage in STAGES_:
             model = backends.get(stage, "unknown")
             for outcome in OUTCOMES:
                 self.actions.labels(studio, stage, outcome)
@@ -240,15 +261,13 @@ class Metrics:
                 self.tokens.labels(studio, stage, model, direction)
             self.gpu_seconds.labels(studio, stage, model, self.accelerators.get((stage, model), "none"))
             self.money.labels(studio, stage, model)
-            for counter in (
-                self.cpu_seconds,
-                self.cache_hits,
-                self.saved_gpu,
-                self.saved_tokens,
-                self.saved_cpu,
-                self.saved_money,
-            ):
+            saved = (self.saved_gpu, self.saved_tokens, self.saved_cpu, self.saved_money)
+            for counter in (self.cpu_seconds, self.cache_hits, *saved):
                 counter.labels(studio, stage)
+        for stage, verdict in ((s, v) for s in JUDGED if s in backends for v in VERDICTS):
+            self.takes.labels(studio, stage, _label(backends[stage]), verdict)
+        for counter in self.judge_spend.values() if JUDGE in backends else ():
+            counter.labels(studio, _label(backends[JUDGE]))
         for outcome in ("delivered", "failed"):
             self.episodes.labels(studio, outcome)
         self.video_seconds.labels(studio)
@@ -256,7 +275,7 @@ class Metrics:
     def completed(self, studio: str, stage: str, backend: str, usage: Any, seconds: float) -> None:
         """An action ran to completion with ``usage`` (a Usage or its JSON) in ``seconds`` of wall time."""
         u = _usage(usage)
-        model = _model(u, backend)
+        model = _label(u.get("model"), backend)
         tokens_in, tokens_out = _amount(u, "tokens_in"), _amount(u, "tokens_out")
         gpu = _amount(u, "gpu_seconds")
         self.actions.labels(studio, stage, "ok").inc()
@@ -265,7 +284,11 @@ class Metrics:
         self.tokens.labels(studio, stage, model, "out").inc(tokens_out)
         self.gpu_seconds.labels(studio, stage, model, self.accelerators.get((stage, backend), "none")).inc(gpu)
         self.cpu_seconds.labels(studio, stage).inc(_amount(u, "cpu_seconds"))
-        self.money.labels(studio, stage, model).inc(_spend(u, self.prices).money)
+        money = _spend(u, self.prices).money
+        self.money.labels(studio, stage, model).inc(money)
+        spent = {"cpu_seconds": _amount(u, "cpu_seconds"), "gpu_seconds": gpu, "tokens": tokens_in + tokens_out}
+        for k, amount in (spent | {"money": money}).items() if stage == JUDGE else ():
+            self.judge_spend[k].labels(studio, _label(backend)).inc(amount)
 
     def cached(self, studio: str, stage: str, usage: Any) -> None:
         """An action was found done; ``usage`` is what its original run cost, which is what it saved."""
@@ -301,6 +324,9 @@ class Metrics:
         studio, stage = action.context.get("studio", ""), action.stage
         if event.type == "action.completed":
             self.completed(studio, stage, action.backend, data.usage, data.finished_at - data.started_at)
+            verdict, target = data.meta.get("verdict"), action.params.get("target") or {}
+            if stage == JUDGE and verdict in VERDICTS:  # a take per fresh verdict: a cached one is no new take
+                self.takes.labels(studio, _label(target.get("stage")), _label(target.get("backend")), verdict).inc()
         elif event.type == "action.cached":
             self.cached(studio, stage, data.usage)
         elif event.type == "action.failed" and not data.interrupted:  # the farm's own stop is no failure
@@ -310,7 +336,7 @@ class Metrics:
 
     # -- gauges the controller refreshes -----------------------------------------------------------
     def stages(self, queued: Mapping[str, int], running: Mapping[str, int]) -> None:
-        for stage in set(queued) | set(running) | set(STAGES):
+        for stage in set(queued) | set(running) | set(STAGES_):
             self.queue.labels(stage).set(queued.get(stage, 0))
             self.running.labels(stage).set(running.get(stage, 0))
 
@@ -327,6 +353,7 @@ class Metrics:
         self._batches[batch] = studio
         eps = status["episodes"]
         self.progress.labels(batch, studio).set((eps["delivered"] + eps["failed"]) / max(1, eps["total"]))
+        self.held.labels(batch, studio).set(status.get("held_for_review", 0))
         projected, deadline = status.get("projected_finish"), status.get("deadline")
         if projected is not None:
             self.projected.labels(batch, studio).set(projected)
@@ -346,9 +373,8 @@ class Metrics:
         studio = self._batches.pop(batch, None)
         if studio is None:
             return
-        series: list[tuple[Gauge, tuple[str, ...]]] = [
-            (g, (batch, studio)) for g in (self.progress, self.projected, self.deadline, self.slack)
-        ]
+        gauges = (self.progress, self.projected, self.deadline, self.slack, self.held)
+        series: list[tuple[Gauge, tuple[str, ...]]] = [(g, (batch, studio)) for g in gauges]
         series += [(self.budget_used, (batch, studio, cap)) for cap in CAPS]
         for gauge, labels in series:
             with suppress(KeyError):

@@ -12,8 +12,10 @@ Everything comes from the store, nothing from a running farm:
 
 The picture (farm.observe._report_html): a Gantt chart of every attempt on its worker lane (a worker process
 on a node; GPU lanes marked), spend by stage and studio, the slowest actions, failures with their
-reasons (failed attempts, failed episodes, webhooks never delivered), cache savings. Inline SVG
-and CSS only: it opens offline.
+reasons (failed attempts, failed episodes, webhooks never delivered), cache savings, and every judged
+shot's takes (farm.observe.review's data): verdict, score, the take used, what people said, and a
+thumbnail of each take's evidence, read from the store and embedded. Inline SVG, CSS and data URIs
+only: it opens offline.
 
 Example::
 
@@ -23,20 +25,30 @@ Example::
 
 from __future__ import annotations
 
+import base64
+import io
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from farm.core.manifest import spend_of
-from farm.errors import FarmError, UsageError
+from farm.errors import FarmError
+from farm.observe.review import EpisodeReview, episode_review, latest_render, renders_of, replay
 from farm.policy import Prices
 from farm.settings import Settings, controller_for
 from farm.store import open_objects
+from farm.store.artifacts import ArtifactStore
+from farm.store.base import ObjectStore
 from farm.store.journal import StoreJournal, render_prefix
 from workers.api import Usage
 
 SPEND = ("cpu_seconds", "gpu_seconds", "tokens", "money")
+MAX_THUMBS = 400  # thumbnails one report embeds at most (past that, it says how many it left out)
+MAX_THUMB_BYTES = 20_000  # one embedded thumbnail's PNG at most
+MAX_EVIDENCE_BYTES = 50_000_000  # evidence larger than this is not read to make a thumbnail
+STRIP_BOX, THUMB_BOX = (240, 80), (160, 90)  # a wide strip of frames; anything else (a keyframe, a waveform)
 
 
 @dataclass
@@ -79,6 +91,18 @@ class NotificationFailure:
 
 
 @dataclass
+class TakesData:
+    """Every judged shot's takes (farm.observe.review's rows, per episode) and what the page shows
+    beside them: a thumbnail of each take's evidence, or why there is none."""
+
+    episodes: list[EpisodeReview] = field(default_factory=list)
+    made_by: dict[str, str] = field(default_factory=dict)  # take key -> the backend that made it ("noop")
+    thumbs: dict[str, str] = field(default_factory=dict)  # take key -> data:image/png;base64,...
+    notes: dict[str, str] = field(default_factory=dict)  # take key -> why its evidence is not shown
+    left_out: int = 0  # thumbnails past MAX_THUMBS
+
+
+@dataclass
 class ReportData:
     """What the HTML shows; built by ``from_batch`` or ``from_episode``."""
 
@@ -94,6 +118,7 @@ class ReportData:
     budget: dict[str, tuple[float, float]] = field(default_factory=dict)  # cap -> (spent, cap)
     deadline: float | None = None
     submitted: float | None = None
+    takes: TakesData = field(default_factory=TakesData)
 
 
 def _amounts(usage: Usage, prices: Prices) -> dict[str, float]:
@@ -138,19 +163,6 @@ def _bar(result: Any, episode: str) -> Bar:
 def _episode_of(state) -> str:
     ctx = state.action.context
     return f"{ctx.get('series', '?')}/{ctx.get('episode', '?')}"
-
-
-def _replay(settings: Settings, journals: list[StoreJournal], keep: Any) -> tuple[Any, list[Any]]:
-    """Replay ``journals`` in turn into one controller, as the controller does when it starts;
-    return it and the events ``keep(event)`` selects."""
-    controller = controller_for(settings)
-    kept = []
-    for journal in journals:
-        for event in journal.replay():
-            controller.apply(event)
-            if keep(event):
-                kept.append(event)
-    return controller, kept
 
 
 def _runs(data: ReportData, controller: Any, events: list[Any], studio: str, prices: Prices) -> None:
@@ -216,14 +228,79 @@ def _notifications(data: ReportData, events: list[Any]) -> None:
             )
 
 
+def _evidence(controller: Any, judge_key: str) -> list[Any]:
+    """The evidence blobs a judge action kept (not its verdict), in name order."""
+    state = controller.actions.get(judge_key)
+    if state is None or state.manifest is None:
+        return []
+    return [blob for name, blob in sorted(state.manifest.outputs.items()) if name.startswith("evidence")]
+
+
+def thumbnail(artifacts: ArtifactStore, blob: Any, tmp: Path) -> str:
+    """The image ``blob`` as a small PNG's data URI: a wide strip of frames within STRIP_BOX, anything
+    else within THUMB_BOX, on white. Raises FarmError (missing or corrupt in the store), OSError or
+    ValueError (not an image, too large)."""
+    from PIL import Image
+
+    if blob.size > MAX_EVIDENCE_BYTES:
+        raise ValueError(f"it is {blob.size:,} bytes, too large to read for a thumbnail")
+    path = artifacts.get_blob(blob, tmp / blob.digest)
+    try:
+        with Image.open(path) as img:
+            img.thumbnail(STRIP_BOX if img.width >= 2 * img.height else THUMB_BOX)
+            small = img.convert("RGBA")
+    except Image.DecompressionBombError as exc:
+        raise ValueError(str(exc)) from exc
+    finally:
+        path.unlink(missing_ok=True)
+    flat = Image.new("RGBA", small.size, "white")
+    flat.alpha_composite(small)
+    out = io.BytesIO()
+    for colours in (256, 32):  # a palette keeps a thumbnail small; fewer colours if it is still too big
+        out = io.BytesIO()
+        flat.convert("RGB").quantize(colours).save(out, "PNG", optimize=True)
+        if out.tell() <= MAX_THUMB_BYTES:
+            return "data:image/png;base64," + base64.b64encode(out.getvalue()).decode("ascii")
+    raise ValueError(f"its thumbnail is {out.tell():,} bytes, over the {MAX_THUMB_BYTES:,} a report embeds")
+
+
+def _takes(data: ReportData, controller: Any, batch: str, eids: list[str], objects: ObjectStore, studio: str) -> None:
+    """The takes of episodes ``eids`` as ``batch`` (a render or a batch) last planned them, each with a
+    thumbnail of its judges' first evidence (MAX_THUMBS in all). A blob that cannot be read is a note
+    in its take's cell, never a report that fails."""
+    takes, artifacts = data.takes, ArtifactStore(objects, studio)
+    made: dict[str, str] = {}  # blob digest -> its thumbnail: identical evidence is read once
+    with tempfile.TemporaryDirectory(prefix="farm-report-") as tmp:
+        for eid in (eid for eid in eids if (batch, eid) in controller.episodes):
+            takes.episodes.append(episode_review(controller, batch, eid, objects, studio))
+            for take in (t for judged in controller.episodes[(batch, eid)].takes for t in judged.takes):
+                state = controller.actions.get(take.key)
+                if state is not None:
+                    takes.made_by[take.key] = state.action.backend
+                blobs = [blob for key in take.judges for blob in _evidence(controller, key)]
+                if not blobs:
+                    continue
+                if len(takes.thumbs) >= MAX_THUMBS:
+                    takes.left_out += 1
+                    takes.notes[take.key] = f"evidence not embedded (a report embeds {MAX_THUMBS} thumbnails)"
+                    continue
+                try:
+                    if blobs[0].digest not in made:
+                        made[blobs[0].digest] = thumbnail(artifacts, blobs[0], Path(tmp))
+                    takes.thumbs[take.key] = made[blobs[0].digest]
+                except (FarmError, OSError, ValueError) as exc:
+                    takes.notes[take.key] = f"evidence unreadable: {exc}"
+
+
 def from_batch(settings: Settings, batch_id: str) -> ReportData:
     """Replay the store's journal and gather what batch ``batch_id`` ran, spent, saved and failed.
 
     Raises FarmError when the journal knows no such batch.
     """
     prices = Prices(**settings.prices)
-    journal = StoreJournal(open_objects(settings.store_spec()))
-    controller, events = _replay(settings, [journal], lambda e: e.batch == batch_id)
+    objects = open_objects(settings.store_spec())
+    journal = StoreJournal(objects)
+    controller, events = replay(settings, [journal], lambda e: e.batch == batch_id)
     if batch_id in controller.archives:
         # compacted: the live journal keeps its summary; its archive (and its actions' events charged
         # to other batches) rebuild it
@@ -262,6 +339,7 @@ def from_batch(settings: Settings, batch_id: str) -> ReportData:
     notes = status["notifications"]
     if notes["sent"] or notes["failed"]:
         data.facts.append(("webhooks", f"{notes['sent']} delivered, {notes['failed']} failed"))
+    _takes(data, controller, batch_id, list(batch.episodes), objects, batch.terms.studio)
     return data
 
 
@@ -271,18 +349,10 @@ def from_episode(settings: Settings, path: Path) -> ReportData:
     from farm.loader import load_episode
 
     loaded = load_episode(path)
-    objects = open_objects(settings.store_spec())
-    series, slug = loaded.series.id, loaded.episode.slug
-    folder = render_prefix(settings.studio, series, slug)
-    renders = sorted({name[len(folder) + 1 :].split("/", 1)[0] for name in objects.list(folder + "/")})
+    objects, series, slug, renders = renders_of(settings, path)
     eid = f"{series}/{slug}"
-    if not renders:
-        raise UsageError(
-            f"{eid} has no `farm render` in {objects.describe()} for studio {settings.studio}: "
-            "render it first (a batch's episodes are in `farm report BATCH_ID`)"
-        )
     journals = [StoreJournal(objects, render_prefix(settings.studio, series, slug, r)) for r in renders]
-    controller, events = _replay(settings, journals, lambda e: True)
+    controller, events = replay(settings, journals, lambda e: True)
     prices = Prices(**settings.prices)
     data = ReportData(title=f"Episode {eid}", kind="episode")
     _runs(data, controller, events, settings.studio, prices)
@@ -306,6 +376,8 @@ def from_episode(settings: Settings, path: Path) -> ReportData:
     if finished and latest is not None and latest.final_key is not None:
         final = controller.actions[latest.final_key].manifest
         data.facts.append(("length", f"{float(final.meta.get('duration', 0.0)) if final else 0.0:.1f} s"))
+    controller, render, eid, objects = latest_render(settings, path)
+    _takes(data, controller, render, [eid], objects, settings.studio)
     return data
 
 
