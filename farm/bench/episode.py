@@ -5,6 +5,9 @@
 2. The assembly action's own time (concat by stream copy + two-pass loudness + AAC + subtitles +
    storyboard), against a bare ``ffmpeg -f concat -c copy`` of the same shot files: what the
    deliverable-quality steps add over the cheapest possible join.
+3. What judging adds: the same cold render with no judges, as studios of their own (a fresh cache
+   each) before and after the judged one (their mean is the baseline, so neither gets the other's warm
+   workers for free).
 """
 
 from __future__ import annotations
@@ -70,11 +73,17 @@ def bench_episode(settings: Settings, example: str = "midnight-tea/ep001.yaml", 
         catalog=settings.catalog(),
         cpu_ahead=settings.dispatch_ahead,
     )
+    unjudged = settings.model_copy(update={"judges": {}})
     try:
+        # (studios of their own: a store prefix and a cache each, on the same workers)
+        before = render_episode(loaded, unjudged.model_copy(update={"studio": "bench-unjudged-1"}), runtime)
         cold_result = render_episode(loaded, settings, runtime)
+        after = render_episode(loaded, unjudged.model_copy(update={"studio": "bench-unjudged-2"}), runtime)
         warm_result = render_episode(loaded, settings, runtime)
     finally:
         runtime.shutdown()
+    bare_cold = (before.wall_seconds + after.wall_seconds) / 2
+    judges = [m for m in cold_result.ran if m.stage == "judge"]
     assembly = next(m for m in cold_result.ran if m.op == "episode").seconds
     bare = _bare_concat(cold_result, settings, workdir)
     series = loaded.series
@@ -92,6 +101,12 @@ def bench_episode(settings: Settings, example: str = "midnight-tea/ep001.yaml", 
         "bare_concat_seconds": round(bare, 3),
         "assembly_over_bare_concat": round(assembly / max(bare, 1e-6), 1),
         "cpu_seconds": cold_result.summary()["cpu_seconds"],
+        "unjudged_cold_seconds": [round(before.wall_seconds, 2), round(after.wall_seconds, 2)],
+        "judge_actions": len(judges),
+        "judge_cpu_seconds": round(sum(m.usage.cpu_seconds for m in judges), 2),
+        "judged_over_unjudged": round(cold_result.wall_seconds / max(bare_cold, 1e-6), 2),
+        "retakes": sum(len(t["takes"]) - 1 for t in cold_result.takes),
+        "flagged": len(cold_result.flagged),
     }
     report["text"] = "\n".join(
         [
@@ -102,6 +117,9 @@ def bench_episode(settings: Settings, example: str = "midnight-tea/ep001.yaml", 
             f"{report['warm_actions_cached']} cached)  cold/warm = {report['cold_over_warm']}x",
             f"  assembly     {report['assembly_seconds']:8.2f} s  vs bare `ffmpeg -f concat -c copy` of the same shots "
             f"{report['bare_concat_seconds']:.3f} s  = {report['assembly_over_bare_concat']}x",
+            f"  judging      cold render {report['cold_seconds']:.2f} s with {report['judge_actions']} judge actions "
+            f"({report['judge_cpu_seconds']:.1f} CPU-s, {report['retakes']} retakes, {report['flagged']} flagged) vs "
+            f"{bare_cold:.2f} s without judges = {report['judged_over_unjudged']}x",
         ]
     )
     if tmp is not None:
