@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import hashlib
 
+import pytest
 from PIL import Image, ImageChops
 
-from workers.image.pillow import BACKEND, SHEET_SIZE
+from workers.image.pillow import (
+    BACKEND,
+    SHEET_SIZE,
+    _colors,
+    _mix,
+    _rgb,
+    draw_figure,
+    face_geometry,
+    mouth_colour,
+)
 
 STYLE = {"description": "flat", "palette": ["#102030", "#405060", "#f0a040"]}
 ANA = {
@@ -79,31 +89,6 @@ def test_framing_changes_the_picture(tmp_path):
     assert len(digests) == 3
 
 
-def test_cjk_caption_draws_glyphs(tmp_path):
-    """A Mandarin description draws visible glyphs (not tofu boxes): more ink than a blank caption."""
-    figure = _sheet(tmp_path).files["figure"]
-
-    def ink(desc, name):
-        out = tmp_path / name
-        out.mkdir()
-        params = {
-            "style": STYLE,
-            "width": 360,
-            "height": 640,
-            "seed": [1, "x"],
-            "location": "l",
-            "time_of_day": "day",
-            "description": desc,
-            "framing": "wide",
-            "characters": [],
-        }
-        img = Image.open(BACKEND.run("keyframe", {"sheet:ana": figure}, params, out).files["keyframe"]).convert("L")
-        band = img.crop((0, 40, 360, 110))
-        return sum(band.histogram()[201:])
-
-    assert ink("梅在柜台下发现了一封信", "cjk") > ink("\u3000", "blank") + 200
-
-
 def test_every_hairstyle_and_pose_draws():
     """Figures draw for many characters and seeds in every pose (every hairstyle is reached)."""
     from workers.image.pillow import _HAIRSTYLES, _rng, draw_figure
@@ -115,6 +100,79 @@ def test_every_hairstyle_and_pose_draws():
         for pose in ("front", "three_quarter", "side"):
             assert draw_figure(character, STYLE["palette"], i, pose, 120).size == (66, 120)
     assert styles == set(_HAIRSTYLES)
+
+
+BEN = {
+    "id": "ben",
+    "name": "Ben",
+    "look": {"description": "blue shirt", "outfit": "#3050c0", "hair": None, "skin": "#8d5524"},
+}
+
+
+def _cast_keyframe(tmp_path, framing):
+    """A 360x640 night keyframe of Ana and Ben in ``framing``; its result and its picture."""
+    figures = {f"sheet:{c['id']}": _sheet(tmp_path, c).files["figure"] for c in (ANA, BEN)}
+    out = tmp_path / f"cast-{framing}"
+    out.mkdir()
+    params = {
+        "style": STYLE,
+        "width": 360,
+        "height": 640,
+        "seed": [1, "s01-02"],
+        "location": "桥",
+        "time_of_day": "night",
+        "description": "Ana and Ben on the bridge.",
+        "framing": framing,
+        "characters": ["ana", "ben"],
+    }
+    result = BACKEND.run("keyframe", figures, params, out)
+    return result, Image.open(result.files["keyframe"]).convert("RGB")
+
+
+def _tinted(rgb):
+    """A figure's colour as the keyframe shows it: under the scene's light tint (the palette's last colour)."""
+    return _mix(rgb, _rgb(STYLE["palette"][-1]), 18 / 255)
+
+
+def _far(a, b):
+    return max(abs(x - y) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("framing, drawn", [("wide", ["ana", "ben"]), ("medium", ["ana", "ben"]), ("close", ["ana"])])
+def test_faces_are_reported_where_they_are_drawn(tmp_path, framing, drawn):
+    """meta faces names every character drawn (a close shot draws only the first): the mouth point shows the
+    mouth's colour, a point inside the face box between the eyes and the mouth shows the skin."""
+    result, frame = _cast_keyframe(tmp_path, framing)
+    faces = result.meta["faces"]
+    assert list(faces) == drawn
+    for cid in drawn:
+        character = ANA if cid == "ana" else BEN
+        skin, mouth = (
+            _tinted(_colors(character, STYLE["palette"])["skin"]),
+            _tinted(mouth_colour(character, STYLE["palette"])),
+        )
+        assert _far(skin, mouth) > 30
+        (mx, my), (x0, y0, x1, y1) = faces[cid]["mouth"], faces[cid]["box"]
+        assert x0 < mx < x1 and y0 < my < y1
+        assert faces[cid]["mouth_width"] == pytest.approx((x1 - x0) / 4, rel=0.02)
+        assert _far(frame.getpixel((round(mx), round(my))), mouth) <= 6, (cid, framing)
+        cheek = (round((x0 + x1) / 2), round((y0 + y1) / 2 + (x1 - x0) / 8))
+        assert _far(frame.getpixel(cheek), skin) <= 6, (cid, framing)
+    if len(drawn) == 2:
+        assert faces["ana"]["box"][2] < faces["ben"]["box"][0]
+
+
+def test_the_mouth_is_a_distinct_closed_mouth_on_every_figure():
+    """draw_figure paints a mouth in the mouth's colour at face_geometry's mouth point, in every pose."""
+    for pose in ("front", "three_quarter", "side"):
+        figure = draw_figure(ANA, STYLE["palette"], 0, pose, 400)
+        face = face_geometry(pose, 400)
+        mx, my = face["mouth"]
+        assert figure.getpixel((round(mx), round(my)))[:3] == mouth_colour(ANA, STYLE["palette"]), pose
+        assert (
+            figure.getpixel((round(mx), round(my - face["head_r"] * 0.25)))[:3]
+            == _colors(ANA, STYLE["palette"])["skin"]
+        )
 
 
 def _band(tmp_path, name, description, width=360, height=640):
@@ -136,24 +194,40 @@ def _band(tmp_path, name, description, width=360, height=640):
 
 
 def _text_ink(frame):
-    """The caption band's text: its near-white pixels (the scene under the band is darkened, never that light)."""
+    """Text in the top quarter: its near-white pixels (no scene colour there is that light)."""
     r, g, b = frame.crop((0, 0, frame.width, frame.height // 4)).split()
     return ImageChops.darker(ImageChops.darker(r, g), b).point(lambda v: 255 if v > 150 else 0).tobytes()
 
 
-def test_arabic_hebrew_and_emoji_captions_draw_glyphs(tmp_path):
-    """Captions in Arabic, Hebrew and emoji draw their letters: two different letters, repeated as often, never
-    draw alike (missing glyphs draw the same boxes), and draw more than a blank caption."""
-    pairs = {"arabic": ("بببب", "سسسس"), "hebrew": ("אאאא", "שששש"), "emoji": ("😀😀", "🎬🎬")}
-    blank = _text_ink(_band(tmp_path, "blank", "\u3000")).count(255)
+def test_no_caption_is_burnt_into_the_keyframe(tmp_path):
+    """The keyframe shows the scene, not its prompt: no light text and no darkened band at the top, where the
+    caption band with the place, the time and the description used to be."""
+    frame = _band(tmp_path, "long", "Ana: " + "小雨在断桥边捡到一封被雨打湿的信" * 6)
+    assert _text_ink(frame).count(255) == 0
+    sky, under = frame.convert("L").getpixel((2, 0)), frame.convert("L").getpixel((2, int(640 * 0.06)))
+    assert under >= sky * 0.9, (sky, under)
+
+
+def _sheet_text(tmp_path, name):
+    """The light pixels of a sheet's title row, for a character called ``name``."""
+    out = tmp_path / f"text-{len(list(tmp_path.iterdir()))}"
+    out.mkdir()
+    params = {"style": STYLE, "character": dict(ANA, name=name), "seed": 0}
+    sheet = Image.open(BACKEND.run("sheet", {}, params, out).files["sheet"]).convert("L")
+    return sheet.crop((0, 0, SHEET_SIZE[0], 85)).point(lambda v: 255 if v > 150 else 0).tobytes()
+
+
+def test_sheet_text_draws_every_script(tmp_path):
+    """A sheet's title draws CJK, Arabic, Hebrew and emoji letters: two different letters, repeated as often,
+    never draw alike (missing glyphs draw the same boxes), and draw more than a blank title."""
+    pairs = {
+        "cjk": ("梅梅梅梅", "信信信信"),
+        "arabic": ("بببب", "سسسس"),
+        "hebrew": ("אאאא", "שששש"),
+        "emoji": ("😀😀", "🎬🎬"),
+    }
+    blank = _sheet_text(tmp_path, "\u3000").count(255)
     for script, (a, b) in pairs.items():
-        first, second = _text_ink(_band(tmp_path, f"{script}-a", a)), _text_ink(_band(tmp_path, f"{script}-b", b))
+        first, second = _sheet_text(tmp_path, a), _sheet_text(tmp_path, b)
         assert first != second, f"{script}: {a} and {b} draw alike"
         assert first.count(255) > blank + 20, script
-
-
-def test_long_cjk_caption_stays_inside_its_box(tmp_path):
-    """A long CJK description after a spaced name wraps inside the band's margins: no text in the right margin."""
-    frame = _band(tmp_path, "long", "Ana: " + "小雨在断桥边捡到一封被雨打湿的信" * 12, width=180, height=320)
-    margin = frame.crop((int(180 * 0.95), 0, 180, 320))
-    assert not [c for _, c in margin.getcolors(1 << 16) if min(c) > 225]

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from workers.api import StageError
-from workers.video.motion import BACKEND, CAMERAS
+from workers.video.motion import BACKEND, CAMERAS, project
 
 W, H, FPS = 180, 320, 12
 
@@ -135,7 +135,7 @@ def test_meta_and_usage(tmp_path):
     result = BACKEND.run(
         "clip", {"keyframe": kf}, {"width": W, "height": H, "fps": FPS, "frames": 6, "camera": "static"}, tmp_path / "o"
     )
-    assert result.meta == {"frames": 6, "duration": 0.5}
+    assert result.meta == {"frames": 6, "duration": 0.5, "camera": {"name": "static", "frames": 6}}
     assert result.usage.cpu_seconds > 0
 
 
@@ -167,3 +167,61 @@ def test_bad_params_are_refused(tmp_path, params):
     full = {"width": W, "height": H, "fps": FPS, "frames": 3, "camera": "static"} | params
     with pytest.raises(StageError):
         BACKEND.run("clip", {"keyframe": kf}, full, tmp_path / "o")
+
+
+def _marked_keyframe(path: Path, x0: int, y0: int, size: int) -> Path:
+    """A grey keyframe with texture and a green square (its centre at x0 + (size - 1) / 2, Pillow's coordinates)."""
+    im = Image.new("RGB", (W, H), (110, 110, 110))
+    draw = ImageDraw.Draw(im)
+    for x in range(0, W, 16):
+        draw.line([(x, 0), (x, H)], fill=(140, 140, 140), width=1)
+    draw.rectangle([x0, y0, x0 + size - 1, y0 + size - 1], fill=(0, 230, 0))
+    im.save(path)
+    return path
+
+
+def _green_centroid(frame: bytes) -> tuple[float, float]:
+    """The centroid of the frame's green, each pixel weighted by how much greener than grey it is."""
+    total = sx = sy = 0.0
+    for i in range(0, len(frame), 3):
+        r, g, b = frame[i], frame[i + 1], frame[i + 2]
+        weight = g - (r + b) / 2 - 20
+        if weight > 0:
+            n = i // 3
+            total, sx, sy = total + weight, sx + weight * (n % W), sy + weight * (n // W)
+    assert total > 0, "the marker is not in the frame"
+    return sx / total, sy / total
+
+
+@pytest.mark.media
+@pytest.mark.parametrize("camera", CAMERAS)
+def test_project_finds_a_keyframe_point_in_every_frame(tmp_path, camera):
+    """A marker drawn at a known keyframe point is, in the first, middle and last frame of a real clip, within
+    1.5 px of where project() says: the camera move's exact transform."""
+    frames, size, x0, y0 = 13, 6, 52, 94
+    kf = _marked_keyframe(tmp_path / "k.png", x0, y0, size)
+    params = {"width": W, "height": H, "fps": FPS, "frames": frames, "camera": camera}
+    result = BACKEND.run("clip", {"keyframe": kf}, params, tmp_path / "o")
+    assert result.meta["camera"] == {"name": camera, "frames": frames}
+    raw = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(result.files["clip"]), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    assert len(raw) == frames * W * H * 3
+    errors = []
+    for n in (0, frames // 2, frames - 1):
+        found = _green_centroid(raw[n * W * H * 3 : (n + 1) * W * H * 3])
+        want = project(camera, W, H, frames, n, x0 + (size - 1) / 2, y0 + (size - 1) / 2)
+        errors.append(max(abs(found[0] - want[0]), abs(found[1] - want[1])))
+    print(camera, "marker error (px):", [round(e, 3) for e in errors])
+    assert max(errors) <= 1.5, errors
+
+
+def test_project_refuses_an_unknown_camera_and_a_frame_outside_the_clip():
+    """project() names the bad camera or frame rather than extrapolating a move that is never rendered."""
+    assert project("static", W, H, 5, 4, 10.0, 20.0) == (10.0, 20.0, 1.0)
+    with pytest.raises(StageError, match="dolly"):
+        project("dolly", W, H, 5, 0, 10.0, 20.0)
+    with pytest.raises(StageError, match="frame 5"):
+        project("push_in", W, H, 5, 5, 10.0, 20.0)

@@ -1,4 +1,5 @@
-"""The storyboard: a contact sheet of every shot's keyframe with its timing, camera and first line.
+"""The storyboard: a contact sheet of every shot's keyframe with its timing, camera, description (what
+the shot is meant to show: the keyframes themselves show the scene only) and first line.
 
 Drawn with Pillow from the shared CJK-capable font, so titles and lines in any script the font
 covers render; the same inputs give the same PNG.
@@ -20,7 +21,7 @@ from workers.fonts import ellipsize, font, wrap
 THUMB_WIDTH = 240
 MARGIN = 16
 HEADER_HEIGHT = 72
-CAPTION_LINES = 6  # shot id + timing, camera, up to four lines of dialogue
+CAPTION_LINES = 8  # shot id + timing, camera, two lines of description, the rest dialogue
 CAPTION_SIZE = 15
 LINE_HEIGHT = 20
 CAPTION_HEIGHT = CAPTION_LINES * LINE_HEIGHT + 8
@@ -85,11 +86,15 @@ def render(
             (f"{shot.get('id', i + 1)}  {_clock(start_frame / fps)}  +{frames / fps:.2f}s", TEXT),
             (str(shot.get("camera", "")), DIM),
         ]
+        description = str(shot.get("description") or "")
+        if description:
+            lines += [(text, DIM) for text in wrap(description, caption_font, THUMB_WIDTH, max_lines=2)]
         dialogue = shot.get("lines") or []
         if dialogue:
             first = dialogue[0]
             said = f"{first.get('speaker', '')}: {first.get('text', '')}"
-            lines += [(text, TEXT) for text in wrap(said, caption_font, THUMB_WIDTH, max_lines=CAPTION_LINES - 2)]
+            room = max(1, CAPTION_LINES - len(lines))
+            lines += [(text, TEXT) for text in wrap(said, caption_font, THUMB_WIDTH, max_lines=room)]
         for n, (text, colour) in enumerate(lines[:CAPTION_LINES]):
             text = ellipsize(text, CAPTION_SIZE, THUMB_WIDTH)  # never over the next column
             draw_text(draw, (x, y + thumb_h + 6 + n * LINE_HEIGHT), text, CAPTION_SIZE, colour)

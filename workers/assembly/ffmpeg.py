@@ -112,8 +112,9 @@ class FfmpegAssembly:
     cues, a clip with the wrong frame count) or when ffmpeg fails; ToolMissing without ffmpeg.
     """
 
-    # 2: the storyboard draws every script; 3: subtitles keep the conventions (wrapped, split, 5/6 s minimum)
-    stage, name, version = "assembly", "ffmpeg", "3"
+    # 2: the storyboard draws every script; 3: subtitles keep the conventions (wrapped, split, 5/6 s minimum);
+    # 4: the storyboard shows each shot's description (the keyframes no longer carry it)
+    stage, name, version = "assembly", "ffmpeg", "4"
     ops = ("mux", "episode")
     tools = ("ffmpeg", "ffprobe")
     resources = Resources(num_cpus=1)

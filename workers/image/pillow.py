@@ -4,6 +4,8 @@ Offline and deterministic (every random choice comes from a generator seeded by 
 parameters). A character sheet is a turnaround of the character in three poses plus its look and
 colours; it also yields the front pose as a transparent "figure", which every keyframe with that
 character composes in, so a character looks the same in every shot of every episode of the series.
+A keyframe shows the scene only (no caption: the shot's description is the prompt, not the picture)
+and says in its meta where each drawn character's face and mouth are, for the lip-sync stage.
 """
 
 from __future__ import annotations
@@ -51,15 +53,46 @@ def _colors(character: Mapping[str, Any], palette: list[str]) -> dict[str, tuple
     }
 
 
+_TURN = {"front": 0.0, "three_quarter": 0.5, "side": 1.0}
+
+
+def face_geometry(pose: str, height: int) -> dict[str, Any]:
+    """Where draw_figure puts the face on a figure ``height`` pixels tall (in pose ``pose``).
+
+    ``box`` is the head's box [x0, y0, x1, y1], ``mouth`` the mouth's centre [x, y], ``mouth_width`` its
+    width at rest and ``head_r`` the head's half width, in the figure's pixels (the pixel at column i
+    has x = i, as Pillow draws). draw_figure draws from these numbers, so a keyframe that composes the
+    figure can say where each face and mouth is without looking at the pixels.
+    """
+    turn, w = _TURN[pose], int(height * 0.55)
+    head_r = height * 0.105
+    hx, hy = w / 2 + turn * head_r * 0.35, height * 0.19
+    return {
+        "box": [hx - head_r, hy - head_r * 1.15, hx + head_r, hy + head_r * 1.15],
+        "mouth": [hx + turn * head_r * 0.4, hy + head_r * 0.5],
+        "mouth_width": head_r * 0.5,
+        "head_r": head_r,
+    }
+
+
+def mouth_colour(character: Mapping[str, Any], palette: list[str]) -> tuple[int, int, int]:
+    """The closed mouth's colour: the character's skin, darker and a little red, so it shows on any skin."""
+    return _mix(_colors(character, palette)["skin"], (70, 15, 25), 0.6)
+
+
 def draw_figure(character: Mapping[str, Any], palette: list[str], seed: int, pose: str, height: int) -> Image.Image:
-    """One pose ("front", "three_quarter", "side") of a character, on a transparent canvas."""
+    """One pose ("front", "three_quarter", "side") of a character, on a transparent canvas.
+
+    The head and the mouth are where face_geometry(pose, height) says.
+    """
     c, rng = _colors(character, palette), _rng("figure", character["id"], seed)
     hairstyle, build = rng.choice(_HAIRSTYLES), rng.uniform(0.85, 1.15)
     w, h = int(height * 0.55), height
     img = Image.new("RGBA", (w, h), (0, 0, 0, 0))
     d = ImageDraw.Draw(img)
-    turn = {"front": 0.0, "three_quarter": 0.5, "side": 1.0}[pose]
-    cx, head_r = w / 2, h * 0.105
+    turn = _TURN[pose]
+    face = face_geometry(pose, height)
+    cx, head_r = w / 2, face["head_r"]
     shoulder = h * 0.19 * build * (1 - 0.45 * turn)
     dark = _mix(c["outfit"], (0, 0, 0), 0.35)
     # legs, torso, arms, neck, head, hair, face: back to front
@@ -85,7 +118,7 @@ def draw_figure(character: Mapping[str, Any], palette: list[str], seed: int, pos
             )
     d.polygon([(cx - shoulder * 0.45, h * 0.31), (cx + shoulder * 0.45, h * 0.31), (cx, h * 0.40)], fill=c["accent"])
     d.rectangle((cx - h * 0.03, h * 0.25, cx + h * 0.03, h * 0.32), fill=_mix(c["skin"], (0, 0, 0), 0.1))
-    hx, hy = cx + turn * head_r * 0.35, h * 0.19
+    hx, hy = (face["box"][0] + face["box"][2]) / 2, (face["box"][1] + face["box"][3]) / 2
     if hairstyle == "long":
         d.rounded_rectangle(
             (hx - head_r * 1.15, hy - head_r, hx + head_r * 1.15, hy + head_r * 2.1),
@@ -109,14 +142,10 @@ def draw_figure(character: Mapping[str, Any], palette: list[str], seed: int, pos
     for ex in eye_dx:
         x = hx + ex * head_r
         d.ellipse((x - head_r * 0.09, hy - head_r * 0.05, x + head_r * 0.09, hy + head_r * 0.17), fill=(25, 25, 35))
-    mx = hx + turn * head_r * 0.4
-    d.arc(
-        (mx - head_r * 0.25, hy + head_r * 0.3, mx + head_r * 0.25, hy + head_r * 0.6),
-        20,
-        160,
-        fill=(120, 40, 40),
-        width=max(1, int(h * 0.004)),
-    )
+    # a closed mouth, a small dark ellipse: the part a lip-sync stage opens and closes
+    (mx, my), mw = face["mouth"], face["mouth_width"]
+    mh = max(1.0, head_r * 0.16)
+    d.ellipse((mx - mw / 2, my - mh / 2, mx + mw / 2, my + mh / 2), fill=mouth_colour(character, palette))
     return img
 
 
@@ -155,7 +184,31 @@ def _night_factor(time_of_day: str) -> float:
     return 0.55 if "night" in t or "夜" in t else 0.3 if "evening" in t or "dusk" in t or "晚" in t else 0.0
 
 
-def draw_keyframe(params: Mapping[str, Any], figures: Mapping[str, Image.Image]) -> Image.Image:
+def _placed(face: Mapping[str, Any], fx: float, fy: float, x: int, y: int) -> dict[str, Any]:
+    """A figure's face geometry after the figure is resized by (fx, fy) and pasted at (x, y)."""
+
+    def px(v: float) -> float:
+        return round(x + (v + 0.5) * fx - 0.5, 2)
+
+    def py(v: float) -> float:
+        return round(y + (v + 0.5) * fy - 0.5, 2)
+
+    x0, y0, x1, y1 = face["box"]
+    return {
+        "box": [px(x0), py(y0), px(x1), py(y1)],
+        "mouth": [px(face["mouth"][0]), py(face["mouth"][1])],
+        "mouth_width": round(face["mouth_width"] * fx, 2),
+    }
+
+
+def draw_keyframe(
+    params: Mapping[str, Any], figures: Mapping[str, Image.Image]
+) -> tuple[Image.Image, dict[str, dict[str, Any]]]:
+    """The shot's scene with its characters composed in, and where each drawn character's face is.
+
+    The faces map each character drawn to its head box, mouth centre and mouth width in the keyframe's
+    pixels (the figures are front poses from the sheets). No text is drawn: the scene, not its prompt.
+    """
     w, h = params["width"], params["height"]
     palette = [_rgb(p) for p in params["style"]["palette"]]
     rng = _rng("keyframe", params["seed"], params["location"], params["description"])
@@ -185,35 +238,29 @@ def draw_keyframe(params: Mapping[str, Any], figures: Mapping[str, Image.Image])
     scale = {"wide": 0.42, "medium": 0.7, "close": 1.5}[params["framing"]]
     if params["framing"] == "close":
         cast = cast[:1]
+    faces = {}
     for i, cid in enumerate(cast):
         fig = figures[cid]
+        face = face_geometry("front", fig.height)
+        w0, h0 = fig.size
         # never wider than the character's share of the frame, so two people in a medium shot do not overlap
         fh = int(min(h * scale, 0.95 * w / len(cast) * fig.height / fig.width))
         fig = fig.resize((max(1, int(fig.width * fh / fig.height)), fh), Image.Resampling.LANCZOS)
         x = int((i + 1) / (len(cast) + 1) * w - fig.width / 2)
         y = int(h * 0.22) if params["framing"] == "close" else int(min(h - fh, horizon + h * 0.3 - fh))
         img.alpha_composite(fig, (x, y))
+        faces[cid] = _placed(face, fig.width / w0, fig.height / h0, x, y)
     tint = Image.new("RGBA", (w, h), (*palette[-1], 18))
     img.alpha_composite(tint)
-    # the caption band: place and time on one line, the description in at most 4 lines, shrunk to fit
-    fsize = max(12, w // 30)
-    text_w = int(w * 0.88)
-    fsize, caption = fonts.fit(params["description"], fsize, text_w, max_lines=4, min_size=max(10, fsize * 2 // 3))
-    head_size = max(8, int(fsize * 0.8))
-    head = fonts.ellipsize(f"{params['location']} · {params['time_of_day']}", head_size, text_w)
-    leading = int(fsize * 1.45)
-    box_h = int(leading * (len(caption) + 1) + fsize)
-    band = Image.new("RGBA", (w, box_h), (0, 0, 0, 140))
-    img.alpha_composite(band, (0, int(h * 0.04)))
-    d = ImageDraw.Draw(img)
-    y = int(h * 0.04 + fsize * 0.5)
-    fonts.draw(d, (int(w * 0.06), y), head, head_size, _mix(palette[-1], (255, 255, 255), 0.5))
-    fonts.draw_lines(d, (int(w * 0.06), y + leading), caption, fsize, leading, (255, 255, 255))
-    return img.convert("RGB")
+    return img.convert("RGB"), faces
 
 
 class PillowImages:
-    """Image stage, embedded default: ``sheet`` (a character turnaround) and ``keyframe`` (one per shot)."""
+    """Image stage, embedded default: ``sheet`` (a character turnaround) and ``keyframe`` (one per shot).
+
+    A keyframe's meta is ``{"width", "height", "faces"}``; faces maps each character drawn to
+    ``{"box": [x0, y0, x1, y1], "mouth": [x, y], "mouth_width": w}`` in the keyframe's pixels.
+    """
 
     stage, name, version = "image", "pillow", "2"  # 2: text in every script (fallback fonts, bidi, wrapping)
     ops = ("sheet", "keyframe")
@@ -238,12 +285,12 @@ class PillowImages:
                 if name.startswith("sheet:"):
                     with Image.open(path) as im:
                         figures[name[len("sheet:") :]] = im.convert("RGBA")
-            frame = draw_keyframe(params, figures)
+            frame, faces = draw_keyframe(params, figures)
             path = out_dir / "keyframe.png"
             frame.save(path, optimize=False)
             return StageResult(
                 files={"keyframe": path},
-                meta={"width": frame.width, "height": frame.height},
+                meta={"width": frame.width, "height": frame.height, "faces": faces},
                 usage=Usage(model="pillow"),
             )
         raise StageError(f"{self.name} cannot do {op!r}")

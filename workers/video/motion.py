@@ -137,13 +137,70 @@ def motion_filter(camera: str, width: int, height: int, fps: int, frames: int) -
     )
 
 
+def _ease(frames: int, n: int) -> float:
+    """The smoothstep progress of frame n, computed as zoompan evaluates motion_filter's expression."""
+    p = n / (frames - 1) if frames > 1 else 0.0
+    return p * p * (3 - 2 * p)
+
+
+def project(
+    camera: str, width: int, height: int, frames: int, n: int, x: float, y: float
+) -> tuple[float, float, float]:
+    """Where point (x, y) of the keyframe is in frame ``n`` (0-based) of the clip, and how much lengths grow.
+
+    Exactly the transform of motion_filter: the keyframe is scaled by the supersampling factor s,
+    zoompan evaluates zoom and the visible window's top-left (wx, wy) in those input pixels, cuts
+    whole pixels (the window is int(iw / zoom) wide, its corner truncated to a whole pixel) and
+    scales the window to width x height. Coordinates are Pillow's: the pixel at column i has x = i.
+    Returns (x', y', scale), scale being how much a horizontal length at that point is multiplied by.
+
+    Raises StageError for an unknown camera or a frame outside the clip.
+
+    Example::
+
+        project("push_in", 1080, 1920, 90, 89, 540.0, 960.0)  # the centre stays put, ~1.15x larger
+    """
+    if camera not in CAMERAS:
+        raise StageError(f"video: camera {camera!r} is not one of {', '.join(CAMERAS)}")
+    if not 0 <= n < frames:
+        raise StageError(f"video: frame {n} is outside a clip of {frames} frames")
+    s = 1 if camera == "static" else SUPERSAMPLE
+    iw, ih = width * s, height * s
+    ease = _ease(frames, n)
+    # the constants as motion_filter prints them into the expressions (six decimals)
+    push = float(f"{PUSH_ZOOM - 1:.6f}")
+    zoom = 1.0
+    if camera == "push_in":
+        zoom = 1 + push * ease
+    elif camera == "pull_out":
+        zoom = float(f"{PUSH_ZOOM:.6f}") - push * ease
+    elif camera.startswith("pan_"):
+        zoom = float(f"{PAN_ZOOM:.6f}")
+    zoom = min(max(zoom, 1.0), 10.0)  # zoompan clips zoom to [1, 10]
+    win_w, win_h = int(iw * (1.0 / zoom)), int(ih * (1.0 / zoom))
+    wx = wy = 0.0
+    if camera != "static":
+        wx, wy = (iw - iw / zoom) / 2, (ih - ih / zoom) / 2
+    travel = ease if camera in ("pan_right", "pan_down") else 1 - ease
+    if camera in ("pan_left", "pan_right"):
+        wx = (iw - iw / zoom) * travel
+    elif camera in ("pan_up", "pan_down"):
+        wy = (ih - ih / zoom) * travel
+    # zoompan clips the corner to keep the window inside the input, then truncates it to a whole pixel
+    left = int(min(max(wx, 0.0), max(iw - win_w, 0)))
+    top = int(min(max(wy, 0.0), max(ih - win_h, 0)))
+    fx, fy = width / win_w, height / win_h
+    return ((x + 0.5) * s - left) * fx - 0.5, ((y + 0.5) * s - top) * fy - 0.5, s * fx
+
+
 class MotionClip:
     """Turns one keyframe into a clip with a camera move, encoded with ENCODER_ARGS.
 
     op "clip": params ``{"width", "height", "fps", "frames" (>= 1), "camera"}`` (camera one of
     CAMERAS), inputs ``{"keyframe": PNG of exactly width x height}``. Writes ``clip.mp4``: video
     only, exactly ``frames`` frames at constant ``fps``, H.264 High yuv420p, time scale
-    VIDEO_TIMESCALE. meta ``{"frames", "duration"}``.
+    VIDEO_TIMESCALE. meta ``{"frames", "duration", "camera": {"name", "frames"}}``: with the clip's
+    size, enough for project() to say where any keyframe point is in any frame.
 
     Raises StageError for bad params, a keyframe of the wrong size or an ffmpeg failure;
     ToolMissing without ffmpeg.
@@ -213,7 +270,7 @@ class MotionClip:
         )
         return StageResult(
             files={"clip": out},
-            meta={"frames": frames, "duration": frames / fps},
+            meta={"frames": frames, "duration": frames / fps, "camera": {"name": params["camera"], "frames": frames}},
             usage=Usage(cpu_seconds=children_cpu() - cpu0, model="ffmpeg-motion"),
         )
 
