@@ -34,9 +34,14 @@ THRESHOLDS = {
     "loudness_tolerance_lu": (1.0, 0.1, 10.0),
     "max_true_peak_db": (-1.0, -9.0, 0.0),
     "max_timing_error_frames": (1.0, 0.0, 10.0),
-    "max_reading_speed_latin_cps": (20.0, 5.0, 60.0),
-    "max_reading_speed_cjk_cps": (9.0, 2.0, 30.0),
+    # A cue lasts exactly its line's audio, so a cue reads as fast as its voice speaks: the subtitling
+    # conventions (about 20 characters a second, 9 for CJK) are reported in the check's detail, and what
+    # fails is speech no one could read along with, faster than 1.5 times them (a line cut short, or a
+    # voice far too fast). A studio holding its voices to the conventions sets 20 and 9.
+    "max_reading_speed_latin_cps": (30.0, 5.0, 60.0),
+    "max_reading_speed_cjk_cps": (13.5, 2.0, 30.0),
 }
+CONVENTION_CPS = {False: 20.0, True: 9.0}  # the subtitling conventions, said in the detail
 MIN_CUE_S = 5 / 6
 _SUMMARY = re.compile(r"Summary:(.*)", re.S)
 _INTEGRATED = re.compile(r"I:\s+(-?inf|-?[\d.]+) LUFS")
@@ -149,7 +154,8 @@ def _gap_score(excess: float, scale: float) -> float:
 class DeliveryJudge:
     """Judges the assembled episode: loudness, durations, format, fast start and subtitles."""
 
-    stage, name, version = "judge", "delivery", "1"
+    # 2: reading speed fails past 1.5x the conventions (a cue lasts exactly its line's audio)
+    stage, name, version = "judge", "delivery", "2"
     ops = ("judge",)
     judges = ("episode",)
     thresholds = THRESHOLDS
@@ -380,6 +386,8 @@ def _reading_speed(cues: list[SrtCue], cjk: bool, limits: Mapping[str, float]) -
     speeds = [(sum(line_length(line) for line in c.lines) / max(c.end - c.start, 0.001), n) for n, c in enumerate(cues)]
     fastest, n = max(speeds, default=(0.0, -1))
     detail = f"fastest cue {fastest:.1f} characters/s" + (f" (cue {n + 1})" if n >= 0 else "") + f", limit {limit:g}"
+    if fastest > CONVENTION_CPS[cjk]:
+        detail += f"; over the {CONVENTION_CPS[cjk]:g} of the conventions"
     return Check("reading_speed", fastest, limit, fastest <= limit, detail, score=_gap_score(fastest - limit, limit))
 
 
