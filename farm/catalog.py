@@ -42,7 +42,9 @@ REGISTRY: dict[tuple[str, str], str] = {
     ("dubbing", "espeak-ng"): "workers.dubbing.espeak:BACKEND",
     ("assembly", "ffmpeg"): "workers.assembly.ffmpeg:BACKEND",
     # judges (workers/judge/): measurements of keyframes and clips, dubbed lines, the finished episode
+    ("lipsync", "mouth"): "workers.lipsync.mouth:BACKEND",
     ("judge", "frames"): "workers.judge.frames:BACKEND",
+    ("judge", "sync"): "workers.judge.sync:BACKEND",
     ("judge", "audio"): "workers.judge.audio:BACKEND",
     ("judge", "delivery"): "workers.judge.delivery:BACKEND",
     # no work at all: for measuring the farm's own overhead and testing scheduling
@@ -50,11 +52,18 @@ REGISTRY: dict[tuple[str, str], str] = {
 }
 # The judges of each judged op unless settings (FARM_JUDGES), a series or a batch say otherwise.
 # the stages whose outputs each op's default judges read: a clip is compared with the character sheets
-READ_STAGES = {"keyframe": ("image",), "clip": ("video", "image"), "line": ("dubbing",), "episode": ("assembly",)}
+READ_STAGES = {
+    "keyframe": ("image",),
+    "clip": ("video", "image"),
+    "line": ("dubbing",),
+    "lipsync": ("lipsync", "image", "video"),  # the mouths are where the keyframe's faces went
+    "episode": ("assembly",),
+}
 DEFAULT_JUDGES: dict[str, list[str]] = {
     "keyframe": ["frames"],
     "clip": ["frames"],
     "line": ["audio"],
+    "lipsync": ["sync"],
     "episode": ["delivery"],
 }
 

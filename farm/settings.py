@@ -56,6 +56,7 @@ class Settings(BaseModel):
     backend_image: str = "pillow"
     backend_video: str = "ffmpeg-motion"
     backend_dubbing: str = "espeak-ng"
+    backend_lipsync: str = "mouth"
     backend_assembly: str = "ffmpeg"
     judges: Judges = Field(
         default_factory=lambda: {op: [Judge(name=n) for n in names] for op, names in DEFAULT_JUDGES.items()},  # type: ignore[arg-type]

@@ -105,9 +105,13 @@ def test_render_json_summary(tmp_path):
         "tokens_out",
     ):
         assert key in summary
-    # 15 actions make the episode, and 10 judge them (3 keyframes, 3 clips, 3 lines, the episode), all on take 1
-    assert summary["actions_run"] == 25 and summary["actions_cached"] == 0
-    assert summary["takes"]["judged"] == 9 and summary["takes"]["made"] == 9 and summary["flagged"] == []
+    # 17 actions make the episode (2 of them lip-sync its shots with dialogue), and 12 judge them (3 keyframes,
+    # 3 clips, 3 lines, 2 lip-syncs, the episode), all on take 1
+    assert summary["actions_run"] == 29 and summary["actions_cached"] == 0
+    assert summary["takes"]["judged"] == 11 and summary["takes"]["made"] == 11 and summary["flagged"] == []
+    assert [s["shot"] for s in summary["lipsync"]] == ["s01-02", "s02-01"]
+    for shot in summary["lipsync"]:  # each line's correlation, speaker and offset, measured and passed
+        assert shot["checks"] and all(c["passed"] for c in shot["checks"])
     assert os.path.isfile(summary["video"]) and os.path.isfile(summary["storyboard"])
 
 

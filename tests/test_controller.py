@@ -352,7 +352,8 @@ def test_bench_controller_plans_a_synthetic_batch():
     from farm.bench.batch import bench_controller
 
     report = bench_controller(5)
-    assert report["actions"] == 4 + 5 * 46  # four shared character sheets, 46 actions an episode
+    # four shared character sheets, 55 actions an episode (46, and the lip-syncs of its 9 shots with dialogue)
+    assert report["actions"] == 4 + 5 * 55
     assert report["plan_seconds"] > 0 and "controller memory" in report["text"]
 
 

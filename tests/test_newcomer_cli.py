@@ -19,6 +19,7 @@ from farm.core.manifest import Manifest
 from farm.settings import Settings, StoreSpec
 from tests.conftest import SMALL_SERIES, write_specs
 from workers.api import Estimate, Resources, StageResult, Usage, children_cpu
+from workers.image.pillow import BACKEND as PILLOW
 
 KEY_SHEET, KEY_KEYFRAME, KEY_SCRIPT, KEY_CHILD = (f"{n:064x}" for n in (1, 2, 3, 4))
 
@@ -122,7 +123,7 @@ def _action(key: str, stage: str, op: str, backend: str, params: Mapping[str, An
         "stage": stage,
         "op": op,
         "backend": backend,
-        "version": {"pillow": "2"}.get(backend, "1"),  # the backend's version: its actions' keys name it
+        "version": {"pillow": PILLOW.version}.get(backend, "1"),  # the backend's version: its actions' keys name it
         "params": params,
         "label": f"{op} {key[-1]}",
         "inputs": {name: [f"{9:064x}", name] for name in inputs},

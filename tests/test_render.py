@@ -94,7 +94,9 @@ def test_every_action_ran_once(first):
     assert ops.count("episode") == 1 and result.cached == []
     # the embedded backends make good takes: each keyframe, clip, line and the episode judged once, and passed
     judged = sorted(m.label.split(" ")[1] for m in result.ran if m.stage == "judge")
-    assert judged == ["audio"] * 3 + ["delivery"] + ["frames"] * 6
+    assert judged == ["audio"] * 3 + ["delivery"] + ["frames"] * 6 + ["sync"] * 2
+    # the two shots with dialogue are lip-synced, and their speakers' mouths move in time (the sync judge)
+    assert sorted(m.label for m in result.ran if m.op == "lipsync") == ["lipsync s01-02", "lipsync s02-01"]
     assert result.flagged == [] and all(len(t["takes"]) == 1 for t in result.takes)
     assert all(m.usage.cpu_seconds >= 0 for m in result.ran)
 
@@ -121,7 +123,9 @@ def test_one_line_edit_reruns_exactly_what_it_touches(tmp_path, ray_local):
         "judge audio line s02-01#1",
         "judge delivery episode ep001",
         "judge frames clip s02-01",
+        "judge sync lipsync s02-01",
         "line s02-01#1",
+        "lipsync s02-01",
         "mux s02-01",
     ]
     # (52 characters: wrapped into two lines of at most 42)
@@ -136,7 +140,7 @@ def test_style_change_rerenders_pictures_not_audio(tmp_path, ray_local):
     series["style"]["palette"] = ["#300000", "#600000", "#ffffff"]
     changed = render(write_specs(tmp_path / "b", series=series), store, ray_local)
     ops = sorted({m.op for m in changed.ran})
-    assert ops == ["clip", "episode", "judge", "keyframe", "mux", "sheet"]
+    assert ops == ["clip", "episode", "judge", "keyframe", "lipsync", "mux", "sheet"]
 
 
 def test_outline_episode_and_line_edit(tmp_path, ray_local):
@@ -162,7 +166,9 @@ def test_outline_episode_and_line_edit(tmp_path, ray_local):
         "judge audio line s01-03#0",
         "judge delivery episode ep003",
         "judge frames clip s01-03",
+        "judge sync lipsync s01-03",
         "line s01-03#0",
+        "lipsync s01-03",
         "mux s01-03",
         "script ep003",
     ]

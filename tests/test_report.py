@@ -140,7 +140,8 @@ def test_batch_report_from_the_journal(tmp_path):
 
     data = from_batch(settings, first)
     ran = [b for b in data.bars if b.ok]
-    assert len(ran) == len(completed) > 0 and {b.stage for b in ran} == {"image", "video", "dubbing", "assembly"}
+    stages = {b.stage for b in ran}
+    assert len(ran) == len(completed) > 0 and stages == {"image", "video", "dubbing", "lipsync", "assembly"}
     assert all(re.fullmatch(r".+/[\w.-]+ pid \d+", b.lane) for b in ran)
     assert [f.label for f in data.failures] == ["script ep009"] and "noop cannot write" in data.failures[0].reason
     assert data.episode_failures and data.episode_failures[0][0] == "bench/ep009"
@@ -185,10 +186,11 @@ def test_episode_report_after_a_render(tmp_path, capsys):
     data = from_episode(settings, episode)
     ran = [b for b in data.bars if b.ok]
     judges = {b.label.split()[1] for b in ran if b.stage == "judge"}
-    assert sum(b.stage != "judge" for b in ran) >= 15 and judges == {"frames", "audio", "delivery"}
+    assert sum(b.stage != "judge" for b in ran) >= 15 and judges == {"frames", "audio", "delivery", "sync"}
     assert dict(data.facts)["renders"] == "2" and sum(row["actions"] for row in data.saved.values()) == len(ran)
     takes = [t for s in data.takes.episodes[0].shots for j in s.judged for t in j.takes]
-    assert {t.verdict for t in takes} <= {"pass", "fail"} and sum(t.used for t in takes) == 3 + 3 + 3  # clip, key, line
+    assert {t.verdict for t in takes} <= {"pass", "fail"}
+    assert sum(t.used for t in takes) == 3 + 3 + 3 + 2  # clip, keyframe, line, lip-sync
     assert sorted(data.takes.thumbs) == sorted(t.key for t in takes) and not data.takes.notes  # real evidence
     out = tmp_path / "reports" / "ep001.html"
     assert (

@@ -62,5 +62,5 @@ class NoopJudge(Noop):
         return result
 
 
-BACKENDS = {stage: Noop(stage) for stage in ("script", "image", "video", "dubbing", "assembly")}
+BACKENDS = {stage: Noop(stage) for stage in ("script", "image", "video", "dubbing", "lipsync", "assembly")}
 BACKENDS["judge"] = NoopJudge("judge")

@@ -37,6 +37,10 @@ def check_result(
         samples = manifest.meta.get("samples")
         if not isinstance(samples, int) or isinstance(samples, bool) or samples <= 0:
             return None, f"the line has {samples!r} samples of audio, not a positive whole number"
+    if action.op == "keyframe" and manifest.meta.get("faces") is not None:
+        problem = _faces_problem(manifest.meta["faces"])
+        if problem:
+            return None, f"the keyframe's faces are not where faces can be: {problem}"
     if action.op == "judge":
         problem = _judge_problem(manifest.meta)
         if problem:
@@ -83,4 +87,24 @@ def _judge_problem(meta: Mapping[str, Any]) -> str:
             return f"check {str(check)[:80]} has no name and passed"
     if (verdict == "pass") != all(c["passed"] for c in checks):
         return f"verdict {verdict!r} disagrees with its checks"
+    return ""
+
+
+def _faces_problem(faces: Any) -> str:
+    """What is wrong with a keyframe's ``faces`` meta (character -> {box, mouth, mouth_width}), or ""."""
+    if not isinstance(faces, dict) or len(faces) > 64:
+        return "not a mapping of at most 64 characters"
+
+    def numbers(value: Any, n: int) -> bool:
+        return (
+            isinstance(value, list)
+            and len(value) == n
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) < 1e6 for v in value)
+        )
+
+    for who, face in faces.items():
+        if not isinstance(face, dict) or not numbers(face.get("box"), 4) or not numbers(face.get("mouth"), 2):
+            return f"{str(who)[:40]!r} has no box of 4 numbers and mouth of 2"
+        if not numbers([face.get("mouth_width", 0)], 1) or face.get("mouth_width", 0) < 0:
+            return f"{str(who)[:40]!r} has a mouth_width that is not a number of pixels"
     return ""

@@ -193,13 +193,15 @@ class Controller(Planning):
             submitted=e.at,
             order=len(self.batches),
         )
-        defaults = {s: BackendChoice.from_json(d.backends[s]) for s in STAGES}
+        # (a journal from before a stage existed names no backend for it: its episodes are planned without it)
+        defaults = {s: BackendChoice.from_json(d.backends[s]) for s in STAGES if s in d.backends}
         batch = BatchState(terms=terms, name=d.name, episodes=[], webhook=d.webhook.model_dump() if d.webhook else None)
         self.batches[e.batch] = batch
         fresh: list[str] = []
         for item in d.episodes:
             eid = f"{item.series.id}/{item.episode.slug}"
-            backends = {s: BackendChoice.from_json(item.backends[s]) for s in STAGES} if item.backends else defaults
+            chosen = item.backends
+            backends = {s: BackendChoice.from_json(chosen[s]) for s in STAGES if s in chosen} if chosen else defaults
             job = EpisodeJob(d.studio, d.namespace, item.series, item.episode, backends, judging_of(item.judging))
             ep = self.episodes[(e.batch, eid)] = EpisodeState(id=eid, batch=e.batch, job=job)
             ep.reviews = {r.key: review_of(r) for r in item.reviews if r.episode == eid}

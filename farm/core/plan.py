@@ -51,7 +51,7 @@ __all__ = [  # the actions and their keys live in farm.core.actions; the planner
 LEAD_S, GAP_S, TAIL_S = 0.25, 0.30, 0.45
 LOUDNESS_LUFS, TRUE_PEAK_DB = -14.0, -1.5
 
-STAGES = ("script", "image", "video", "dubbing", "assembly")
+STAGES = ("script", "image", "video", "dubbing", "lipsync", "assembly")
 JUDGE = "judge"  # the stage (and op) of judge actions (farm.core.takes), which no backend choice of a stage makes
 
 # The outputs a finished action of each op must carry: what its dependants and the deliverables read.
@@ -61,6 +61,7 @@ OUTPUTS: Mapping[str, tuple[str, ...]] = {
     "keyframe": ("keyframe",),
     "line": ("audio",),
     "clip": ("clip",),
+    "lipsync": ("clip",),
     "mux": ("shot",),
     "episode": ("video", "subtitles", "storyboard"),
     "judge": ("verdict",),
@@ -183,7 +184,8 @@ def plan_script(job: EpisodeJob, script: Script | None, keyed: bool = True) -> S
     for scene in script.scenes:
         keyframes = []
         for shot in scene.shots:
-            in_frame = list(dict.fromkeys([*shot.characters, *(l.speaker for l in shot.lines)]))
+            # who is seen: its characters and who speaks, unless from outside the frame
+            in_frame = list(dict.fromkeys([*shot.characters, *(l.speaker for l in shot.lines if not l.off_screen)]))
             kf_params = {
                 "style": style,
                 "width": width,
@@ -224,6 +226,7 @@ def plan_episode(
     fixed: ScriptPlan | None = None,
     keyed: bool = True,
     facts: Facts = NO_FACTS,
+    faces: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> EpisodePlan:
     """Every action of ``job`` that can be determined from what is known.
 
@@ -232,6 +235,8 @@ def plan_episode(
     ``plan_script(job, script)`` when the caller kept it (made here otherwise); ``facts`` what the
     judges and reviewers said of takes (farm.core.takes): a judged keyframe, clip or line is used
     once a take of it has passed (or every take allowed has failed), so what reads it waits till then.
+    ``faces``: where each keyframe's faces are (its manifest's meta, by its key), which a shot's
+    lip-sync reads: a shot with dialogue is lip-synced once its keyframe's faces are known.
     Unkeyed (a sketch): every take is taken to pass.
     """
     fixed = fixed if fixed is not None else plan_script(job, script, keyed)
@@ -294,6 +299,13 @@ def plan_episode(
         expect = {k: clip_params[k] for k in ("width", "height", "fps", "frames", "camera")}
         expect["characters"] = _visible(part.keyframe)
         chosen = judged.take(clip, "clip", "clip", expect, _sheets(part.keyframe), shot.id).chosen
+        if chosen is not None and shot.lines and "lipsync" in job.backends:  # the speaker's mouth moves
+            reads = keyed and "faces" in job.backends["lipsync"].features  # it moves the keyframe's faces
+            known = (faces or {}).get(kf) if reads else {}
+            if known is None:  # its keyframe's faces are not known yet
+                chosen = None
+            elif not keyed or _faces_to_move(job, shot, known):
+                chosen = _lipsync(b, judged, fixed, part, chosen, voiced, layout, known)
         if chosen is None:
             complete = False
             continue
@@ -365,6 +377,52 @@ def plan_episode(
     verdicts = [facts.verdicts.get(j.key) for j in checks]
     delivery = combine([v for v in verdicts if v is not None]) if checks and None not in verdicts else None
     return EpisodePlan(b.actions, fixed.script_key, final.key, judged.takes, tuple(j.key for j in checks), delivery)
+
+
+def _lipsync(
+    b: _Builder,
+    judged: Judged,
+    fixed: ScriptPlan,
+    part: ShotPlan,
+    clip: str,
+    voiced: list[str],
+    layout: ShotLayout,
+    faces: Mapping[str, Any],
+) -> str | None:
+    """A shot's lip-sync: its clip with the speakers' mouths moving to their lines (the take in use, or
+    None while its judges have not answered)."""
+    shot, series = part.shot, b.job.series
+    lines = [
+        {"input": f"line{i}", "offset_samples": o, "speaker": line.speaker, "off_screen": line.off_screen}
+        for i, (line, o) in enumerate(zip(shot.lines, layout.offsets))
+    ]
+    params = {
+        "width": series.resolution.width,
+        "height": series.resolution.height,
+        "fps": series.fps,
+        "frames": layout.frames,
+        "sample_rate": SAMPLE_RATE,
+        "camera": shot.camera.value,
+        "faces": dict(faces),
+        "lines": lines,
+    }
+    memo = ("lipsync", clip, tuple(voiced), canonical(params))
+    lip = fixed.timed.get(memo)
+    if lip is None:
+        inputs = {"clip": Ref(clip, "clip")} | {f"line{i}": Ref(k, "audio") for i, k in enumerate(voiced)}
+        lip = fixed.timed[memo] = b.make("lipsync", "lipsync", params | {"take": 1}, inputs, f"lipsync {shot.id}")
+    b.actions.append(lip)
+    heard = {f"line{i}": Ref(k, "audio") for i, k in enumerate(voiced)}
+    return judged.take(lip, "lipsync", "clip", params, heard, shot.id).chosen
+
+
+def _faces_to_move(job: EpisodeJob, shot: Shot, faces: Mapping[str, Any]) -> bool:
+    """Has the shot a mouth to move? A lip-sync backend that works from the keyframe's faces (feature
+    "faces", the embedded one) has none when no speaker on screen has a face there; one that finds
+    faces itself (a lip-sync model) always may."""
+    if "faces" not in job.backends["lipsync"].features:
+        return True
+    return any(line.speaker in faces for line in shot.lines if not line.off_screen)
 
 
 def _visible(keyframe: Action) -> list[str]:

@@ -61,7 +61,7 @@ class Planning(Proposals):
         if ep.fixed is None or (script is not None and not ep.fixed.shots):
             ep.fixed = plan_script(ep.job, ep.script)  # what the script fixes, planned once
         facts = Facts(self.verdicts, ep.reviews, frozenset(ep.declined))
-        plan = plan_episode(ep.job, ep.script, ep.line_samples, ep.fixed, facts=facts)
+        plan = plan_episode(ep.job, ep.script, ep.line_samples, ep.fixed, facts=facts, faces=ep.faces)
         fresh = []
         for action in plan.actions:
             state = self.actions.get(action.key)
@@ -138,6 +138,10 @@ class Planning(Proposals):
                 return False
             ep.judged.add(action.key)
             return True
+        if action.op == "keyframe" and action.key not in ep.faces:
+            faces = result.meta.get("faces")
+            ep.faces[action.key] = dict(faces) if isinstance(faces, dict) else {}
+            return "lipsync" in ep.job.backends
         if action.op == "line" and action.key not in ep.line_samples:
             ep.line_samples[action.key] = int(result.meta["samples"])
             return True

@@ -40,6 +40,7 @@ class _Model(BaseModel):
 class Line(_Model):
     speaker: Slug = Field(description="id of the character who says the line")
     text: Text
+    off_screen: bool = Field(False, description="a voice from outside the frame: no mouth moves for it")
 
 
 class Shot(_Model):

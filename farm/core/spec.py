@@ -59,13 +59,13 @@ SpecPath = Annotated[str, StringConstraints(min_length=1, max_length=1024), Befo
 Color = Annotated[str, StringConstraints(pattern=r"^#[0-9a-fA-F]{6}$")]
 VoiceName = Annotated[str, StringConstraints(pattern=r"^[a-z]{2,3}(-[a-z0-9]{1,8})*(\+[a-z0-9]{1,12})?$")]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=80)]
-Stage = Literal["script", "image", "video", "dubbing", "assembly"]
+Stage = Literal["script", "image", "video", "dubbing", "lipsync", "assembly"]
 BackendName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")]
 # stage -> backend name (embedded, or configured in settings); names only: URLs and keys live in settings
 BackendNames = dict[Stage, BackendName]
 
 # What a judge may judge (farm.core.plan): a take of a keyframe, a clip or a line, or the finished episode.
-JudgedOp = Literal["keyframe", "clip", "line", "episode"]
+JudgedOp = Literal["keyframe", "clip", "line", "lipsync", "episode"]
 MAX_TAKES = 10  # takes of one keyframe, clip or line a spec may allow
 MAX_JUDGES = 4  # judges of one op
 ThresholdName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,62}$")]

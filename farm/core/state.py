@@ -108,6 +108,7 @@ class EpisodeState:
     script: Script | None = None
     fixed: ScriptPlan | None = None  # what its script fixes, planned once (plan.plan_script)
     line_samples: dict[str, int] = field(default_factory=dict)
+    faces: dict[str, dict[str, Any]] = field(default_factory=dict)  # a keyframe's key -> where its faces are
     keys: list[str] = field(default_factory=list)
     final_key: str | None = None
     status: str = "running"  # running | delivering | delivered | failed

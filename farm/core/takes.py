@@ -24,8 +24,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-JUDGED_OPS = ("keyframe", "clip", "line", "episode")
-TAKEN_OPS = ("keyframe", "clip", "line")  # the judged ops a failed verdict makes again (an episode fails instead)
+JUDGED_OPS = ("keyframe", "clip", "line", "lipsync", "episode")
+TAKEN_OPS = (
+    "keyframe",
+    "clip",
+    "line",
+    "lipsync",
+)  # the judged ops a failed verdict makes again (an episode fails instead)
 DEFAULT_TAKES = 3
 
 

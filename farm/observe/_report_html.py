@@ -21,6 +21,7 @@ STAGE_COLOURS = {
     "image": "#1f9e89",
     "video": "#2f74c0",
     "dubbing": "#e0a526",
+    "lipsync": "#c2185b",
     "assembly": "#d9653b",
     JUDGE: "#8c8c2e",  # the judges' measurements of takes
 }  # every stage, in order: the charts by stage read this

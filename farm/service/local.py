@@ -129,6 +129,13 @@ class RenderResult:
                 "retaken": [t for t in self.takes if len(t["takes"]) > 1],
             },
             "flagged": self.flagged,
+            # each shot's lip-sync, as its judges measured it: per line, the mouth/audio correlation, which
+            # face moved most with it, and the offset (frames) at which it is best
+            "lipsync": [
+                {"shot": t["shot"], "take": t["used"], "checks": t["checks"]}
+                for t in self.takes
+                if t["label"].startswith("lipsync ")
+            ],
             "duration_seconds": self.duration_seconds,
             "run": sorted(m.label for m in self.ran),
         }
@@ -226,17 +233,25 @@ def render_episode(
         wall_seconds=time.monotonic() - started,
         duration_seconds=float(final.meta.get("duration", 0.0)),
         batch=batch,
-        takes=[_takes_json(t) for t in episode.takes],
+        takes=[_takes_json(t, controller) for t in episode.takes],
         flagged=list(episode.flagged),
     )
 
 
-def _takes_json(takes: Any) -> dict[str, Any]:
-    """One judged action's takes as ``farm render --json`` prints them."""
+def _takes_json(takes: Any, controller: Any) -> dict[str, Any]:
+    """One judged action's takes as ``farm render --json`` prints them, with every check its judges
+    measured of the take in use (name, value, threshold, passed)."""
+    used = takes.used
+    checks = []
+    for key in used.judges if used else ():
+        state = controller.actions.get(key)
+        meta = state.manifest.meta if state is not None and state.manifest is not None else {}
+        checks += [{k: c.get(k) for k in ("name", "value", "threshold", "passed")} for c in meta.get("checks", [])]
     return {
         "label": takes.label,
         "shot": takes.shot,
-        "used": takes.used.number if takes.used else None,
+        "used": used.number if used else None,
+        "checks": checks,
         "takes": [
             {
                 "take": t.number,
@@ -302,6 +317,10 @@ def _run(
         wake = engine.next_wake()
         waiting = controller.queued()
         if wake is None and not waiting:
+            seen = controller.last_seq
+            engine.decide()  # what the last result calls for (an episode that fails its checks) comes first
+            if controller.last_seq != seen:
+                continue
             raise FarmError(f"{eid}: nothing runs and nothing can start: the plan is stuck")
         if wake is None:  # ready actions that no worker can take now
             stuck_since = stuck_since if stuck_since is not None else time.monotonic()

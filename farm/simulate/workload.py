@@ -107,7 +107,8 @@ class Workload:
     def choices(self) -> dict[str, BackendChoice]:
         line = "line-cpu" if self.dubbing == "cpu" else "line"
         by_stage = {"script": "script", "image": "keyframe", "video": "clip", "dubbing": line, "assembly": "mux"}
-        return {stage: BackendChoice(self.stages[by_stage[stage]].backend, VERSION) for stage in PLAN_STAGES}
+        # (no lip-sync stage is simulated yet: the plan skips it)
+        return {s: BackendChoice(self.stages[by_stage[s]].backend, VERSION) for s in PLAN_STAGES if s in by_stage}
 
     def profiles(self) -> dict[tuple[str, str], Profile]:
         out: dict[tuple[str, str], Profile] = {}
