@@ -49,7 +49,7 @@ def test_unknown_fields_are_matched_against_their_own_part_of_the_spec(tmp_path)
     text = SERIES.replace("{voice: en-us+f3}", "{voice: en-us+f3, speed: 2}").replace("{description: x}", "{hiar: x}")
     problems = {p.field: p for p in validate_files([_write(tmp_path, "series.yaml", text)])}
     speed = problems["characters[0].voice.speed"]
-    assert "seed" not in speed.message and "(pitch, rate, voice)" in speed.message and speed.line == 11
+    assert "seed" not in speed.message and "(description, pitch, rate, voice)" in speed.message and speed.line == 11
     assert "did you mean 'hair'?" in problems["characters[0].look.hiar"].message
 
 

@@ -18,6 +18,7 @@ from farm.core.manifest import Manifest
 from farm.core.plan import OUTPUTS, Action
 from farm.core.script import Script, check_against
 from farm.core.spec import Series
+from farm.core.talking import is_speech_clip
 
 
 def check_result(
@@ -37,6 +38,10 @@ def check_result(
         samples = manifest.meta.get("samples")
         if not isinstance(samples, int) or isinstance(samples, bool) or samples <= 0:
             return None, f"the line has {samples!r} samples of audio, not a positive whole number"
+    if is_speech_clip(action):
+        problem = _spoken_problem(action, manifest)
+        if problem:
+            return None, f"the speech-native clip {problem}"
     if action.op == "keyframe" and manifest.meta.get("faces") is not None:
         problem = _faces_problem(manifest.meta["faces"])
         if problem:
@@ -67,6 +72,28 @@ def check_result(
     else:
         result = ActionResult.model_construct(**{name: getattr(manifest, name) for name in Manifest.model_fields})
     return (result.model_copy(update={"facts": Facts(script=script)}) if script else result), ""
+
+
+def _spoken_problem(action: Action, manifest: Manifest) -> str:
+    """What is wrong with a speech-native clip's answer (farm.core.talking): its own sound (output
+    ``audio``) and where it says each line (meta ``lines``: ``[{start, end}]`` seconds, in order,
+    inside the clip), or ""."""
+    audio = manifest.outputs.get("audio")
+    if audio is None or audio.size <= 0:
+        return "returned no sound of its own (output audio)"
+    times, asked = manifest.meta.get("lines"), action.params["lines"]
+    if not isinstance(times, list) or len(times) != len(asked):
+        return f"gave {len(times) if isinstance(times, list) else 'no'} line times for {len(asked)} lines"
+    duration, last = action.params["frames"] / action.params["fps"], 0.0
+    for i, t in enumerate(times):
+        start, end = (t.get("start"), t.get("end")) if isinstance(t, dict) else (None, None)
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (start, end)):
+            return f"gave line {i} the time {str(t)[:80]}, not {{start, end}} in seconds"
+        assert isinstance(start, (int, float)) and isinstance(end, (int, float))
+        if not (0 <= start < end <= duration + 1e-6 and start >= last - 1.0 / action.params["fps"]):
+            return f"says line {i} from {start} s to {end} s: not after the line before, inside the {duration:g} s clip"
+        last = end
+    return ""
 
 
 def _judge_problem(meta: Mapping[str, Any]) -> str:

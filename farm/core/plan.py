@@ -18,16 +18,17 @@ Example::
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from farm.core.actions import Action, BackendChoice, EpisodeJob, Ref, _Builder, action_key, canonical
 from farm.core.judged import Judged
 from farm.core.script import Framing, Line, Scene, Script, Shot
+from farm.core.shots import ScriptPlan, ShotLayout, ShotPlan, layout_shot
 from farm.core.spec import SAMPLE_RATE, Series
 from farm.core.takes import NO_FACTS, Facts, Takes, Verdict, combine
+from farm.core.talking import dubs, faces_to_move, lipsync, speech_cues, speech_lines, speech_native
 
 __all__ = [  # the actions and their keys live in farm.core.actions; the planner is where callers find them
     "Action",
@@ -47,8 +48,6 @@ __all__ = [  # the actions and their keys live in farm.core.actions; the planner
     "spoken_samples",
 ]
 
-# Where the dialogue sits inside a shot: a breath before the first line, between lines, after the last.
-LEAD_S, GAP_S, TAIL_S = 0.25, 0.30, 0.45
 LOUDNESS_LUFS, TRUE_PEAK_DB = -14.0, -1.5
 
 STAGES = ("script", "image", "video", "dubbing", "lipsync", "assembly")
@@ -68,25 +67,6 @@ OUTPUTS: Mapping[str, tuple[str, ...]] = {
 }
 # The episode action's outputs that are delivered, and the file names people find them under.
 DELIVERABLES: Mapping[str, str] = {"video": "episode.mp4", "subtitles": "episode.srt", "storyboard": "storyboard.png"}
-
-
-@dataclass(frozen=True)
-class ShotLayout:
-    frames: int
-    total_samples: int
-    offsets: tuple[int, ...]  # where each line starts, in samples from the shot's start
-
-
-def layout_shot(shot: Shot, line_samples: list[int], fps: int) -> ShotLayout:
-    """Place a shot's lines in time and size the shot to hold them (whole frames, whole samples)."""
-    spf = SAMPLE_RATE // fps  # exact: every supported fps divides the sample rate
-    offsets, cursor = [], round(LEAD_S * SAMPLE_RATE)
-    for n in line_samples:
-        offsets.append(cursor)
-        cursor += n + round(GAP_S * SAMPLE_RATE)
-    needed = cursor - round(GAP_S * SAMPLE_RATE) + round(TAIL_S * SAMPLE_RATE) if line_samples else 0
-    frames = max(math.ceil(shot.duration * fps), math.ceil(needed / spf), 1)
-    return ShotLayout(frames=frames, total_samples=frames * spf, offsets=tuple(offsets))
 
 
 @dataclass
@@ -131,31 +111,6 @@ def script_params(job: EpisodeJob) -> dict[str, Any]:
     }
 
 
-@dataclass(frozen=True)
-class ShotPlan:
-    """One shot's actions that its script fixes: its keyframe, the next shot's in the same scene (a
-    first/last-frame clip ends on it), and its lines."""
-
-    shot: Shot
-    keyframe: Action
-    next_keyframe: Action | None
-    lines: tuple[Action, ...]
-
-
-@dataclass(frozen=True)
-class ScriptPlan:
-    """What a script fixes, whatever its lines' lengths: the script action (when there is one), the
-    character sheets, keyframes and lines, and each shot's. Made once per script and reused each time
-    the episode is planned again as lines are voiced."""
-
-    actions: tuple[Action, ...]  # dependencies before dependants
-    script_key: str | None
-    shots: tuple[ShotPlan, ...]
-    # each shot's clip and mux and its layout, once its lines' lengths are known: (shot index, the
-    # lengths) -> (clip, mux, layout); a cache, so planning again as each line is voiced is cheap
-    timed: dict[tuple[Any, ...], Action] = field(default_factory=dict, compare=False, repr=False)
-
-
 def plan_script(job: EpisodeJob, script: Script | None, keyed: bool = True) -> ScriptPlan:
     """The actions ``script`` fixes (``script`` is ignored when the episode has its own). ``keyed``
     False: actions named by their labels, not keyed (a sketch's, for estimates only)."""
@@ -172,6 +127,7 @@ def plan_script(job: EpisodeJob, script: Script | None, keyed: bool = True) -> S
     style = series.style.model_dump(mode="json")
     sheets: dict[str, Ref] = {}
     cast = {who for shot in script.shots() for who in [*shot.characters, *(l.speaker for l in shot.lines)]}
+    dubbed = dubs(job)  # a speech-native clip that wants no voice reference speaks its own lines
     for character in series.characters:
         if character.id in cast:
             params = {
@@ -205,8 +161,8 @@ def plan_script(job: EpisodeJob, script: Script | None, keyed: bool = True) -> S
             )
         for si, (shot, kf) in enumerate(zip(scene.shots, keyframes)):
             lines = []
-            for i, line in enumerate(shot.lines):
-                voice = series.character(line.speaker).voice.model_dump(mode="json")
+            for i, line in enumerate(shot.lines if dubbed else ()):
+                voice = series.character(line.speaker).voice.model_dump(mode="json", exclude_none=True)
                 params = {
                     "text": line.text,
                     "voice": voice,
@@ -227,6 +183,7 @@ def plan_episode(
     keyed: bool = True,
     facts: Facts = NO_FACTS,
     faces: Mapping[str, Mapping[str, Any]] | None = None,
+    spoken: Mapping[str, Sequence[Mapping[str, float]]] | None = None,
 ) -> EpisodePlan:
     """Every action of ``job`` that can be determined from what is known.
 
@@ -237,6 +194,8 @@ def plan_episode(
     once a take of it has passed (or every take allowed has failed), so what reads it waits till then.
     ``faces``: where each keyframe's faces are (its manifest's meta, by its key), which a shot's
     lip-sync reads: a shot with dialogue is lip-synced once its keyframe's faces are known.
+    ``spoken``: where a speech-native clip said its lines (its meta ``lines``, by its key;
+    farm.core.talking), which the subtitle cues follow.
     Unkeyed (a sketch): every take is taken to pass.
     """
     fixed = fixed if fixed is not None else plan_script(job, script, keyed)
@@ -256,6 +215,7 @@ def plan_episode(
     # first/last-frame video backends end a shot's clip on the next shot's keyframe, within a scene
     # (a new scene is a cut, which the next clip's own first frame already makes)
     end_on_next = "last_frame" in job.backends["video"].features
+    speaking = speech_native(job)  # its clips say their own lines (farm.core.talking)
     keyframes: dict[str, str | None] = {}  # take 1's key -> the take used (None: not known yet)
     for part in fixed.shots:
         first = part.keyframe
@@ -279,9 +239,13 @@ def plan_episode(
             complete = False
             continue
         voiced = [str(k) for k in lines]
-        samples = tuple(line_samples[k] for k in voiced)
+        speaks = speaking and bool(shot.lines)  # the clip says its own lines
+        if speaks and not voiced:  # nothing dubbed: sized by the lines' text
+            samples = tuple(spoken_samples(line.text, series) for line in shot.lines)
+        else:
+            samples = tuple(line_samples[k] for k in voiced)
         layout = layout_shot(shot, list(samples), fps)
-        clip_params = {
+        clip_params: dict[str, Any] = {
             "width": width,
             "height": height,
             "fps": fps,
@@ -290,25 +254,38 @@ def plan_episode(
             "take": 1,
         }
         clip_inputs = {"keyframe": Ref(kf, "keyframe")} | ({"last": Ref(last, "keyframe")} if last else {})
-        clip = fixed.timed.get(("clip", index, kf, last, layout.frames))
+        if speaks:
+            asked, heard = speech_lines(job, shot, layout, voiced)
+            clip_params |= {"sample_rate": SAMPLE_RATE, "lines": asked}
+            clip_inputs |= heard
+        memo = ("clip", index, kf, last, layout.frames, tuple(voiced), samples if speaks else ())
+        clip = fixed.timed.get(memo)
         if clip is None:
-            clip = fixed.timed[("clip", index, kf, last, layout.frames)] = b.make(
-                "video", "clip", clip_params, clip_inputs, f"clip {shot.id}"
-            )
+            clip = fixed.timed[memo] = b.make("video", "clip", clip_params, clip_inputs, f"clip {shot.id}")
         b.actions.append(clip)
         expect = {k: clip_params[k] for k in ("width", "height", "fps", "frames", "camera")}
         expect["characters"] = _visible(part.keyframe)
         chosen = judged.take(clip, "clip", "clip", expect, _sheets(part.keyframe), shot.id).chosen
-        if chosen is not None and shot.lines and "lipsync" in job.backends:  # the speaker's mouth moves
+        if chosen is not None and shot.lines and not speaks and "lipsync" in job.backends:  # the mouth moves
             reads = keyed and "faces" in job.backends["lipsync"].features  # it moves the keyframe's faces
             known = (faces or {}).get(kf) if reads else {}
             if known is None:  # its keyframe's faces are not known yet
                 chosen = None
-            elif not keyed or _faces_to_move(job, shot, known):
-                chosen = _lipsync(b, judged, fixed, part, chosen, voiced, layout, known)
+            elif not keyed or faces_to_move(job, shot, known):
+                chosen = lipsync(b, judged, fixed, part, chosen, voiced, layout, known)
+        times = None
+        if chosen is not None and speaks:  # the cues follow where the clip said its lines
+            times = (spoken or {}).get(chosen) if keyed else None
+            if keyed and times is None:
+                chosen = None
         if chosen is None:
             complete = False
             continue
+        if speaks:  # the clip's own sound, as long as the shot
+            mux_lines, mux_inputs = [{"input": "audio", "offset_samples": 0}], {"audio": Ref(chosen, "audio")}
+        else:
+            mux_lines = [{"input": f"line{i}", "offset_samples": o} for i, o in enumerate(layout.offsets)]
+            mux_inputs = {f"line{i}": Ref(k, "audio") for i, k in enumerate(voiced)}
         mux = fixed.timed.get(("mux", chosen, tuple(voiced), samples))
         if mux is None:
             mux = fixed.timed[("mux", chosen, tuple(voiced), samples)] = b.make(
@@ -319,9 +296,9 @@ def plan_episode(
                     "frames": layout.frames,
                     "sample_rate": SAMPLE_RATE,
                     "total_samples": layout.total_samples,
-                    "lines": [{"input": f"line{i}", "offset_samples": o} for i, o in enumerate(layout.offsets)],
+                    "lines": mux_lines,
                 },
-                {"clip": Ref(chosen, "clip")} | {f"line{i}": Ref(k, "audio") for i, k in enumerate(voiced)},
+                {"clip": Ref(chosen, "clip")} | mux_inputs,
                 f"mux {shot.id}",
             )
         b.actions.append(mux)
@@ -339,16 +316,19 @@ def plan_episode(
                 "lines": [{"speaker": series.character(l.speaker).name, "text": l.text} for l in shot.lines],
             }
         )
-        for line, offset, length in zip(shot.lines, layout.offsets, samples):
-            t0 = start + offset
-            cues.append(
-                {
-                    "start": t0 / SAMPLE_RATE,
-                    "end": (t0 + length) / SAMPLE_RATE,
-                    "speaker": series.character(line.speaker).name,
-                    "text": line.text,
-                }
-            )
+        if times is not None:
+            cues += speech_cues(job, shot, start, layout, times)
+        else:
+            for line, offset, length in zip(shot.lines, layout.offsets, samples):
+                t0 = start + offset
+                cues.append(
+                    {
+                        "start": t0 / SAMPLE_RATE,
+                        "end": (t0 + length) / SAMPLE_RATE,
+                        "speaker": series.character(line.speaker).name,
+                        "text": line.text,
+                    }
+                )
         start += layout.total_samples
     if not complete:
         return EpisodePlan(b.actions, fixed.script_key, None, judged.takes)
@@ -377,52 +357,6 @@ def plan_episode(
     verdicts = [facts.verdicts.get(j.key) for j in checks]
     delivery = combine([v for v in verdicts if v is not None]) if checks and None not in verdicts else None
     return EpisodePlan(b.actions, fixed.script_key, final.key, judged.takes, tuple(j.key for j in checks), delivery)
-
-
-def _lipsync(
-    b: _Builder,
-    judged: Judged,
-    fixed: ScriptPlan,
-    part: ShotPlan,
-    clip: str,
-    voiced: list[str],
-    layout: ShotLayout,
-    faces: Mapping[str, Any],
-) -> str | None:
-    """A shot's lip-sync: its clip with the speakers' mouths moving to their lines (the take in use, or
-    None while its judges have not answered)."""
-    shot, series = part.shot, b.job.series
-    lines = [
-        {"input": f"line{i}", "offset_samples": o, "speaker": line.speaker, "off_screen": line.off_screen}
-        for i, (line, o) in enumerate(zip(shot.lines, layout.offsets))
-    ]
-    params = {
-        "width": series.resolution.width,
-        "height": series.resolution.height,
-        "fps": series.fps,
-        "frames": layout.frames,
-        "sample_rate": SAMPLE_RATE,
-        "camera": shot.camera.value,
-        "faces": dict(faces),
-        "lines": lines,
-    }
-    memo = ("lipsync", clip, tuple(voiced), canonical(params))
-    lip = fixed.timed.get(memo)
-    if lip is None:
-        inputs = {"clip": Ref(clip, "clip")} | {f"line{i}": Ref(k, "audio") for i, k in enumerate(voiced)}
-        lip = fixed.timed[memo] = b.make("lipsync", "lipsync", params | {"take": 1}, inputs, f"lipsync {shot.id}")
-    b.actions.append(lip)
-    heard = {f"line{i}": Ref(k, "audio") for i, k in enumerate(voiced)}
-    return judged.take(lip, "lipsync", "clip", params, heard, shot.id).chosen
-
-
-def _faces_to_move(job: EpisodeJob, shot: Shot, faces: Mapping[str, Any]) -> bool:
-    """Has the shot a mouth to move? A lip-sync backend that works from the keyframe's faces (feature
-    "faces", the embedded one) has none when no speaker on screen has a face there; one that finds
-    faces itself (a lip-sync model) always may."""
-    if "faces" not in job.backends["lipsync"].features:
-        return True
-    return any(line.speaker in faces for line in shot.lines if not line.off_screen)
 
 
 def _visible(keyframe: Action) -> list[str]:

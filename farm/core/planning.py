@@ -14,6 +14,7 @@ from farm.core.plan import JUDGE, plan_episode, plan_script
 from farm.core.proposals import Proposals
 from farm.core.state import ActionState, Command, Deliver, EpisodeState, Lookup
 from farm.core.takes import Facts, JudgeChoice, Judging, Review, Verdict
+from farm.core.talking import is_speech_clip
 
 
 def judging_of(data: JudgingData | None) -> Judging | None:
@@ -61,7 +62,7 @@ class Planning(Proposals):
         if ep.fixed is None or (script is not None and not ep.fixed.shots):
             ep.fixed = plan_script(ep.job, ep.script)  # what the script fixes, planned once
         facts = Facts(self.verdicts, ep.reviews, frozenset(ep.declined))
-        plan = plan_episode(ep.job, ep.script, ep.line_samples, ep.fixed, facts=facts, faces=ep.faces)
+        plan = plan_episode(ep.job, ep.script, ep.line_samples, ep.fixed, facts=facts, faces=ep.faces, spoken=ep.spoken)
         fresh = []
         for action in plan.actions:
             state = self.actions.get(action.key)
@@ -142,6 +143,9 @@ class Planning(Proposals):
             faces = result.meta.get("faces")
             ep.faces[action.key] = dict(faces) if isinstance(faces, dict) else {}
             return "lipsync" in ep.job.backends
+        if is_speech_clip(action) and action.key not in ep.spoken:
+            ep.spoken[action.key] = [dict(t) for t in result.meta["lines"]]  # checked (farm.core.checks)
+            return True
         if action.op == "line" and action.key not in ep.line_samples:
             ep.line_samples[action.key] = int(result.meta["samples"])
             return True

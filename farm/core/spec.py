@@ -99,6 +99,9 @@ class Voice(_Spec):
     voice: VoiceName = Field(description="espeak-ng voice, optionally with a variant: en-us+f3, cmn+m2")
     pitch: Int = Field(50, ge=0, le=99)
     rate: Int = Field(175, ge=80, le=450, description="words per minute")
+    description: Text | None = Field(
+        None, description="how the voice sounds, in words, for voice models that take one: 'a low, warm alto'"
+    )
 
 
 class Look(_Spec):

@@ -109,6 +109,7 @@ class EpisodeState:
     fixed: ScriptPlan | None = None  # what its script fixes, planned once (plan.plan_script)
     line_samples: dict[str, int] = field(default_factory=dict)
     faces: dict[str, dict[str, Any]] = field(default_factory=dict)  # a keyframe's key -> where its faces are
+    spoken: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # a speech clip's key -> its line times
     keys: list[str] = field(default_factory=list)
     final_key: str | None = None
     status: str = "running"  # running | delivering | delivered | failed

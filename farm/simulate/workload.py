@@ -6,7 +6,7 @@ exactly as in a live batch. Nothing of the graph is written by hand here.
 
 The simulated backends stand for a night's real ones (``STAGES``): a script model behind an API
 (tokens), an image model for sheets and keyframes, an image-to-video model for clips, a speech
-model for lines, ffmpeg for muxing and assembly. Each declares what an action holds and its
+model for lines, a lip-sync model for each shot with dialogue, ffmpeg for muxing and assembly. Each declares what an action holds and its
 estimate, scaled by the action's size (a clip by its frames, a line by its text, an episode by its
 shots). What an action really takes is drawn around the estimate by the simulated runtime
 (``farm.simulate.runtime``), lognormal with mean = estimate and ``jitter`` as sigma, seeded by the
@@ -39,7 +39,7 @@ VERSION = "sim-1"
 @dataclass(frozen=True)
 class StageSpec:
     """One kind of action: its stage and backend, what it holds, and its mean estimated duration
-    (for a clip: per 5 s of shot; for a line: per 3 s of speech; for an episode: per 12 shots)."""
+    (for a clip or a lip-sync: per 5 s of shot; for a line: per 3 s of speech; for an episode: per 12 shots)."""
 
     stage: str
     backend: str
@@ -58,6 +58,7 @@ STAGES: Mapping[str, StageSpec] = {
     "line": StageSpec("dubbing", "tts", 6.0, gpus=0.5),
     "line-cpu": StageSpec("dubbing", "espeak-ng", 3.0, cpus=1.0),
     "clip": StageSpec("video", "i2v", 75.0, gpus=1.0),
+    "lipsync": StageSpec("lipsync", "lipsync-model", 30.0, gpus=1.0),  # a model that finds faces itself
     "mux": StageSpec("assembly", "ffmpeg", 4.0, cpus=1.0),
     "episode": StageSpec("assembly", "ffmpeg", 30.0, cpus=1.0),
 }
@@ -106,8 +107,14 @@ class Workload:
 
     def choices(self) -> dict[str, BackendChoice]:
         line = "line-cpu" if self.dubbing == "cpu" else "line"
-        by_stage = {"script": "script", "image": "keyframe", "video": "clip", "dubbing": line, "assembly": "mux"}
-        # (no lip-sync stage is simulated yet: the plan skips it)
+        by_stage = {
+            "script": "script",
+            "image": "keyframe",
+            "video": "clip",
+            "dubbing": line,
+            "lipsync": "lipsync",
+            "assembly": "mux",
+        }
         return {s: BackendChoice(self.stages[by_stage[s]].backend, VERSION) for s in PLAN_STAGES if s in by_stage}
 
     def profiles(self) -> dict[tuple[str, str], Profile]:
@@ -123,7 +130,7 @@ class Workload:
         spec = self.spec_of(action)
         p = action.params
         scale = 1.0
-        if action.op == "clip":
+        if action.op in ("clip", "lipsync"):
             scale = p["frames"] / p["fps"] / 5.0
         elif action.op == "mux":
             scale = 0.75 + p["frames"] / p["fps"] / 20.0

@@ -79,6 +79,19 @@ def test_voices_follow_the_speaker_with_a_default(server, tmp_path):
 
 
 @pytest.mark.media
+def test_a_characters_voice_description_joins_the_instructions(server, tmp_path):
+    b = backend(server, instructions="Speak softly.")
+    params = line("One.", speaker="ana")
+    params["voice"] = dict(params.get("voice") or {"voice": "en-us"}, description="a low, warm alto")
+    b.run("line", {}, params, tmp_path / "a")
+    backend(server).run("line", {}, params, tmp_path / "b")
+    assert [r.body["instructions"] for r in server.requests] == [
+        "Speak softly.\nVoice: a low, warm alto",
+        "Voice: a low, warm alto",
+    ]
+
+
+@pytest.mark.media
 def test_hostile_text_reaches_the_server_verbatim(server, tmp_path):
     """The text travels only inside the JSON body, unchanged: no shell, no argv, no escaping."""
     text = 'He said "run"\n$(rm -rf /) `id` \'; DROP TABLE lines; -- \\n 你好 -v'

@@ -140,8 +140,10 @@ class OpenAISpeech:
                 "response_format": "wav",
                 "speed": s.speed,
             }
-            if s.instructions:
-                body["instructions"] = s.instructions
+            described = (params.get("voice") or {}).get("description")  # the character's voice, in words
+            said = [t for t in (s.instructions, f"Voice: {described}" if isinstance(described, str) else "") if t]
+            if said:
+                body["instructions"] = "\n".join(said)[:4096]
             reply = self.client.request("POST", "audio/speech", body)
             if not _is_wav(reply.body):
                 kind = next((v for k, v in reply.headers.items() if k.lower() == "content-type"), "no Content-Type")
