@@ -5,7 +5,10 @@ turns transport and status errors into StageErrors the scheduler understands.
     other 4xx                                      not retryable (the request itself is wrong)
 
 Only the standard library: a backend machine needs nothing more to talk to a server. Messages
-carry the method, the URL's path and a short excerpt of the body, never request headers (keys).
+carry the method, the URL's path and a short excerpt of the body, never request headers (keys). A
+redirect is followed only to http(s), and never carries the request's Authorization header to
+another origin (urllib's own handler copies every header to wherever the server points). An error
+for an HTTP answer carries its status as ``status`` (None for transport errors).
 """
 
 from __future__ import annotations
@@ -71,6 +74,40 @@ def http_url(value: str, example: str) -> str:
     return value.rstrip("/")
 
 
+def origin(url: str) -> tuple[str, str]:
+    """(scheme, host:port) of ``url``: where a key may go."""
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme.lower(), parts.netloc.lower()
+
+
+def shown(url: str) -> str:
+    """A URL as errors may show it: without userinfo, query (a signature) or fragment."""
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+
+
+class Redirects(urllib.request.HTTPRedirectHandler):
+    """Follows http(s) redirects only, and never carries the key to another origin."""
+
+    def __init__(self, what: str):
+        super().__init__()
+        self.what = what
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if urllib.parse.urlsplit(newurl).scheme.lower() not in ("http", "https"):
+            raise StageError(f"{self.what}: redirected to {shown(newurl)}, not an http(s) URL", retryable=False)
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and origin(newurl) != origin(req.full_url):
+            new.remove_header("Authorization")
+        return new
+
+
+def status_of(exc: BaseException) -> int | None:
+    """The HTTP status an error from ``call`` reports, if it was an answer."""
+    status = getattr(exc, "status", None)
+    return status if isinstance(status, int) else None
+
+
 def join(base: str, path: str) -> str:
     """``base`` (http://host:port/v1) + ``path`` (chat/completions), with exactly one slash."""
     return base.rstrip("/") + "/" + path.lstrip("/")
@@ -96,17 +133,19 @@ def call(
     req = urllib.request.Request(url, data=data, method=method, headers=hdrs)
     where = f"{method} {urllib.parse.urlsplit(url).path}"
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with urllib.request.build_opener(Redirects(what)).open(req, timeout=timeout) as resp:
             return Response(resp.status, dict(resp.headers.items()), resp.read())
     except urllib.error.HTTPError as exc:
         payload = exc.read() if exc.fp else b""
         wait = retry_after(exc.headers.get("Retry-After") if exc.headers else None)
         retryable = exc.code in _RETRYABLE
-        raise StageError(
+        error = StageError(
             f"{what}: {where} answered {exc.code} {exc.reason}: {excerpt(payload)}",
             retryable=retryable,
             retry_after=wait if retryable else None,
-        ) from None
+        )
+        error.status = exc.code  # type: ignore[attr-defined]
+        raise error from None
     except TimeoutError as exc:
         raise StageError(f"{what}: {where} timed out after {timeout:g}s", retryable=True) from exc
     except urllib.error.URLError as exc:

@@ -139,6 +139,16 @@ class JobRecord(Protocol):
         ...
 
 
+class NoRecord:
+    """A JobRecord that keeps nothing: a job run outside the farm (a test, a bench) is not resumed."""
+
+    def load(self) -> dict[str, Any] | None:
+        return None
+
+    def save(self, state: Mapping[str, Any]) -> None:
+        pass
+
+
 def config_version(kind_version: str, config: Mapping[str, Any], affects: tuple[str, ...]) -> str:
     """A configured backend's version: its code's version and a digest of the settings in
     ``affects`` (those that change its output: model, steps, voices), never URLs or keys.
