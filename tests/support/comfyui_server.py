@@ -3,21 +3,22 @@
 The backend is tested over real sockets against ComfyUI's own request and response formats
 (server.py and execution.py of comfyanonymous/ComfyUI): multipart ``POST /upload/image``;
 ``POST /prompt`` validated like ComfyUI does it (class_type present and known, required inputs
-given, links to existing nodes, LoadImage files uploaded; else 400 with ``error`` and
+given, links to existing nodes, loaders' files uploaded; else 400 with ``error`` and
 ``node_errors``), honouring a client's ``prompt_id``; a queue run by one worker thread;
 ``/history/{id}`` with outputs and ``status`` (status_str, completed, messages as
 ``[event, {..., "timestamp": ms}]``); ``/queue``; ``/view``; ``/system_stats``; ``/object_info``.
 
-"Executing" a workflow draws PNGs with Pillow: the size comes from the workflow's width/height
-fields, the number of frames from its ``length``, the picture from its seed, prompts and uploaded
-images, so equal workflows give byte-equal files. Output nodes write what their ComfyUI namesakes
-write: SaveImage one PNG per frame, SaveAnimatedWEBP an animated WebP, VHS_VideoCombine a GIF or
-(with ffmpeg) an MP4.
+"Executing" a workflow is tests.support.comfyui_nodes: PNGs drawn with Pillow, or the frames of an
+uploaded video for a lip-sync graph, saved as its output nodes' ComfyUI namesakes save them.
+Uploads are any file (ComfyUI's /upload/image saves images, audio and video alike); LoadImage,
+LoadAudio and VHS_LoadVideo fail validation for a file not uploaded.
 
 The server lives apart from any backend instance, so a test can kill the farm and let a new
 backend pick the job up. Scripted behaviour: ``hold()``/``release()`` keep jobs running,
 ``delay_s`` slows each, ``fail_next(path, status)`` answers errors, ``fail_node(id, message)``
-makes a node raise, ``forget()`` drops queue and history (a ComfyUI restart).
+makes a node raise, ``forget()`` drops queue and history (a ComfyUI restart), ``misshape(frames=,
+size=, fps=)`` makes every MP4 from then on come out with frames added (or dropped), another size
+or another frame rate, as a workflow ignoring its mapped figures would.
 
     with comfyui_server(tmp_path) as server:
         backend = ComfyUI("comfy", {"kind": "comfyui", "base_url": server.base_url, ...})
@@ -29,12 +30,7 @@ from __future__ import annotations
 import contextlib
 import email.parser
 import email.policy
-import hashlib
 import json
-import re
-import shutil
-import subprocess
-import tempfile
 import threading
 import time
 import urllib.parse
@@ -46,47 +42,19 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageDraw, ImageOps
+from tests.support.comfyui_nodes import LOADERS, NODE_CLASSES, FakeNodes, is_link
 
-# class_type -> (required inputs, is an output node); optional inputs are not listed
-NODE_CLASSES: dict[str, tuple[tuple[str, ...], bool]] = {
-    "CheckpointLoaderSimple": (("ckpt_name",), False),
-    "CLIPTextEncode": (("text", "clip"), False),
-    "EmptyLatentImage": (("width", "height", "batch_size"), False),
-    "KSampler": (
-        (
-            "model",
-            "seed",
-            "steps",
-            "cfg",
-            "sampler_name",
-            "scheduler",
-            "positive",
-            "negative",
-            "latent_image",
-            "denoise",
-        ),
-        False,
-    ),
-    "VAEDecode": (("samples", "vae"), False),
-    "LoadImage": (("image",), False),
-    "WanFirstLastFrameToVideo": (("positive", "negative", "vae", "width", "height", "length", "batch_size"), False),
-    "SaveImage": (("images", "filename_prefix"), True),
-    "PreviewImage": (("images",), True),
-    "SaveAnimatedWEBP": (("images", "filename_prefix", "fps", "lossless", "quality", "method"), True),
-    "VHS_VideoCombine": (
-        ("images", "frame_rate", "loop_count", "filename_prefix", "format", "pingpong", "save_output"),
-        True,
-    ),
+SYSTEM_STATS = {
+    "system": {"os": "posix", "python_version": "3", "embedded_python": False, "comfyui_version": "0.3.test"}
+    | {"pytorch_version": "none", "argv": []},
+    "devices": [
+        {"name": "cuda:0 Fake GPU", "type": "cuda", "index": 0, "vram_total": 24 * 2**30, "vram_free": 20 * 2**30}
+    ],
 }
 
 
 def _ms() -> int:
     return int(time.time() * 1000)
-
-
-def _is_link(value: Any) -> bool:
-    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)
 
 
 @dataclass
@@ -109,7 +77,7 @@ class Request:
     at: float = field(default_factory=time.monotonic)
 
 
-class ComfyUIServer:
+class ComfyUIServer(FakeNodes):
     def __init__(self, workdir: Path, delay_s: float = 0.0):
         self.workdir = Path(workdir)
         self.dirs = {t: self.workdir / t for t in ("input", "output", "temp")}
@@ -132,6 +100,7 @@ class ComfyUIServer:
         self._gate.set()
         self._failures: deque[tuple[str, int]] = deque()
         self.node_failures: dict[str, tuple[str, str]] = {}
+        self.misshapen: dict[str, Any] = {}
         self._stop = threading.Event()
         self._httpd: ThreadingHTTPServer | None = None
         self._threads: list[threading.Thread] = []
@@ -153,6 +122,11 @@ class ComfyUIServer:
     def fail_node(self, node_id: str, message: str, exception_type: str = "RuntimeError") -> None:
         """Node ``node_id`` of every workflow raises ``message`` when executed."""
         self.node_failures[node_id] = (message, exception_type)
+
+    def misshape(self, frames: int = 0, size: tuple[int, int] | None = None, fps: float | None = None) -> None:
+        """Every MP4 saved from now on has ``frames`` more frames (fewer when negative), is ``size``
+        (width, height) and plays at ``fps``, whatever the workflow asked for."""
+        self.misshapen = {"frames": frames, "size": size, "fps": fps}
 
     def forget(self) -> None:
         """Drop the queue, the running job and the history, as a restarted ComfyUI would."""
@@ -271,7 +245,7 @@ class ComfyUIServer:
                         }
                     )
             for name, value in inputs.items():
-                if _is_link(value) and value[0] not in prompt:
+                if is_link(value) and value[0] not in prompt:
                     errors.append(
                         {
                             "type": "bad_linked_input",
@@ -280,18 +254,15 @@ class ComfyUIServer:
                             "extra_info": {"input_name": name},
                         }
                     )
-            image = inputs.get("image")
-            if (
-                node["class_type"] == "LoadImage"
-                and isinstance(image, str)
-                and not (self.dirs["input"] / image).is_file()
-            ):
+            field_name, invalid_file = LOADERS.get(node["class_type"], ("", ""))
+            name = inputs.get(field_name)
+            if field_name and isinstance(name, str) and not (self.dirs["input"] / name).is_file():
                 errors.append(
                     {
                         "type": "custom_validation_failed",
                         "message": "Custom validation failed for node",
-                        "details": f"image - Invalid image file: {inputs['image']}",
-                        "extra_info": {"input_name": "image"},
+                        "details": f"{field_name} - {invalid_file}: {name}",
+                        "extra_info": {"input_name": field_name},
                     }
                 )
             if errors:
@@ -331,12 +302,8 @@ class ComfyUIServer:
                 outputs, status = {}, self._error(job, messages, "?", "?", f"fake server crashed: {exc!r}", "Exception")
             with self.lock:
                 if job.generation == self.generation:
-                    self.history[job.prompt_id] = {
-                        "prompt": job.entry(),
-                        "outputs": outputs,
-                        "status": status,
-                        "meta": {},
-                    }
+                    entry = {"prompt": job.entry(), "outputs": outputs, "status": status, "meta": {}}
+                    self.history[job.prompt_id] = entry
                     self.running = None
 
     def _error(self, job: Job, messages: list, nid: str, class_type: str, message: str, kind: str) -> dict[str, Any]:
@@ -368,108 +335,9 @@ class ComfyUIServer:
         outputs = {}
         for nid in job.outputs:
             node = prompt[nid]
-            outputs[nid] = self._save(node["class_type"], node.get("inputs") or {}, frames)
+            outputs[nid] = self._save(prompt, node["class_type"], node.get("inputs") or {}, frames)
         messages.append(["execution_success", {"prompt_id": job.prompt_id, "timestamp": _ms()}])
         return outputs, {"status_str": "success", "completed": True, "messages": messages}
-
-    # -- "generation" ---------------------------------------------------------------------------
-
-    def _render(self, prompt: dict[str, Any]) -> list[Image.Image]:
-        def first(*names: str, default: Any = None) -> Any:
-            for node in prompt.values():
-                for name in names:
-                    value = (node.get("inputs") or {}).get(name)
-                    if isinstance(value, int) and not isinstance(value, bool):
-                        return value
-            return default
-
-        width, height = first("width", default=512), first("height", default=512)
-        for node in prompt.values():  # both from the same node, as a latent has them
-            inputs = node.get("inputs") or {}
-            if isinstance(inputs.get("width"), int) and isinstance(inputs.get("height"), int):
-                width, height = inputs["width"], inputs["height"]
-                break
-        count = max(1, first("length", default=1))
-        seed = first("seed", "noise_seed", default=0)
-        texts = [n["inputs"].get("text") for n in prompt.values() if n["class_type"] == "CLIPTextEncode"]
-        loaded = [
-            self.dirs["input"] / n["inputs"]["image"]
-            for n in prompt.values()
-            if n["class_type"] == "LoadImage" and isinstance(n["inputs"].get("image"), str)
-        ]
-        digest = hashlib.sha256(json.dumps([seed, texts], sort_keys=True).encode()).digest()
-        background = tuple(40 + b % 120 for b in digest[:3])
-        figure = tuple(255 - c for c in background)
-        base = Image.new("RGB", (width, height), background)
-        if loaded:
-            with Image.open(loaded[0]) as im:
-                base = ImageOps.fit(im.convert("RGB"), (width, height))
-        frames = []
-        for i in range(count):
-            im = base.copy()
-            draw = ImageDraw.Draw(im)
-            # a standing "figure" in the left third, then a bar that moves across the frames
-            draw.ellipse((width * 0.08, height * 0.15, width * 0.25, height * 0.85), fill=figure)
-            x = int(width * 0.4 + (width * 0.5) * i / max(1, count - 1))
-            draw.rectangle((x, int(height * 0.4), x + max(2, width // 20), int(height * 0.6)), fill=(250, 250, 250))
-            frames.append(im)
-        return frames
-
-    def _name(self, inputs: dict[str, Any], suffix: str) -> str:
-        prefix = re.sub(r"[^A-Za-z0-9_-]", "_", str(inputs.get("filename_prefix") or "ComfyUI"))[:40]
-        with self.lock:
-            self.counter += 1
-            return f"{prefix}_{self.counter:05d}_{suffix}"
-
-    def _save(self, class_type: str, inputs: dict[str, Any], frames: list[Image.Image]) -> dict[str, Any]:
-        kind = "temp" if class_type == "PreviewImage" else "output"
-        folder = self.dirs[kind]
-        if class_type in ("SaveImage", "PreviewImage"):
-            files = []
-            for im in frames:
-                name = self._name(inputs, ".png")
-                im.save(folder / name)
-                files.append({"filename": name, "subfolder": "", "type": kind})
-            return {"images": files}
-        fps = float(inputs.get("fps") or inputs.get("frame_rate") or 8)
-        if class_type == "SaveAnimatedWEBP":
-            name = self._name(inputs, ".webp")
-            frames[0].save(
-                folder / name, save_all=True, append_images=frames[1:], duration=int(1000 / fps), lossless=True, loop=0
-            )
-            return {"images": [{"filename": name, "subfolder": "", "type": kind}], "animated": [True]}
-        # VHS_VideoCombine
-        fmt = str(inputs.get("format", "image/gif"))
-        if fmt == "video/h264-mp4":
-            name = self._name(inputs, ".mp4")
-            with tempfile.TemporaryDirectory() as tmp:
-                for i, im in enumerate(frames):
-                    im.save(Path(tmp) / f"{i:05d}.png")
-                subprocess.run(
-                    [
-                        shutil.which("ffmpeg") or "ffmpeg",
-                        "-v",
-                        "error",
-                        "-y",
-                        "-framerate",
-                        f"{fps:g}",
-                        "-i",
-                        str(Path(tmp) / "%05d.png"),
-                        "-c:v",
-                        "libx264",
-                        "-pix_fmt",
-                        "yuv420p",
-                        "-preset",
-                        "ultrafast",
-                        str(folder / name),
-                    ],
-                    check=True,
-                    capture_output=True,
-                )
-        else:
-            name = self._name(inputs, ".gif")
-            frames[0].save(folder / name, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
-        return {"gifs": [{"filename": name, "subfolder": "", "type": kind, "format": fmt, "frame_rate": fps}]}
 
     # -- read side ------------------------------------------------------------------------------
 
@@ -547,28 +415,7 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._send(200, (folder / name).read_bytes(), "application/octet-stream")
         elif path == "/system_stats":
-            self._send(
-                200,
-                {
-                    "system": {
-                        "os": "posix",
-                        "python_version": "3",
-                        "embedded_python": False,
-                        "comfyui_version": "0.3.test",
-                        "pytorch_version": "none",
-                        "argv": [],
-                    },
-                    "devices": [
-                        {
-                            "name": "cuda:0 Fake GPU",
-                            "type": "cuda",
-                            "index": 0,
-                            "vram_total": 24 * 2**30,
-                            "vram_free": 20 * 2**30,
-                        }
-                    ],
-                },
-            )
+            self._send(200, SYSTEM_STATS)
         elif path == "/object_info":
             self._send(
                 200,

@@ -1,4 +1,4 @@
-"""Image and video stages on a ComfyUI server, driven by workflow templates (kind "comfyui").
+"""Image, video and lip-sync stages on a ComfyUI server, driven by workflow templates (kind "comfyui").
 
 Studios build their pipelines in ComfyUI and export them in API format ("Export (API)"); the farm
 fills in what changes per action (prompt, seed, size, frames, uploaded images) at nodes the
@@ -6,6 +6,13 @@ settings name, and post-processes what comes back into exactly what the embedded
 so the rest of the farm cannot tell the difference: keyframes are exactly width x height PNGs, a
 sheet also yields an RGBA "figure", and clips are re-encoded with ``workers.video.motion``'s
 encoder settings, so they concatenate by stream copy with every other clip.
+
+Talking shots (workers.comfyui.talk): a ``"stage": "lipsync"`` backend runs a lip-sync workflow
+(LatentSync and the like) on the shot's clip and dialogue track; a video backend with ``"speech":
+true`` runs an audio-driven image-to-video workflow (Wan S2V, InfiniteTalk) that makes the clip
+with the character already speaking, and returns its sound and where each line is said. Their
+clips must come back at exactly the planned size, frame rate and frame count: they are never
+retimed. deploy/comfyui/ holds example workflows and their settings.
 
 Generation on a GPU server is slow and paid for, so a job must survive the farm: the prompt id is
 chosen here and saved in the farm's ``JobRecord`` before it is submitted (ComfyUI takes a client's
@@ -29,8 +36,9 @@ Example settings (FARM_BACKENDS)::
                    "outputs": {"keyframe": {"keyframe": "9"}, "sheet": {"sheet": "9"}}}}
 """
 
-from workers.comfyui.backend import ComfyUI, gpu_seconds
+from workers.comfyui.backend import ComfyUI
 from workers.comfyui.figures import derive_figure, key_out_background
+from workers.comfyui.outputs import gpu_seconds
 from workers.comfyui.workflow import KIND, ComfyUISettings, action_seed, load_templates, prompt_text
 
 __all__ = [

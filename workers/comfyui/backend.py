@@ -1,11 +1,12 @@
 """The ComfyUI backend: uploads, submission with a durable job record, waiting, and fetching what
-the server saved (farm's files are made of it in workers.comfyui.outputs)."""
+the server saved (farm's files are made of it in workers.comfyui.outputs, and for lip-sync and
+speech-native clips in workers.comfyui.talk)."""
 
 from __future__ import annotations
 
 import copy
 import hashlib
-import io
+import shutil
 import time
 import urllib.parse
 import uuid
@@ -13,12 +14,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
 from workers._http import Response, call, join
 from workers.api import (
     Estimate,
     JobRecord,
+    NoRecord,
     Resources,
     StageError,
     StageResult,
@@ -27,65 +27,51 @@ from workers.api import (
     config_version,
     secret,
 )
-from workers.comfyui import outputs
+from workers.comfyui import outputs, talk
+from workers.comfyui.upload import multipart, prepared
 from workers.comfyui.workflow import (
-    IMAGE_INPUT,
+    FILE_INPUT,
     KIND,
     KIND_VERSION,
     STAGE_OPS,
     ComfyUISettings,
     action_seed,
     canonical,
-    is_link,
     load_templates,
     prompt_text,
+    prune,
     round8,
 )
 from workers.configured import parse
+from workers.video.returned import asked_frames
 
 _POLL_FAILURES = 5  # consecutive failed polls (server restarting, network blip) before giving up
 _QUEUE_CHECK_EVERY = 10  # polls; /queue carries every queued workflow, so it is not asked each time
 
 
-def _multipart(fields: Mapping[str, str], file_field: str, filename: str, data: bytes, mime: str) -> tuple[bytes, str]:
-    boundary = f"farm{uuid.uuid4().hex}"
-    out = io.BytesIO()
-    for key, value in fields.items():
-        out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n'.encode())
-    out.write(
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{file_field}"; filename="{filename}"\r\n'
-        f"Content-Type: {mime}\r\n\r\n".encode()
-    )
-    out.write(data)
-    out.write(f"\r\n--{boundary}--\r\n".encode())
-    return out.getvalue(), f"multipart/form-data; boundary={boundary}"
-
-
-class _NoRecord:
-    def load(self) -> dict[str, Any] | None:
-        return None
-
-    def save(self, state: Mapping[str, Any]) -> None:
-        pass
-
-
 class ComfyUI:
-    """Image (``sheet``, ``keyframe``) or video (``clip``) stage on a ComfyUI server.
+    """Image (``sheet``, ``keyframe``), video (``clip``) or lip-sync (``lipsync``) stage on a ComfyUI server.
 
     Inputs a template can take (settings ``inputs.<op>.<name>: [node id, field]``): ``prompt`` (text
     built from the params), ``seed`` (``action_seed``), ``width``/``height`` (rounded up to a
-    multiple of 8), for clips ``frames``, ``fps``, ``image`` (the keyframe) and ``last_image`` (the
+    multiple of 8, except for talking clips, which must come back at exactly that size), for clips ``frames``, ``fps``, ``image`` (the keyframe) and ``last_image`` (the
     next shot's keyframe, when the plan gives one: mapping it turns on the "last_frame" feature),
     and for keyframes ``figure1``..``figure8`` (the figures of the characters in frame, in order).
-    Images are uploaded under names made from their digest. An image input the action lacks (no
-    ``last``, fewer characters than figure slots) removes its node from the workflow, along with
-    the links to it, so the input it fed must be optional (as ``end_image`` of a first/last-frame
-    node is).
+    Lip-sync templates take ``video`` (the shot's clip), ``audio`` (its dialogue track),
+    ``speaker1``..``speaker4`` (each on-screen speaker's lines), ``fps``, ``frames``, ``width``,
+    ``height``, ``seed`` and ``prompt``; a speech-native video backend (``"speech": true``, features
+    "speech" and "voice_reference") maps ``audio`` for its clips too: see workers.comfyui.talk.
+    Files are uploaded under names made from their digest. A file input the action lacks (no
+    ``last``, fewer characters than figure slots, fewer speakers than speaker slots) removes its
+    node from the workflow, along with the links to it, so the input it fed must be optional (as
+    ``end_image`` of a first/last-frame node is).
 
     Outputs (settings ``outputs.<op>.<name>: node id``): sheet "sheet" (and "figure" if a node
     makes one, else derived: see ``derive_figure``), keyframe "keyframe" (resized and cropped to
     exactly width x height), clip "clip" (video, animated image or a list of frames, retimed to
-    exactly ``frames`` frames at ``fps`` and encoded with motion's ENCODER_ARGS).
+    exactly ``frames`` frames at ``fps`` and encoded with motion's ENCODER_ARGS), lipsync "clip"
+    (a video of exactly the planned size, fps and frames: never retimed; else a failed action with
+    the figures). A speech-native clip also yields "audio" and meta ``lines``.
 
     Raises StageError: not retryable for a workflow ComfyUI rejects (400, with its node errors), a
     node that fails (with its message) or outputs that are missing or unreadable; retryable for
@@ -103,8 +89,11 @@ class ComfyUI:
         self._templates = load_templates(name, s)
         self.stage = s.stage
         self.ops = STAGE_OPS[s.stage]
-        self.tools: tuple[str, ...] = ("ffmpeg", "ffprobe") if s.stage == "video" else ()
+        self.tools: tuple[str, ...] = ("ffmpeg", "ffprobe") if s.stage in ("video", "lipsync") else ()
+        # a lip-sync model finds the faces itself: no feature "faces"
         self.features: tuple[str, ...] = ("last_frame",) if "last_image" in s.inputs.get("clip", {}) else ()
+        if s.speech:
+            self.features += ("speech", "voice_reference")
         self.resources = s.resources_or(Resources(num_cpus=1))  # the GPU is the server's; here: waits and ffmpeg
         digests = {op: hashlib.sha256(canonical(t).encode()).hexdigest() for op, t in self._templates.items()}
         self.version = config_version(
@@ -114,12 +103,15 @@ class ComfyUI:
                 "workflows": digests,
                 "inputs": {op: {k: list(v) for k, v in m.items()} for op, m in s.inputs.items()},
                 "outputs": s.outputs,
+                "speech": s.speech or None,  # absent unless set: older backends keep their keys
+                "frame_step": list(s.frame_step) if s.frame_step else None,
             },
-            ("stage", "workflows", "inputs", "outputs"),
+            ("stage", "workflows", "inputs", "outputs", "speech", "frame_step"),
         )
         self.host = urllib.parse.urlsplit(s.base_url).netloc
         self.what = f"{s.stage} ({name}, ComfyUI at {self.host})"
         self._client_id = f"farm-{uuid.uuid4().hex}"
+        self._required_inputs: dict[str, set[str]] | None = None
 
     # -- the server ---------------------------------------------------------------------------
 
@@ -183,7 +175,10 @@ class ComfyUI:
         )
 
     def estimate(self, op: str, params: Mapping[str, Any]) -> Estimate:
-        seconds = 30.0 + 0.5 * int(params.get("frames", 0)) if op == "clip" else 20.0
+        if op == "lipsync":
+            seconds = 20.0 + 1.0 * int(params.get("frames", 0)) / max(1, int(params.get("fps", 1)))
+        else:
+            seconds = 30.0 + 0.5 * int(params.get("frames", 0)) if op == "clip" else 20.0
         return self.settings.estimate_or(Estimate(seconds=seconds, gpu_seconds=seconds))
 
     # -- one action ---------------------------------------------------------------------------
@@ -200,15 +195,39 @@ class ComfyUI:
             raise StageError(f"{self.what}: unknown op {op!r}; this backend does {', '.join(self.ops)}")
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        record: JobRecord = job if job is not None else _NoRecord()
+        record: JobRecord = job if job is not None else NoRecord()
+        work = out_dir / "comfyui-talk"
+        shutil.rmtree(work, ignore_errors=True)
+        try:
+            return self._run(op, inputs, params, out_dir, work, record)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _run(
+        self,
+        op: str,
+        inputs: Mapping[str, Path],
+        params: Mapping[str, Any],
+        out_dir: Path,
+        work: Path,
+        record: JobRecord,
+    ) -> StageResult:
         saved = record.load() or {}
         prompt_id: str | None = saved.get("prompt_id") or None
         meta: dict[str, Any] = {"server": self.host}
+        speaking = self.settings.speech and talk.is_speech(op, params)
+        said = talk.Talk()
+        if op == "lipsync":
+            said = talk.lipsync_tracks(inputs, params, work, self.what, meta)
+        elif speaking:
+            said = talk.speech_track(inputs, params, work, self.what)
+        elif self.settings.speech and op == "clip":  # a shot without lines drives the model with silence
+            said = talk.silent_track(params, work, self.what)
         resuming = prompt_id is not None
         entry = None
         for _ in range(2):
             if prompt_id is None:
-                prompt_id = self._submit(op, inputs, params, record, meta)
+                prompt_id = self._submit(op, inputs, params, record, meta, said.uploads)
             entry = self._wait(prompt_id)
             if entry is not None:
                 break
@@ -233,23 +252,37 @@ class ComfyUI:
             self._failed(prompt_id, status, record)
         files = self._outputs(op, prompt_id, entry)
         usage = Usage(
-            provider_job_id=prompt_id, model=Path(self.settings.workflows[op]).name, gpu_seconds=gpu_seconds(status)
+            provider_job_id=prompt_id,
+            model=Path(self.settings.workflows[op]).name,
+            gpu_seconds=outputs.gpu_seconds(status),
         )
         cpu0 = children_cpu()
         if op == "keyframe":
             result = {"keyframe": outputs.keyframe(self.what, files["keyframe"], params, out_dir, meta)}
         elif op == "sheet":
             result = outputs.sheet(self.what, self.name, files, out_dir, meta)
+        elif op == "lipsync":
+            result = talk.lipsync_result(self.what, self.name, files["clip"], params, out_dir, work, meta)
+        elif speaking:
+            asked = asked_frames(int(params["frames"]), self.settings.frame_step)
+            result = talk.speech_result(self.what, self.name, files["clip"], params, said, out_dir, work, meta, asked)
         else:
             result = {"clip": outputs.clip(self.what, files["clip"], params, out_dir, meta)}
         usage.cpu_seconds = children_cpu() - cpu0
         return StageResult(files=result, meta=meta, usage=usage)
 
     def _submit(
-        self, op: str, inputs: Mapping[str, Path], params: Mapping[str, Any], record: JobRecord, meta: dict[str, Any]
+        self,
+        op: str,
+        inputs: Mapping[str, Path],
+        params: Mapping[str, Any],
+        record: JobRecord,
+        meta: dict[str, Any],
+        tracks: Mapping[str, Path],
     ) -> str:
-        images = self._images(op, inputs, params, meta)
-        workflow, removed = self._fill(op, params, {k: self._upload(k, p) for k, p in images.items()})
+        mapped = self.settings.inputs.get(op, {})
+        files = self._files(op, inputs, params, meta) | {k: v for k, v in tracks.items() if k in mapped}
+        workflow, removed = self._fill(op, params, {k: self._upload(k, p) for k, p in files.items()})
         if removed:
             meta["removed_nodes"] = removed
         prompt_id = str(uuid.uuid4())
@@ -265,14 +298,11 @@ class ComfyUI:
             if exc.retryable:
                 raise
             record.save({**base, "failed_prompt_id": prompt_id, "error": str(exc)[:1000]})
-            hint = (
-                (
-                    f" (nodes removed because the action has no such image: {', '.join(removed)}; the inputs they "
-                    "fed must be optional)"
+            hint = ""
+            if removed:
+                hint = (
+                    f" (nodes removed for lack of a file: {', '.join(removed)}; the inputs they fed must be optional)"
                 )
-                if removed
-                else ""
-            )
             detail = str(exc).removeprefix(f"{self.what}: ")
             raise StageError(
                 f"{self.what}: ComfyUI rejected workflow {self.settings.workflows[op]} for {op}: {detail}{hint}",
@@ -286,10 +316,11 @@ class ComfyUI:
         record.save({**base, "prompt_id": accepted, "submitted": True, "saved_at": time.time()})
         return accepted
 
-    def _images(
+    def _files(
         self, op: str, inputs: Mapping[str, Path], params: Mapping[str, Any], meta: dict[str, Any]
     ) -> dict[str, Path]:
-        """Template input name -> local image, for the image inputs the template maps."""
+        """Template input name -> local image, for the image inputs the template maps (the sound
+        tracks of talking shots come from workers.comfyui.talk)."""
         mapped = self.settings.inputs.get(op, {})
         found: dict[str, Path] = {}
         if op == "clip":
@@ -308,19 +339,8 @@ class ComfyUI:
         return {k: v for k, v in found.items() if k in mapped}
 
     def _upload(self, input_name: str, path: Path) -> str:
-        data = Path(path).read_bytes()
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                fmt = im.format
-                if fmt not in ("PNG", "JPEG", "WEBP"):
-                    buf = io.BytesIO()
-                    im.save(buf, "PNG")
-                    data, fmt = buf.getvalue(), "PNG"
-        except OSError as exc:
-            raise StageError(f"{self.what}: input for {input_name} is not a readable image: {exc}") from None
-        ext, mime = {"PNG": (".png", "image/png"), "JPEG": (".jpg", "image/jpeg"), "WEBP": (".webp", "image/webp")}[fmt]
-        filename = f"farm-{hashlib.sha256(data).hexdigest()[:40]}{ext}"  # never from user text
-        body, ctype = _multipart({"type": "input", "overwrite": "true"}, "image", filename, data, mime)
+        filename, data, mime = prepared(self.what, input_name, path)  # the name: a digest, never user text
+        body, ctype = multipart({"type": "input", "overwrite": "true"}, "image", filename, data, mime)
         what = f"{self.what}: POST /upload/image"
         answer = self._json("POST", "upload/image", body=body, headers={"Content-Type": ctype})
         if not isinstance(answer, dict) or not isinstance(answer.get("name"), str):
@@ -331,27 +351,36 @@ class ComfyUI:
     def _fill(
         self, op: str, params: Mapping[str, Any], uploaded: Mapping[str, str]
     ) -> tuple[dict[str, Any], list[str]]:
-        """The template with this action's values; removes nodes of image inputs the action lacks."""
+        """The template with this action's values; removes nodes of file inputs the action lacks."""
         workflow = copy.deepcopy(self._templates[op])
         values: dict[str, Any] = {"prompt": prompt_text(op, params), "seed": action_seed(params), **uploaded}
+        exact = op == "lipsync" or talk.is_speech(op, params)  # what returns is never rescaled: ask for the size
         for key in ("width", "height"):
             if isinstance(params.get(key), int):
-                values[key] = round8(params[key])
+                values[key] = params[key] if exact else round8(params[key])
         for key in ("frames", "fps"):
             if isinstance(params.get(key), int):
                 values[key] = params[key]
-        removed = []
+        if talk.is_speech(op, params) and isinstance(params.get("frames"), int):  # a length its model makes
+            values["frames"] = asked_frames(params["frames"], self.settings.frame_step)
+        drop = {}
         for input_name, (nid, field) in self.settings.inputs.get(op, {}).items():
             if input_name in values:
                 if nid in workflow:
                     workflow[nid]["inputs"][field] = values[input_name]
-            elif IMAGE_INPUT.match(input_name) and nid in workflow:
-                del workflow[nid]
-                removed.append(f"{nid} ({input_name})")
-                for node in workflow.values():
-                    for k in [k for k, v in node["inputs"].items() if is_link(v) and v[0] == nid]:
-                        del node["inputs"][k]
-        return workflow, removed
+            elif FILE_INPUT.match(input_name):
+                drop[nid] = input_name
+        return workflow, prune(workflow, drop, self._required)
+
+    def _required(self) -> dict[str, set[str]]:
+        """Node class -> its required inputs, from the server's /object_info (asked once)."""
+        if self._required_inputs is None:
+            info = self._json("GET", "object_info")
+            self._required_inputs = {
+                c: set(((v.get("input") or {}).get("required") or {}) if isinstance(v, dict) else ())
+                for c, v in (info.items() if isinstance(info, dict) else ())
+            }
+        return self._required_inputs
 
     def _history(self, prompt_id: str) -> dict[str, Any] | None:
         quoted = urllib.parse.quote(prompt_id, safe="")
@@ -406,24 +435,7 @@ class ComfyUI:
             time.sleep(min(s.poll_interval_s, left))
 
     def _failed(self, prompt_id: str, status: Mapping[str, Any], record: JobRecord) -> None:
-        error, interrupted = None, False
-        for message in status.get("messages") or []:
-            if isinstance(message, (list, tuple)) and len(message) == 2 and isinstance(message[1], dict):
-                if message[0] == "execution_error":
-                    error = message[1]
-                elif message[0] == "execution_interrupted":
-                    interrupted = True
-        if error is not None:
-            kind = str(error.get("exception_type", ""))
-            text = (
-                f"{self.what}: node {error.get('node_id')} ({error.get('node_type')}) of prompt {prompt_id} "
-                f"failed: {str(error.get('exception_message', '')).strip()}" + (f" [{kind}]" if kind else "")
-            )
-            retryable = "OutOfMemory" in kind  # the GPU was busy with something else; may fit next time
-        elif interrupted:
-            text, retryable = f"{self.what}: prompt {prompt_id} was interrupted on the server", True
-        else:
-            text, retryable = f"{self.what}: prompt {prompt_id} failed without an error message", False
+        text, retryable = outputs.failure(self.what, prompt_id, status)
         # a later attempt must submit anew, not resume a job that has failed
         record.save({"base_url_host": self.host, "failed_prompt_id": prompt_id, "error": text[:1000]})
         raise StageError(text, retryable=retryable)
@@ -447,10 +459,9 @@ class ComfyUI:
                     f"{self.name}.outputs.{op}.{out} at a node that saves it",
                     retryable=False,
                 )
-            if op != "clip":
-                items = items[:1]
-            elif any(Path(f["filename"]).suffix.lower() in outputs.VIDEO_SUFFIXES for f in items):
-                items = [f for f in items if Path(f["filename"]).suffix.lower() in outputs.VIDEO_SUFFIXES][:1]
+            videos = [f for f in items if Path(f["filename"]).suffix.lower() in outputs.VIDEO_SUFFIXES]
+            # a clip may be frames; a lip-sync clip must be a video (else refused in workers.comfyui.talk)
+            items = videos[:1] if videos and op in ("clip", "lipsync") else items if op == "clip" else items[:1]
             found[out] = [
                 (
                     f["filename"],
@@ -467,17 +478,3 @@ class ComfyUI:
                 for f in items
             ]
         return found
-
-
-def gpu_seconds(status: Mapping[str, Any]) -> float:
-    """Execution time from ComfyUI's status messages ([event, {..., "timestamp": ms}]): from
-    execution_start to execution_success; 0 when either is missing (older servers)."""
-    stamps: dict[str, float] = {}
-    for message in status.get("messages") or []:
-        if isinstance(message, (list, tuple)) and len(message) == 2 and isinstance(message[1], dict):
-            ts = message[1].get("timestamp")
-            if isinstance(ts, (int, float)) and not isinstance(ts, bool):
-                stamps.setdefault(str(message[0]), float(ts))
-    if "execution_start" in stamps and "execution_success" in stamps:
-        return max(0.0, (stamps["execution_success"] - stamps["execution_start"]) / 1000.0)
-    return 0.0

@@ -1,5 +1,6 @@
 """What ComfyUI saved, made into exactly the files the embedded backends make: a keyframe at the
-shot's size, a character sheet and its figure, a clip of the planned frames in the farm's clip format."""
+shot's size, a character sheet and its figure, a clip of the planned frames in the farm's clip format;
+and the GPU time its history entry reports."""
 
 from __future__ import annotations
 
@@ -161,3 +162,38 @@ def count_frames(what: str, path: Path) -> int:
     if not text.isdigit():
         raise StageError(f"{what}: the server's clip has no readable video stream")
     return int(text)
+
+
+def gpu_seconds(status: Mapping[str, Any]) -> float:
+    """Execution time from ComfyUI's status messages ([event, {..., "timestamp": ms}]): from
+    execution_start to execution_success; 0 when either is missing (older servers)."""
+    stamps: dict[str, float] = {}
+    for message in status.get("messages") or []:
+        if isinstance(message, (list, tuple)) and len(message) == 2 and isinstance(message[1], dict):
+            ts = message[1].get("timestamp")
+            if isinstance(ts, (int, float)) and not isinstance(ts, bool):
+                stamps.setdefault(str(message[0]), float(ts))
+    if "execution_start" in stamps and "execution_success" in stamps:
+        return max(0.0, (stamps["execution_success"] - stamps["execution_start"]) / 1000.0)
+    return 0.0
+
+
+def failure(what: str, prompt_id: str, status: Mapping[str, Any]) -> tuple[str, bool]:
+    """Why a prompt failed, from ComfyUI's status messages, and whether trying again may help."""
+    error, interrupted = None, False
+    for message in status.get("messages") or []:
+        if isinstance(message, (list, tuple)) and len(message) == 2 and isinstance(message[1], dict):
+            if message[0] == "execution_error":
+                error = message[1]
+            elif message[0] == "execution_interrupted":
+                interrupted = True
+    if error is not None:
+        kind = str(error.get("exception_type", ""))
+        text = (
+            f"{what}: node {error.get('node_id')} ({error.get('node_type')}) of prompt {prompt_id} "
+            f"failed: {str(error.get('exception_message', '')).strip()}" + (f" [{kind}]" if kind else "")
+        )
+        return text, "OutOfMemory" in kind  # the GPU was busy with something else; may fit next time
+    if interrupted:
+        return f"{what}: prompt {prompt_id} was interrupted on the server", True
+    return f"{what}: prompt {prompt_id} failed without an error message", False

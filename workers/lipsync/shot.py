@@ -40,7 +40,8 @@ class Dialogue:
         return {"audio": self.audio} | {f"speaker{i}": p for i, (_, p) in enumerate(self.speakers, start=1)}
 
 
-def _write(path: Path, samples: np.ndarray, sample_rate: int) -> Path:
+def write_wav(path: Path, samples: np.ndarray, sample_rate: int) -> Path:
+    """Float samples in [-1, 1] as a mono 16-bit WAV at ``sample_rate``."""
     import wave
 
     pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).round().astype("<i2").tobytes()
@@ -82,9 +83,9 @@ def dialogue(inputs: Mapping[str, Path], params: Mapping[str, Any], work: Path, 
     if len(by_speaker) > MAX_SPEAKERS:
         raise StageError(f"{what}: {len(by_speaker)} speakers on screen in one shot; at most {MAX_SPEAKERS}")
     work.mkdir(parents=True, exist_ok=True)
-    audio = _write(work / "dialogue.wav", every, job.sample_rate)
+    audio = write_wav(work / "dialogue.wav", every, job.sample_rate)
     speakers = tuple(
-        (who, _write(work / f"speaker{i}.wav", track, job.sample_rate))
+        (who, write_wav(work / f"speaker{i}.wav", track, job.sample_rate))
         for i, (who, track) in enumerate(by_speaker.items(), start=1)
     )
     return Dialogue(job, audio, speakers)

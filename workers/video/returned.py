@@ -77,13 +77,15 @@ def _rate(text: Any) -> Fraction:
         return Fraction(0)
 
 
-def require(found: Found, params: Mapping[str, Any], what: str) -> tuple[int, int, int, int]:
+def require(found: Found, params: Mapping[str, Any], what: str, asked: int | None = None) -> tuple[int, int, int, int]:
     """The planned (width, height, fps, frames); StageError (not retryable) with both sets of
-    figures when ``found`` is not exactly that."""
+    figures when ``found`` is not exactly that. ``asked``: the frames the model was asked for, when
+    it makes only some lengths (the clip's first ``frames`` are kept: cut, never retimed)."""
     width, height, fps, frames = clip_shape(params, what)
-    if (found.width, found.height, found.fps, found.frames) != (width, height, Fraction(fps), frames):
+    want = asked if asked is not None and asked >= frames else frames
+    if (found.width, found.height, found.fps, found.frames) != (width, height, Fraction(fps), want):
         raise StageError(
-            f"{what}: the returned clip is {found.figures()}; {width}x{height} at {fps} fps with {frames} "
+            f"{what}: the returned clip is {found.figures()}; {width}x{height} at {fps} fps with {want} "
             "frames was asked for (a lip-sync or speech-native clip is never retimed or rescaled: its "
             "timing is what meets the voice)",
             retryable=False,
@@ -91,9 +93,10 @@ def require(found: Found, params: Mapping[str, Any], what: str) -> tuple[int, in
     return width, height, fps, frames
 
 
-def encode(source: Path, out: Path, params: Mapping[str, Any], what: str) -> Path:
-    """Check ``source`` against the plan and re-encode its video as every clip is (no sound)."""
-    width, height, fps, frames = require(probe(source, what), params, what)
+def encode(source: Path, out: Path, params: Mapping[str, Any], what: str, asked: int | None = None) -> Path:
+    """Check ``source`` against the plan (``asked``: see ``require``) and re-encode its video as every
+    clip is (no sound), its first ``frames`` frames."""
+    width, height, fps, frames = require(probe(source, what), params, what, asked)
     graph = (
         f"setpts=N/({fps}*TB),scale={width}:{height}:out_color_matrix=bt709:out_range=tv:flags=bicubic,"
         "format=yuv420p,setsar=1"
@@ -110,17 +113,18 @@ def encode(source: Path, out: Path, params: Mapping[str, Any], what: str) -> Pat
     return out
 
 
-def sound(source: Path, out: Path, sample_rate: int, total_samples: int, fps: int, what: str) -> Path:
+def sound(source: Path, out: Path, sample_rate: int, total_samples: int, fps: int, what: str, spare: int = 0) -> Path:
     """``source``'s audio as the shot's WAV (mono 16-bit at ``sample_rate``), exactly
     ``total_samples`` long: a track a frame or less short (an encoder's rounding) is padded with
-    silence; a longer one, or one much shorter than the clip, is refused with its length."""
+    silence; a longer one (beyond ``spare`` samples: frames asked for beyond the clip's, which are
+    cut), or one much shorter than the clip, is refused with its length."""
     raw = run_tool(
         ["ffmpeg", "-nostdin", "-v", "error", "-i", str(Path(source).resolve()), "-map", "0:a:0", "-vn"]
         + ["-ac", "1", "-ar", str(sample_rate), "-c:a", "pcm_s16le", "-f", "s16le", "-"],
         what=f"{what}: read the clip's sound",
     ).stdout
     count, per_frame = len(raw) // 2, sample_rate // fps
-    if count > total_samples + per_frame or count < total_samples - max(per_frame, sample_rate // 2):
+    if count > total_samples + spare + per_frame or count < total_samples - max(per_frame, sample_rate // 2):
         raise StageError(
             f"{what}: the returned sound lasts {count / sample_rate:.3f} s; the clip lasts "
             f"{total_samples / sample_rate:.3f} s",
@@ -133,6 +137,15 @@ def sound(source: Path, out: Path, sample_rate: int, total_samples: int, fps: in
         w.setframerate(sample_rate)
         w.writeframes(pcm)
     return out
+
+
+def asked_frames(frames: int, step: tuple[int, int] | None) -> int:
+    """The frames to ask of a model that makes only lengths ``multiple * k + remainder`` (``step``):
+    the first such length of at least ``frames``."""
+    if step is None:
+        return frames
+    multiple, remainder = step
+    return frames + (remainder - frames) % multiple
 
 
 def spoken_times(times: Any, lines: Sequence[Any], frames: int, fps: int, what: str) -> list[dict[str, float]]:
