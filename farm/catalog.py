@@ -73,9 +73,11 @@ KINDS: dict[str, str] = {
     "openai-speech": "workers.dubbing.openai_speech:OpenAISpeech",
     "diffusers-image": "workers.image.diffusers:DiffusersImages",
     "diffusers-video": "workers.video.diffusers_i2v:DiffusersVideo",
+    "diffusers-speech": "workers.video.diffusers_speech:DiffusersSpeech",
     "comfyui": "workers.comfyui:ComfyUI",
     "openai-vision": "workers.judge.openai_vision:OpenAIVisionJudge",
     "openai-transcribe": "workers.judge.openai_transcribe:OpenAITranscribeJudge",
+    "replicate": "workers.jobs.replicate:Replicate",
 }
 
 
@@ -85,9 +87,11 @@ KIND_STAGES: dict[str, str | None] = {
     "openai-speech": "dubbing",
     "diffusers-image": "image",
     "diffusers-video": "video",
+    "diffusers-speech": "video",
     "comfyui": None,
     "openai-vision": JUDGE,
     "openai-transcribe": JUDGE,
+    "replicate": None,
 }
 
 

@@ -9,7 +9,8 @@ second per call. Every builder seeds torch first, so the same call saves the sam
 is imported inside the builders, so the test modules that use them import without it.
 
 The tokenizers are made here too (a byte-level BPE vocabulary of single bytes and a few merges for
-CLIP, a word-level one for Wan's T5 encoder): a real vocabulary would have to be downloaded.
+CLIP, a word-level one for Wan's T5 encoder, letters for LTX-2's Gemma): a real vocabulary would
+have to be downloaded.
 """
 
 from __future__ import annotations
@@ -348,4 +349,151 @@ def build_tiny_ip_adapter(folder: Path, sd_folder: Path, *, seed: int = 0) -> Pa
     models.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(models / "ip-adapter.safetensors"))
     _clip_vision(224, 32).save_pretrained(str(models / "image_encoder"))
+    return Path(folder)
+
+
+def build_tiny_ltx2_i2v(folder: Path, *, seed: int = 0) -> Path:
+    """An LTX2ImageToVideoPipeline (a video and its sound from an image and a prompt), sized after
+    diffusers' dummy LTX-2 components: a 2-layer audio-video transformer, a video VAE halving space
+    and time (clips of 2k+1 frames; LTX-2's makes 8k+1), an audio VAE of 8 mel bins at 16 kHz, hop
+    160, a vocoder making 240 samples a mel frame (6 x 5 x 8: 24 kHz, as LTX-2's), text connectors,
+    and a 2-layer Gemma 3 text encoder (with the tiny vision tower its class requires) reading a
+    Gemma byte-pair tokenizer over the printable ASCII letters and "▁" (anything else ``<unk>``)."""
+    from diffusers import (
+        AutoencoderKLLTX2Audio,
+        AutoencoderKLLTX2Video,
+        FlowMatchEulerDiscreteScheduler,
+        LTX2ImageToVideoPipeline,
+        LTX2VideoTransformer3DModel,
+    )
+    from diffusers.pipelines.ltx2 import LTX2TextConnectors
+    from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
+    from transformers import (
+        Gemma3Config,
+        Gemma3ForConditionalGeneration,
+        Gemma3TextConfig,
+        GemmaTokenizer,
+        SiglipVisionConfig,
+    )
+
+    _seeded(seed)
+    letters = ["▁", *(chr(c) for c in range(ord("!"), ord("~") + 1))]
+    vocab = {t: i for i, t in enumerate(["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", *letters])}
+    tokenizer = GemmaTokenizer(vocab=vocab, merges=[], model_max_length=1024)
+    text = Gemma3TextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=TEXT_DIM,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=8,
+        max_position_embeddings=1024,
+        sliding_window=64,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+    )
+    vision = SiglipVisionConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14
+    )
+    text_encoder = Gemma3ForConditionalGeneration(
+        Gemma3Config(text_config=text.to_dict(), vision_config=vision.to_dict(), mm_tokens_per_image=4)
+    ).eval()
+    connectors = LTX2TextConnectors(  # attention width (heads x head dim): the text encoder's hidden size
+        caption_channels=TEXT_DIM,
+        text_proj_in_factor=text.num_hidden_layers + 1,  # every hidden state, the embeddings' too
+        video_connector_num_attention_heads=4,
+        video_connector_attention_head_dim=8,
+        video_connector_num_layers=1,
+        video_connector_num_learnable_registers=None,
+        audio_connector_num_attention_heads=4,
+        audio_connector_attention_head_dim=8,
+        audio_connector_num_layers=1,
+        audio_connector_num_learnable_registers=None,
+        connector_rope_base_seq_len=32,
+        rope_theta=10000.0,
+        rope_double_precision=False,
+        causal_temporal_positioning=False,
+        rope_type="split",
+    ).eval()
+    transformer = LTX2VideoTransformer3DModel(
+        in_channels=4,
+        out_channels=4,
+        patch_size=1,
+        patch_size_t=1,
+        num_attention_heads=2,
+        attention_head_dim=8,
+        cross_attention_dim=16,
+        audio_in_channels=4,
+        audio_out_channels=4,
+        audio_num_attention_heads=2,
+        audio_attention_head_dim=4,
+        audio_cross_attention_dim=8,
+        num_layers=2,
+        qk_norm="rms_norm_across_heads",
+        caption_channels=TEXT_DIM,
+        rope_double_precision=False,
+        rope_type="split",
+    ).eval()
+    vae = AutoencoderKLLTX2Video(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(8,),
+        decoder_block_out_channels=(8,),
+        layers_per_block=(1,),
+        decoder_layers_per_block=(1, 1),
+        spatio_temporal_scaling=(True,),
+        decoder_spatio_temporal_scaling=(True,),
+        decoder_inject_noise=(False, False),
+        downsample_type=("spatial",),
+        upsample_residual=(False,),
+        upsample_factor=(1,),
+        timestep_conditioning=False,
+        patch_size=1,
+        patch_size_t=1,
+        encoder_causal=True,
+        decoder_causal=False,
+    ).eval()
+    audio_vae = AutoencoderKLLTX2Audio(
+        base_channels=4,
+        output_channels=2,
+        ch_mult=(1,),
+        num_res_blocks=1,
+        attn_resolutions=None,
+        in_channels=2,
+        resolution=32,
+        latent_channels=2,
+        norm_type="pixel",
+        causality_axis="height",
+        dropout=0.0,
+        mid_block_add_attention=False,
+        sample_rate=16000,
+        mel_hop_length=160,
+        is_causal=True,
+        mel_bins=8,
+    ).eval()
+    vocoder = LTX2Vocoder(
+        in_channels=2 * 8,  # the audio VAE's output channels x mel bins
+        hidden_channels=32,
+        out_channels=2,
+        upsample_kernel_sizes=[12, 10, 16],
+        upsample_factors=[6, 5, 8],  # 240 samples a mel frame: 100 frames a second -> 24 kHz
+        resnet_kernel_sizes=[3],
+        resnet_dilations=[[1, 3, 5]],
+        leaky_relu_negative_slope=0.1,
+        output_sampling_rate=24000,
+    ).eval()
+    pipe = LTX2ImageToVideoPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae,
+        audio_vae=audio_vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        connectors=connectors,
+        transformer=transformer,
+        vocoder=vocoder,
+    )
+    pipe.save_pretrained(folder)
     return Path(folder)
