@@ -267,8 +267,9 @@ def plan_episode(
         expect["characters"] = _visible(part.keyframe)
         chosen = judged.take(clip, "clip", "clip", expect, _sheets(part.keyframe), shot.id).chosen
         if chosen is not None and shot.lines and not speaks and "lipsync" in job.backends:  # the mouth moves
-            reads = keyed and "faces" in job.backends["lipsync"].features  # it moves the keyframe's faces
-            known = (faces or {}).get(kf) if reads else {}
+            # where the keyframe's faces are: what the embedded lip-sync moves and the sync judge watches (a
+            # model finds the faces itself, and is judged on the same ones)
+            known = (faces or {}).get(kf) if keyed else {}
             if known is None:  # its keyframe's faces are not known yet
                 chosen = None
             elif not keyed or faces_to_move(job, shot, known):

@@ -71,7 +71,7 @@ MAX_JUDGES = 4  # judges of one op
 ThresholdName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
 
 # fps values that divide 48 kHz exactly, so every shot's audio is a whole number of samples.
-FRAME_RATES = (12, 15, 24, 25, 30, 48, 50, 60)
+FRAME_RATES = (12, 15, 16, 24, 25, 30, 48, 50, 60)
 SAMPLE_RATE = 48_000
 
 
