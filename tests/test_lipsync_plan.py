@@ -77,3 +77,33 @@ def test_a_journal_from_before_lip_sync_plans_none():
     h.run()
     assert h.c.batch_status("b1", h.now)["episodes"]["delivered"] == 1
     assert not any(s.action.stage == "lipsync" for s in h.c.actions.values())
+
+
+def test_a_lip_sync_model_is_judged_on_the_keyframes_faces_once_they_are_known(tmp_path):
+    """A model finds faces itself (no "faces" feature): its params carry none, so its key does not wait on
+    the keyframe; its sync judge is planned again with the keyframe's faces once they are known."""
+    from farm.core.takes import JudgeChoice, Judging
+    from farm.loader import load_episode
+
+    loaded = load_episode(write_specs(tmp_path / "a", episode=_episode(_long_shots())))
+    backends = {s: BackendChoice("noop", "1") for s in STAGES} | {"lipsync": BackendChoice("lips", "1")}
+    judging = Judging(judges={"lipsync": (JudgeChoice("sync", "1", ()),)}, takes=1, strict=False)
+    job = EpisodeJob("default", "default", loaded.series, loaded.episode, backends, judging=judging)
+    fixed = plan_script_of(job)
+    samples = {a.key: 24000 for a in fixed.actions if a.op == "line"}
+    before = plan_episode(job, None, samples, fixed)
+    lip = next(a for a in before.actions if a.label == "lipsync s01-02")
+    kf = next(a for a in before.actions if a.label == "keyframe s01-02")
+    judge = next(a for a in before.actions if a.op == "judge" and a.inputs["subject"].key == lip.key)
+    assert lip.params["faces"] == {} and judge.params["expect"]["faces"] == {}
+    face = {"box": [10, 10, 60, 60], "mouth": [35, 50], "mouth_width": 12}
+    after = plan_episode(job, None, samples, fixed, faces={kf.key: {"ana": face}})
+    assert next(a for a in after.actions if a.label == "lipsync s01-02").key == lip.key
+    judged = next(a for a in after.actions if a.op == "judge" and a.inputs["subject"].key == lip.key)
+    assert judged.params["expect"]["faces"] == {"ana": face} and judged.key != judge.key
+
+
+def plan_script_of(job):
+    from farm.core.plan import plan_script
+
+    return plan_script(job, None)

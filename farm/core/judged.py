@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from farm.core.actions import Action, BackendChoice, Ref, _Builder
+from farm.core.actions import Action, BackendChoice, Ref, _Builder, canonical
 from farm.core.takes import Facts, Judging, Takes, chain
 
 
@@ -65,7 +65,8 @@ class Judged:
                 label = f"judge {judge.name} {subject.label}"
                 return self.b.make("judge", "judge", params, inputs, label, BackendChoice(judge.name, judge.version))
 
-            out.append(self._made(("judge", judge, subject.key), build))
+            # what it expects is in its key: one planned before a fact it reads (a keyframe's faces) is planned again
+            out.append(self._made(("judge", judge, subject.key, canonical(expect)), build))
         return out
 
     def take(

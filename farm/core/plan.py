@@ -267,13 +267,13 @@ def plan_episode(
         expect["characters"] = _visible(part.keyframe)
         chosen = judged.take(clip, "clip", "clip", expect, _sheets(part.keyframe), shot.id).chosen
         if chosen is not None and shot.lines and not speaks and "lipsync" in job.backends:  # the mouth moves
-            # where the keyframe's faces are: what the embedded lip-sync moves and the sync judge watches (a
-            # model finds the faces itself, and is judged on the same ones)
-            known = (faces or {}).get(kf) if keyed else {}
+            reads = keyed and "faces" in job.backends["lipsync"].features  # it moves the keyframe's faces
+            known = (faces or {}).get(kf) if reads else {}
             if known is None:  # its keyframe's faces are not known yet
                 chosen = None
             elif not keyed or faces_to_move(job, shot, known):
-                chosen = lipsync(b, judged, fixed, part, chosen, voiced, layout, known)
+                seen = (faces or {}).get(kf) or {}  # a model finds the faces itself; its judge watches these
+                chosen = lipsync(b, judged, fixed, part, chosen, voiced, layout, known, seen)
         times = None
         if chosen is not None and speaks:  # the cues follow where the clip said its lines
             times = (spoken or {}).get(chosen) if keyed else None

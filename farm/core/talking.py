@@ -93,9 +93,13 @@ def lipsync(
     voiced: list[str],
     layout: ShotLayout,
     faces: Mapping[str, Any],
+    seen: Mapping[str, Any],
 ) -> str | None:
     """A shot's lip-sync: its clip with the speakers' mouths moving to their lines (the take in use, or
-    None while its judges have not answered)."""
+    None while its judges have not answered). ``faces``: those the backend moves (the embedded one's
+    params); ``seen``: where the keyframe's faces are, once known, which its judges watch (a model that
+    finds the faces itself is judged on them too; the judges are planned again once they are known,
+    long before the lip-sync they judge has run)."""
     shot, series = part.shot, b.job.series
     lines = [
         {"input": f"line{i}", "offset_samples": o, "speaker": line.speaker, "off_screen": line.off_screen}
@@ -118,7 +122,8 @@ def lipsync(
         lip = fixed.timed[memo] = b.make("lipsync", "lipsync", params | {"take": 1}, inputs, f"lipsync {shot.id}")
     b.actions.append(lip)
     heard = {f"line{i}": Ref(k, "audio") for i, k in enumerate(voiced)}
-    return judged.take(lip, "lipsync", "clip", params, heard, shot.id).chosen
+    expect = params if params["faces"] or not seen else params | {"faces": dict(seen)}
+    return judged.take(lip, "lipsync", "clip", expect, heard, shot.id).chosen
 
 
 def faces_to_move(job: EpisodeJob, shot: Shot, faces: Mapping[str, Any]) -> bool:
