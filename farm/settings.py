@@ -238,6 +238,8 @@ def profiles_for(settings: Settings, catalog: Catalog | None = None) -> dict[tup
             cpus=override.get("num_cpus", declared.num_cpus),
             gpus=gpus / slots(backend),
             accelerator=override.get("accelerator", declared.accelerator),
+            load_s=float(override.get("load_seconds", getattr(declared, "load_seconds", 0.0))),
+            memory_gb=float(override.get("gpu_memory_gb", getattr(declared, "gpu_memory_gb", 0.0))),
         )
     return out
 

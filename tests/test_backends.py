@@ -230,9 +230,11 @@ def test_cpu_actions_are_handed_to_ray_ahead_gpu_actions_are_not(ray_gpu, tmp_pa
 
 
 @pytest.mark.ray
-def test_an_idle_worker_gives_its_gpu_to_a_worker_waiting_for_one(ray_gpu, tmp_path):
-    """One GPU, two backends: the second's worker waits for the GPU the first's holds, and gets it
-    when the first falls idle (rather than both waiting forever)."""
+def test_a_placement_that_swaps_a_gpu_evicts_the_idle_worker_and_loads_the_other_model(ray_gpu, tmp_path):
+    """One GPU, two backends: the runtime reports the GPU free, then held by the first's idle worker; the
+    residency policy places the second there, evicting it, and the runtime carries that out (its own
+    rules would have kept the second waiting on a GPU its sibling holds)."""
+    from farm.policy.residency import Model, Want, place
     from farm.runtime.ray_runtime import RayRuntime
     from farm.settings import StoreSpec
 
@@ -242,15 +244,30 @@ def test_an_idle_worker_gives_its_gpu_to_a_worker_waiting_for_one(ray_gpu, tmp_p
             "two": {"kind": BATCHING, "max_batch": 1, "delay_s": 0.1, "flavour": "2"},
         }
     )
-    spec = StoreSpec(url=str(tmp_path / "store"))
-    runtime = RayRuntime(spec, catalog=catalog)
-    runtime.submit(_action(catalog.load("image", "one"), 1), {}, Profile(cpus=0, gpus=1), None)
-    runtime.submit(_action(catalog.load("image", "two"), 2), {}, Profile(cpus=0, gpus=1), None)
-    done, deadline = [], time.monotonic() + 120
-    while len(done) < 2 and time.monotonic() < deadline:
-        done += runtime.wait(timeout=1)
-    runtime.shutdown()
-    assert sorted(f.action.backend for f in done if f.error is None) == ["one", "two"]
+    runtime = RayRuntime(StoreSpec(url=str(tmp_path / "store")), catalog=catalog)
+    models = {m: Model(m, 1.0) for m in ("image/one", "image/two")}
+
+    def run(name, n):
+        runtime._start()
+        (placement,) = place([Want(f"k{n}", f"image/{name}", seconds=5.0)], runtime.slots(), models).placed
+        runtime.submit(_action(catalog.load("image", name), n), {}, Profile(cpus=0, gpus=1), None, placement)
+        done, deadline = [], time.monotonic() + 120
+        while not done and time.monotonic() < deadline:
+            done += runtime.wait(timeout=1)
+        assert [f.error for f in done] == [None]
+        return placement
+
+    try:
+        first = run("one", 1)
+        assert (
+            first.load and first.gpu.startswith("free:") and [g.resident for g in runtime.slots()] == [("image/one",)]
+        )
+        first_holder = runtime.slots()[0].id  # the first's worker
+        second = run("two", 2)
+        assert second.load and second.evict == ("image/one",) and second.gpu == first_holder
+        assert [g.resident for g in runtime.slots()] == [("image/two",)]
+    finally:
+        runtime.shutdown()
 
 
 def _diffusers_missing() -> str | None:

@@ -26,6 +26,8 @@ class ResourceSettings(BaseModel):
     num_gpus: float = Field(0.0, ge=0)
     accelerator: str | None = None
     memory_mb: int = Field(0, ge=0)
+    load_seconds: float = Field(0.0, ge=0, le=3600)
+    gpu_memory_gb: float = Field(0.0, ge=0, le=1024)
 
 
 class EstimateSettings(BaseModel):
@@ -51,7 +53,14 @@ class BackendSettings(BaseModel):
         return (
             default
             if r is None
-            else Resources(num_cpus=r.num_cpus, num_gpus=r.num_gpus, accelerator=r.accelerator, memory_mb=r.memory_mb)
+            else Resources(
+                num_cpus=r.num_cpus,
+                num_gpus=r.num_gpus,
+                accelerator=r.accelerator,
+                memory_mb=r.memory_mb,
+                load_seconds=r.load_seconds,
+                gpu_memory_gb=r.gpu_memory_gb,
+            )
         )
 
     def estimate_or(self, default: Estimate) -> Estimate:

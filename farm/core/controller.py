@@ -55,6 +55,7 @@ from farm.policy import (
     Share,
     Spend,
 )
+from farm.policy.residency import Placer
 
 # Events that change which live batch and episode a pending action counts for (its priority, deadline,
 # budget) or whether any still needs it. (A delivered episode has no pending actions.)
@@ -86,6 +87,7 @@ class Controller(Planning):
         retry: RetryPolicy = RetryPolicy(),
         order: str = "farm",
         rank_refresh_s: float = 1.0,
+        placer: Placer | None = None,
     ):
         super().__init__(
             estimator,
@@ -96,6 +98,7 @@ class Controller(Planning):
             retry=retry,
             order=order,
             rank_refresh_s=rank_refresh_s,
+            placer=placer,
         )
         self.last_seq = -1
         self.errors: list[str] = []  # events that could not be applied and named no known batch
@@ -282,7 +285,7 @@ class Controller(Planning):
         state = self.actions[e.key]
         state.attempts, state.charged_to, state.started_at = state.attempts + 1, e.batch, e.at
         self._set_status(e.key, "running")
-        return [Dispatch(e.key, e.batch)]
+        return [Dispatch(e.key, e.batch, self.placement_of(e.key))]
 
     def _on_action_failed(self, e: Any) -> None:
         state = self.actions[e.key]

@@ -33,6 +33,7 @@ from farm.core.events import (
     TakeDeclined,
 )
 from farm.core.manifest import Manifest
+from farm.core.placing import Placer, Placing, Slots
 from farm.core.plan import Action, plan_episode, sketch
 from farm.core.projection import Projection
 from farm.core.state import ActionState, BatchState, EpisodeState, Estimator, Profile
@@ -55,9 +56,6 @@ from farm.policy import (
 )
 from farm.policy.ranking import NO_PACE, Pace, pace, sort_key
 
-# At most this many GPU bundles are asked of an autoscaler at once (see Decisions.wanted_capacity).
-MAX_CAPACITY_REQUEST = 512
-
 # Typical seconds still to come after an action whose dependants are not planned yet (a script's
 # shots, a line's clip): keeps the critical-path rank honest before the graph has grown.
 TAIL_SECONDS = {"script": 60.0, "sheet": 40.0, "keyframe": 30.0, "line": 30.0, "clip": 5.0, "mux": 2.0}
@@ -66,7 +64,7 @@ ORDERS = ("farm", "fifo")
 _NO_RANKS: Mapping[str, float] = {}  # the "fifo" order ranks nothing (one object: the queue is not rebuilt)
 
 
-class Decisions:
+class Decisions(Placing):
     """The scheduling half of the controller (see ``Controller`` for the arguments)."""
 
     def __init__(
@@ -80,12 +78,14 @@ class Decisions:
         retry: RetryPolicy,
         order: str,
         rank_refresh_s: float,
+        placer: Placer | None = None,
     ):
         if order not in ORDERS:
             raise ValueError(f"unknown order {order!r} (known: {', '.join(ORDERS)})")
         self.estimator, self.profiles, self.prices = estimator, dict(profiles), prices
         self.shares = None if shares is None else list(shares)
         self.caps, self.retry, self.order, self.rank_refresh_s = dict(caps or {}), retry, order, rank_refresh_s
+        self._init_placing(placer)
         self.batches: dict[str, BatchState] = {}
         self.episodes: dict[tuple[str, str], EpisodeState] = {}
         self.actions: dict[str, ActionState] = {}
@@ -306,9 +306,10 @@ class Decisions:
         """When the next retry's backoff ends (as of the last decision), if one is waiting."""
         return self._backoff[0][0] if self._backoff else None
 
-    def decide(self, now: float, capacity: Capacity) -> list[Any]:
+    def decide(self, now: float, capacity: Capacity, slots: Slots = None) -> list[Any]:
         """Events the clock and free capacity call for: episodes that fail (a strict batch's flagged shot,
-        failed delivery checks), dispatches, budget holds and the takes they decline, finished batches."""
+        failed delivery checks), dispatches, budget holds and the takes they decline, finished batches.
+        ``slots``: the runtime's GPUs and the models they hold, where it reports them (farm.core.placing)."""
         failing = self._episodes_failing()
         if failing:  # first: what they no longer need must not be dispatched
             return failing
@@ -333,7 +334,9 @@ class Decisions:
             self._sync_queue(now, self.ranks(now))
         else:
             self._sync_queue(now, _NO_RANKS)
-        selection = select(self._queue, None, terms, capacity, state, self.shares, self.caps)
+        gate = self._gate(slots, now)  # model residency: where each GPU action runs (farm.core.placing)
+        selection = select(self._queue, None, terms, capacity, state, self.shares, self.caps, gate=gate)
+        self._placed_done()
         self._placed = {t.key for t in selection.dispatch}
         free_gpus = sum(capacity.gpus_by_accelerator.values())
         self.projection.room = (
@@ -422,6 +425,8 @@ class Decisions:
                 heapq.heappush(self._backoff, (state.not_before, key))
             elif key not in self._queue:
                 task = self._task(state)
+                if task.gpus > 0:  # how long it waits for a GPU of its model (farm.core.placing)
+                    self._ready_at.setdefault(key, now)
                 if fifo:
                     self._queue.push(task, (self._ready_since[key], key))
                     continue
@@ -435,32 +440,6 @@ class Decisions:
                         self._paces.get(task.batch, {}).get((task.batch, task.episode), NO_PACE),
                     ),
                 )
-
-    def wanted_capacity(self) -> list[tuple[float, float, str | None]]:
-        """(cpus, gpus, accelerator) of every GPU action running or waiting for room as of the last
-        decision, most urgent first, at most MAX_CAPACITY_REQUEST: what an autoscaler should grow GPU
-        groups (even from zero) to fit."""
-        shapes = [t for t in self._held() if t.gpus > 0 and t.key not in self._placed] + self._gpu_shapes
-        shapes += self._waiting_gpu_tasks(self._placed, MAX_CAPACITY_REQUEST - len(shapes))
-        return [(t.cpus, t.gpus, t.accelerator) for t in shapes][:MAX_CAPACITY_REQUEST]
-
-    def _waiting_gpu_tasks(self, placed: set[str], limit: int) -> list[Task]:
-        """Up to ``limit`` queued GPU actions not placed this round, most urgent first."""
-        out: list[Task] = []
-        if limit <= 0:
-            return out
-        walk = self._queue.walk()
-        try:
-            for task in walk:
-                if task.gpus <= 0:
-                    walk.refuse()  # a CPU lane: skip all of it
-                elif task.key not in placed:
-                    out.append(task)
-                    if len(out) >= limit:
-                        break
-        finally:
-            walk.close()
-        return out
 
     def _pace(self, batch_id: str, total_gpus: float, total_cpus: float) -> dict[tuple[str, str], Pace]:
         """Each episode's place in its batch's pipeline (farm.policy.ranking.pace), so episodes finish
@@ -484,7 +463,10 @@ class Decisions:
     def _learn(self, action: Action, result: Manifest) -> None:
         """Count how long a finished action took (its worker's own timings) against its estimate."""
         estimated = self._guarded_estimate(action, record=False)[0]  # one take's, as the backend said
-        self.projection.learn(action, result.finished_at - result.started_at, estimated)
+        load = getattr(result.usage, "load_seconds", 0.0)  # the run that loaded its model says how long
+        self.projection.learn(action, result.finished_at - result.started_at - load, estimated)
+        if load:
+            self.learn_load(action.stage, action.backend, load)
 
     def _forget_expected(self, batch_id: str) -> None:
         """Drop the expected plans of a batch that has stopped."""

@@ -39,6 +39,7 @@ from farm.core.events import BatchCancelled, BatchSubmitted, ReviewData, ReviewR
 from farm.core.ports import Artifacts, Clock, Finished, Journal, Runtime
 from farm.core.state import Cancel, Command, Deliver, Dispatch, Fault, Lookup, Notified, Notify, Profile
 from farm.errors import FarmError, StoreError, StoreUnwritable
+from farm.policy.residency import Placement
 
 INTERRUPTED = "interrupted: the controller restarted while it ran"
 ORPHANED = "interrupted: nothing was running it (its worker was never started or its result was lost)"
@@ -140,7 +141,7 @@ class Engine:
         if isinstance(command, Lookup):
             self._lookup(command.keys)
         elif isinstance(command, Dispatch):
-            self._dispatch(command.key)
+            self._dispatch(command.key, command.placement)
         elif isinstance(command, Deliver):
             self._deliver(command.batch, command.episode)
         elif isinstance(command, Notify):
@@ -158,7 +159,7 @@ class Engine:
             found += self.controller.on_cached(action.key, manifest, self.artifacts.facts(action, manifest))
         self.commit(found)
 
-    def _dispatch(self, key: str) -> None:
+    def _dispatch(self, key: str, placement: Placement | None = None) -> None:
         state = self.controller.actions[key]
         action = state.action
         inputs = {}
@@ -167,7 +168,10 @@ class Engine:
             assert result is not None, f"{action.label}: input {name} is not done"
             inputs[name] = result.outputs[ref.output]
         profile = self.controller.profiles.get((action.stage, action.backend), Profile())
-        self.runtime.submit(action, inputs, profile, state.charged_to)
+        if placement is None:
+            self.runtime.submit(action, inputs, profile, state.charged_to)
+        else:  # the GPU residency chose for it (farm.core.placing): the runtime carries it out
+            self.runtime.submit(action, inputs, profile, state.charged_to, placement)
         self.submitted.add(key)
 
     def _deliver(self, batch: str, episode: str) -> None:
@@ -289,7 +293,11 @@ class Engine:
         self._answer(self.controller.notified(outcome))
 
     def decide(self) -> None:
-        self.commit(self.controller.decide(self.clock.now(), self.runtime.capacity()))
+        slots = getattr(self.runtime, "slots", None)  # asked for only when a GPU action would start
+        self.commit(self.controller.decide(self.clock.now(), self.runtime.capacity(), slots))
+        released = self.controller.released()
+        if released and hasattr(self.runtime, "release"):
+            self.runtime.release(released)
         if self.runtime.grows:
             self.runtime.request_capacity(self.controller.wanted_capacity())
 

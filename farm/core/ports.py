@@ -21,6 +21,7 @@ from farm.core.manifest import Blob, Manifest
 from farm.core.plan import Action, EpisodeJob
 from farm.core.state import Profile
 from farm.errors import ActionFailed
+from farm.policy.residency import Placement
 from farm.policy.types import Capacity
 
 
@@ -43,7 +44,17 @@ class Runtime(Protocol):
     @property
     def running(self) -> int: ...
 
-    def submit(self, action: Action, inputs: Mapping[str, Blob], profile: Profile, batch: str | None) -> None: ...
+    def submit(
+        self,
+        action: Action,
+        inputs: Mapping[str, Blob],
+        profile: Profile,
+        batch: str | None,
+        placement: Placement | None = None,
+    ) -> None:
+        """Start ``action``; ``placement`` (a GPU action, where the runtime reports ``slots()``): the GPU
+        it runs on, the models to unload there first and whether its own is loaded first."""
+        ...
 
     def wait(self, timeout: float | None) -> list[Finished]:
         """Block until at least one submitted action finishes, or ``timeout`` seconds (None: until one

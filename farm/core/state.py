@@ -12,6 +12,7 @@ from farm.core.plan import Action, EpisodeJob, ScriptPlan
 from farm.core.script import Script
 from farm.core.takes import Review, Takes, Verdict
 from farm.policy import BatchTerms, Spend
+from farm.policy.residency import Placement
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,8 @@ class Profile:
     cpus: float = 1.0
     gpus: float = 0.0
     accelerator: str | None = None
+    load_s: float = 0.0  # how long loading its model takes on a fresh worker (residency weighs swaps by it)
+    memory_gb: float = 0.0  # GPU memory its model holds (0: unknown, a whole GPU)
 
 
 Estimator = Callable[[Action], tuple[float, int, float]]  # -> (seconds, tokens, gpu_seconds)
@@ -36,6 +39,7 @@ class Lookup:
 class Dispatch:
     key: str
     batch: str
+    placement: Placement | None = None  # its GPU, and whether its model is loaded there first (farm.core.placing)
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,12 @@ Order = tuple[Any, ...]
 Entry = tuple[Order, int, Task]  # a heap entry: (order, version, task)
 
 
+def model_of(task: Task) -> str:
+    """The model a GPU task needs loaded, as residency names it (farm.policy.residency): its stage and
+    backend."""
+    return f"{task.stage}/{task.backend}"
+
+
 def lane_of(task: Task) -> Lane:
     """The tasks that every policy treats alike: same batch, backend, resource shape, cost dimensions."""
     return (task.batch, task.backend, task.cpus, task.gpus, task.accelerator, costs_on(task))
@@ -43,7 +49,8 @@ class ReadyQueue:
     """Ready actions by lane, each lane a heap on the caller's order key (smallest first).
 
     Order keys must be comparable with each other; end them with the action key so they are unique
-    (``ranking.sort_key`` does). ``gpu_demand()`` is what fair share needs: GPUs wanted per studio.
+    (``ranking.sort_key`` does). ``gpu_demand()`` is what fair share needs: GPUs wanted per studio;
+    ``gpu_backlog()`` what residency needs: seconds of ready GPU work per model (``model_of``).
     """
 
     def __init__(self) -> None:
@@ -53,6 +60,8 @@ class ReadyQueue:
         self._version = 0
         self._demand: dict[str, float] = {}
         self._gpu_tasks: dict[str, int] = {}
+        self._backlog: dict[str, float] = {}
+        self._model_tasks: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._live)
@@ -79,6 +88,9 @@ class ReadyQueue:
         if task.gpus > 0:
             self._demand[task.studio] = self._demand.get(task.studio, 0.0) + task.gpus
             self._gpu_tasks[task.studio] = self._gpu_tasks.get(task.studio, 0) + 1
+            model = model_of(task)
+            self._backlog[model] = self._backlog.get(model, 0.0) + task.est_seconds
+            self._model_tasks[model] = self._model_tasks.get(model, 0) + 1
 
     def discard(self, key: str) -> bool:
         """Remove a task (dispatched, cancelled); False if it was not there. Lazy: O(1) now."""
@@ -90,7 +102,15 @@ class ReadyQueue:
             left = self._gpu_tasks[task.studio] - 1
             self._gpu_tasks[task.studio] = left
             self._demand[task.studio] = self._demand[task.studio] - task.gpus if left else 0.0
+            model = model_of(task)
+            count = self._model_tasks[model] - 1
+            self._model_tasks[model] = count
+            self._backlog[model] = max(0.0, self._backlog[model] - task.est_seconds) if count else 0.0
         return True
+
+    def gpu_backlog(self) -> dict[str, float]:
+        """Model -> seconds of ready GPU work for it (estimates)."""
+        return {m: s for m, s in self._backlog.items() if self._model_tasks.get(m)}
 
     def gpu_demand(self) -> dict[str, float]:
         """Studio -> GPUs its ready GPU actions ask for."""

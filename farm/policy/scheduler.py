@@ -8,6 +8,8 @@ Candidates are considered in ranking order (``ranking.sort_key``). A candidate s
     2. fair share        a GPU action's studio holds less than its allowance (``fairshare``)
     3. backend cap       its backend runs fewer actions than its cap (``caps``)
     4. budget            its batch can afford it (``budget``)
+    5. a GPU for it      a GPU action's model is placed (``gate``: model residency, which may let
+                         it wait for a GPU of its model rather than swap one)
 
 Once a candidate is refused, the rest of its lane (``ready.lane_of``: same batch, backend, resource
 shape and cost dimensions) is skipped for this round. For rules 1-3 that changes nothing, since free
@@ -24,7 +26,7 @@ which is simpler for small candidate sets and tests; both give the same answer.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from farm.policy import budget as budget_policy
 from farm.policy import caps as caps_policy
@@ -82,6 +84,7 @@ def select(
     shares: Iterable[Share] | None = (),
     caps: Mapping[str, int] | None = None,
     paces: Mapping[tuple[str, str], Pace] | None = None,
+    gate: Callable[[Task], bool] | None = None,
 ) -> Selection:
     """Choose what to start now.
 
@@ -91,7 +94,8 @@ def select(
     count as none). ``batches``: the terms of every candidate's batch. ``free``: capacity
     free now. ``state``: GPUs held per studio, running actions per backend, spent and committed
     (running estimates) per batch. ``shares``: studios' GPU shares; ``()`` shares equally, ``None``
-    turns fair share off. ``caps``: backend -> most actions at once.
+    turns fair share off. ``caps``: backend -> most actions at once. ``gate``: asked last of each GPU
+    action that would start; False leaves it (and the rest of its lane: the same model) waiting.
 
     Returns the actions to start in order, the accelerator kind each GPU action was counted
     against, and per batch the reason its budget holds it. Pure: nothing passed in is changed.
@@ -152,6 +156,10 @@ def select(
                     out.held.setdefault(task.batch, str(over[0]))
                     walk.refuse()
                     continue
+            if gate is not None and task.gpus > 0 and not gate(task):
+                walk.refuse()
+                continue
+            if terms.budget.capped:
                 added[task.batch] = added.get(task.batch, NO_SPEND) + task.estimate
             cpus -= task.cpus
             if task.gpus > 0:

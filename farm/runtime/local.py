@@ -17,6 +17,7 @@ import os
 import threading
 from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Any
 
 from farm.catalog import Catalog
 from farm.core.events import ActionResult
@@ -54,7 +55,9 @@ class InProcessRuntime:
     def running(self) -> int:
         return len(self._running)
 
-    def submit(self, action: Action, inputs: Mapping[str, Blob], profile: Profile, batch: str | None) -> None:
+    def submit(
+        self, action: Action, inputs: Mapping[str, Blob], profile: Profile, batch: str | None, placement: Any = None
+    ) -> None:
         future = self._pool.submit(
             execute,
             action.to_json(),

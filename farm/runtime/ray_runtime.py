@@ -11,15 +11,13 @@ from __future__ import annotations
 import os
 import threading
 import time
-import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import ray
 import structlog
 
-from farm.catalog import Catalog, slots
+from farm.catalog import Catalog
 from farm.core.events import ActionResult
 from farm.core.manifest import Blob
 from farm.core.plan import Action
@@ -27,10 +25,12 @@ from farm.core.ports import Finished
 from farm.core.state import Profile
 from farm.errors import ActionFailed, FarmError
 from farm.observe import logs
+from farm.policy.residency import Gpu, Placement
 from farm.runtime.capacity import left_over
-from farm.runtime.cluster import NAMESPACE, probe, use_token_auth
+from farm.runtime.cluster import probe, use_token_auth
 from farm.runtime.execute import execute
-from farm.runtime.workers import StageWorker, actor_node, describe_all, find_workers, where, worker_name
+from farm.runtime.pools import Pool, Pools
+from farm.runtime.workers import actor_node, describe_all, find_workers, where
 from farm.settings import StoreSpec
 
 log = structlog.get_logger("farm.runtime")
@@ -78,25 +78,6 @@ def _controller() -> tuple[str, str] | None:
         return None
 
 
-@dataclass
-class _Pool:
-    """Warm actors of one (stage, backend, accelerator); grown to the work given, retired when idle.
-    Each actor takes up to ``slots`` actions at once (a batching backend's ``max_batch``)."""
-
-    slots: int = 1
-    actors: dict = field(default_factory=dict)  # actor id -> actor
-    load: dict = field(default_factory=dict)  # actor id -> actions in flight
-    busy: dict = field(default_factory=dict)  # ref -> actor id
-    last_used: dict = field(default_factory=dict)  # actor id -> monotonic time it last fell idle
-    starting: set = field(default_factory=set)  # actors whose first action has not come back (maybe
-    #                                             waiting for a GPU another pool's actor holds)
-
-    def pick(self) -> str | None:
-        """An actor with a free slot, the fullest first (so batches fill), or None."""
-        free = [(n, a) for a, n in self.load.items() if n < self.slots]
-        return max(free)[1] if free else None
-
-
 class RayRuntime:
     """Runs actions on Ray: CPU stages as tasks; GPU stages, and backends that do paid or model work
     (``Catalog.outlives``), on pools of warm ``StageWorker`` actors. Hosted in the farm's controller
@@ -133,7 +114,7 @@ class RayRuntime:
         self._owns = not ray.is_initialized()
         self._address, self._num_cpus, self._store_spec = address, num_cpus, spec
         self._running: dict[ray.ObjectRef, tuple[Action, Any]] = {}  # ref -> (action, profile)
-        self._pools: dict[tuple, _Pool] = {}
+        self._pools = Pools(self.catalog, log_level, self._cluster, idle_actor_s)
         self._totals: tuple[float, Any] | None = None
         self._spec: Any = None
         self._configs: Any = None
@@ -160,14 +141,21 @@ class RayRuntime:
         self._spec = ray.put(self._store_spec)  # put once, passed by reference to every task
         self._configs = ray.put(self.catalog.configs) if self.catalog.configs else None
 
-    def submit(self, action: Action, inputs: Mapping[str, Blob], profile: Profile, batch: str | None) -> None:
+    def submit(
+        self,
+        action: Action,
+        inputs: Mapping[str, Blob],
+        profile: Profile,
+        batch: str | None,
+        placement: Placement | None = None,
+    ) -> None:
         """Start ``action`` on the cluster holding ``profile``'s resources; ``batch`` (the batch charged
-        for it) goes into its logs."""
+        for it) goes into its logs; ``placement``: the GPU worker residency chose (farm.runtime.pools)."""
         self._start()
         prof = profile
         args = (action.to_json(), {k: b.model_dump() for k, b in inputs.items()}, self._spec, action.context["studio"])
         if prof.gpus > 0 or self._on_worker(action.backend):
-            ref = self._pool_submit(action, prof, args + (batch, self._configs))
+            ref = self._pools.submit(action, prof, args + (batch, self._configs), self._owner, placement)
         else:
             if prof.cpus not in self._task_fns:
                 self._task_fns[prof.cpus] = _execute_task.options(num_cpus=prof.cpus)
@@ -179,86 +167,23 @@ class RayRuntime:
             self._outlives[backend] = self.catalog.outlives(backend)
         return self._outlives[backend]
 
-    def _pool_submit(self, action: Action, prof, args):
-        key = (action.stage, action.backend, prof.accelerator, prof.gpus, prof.cpus)
-        pool = self._pools.get(key)
-        if pool is None:
-            pool = self._pools[key] = _Pool(slots=slots(self.catalog.load(action.stage, action.backend)))
-        actor_id = pool.pick()
-        if actor_id is None and pool.actors and len(pool.actors) >= self._seats(prof, pool.slots):
-            # as many workers as the cluster's GPUs can seat: queue on the least loaded one (more
-            # would wait for GPUs held by their own siblings, which never let go while work remains)
-            actor_id = min(pool.load, key=lambda a: pool.load[a])
-        if actor_id is None:
-            self._retire_idle(exclude=key, now=None)
-            # the actor holds the whole of what its slots' actions hold between them; one without a
-            # GPU waits on a server and holds no CPU while idle (the controller counts its actions'
-            # CPUs); its threads: one per slot, one per collecting call after a restart, and describe
-            options: dict[str, Any] = {
-                "num_gpus": prof.gpus * pool.slots,
-                "num_cpus": prof.cpus if prof.gpus > 0 else 0,
-                "max_concurrency": 2 * pool.slots + 2,
-            }
-            if prof.accelerator:
-                options["accelerator_type"] = prof.accelerator
-            if self._owner is not None:  # outlives the controller, which finds it again by its name
-                name = worker_name(self._owner[0], uuid.uuid4().hex[:12])
-                options |= {"name": name, "namespace": NAMESPACE, "lifetime": "detached"}
-            worker_cls: Any = StageWorker  # a Ray actor class
-            actor = worker_cls.options(**options).remote(
-                action.stage, action.backend, self.log_level, self._configs, args[2], key, self._owner
-            )
-            actor_id = actor._actor_id.hex()
-            pool.actors[actor_id], pool.load[actor_id] = actor, 0
-            pool.starting.add(actor_id)
-        ref = pool.actors[actor_id].run.remote(action.key, *args)
-        pool.load[actor_id] += 1
-        pool.busy[ref] = actor_id
-        return ref
-
-    def _retire_idle(self, exclude=None, now: float | None = None) -> None:
-        """Give back GPUs held by idle actors: all of other pools' (a new pool needs room), or the stale ones."""
-        for key, pool in self._pools.items():
-            if key == exclude:
-                continue
-            for actor_id, load in list(pool.load.items()):
-                if load == 0 and (now is None or now - pool.last_used.get(actor_id, 0.0) > self.idle_actor_s):
-                    self._drop(pool, actor_id)
-
-    def _someone_waits(self, idle_pool: _Pool) -> bool:
-        """Does another pool have an actor not yet started, which this idle pool's GPUs could seat?"""
-        accelerator = next(k for k, p in self._pools.items() if p is idle_pool)[2]
-        return any(
-            p.starting and (k[2] is None or accelerator is None or k[2] == accelerator)
-            for k, p in self._pools.items()
-            if p is not idle_pool
-        )
-
-    @staticmethod
-    def _drop(pool: _Pool, actor_id: str) -> None:
-        actor = pool.actors.pop(actor_id)
-        pool.load.pop(actor_id, None)
-        pool.last_used.pop(actor_id, None)
-        pool.starting.discard(actor_id)
-        ray.kill(actor)
-
     @property
     def running(self) -> int:
         return len(self._running)
 
     def actors(self) -> dict[str, int]:
         """Warm actors per pool, for status and metrics."""
-        return {f"{k[0]}/{k[1]}": len(p.actors) for k, p in self._pools.items()}
+        return {f"{k[0]}/{k[1]}": len(p.actors) for k, p in self._pools.pools.items()}
 
-    def _seats(self, prof, slots: int) -> int:
-        """How many workers of this shape the live nodes' GPUs can hold at once (at least one, so a
-        cluster with an autoscaler sees the demand and grows a GPU group from zero). Workers without
-        a GPU: as many as the controller starts actions for."""
-        if prof.gpus <= 0:
-            return 1 << 30
-        _, gpus = self._cluster()
-        matching = sum(n for acc, n in gpus.items() if prof.accelerator is None or acc == prof.accelerator)
-        return max(1, int(matching // max(prof.gpus * slots, 1e-9)))
+    def slots(self) -> list[Gpu]:
+        """The cluster's GPUs as model residency sees them (farm.runtime.pools.Pools.slots)."""
+        if self._spec is None:
+            return []
+        return self._pools.slots()
+
+    def release(self, gpus: list[str]) -> None:
+        """Give back the GPUs the residency policy released."""
+        self._pools.release(gpus)
 
     def _cluster(self) -> tuple[float, dict]:
         """The live nodes' CPUs and GPUs by accelerator, read at most once a second."""
@@ -282,7 +207,7 @@ class RayRuntime:
         """What the controller may still start now: the live nodes' CPUs (times 1 + ``cpu_ahead``) and
         GPUs, less what our actions hold."""
         cpus, gpus = self._cluster()
-        self._retire_idle(now=time.monotonic())
+        self._pools.retire_idle(time.monotonic())
         return left_over(cpus * (1 + self.cpu_ahead), gpus, [prof for _, prof in self._running.values()])
 
     def request_capacity(self, shapes) -> None:
@@ -367,7 +292,7 @@ class RayRuntime:
             )
         except ray.exceptions.RayError as exc:  # a worker, actor or node died: a failed attempt, try elsewhere
             actor_lost = True
-            actor_id = next((p.busy[ref] for p in self._pools.values() if ref in p.busy), None)
+            actor_id = self._pools.owner_of(ref)
             node = actor_node(actor_id) if actor_id else None
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             return Finished(
@@ -382,20 +307,7 @@ class RayRuntime:
                 ),
             )
         finally:
-            for pool in self._pools.values():
-                if ref in pool.busy:
-                    actor_id = pool.busy.pop(ref)
-                    if actor_id not in pool.actors:
-                        continue
-                    pool.starting.discard(actor_id)
-                    if actor_lost:
-                        self._drop(pool, actor_id)
-                    else:
-                        pool.load[actor_id] -= 1
-                        if pool.load[actor_id] == 0:
-                            pool.last_used[actor_id] = time.monotonic()
-                            if self._someone_waits(pool):
-                                self._drop(pool, actor_id)  # its GPU goes to the actor waiting for one
+            self._pools.finished(ref, actor_lost)
 
     def cancel(self, keys) -> None:
         wanted = set(keys)
@@ -424,7 +336,7 @@ class RayRuntime:
                 self._sweep(name, handle)  # runs what nobody wants now, or another configuration's backend
                 continue
             prof = Profile(cpus=pool_key[4], gpus=pool_key[3], accelerator=pool_key[2])
-            pool = self._pools.setdefault(pool_key, _Pool(slots=int(info["slots"])))
+            pool = self._pools.pools.setdefault(pool_key, Pool(slots=int(info["slots"])))
             actor_id = handle._actor_id.hex()
             pool.actors[actor_id], pool.load[actor_id] = handle, 0
             for key in held:
@@ -455,9 +367,6 @@ class RayRuntime:
         for ref in self._running:
             ray.cancel(ref)
         self._running.clear()
-        for pool in self._pools.values():
-            for actor in pool.actors.values():
-                ray.kill(actor)
-        self._pools.clear()
+        self._pools.shutdown()
         if self._owns and self._spec is not None and ray.is_initialized():
             ray.shutdown()
