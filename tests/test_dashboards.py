@@ -130,9 +130,9 @@ def test_every_metric_named_exists():
     assert named - exported == set()
 
 
-def test_rules_cover_the_six_alerts():
+def test_rules_cover_the_seven_alerts():
     """A batch missing its deadline, a budget 90% used, a high failure rate, a backend's low yield of judged takes,
-    the controller down, its store down."""
+    the controller down, its store down, GPUs that spend their time loading models."""
     alerts = {r["alert"]: r for r in rules()}
     assert set(alerts) == {
         "FarmBatchProjectedToMissDeadline",
@@ -141,6 +141,7 @@ def test_rules_cover_the_six_alerts():
         "FarmBackendYieldLow",
         "FarmControllerDown",
         "FarmStoreDown",
+        "FarmGpuLoadTimeHigh",
     }
     for rule in alerts.values():
         assert rule["labels"]["severity"] in ("warning", "critical") and rule["annotations"]["summary"] and rule["for"]
@@ -564,6 +565,7 @@ def test_live_metrics_pass_promtool_and_stay_bounded(scraped):
         "le",
         "gpu",
         "gpu_model",
+        "state",
     }
     keys = set(service.controller.actions)
     values = set(re.findall(r'="([^"]*)"', text))

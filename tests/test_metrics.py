@@ -194,7 +194,9 @@ def test_batch_gauges_are_refreshed_less_often_when_working_them_out_is_slow(mon
 
     h = Harness()
     h.submit(episodes=1)
-    service = types.SimpleNamespace(controller=h.c, metrics=Metrics(nvml=False), _gauges_at=0.0, _gauges_every=1.0)
+    service = types.SimpleNamespace(
+        controller=h.c, runtime=None, metrics=Metrics(nvml=False), _gauges_at=0.0, _gauges_every=1.0
+    )
     ControllerService._refresh_gauges(service)
     assert (
         service._gauges_every == 1.0
@@ -233,6 +235,7 @@ def test_labels_never_carry_ids():
         "batch",
         "cap",
         "le",
+        "state",
     }
     assert KEY not in out and KEY[:12] not in out and "ep001" not in out
 

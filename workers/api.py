@@ -54,6 +54,11 @@ class Resources:
     num_gpus: float = 0.0
     accelerator: str | None = None
     memory_mb: int = 0
+    # model residency (farm/policy/residency.py): how long loading the model takes on a fresh worker
+    # (an estimate, then learned from the workers' reports) and the GPU memory it holds (0: unknown,
+    # a whole GPU; two models whose memory fits one GPU may share it)
+    load_seconds: float = 0.0
+    gpu_memory_gb: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -72,7 +77,12 @@ class Usage:
     ``cpu_seconds``: the farm charges at least the CPU it measures around ``run`` (the calling
     thread's and its finished child programs'), so a backend that works in that thread, or runs
     programs, may leave it 0; one that works on other threads or processes (torch) reports its own
-    measure, and the larger of the two is kept (a batched call's backend divides its own)."""
+    measure, and the larger of the two is kept (a batched call's backend divides its own).
+
+    ``gpu_seconds`` is the model's work; ``load_seconds`` the wall time this run spent loading the
+    model before it (weights, encoders), not part of ``gpu_seconds`` and never charged as spend. The
+    warm worker (farm.runtime.workers) adds the time it took to build the backend to the first action
+    it runs; a backend that loads lazily, in its first ``run``, reports that load here itself."""
 
     tokens_in: int = 0
     tokens_out: int = 0
@@ -80,6 +90,7 @@ class Usage:
     cpu_seconds: float = 0.0
     model: str = ""
     provider_job_id: str = ""
+    load_seconds: float = 0.0
 
 
 @dataclass

@@ -95,6 +95,8 @@ class Accounting:
             extra = {"reason": d.reason}
         elif event.type == "action.completed":
             extra = {"seconds": round(d.finished_at - d.started_at, 3)}
+            if d.usage.load_seconds > 0:  # its run loaded the model first (farm_model_loads_total)
+                extra["load_seconds"] = round(d.usage.load_seconds, 3)
             if state.action.stage == JUDGE:  # what it decided on which take, and the checks that failed
                 extra |= _verdict(d.meta, state.action.params.get("target") or {})
         # a lookup (action.cached) is charged to no batch: name one that needs it

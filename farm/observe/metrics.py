@@ -1,12 +1,14 @@
-"""The only module that imports prometheus_client: the farm's metrics, accounted once, centrally.
+"""The farm's metrics, accounted once, centrally (with farm.observe.exposition, the only modules that
+import prometheus_client).
 
 Usage is accounted where it is recorded (DESIGN.md, invariant 6): wherever the engine runs, it hands
 each journaled event to ``Metrics.observe`` (through farm.observe.accounting). The batch controller
 serves ``/metrics``; ``farm render`` pushes its registry to a Pushgateway (``push``) or writes it for
 node_exporter's textfile collector (``write_textfile``). Workers never touch Prometheus.
 
-Labels are bounded: studio, stage, backend, model, accelerator, outcome, verdict, direction, cap, and the id
-of a batch while it runs (its series are removed when it ends). Never an episode or action id.
+Labels are bounded: studio, stage, backend, model, accelerator, outcome, verdict, direction, cap, state, and the
+id of a batch while it runs (its series are removed when it ends). Never an episode or action id. The GPU
+time metrics name a model "stage/backend" (``model_label``), as the residency names the models GPUs hold.
 
 A judge (stage ``judge``) counts like any stage, plus a take per fresh verdict and its cost by judge. Yield is PromQL
 over farm_takes_total, not a gauge: one process's ratio would forget restarts and other renders and have no window.
@@ -18,6 +20,8 @@ farm_actions_total {studio,stage,outcome}             actions by outcome: ok, ca
 farm_action_duration_seconds {stage}                  histogram of finished actions' wall time
 farm_tokens_total {studio,stage,model,direction}      tokens used, direction in/out
 farm_gpu_seconds_total {studio,stage,model,accelerator} GPU-seconds used
+farm_gpu_time_seconds_total {state,accelerator,model}  GPU time by state: work (usage), load, idle (residency)
+farm_model_loads_total {model,accelerator}            actions whose run loaded their model
 farm_cpu_seconds_total {studio,stage}                 CPU-seconds used
 farm_money_total {studio,stage,model}                 money at the price table (settings ``prices``)
 farm_cache_hits_total {studio,stage}                  actions served from the store
@@ -41,16 +45,10 @@ farm_gpu_utilization_ratio, farm_gpu_memory_{used,total}_bytes {gpu,gpu_model}  
 from __future__ import annotations
 
 import dataclasses
-import fcntl
-import hashlib
 import math
 import os
-import socket
-import tempfile
-import urllib.request
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, suppress
-from pathlib import Path
+from collections.abc import Mapping, Sequence
+from contextlib import suppress
 from typing import Any
 
 from prometheus_client import (
@@ -59,16 +57,15 @@ from prometheus_client import (
     Gauge,
     Histogram,
     disable_created_metrics,
-    push_to_gateway,
     start_http_server,
-    write_to_textfile,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.core import GaugeMetricFamily
 
 from farm.core.manifest import spend_of
 from farm.core.plan import STAGES
+from farm.observe import exposition
 from farm.observe.nvml import open_nvml
+from farm.policy.residency import Gpu
 from farm.policy.types import Prices, Spend
 from workers.api import Usage
 
@@ -86,6 +83,11 @@ def accelerator_label(profile) -> str:
     if profile is None or not getattr(profile, "gpus", 0):
         return "none"
     return getattr(profile, "accelerator", None) or "any"
+
+
+def model_label(stage: str, backend: str) -> str:
+    """The model label of the GPU time metrics: "stage/backend" (the residency's name for a model)."""
+    return _label(f"{stage}/{backend}")
 
 
 def _usage(usage: Any) -> dict[str, Any]:
@@ -130,7 +132,7 @@ class Metrics:
         nvml: bool = True,
     ):
         # *_created series double the series count and nothing reads them (a process-wide switch; this
-        # module is the only user of prometheus_client in the farm)
+        # module and its exposition are the only users of prometheus_client in the farm)
         disable_created_metrics()
         self.registry = registry or CollectorRegistry()
         self.prices, self.accelerators = prices, dict(accelerators or {})
@@ -191,6 +193,17 @@ class Metrics:
             k: Counter(f"farm_judge_{k}", f"{what} the judges used, by judge.", ["studio", "backend"], registry=r)
             for k, what in JUDGE_SPEND.items()
         }
+        self.gpu_time = Counter(  # work and load from actions' usage, idle from residency snapshots
+            "farm_gpu_time_seconds",
+            "GPU-seconds by state: work (the models' own, as the backends report), load (loading a model, "
+            "times the GPUs that waited for it), idle (a GPU that ran no action, by the model it held or none).",
+            ["state", "accelerator", "model"],
+            registry=r,
+        )
+        self.loads = Counter(
+            "farm_model_loads", "Actions whose run loaded their model.", ["model", "accelerator"], registry=r
+        )
+        self._slots: dict[str, tuple[float, str, tuple[str, ...], bool]] = {}  # GPU id -> its last snapshot
         self.queue = Gauge(
             "farm_queue_depth", "Actions ready to run and waiting for capacity, by stage.", ["stage"], registry=r
         )
@@ -264,6 +277,11 @@ class Metrics:
             saved = (self.saved_gpu, self.saved_tokens, self.saved_cpu, self.saved_money)
             for counter in (self.cpu_seconds, self.cache_hits, *saved):
                 counter.labels(studio, stage)
+        for stage, backend in backends.items():
+            model, accelerator = model_label(stage, backend), self.accelerators.get((stage, backend), "none")
+            for state in ("work", "load"):  # idle: once residency shows the GPU (observe_residency)
+                self.gpu_time.labels(state, accelerator, model)
+            self.loads.labels(model, accelerator)
         for stage, verdict in ((s, v) for s in JUDGED if s in backends for v in VERDICTS):
             self.takes.labels(studio, stage, _label(backends[stage]), verdict)
         for counter in self.judge_spend.values() if JUDGE in backends else ():
@@ -272,8 +290,11 @@ class Metrics:
             self.episodes.labels(studio, outcome)
         self.video_seconds.labels(studio)
 
-    def completed(self, studio: str, stage: str, backend: str, usage: Any, seconds: float) -> None:
-        """An action ran to completion with ``usage`` (a Usage or its JSON) in ``seconds`` of wall time."""
+    def completed(
+        self, studio: str, stage: str, backend: str, usage: Any, seconds: float, worker: Mapping[str, str] | None = None
+    ) -> None:
+        """An action ran to completion with ``usage`` (a Usage or its JSON) in ``seconds`` of wall time,
+        on ``worker`` (the manifest's: the GPUs it held, their accelerator kind)."""
         u = _usage(usage)
         model = _label(u.get("model"), backend)
         tokens_in, tokens_out = _amount(u, "tokens_in"), _amount(u, "tokens_out")
@@ -289,6 +310,35 @@ class Metrics:
         spent = {"cpu_seconds": _amount(u, "cpu_seconds"), "gpu_seconds": gpu, "tokens": tokens_in + tokens_out}
         for k, amount in (spent | {"money": money}).items() if stage == JUDGE else ():
             self.judge_spend[k].labels(studio, _label(backend)).inc(amount)
+        self._gpu_time(stage, backend, gpu, _amount(u, "load_seconds"), worker or {})
+
+    def _gpu_time(self, stage: str, backend: str, work: float, load: float, worker: Mapping[str, str]) -> None:
+        """An action's work and load GPU-seconds, on the accelerator it ran on (the worker's kind, else its
+        profile's); a load holds every GPU the worker held (none where it held none and needs none)."""
+        accelerator = _label(worker.get("accelerator"), self.accelerators.get((stage, backend), "none"))
+        model = model_label(stage, backend)
+        gpus = len(worker["gpus"].split(",")) if worker.get("gpus") else int(accelerator != "none")
+        self.gpu_time.labels("work", accelerator, model).inc(work)
+        self.gpu_time.labels("load", accelerator, model).inc(load * gpus)
+        if load > 0:
+            self.loads.labels(model, accelerator).inc()
+
+    def observe_residency(self, slots: Sequence[Gpu], now: float) -> None:
+        """A snapshot of the GPUs (farm.policy.residency) at ``now`` (seconds, one clock for every call):
+        each GPU idle at the previous snapshot (running no action) adds the seconds since to
+        idle{accelerator, model it held}, shared between the models it held, or model "none". A GPU
+        seen for the first time starts counting; one no longer in the snapshot is forgotten."""
+        seen: dict[str, tuple[float, str, tuple[str, ...], bool]] = {}
+        for gpu in slots:
+            at, accelerator, held, busy = self._slots.get(gpu.id, (now, "", (), True))
+            if not busy and now > at:
+                for model in held or ("none",):
+                    self.gpu_time.labels("idle", accelerator, _label(model)).inc((now - at) / max(1, len(held)))
+            accelerator, held = _label(gpu.accelerator, "any"), tuple(gpu.resident)
+            for model in held or ("none",):  # at zero from the first sight, for rate()
+                self.gpu_time.labels("idle", accelerator, _label(model))
+            seen[gpu.id] = (now, accelerator, held, gpu.busy())
+        self._slots = seen
 
     def cached(self, studio: str, stage: str, usage: Any) -> None:
         """An action was found done; ``usage`` is what its original run cost, which is what it saved."""
@@ -323,7 +373,7 @@ class Metrics:
             return
         studio, stage = action.context.get("studio", ""), action.stage
         if event.type == "action.completed":
-            self.completed(studio, stage, action.backend, data.usage, data.finished_at - data.started_at)
+            self.completed(studio, stage, action.backend, data.usage, data.finished_at - data.started_at, data.worker)
             verdict, target = data.meta.get("verdict"), action.params.get("target") or {}
             if stage == JUDGE and verdict in VERDICTS:  # a take per fresh verdict: a cached one is no new take
                 self.takes.labels(studio, _label(target.get("stage")), _label(target.get("backend")), verdict).inc()
@@ -395,77 +445,13 @@ class Metrics:
             self._server = None
 
     def push(self, gateway: str, job: str = "farm-render", instance: str | None = None, timeout: float = 10.0) -> None:
-        """Push to a Pushgateway, grouped by ``job`` and ``instance`` (default: this host's name).
-
-        A Pushgateway keeps the last push of each group, so counters are added to what this group
-        pushed before: the group's counters only grow, and ``increase()`` over them counts every run.
-        """
-        grouping = {"instance": instance or socket.gethostname()}
-        url = gateway if "://" in gateway else f"http://{gateway}"
-        group_id = hashlib.sha256(f"{url}|{job}|{grouping['instance']}".encode()).hexdigest()[:16]
-        with _locked(Path(tempfile.gettempdir()) / f"farm-push-{group_id}.lock"):
-            with urllib.request.urlopen(url.rstrip("/") + "/metrics", timeout=timeout) as resp:
-                text = resp.read().decode("utf-8")
-            previous = _previous(text, {"job": job, **grouping})
-            push_to_gateway(url, job, _Accumulated(self.registry, previous), grouping_key=grouping, timeout=timeout)
+        """Push to a Pushgateway, grouped by ``job`` and ``instance`` (default: this host's name), adding
+        counters to what the group pushed before (farm.observe.exposition.push)."""
+        exposition.push(self.registry, gateway, job, instance, timeout)
 
     def write_textfile(self, path: str | os.PathLike) -> None:
         """Write for node_exporter's textfile collector (name it ``*.prom``), adding counters to the file's."""
-        path = Path(path)
-        with _locked(path.with_name(path.name + ".lock")):
-            text = path.read_text(encoding="utf-8") if path.exists() else ""
-            write_to_textfile(str(path), _Accumulated(self.registry, _previous(text, {})))
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """One writer at a time on this machine (two renders finishing together must not lose a count)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _previous(text: str, group: Mapping[str, str]) -> dict[tuple[str, tuple], float]:
-    """The counter and histogram samples of the farm in an exposition ``text`` that belong to
-    ``group`` (the grouping labels, which are then dropped): (sample name, labels) -> value."""
-    out: dict[tuple[str, tuple], float] = {}
-    for family in text_string_to_metric_families(text):
-        if family.type not in ("counter", "histogram") or not family.name.startswith("farm_"):
-            continue
-        for s in family.samples:
-            if s.name.endswith("_created") or any(s.labels.get(k, "") != v for k, v in group.items()):
-                continue
-            labels = tuple(sorted((k, v) for k, v in s.labels.items() if k not in group))
-            out[(s.name, labels)] = s.value
-    return out
-
-
-class _Accumulated:
-    """A collector: a registry's samples plus earlier ones (counters and histograms add up; gauges are now's)."""
-
-    def __init__(self, registry: CollectorRegistry, previous: Mapping[tuple[str, tuple], float]):
-        self.registry, self.previous = registry, previous
-
-    def collect(self):
-        for family in self.registry.collect():
-            if family.type not in ("counter", "histogram"):
-                yield family
-                continue
-            out = Metric(family.name, family.documentation, family.type, family.unit)
-            seen = set()
-            for s in family.samples:
-                key = (s.name, tuple(sorted(s.labels.items())))
-                seen.add(key)
-                out.add_sample(s.name, s.labels, s.value + self.previous.get(key, 0.0))
-            suffixes = ("_total",) if family.type == "counter" else ("_bucket", "_count", "_sum")
-            for (name, labels), value in self.previous.items():
-                if name in {family.name + x for x in suffixes} and (name, labels) not in seen:
-                    out.add_sample(name, dict(labels), value)
-            yield out
+        exposition.write_textfile(self.registry, path)
 
 
 class _GpuCollector:

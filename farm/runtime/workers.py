@@ -18,6 +18,7 @@ farm's failed attempt, journaled and retried under its own policy.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import threading
@@ -44,13 +45,32 @@ OWNER_CHECK_S = 5.0  # how often a detached worker looks for its controller
 
 
 def where() -> dict[str, str]:
-    """Where an action ran: node, host, process and the GPUs Ray gave it (the report's lanes)."""
+    """Where an action ran: node, host, process, the GPUs Ray gave it (the report's lanes) and their
+    kind (the node's Ray ``accelerator_type``, where it has one: the metrics' accelerator)."""
     node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else socket.gethostname()
     worker = {"node": node, "host": socket.gethostname(), "pid": str(os.getpid())}
     gpus = ray.get_gpu_ids() if ray.is_initialized() else []
     if gpus:
         worker["gpus"] = ",".join(str(g) for g in gpus)
+        kind = _accelerator(node)
+        if kind:
+            worker["accelerator"] = kind
     return worker
+
+
+_kinds: dict[str, str | None] = {}  # node id -> its accelerator kind, asked of Ray once per process
+
+
+def _accelerator(node: str) -> str | None:
+    """The accelerator kind of a Ray node (its ``accelerator_type:KIND`` resource), or None."""
+    if node not in _kinds:
+        try:
+            found: dict[str, Any] = next((n for n in ray.nodes() if n.get("NodeID") == node), {})
+        except Exception:  # the control plane is busy: the action is recorded without its kind
+            return None
+        resources = found.get("Resources", {})
+        _kinds[node] = next((k.split(":", 1)[1] for k in resources if k.startswith("accelerator_type:")), None)
+    return _kinds[node]
 
 
 class _Job:
@@ -80,28 +100,36 @@ class _Job:
         return self.value
 
 
-@ray.remote(max_restarts=0, max_task_retries=0)
-class StageWorker:
+class WarmWorker:
     """A long-lived worker for one backend: loads it (and its model) once, stays warm. A batching
-    backend's worker takes ``max_batch`` actions at once and runs them together.
+    backend's worker takes ``max_batch`` actions at once and runs them together. ``StageWorker`` is
+    this class as a Ray actor; as a plain object it runs actions in this process.
 
     ``pool``: (stage, backend, accelerator, gpus, cpus), what a controller adopting it needs to know;
-    ``owner``: (name, namespace) of the controller actor it serves, when it outlives it."""
+    ``owner``: (name, namespace) of the controller actor it serves, when it outlives it.
+
+    The time spent building the backend (fetching a stored model to this node, the catalog's build,
+    and the ``load()`` of a GPU backend that has one, called here) is the model's load: the first action that
+    runs here carries it in its usage's ``load_seconds`` (added to a load its backend reports itself),
+    so the farm accounts the load once, on the GPU that paid for it."""
 
     def __init__(
         self,
         stage: str,
         backend: str,
-        log_level: str,
         configs=None,
         spec: StoreSpec | None = None,
         pool: tuple | None = None,
         owner: tuple[str, str] | None = None,
     ):
-        logs.configure(level=log_level, json=True)
+        started = time.perf_counter()
         if spec is not None:  # models named "store:NAME" are fetched to this node's cache, once
             configs = models.localize(configs, open_objects(spec))
         self.backend = Catalog(configs).load(stage, backend)
+        load = getattr(self.backend, "load", None)
+        if callable(load) and self.backend.resources.num_gpus > 0:  # a GPU model (workers/_torch.py): load it now,
+            load()  # where it is timed, not in the first action
+        self._unclaimed_load = time.perf_counter() - started  # until the first action that runs here
         self.slots = slots(self.backend)
         self.batcher = Batcher(self.backend, getattr(self.backend, "batch_wait_s", 0.02)) if self.slots > 1 else None
         self.pool, self.version = pool, self.backend.version
@@ -119,13 +147,30 @@ class StageWorker:
             job = self._jobs.get(key)
             if job is None or job.done.is_set():
                 # execute builds the backend from the same settings: the instance built above, model loaded
-                job = self._jobs[key] = _Job(
-                    lambda: execute(action, inputs, spec, studio, batch, configs, self.batcher, where=where),
-                    self._seats,
-                )
+                def run() -> dict[str, Any]:
+                    since = time.time()
+                    manifest = execute(action, inputs, spec, studio, batch, configs, self.batcher, where=where)
+                    return self._charge_load(manifest, since)
+
+                job = self._jobs[key] = _Job(run, self._seats)
                 self._jobs.move_to_end(key)
                 self._forget()
         return job.outcome()
+
+    def _charge_load(self, manifest: dict[str, Any], since: float) -> dict[str, Any]:
+        """The first action that ran here (not one found done in the store: it ran ``since`` or later)
+        carries the time spent building this worker's backend in ``usage.load_seconds``, added to any
+        load its backend reported (a lazy load in its first run)."""
+        if float(manifest.get("started_at") or 0.0) < since:
+            return manifest
+        with self._lock:
+            built, self._unclaimed_load = self._unclaimed_load, 0.0
+        if built <= 0:
+            return manifest
+        usage = dict(manifest.get("usage") or {})
+        reported = float(usage.get("load_seconds") or 0.0)
+        usage["load_seconds"] = round((reported if math.isfinite(reported) and reported > 0 else 0.0) + built, 6)
+        return {**manifest, "usage": usage}
 
     def result(self, key: str) -> dict[str, Any]:
         """The outcome of the action ``key`` started here (waits while it runs). Raises LookupError
@@ -172,6 +217,24 @@ class StageWorker:
                 os._exit(0)
             except Exception:  # the cluster's control plane is busy or restarting: look again later
                 continue
+
+
+@ray.remote(max_restarts=0, max_task_retries=0)
+class StageWorker(WarmWorker):
+    """A ``WarmWorker`` as a Ray actor, logging JSON lines at ``log_level``."""
+
+    def __init__(
+        self,
+        stage: str,
+        backend: str,
+        log_level: str,
+        configs=None,
+        spec: StoreSpec | None = None,
+        pool: tuple | None = None,
+        owner: tuple[str, str] | None = None,
+    ):
+        logs.configure(level=log_level, json=True)
+        super().__init__(stage, backend, configs, spec, pool, owner)
 
 
 def worker_name(owner: str, suffix: str) -> str:

@@ -204,6 +204,8 @@ class ControllerService:
         for state in self.controller.running():
             running[state.action.stage] = running.get(state.action.stage, 0) + 1
         self.metrics.stages(queued, running)
+        if hasattr(self.runtime, "slots"):  # the GPUs and the models they hold: idle time by model
+            self.metrics.observe_residency(self.runtime.slots(), now)
         for batch_id, batch in self.controller.batches.items():
             if batch.status == "running" or self.metrics.tracks(batch_id):  # a finished batch: drop its series once
                 self.metrics.batch(self.controller.batch_status(batch_id, now))

@@ -220,11 +220,11 @@ class Loader:
     ops = ("clip",)
     features: tuple[str, ...] = ()
     tools: tuple[str, ...] = ()
-    resources = Resources(num_cpus=0, num_gpus=1)
 
     def __init__(self, name: str, config: Mapping[str, Any]):
         self.name, self.loads = name, Path(config["loads"])
         self.load_s, self.seconds = float(config.get("load_s", 1.0)), float(config.get("seconds", 0.5))
+        self.resources = Resources(num_cpus=0, num_gpus=1, load_seconds=self.load_s)
         self.version = config_version("1", config, ())
         self.loaded = False
         self._lock = threading.Lock()
@@ -233,17 +233,20 @@ class Loader:
         return Estimate(seconds=self.seconds, gpu_seconds=self.seconds)
 
     def run(self, op, inputs, params, out_dir) -> StageResult:
+        loaded_now = 0.0
         with self._lock:  # the model is loaded once per process, on its first clip
             if not self.loaded:
                 time.sleep(self.load_s)
                 (self.loads / f"load-{os.getpid()}-{time.monotonic_ns()}").write_text("loaded")
-                self.loaded = True
+                self.loaded, loaded_now = True, self.load_s
         (self.loads / "clips").mkdir(exist_ok=True)
         (self.loads / "clips" / f"{os.getpid()}-{time.monotonic_ns()}").write_text(json.dumps(params, sort_keys=True))
         time.sleep(self.seconds)
         path = Path(out_dir) / "clip.bin"
         path.write_bytes(b"clip")
-        return StageResult(files={"clip": path}, usage=Usage(gpu_seconds=self.seconds, model="loader"))
+        return StageResult(
+            files={"clip": path}, usage=Usage(gpu_seconds=self.seconds, model="loader", load_seconds=loaded_now)
+        )
 
 
 def chat_and_loader(base_url: str, api_key: str, loads: Path, stages: Sequence[str]) -> dict[str, Any]:
