@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,39 +96,8 @@ def lower_bound(workload: Workload, gpus: dict[str | None, float], cpus: float) 
     """
     graph = workload.graph()
     profiles = workload.profiles()
-    t0 = min(b.submitted for b in workload.batches.values())
-    submitted = {b.id: b.submitted for b in workload.batches.values()}
-    seconds: dict[str, float] = {}
-    parents: dict[str, set[str]] = {}
-    waiting: dict[str, int] = {}
-    dependants: dict[str, list[str]] = {}
-    for key, action in graph.actions.items():
-        seconds[key] = true_seconds(workload, action)
-        parents[key] = {r.key for r in action.inputs.values()} | set(graph.lines_of.get(key, ()))
-        waiting[key] = len(parents[key]) + (1 if graph.revealed_by.get(key) else 0)
-        for p in parents[key]:
-            dependants.setdefault(p, []).append(key)
-        for r in graph.revealed_by.get(key, ()):
-            dependants.setdefault(r, []).append("?" + key)  # any one revealer suffices
-    ready_at = {k: submitted[graph.batch_of[k]] for k in graph.actions}
-    heap = [(ready_at[k] + seconds[k], k) for k, w in waiting.items() if w == 0]
-    heapq.heapify(heap)
-    revealed: set[str] = set()
-    finish: dict[str, float] = {}
-    while heap:  # in order of finish time, so the first revealer to finish is the one that reveals
-        end, key = heapq.heappop(heap)
-        finish[key] = end
-        for d in dependants.get(key, ()):
-            if d[0] == "?":
-                d = d[1:]
-                if d in revealed:
-                    continue
-                revealed.add(d)
-            ready_at[d] = max(ready_at[d], end)
-            waiting[d] -= 1
-            if waiting[d] == 0:
-                heapq.heappush(heap, (ready_at[d] + seconds[d], d))
-    path = max(finish.values()) - t0 if finish else 0.0
+    seconds = {key: true_seconds(workload, action) for key, action in graph.actions.items()}
+    path = critical_path(workload, seconds)
     gpu_work: dict[str | None, float] = {}
     cpu_work = 0.0
     for key, action in graph.actions.items():
@@ -145,3 +115,51 @@ def lower_bound(workload: Workload, gpus: dict[str | None, float], cpus: float) 
         if kind is not None and work and gpus.get(kind):
             bounds.append(work / gpus[kind])
     return max(bounds)
+
+
+def critical_path(
+    workload: Workload,
+    seconds: Mapping[str, float],
+    earliest: Mapping[str, float] | None = None,
+    keys: Collection[str] | None = None,
+) -> float:
+    """The longest path through the planner's graph (see ``lower_bound``) with unlimited machines,
+    seconds after the first submission: each action takes ``seconds[key]`` and starts no sooner than
+    ``earliest[key]`` seconds after the first submission (e.g. its model's load). ``keys``: only these
+    actions (their inputs outside it count as done from the start)."""
+    graph = workload.graph()
+    t0 = min(b.submitted for b in workload.batches.values())
+    submitted = {b.id: b.submitted for b in workload.batches.values()}
+    chosen = set(graph.actions) if keys is None else set(keys) & set(graph.actions)
+    parents: dict[str, set[str]] = {}
+    waiting: dict[str, int] = {}
+    dependants: dict[str, list[str]] = {}
+    for key in chosen:
+        action = graph.actions[key]
+        parents[key] = ({r.key for r in action.inputs.values()} | set(graph.lines_of.get(key, ()))) & chosen
+        revealers = graph.revealed_by.get(key, set()) & chosen
+        waiting[key] = len(parents[key]) + (1 if revealers else 0)
+        for p in parents[key]:
+            dependants.setdefault(p, []).append(key)
+        for r in revealers:
+            dependants.setdefault(r, []).append("?" + key)  # any one revealer suffices
+    floor = earliest or {}
+    ready_at = {k: max(submitted[graph.batch_of[k]], t0 + floor.get(k, 0.0)) for k in chosen}
+    heap = [(ready_at[k] + seconds[k], k) for k, w in waiting.items() if w == 0]
+    heapq.heapify(heap)
+    revealed: set[str] = set()
+    finish: dict[str, float] = {}
+    while heap:  # in order of finish time, so the first revealer to finish is the one that reveals
+        end, key = heapq.heappop(heap)
+        finish[key] = end
+        for d in dependants.get(key, ()):
+            if d[0] == "?":
+                d = d[1:]
+                if d in revealed:
+                    continue
+                revealed.add(d)
+            ready_at[d] = max(ready_at[d], end)
+            waiting[d] -= 1
+            if waiting[d] == 0:
+                heapq.heappush(heap, (ready_at[d] + seconds[d], d))
+    return max(finish.values()) - t0 if finish else 0.0

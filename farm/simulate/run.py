@@ -18,12 +18,13 @@ Policies:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from farm.core.controller import Controller
 from farm.core.engine import Engine
 from farm.core.events import Submission, SubmittedEpisode
+from farm.core.placing import Placer
 from farm.core.ports import ManualClock, MemoryJournal
 from farm.core.spec import BudgetSpec
 from farm.policy.retry import RetryPolicy
@@ -71,7 +72,16 @@ def _submission(batch: SimBatch, episodes: Any, budget: bool, workload: Workload
         deadline=batch.deadline,
         budget=BudgetSpec(tokens=b.tokens, gpu_seconds=b.gpu_seconds, money=b.money) if budget else BudgetSpec(),
         backends={s: c.to_json() for s, c in workload.choices().items()},
-        episodes=[SubmittedEpisode(series=s, episode=e) for s, e in episodes],
+        episodes=[
+            SubmittedEpisode(
+                series=s,
+                episode=e,
+                backends={k: c.to_json() for k, c in workload.choices(s.id).items()}
+                if s.id in workload.by_series
+                else None,
+            )
+            for s, e in episodes
+        ],
     )
 
 
@@ -86,11 +96,22 @@ def simulate(
     failures: Failures | None = None,
     retry: RetryPolicy = RetryPolicy(),
     rank_refresh_s: float = RANK_REFRESH_S,
+    *,
+    runtime: Callable[[ManualClock], SimRuntime] | None = None,
+    placer: Placer | None = None,
+    name: str | None = None,
+    bound: Callable[[Workload, dict[str | None, float], float], float] = lower_bound,
 ) -> SimResult:
     """Play ``workload`` on ``gpus`` GPUs (a count, or GPUs per accelerator kind) and ``cpus`` CPUs
     under ``policy`` ("farm", "fifo" or "sequential"); deadlines and budgets come from the batches'
     terms. ``seed`` drives failure injection only (the workload has its own). ``shares`` default to
     equal weights. Same inputs, same result.
+
+    ``runtime``: makes the simulated runtime on the night's clock (default: ``SimRuntime``, GPU pools
+    per kind; ``farm.simulate.gpus.NightRuntime`` models each GPU and the models it holds);
+    ``placer``: the controller's residency placer (farm.core.placing; default ``residency.place``),
+    used where the runtime reports its GPUs; ``name``: the result's policy name; ``bound``: the
+    lower bound the result is judged against.
     """
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r} (known: {', '.join(POLICIES)})")
@@ -101,7 +122,7 @@ def simulate(
     batches = sorted(workload.batches.values(), key=lambda b: (b.submitted, b.order))
     t0 = batches[0].submitted
     clock = ManualClock(t0)
-    runtime = SimRuntime(workload, clock, capacity, cpus, failures, seed)
+    sim = runtime(clock) if runtime is not None else SimRuntime(workload, clock, capacity, cpus, failures, seed)
     controller = Controller(
         workload.estimate,
         workload.profiles(),
@@ -111,10 +132,11 @@ def simulate(
         retry=retry,
         order="farm" if farm else "fifo",
         rank_refresh_s=rank_refresh_s,
+        placer=placer,
     )
     tally = _Tally()
     journal = MemoryJournal()
-    engine = Engine(controller, journal, runtime, clock, SimArtifacts(workload), observe=tally)
+    engine = Engine(controller, journal, sim, clock, SimArtifacts(workload), observe=tally)
 
     # what to submit, when: a batch each, or (sequential) an episode each, one after another
     queue: list[tuple[float, str, str, Submission]] = []  # (not before, id, original batch, submission)
@@ -139,13 +161,16 @@ def simulate(
                 engine.submit(active, submission)
             engine.decide()
             continue  # (sequential: an episode may be over at once)
-        wakes = [t for t in (runtime.next_end(), controller.next_wake()) if t is not None]
+        wakes = [t for t in (sim.next_end(), controller.next_wake()) if t is not None]
         if may_submit():
             wakes.append(queue[0][0])
         if not wakes:
             break
         engine.step(timeout=max(0.0, min(wakes) - clock.now()))
-    return _result(workload, policy, capacity, cpus, controller, runtime, tally, origin, t0, len(journal.events))
+    bound_s = bound(workload, capacity, cpus)
+    return _result(
+        workload, name or policy, capacity, cpus, controller, sim, tally, origin, t0, len(journal.events), bound_s
+    )
 
 
 def _result(
@@ -159,6 +184,7 @@ def _result(
     origin: dict[str, str],
     t0: float,
     events: int,
+    bound_s: float,
 ) -> SimResult:
     makespan = runtime.last_end - t0
     gpu_total = sum(capacity.values())
@@ -200,7 +226,7 @@ def _result(
         gpus=gpu_total,
         cpus=cpus,
         makespan_s=makespan,
-        lower_bound_s=lower_bound(workload, capacity, cpus),
+        lower_bound_s=bound_s,
         gpu_busy=gpu_used / (gpu_total * makespan) if gpu_total and makespan > 0 else 0.0,
         deadline_met=met,
         batch_finished=finished,

@@ -22,6 +22,7 @@ from farm.core.plan import OUTPUTS, Action, EpisodeJob
 from farm.core.ports import Finished, ManualClock
 from farm.core.state import Profile
 from farm.errors import ActionFailed
+from farm.policy.residency import Placement
 from farm.policy.types import Capacity
 from farm.simulate.workload import Workload
 from workers.api import Usage
@@ -64,7 +65,9 @@ class Failures:
 
 @dataclass(frozen=True, slots=True)
 class Run:
-    """One attempt of one action on the simulated farm."""
+    """One attempt of one action on the simulated farm: it holds ``gpus`` (on GPU ``gpu``, where the
+    runtime models each GPU) and ``cpus`` from ``start`` to ``end``; of that, its model loads first for
+    ``load_s``, then it waits ``wait_s`` for a load of its model already under way there, then it works."""
 
     key: str
     batch: str
@@ -76,6 +79,13 @@ class Run:
     cpus: float
     worker: str
     ok: bool
+    gpu: str = ""
+    load_s: float = 0.0
+    wait_s: float = 0.0
+
+    @property
+    def work_s(self) -> float:
+        return self.end - self.start - self.load_s - self.wait_s
 
 
 class SimRuntime:
@@ -105,14 +115,17 @@ class SimRuntime:
     def running(self) -> int:
         return len(self._live)
 
-    def submit(self, action: Action, inputs: Mapping[str, Blob], profile: Profile, batch: str | None) -> None:
-        key = action.key
-        attempt = self._attempts[key] = self._attempts.get(key, 0) + 1
-        rng = random.Random(f"{self.seed}:{key}:{attempt}")
-        f = self.failures
-        fail = key in f.poison or (f.probability > 0 and rng.random() < f.probability)
-        seconds = true_seconds(self.w, action) * (rng.uniform(0.1, 1.0) if fail else 1.0)
-        worker = f"w{(zlib.crc32(key.encode()) + attempt) % max(1, f.workers)}"
+    def submit(
+        self,
+        action: Action,
+        inputs: Mapping[str, Blob],
+        profile: Profile,
+        batch: str | None,
+        placement: Placement | None = None,
+    ) -> None:
+        """Start ``action`` now on the pool of its kind; a ``placement`` is not for this runtime, which
+        reports no GPUs (``farm.simulate.gpus.NightRuntime`` carries placements out)."""
+        fail, seconds, worker = self._draw(action)
         kind = None
         if profile.gpus:
             kind = (
@@ -125,9 +138,32 @@ class SimRuntime:
             self.free_gpus[kind] -= profile.gpus
         self.free_cpus -= profile.cpus
         now = self.clock.now()
+        self._start(action, profile, kind, now, now + seconds, fail, worker, batch)
+
+    def _draw(self, action: Action) -> tuple[bool, float, str]:
+        """This attempt of ``action``: whether it fails, how long it works, on which worker."""
+        key = action.key
+        attempt = self._attempts[key] = self._attempts.get(key, 0) + 1
+        rng = random.Random(f"{self.seed}:{key}:{attempt}")
+        f = self.failures
+        fail = key in f.poison or (f.probability > 0 and rng.random() < f.probability)
+        seconds = true_seconds(self.w, action) * (rng.uniform(0.1, 1.0) if fail else 1.0)
+        return fail, seconds, f"w{(zlib.crc32(key.encode()) + attempt) % max(1, f.workers)}"
+
+    def _start(
+        self,
+        action: Action,
+        profile: Profile,
+        kind: str | None,
+        start: float,
+        end: float,
+        fail: bool,
+        worker: str,
+        batch: str | None,
+    ) -> None:
         self._order += 1
-        heapq.heappush(self._ends, (now + seconds, self._order, key))
-        self._live[key] = (action, profile, kind, now, fail, worker, batch)
+        heapq.heappush(self._ends, (end, self._order, action.key))
+        self._live[action.key] = (action, profile, kind, start, fail, worker, batch)
 
     def next_end(self) -> float | None:
         return self._ends[0][0] if self._ends else None
@@ -156,17 +192,33 @@ class SimRuntime:
             self.free_gpus[kind] += profile.gpus
         self.free_cpus += profile.cpus
         studio = action.context.get("studio", "")
-        self.runs.append(
-            Run(key, batch or "", studio, action.stage, started, now, profile.gpus, profile.cpus, worker, not fail)
-        )
+        run = self._run(key, batch or "", studio, action, started, now, profile, worker, not fail)
+        self.runs.append(run)
         if fail:
             retryable = key in self.failures.poison or self.failures.retryable
             return Finished(
                 action, None, ActionFailed(key, action.label, "injected failure", retryable=retryable, worker=worker)
             )
-        return Finished(action, self._manifest(action, started, now, profile, worker), None)
+        return Finished(action, self._manifest(action, run), None)
 
-    def _manifest(self, action: Action, started: float, ended: float, profile: Profile, worker: str) -> Manifest:
+    def _run(
+        self,
+        key: str,
+        batch: str,
+        studio: str,
+        action: Action,
+        start: float,
+        end: float,
+        profile: Profile,
+        worker: str,
+        ok: bool,
+    ) -> Run:
+        return Run(key, batch, studio, action.stage, start, end, profile.gpus, profile.cpus, worker, ok)
+
+    def _manifest(self, action: Action, run: Run) -> Manifest:
+        """What the worker reports: its run from when it began (after any wait for its model to be
+        loaded by another), the load it did first (``usage.load_seconds``, never charged) and the
+        GPU-seconds of its work."""
         tokens = true_tokens(self.w, action)
         meta: dict[str, Any] = {}
         if action.op == "line":
@@ -175,9 +227,11 @@ class SimRuntime:
         usage = Usage(
             tokens_in=tokens // 2,
             tokens_out=tokens - tokens // 2,
-            gpu_seconds=(ended - started) * profile.gpus,
+            gpu_seconds=run.work_s * run.gpus,
             model=action.backend,
+            load_seconds=run.load_s,
         )
+        started, ended, worker = run.start + run.wait_s, run.end, run.worker
         return ActionResult.model_construct(
             key=action.key,
             stage=action.stage,

@@ -39,7 +39,11 @@ VERSION = "sim-1"
 @dataclass(frozen=True)
 class StageSpec:
     """One kind of action: its stage and backend, what it holds, and its mean estimated duration
-    (for a clip or a lip-sync: per 5 s of shot; for a line: per 3 s of speech; for an episode: per 12 shots)."""
+    (for a clip or a lip-sync: per 5 s of shot; for a line: per 3 s of speech; for an episode: per 12 shots).
+    A GPU backend's model: ``load_s`` to load it on a GPU, ``memory_gb`` it holds there (0: unknown).
+
+    ``STAGES``-style tables are keyed by the action's op (``clip``), or ``op:variant`` (``clip:b``)
+    for another backend of the same op, which ``Workload.by_series`` gives some series."""
 
     stage: str
     backend: str
@@ -48,6 +52,8 @@ class StageSpec:
     gpus: float = 0.0
     accelerator: str | None = None
     tokens: int = 0
+    load_s: float = 0.0
+    memory_gb: float = 0.0
 
 
 # GPU actions hold no CPU of their own: a GPU worker's CPUs are reserved with its actor pool.
@@ -80,7 +86,9 @@ class SimBatch:
 
 @dataclass
 class Workload:
-    """Batches of specs, the simulated backends they run on, and the seed of what really happens."""
+    """Batches of specs, the simulated backends they run on, and the seed of what really happens.
+    ``by_series``: series id -> {plan stage: key of ``stages``}, a series' own backends (e.g. its
+    clips on another video model: ``{"s001": {"video": "clip:b"}}``)."""
 
     batches: dict[str, SimBatch]
     stages: Mapping[str, StageSpec] = field(default_factory=lambda: dict(STAGES))
@@ -88,13 +96,20 @@ class Workload:
     dubbing: str = "gpu"
     jitter: float = 0.25
     seed: int = 0
+    by_series: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     _graph: Any = field(default=None, repr=False, compare=False)
+    _specs: Any = field(default=None, repr=False, compare=False)
 
     def __add__(self, other: Workload) -> Workload:
         clash = self.batches.keys() & other.batches.keys()
         if clash:
             raise ValueError(f"workloads overlap: {sorted(clash)[:3]}")
-        return replace(self, batches={**self.batches, **other.batches}, _graph=None)
+        return replace(
+            self,
+            batches={**self.batches, **other.batches},
+            by_series={**self.by_series, **other.by_series},
+            _graph=None,
+        )
 
     @property
     def episode_count(self) -> int:
@@ -103,9 +118,18 @@ class Workload:
     # -- the simulated backends -----------------------------------------------------------------
     def spec_of(self, action: Action) -> StageSpec:
         op = action.op
-        return self.stages["line-cpu" if op == "line" and self.dubbing == "cpu" else op]
+        if op == "line" and self.dubbing == "cpu":
+            return self.stages["line-cpu"]
+        if self._specs is None:  # (op, backend) -> its spec: an op's variants ("clip:b") by their backend
+            specs: dict[tuple[str, str], StageSpec] = {}
+            for key, spec in self.stages.items():
+                specs.setdefault((key.split(":", 1)[0], spec.backend), spec)
+            self._specs = specs
+        found: StageSpec | None = self._specs.get((op, action.backend))
+        return found if found is not None else self.stages[op]
 
-    def choices(self) -> dict[str, BackendChoice]:
+    def choices(self, series: str | None = None) -> dict[str, BackendChoice]:
+        """Plan stage -> the backend it runs on: the workload's, or (``series``) that series' own."""
         line = "line-cpu" if self.dubbing == "cpu" else "line"
         by_stage = {
             "script": "script",
@@ -115,13 +139,22 @@ class Workload:
             "lipsync": "lipsync",
             "assembly": "mux",
         }
+        if series is not None:
+            by_stage.update(self.by_series.get(series, {}))
         return {s: BackendChoice(self.stages[by_stage[s]].backend, VERSION) for s in PLAN_STAGES if s in by_stage}
 
     def profiles(self) -> dict[tuple[str, str], Profile]:
         out: dict[tuple[str, str], Profile] = {}
         for spec in self.stages.values():
             out.setdefault(
-                (spec.stage, spec.backend), Profile(cpus=spec.cpus, gpus=spec.gpus, accelerator=spec.accelerator)
+                (spec.stage, spec.backend),
+                Profile(
+                    cpus=spec.cpus,
+                    gpus=spec.gpus,
+                    accelerator=spec.accelerator,
+                    load_s=spec.load_s,
+                    memory_gb=spec.memory_gb,
+                ),
             )
         return out
 
@@ -144,8 +177,9 @@ class Workload:
     def jobs(self) -> list[tuple[str, EpisodeJob]]:
         """(batch, job) of every episode, in submission order."""
         choices = self.choices()
+        own = {s: self.choices(s) for s in self.by_series}
         return [
-            (b.id, EpisodeJob(b.studio, b.studio, series, episode, choices))
+            (b.id, EpisodeJob(b.studio, b.studio, series, episode, own.get(series.id, choices)))
             for b in sorted(self.batches.values(), key=lambda b: (b.submitted, b.order))
             for series, episode in b.episodes
         ]
