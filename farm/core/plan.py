@@ -258,7 +258,7 @@ def plan_episode(
             asked, heard = speech_lines(job, shot, layout, voiced)
             clip_params |= {"sample_rate": SAMPLE_RATE, "lines": asked}
             clip_inputs |= heard
-        memo = ("clip", index, kf, last, layout.frames, tuple(voiced), samples if speaks else ())
+        memo = ("clip", index, kf, last, layout.frames) + ((tuple(voiced), samples) if speaks else ())
         clip = fixed.timed.get(memo)
         if clip is None:
             clip = fixed.timed[memo] = b.make("video", "clip", clip_params, clip_inputs, f"clip {shot.id}")
